@@ -1,0 +1,1 @@
+"""Herald's common library: contracts, settings, Kafka and PostgreSQL helpers."""
