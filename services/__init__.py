@@ -1,0 +1,1 @@
+"""Herald's services: ingest, scheduler, dispatcher, reports (and the gateway simulator)."""

@@ -1,0 +1,1 @@
+"""dispatcher: throttles and submits released messages to SMS gateways, exactly once."""

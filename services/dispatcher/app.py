@@ -1,0 +1,31 @@
+"""dispatcher's composition root: gateways, claims, throttle, consumer and reconciler."""
+
+from __future__ import annotations
+
+from services.dispatcher.gateways import build_gateway
+from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
+from services.dispatcher.repository import ClaimRepository
+from services.dispatcher.settings import DispatcherSettings
+from shared.api import Check
+from shared.service import Context, Wiring, run_service
+from shared.topics import OUTBOUND
+
+
+async def wire(ctx: Context, readiness: Check) -> Wiring:
+    settings: DispatcherSettings = ctx.settings
+    gateways = {}
+    for config in settings.gateways:
+        gateway = build_gateway(config)
+        ctx.stack.push_async_callback(gateway.close)
+        gateways[config.name] = gateway
+    claims = ClaimRepository(ctx.pool)
+    sender = Sender(gateways, settings)
+    reconciler = Reconciler(claims, sender, ctx.publisher, settings)
+    ctx.workers["reconciler"] = reconciler.run()
+    ctx.stoppers.append(reconciler.stop)
+    return Wiring(handler=OutboundHandler(claims, sender, settings))
+
+
+async def main(settings: DispatcherSettings | None = None) -> int:
+    settings = settings or DispatcherSettings()
+    return await run_service("dispatcher", settings, [OUTBOUND], wire)

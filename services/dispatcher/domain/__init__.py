@@ -1,0 +1,1 @@
+"""The dispatcher's pure logic: throttling and retry schedules."""

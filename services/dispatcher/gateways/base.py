@@ -1,0 +1,57 @@
+"""What the dispatcher needs from a gateway, and the three ways a submission can end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.contracts import MessageOutbound
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    gateway_message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The gateway said no. ``retriable`` errors (throttling, outage) may be tried again."""
+
+    code: str
+    message: str
+    retriable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """The request may or may not have reached the gateway (timeout after sending).
+
+    Retrying blindly could send the SMS twice, so the claim is left for the reconciler,
+    which asks the gateway (``lookup``) before doing anything else.
+    """
+
+    message: str
+
+
+Outcome = Submitted | Refused | Unknown
+
+
+class LookupUnsupported(Exception):
+    """The gateway cannot tell whether it received a message."""
+
+
+class Gateway(Protocol):
+    name: str
+
+    async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
+        """Submit messages; one outcome per message, in order. Never raises for gateway errors."""
+        ...
+
+    async def lookup(self, message: MessageOutbound) -> str | None:
+        """The gateway's id for a message it received, None if it never got it.
+
+        Raises :class:`LookupUnsupported` when the gateway cannot answer.
+        """
+        ...
+
+    async def close(self) -> None: ...

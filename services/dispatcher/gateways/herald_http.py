@@ -1,0 +1,92 @@
+"""The generic JSON HTTP gateway API (what Herald's gateway simulator speaks).
+
+``POST {url}/v1/sms/batch`` with ``{"messages": [{to, from, body, client_ref, segments}]}``
+answers one result per message; ``GET {url}/v1/sms?client_ref=`` finds earlier submissions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from services.dispatcher.gateways.base import Outcome, Refused, Submitted, Unknown
+from services.dispatcher.settings import GatewayConfig
+from shared.contracts import MessageOutbound
+
+RETRIABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+
+
+class HeraldHttpGateway:
+    def __init__(self, config: GatewayConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = config.name
+        self.config = config
+        self._client = httpx.AsyncClient(
+            base_url=config.url.rstrip("/"),
+            headers={"Authorization": f"Bearer {config.api_token.get_secret_value()}"},
+            timeout=httpx.Timeout(config.timeout_s, connect=min(5.0, config.timeout_s)),
+            limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
+            transport=transport,
+        )
+        self._slots = asyncio.Semaphore(config.concurrency)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    @staticmethod
+    def _item(m: MessageOutbound) -> dict[str, Any]:
+        item: dict[str, Any] = {"to": m.to, "body": m.body, "client_ref": str(m.message_id), "segments": m.segments}
+        if m.sender:
+            item["from"] = m.sender
+        return item
+
+    async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
+        size = self.config.batch_size
+        chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
+        results = await asyncio.gather(*(self._submit_chunk(c) for c in chunks))
+        return [outcome for chunk in results for outcome in chunk]
+
+    async def _submit_chunk(self, chunk: list[MessageOutbound]) -> list[Outcome]:
+        async with self._slots:
+            try:
+                response = await self._client.post("/v1/sms/batch", json={"messages": [self._item(m) for m in chunk]})
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Nothing reached the gateway: safe to try again.
+                return [Refused("connection_error", f"{type(exc).__name__}: {exc}", True)] * len(chunk)
+            except httpx.HTTPError as exc:
+                return [Unknown(f"{type(exc).__name__} after sending: {exc}")] * len(chunk)
+        if response.status_code != 200:
+            code, message = _error(response)
+            retriable = response.status_code in RETRIABLE_HTTP
+            return [Refused(code, message, retriable)] * len(chunk)
+        try:
+            results = response.json()["results"]
+        except (ValueError, KeyError, TypeError):
+            return [Unknown("gateway answered 200 with an unreadable body")] * len(chunk)
+        by_ref = {str(r.get("client_ref")): r for r in results if isinstance(r, dict)}
+        outcomes: list[Outcome] = []
+        for m in chunk:
+            r = by_ref.get(str(m.message_id))
+            if r is None:
+                outcomes.append(Unknown("gateway answer lacks this message"))
+            elif "id" in r and r.get("status") == "accepted":
+                outcomes.append(Submitted(str(r["id"])))
+            else:
+                err = r.get("error") or {}
+                outcomes.append(Refused(str(err.get("code", "refused")), str(err.get("message", "")), False))
+        return outcomes
+
+    async def lookup(self, message: MessageOutbound) -> str | None:
+        response = await self._client.get("/v1/sms", params={"client_ref": str(message.message_id)})
+        response.raise_for_status()
+        found = response.json().get("messages", [])
+        return str(found[0]["id"]) if found else None
+
+
+def _error(response: httpx.Response) -> tuple[str, str]:
+    try:
+        err = response.json().get("error", {})
+        return str(err.get("code", f"http_{response.status_code}")), str(err.get("message", response.reason_phrase))
+    except (ValueError, AttributeError):
+        return f"http_{response.status_code}", response.reason_phrase

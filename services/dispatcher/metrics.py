@@ -1,0 +1,21 @@
+from prometheus_client import Counter, Histogram
+
+SUBMISSIONS = Counter(
+    "herald_dispatcher_submissions_total", "Submission results per gateway", ["gateway", "outcome"]
+)
+SUBMIT_SECONDS = Histogram(
+    "herald_dispatcher_submit_seconds",
+    "Time to submit one group of messages to a gateway (throttle waits included)",
+    ["gateway"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+THROTTLE_WAIT = Histogram(
+    "herald_dispatcher_throttle_wait_seconds",
+    "How long the token bucket held a chunk back",
+    ["gateway"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+SKIPPED_CLAIMED = Counter(
+    "herald_dispatcher_skipped_claimed_total", "Redelivered messages skipped because a claim exists"
+)
+RECONCILED = Counter("herald_dispatcher_reconciled_total", "Stale claims resolved by the reconciler")

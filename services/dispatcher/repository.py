@@ -1,0 +1,115 @@
+"""Claims: the dispatcher's record that makes every submission happen at most once."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    message_id: uuid.UUID
+    fresh: bool  # this call took it
+    state: str
+    gateway: str | None = None
+    gateway_message_id: str | None = None
+    attempts: int = 0
+    reason_code: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    message_id: uuid.UUID
+    state: str  # submitted | failed
+    gateway: str | None
+    gateway_message_id: str | None
+    attempts: int
+    reason_code: str | None = None
+    reason: str | None = None
+
+
+_CLAIM = """
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS t(message_id, tenant_id, outbound)
+), ins AS (
+    INSERT INTO dispatch_claims (message_id, tenant_id, state, owner, lease_until, outbound)
+    SELECT message_id, tenant_id, 'claimed', $4, now() + make_interval(secs => $5), outbound::jsonb FROM input
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING message_id
+)
+SELECT message_id, true AS fresh, 'claimed' AS state, NULL AS gateway, NULL AS gateway_message_id,
+       0 AS attempts, NULL AS reason_code, NULL AS reason
+FROM ins
+UNION ALL
+SELECT c.message_id, false, c.state, c.gateway, c.gateway_message_id, c.attempts, c.reason_code, c.reason
+FROM dispatch_claims c JOIN input USING (message_id)
+"""
+
+_FINISH = """
+UPDATE dispatch_claims c SET
+    state = f.state, gateway = f.gateway, gateway_message_id = f.gateway_message_id,
+    attempts = f.attempts, reason_code = f.reason_code, reason = f.reason, updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[])
+    AS f(message_id, state, gateway, gateway_message_id, attempts, reason_code, reason)
+WHERE c.message_id = f.message_id AND c.state = 'claimed'
+"""
+
+_TAKE_STALE = """
+UPDATE dispatch_claims c SET owner = $1, lease_until = now() + make_interval(secs => $2), updated_at = now()
+WHERE c.message_id IN (
+    SELECT message_id FROM dispatch_claims
+    WHERE state = 'claimed' AND lease_until < now()
+    ORDER BY lease_until LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING c.message_id, c.tenant_id, c.outbound, c.attempts
+"""
+
+
+class ClaimRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def claim(
+        self, owner: str, lease_s: float, items: list[tuple[uuid.UUID, str, str]]
+    ) -> dict[uuid.UUID, Claim]:
+        """Claim (message id, tenant, outbound JSON) rows; report each message's claim."""
+        if not items:
+            return {}
+        ids, tenants, payloads = (list(x) for x in zip(*items, strict=True))
+        rows = await self.pool.fetch(_CLAIM, ids, tenants, payloads, owner, lease_s)
+        claims: dict[uuid.UUID, Claim] = {}
+        for r in rows:
+            if r["message_id"] not in claims or r["fresh"]:
+                claims[r["message_id"]] = Claim(**dict(r))
+        return claims
+
+    async def finish(self, rows: list[Finish]) -> None:
+        if not rows:
+            return
+        await self.pool.execute(
+            _FINISH,
+            [r.message_id for r in rows],
+            [r.state for r in rows],
+            [r.gateway for r in rows],
+            [r.gateway_message_id for r in rows],
+            [r.attempts for r in rows],
+            [r.reason_code for r in rows],
+            [r.reason for r in rows],
+        )
+
+    async def release_for_reconcile(self, ids: list[uuid.UUID], after_s: float) -> None:
+        """Outcome unknown: let the reconciler look at these claims after ``after_s``."""
+        if ids:
+            await self.pool.execute(
+                "UPDATE dispatch_claims SET lease_until = now() + make_interval(secs => $2), updated_at = now()"
+                " WHERE message_id = ANY($1::uuid[]) AND state = 'claimed'",
+                ids,
+                after_s,
+            )
+
+    async def take_stale(self, owner: str, lease_s: float, limit: int) -> list[asyncpg.Record]:
+        return await self.pool.fetch(_TAKE_STALE, owner, lease_s, limit)

@@ -1,0 +1,1 @@
+"""ingest: validates message requests (HTTP and the trigger topic) and gateway receipts."""

@@ -1,0 +1,271 @@
+"""ingest's HTTP API: messages, batches, suppressions and gateway receipts."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from services.ingest import metrics
+from services.ingest.domain import Rejection, parse_receipts, parse_request
+from services.ingest.repository import IngestRepository
+from services.ingest.service import Accepted, Acceptor
+from services.ingest.settings import IngestSettings
+from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
+from shared.auth import Principal
+from shared.contracts import SYSTEM_TENANT, DeliveryReceiptEvent, MessageRequest, derived_event_id, utcnow
+from shared.kafka import Outgoing, Publisher, rejection
+from shared.phones import PhoneError, parse_e164
+from shared.signatures import HEADER as SIGNATURE_HEADER
+from shared.signatures import SignatureError, verify
+from shared.topics import RECEIPTS
+
+MAX_RECEIPT_BODY = 5 * 1024 * 1024
+
+
+class MessageAnswer(BaseModel):
+    message_id: uuid.UUID
+    status: str = "accepted"
+    encoding: str
+    segments: int
+    duplicate: bool = Field(False, description="True when an idempotency key matched an earlier request")
+
+
+class BatchItemAnswer(BaseModel):
+    index: int
+    message_id: uuid.UUID | None = None
+    encoding: str | None = None
+    segments: int | None = None
+    duplicate: bool | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchAnswer(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[BatchItemAnswer]
+
+
+class SuppressionBody(BaseModel):
+    model_config = {"extra": "forbid"}
+    reason: str = Field("opt_out", min_length=1, max_length=64)
+
+
+def _trace_id(request: Request) -> str:
+    value = request.headers.get("x-trace-id", "")
+    return value[:64] if value else uuid.uuid4().hex
+
+
+def create_app(
+    settings: IngestSettings,
+    pool: Any,
+    acceptor: Acceptor,
+    publisher: Publisher,
+    repository: IngestRepository,
+    readiness: Check,
+) -> FastAPI:
+    app = FastAPI(
+        title="Herald ingest",
+        version="1.0",
+        description="Send SMS: single messages, batches, suppressions, and gateway receipt callbacks.",
+    )
+    app.state.pool = pool
+    install_error_handlers(app)
+    add_ops_routes(app, readiness)
+    writer = Depends(principal_dependency("messages:write"))
+
+    async def _publish(outgoing: list[Outgoing]) -> None:
+        try:
+            await publisher.publish(outgoing)
+        except Exception as exc:  # broker unreachable: nothing was promised yet
+            raise ApiError(503, "broker_unavailable", "could not publish, retry with the same idempotency key") from exc
+
+    @app.post(
+        "/v1/messages",
+        status_code=202,
+        response_model=MessageAnswer,
+        responses={401: {}, 403: {}, 409: {}, 422: {}, 503: {}},
+    )
+    async def send_message(body: MessageRequest, request: Request, principal: Principal = writer) -> MessageAnswer:
+        """Validate one message and queue it. Answers 202 with its id."""
+        results, outgoing = await acceptor.prepare(
+            principal.tenant_id, [body], source="api", now=utcnow(), trace_id=_trace_id(request)
+        )
+        result = results[0]
+        if isinstance(result, Rejection):
+            metrics.REQUESTS_REJECTED.labels(result.code).inc()
+            status = 409 if result.code == "idempotency_conflict" else 422
+            raise ApiError(status, result.code, result.message, result.details)
+        await _publish(outgoing)
+        metrics.MESSAGES_ACCEPTED.labels(body.type.value, "api").inc()
+        m = result.message
+        return MessageAnswer(message_id=m.message_id, encoding=m.encoding, segments=m.segments, duplicate=result.duplicate)
+
+    batch_schema = {
+        "type": "object",
+        "required": ["messages"],
+        "additionalProperties": False,
+        "properties": {
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": settings.batch_max_messages,
+                "items": {"$ref": "#/components/schemas/MessageRequest"},
+            }
+        },
+    }
+
+    @app.post(
+        "/v1/messages/batch",
+        status_code=202,
+        response_model=BatchAnswer,
+        responses={401: {}, 403: {}, 413: {}, 422: {}, 503: {}},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": batch_schema}}}},
+    )
+    async def send_batch(request: Request, principal: Principal = writer) -> JSONResponse:
+        """Validate up to 10,000 messages. Good ones are queued; bad ones are listed with their reason."""
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(422, "malformed_json", "body is not valid JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or set(body) != {"messages"}:
+            raise ApiError(
+                422,
+                "validation_failed",
+                "body must be {\"messages\": [...]}",
+                [{"loc": "body.messages", "code": "missing", "msg": "a list of messages is required"}],
+            )
+        items = body["messages"]
+        if not items:
+            raise ApiError(422, "empty_batch", "messages must hold at least one message")
+        if len(items) > settings.batch_max_messages:
+            raise ApiError(
+                413, "batch_too_large", f"{len(items)} messages, at most {settings.batch_max_messages} per batch"
+            )
+        parsed: list[MessageRequest | Rejection] = []
+        for item in items:
+            try:
+                parsed.append(parse_request(item))
+            except Rejection as rejection_:
+                parsed.append(rejection_)
+        results, outgoing = await acceptor.prepare(
+            principal.tenant_id, parsed, source="api", now=utcnow(), trace_id=_trace_id(request)
+        )
+        answers: list[dict[str, Any]] = []
+        accepted = 0
+        for index, result in enumerate(results):
+            if isinstance(result, Accepted):
+                accepted += 1
+                m = result.message
+                answers.append(
+                    {
+                        "index": index,
+                        "message_id": str(m.message_id),
+                        "encoding": m.encoding,
+                        "segments": m.segments,
+                        "duplicate": result.duplicate,
+                    }
+                )
+                metrics.MESSAGES_ACCEPTED.labels(m.type.value, "api").inc()
+            else:
+                metrics.REQUESTS_REJECTED.labels(result.code).inc()
+                answers.append({"index": index, "error": result.as_dict()})
+        if accepted == 0:
+            raise ApiError(
+                422, "all_rejected", "no message in the batch is valid", [a["error"] | {"index": a["index"]} for a in answers[:100]]
+            )
+        await _publish(outgoing)
+        return JSONResponse(
+            {"accepted": accepted, "rejected": len(results) - accepted, "results": answers}, status_code=202
+        )
+
+    suppressor = Depends(principal_dependency("suppressions:write"))
+
+    def _phone(raw: str) -> str:
+        try:
+            return parse_e164(raw, allowed_types=None).e164
+        except PhoneError as exc:
+            raise ApiError(422, exc.code, str(exc), [{"loc": "path.phone", "code": exc.code, "msg": str(exc)}]) from None
+
+    @app.put("/v1/suppressions/{phone}", responses={401: {}, 403: {}, 422: {}})
+    async def suppress(
+        phone: Annotated[str, Path(max_length=32)],
+        principal: Principal = suppressor,
+        body: SuppressionBody | None = None,
+    ) -> dict[str, str]:
+        """Never send marketing messages to this number again (opt-out)."""
+        e164 = _phone(phone)
+        reason = body.reason if body else "opt_out"
+        await repository.suppress(principal.tenant_id, e164, reason, "api")
+        return {"phone": e164, "status": "suppressed", "reason": reason}
+
+    @app.delete("/v1/suppressions/{phone}", status_code=204, responses={401: {}, 403: {}, 404: {}, 422: {}})
+    async def unsuppress(phone: Annotated[str, Path(max_length=32)], principal: Principal = suppressor) -> Response:
+        """Remove a number from the suppression list (the contact opted in again)."""
+        if not await repository.unsuppress(principal.tenant_id, _phone(phone)):
+            raise ApiError(404, "not_suppressed", "this number is not on the suppression list")
+        return Response(status_code=204)
+
+    @app.post("/v1/receipts/{gateway}", responses={401: {}, 404: {}, 413: {}, 422: {}})
+    async def receipts(gateway: Annotated[str, Path(max_length=64)], request: Request) -> dict[str, Any]:
+        """Delivery receipts posted by a gateway, signed with its secret (X-Herald-Signature)."""
+        secret = settings.receipt_secrets.get(gateway)
+        if secret is None:
+            raise ApiError(404, "unknown_gateway", f"no gateway named {gateway!r} is configured")
+        raw = await request.body()
+        if len(raw) > MAX_RECEIPT_BODY:
+            raise ApiError(413, "body_too_large", f"receipt bodies are limited to {MAX_RECEIPT_BODY} bytes")
+        try:
+            verify(
+                secret.get_secret_value().encode(),
+                raw,
+                request.headers.get(SIGNATURE_HEADER),
+                now=time.time(),
+                tolerance_s=settings.receipt_tolerance_s,
+            )
+        except SignatureError as exc:
+            metrics.RECEIPTS.labels(gateway, exc.code).inc()
+            raise ApiError(401, exc.code, str(exc)) from None
+        try:
+            body = json.loads(raw)
+            good, bad = parse_receipts(gateway, body)
+        except ValueError:
+            raise ApiError(422, "malformed_json", "body is not valid JSON") from None
+        except Rejection as exc:
+            raise ApiError(422, exc.code, exc.message) from None
+        trace = _trace_id(request)
+        outgoing = [
+            Outgoing(
+                RECEIPTS,
+                r.gateway_message_id,
+                DeliveryReceiptEvent(
+                    # The same receipt posted twice is the same event: the timeline keeps it once.
+                    event_id=derived_event_id(r.gateway, r.gateway_message_id, r.status, r.error_code),
+                    tenant=SYSTEM_TENANT,
+                    trace_id=trace,
+                    payload=r,
+                ),
+            )
+            for r in good
+        ]
+        source = f"receipts:{gateway}"
+        outgoing += [
+            rejection(source, exc.code, exc.message, json.dumps(item, default=str), errors=exc.details, trace_id=trace)
+            for _, exc, item in bad
+        ]
+        await _publish(outgoing)
+        metrics.RECEIPTS.labels(gateway, "accepted").inc(len(good))
+        metrics.RECEIPTS.labels(gateway, "rejected").inc(len(bad))
+        return {
+            "accepted": len(good),
+            "rejected": len(bad),
+            "errors": [{"index": i, **exc.as_dict()} for i, exc, _ in bad],
+        }
+
+    return app

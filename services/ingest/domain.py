@@ -1,0 +1,119 @@
+"""ingest's pure logic: turn a request into an accepted message, or say precisely why not."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from shared.errors import field_errors
+from shared.contracts import DeliveryReceipt, MessageAccepted, MessageRequest
+from shared.phones import PhoneError, parse_e164
+from shared.sms.encoding import analyse
+from shared.statuses import ReceiptStatus
+
+
+@dataclass(frozen=True)
+class Rejection(Exception):
+    code: str
+    message: str
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+def request_hash(request: MessageRequest) -> str:
+    """A stable fingerprint of a request: the same key with another payload is a conflict."""
+    canonical = json.dumps(request.model_dump(mode="json", exclude={"idempotency_key"}), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def accept(
+    request: MessageRequest,
+    *,
+    message_id: uuid.UUID,
+    now: datetime,
+    source: Literal["api", "kafka"],
+    allowed_types: Iterable[str],
+    smart_encoding: bool,
+) -> MessageAccepted:
+    """Validate the recipient and measure the text; raise :class:`Rejection` if it cannot be sent."""
+    try:
+        phone = parse_e164(request.to, allowed_types)
+    except PhoneError as exc:
+        raise Rejection(exc.code, str(exc), [{"loc": "to", "code": exc.code, "msg": str(exc)}]) from None
+    info = analyse(request.body, smart=smart_encoding)
+    return MessageAccepted(
+        message_id=message_id,
+        to=phone.e164,
+        country=phone.country,
+        body=info.text,
+        sender=request.sender,
+        type=request.type,
+        encoding=info.encoding,
+        segments=info.segments,
+        idempotency_key=request.idempotency_key,
+        metadata=request.metadata,
+        status_callback_url=str(request.status_callback_url) if request.status_callback_url else None,
+        source=source,
+        accepted_at=now,
+    )
+
+
+def parse_request(item: Any) -> MessageRequest:
+    """Validate one batch item; raise :class:`Rejection` with field-level details."""
+    try:
+        return MessageRequest.model_validate(item)
+    except ValidationError as exc:
+        details = field_errors(exc.errors(include_url=False, include_input=False))
+        raise Rejection("validation_failed", "message is not valid", details) from None
+
+
+# --- gateway receipts (generic "herald-http" JSON format, used by the simulator) -------------
+
+_RECEIPT_STATUS = {s.value: s for s in ReceiptStatus}
+
+
+def parse_receipts(gateway: str, body: Any) -> tuple[list[DeliveryReceipt], list[tuple[int, Rejection, Any]]]:
+    """Split a receipt callback into good receipts and (index, reason, item) for bad ones."""
+    if isinstance(body, dict) and "receipts" in body:
+        items = body["receipts"]
+    elif isinstance(body, dict):
+        items = [body]
+    else:
+        items = body
+    if not isinstance(items, list):
+        raise Rejection("malformed_receipts", "expected {\"receipts\": [...]} or one receipt object")
+    good: list[DeliveryReceipt] = []
+    bad: list[tuple[int, Rejection, Any]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            bad.append((index, Rejection("malformed_receipt", "a receipt must be an object"), item))
+            continue
+        status = _RECEIPT_STATUS.get(str(item.get("status", "")).lower())
+        if status is None:
+            bad.append((index, Rejection("unknown_status", f"unknown receipt status {item.get('status')!r}"), item))
+            continue
+        try:
+            good.append(
+                DeliveryReceipt(
+                    gateway=gateway,
+                    gateway_message_id=item.get("id"),
+                    status=status,
+                    error_code=item.get("error_code"),
+                    raw_status=str(item.get("status")),
+                    done_at=item.get("done_at"),
+                    client_ref=item.get("client_ref"),
+                )
+            )
+        except ValidationError as exc:
+            details = field_errors(exc.errors(include_url=False, include_input=False))
+            bad.append((index, Rejection("invalid_receipt", "receipt is not valid", details), item))
+    return good, bad

@@ -1,0 +1,124 @@
+"""ingest's application service: requests in, accepted events (or reasons) out.
+
+Shared by the HTTP API and the trigger-topic consumer, so both paths validate alike.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from services.ingest.domain import Rejection, accept, request_hash
+from services.ingest.repository import IngestRepository
+from services.ingest.settings import IngestSettings
+from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest, derived_event_id
+from shared.kafka import Outgoing
+from shared.topics import ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    message: MessageAccepted
+    duplicate: bool
+
+
+Result = Accepted | Rejection
+
+
+def accepted_event(tenant: str, message: MessageAccepted, trace_id: str) -> Outgoing:
+    event = MessageAcceptedEvent(
+        event_id=derived_event_id(message.message_id, "accepted"),
+        tenant=tenant,
+        trace_id=trace_id,
+        payload=message,
+    )
+    return Outgoing(ACCEPTED, message.to, event)
+
+
+class Acceptor:
+    def __init__(self, repository: IngestRepository, settings: IngestSettings) -> None:
+        self.repository = repository
+        self.allowed_types = frozenset(settings.allowed_number_types)
+        self.smart_encoding = settings.smart_encoding
+
+    async def prepare(
+        self,
+        tenant: str,
+        requests: list[MessageRequest | Rejection],
+        *,
+        source: Literal["api", "kafka"],
+        now: datetime,
+        trace_id: str,
+        default_keys: list[str | None] | None = None,
+    ) -> tuple[list[Result], list[Outgoing]]:
+        """Validate, apply idempotency keys, and build the events to publish (in request order).
+
+        ``default_keys`` gives an idempotency key for requests that carry none (the trigger
+        consumer passes ``event:<event id>`` so a redelivered trigger is never sent twice).
+        """
+        results: list[Result] = []
+        keyed: dict[str, list[int]] = {}
+        hashes: dict[str, str] = {}
+        for index, request in enumerate(requests):
+            if isinstance(request, Rejection):
+                results.append(request)
+                continue
+            try:
+                message = accept(
+                    request,
+                    message_id=uuid.uuid4(),
+                    now=now,
+                    source=source,
+                    allowed_types=self.allowed_types,
+                    smart_encoding=self.smart_encoding,
+                )
+            except Rejection as rejection:
+                results.append(rejection)
+                continue
+            results.append(Accepted(message, duplicate=False))
+            key = request.idempotency_key or (default_keys[index] if default_keys else None)
+            if key is not None:
+                digest = request_hash(request)
+                if key in keyed and hashes[key] != digest:
+                    results[index] = _conflict()
+                    continue
+                keyed.setdefault(key, []).append(index)
+                hashes[key] = digest
+        if keyed:
+            entries = []
+            for key, indexes in keyed.items():
+                first = results[indexes[0]]
+                assert isinstance(first, Accepted)
+                entries.append((key, hashes[key], first.message.message_id))
+            records = await self.repository.reserve_keys(tenant, entries)
+            for key, indexes in keyed.items():
+                record = records[key]
+                for position, index in enumerate(indexes):
+                    current = results[index]
+                    assert isinstance(current, Accepted)
+                    if record.request_hash != hashes[key]:
+                        results[index] = _conflict()
+                    elif record.fresh and position == 0:
+                        continue
+                    else:
+                        message = current.message.model_copy(update={"message_id": record.message_id})
+                        results[index] = Accepted(message, duplicate=True)
+        outgoing: list[Outgoing] = []
+        published: set[uuid.UUID] = set()
+        for result in results:
+            if isinstance(result, Accepted) and result.message.message_id not in published:
+                # Duplicates are published again (same event id): if the first publish was
+                # lost, this one completes it; if not, every consumer drops it as seen.
+                published.add(result.message.message_id)
+                outgoing.append(accepted_event(tenant, result.message, trace_id))
+        return results, outgoing
+
+
+def _conflict() -> Rejection:
+    return Rejection(
+        "idempotency_conflict",
+        "this idempotency key was already used with a different request",
+        [{"loc": "idempotency_key", "code": "idempotency_conflict", "msg": "key reused with other content"}],
+    )

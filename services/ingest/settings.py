@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from shared.phones import SMS_CAPABLE
+from shared.settings import ConsumerSettings
+
+
+class IngestSettings(ConsumerSettings):
+    http_port: int = 38080
+    allowed_number_types: list[str] = Field(
+        default_factory=lambda: sorted(SMS_CAPABLE),
+        description="phonenumbers types accepted as recipients (e.g. add VOIP, UNKNOWN)",
+    )
+    batch_max_messages: int = Field(10_000, ge=1, le=100_000, description="Most messages in one batch request")
+    smart_encoding: bool = Field(True, description="Replace typographic characters so texts stay GSM-7")
+    receipt_secrets: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"sim": SecretStr("sim-receipt-secret")},
+        description="Per-gateway HMAC secrets for receipt callbacks, as JSON: {\"gateway\": \"secret\"}",
+    )
+    receipt_tolerance_s: int = Field(300, ge=1, description="Oldest receipt signature timestamp accepted")
+    public_url: str = Field("http://127.0.0.1:38080", description="Where upstream systems reach this API")

@@ -1,0 +1,1 @@
+"""reports: message status and timeline in PostgreSQL, metrics, and the read API."""

@@ -1,0 +1,6 @@
+import asyncio
+import sys
+
+from services.reports.app import main
+
+sys.exit(asyncio.run(main()))

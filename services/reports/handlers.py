@@ -1,0 +1,139 @@
+"""reports' batch handler and the sweeper that applies receipts which came too early."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from datetime import datetime
+
+import asyncpg
+
+from services.reports import metrics
+from services.reports.domain import Change, Transition, apply, from_accepted, from_receipt, from_status
+from services.reports.repository import ReportsRepository
+from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
+from shared.kafka import Incoming, Outgoing
+from shared.statuses import FINAL, Status
+
+log = logging.getLogger(__name__)
+
+
+def _parked_changes(rows: list[asyncpg.Record]) -> list[Change]:
+    changes = []
+    for row in rows:
+        receipt = DeliveryReceipt.model_validate(row["receipt"])
+        changes.append(from_receipt(row["event_id"], row["message_id"], row["tenant_id"], row["received_at"], receipt))
+    if changes:
+        metrics.RECEIPTS_UNPARKED.inc(len(changes))
+    return changes
+
+
+async def record(repo: ReportsRepository, changes: list[Change]) -> list[Transition]:
+    """Lock the messages, fold the changes in, write states and timeline. Inside a transaction."""
+    if not changes:
+        return []
+    by_message: dict[uuid.UUID, list[Change]] = defaultdict(list)
+    owners: dict[uuid.UUID, str] = {}
+    for change in changes:
+        by_message[change.message_id].append(change)
+        owners.setdefault(change.message_id, change.tenant_id)
+    states = await repo.lock_states(owners)
+    new_states = []
+    transitions: list[Transition] = []
+    for message_id, message_changes in by_message.items():
+        state, moved = apply(states[message_id], message_changes)
+        if state != states[message_id]:
+            new_states.append(state)
+        transitions += moved
+    await repo.save_states(new_states)
+    await repo.add_timeline(changes)
+    return transitions
+
+
+def observe(transitions: list[Transition]) -> None:
+    """Update metrics after the transaction committed."""
+    for t in transitions:
+        s = t.state
+        mtype = s.fields.get("type") or "unknown"
+        gateway = s.gateway or "none"
+        if t.new is Status.SUBMITTED:
+            metrics.MESSAGES_SUBMITTED.labels(mtype, gateway).inc()
+            if s.accepted_at and s.submitted_at:
+                metrics.ACCEPT_TO_SUBMIT.labels(mtype).observe(max(0.0, (s.submitted_at - s.accepted_at).total_seconds()))
+        if t.new in FINAL:
+            metrics.MESSAGES_FINAL.labels(t.new.value, mtype, gateway).inc()
+            if s.submitted_at and s.final_at:
+                metrics.SUBMIT_TO_FINAL.labels(t.new.value).observe(max(0.0, (s.final_at - s.submitted_at).total_seconds()))
+
+
+class StatusHandler:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
+        changes: list[Change] = []
+        refs: list[tuple[str, str, uuid.UUID]] = []
+        receipts: list[tuple[uuid.UUID, datetime, DeliveryReceipt]] = []
+        for item in batch:
+            event, payload = item.event, item.event.payload
+            if isinstance(payload, MessageAccepted):
+                changes.append(from_accepted(event.event_id, event.tenant, payload))
+            elif isinstance(payload, MessageStatusChanged):
+                changes.append(from_status(event.event_id, event.tenant, event.occurred_at, payload))
+                if payload.gateway and payload.gateway_message_id:
+                    refs.append((payload.gateway, payload.gateway_message_id, payload.message_id))
+            elif isinstance(payload, DeliveryReceipt):
+                receipts.append((event.event_id, event.occurred_at, payload))
+        async with self.pool.acquire() as conn, conn.transaction():
+            repo = ReportsRepository(conn)
+            await repo.add_refs(refs)
+            # make sure messages exist before resolving receipts against them
+            transitions = await record(repo, changes)
+            known = await repo.resolve_refs([(r.gateway, r.gateway_message_id) for _, _, r in receipts])
+            receipt_changes: list[Change] = []
+            parked = []
+            for event_id, occurred_at, receipt in receipts:
+                found = known.get((receipt.gateway, receipt.gateway_message_id))
+                if found is None:
+                    parked.append((event_id, receipt.gateway, receipt.gateway_message_id, receipt.model_dump_json()))
+                else:
+                    receipt_changes.append(from_receipt(event_id, found[0], found[1], occurred_at, receipt))
+            await repo.park_receipts(parked)
+            receipt_changes += _parked_changes(await repo.take_matched_receipts([(g, i) for g, i, _ in refs]))
+            transitions += await record(repo, receipt_changes)
+        metrics.RECEIPTS_PARKED.inc(len(parked))
+        observe(transitions)
+        return []
+
+
+class PendingSweeper:
+    """Applies parked receipts whose submission another instance recorded meanwhile."""
+
+    def __init__(self, pool: asyncpg.Pool, interval_s: float) -> None:
+        self.pool = pool
+        self.interval_s = interval_s
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def sweep_once(self) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            repo = ReportsRepository(conn)
+            changes = _parked_changes(await repo.take_matched_receipts(None))
+            transitions = await record(repo, changes)
+        observe(transitions)
+        return len(changes)
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("pending receipt sweep failed")
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+            except TimeoutError:
+                pass

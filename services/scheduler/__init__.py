@@ -1,0 +1,1 @@
+"""scheduler: the single gate that decides whether and when each message may be sent."""

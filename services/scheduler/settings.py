@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import ConsumerSettings
+
+
+class SchedulerSettings(ConsumerSettings):
+    http_port: int = 38081

@@ -1,0 +1,36 @@
+"""Event contracts: one versioned envelope model per topic. See docs/topics.md."""
+
+from shared.contracts.envelope import SYSTEM_TENANT, Envelope, derived_event_id, utcnow
+from shared.contracts.messages import (
+    DeliveryReceipt,
+    DeliveryReceiptEvent,
+    MessageAccepted,
+    MessageAcceptedEvent,
+    MessageOutbound,
+    MessageOutboundEvent,
+    MessageRequest,
+    MessageStatusChanged,
+    MessageStatusEvent,
+    RejectedEvent,
+    RejectedEventEnvelope,
+    TriggerEvent,
+)
+
+__all__ = [
+    "SYSTEM_TENANT",
+    "DeliveryReceipt",
+    "DeliveryReceiptEvent",
+    "Envelope",
+    "MessageAccepted",
+    "MessageAcceptedEvent",
+    "MessageOutbound",
+    "MessageOutboundEvent",
+    "MessageRequest",
+    "MessageStatusChanged",
+    "MessageStatusEvent",
+    "RejectedEvent",
+    "RejectedEventEnvelope",
+    "TriggerEvent",
+    "derived_event_id",
+    "utcnow",
+]

@@ -1,0 +1,128 @@
+"""Payloads of the message lifecycle topics."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.contracts.envelope import Envelope
+from shared.statuses import MessageType, ReceiptStatus, Status
+
+MAX_BODY_CHARS = 1600
+
+Metadata = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], Annotated[str, StringConstraints(max_length=512)]],
+    Field(max_length=32, description="Up to 32 string pairs, echoed in status callbacks and reports"),
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MessageRequest(_Frozen):
+    """What an upstream system asks Herald to send (HTTP body and trigger-topic payload)."""
+
+    to: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(
+        description="Recipient in E.164, e.g. +34600123456", examples=["+34600123456"]
+    )
+    body: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY_CHARS)] = Field(
+        description="Text, 1 to 1,600 characters"
+    )
+    sender: Annotated[str, StringConstraints(pattern=r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")] | None = Field(
+        None, description="Alphanumeric sender id (up to 11 characters) or a number"
+    )
+    type: MessageType = Field(MessageType.TRANSACTIONAL, description="transactional or marketing")
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
+        None, description="The same key always returns the same message id and never sends twice"
+    )
+    metadata: Metadata = Field(default_factory=dict)
+    status_callback_url: AnyHttpUrl | None = Field(None, description="Where status changes are posted")
+
+
+class MessageAccepted(_Frozen):
+    message_id: uuid.UUID
+    to: str = Field(description="E.164")
+    country: str = Field(description="ISO 3166-1 alpha-2 region of the number")
+    body: str
+    sender: str | None = None
+    type: MessageType
+    encoding: Literal["GSM-7", "UCS-2"]
+    segments: int = Field(ge=1)
+    idempotency_key: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    status_callback_url: str | None = None
+    source: Literal["api", "kafka"]
+    accepted_at: AwareDatetime
+
+
+class MessageOutbound(MessageAccepted):
+    """A message the scheduler released for sending now."""
+
+    released_at: AwareDatetime
+
+
+class MessageStatusChanged(_Frozen):
+    message_id: uuid.UUID
+    status: Status
+    reason_code: str | None = Field(None, description="Machine-readable reason (suppressed, failed, rejected)")
+    reason: str | None = None
+    gateway: str | None = None
+    gateway_message_id: str | None = None
+    attempts: int = 0
+    segments: int | None = None
+    type: MessageType | None = None
+
+
+class DeliveryReceipt(_Frozen):
+    gateway: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    gateway_message_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    status: ReceiptStatus
+    error_code: str | None = Field(None, max_length=32)
+    raw_status: str | None = Field(None, max_length=64)
+    done_at: AwareDatetime | None = None
+    client_ref: str | None = Field(None, max_length=128, description="Herald's message id when echoed back")
+
+
+class RejectedEvent(_Frozen):
+    source: str = Field(description="Topic name or entry point the input came from")
+    reason_code: str
+    reason: str
+    errors: list[dict[str, str]] = Field(default_factory=list, description="Field-level errors: loc, code, msg")
+    original: str = Field(description="The original payload, UTF-8 text or base64")
+    original_encoding: Literal["utf-8", "base64"] = "utf-8"
+    key: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+class TriggerEvent(Envelope[MessageRequest]):
+    type: Literal["message.requested"] = "message.requested"
+    version: Literal[1] = 1
+
+
+class MessageAcceptedEvent(Envelope[MessageAccepted]):
+    type: Literal["message.accepted"] = "message.accepted"
+    version: Literal[1] = 1
+
+
+class MessageOutboundEvent(Envelope[MessageOutbound]):
+    type: Literal["message.outbound"] = "message.outbound"
+    version: Literal[1] = 1
+
+
+class MessageStatusEvent(Envelope[MessageStatusChanged]):
+    type: Literal["message.status"] = "message.status"
+    version: Literal[1] = 1
+
+
+class DeliveryReceiptEvent(Envelope[DeliveryReceipt]):
+    type: Literal["receipt.delivery"] = "receipt.delivery"
+    version: Literal[1] = 1
+
+
+class RejectedEventEnvelope(Envelope[RejectedEvent]):
+    type: Literal["event.rejected"] = "event.rejected"
+    version: Literal[1] = 1

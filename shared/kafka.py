@@ -1,0 +1,389 @@
+"""Kafka helpers: client options, an idempotent publisher, a batch consumer, topic creation.
+
+The consumer is at-least-once: it decodes a batch, hands the good events to the
+service's handler, publishes what the handler returns plus a rejected event for every
+bad record, waits for the broker's acks and only then commits. Handlers must therefore
+be idempotent; deterministic event ids (``derived_event_id``) help downstream dedupe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.helpers import create_ssl_context
+from pydantic import ValidationError
+
+from shared import metrics
+from shared.errors import field_errors
+from shared.contracts import SYSTEM_TENANT, Envelope, RejectedEvent, RejectedEventEnvelope
+from shared.settings import ConsumerSettings, KafkaSettings
+from shared.topics import ALL, REJECTED, Topic
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_BYTES = 256 * 1024
+TOPIC_ALREADY_EXISTS = 36
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection options shared by producers, consumers and admin clients (TLS, SASL)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = (
+            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        )
+    return options
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event to publish: which topic, which key."""
+
+    topic: Topic
+    key: str
+    event: Envelope  # type: ignore[type-arg]
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A decoded event and the record it came from."""
+
+    topic: Topic
+    event: Envelope  # type: ignore[type-arg]
+    record: ConsumerRecord  # type: ignore[type-arg]
+
+
+Handler = Callable[[list[Incoming]], Awaitable[list[Outgoing]]]
+
+
+class Publisher:
+    """Publishes envelopes with an idempotent producer (acks=all) and waits for every ack."""
+
+    def __init__(self, producer: AIOKafkaProducer, prefix: str, service: str) -> None:
+        self._producer = producer
+        self._prefix = prefix
+        self._service = service
+
+    async def publish(self, items: Sequence[Outgoing]) -> None:
+        if not items:
+            return
+        futures = []
+        for item in items:
+            name = item.topic.name(self._prefix)
+            value = item.event.model_dump_json().encode()
+            futures.append(await self._producer.send(name, value=value, key=item.key.encode()))
+        await asyncio.gather(*futures)
+        for item in items:
+            metrics.PUBLISHED.labels(self._service, item.topic.suffix).inc()
+
+
+def make_producer(settings: KafkaSettings, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        max_request_size=2 * 1024 * 1024,
+        request_timeout_ms=30_000,
+        **client_options(settings),
+    )
+
+
+def rejection(
+    source: str,
+    reason_code: str,
+    reason: str,
+    original: bytes | str | None,
+    *,
+    tenant: str = SYSTEM_TENANT,
+    errors: list[dict[str, str]] | None = None,
+    key: bytes | str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    trace_id: str | None = None,
+) -> Outgoing:
+    """A rejected-topic event carrying the original payload and a machine-readable reason."""
+    raw = original.encode() if isinstance(original, str) else (original or b"")
+    try:
+        text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode(), "base64"
+    key_text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    payload = RejectedEvent(
+        source=source,
+        reason_code=reason_code,
+        reason=reason,
+        errors=errors or [],
+        original=text,
+        original_encoding=encoding,  # type: ignore[arg-type]
+        key=key_text,
+        partition=partition,
+        offset=offset,
+    )
+    extra = {"trace_id": trace_id} if trace_id else {}
+    return Outgoing(REJECTED, source, RejectedEventEnvelope(tenant=tenant, payload=payload, **extra))
+
+
+def decode(topic: Topic, record: ConsumerRecord) -> Incoming | Outgoing:  # type: ignore[type-arg]
+    """Decode one record into an ``Incoming`` or, if it is bad, a rejection ``Outgoing``."""
+    value: bytes | None = record.value
+    where = {"key": record.key, "partition": record.partition, "offset": record.offset}
+    if value is None:
+        return rejection(record.topic, "empty_value", "record has no value", b"", **where)
+    if len(value) > MAX_EVENT_BYTES:
+        return rejection(
+            record.topic,
+            "too_large",
+            f"event is {len(value)} bytes, more than {MAX_EVENT_BYTES}",
+            value[:4096],
+            **where,
+        )
+    try:
+        event = topic.model.model_validate_json(value)
+    except ValidationError as exc:
+        errors = field_errors(exc.errors(include_url=False, include_input=False))
+        codes = {e["code"] for e in errors}
+        locs = {e["loc"].split(".")[0] for e in errors}
+        if "json_invalid" in codes or "json_type" in codes or "model_type" in codes:
+            code, reason = "malformed_json", "value is not a JSON object"
+        elif locs & {"type", "version"}:
+            code, reason = "unsupported_event", f"expected type and version of {topic.model.__name__}"
+        else:
+            code, reason = "schema_invalid", "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5])
+        return rejection(record.topic, code, reason, value, errors=errors, **where)
+    return Incoming(topic, event, record)
+
+
+_TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    KafkaError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Infrastructure errors worth retrying forever (broker or database away)."""
+    return isinstance(exc, _TRANSIENT)
+
+
+@dataclass
+class BatchConsumer:
+    """Consume topics in batches: decode → handle → publish → commit, forever.
+
+    Bad records go to the rejected topic; a handler that raises a transient error gets
+    the same batch again after a backoff; one that keeps raising another error is run
+    record by record so only the poison record is rejected, never the others.
+    """
+
+    settings: ConsumerSettings
+    service: str
+    group_id: str
+    topics: Sequence[Topic]
+    handler: Handler
+    publisher: Publisher
+    poison_retries: int = 3
+    _consumer: AIOKafkaConsumer | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _by_name: dict[str, Topic] = field(default_factory=dict)
+    assigned: bool = False
+
+    async def start(self) -> None:
+        self._by_name = {t.name(self.settings.topic_prefix): t for t in self.topics}
+        self._consumer = AIOKafkaConsumer(
+            *self._by_name,
+            group_id=self.group_id,
+            client_id=f"{self.service}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.consumer_max_records,
+            max_poll_interval_ms=self.settings.consumer_max_poll_interval_ms,
+            session_timeout_ms=self.settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self.settings.consumer_session_timeout_ms // 4),
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            **client_options(self.settings),
+        )
+        await self._consumer.start()
+
+    def stop_fetching(self) -> None:
+        """Ask the loop to finish its in-flight batch and return."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()  # leaves the group
+            self._consumer = None
+
+    async def run(self) -> None:
+        assert self._consumer is not None, "start() first"
+        consumer = self._consumer
+        while not self._stopping.is_set():
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=self.settings.consumer_poll_ms, max_records=self.settings.consumer_max_records
+                )
+            except KafkaError as exc:
+                log.warning("fetch failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(1)
+                continue
+            self.assigned = bool(consumer.assignment())
+            if not batches:
+                continue
+            records = [r for part in batches.values() for r in part]
+            started = time.perf_counter()
+            await self._process(records)
+            await self._commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+            metrics.BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+            self._record_lag(batches)
+
+    async def _process(self, records: list[ConsumerRecord]) -> None:  # type: ignore[type-arg]
+        incoming: list[Incoming] = []
+        rejected: list[Outgoing] = []
+        for record in records:
+            metrics.CONSUMED.labels(self.service, self._by_name[record.topic].suffix).inc()
+            decoded = decode(self._by_name[record.topic], record)
+            (incoming if isinstance(decoded, Incoming) else rejected).append(decoded)
+        outgoing = await self._handle_resilient(incoming, rejected)
+        await self._publish_with_retry(outgoing + rejected)
+        for item in rejected:
+            metrics.REJECTED.labels(self.service, item.event.payload.reason_code).inc()
+
+    async def _handle_resilient(self, incoming: list[Incoming], rejected: list[Outgoing]) -> list[Outgoing]:
+        if not incoming:
+            return []
+        failures = 0
+        delay = 0.2
+        while True:
+            try:
+                return await self.handler(incoming)
+            except Exception as exc:
+                if is_transient(exc):
+                    metrics.HANDLER_ERRORS.labels(self.service, "transient").inc()
+                    log.warning("handler hit a transient error, retrying batch", extra={"error": repr(exc)})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                failures += 1
+                metrics.HANDLER_ERRORS.labels(self.service, "error").inc()
+                log.exception("handler failed on a batch of %d", len(incoming))
+                if failures >= self.poison_retries:
+                    break
+                await asyncio.sleep(delay)
+        # Isolate the poison records: run one by one, reject the ones that still fail.
+        outgoing: list[Outgoing] = []
+        for item in incoming:
+            try:
+                outgoing.extend(await self.handler([item]))
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                r = item.record
+                rejected.append(
+                    rejection(
+                        r.topic,
+                        "handler_error",
+                        f"{type(exc).__name__}: {exc}"[:500],
+                        r.value,
+                        tenant=item.event.tenant,
+                        key=r.key,
+                        partition=r.partition,
+                        offset=r.offset,
+                        trace_id=item.event.trace_id,
+                    )
+                )
+        return outgoing
+
+    async def _publish_with_retry(self, items: list[Outgoing]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.publisher.publish(items)
+                return
+            except KafkaError as exc:
+                log.warning("publish failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced while we worked: another member will see these records
+            # again, and the handlers are idempotent.
+            log.warning("commit refused after a rebalance", extra={"error": repr(exc)})
+        except KafkaError as exc:
+            log.warning("commit failed", extra={"error": repr(exc)})
+
+    def _record_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:  # type: ignore[type-arg]
+        assert self._consumer is not None
+        for tp, recs in batches.items():
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                metrics.LAG.labels(self.service, self._by_name[tp.topic].suffix, str(tp.partition)).set(
+                    max(0, high - (recs[-1].offset + 1))
+                )
+
+
+async def ensure_topics(settings: KafkaSettings, topics: Sequence[Topic] = ALL, timeout_s: float = 60) -> list[str]:
+    """Create missing topics with the configured partitions; return the names created."""
+    admin = AIOKafkaAdminClient(client_id="herald-admin", **client_options(settings))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                t.name(settings.topic_prefix),
+                num_partitions=settings.topic_partitions,
+                replication_factor=settings.topic_replication,
+                topic_configs=dict(t.config),
+            )
+            for t in topics
+            if t.name(settings.topic_prefix) not in existing
+        ]
+        if not wanted:
+            return []
+        response = await admin.create_topics(wanted)
+        created = []
+        for entry in response.topic_errors:
+            name, code = entry[0], entry[1]
+            if code and code != TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"could not create topic {name}: error code {code}")
+            created.append(name)
+        return created
+    finally:
+        await admin.close()

@@ -1,0 +1,21 @@
+"""Prometheus metrics shared by the services. Names are stable: dashboards depend on them."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONSUMED = Counter("herald_consumer_records_total", "Kafka records consumed", ["service", "topic"])
+PUBLISHED = Counter("herald_published_events_total", "Events published to Kafka", ["service", "topic"])
+REJECTED = Counter(
+    "herald_rejected_events_total", "Events sent to the rejected topic", ["service", "reason_code"]
+)
+HANDLER_ERRORS = Counter(
+    "herald_consumer_handler_errors_total", "Batch handler failures (transient or not)", ["service", "kind"]
+)
+BATCH_SECONDS = Histogram(
+    "herald_consumer_batch_seconds",
+    "Time to handle, publish and commit one batch",
+    ["service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LAG = Gauge("herald_consumer_lag", "Records behind the end of the partition", ["service", "topic", "partition"])

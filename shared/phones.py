@@ -1,0 +1,57 @@
+"""Recipient numbers: E.164 parsing and checks with phonenumbers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberType
+
+# Types that can take an SMS. FIXED_LINE_OR_MOBILE covers the NANP (US, CA), where the
+# numbering plan does not tell mobiles apart.
+SMS_CAPABLE = frozenset({"MOBILE", "FIXED_LINE_OR_MOBILE"})
+_TYPE_NAMES = {v: k for k, v in vars(PhoneNumberType).items() if isinstance(v, int) and k.isupper()}
+
+
+class PhoneError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    e164: str
+    country: str
+    number_type: str
+
+
+def parse_e164(raw: str, allowed_types: Iterable[str] | None = SMS_CAPABLE) -> Phone:
+    """Parse ``raw`` as E.164 or raise :class:`PhoneError` with a machine-readable code.
+
+    ``allowed_types=None`` accepts any valid number (suppression lists, for example).
+    """
+    text = raw.strip()
+    if not text.startswith("+"):
+        raise PhoneError("not_e164", "number must be in E.164 form, starting with + and the country code")
+    try:
+        number = phonenumbers.parse(text, None)
+    except NumberParseException as exc:
+        raise PhoneError("unparseable_number", f"number cannot be parsed: {exc._msg}") from None
+    if not phonenumbers.is_possible_number(number):
+        raise PhoneError("impossible_number", "number has an impossible length for its country")
+    if not phonenumbers.is_valid_number(number):
+        raise PhoneError("invalid_number", "number is not valid in its country's numbering plan")
+    number_type = _TYPE_NAMES.get(phonenumbers.number_type(number), "UNKNOWN")
+    allowed = frozenset(allowed_types) if allowed_types is not None else None
+    if allowed is not None and number_type not in allowed:
+        raise PhoneError(
+            "unsupported_number_type",
+            f"{number_type.lower()} numbers cannot receive SMS here (allowed: {', '.join(sorted(allowed)).lower()})",
+        )
+    return Phone(
+        e164=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
+        country=phonenumbers.region_code_for_number(number) or "ZZ",
+        number_type=number_type,
+    )

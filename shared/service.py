@@ -1,0 +1,94 @@
+"""The common shape of a Herald service process, used by every service's ``app.py``.
+
+Opens the database pool and the idempotent producer, starts one batch consumer, serves
+HTTP (the service's API if it has one, plus /healthz, /readyz and /metrics), runs any
+extra workers, and shuts down in reverse order on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI
+
+from shared import logging as herald_logging
+from shared.api import Check, add_ops_routes
+from shared.db import create_pool
+from shared.kafka import BatchConsumer, Handler, Publisher, make_producer
+from shared.runtime import http_server, run_until_stopped
+from shared.settings import ConsumerSettings
+from shared.topics import Topic
+
+
+@dataclass
+class Context:
+    """What the composition root hands to a service's wiring functions."""
+
+    name: str
+    settings: Any
+    pool: asyncpg.Pool
+    publisher: Publisher
+    stack: contextlib.AsyncExitStack
+    workers: dict[str, Coroutine[Any, Any, None]] = field(default_factory=dict)
+    stoppers: list[Callable[[], None]] = field(default_factory=list)
+
+
+@dataclass
+class Wiring:
+    handler: Handler
+    app: FastAPI | None = None  # the service's own API; ops routes are added to it
+
+
+async def run_service(
+    name: str,
+    settings: ConsumerSettings,
+    topics: Sequence[Topic],
+    wire: Callable[[Context, Check], Coroutine[Any, Any, Wiring]],
+) -> int:
+    herald_logging.configure(name, settings.log_level, settings.log_format)
+    group_id = settings.consumer_group or f"{settings.topic_prefix}{name}"
+    log = logging.getLogger(f"herald.{name}")
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(settings)
+        stack.push_async_callback(pool.close)
+        producer = make_producer(settings, f"herald-{name}")
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        publisher = Publisher(producer, settings.topic_prefix, name)
+        ctx = Context(name, settings, pool, publisher, stack)
+        consumer_ref: list[BatchConsumer] = []
+
+        async def readiness() -> dict[str, bool]:
+            checks = {"consumer_assigned": bool(consumer_ref and consumer_ref[0].assigned)}
+            try:
+                await pool.fetchval("SELECT 1")
+                checks["database"] = True
+            except Exception:
+                checks["database"] = False
+            return checks
+
+        wiring = await wire(ctx, readiness)
+        consumer = BatchConsumer(settings, name, group_id, topics, wiring.handler, publisher)
+        consumer_ref.append(consumer)
+        await consumer.start()
+        stack.push_async_callback(consumer.close)
+        app = wiring.app or FastAPI(title=f"Herald {name}", docs_url=None, redoc_url=None, openapi_url=None)
+        if wiring.app is None:
+            add_ops_routes(app, readiness)
+        server = http_server(app, settings.http_host, settings.http_port, settings.shutdown_timeout_s)
+
+        def stop_http() -> None:
+            server.should_exit = True
+
+        log.info("%s starting", name, extra={"port": settings.http_port, "group": group_id})
+        return await run_until_stopped(
+            {"http": server.serve(), "consumer": consumer.run(), **ctx.workers},
+            [consumer.stop_fetching, *ctx.stoppers, stop_http],
+            settings.shutdown_timeout_s,
+        )
+    return 0

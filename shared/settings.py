@@ -1,0 +1,64 @@
+"""Typed settings read from environment variables (prefix ``HERALD_``).
+
+Every service builds its own settings class from these parts, so one variable means
+the same thing everywhere. Secrets are ``SecretStr`` and never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HeraldSettings(BaseSettings):
+    """Base for all settings classes: ``HERALD_`` prefix, ``__`` for nesting, unknown vars ignored."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_", env_nested_delimiter="__", extra="ignore")
+
+
+class KafkaSettings(HeraldSettings):
+    """Connection to the Kafka cluster, shared by every service."""
+
+    kafka_bootstrap: str = Field("127.0.0.1:39092", description="Comma-separated bootstrap servers")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle for SSL / SASL_SSL")
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    topic_prefix: str = Field("herald.", description="Prefix of every topic name (one cluster, many environments)")
+    topic_partitions: int = Field(6, ge=1, description="Partitions for topics created by `herald migrate`")
+    topic_replication: int = Field(1, ge=1, description="Replication factor for topics created by `herald migrate`")
+
+
+class DatabaseSettings(HeraldSettings):
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:35432/herald"), description="PostgreSQL DSN"
+    )
+    db_pool_min: int = Field(1, ge=0)
+    db_pool_max: int = Field(10, ge=1, description="Connections per process (the DB connection budget)")
+
+
+class ServiceSettings(KafkaSettings, DatabaseSettings):
+    """What every Herald service needs: Kafka, PostgreSQL, an HTTP port, logging."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 38080
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    shutdown_timeout_s: float = Field(15.0, gt=0, description="Bound on graceful shutdown")
+
+
+class ConsumerSettings(ServiceSettings):
+    """A service that consumes Kafka in batches."""
+
+    consumer_group: str | None = Field(
+        None, description="Consumer group id; default: topic prefix + service name (e.g. herald.dispatcher)"
+    )
+    consumer_max_records: int = Field(1000, ge=1, description="Most records handled in one batch")
+    consumer_poll_ms: int = Field(200, ge=1, description="How long one poll waits for records")
+    consumer_max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    consumer_session_timeout_ms: int = Field(10_000, ge=6_000)
