@@ -1,0 +1,1 @@
+"""Developer tooling: run the whole stack locally (demo, tests, benchmarks). Not used by services."""

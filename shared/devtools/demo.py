@@ -1,0 +1,240 @@
+"""``herald up``: the whole platform on this machine, and a demo that sends real traffic.
+
+Starts Kafka and PostgreSQL (deploy/local/infra.py), applies migrations, creates topics
+and a demo tenant, starts the four services and the gateway simulator as processes, sends
+demo messages through ingest's HTTP API, follows them to their final status with a
+progress bar, prints a summary, and keeps the stack up until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared.devtools.stack import REPO, Ports, Stack, infra
+from shared.settings import ServiceSettings
+
+STATE = Path(os.environ.get("HERALD_STATE_DIR", REPO / ".herald"))
+PID_FILE = STATE / "stack.json"
+FINAL = ("delivered", "undelivered", "failed", "suppressed", "rejected", "expired")
+console = Console()
+
+
+def demo_numbers(count: int, seed: int = 7) -> list[str]:
+    """Valid mobile numbers from several countries (all answered by the local simulator)."""
+    rng = random.Random(seed)
+    makers = [
+        lambda: f"+346{rng.randrange(10**8):08d}",  # Spain
+        lambda: f"+336{rng.randrange(10**8):08d}",  # France
+        lambda: f"+4915{rng.randrange(1, 10):d}{rng.randrange(10**7):07d}",  # Germany
+        lambda: f"+1415555{rng.randrange(10**4):04d}",  # United States
+        lambda: f"+9198{rng.randrange(10**8):08d}",  # India
+    ]
+    return [makers[i % len(makers)]() for i in range(count)]
+
+
+async def prepare(settings: ServiceSettings, tenant: str) -> str:
+    """Migrations, topics, and a fresh API key for ``tenant``."""
+    from shared.auth import create_key, create_tenant
+    from shared.db import create_pool, migrate
+    from shared.kafka import ensure_topics
+
+    pool = await create_pool(settings)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            async with conn.transaction():
+                await create_tenant(conn, tenant, tenant.title())
+                key = await create_key(conn, tenant, name="demo")
+    finally:
+        await pool.close()
+    await ensure_topics(settings)
+    return key
+
+
+def build_messages(count: int) -> tuple[list[dict[str, Any]], list[str]]:
+    numbers = demo_numbers(count)
+    suppressed = numbers[::50]  # 2 % opted out: their marketing messages must be suppressed
+    messages = []
+    for i, number in enumerate(numbers):
+        marketing = i % 3 == 0
+        body = (
+            f"Flash sale: 30% off everything until midnight! Code FLASH{i % 97}. Reply STOP to opt out."
+            if marketing
+            else f"Your verification code is {100000 + (i * 7919) % 900000}. It expires in 10 minutes."
+        )
+        messages.append({"to": number, "body": body, "type": "marketing" if marketing else "transactional",
+                         "sender": "Herald", "metadata": {"demo": "1"}})
+    # A few bad ones, to show the machine-readable 4xx reasons.
+    messages[5]["to"] = "+34123"  # impossible number
+    messages[11]["to"] = "600123456"  # not E.164
+    messages[17]["body"] = ""  # empty body
+    messages[23]["to"] = "+34910000000"  # a fixed line: cannot take SMS
+    return messages, suppressed
+
+
+async def send_all(
+    base: str, key: str, messages: list[dict[str, Any]], suppressed: list[str], progress: Progress, task: Any
+) -> tuple[list[uuid.UUID], dict[str, int]]:
+    headers = {"Authorization": f"Bearer {key}"}
+    ids: list[uuid.UUID] = []
+    rejected: dict[str, int] = {}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
+        for number in suppressed:
+            r = await client.put(f"/v1/suppressions/{number}", json={"reason": "demo_opt_out"})
+            r.raise_for_status()
+        # Twenty single requests (the OTP path), the rest in batches of 500.
+        for message in messages[:20]:
+            r = await client.post("/v1/messages", json=message)
+            if r.status_code == 202:
+                ids.append(uuid.UUID(r.json()["message_id"]))
+            else:
+                code = r.json()["error"]["code"]
+                rejected[code] = rejected.get(code, 0) + 1
+            progress.advance(task)
+        rest = messages[20:]
+        for i in range(0, len(rest), 500):
+            chunk = rest[i : i + 500]
+            r = await client.post("/v1/messages/batch", json={"messages": chunk})
+            r.raise_for_status()
+            for result in r.json()["results"]:
+                if "message_id" in result and result["message_id"]:
+                    ids.append(uuid.UUID(result["message_id"]))
+                else:
+                    code = result["error"]["code"]
+                    rejected[code] = rejected.get(code, 0) + 1
+            progress.advance(task, len(chunk))
+    return ids, rejected
+
+
+async def follow(dsn: str, ids: list[uuid.UUID], progress: Progress, task: Any, timeout_s: float) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = await conn.fetch(
+                "SELECT status, count(*) AS n, count(submitted_at) AS sub FROM messages"
+                " WHERE message_id = ANY($1::uuid[]) AND status_rank > 0 GROUP BY status",
+                ids,
+            )
+            counts = {r["status"]: r["n"] for r in rows}
+            counts["submitted"] = sum(r["sub"] for r in rows)
+            done = sum(counts.get(s, 0) for s in FINAL)
+            progress.update(task, completed=done)
+            if done >= len(ids) or time.monotonic() > deadline:
+                return counts
+            await asyncio.sleep(0.3)
+    finally:
+        await conn.close()
+
+
+def summary(counts: dict[str, int], accepted: int, rejected: dict[str, int], elapsed: float, stack: Stack) -> None:
+    table = Table(title="Herald demo summary", show_header=True)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    final = sum(counts.get(s, 0) for s in FINAL)
+    rows = [
+        ("accepted (HTTP 202)", accepted),
+        ("submitted to the gateway", counts.get("submitted", 0)),
+        ("delivered", counts.get("delivered", 0)),
+        ("undelivered", counts.get("undelivered", 0)),
+        ("failed", counts.get("failed", 0)),
+        ("suppressed (opted out, marketing)", counts.get("suppressed", 0)),
+        ("rejected (HTTP 4xx): " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())), sum(rejected.values())),
+        ("in a final state", f"{final} of {accepted}"),
+    ]
+    for what, n in rows:
+        table.add_row(what, str(n))
+    console.print(table)
+    console.print(f"[bold]{accepted / elapsed:,.0f} messages per second[/] end to end "
+                  f"({accepted} messages from the first request to the last final status in {elapsed:.1f} s)")
+    console.print("\nAPI docs:    " + f"{stack.url('ingest')}/docs  (ingest)   {stack.url('reports')}/docs  (reports)")
+    for name in ("ingest", "scheduler", "dispatcher", "reports"):
+        console.print(f"metrics:     {stack.url(name)}/metrics  ({name})")
+    console.print(f"simulator:   http://127.0.0.1:{stack.ports.simulator_control}/stats")
+    console.print(f"logs:        {stack.log_dir}")
+
+
+async def _demo(stack: Stack, settings: ServiceSettings, count: int) -> int:
+    key = await prepare(settings, "demo")
+    console.print("[green]✓[/] migrations applied, topics ready, tenant [bold]demo[/] created")
+    stack.start_all()
+    _write_pids(stack)
+    await asyncio.to_thread(stack.wait_ready)
+    console.print("[green]✓[/] ingest, scheduler, dispatcher, reports and the gateway simulator are up")
+    messages, suppressed = build_messages(count)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        sending = progress.add_task("sending   ", total=len(messages))
+        started = time.monotonic()
+        ids, rejected = await send_all(stack.url("ingest"), key, messages, suppressed, progress, sending)
+        final_task = progress.add_task("final state", total=len(ids))
+        counts = await follow(settings.database_url.get_secret_value(), ids, progress, final_task, timeout_s=300)
+        elapsed = time.monotonic() - started
+    summary(counts, len(ids), rejected, elapsed, stack)
+    console.print(f"\nYour demo API key: {key}")
+    done = sum(counts.get(s, 0) for s in FINAL)
+    return 0 if done == len(ids) else 1
+
+
+def _write_pids(stack: Stack) -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    PID_FILE.write_text(json.dumps([p.popen.pid for p in stack.processes]))
+
+
+def run_demo(count: int, *, wait: bool, keep_infra: bool) -> int:
+    console.print("[bold]Herald[/]: starting Kafka and PostgreSQL…")
+    try:
+        proc = infra("start")
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    console.print(proc.stdout.strip())
+    settings = ServiceSettings()
+    stack = Stack(env={}, ports=Ports(), log_dir=STATE / "logs")
+    code = 1
+    try:
+        code = asyncio.run(_demo(stack, settings, count))
+        if wait:
+            console.print("\nThe stack keeps running. Press [bold]Ctrl-C[/] to stop it (or run `make stop`).")
+            try:
+                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            except KeyboardInterrupt:
+                pass
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/]")
+        code = 2
+    finally:
+        console.print("stopping services…")
+        stack.stop()
+        PID_FILE.unlink(missing_ok=True)
+        if not keep_infra:
+            console.print(infra("stop", check=False).stdout.strip())
+    return code
+
+
+def down() -> int:
+    if PID_FILE.exists():
+        for pid in json.loads(PID_FILE.read_text()):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        PID_FILE.unlink(missing_ok=True)
+    print(infra("stop", check=False).stdout.strip())
+    return 0

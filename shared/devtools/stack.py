@@ -1,0 +1,209 @@
+"""Start Herald's services and the gateway simulator as separate processes.
+
+Used by ``herald up`` (the demo), the end-to-end tests and the benchmarks. Children get
+``PR_SET_PDEATHSIG`` so they die with their parent: no orphans even after a kill -9.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA_SCRIPT = REPO / "deploy" / "local" / "infra.py"
+SERVICES = ("ingest", "scheduler", "dispatcher", "reports")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def infra(command: str, *, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run ``deploy/local/infra.py COMMAND`` (start, stop, status)."""
+    proc = subprocess.run(
+        [sys.executable, str(INFRA_SCRIPT), command], text=True, capture_output=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"infra {command} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@dataclass
+class Ports:
+    ingest: int = 38080
+    scheduler: int = 38081
+    dispatcher: int = 38082
+    reports: int = 38083
+    simulator: int = 38090
+    simulator_control: int = 38091
+
+    @classmethod
+    def random(cls) -> Ports:
+        return cls(*(free_port() for _ in range(6)))
+
+    def of(self, name: str) -> int:
+        return int(getattr(self, name))
+
+
+@dataclass
+class Process:
+    name: str
+    instance: int
+    popen: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+
+@dataclass
+class Stack:
+    """The services and simulator of one Herald environment (one topic prefix, one database)."""
+
+    env: dict[str, str]
+    ports: Ports
+    log_dir: Path
+    gateway_rate: float = 2000.0
+    processes: list[Process] = field(default_factory=list)
+
+    def base_env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        env.setdefault("HERALD_LOG_FORMAT", "json")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+        env["HERALD_SIM_PORT"] = str(self.ports.simulator)
+        env["HERALD_SIM_CONTROL_PORT"] = str(self.ports.simulator_control)
+        env["HERALD_SIM_RECEIPT_URL"] = f"http://127.0.0.1:{self.ports.ingest}/v1/receipts/sim"
+        env.setdefault(
+            "HERALD_GATEWAYS",
+            json.dumps(
+                [
+                    {
+                        "name": "sim",
+                        "kind": "herald-http",
+                        "url": f"http://127.0.0.1:{self.ports.simulator}",
+                        "api_token": env.get("HERALD_SIM_API_TOKEN", "sim-token"),
+                        "rate_per_s": self.gateway_rate,
+                    }
+                ]
+            ),
+        )
+        return env
+
+    def start(self, name: str, *, port: int | None = None, extra_env: dict[str, str] | None = None) -> Process:
+        """Start one instance of a service (or ``simulator``)."""
+        instance = sum(1 for p in self.processes if p.name == name) + 1
+        port = port or (self.ports.of(name) if instance == 1 else free_port())
+        env = self.base_env()
+        if name != "simulator":
+            env["HERALD_HTTP_PORT"] = str(port)
+        env.update(extra_env or {})
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / (f"{name}.log" if instance == 1 else f"{name}-{instance}.log")
+        with open(log_path, "ab") as log:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        process = Process(name, instance, popen, port, log_path)
+        self.processes.append(process)
+        return process
+
+    def start_all(self) -> None:
+        for port in (self.ports.simulator, self.ports.simulator_control, *(self.ports.of(s) for s in SERVICES)):
+            if not port_free(port):
+                raise RuntimeError(
+                    f"port {port} is taken: is another Herald stack running? Stop it with `make stop`, "
+                    "or choose other ports."
+                )
+        self.start("simulator")
+        for name in SERVICES:
+            self.start(name)
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        for process in self.processes:
+            path = "/healthz" if process.name == "simulator" else "/readyz"
+            url = f"http://127.0.0.1:{process.port}{path}"
+            while True:
+                if process.popen.poll() is not None:
+                    raise RuntimeError(f"{process.name} exited with {process.popen.returncode}:\n{self.tail(process)}")
+                try:
+                    if httpx.get(url, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{process.name} not ready after {timeout_s:.0f}s:\n{self.tail(process)}")
+                time.sleep(0.25)
+
+    @staticmethod
+    def tail(process: Process, lines: int = 30) -> str:
+        try:
+            return "\n".join(process.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def signal(self, process: Process, sig: int) -> None:
+        if process.popen.poll() is None:
+            process.popen.send_signal(sig)
+
+    def stop_process(self, process: Process, timeout_s: float = 20) -> int | None:
+        self.signal(process, signal.SIGTERM)
+        try:
+            return process.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.popen.kill()
+            return process.popen.wait(5)
+
+    def kill_process(self, process: Process) -> None:
+        self.signal(process, signal.SIGKILL)
+        process.popen.wait(10)
+
+    def stop(self, timeout_s: float = 20) -> None:
+        """SIGTERM every process (consumers first, simulator last), then SIGKILL stragglers."""
+        order = sorted(self.processes, key=lambda p: p.name == "simulator")
+        for process in order:
+            self.signal(process, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in order:
+            try:
+                process.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait(5)
+        self.processes.clear()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports.of(name)}"
