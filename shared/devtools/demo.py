@@ -38,8 +38,8 @@ def demo_numbers(count: int, seed: int = 7) -> list[str]:
     rng = random.Random(seed)
     makers = [
         lambda: f"+346{rng.randrange(10**8):08d}",  # Spain
-        lambda: f"+336{rng.randrange(10**8):08d}",  # France
-        lambda: f"+4915{rng.randrange(1, 10):d}{rng.randrange(10**7):07d}",  # Germany
+        lambda: f"+3361{rng.randrange(10**7):07d}",  # France
+        lambda: f"+49151{rng.randrange(10**8):08d}",  # Germany
         lambda: f"+1415555{rng.randrange(10**4):04d}",  # United States
         lambda: f"+9198{rng.randrange(10**8):08d}",  # India
     ]
@@ -210,10 +210,8 @@ def run_demo(count: int, *, wait: bool, keep_infra: bool) -> int:
         code = asyncio.run(_demo(stack, settings, count))
         if wait:
             console.print("\nThe stack keeps running. Press [bold]Ctrl-C[/] to stop it (or run `make stop`).")
-            try:
-                signal.sigwait({signal.SIGINT, signal.SIGTERM})
-            except KeyboardInterrupt:
-                pass
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:
