@@ -13,8 +13,9 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-_PHONE = re.compile(r"(?<![\w])\+?\d[\d \-]{6,17}\d(?![\w])")
-_STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# "+" and 7-20 digits (spaces or dashes allowed), or a bare run of 10-15 digits.
+_PHONE = re.compile(r"\+\d[\d \-]{5,18}\d|(?<![\w.:+-])\d{10,15}(?![\w.:-])")
+_STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 def mask_phone(value: str) -> str:
@@ -67,10 +68,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         extras = {k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and not k.startswith("_")}
-        line = super().format(record)
+        masked = logging.makeLogRecord({**record.__dict__, "msg": mask_text(record.getMessage()), "args": None})
+        line = super().format(masked)
         if extras:
-            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
-        return mask_text(line)
+            line += " " + " ".join(f"{k}={_mask_value(v)}" for k, v in extras.items())
+        return line
 
 
 def configure(service: str, level: str = "INFO", fmt: str = "json") -> None:

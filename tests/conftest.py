@@ -1,0 +1,113 @@
+"""Test fixtures. Integration and end-to-end tests run on the real Kafka broker and
+PostgreSQL started by deploy/local/infra.py; if they cannot start, the tests fail (never skip).
+
+Each test session gets its own database and topic prefix, so it never touches a running
+demo or another session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from shared.devtools.stack import infra
+
+
+@dataclass(frozen=True)
+class Env:
+    bootstrap: str
+    dsn: str
+    admin_dsn: str
+    prefix: str
+
+    def vars(self) -> dict[str, str]:
+        return {"HERALD_KAFKA_BOOTSTRAP": self.bootstrap, "HERALD_DATABASE_URL": self.dsn, "HERALD_TOPIC_PREFIX": self.prefix}
+
+
+@pytest.fixture(scope="session")
+def infra_env() -> dict[str, str]:
+    """Start (or reuse) the local Kafka and PostgreSQL; return their addresses."""
+    infra("start")
+    out = infra("env").stdout
+    found = dict(re.findall(r"^export (\w+)=(\S+)$", out, re.M))
+    return {"bootstrap": found["HERALD_KAFKA_BOOTSTRAP"], "dsn": found["HERALD_DATABASE_URL"]}
+
+
+@pytest.fixture(scope="session")
+async def env(infra_env: dict[str, str]) -> AsyncIterator[Env]:
+    """A fresh database and topic prefix for this session, migrated, with topics created."""
+    from shared.db import create_pool, migrate
+    from shared.kafka import ensure_topics
+    from shared.settings import ServiceSettings
+
+    tag = uuid.uuid4().hex[:8]
+    admin_dsn = infra_env["dsn"]
+    db = f"herald_test_{tag}"
+    conn = await asyncpg.connect(admin_dsn)
+    await conn.execute(f'CREATE DATABASE "{db}"')
+    await conn.close()
+    dsn = admin_dsn.rsplit("/", 1)[0] + f"/{db}"
+    result = Env(bootstrap=infra_env["bootstrap"], dsn=dsn, admin_dsn=admin_dsn, prefix=f"test{tag}.")
+    saved = {k: os.environ.get(k) for k in result.vars()}
+    os.environ.update(result.vars())
+    settings = ServiceSettings()
+    pool = await create_pool(settings)
+    async with pool.acquire() as c:
+        await migrate(c)
+    await pool.close()
+    await ensure_topics(settings)
+    yield result
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    conn = await asyncpg.connect(admin_dsn)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def pool(env: Env) -> AsyncIterator[asyncpg.Pool]:
+    from shared.db import create_pool
+    from shared.settings import ServiceSettings
+
+    p = await create_pool(ServiceSettings())
+    yield p
+    await p.close()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+async def make_tenant(pool: asyncpg.Pool, scopes: tuple[str, ...] | None = None) -> Tenant:
+    from shared.auth import DEFAULT_SCOPES, create_key, create_tenant
+
+    tenant_id = f"t{uuid.uuid4().hex[:10]}"
+    async with pool.acquire() as conn:
+        await create_tenant(conn, tenant_id, tenant_id)
+        key = await create_key(conn, tenant_id, scopes or DEFAULT_SCOPES)
+    return Tenant(tenant_id, key)
+
+
+@pytest.fixture
+async def tenant(pool: asyncpg.Pool) -> Tenant:
+    return await make_tenant(pool)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> Iterator[str]:
+    yield "asyncio"

@@ -1,0 +1,60 @@
+"""Small helpers for tests that talk to the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.contracts import RejectedEventEnvelope
+
+
+async def produce_raw(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in values]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, until: Callable[[list[Any]], bool], timeout_s: float = 30
+) -> list[Any]:
+    """Read a topic from the beginning (no group) until ``until(records)`` holds."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        group_id=None, client_id=f"test-{uuid.uuid4().hex[:6]}",
+    )
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(records) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def rejected_events(records: list[Any]) -> list[RejectedEventEnvelope]:
+    return [RejectedEventEnvelope.model_validate_json(r.value) for r in records]
+
+
+async def wait_for(predicate: Callable[[], Any], timeout_s: float = 30, interval_s: float = 0.2) -> Any:
+    """Await an async predicate until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout_s}s (last value {value!r})")
+        await asyncio.sleep(interval_s)

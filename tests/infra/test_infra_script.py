@@ -1,0 +1,311 @@
+"""Tests of deploy/local/infra.py, the local Kafka + PostgreSQL script.
+
+The fast tests check the hand-encoded Kafka protocol and the error messages.
+The integration tests start real servers on their own ports (39192/39193/35532
+and 39292/39293/35632, or free ports from the kernel when someone else uses
+those) and in their own state dirs under /var/tmp, so they never touch the
+default instance (39092/39093/35432, <repo>/.herald).
+They need java, PostgreSQL 15 binaries and the cached Kafka jars (or mvn).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "deploy" / "local" / "infra.py"
+
+TEST_PORTS = {
+    "HERALD_KAFKA_PORT": "39192",
+    "HERALD_KAFKA_CONTROLLER_PORT": "39193",
+    "HERALD_PG_PORT": "35532",
+}
+FALLBACK_PORTS = {
+    "HERALD_KAFKA_PORT": "39292",
+    "HERALD_KAFKA_CONTROLLER_PORT": "39293",
+    "HERALD_PG_PORT": "35632",
+}
+
+
+def _load_infra():
+    spec = importlib.util.spec_from_file_location("herald_local_infra", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+infra = _load_infra()
+
+
+def _env(state_dir: Path | str, ports: dict[str, str] = TEST_PORTS, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env.update(ports)
+    env["HERALD_STATE_DIR"] = str(state_dir)
+    env.update(extra)
+    return env
+
+
+def run_infra(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def _pids(status_out: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(kafka|postgres): running \(pid (\d+)", status_out, re.M)}
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_ports(preferred: dict[str, str]) -> dict[str, str]:
+    """The preferred ports when all are free, else three free ones from the kernel.
+
+    Other people on this machine may run their own instance on a test port."""
+    if all(_port_is_free(int(p)) for p in preferred.values()):
+        return dict(preferred)
+    socks = []
+    try:
+        for _ in preferred:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return {var: str(s.getsockname()[1]) for var, s in zip(sorted(preferred), socks)}
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _shared_state_dir(prefix: str) -> Path:
+    # not pytest's tmp_path: it is 0700, and postgres must be able to traverse the dir
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+# --------------------------------------------------------------------------
+# fast tests
+
+
+def test_api_versions_request_bytes():
+    frame = infra.encode_request(18, 0, 7, b"", client_id="c")
+    # size, api_key 18, version 0, correlation id 7, client id "c", empty body
+    assert frame == struct.pack(">ihhih", 11, 18, 0, 7, 1) + b"c"
+
+
+def test_parse_api_versions_v0():
+    body = struct.pack(">hi", 0, 2) + struct.pack(">hhh", 3, 0, 13) + struct.pack(">hhh", 18, 0, 4)
+    error_code, versions = infra.parse_api_versions_v0(infra._Reader(body))
+    assert error_code == 0
+    assert versions == {3: (0, 13), 18: (0, 4)}
+
+
+def _kstr(s: str | None) -> bytes:
+    if s is None:
+        return struct.pack(">h", -1)
+    return struct.pack(">h", len(s)) + s.encode()
+
+
+def test_metadata_v8_encode_and_parse():
+    assert infra.encode_metadata_body(8) == struct.pack(">ibbb", 0, 0, 0, 0)
+    assert infra.encode_metadata_body(1) == struct.pack(">i", 0)
+    body = (
+        struct.pack(">i", 0)  # throttle
+        + struct.pack(">i", 1) + struct.pack(">i", 1) + _kstr("127.0.0.1") + struct.pack(">i", 39092) + _kstr(None)
+        + _kstr("clusterX")
+        + struct.pack(">i", 1)  # controller id
+        + struct.pack(">i", 0)  # topics
+    )
+    brokers, cluster_id, controller_id = infra.parse_metadata(infra._Reader(body), 8)
+    assert brokers == [(1, "127.0.0.1", 39092)]
+    assert cluster_id == "clusterX"
+    assert controller_id == 1
+
+
+def test_probe_of_a_closed_port_is_not_ready():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    probe = infra.probe_kafka(port, timeout=1)
+    assert not probe.ok
+
+
+def test_env_prints_exports(tmp_path):
+    cp = run_infra(_env(tmp_path / "state"), "env")
+    assert cp.returncode == 0
+    assert cp.stdout.splitlines() == [
+        "export HERALD_KAFKA_BOOTSTRAP=127.0.0.1:39192",
+        "export HERALD_DATABASE_URL=postgresql://postgres@127.0.0.1:35532/herald",
+    ]
+
+
+def test_status_without_state_is_non_zero(tmp_path):
+    cp = run_infra(_env(tmp_path / "none"), "status")
+    assert cp.returncode == 1
+    assert "kafka: stopped" in cp.stdout and "postgres: stopped" in cp.stdout
+
+
+def test_stop_without_state_is_fine(tmp_path):
+    cp = run_infra(_env(tmp_path / "none"), "stop")
+    assert cp.returncode == 0, cp.stderr
+
+
+def test_missing_java_is_explained(tmp_path):
+    env = _env(tmp_path / "state", PATH="/nonexistent")
+    env.pop("JAVA_HOME", None)
+    cp = run_infra(env, "start", timeout=60)
+    assert cp.returncode != 0
+    assert "java" in cp.stderr and "apt-get install openjdk-17-jre-headless" in cp.stderr
+
+
+def test_bad_port_value(tmp_path):
+    cp = run_infra(_env(tmp_path / "state", HERALD_PG_PORT="abc"), "env")
+    assert cp.returncode == 1
+    assert "HERALD_PG_PORT" in cp.stderr
+
+
+def test_reset_refuses_a_foreign_dir(tmp_path):
+    foreign = tmp_path / "not-herald"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    cp = run_infra(_env(foreign), "reset")
+    assert cp.returncode != 0
+    assert (foreign / "precious.txt").exists()
+
+
+# --------------------------------------------------------------------------
+# integration tests: real servers
+
+
+@pytest.fixture(scope="module")
+def infra_env():
+    state = _shared_state_dir("herald-infra-test-")
+    env = _env(state, _pick_ports(TEST_PORTS))
+    yield env
+    run_infra(env, "reset", timeout=120)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("var", sorted(TEST_PORTS))
+def test_port_taken_is_reported(infra_env, var):
+    assert run_infra(infra_env, "stop").returncode == 0
+    port = int(infra_env[var])
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        cp = run_infra(infra_env, "start")
+    assert cp.returncode != 0, cp.stdout
+    assert str(port) in cp.stderr and var in cp.stderr, cp.stderr
+    assert run_infra(infra_env, "status").returncode != 0  # nothing was left running
+
+
+def _wait_dead(pid: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while infra.pid_alive(pid):
+        assert time.monotonic() < deadline, f"pid {pid} survived kill -9"
+        time.sleep(0.1)
+
+
+def _psql_select_1(env: dict[str, str]) -> str:
+    psql = str(infra.find_pg_bindir() / "psql")
+    cp = subprocess.run(
+        [psql, "-X", "-h", "127.0.0.1", "-p", env["HERALD_PG_PORT"], "-U", "postgres", "-d", "herald",
+         "-Atc", "select 1"],
+        capture_output=True, text=True, timeout=30, cwd="/",
+    )
+    assert cp.returncode == 0, cp.stderr
+    return cp.stdout.strip()
+
+
+@pytest.mark.integration
+def test_lifecycle_start_status_kill_recover_stop(infra_env):
+    kafka_port = int(infra_env["HERALD_KAFKA_PORT"])
+
+    cp = run_infra(infra_env, "start")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert f"kafka: ready on 127.0.0.1:{kafka_port}" in cp.stdout
+
+    cp = run_infra(infra_env, "status")
+    assert cp.returncode == 0, cp.stdout
+    pids = _pids(cp.stdout)
+    assert set(pids) == {"kafka", "postgres"}, cp.stdout
+
+    assert infra.probe_kafka(kafka_port).ok
+    assert _psql_select_1(infra_env) == "1"
+
+    # a second start finds both running and changes nothing
+    t0 = time.monotonic()
+    cp = run_infra(infra_env, "start")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "kafka: already running" in cp.stdout and "postgres: already running" in cp.stdout
+    assert time.monotonic() - t0 < 20
+    assert _pids(run_infra(infra_env, "status").stdout) == pids
+
+    # kill -9 both servers: pid files and postmaster.pid go stale
+    for pid in pids.values():
+        os.kill(pid, 9)
+    for pid in pids.values():
+        _wait_dead(pid)
+    assert run_infra(infra_env, "status").returncode != 0
+
+    cp = run_infra(infra_env, "start")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    cp = run_infra(infra_env, "status")
+    assert cp.returncode == 0, cp.stdout
+    new_pids = _pids(cp.stdout)
+    assert set(new_pids) == {"kafka", "postgres"}
+    assert new_pids["kafka"] != pids["kafka"] and new_pids["postgres"] != pids["postgres"]
+    assert infra.probe_kafka(kafka_port).ok
+    assert _psql_select_1(infra_env) == "1"
+
+    cp = run_infra(infra_env, "stop")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    cp = run_infra(infra_env, "status")
+    assert cp.returncode != 0
+    assert "kafka: stopped" in cp.stdout and "postgres: stopped" in cp.stdout
+    assert run_infra(infra_env, "stop").returncode == 0  # stopping twice is fine
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="the postgres-user fallback only applies when running as root")
+def test_untraversable_state_dir_falls_back_to_var_tmp():
+    private = Path(tempfile.mkdtemp(prefix="herald-infra-private-", dir="/var/tmp"))  # 0700
+    state = private / "state"
+    env = _env(state, _pick_ports(FALLBACK_PORTS))
+    try:
+        cp = run_infra(env, "start")
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        assert "cannot traverse" in cp.stdout
+        fallback = Path((state / "pg-location").read_text().strip())
+        assert str(fallback).startswith("/var/tmp/herald-")
+        assert (fallback / "data" / "PG_VERSION").exists()
+        assert _psql_select_1(env) == "1"
+        assert run_infra(env, "status").returncode == 0
+    finally:
+        cp = run_infra(env, "reset", timeout=120)
+        shutil.rmtree(private, ignore_errors=True)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert not state.exists()
+    assert not fallback.exists()
