@@ -1,0 +1,190 @@
+"""Messages through all four services and the simulator, on the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections import Counter
+
+import httpx
+import pytest
+
+from shared.contracts import MessageRequest, TriggerEvent
+from shared.devtools.demo import demo_numbers
+from shared.devtools.stack import Stack
+from shared.statuses import FINAL
+from shared.topics import REJECTED, TRIGGERS
+from tests.conftest import Tenant, make_tenant
+from tests.helpers import produce_raw, read_topic, rejected_events, wait_for
+
+pytestmark = pytest.mark.e2e
+FINAL_NAMES = [s.value for s in FINAL]
+
+
+async def send_batches(stack: Stack, tenant: Tenant, messages: list[dict], size: int = 500) -> list[str]:
+    ids: list[str] = []
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=tenant.headers, timeout=60) as client:
+        for i in range(0, len(messages), size):
+            r = await client.post("/v1/messages/batch", json={"messages": messages[i : i + size]})
+            assert r.status_code == 202, r.text
+            ids += [x["message_id"] for x in r.json()["results"] if x.get("message_id")]
+    return ids
+
+
+async def all_final(pool, ids: list[str], timeout_s: float = 120) -> dict[str, str]:
+    async def check():
+        rows = await pool.fetch(
+            "SELECT message_id::text AS id, status FROM messages WHERE message_id = ANY($1::uuid[])", ids
+        )
+        statuses = {r["id"]: r["status"] for r in rows}
+        return statuses if len(statuses) == len(ids) and all(s in FINAL_NAMES for s in statuses.values()) else None
+
+    return await wait_for(check, timeout_s=timeout_s, interval_s=0.5)
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    samples: dict[tuple[str, frozenset], float] = {}
+    for line in httpx.get(url).text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if m:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+async def test_thousand_messages_each_reach_exactly_one_final_state(stack: Stack, pool) -> None:
+    tenant = await make_tenant(pool)
+    numbers = demo_numbers(1200, seed=99)
+    suppressed = set(numbers[::40])
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=tenant.headers) as client:
+        for number in suppressed:
+            assert (await client.put(f"/v1/suppressions/{number}")).status_code == 200
+    messages = [
+        {"to": n, "body": f"Message {i}: hello from Herald", "type": "marketing" if i % 2 == 0 else "transactional"}
+        for i, n in enumerate(numbers)
+    ]
+    ids = await send_batches(stack, tenant, messages)
+    assert len(ids) == 1200
+    statuses = await all_final(pool, ids)
+    counts = Counter(statuses.values())
+    expected_suppressed = sum(1 for i, n in enumerate(numbers) if n in suppressed and i % 2 == 0)
+    assert counts["suppressed"] == expected_suppressed
+    assert counts["delivered"] > 0 and counts["delivered"] + counts["undelivered"] + counts["failed"] == 1200 - expected_suppressed
+
+    # Exactly one final event per message in the timeline.
+    rows = await pool.fetch(
+        "SELECT message_id::text AS id, count(*) AS n FROM message_events"
+        " WHERE message_id = ANY($1::uuid[]) AND status = ANY($2::text[]) GROUP BY message_id",
+        ids, FINAL_NAMES,
+    )
+    assert len(rows) == 1200 and all(r["n"] == 1 for r in rows)
+
+    # The simulator saw every sent message exactly once, and no suppressed one.
+    refs = httpx.get(f"http://127.0.0.1:{stack.ports.simulator_control}/stats/client_refs").json()["client_refs"]
+    sent = {i for i, s in statuses.items() if s != "suppressed"}
+    assert {i: refs.get(i) for i in sent} == {i: 1 for i in sent}
+    assert not [i for i, s in statuses.items() if s == "suppressed" and i in refs]
+    assert httpx.get(f"http://127.0.0.1:{stack.ports.simulator_control}/stats").json()["duplicates"] == {}
+
+    # reports' metrics agree with PostgreSQL once everything in this database is final.
+    async def settled():
+        return await pool.fetchval("SELECT count(*) = 0 FROM messages WHERE status_rank < 100")
+
+    await wait_for(settled, timeout_s=60)
+    await asyncio.sleep(0.5)
+    db = {r["status"]: r["n"] for r in await pool.fetch("SELECT status, count(*) AS n FROM messages GROUP BY status")}
+    samples = scrape(f"{stack.url('reports')}/metrics")
+    metric = Counter()
+    for (name, labels), value in samples.items():
+        if name == "herald_messages_final_total":
+            metric[dict(labels)["status"]] += int(value)
+    assert dict(metric) == db
+
+
+async def test_message_view_is_scoped_to_its_tenant(stack: Stack, pool) -> None:
+    owner, other = await make_tenant(pool), await make_tenant(pool)
+    ids = await send_batches(stack, owner, [{"to": "+34600000123", "body": "hello"}])
+    await all_final(pool, ids)
+    async with httpx.AsyncClient(base_url=stack.url("reports")) as client:
+        r = await client.get(f"/v1/messages/{ids[0]}", headers=owner.headers)
+        assert r.status_code == 200
+        view = r.json()
+        assert view["to_e164"] == "+34600000123" and view["status"] in FINAL_NAMES
+        assert [e["status"] for e in view["timeline"]][:2] == ["accepted", "submitted"]
+        assert view["accepted_at"] and view["submitted_at"] and view["final_at"]
+        r = await client.get(f"/v1/messages/{ids[0]}", headers=other.headers)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "message_not_found")
+        r = await client.get("/v1/messages/not-a-uuid", headers=owner.headers)
+        assert r.status_code == 422
+        r = await client.get(f"/v1/messages/{ids[0]}")
+        assert r.status_code == 401
+
+
+async def test_trigger_topic(stack: Stack, pool, env) -> None:
+    tenant = await make_tenant(pool)
+    marker = uuid.uuid4().hex[:10]
+
+    def trigger(to: str, tenant_id: str = tenant.tenant_id) -> bytes:
+        request = MessageRequest(to=to, body="Your order has shipped", metadata={"marker": marker})
+        return TriggerEvent(tenant=tenant_id, payload=request).model_dump_json().encode()
+
+    good = [trigger(f"+3461234{i:04d}") for i in range(20)]
+    records = [
+        *[(marker.encode(), g) for g in good[:10]],
+        (marker.encode(), trigger("+34123")),  # impossible number
+        (marker.encode(), trigger("+34600000001", "nosuchtenant")),
+        (marker.encode(), b'{"type": "message.requested"'),  # broken JSON
+        *[(marker.encode(), g) for g in good[10:]],
+        (marker.encode(), good[0]),  # the same event again: must not send twice
+    ]
+    await produce_raw(env.bootstrap, TRIGGERS.name(env.prefix), records)
+
+    async def twenty():
+        rows = await pool.fetch(
+            "SELECT message_id::text AS id FROM messages WHERE tenant_id = $1 AND metadata->>'marker' = $2",
+            tenant.tenant_id, marker,
+        )
+        return [r["id"] for r in rows] if len(rows) >= 20 else None
+
+    ids = await wait_for(twenty, timeout_s=60)
+    assert len(ids) == 20
+    await all_final(pool, ids)
+    rejected = await read_topic(
+        env.bootstrap, REJECTED.name(env.prefix),
+        lambda rs: len([e for e in rejected_events(rs) if e.payload.key == marker]) >= 3,
+    )
+    reasons = sorted(e.payload.reason_code for e in rejected_events(rejected) if e.payload.key == marker)
+    assert reasons == ["impossible_number", "malformed_json", "unknown_tenant"]
+
+
+async def test_gateway_outage_is_retried_and_permanent_errors_fail(stack: Stack, pool) -> None:
+    control = f"http://127.0.0.1:{stack.ports.simulator_control}/control"
+    tenant = await make_tenant(pool)
+    httpx.post(control, json={"mode": "fail", "status": 503}).raise_for_status()
+    try:
+        ids = await send_batches(stack, tenant, [{"to": f"+3462000{i:04d}", "body": "retry me"} for i in range(10)])
+        await asyncio.sleep(2.5)
+    finally:
+        httpx.post(control, json={"mode": "normal"}).raise_for_status()
+    statuses = await all_final(pool, ids, timeout_s=90)
+    assert "failed" not in statuses.values() or all(
+        r["reason_code"] != "retries_exhausted"
+        for r in await pool.fetch("SELECT reason_code FROM messages WHERE message_id = ANY($1::uuid[])", ids)
+    )
+    attempts = await pool.fetch(
+        "SELECT (detail->>'attempts')::int AS a FROM message_events WHERE message_id = ANY($1::uuid[]) AND status = 'submitted'",
+        ids,
+    )
+    assert len(attempts) == 10 and all(r["a"] > 1 for r in attempts)
+
+    httpx.post(control, json={"mode": "fail", "status": 400}).raise_for_status()
+    try:
+        ids = await send_batches(stack, tenant, [{"to": "+34620009999", "body": "refused"}])
+        statuses = await all_final(pool, ids, timeout_s=60)
+    finally:
+        httpx.post(control, json={"mode": "normal"}).raise_for_status()
+    row = await pool.fetchrow("SELECT status, reason_code FROM messages WHERE message_id = $1::uuid", ids[0])
+    assert row["status"] == "failed" and row["reason_code"] not in (None, "retries_exhausted")
