@@ -199,7 +199,8 @@ def test_reset_refuses_a_foreign_dir(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def infra_env():
+def own_infra():
+    """A state dir and ports of this module's own (named unlike tests/conftest.py's infra_env)."""
     state = _shared_state_dir("herald-infra-test-")
     env = _env(state, _pick_ports(TEST_PORTS))
     yield env
@@ -209,16 +210,19 @@ def infra_env():
 
 @pytest.mark.integration
 @pytest.mark.parametrize("var", sorted(TEST_PORTS))
-def test_port_taken_is_reported(infra_env, var):
-    assert run_infra(infra_env, "stop").returncode == 0
-    port = int(infra_env[var])
+def test_port_taken_is_reported(own_infra, var):
+    assert run_infra(own_infra, "stop").returncode == 0
+    port = int(own_infra[var])
     with socket.socket() as blocker:
+        # SO_REUSEADDR: a just-stopped broker may leave TIME_WAIT connections on the port;
+        # a listening socket still takes it, with or without the option
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         blocker.bind(("127.0.0.1", port))
         blocker.listen()
-        cp = run_infra(infra_env, "start")
+        cp = run_infra(own_infra, "start")
     assert cp.returncode != 0, cp.stdout
     assert str(port) in cp.stderr and var in cp.stderr, cp.stderr
-    assert run_infra(infra_env, "status").returncode != 0  # nothing was left running
+    assert run_infra(own_infra, "status").returncode != 0  # nothing was left running
 
 
 def _wait_dead(pid: int, timeout: float = 15) -> None:
@@ -240,52 +244,52 @@ def _psql_select_1(env: dict[str, str]) -> str:
 
 
 @pytest.mark.integration
-def test_lifecycle_start_status_kill_recover_stop(infra_env):
-    kafka_port = int(infra_env["HERALD_KAFKA_PORT"])
+def test_lifecycle_start_status_kill_recover_stop(own_infra):
+    kafka_port = int(own_infra["HERALD_KAFKA_PORT"])
 
-    cp = run_infra(infra_env, "start")
+    cp = run_infra(own_infra, "start")
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert f"kafka: ready on 127.0.0.1:{kafka_port}" in cp.stdout
 
-    cp = run_infra(infra_env, "status")
+    cp = run_infra(own_infra, "status")
     assert cp.returncode == 0, cp.stdout
     pids = _pids(cp.stdout)
     assert set(pids) == {"kafka", "postgres"}, cp.stdout
 
     assert infra.probe_kafka(kafka_port).ok
-    assert _psql_select_1(infra_env) == "1"
+    assert _psql_select_1(own_infra) == "1"
 
     # a second start finds both running and changes nothing
     t0 = time.monotonic()
-    cp = run_infra(infra_env, "start")
+    cp = run_infra(own_infra, "start")
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert "kafka: already running" in cp.stdout and "postgres: already running" in cp.stdout
     assert time.monotonic() - t0 < 20
-    assert _pids(run_infra(infra_env, "status").stdout) == pids
+    assert _pids(run_infra(own_infra, "status").stdout) == pids
 
     # kill -9 both servers: pid files and postmaster.pid go stale
     for pid in pids.values():
         os.kill(pid, 9)
     for pid in pids.values():
         _wait_dead(pid)
-    assert run_infra(infra_env, "status").returncode != 0
+    assert run_infra(own_infra, "status").returncode != 0
 
-    cp = run_infra(infra_env, "start")
+    cp = run_infra(own_infra, "start")
     assert cp.returncode == 0, cp.stdout + cp.stderr
-    cp = run_infra(infra_env, "status")
+    cp = run_infra(own_infra, "status")
     assert cp.returncode == 0, cp.stdout
     new_pids = _pids(cp.stdout)
     assert set(new_pids) == {"kafka", "postgres"}
     assert new_pids["kafka"] != pids["kafka"] and new_pids["postgres"] != pids["postgres"]
     assert infra.probe_kafka(kafka_port).ok
-    assert _psql_select_1(infra_env) == "1"
+    assert _psql_select_1(own_infra) == "1"
 
-    cp = run_infra(infra_env, "stop")
+    cp = run_infra(own_infra, "stop")
     assert cp.returncode == 0, cp.stdout + cp.stderr
-    cp = run_infra(infra_env, "status")
+    cp = run_infra(own_infra, "status")
     assert cp.returncode != 0
     assert "kafka: stopped" in cp.stdout and "postgres: stopped" in cp.stdout
-    assert run_infra(infra_env, "stop").returncode == 0  # stopping twice is fine
+    assert run_infra(own_infra, "stop").returncode == 0  # stopping twice is fine
 
 
 @pytest.mark.integration
