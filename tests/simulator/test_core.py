@@ -19,7 +19,6 @@ from services.simulator.core import (
     Simulator,
     SubmitRequest,
     iso_utc,
-    mask_phone,
     parse_batch,
     parse_control,
     parse_submit,
@@ -93,10 +92,11 @@ def test_parse_batch_limits() -> None:
             parse_batch(bad)
 
 
-def test_mask_phone_keeps_first_and_last_three() -> None:
-    assert mask_phone("+34600000001") == "+34*****001"
-    assert mask_phone("+4915112345678") == "+49*****678"
-    assert mask_phone("+1234") == "*****"
+def test_errors_mask_the_number_keeping_first_and_last_three() -> None:
+    with pytest.raises(RequestError) as exc:
+        parse_submit({"to": "+99912345678", "body": "x", "client_ref": "m"})
+    masked = exc.value.message.split()[1]
+    assert masked.startswith("+99") and masked.endswith("678") and set(masked[3:-3]) == {"*"}
 
 
 def test_iso_utc() -> None:
@@ -166,7 +166,10 @@ def test_submissions_are_counted_exactly_and_duplicates_kept() -> None:
     assert [s.id for s in sim.lookup("a")] == [a1.id, a2.id, a3.id]
     assert sim.lookup("zzz") == []
     assert a1.to_json() == {
-        "id": a1.id, "client_ref": "a", "to": "+34600000001", "status": "accepted",
+        "id": a1.id,
+        "client_ref": "a",
+        "to": "+34600000001",
+        "status": "accepted",
         "submitted_at": iso_utc(T0),
     }
 
@@ -236,8 +239,7 @@ def test_receipt_payload_and_status_after_it_is_taken() -> None:
     batch = sim.take_due(T0 + 1, 10)
     assert batch.payload() == {
         "receipts": [
-            {"id": sub.id, "client_ref": "m", "status": "failed", "error_code": "002",
-             "done_at": iso_utc(T0 + 0.1)}
+            {"id": sub.id, "client_ref": "m", "status": "failed", "error_code": "002", "done_at": iso_utc(T0 + 0.1)}
         ]
     }
     assert sim.lookup("m")[0].status == "failed"
@@ -321,6 +323,9 @@ def test_gate_per_mode() -> None:
     assert (err.status, err.code) == (429, "throttled")
     sim.apply(parse_control({"mode": "fail"}))
     assert sim.gate().reject.status == 503
+    sim.apply(parse_control({"mode": "fail", "status": 400}))
+    err = sim.gate().reject
+    assert (err.status, err.code) == (400, "rejected")
 
     sim.apply(parse_control({"mode": "slow", "delay_ms": 250}))
     assert sim.gate().delay_s == 0.25 and sim.gate().reject is None
@@ -352,13 +357,17 @@ def test_partial_fail_draws_at_the_rate_without_shifting_outcomes() -> None:
 
 def test_control_changes_rates_and_delays() -> None:
     sim = make_sim()
-    sim.apply(parse_control({"outcome_rates": {"delivered": 0, "undelivered": 0, "failed": 1},
-                             "receipt_delay_ms": [10, 10]}))
+    sim.apply(
+        parse_control({"outcome_rates": {"delivered": 0, "undelivered": 0, "failed": 1}, "receipt_delay_ms": [10, 10]})
+    )
     sub = sim.submit(req("m"), T0)
     assert sub.outcome is Outcome.FAILED
     assert sub.due_at == pytest.approx(T0 + 0.01)
-    assert sim.config() == {"mode": "normal", "outcome_rates": {"delivered": 0, "undelivered": 0, "failed": 1},
-                            "receipt_delay_ms": [10, 10]}
+    assert sim.config() == {
+        "mode": "normal",
+        "outcome_rates": {"delivered": 0, "undelivered": 0, "failed": 1},
+        "receipt_delay_ms": [10, 10],
+    }
 
 
 @pytest.mark.parametrize(
@@ -402,7 +411,7 @@ def test_invalid_control_changes_nothing() -> None:
 
 def test_settings_defaults_and_env(monkeypatch) -> None:
     for key in list(__import__("os").environ):
-        if key.startswith("HERALD_SIM_"):
+        if key.startswith(("HERALD_SIM_", "HERALD_LOG_")):
             monkeypatch.delenv(key)
     s = SimulatorSettings()
     assert (s.host, s.port, s.control_port) == ("127.0.0.1", 38090, 38091)
@@ -418,6 +427,13 @@ def test_settings_defaults_and_env(monkeypatch) -> None:
     assert "t0ps3cret" not in repr(s)
     assert "t0ps3cret" not in str(s.public_dict())
     assert "sim-receipt-secret" not in str(s.public_dict())
+    assert (s.log_level, s.log_format) == ("INFO", "json")
+    monkeypatch.setenv("HERALD_LOG_FORMAT", "text")
+    monkeypatch.setenv("HERALD_LOG_LEVEL", "warning")
+    assert (SimulatorSettings().log_level, SimulatorSettings().log_format) == ("WARNING", "text")
+    monkeypatch.setenv("HERALD_SIM_LOG_LEVEL", "DEBUG")
+    assert SimulatorSettings().log_level == "DEBUG"
+    assert SimulatorSettings(log_format="json").log_format == "json"
 
 
 @pytest.mark.parametrize(

@@ -157,7 +157,12 @@ async def test_batch_keeps_request_order_and_counts_each_message(apps: Apps) -> 
     assert [r["client_ref"] for r in results] == ["b-1", "b-2", None, "b-1", "b-4", None]
     assert [r.get("status") for r in results] == ["accepted", None, None, "accepted", "accepted", None]
     assert [r.get("error", {}).get("code") for r in results] == [
-        None, "invalid_destination", "invalid_request", None, None, "invalid_request"
+        None,
+        "invalid_destination",
+        "invalid_request",
+        None,
+        None,
+        "invalid_request",
     ]
     assert len({r["id"] for r in results if "id" in r}) == 3
     s = await stats(apps)
@@ -167,12 +172,10 @@ async def test_batch_keeps_request_order_and_counts_each_message(apps: Apps) -> 
 
 
 async def test_batch_size_limit(apps: Apps) -> None:
-    resp = await apps.api.post("/v1/sms/batch", json={"messages": [msg(f"m{i}") for i in range(1000)]},
-                               headers=AUTH)
+    resp = await apps.api.post("/v1/sms/batch", json={"messages": [msg(f"m{i}") for i in range(1000)]}, headers=AUTH)
     assert resp.status == 200
     assert len((await resp.json())["results"]) == 1000
-    resp = await apps.api.post("/v1/sms/batch", json={"messages": [msg(f"x{i}") for i in range(1001)]},
-                               headers=AUTH)
+    resp = await apps.api.post("/v1/sms/batch", json={"messages": [msg(f"x{i}") for i in range(1001)]}, headers=AUTH)
     assert resp.status == 400
     assert (await resp.json())["error"]["code"] == "invalid_request"
     assert (await stats(apps))["submissions"] == 1000
@@ -184,7 +187,9 @@ async def control(apps: Apps, body: dict, expect: int = 200) -> dict:
     return await resp.json()
 
 
-@pytest.mark.parametrize(("status", "code"), [(503, "unavailable"), (429, "throttled"), (500, "unavailable")])
+@pytest.mark.parametrize(
+    ("status", "code"), [(503, "unavailable"), (429, "throttled"), (500, "unavailable"), (400, "rejected")]
+)
 async def test_fail_mode_answers_every_submission_with_the_status(apps: Apps, status: int, code: str) -> None:
     assert (await control(apps, {"mode": "fail", "status": status}))["mode"] == "fail"
     for _ in range(3):
@@ -241,8 +246,9 @@ async def test_control_get_and_validation(apps: Apps) -> None:
         "receipt_delay_ms": [50, 500],
         "listening": None,
     }
-    conf = await control(apps, {"outcome_rates": {"delivered": 0.0, "undelivered": 1.0, "failed": 0.0},
-                                "receipt_delay_ms": [1, 2]})
+    conf = await control(
+        apps, {"outcome_rates": {"delivered": 0.0, "undelivered": 1.0, "failed": 0.0}, "receipt_delay_ms": [1, 2]}
+    )
     assert conf["outcome_rates"] == {"delivered": 0.0, "undelivered": 1.0, "failed": 0.0}
     assert conf["receipt_delay_ms"] == [1, 2]
     err = await control(apps, {"outcome_rates": {"delivered": 0.5, "undelivered": 0.1, "failed": 0.1}}, 400)
@@ -262,7 +268,11 @@ async def test_stats_reset(apps: Apps) -> None:
     assert resp.status == 200
     s = await stats(apps)
     assert (s["submissions"], s["unique_client_refs"], s["duplicates"], s["rejected"], s["receipts_pending"]) == (
-        0, 0, {}, {}, 0
+        0,
+        0,
+        {},
+        {},
+        0,
     )
     assert await (await apps.control.get("/stats/client_refs")).json() == {"client_refs": {}}
     resp = await apps.api.get("/v1/sms", params={"client_ref": "a"}, headers=AUTH)
@@ -356,19 +366,19 @@ class Running:
 
 
 def settings(receipt_url: str, **overrides) -> SimulatorSettings:
-    values = dict(
-        host="127.0.0.1",
-        port=0,
-        control_port=0,
-        api_token=TOKEN,
-        receipt_url=receipt_url,
-        receipt_secret=RECEIPT_SECRET,
-        receipt_delay_min_ms=10,
-        receipt_delay_max_ms=60,
-        receipt_batch_max=500,
-        receipt_linger_ms=5,
-        seed=11,
-    )
+    values = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "control_port": 0,
+        "api_token": TOKEN,
+        "receipt_url": receipt_url,
+        "receipt_secret": RECEIPT_SECRET,
+        "receipt_delay_min_ms": 10,
+        "receipt_delay_max_ms": 60,
+        "receipt_batch_max": 500,
+        "receipt_linger_ms": 5,
+        "seed": 11,
+    }
     values.update(overrides)
     return SimulatorSettings(**values)
 
@@ -388,7 +398,7 @@ async def running(receiver: Receiver, request: pytest.FixtureRequest) -> AsyncIt
     overrides = getattr(request, "param", {})
     service = SimulatorService(settings(receiver.url, **overrides))
     await service.start()
-    session = aiohttp.ClientSession()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
     try:
         yield Running(service, receiver, session)
     finally:
@@ -410,7 +420,8 @@ async def test_every_accepted_submission_gets_exactly_one_signed_receipt(running
         resp = await running.submit(f"m{i}")
         assert resp.status == 200
     async with running.session.post(
-        f"{running.api}/v1/sms/batch", json={"messages": [msg(f"b{i}") for i in range(60)] + [msg("m0")]},
+        f"{running.api}/v1/sms/batch",
+        json={"messages": [msg(f"b{i}") for i in range(60)] + [msg("m0")]},
         headers=AUTH,
     ) as resp:
         assert resp.status == 200
@@ -445,8 +456,9 @@ async def test_every_accepted_submission_gets_exactly_one_signed_receipt(running
     assert all(m["status"] == ids[m["id"]] for m in found)
 
 
-@pytest.mark.parametrize("running", [{"receipt_batch_max": 7, "receipt_delay_min_ms": 0,
-                                      "receipt_delay_max_ms": 0}], indirect=True)
+@pytest.mark.parametrize(
+    "running", [{"receipt_batch_max": 7, "receipt_delay_min_ms": 0, "receipt_delay_max_ms": 0}], indirect=True
+)
 async def test_receipts_are_split_into_batches_of_at_most_batch_max(running: Running) -> None:
     async with running.session.post(
         f"{running.api}/v1/sms/batch", json={"messages": [msg(f"m{i}") for i in range(50)]}, headers=AUTH
@@ -473,7 +485,7 @@ async def test_failed_posts_are_retried_with_backoff_without_loss_or_duplicates(
     receipts = running.receiver.accepted_receipts()
     assert sorted(r["client_ref"] for r in receipts) == sorted(f"m{i}" for i in range(10))
     # the retried body is byte-for-byte the first one, freshly signed
-    (s1, b1, h1), (s2, b2, h2), (s3, b3, h3) = running.receiver.posts[:3]
+    (s1, b1, _), (s2, b2, _), (s3, b3, _) = running.receiver.posts[:3]
     assert (s1, s2, s3) == (503, 500, 200)
     assert b1 == b2 == b3
     check_signatures(running.receiver)
@@ -511,8 +523,7 @@ async def test_receiver_down_then_up(receiver: Receiver) -> None:
     runner = None
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"http://127.0.0.1:{service.api_port}/v1/sms", json=msg("m"),
-                                    headers=AUTH) as resp:
+            async with session.post(f"http://127.0.0.1:{service.api_port}/v1/sms", json=msg("m"), headers=AUTH) as resp:
                 assert resp.status == 200
             await wait_for(lambda: service.sim.c.receipt_post_retries >= 1)
             assert service.sim.receipts_pending == 1
@@ -566,8 +577,23 @@ async def test_refuse_mode_closes_the_port_and_normal_reopens_it(running: Runnin
     }
 
 
-@pytest.mark.parametrize("running", [{"receipt_delay_min_ms": 60_000, "receipt_delay_max_ms": 60_000}],
-                         indirect=True)
+async def test_refuse_answers_a_request_in_progress_before_closing(running: Running) -> None:
+    await running.set({"mode": "slow", "delay_ms": 300})
+    in_progress = asyncio.create_task(running.submit("slow-one"))
+    await asyncio.sleep(0.1)
+    async with (
+        aiohttp.ClientSession() as other,
+        other.post(f"{running.control}/control", json={"mode": "refuse"}) as resp,
+    ):
+        assert resp.status == 200
+    assert (await in_progress).status == 200  # accepted and answered: Herald knows its outcome
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", running.service.api_port), timeout=2).close()
+    await running.set({"mode": "normal"})
+    assert (await running.stats())["submissions"] == 1
+
+
+@pytest.mark.parametrize("running", [{"receipt_delay_min_ms": 60_000, "receipt_delay_max_ms": 60_000}], indirect=True)
 async def test_shutdown_drops_pending_receipts_and_says_how_many(running: Running, caplog) -> None:
     for i in range(4):
         await running.submit(f"m{i}")
