@@ -62,6 +62,7 @@ class ReceiptSender:
         self._backoff_max_s = backoff_max_s
         self._wakeup = asyncio.Event()
         self._last_post = float("-inf")
+        self._backlog = False
         #: The batch being posted (or waiting to be retried), if any.
         self.current: ReceiptBatch | None = None
 
@@ -88,13 +89,15 @@ class ReceiptSender:
             if due is None:
                 await self._sleep_until_woken(None)
                 continue
-            start = max(due, self._last_post + self._linger_s)
+            # Linger between posts only when the last batch was not full: a backlog goes at once.
+            start = due if self._backlog else max(due, self._last_post + self._linger_s)
             if start > now:
                 await self._sleep_until_woken(start - now)
                 continue
             batch = sim.take_due(now, self._batch_max)
             if batch is None:
                 continue
+            self._backlog = len(batch) >= self._batch_max
             self.current = batch
             try:
                 await self._deliver(batch)
