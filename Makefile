@@ -1,0 +1,43 @@
+# Herald: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/pip install -q --disable-pip-version-check
+
+.PHONY: run test unit stop infra-start infra-stop infra-status clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e '.[test]'
+	@touch $(STAMP)
+
+## run: start Kafka, PostgreSQL, the four services and the gateway simulator, and run the demo
+run: $(STAMP)
+	$(BIN)/herald up
+
+## test: the whole test suite (unit, integration and end-to-end, on the real Kafka and PostgreSQL)
+test: $(STAMP)
+	$(PYTHON) deploy/local/infra.py start
+	$(BIN)/python -m pytest
+
+## unit: only the tests that need no broker or database
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+## stop: stop a stack left running, then Kafka and PostgreSQL
+stop:
+	@if [ -x $(BIN)/herald ]; then $(BIN)/herald down; else $(PYTHON) deploy/local/infra.py stop; fi
+
+infra-start:
+	$(PYTHON) deploy/local/infra.py start
+infra-stop:
+	$(PYTHON) deploy/local/infra.py stop
+infra-status:
+	$(PYTHON) deploy/local/infra.py status
+
+## clean: stop everything and delete local state (databases, topics, logs) and the virtualenv
+clean: stop
+	$(PYTHON) deploy/local/infra.py reset
+	rm -rf $(VENV)
