@@ -83,3 +83,61 @@ REJECTED = Topic(
 )
 
 ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, OUTBOUND, STATUS, RECEIPTS, REJECTED)
+
+
+def _type_name(annotation: object) -> str:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " / ".join(f"`{a}`" for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def render_catalogue(default_prefix: str = "herald.", partitions: int = 6) -> str:
+    """docs/topics.md, generated from this table (a test keeps the file in step)."""
+    lines = [
+        "# Topic catalogue",
+        "",
+        "Generated from `shared/topics.py` by `python -m shared.topics > docs/topics.md`; a test fails when they differ.",
+        "",
+        f"Names carry the prefix `HERALD_TOPIC_PREFIX` (default `{default_prefix}`); `herald migrate` creates",
+        f"missing topics with `HERALD_TOPIC_PARTITIONS` partitions (default {partitions}) and",
+        "`HERALD_TOPIC_REPLICATION` replicas. Every event travels in the same envelope:",
+        "`event_id` (UUID), `type`, `version`, `occurred_at` (ISO 8601 with zone), `tenant`, `trace_id`, `payload`.",
+        "A consumer rejects an event whose `type` or `version` it does not know (reason `unsupported_event`).",
+        "",
+        "| topic | event type | key | producers | consumers |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for t in ALL:
+        fields = t.model.model_fields
+        event_type = fields["type"].default
+        version = fields["version"].default
+        lines.append(
+            f"| `{t.name(default_prefix)}` | `{event_type}` v{version} | {t.key} | {', '.join(t.producers)} | {', '.join(t.consumers)} |"
+        )
+    for t in ALL:
+        payload_model = t.model.model_fields["payload"].annotation
+        lines += ["", f"## `{t.name(default_prefix)}`", "", t.description, ""]
+        if t.config:
+            lines += ["Topic config: " + ", ".join(f"`{k}={v}`" for k, v in t.config.items()), ""]
+        lines += [f"Payload `{payload_model.__name__}`:", "", "| field | type | required | description |", "| --- | --- | --- | --- |"]
+        for name, info in payload_model.model_fields.items():
+            annotation = _type_name(info.annotation)
+            description = (info.description or "").replace("|", "/")
+            lines.append(f"| `{name}` | {annotation} | {'yes' if info.is_required() else 'no'} | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_catalogue(), end="")
