@@ -22,13 +22,17 @@ class KafkaSettings(HeraldSettings):
     """Connection to the Kafka cluster, shared by every service."""
 
     kafka_bootstrap: str = Field("127.0.0.1:39092", description="Comma-separated bootstrap servers")
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (PLAIN when SASL is on and this is unset)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret)")
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle for SSL / SASL_SSL")
-    kafka_ssl_certfile: str | None = None
-    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_certfile: str | None = Field(None, description="Client certificate for mutual TLS")
+    kafka_ssl_keyfile: str | None = Field(None, description="Client key for mutual TLS")
     topic_prefix: str = Field("herald.", description="Prefix of every topic name (one cluster, many environments)")
     topic_partitions: int = Field(6, ge=1, description="Partitions for topics created by `herald migrate`")
     topic_replication: int = Field(1, ge=1, description="Replication factor for topics created by `herald migrate`")
@@ -38,17 +42,17 @@ class DatabaseSettings(HeraldSettings):
     database_url: SecretStr = Field(
         SecretStr("postgresql://postgres@127.0.0.1:35432/herald"), description="PostgreSQL DSN"
     )
-    db_pool_min: int = Field(1, ge=0)
+    db_pool_min: int = Field(1, ge=0, description="Connections opened at start")
     db_pool_max: int = Field(10, ge=1, description="Connections per process (the DB connection budget)")
 
 
 class ServiceSettings(KafkaSettings, DatabaseSettings):
     """What every Herald service needs: Kafka, PostgreSQL, an HTTP port, logging."""
 
-    http_host: str = "127.0.0.1"
-    http_port: int = 38080
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    http_host: str = Field("127.0.0.1", description="Address the HTTP server binds (0.0.0.0 in containers)")
+    http_port: int = Field(38080, description="Port of the API, /healthz, /readyz and /metrics")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
+    log_format: Literal["json", "text"] = Field("json", description="json (one object per line) or text")
     shutdown_timeout_s: float = Field(15.0, gt=0, description="Bound on graceful shutdown")
 
 
@@ -60,5 +64,9 @@ class ConsumerSettings(ServiceSettings):
     )
     consumer_max_records: int = Field(1000, ge=1, description="Most records handled in one batch")
     consumer_poll_ms: int = Field(200, ge=1, description="How long one poll waits for records")
-    consumer_max_poll_interval_ms: int = Field(300_000, ge=10_000)
-    consumer_session_timeout_ms: int = Field(10_000, ge=6_000)
+    consumer_max_poll_interval_ms: int = Field(
+        300_000, ge=10_000, description="A consumer silent this long leaves its group"
+    )
+    consumer_session_timeout_ms: int = Field(
+        10_000, ge=6_000, description="A consumer without heartbeats this long is dropped"
+    )

@@ -7,7 +7,7 @@ from shared.settings import ConsumerSettings
 
 
 class IngestSettings(ConsumerSettings):
-    http_port: int = 38080
+    http_port: int = Field(38080, description="Port of the ingest HTTP server")
     allowed_number_types: list[str] = Field(
         default_factory=lambda: sorted(SMS_CAPABLE),
         description="phonenumbers types accepted as recipients (e.g. add VOIP, UNKNOWN)",

@@ -6,6 +6,6 @@ from shared.settings import ConsumerSettings
 
 
 class ReportsSettings(ConsumerSettings):
-    http_port: int = 38083
-    consumer_max_records: int = 2000
+    http_port: int = Field(38083, description="Port of the reports HTTP server")
+    consumer_max_records: int = Field(2000, ge=1, description="Most events handled in one batch")
     pending_sweep_interval_s: float = Field(2.0, gt=0, description="How often parked receipts are matched again")

@@ -6,4 +6,4 @@ from shared.settings import ConsumerSettings
 
 
 class SchedulerSettings(ConsumerSettings):
-    http_port: int = 38081
+    http_port: int = Field(38081, description="Port of the scheduler HTTP server")

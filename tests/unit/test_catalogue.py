@@ -12,3 +12,10 @@ def test_docs_topic_catalogue_is_current() -> None:
 def test_every_topic_has_producers_and_consumers() -> None:
     for topic in ALL:
         assert topic.producers and topic.consumers and topic.key
+
+
+def test_docs_configuration_is_current() -> None:
+    from shared.devtools.configdoc import render
+
+    path = DOC.parent / "configuration.md"
+    assert path.read_text() == render(), "run: python -m shared.devtools.configdoc > docs/configuration.md"
