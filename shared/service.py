@@ -49,7 +49,14 @@ async def run_service(
     settings: ConsumerSettings,
     topics: Sequence[Topic],
     wire: Callable[[Context, Check], Coroutine[Any, Any, Wiring]],
+    *,
+    ready_needs_assignment: bool = True,
 ) -> int:
+    """Run one service process until SIGTERM.
+
+    ``ready_needs_assignment``: /readyz waits until the consumer owns partitions (consumer
+    services); ingest, whose main job is HTTP, is ready without them.
+    """
     herald_logging.configure(name, settings.log_level, settings.log_format)
     group_id = settings.consumer_group or f"{settings.topic_prefix}{name}"
     log = logging.getLogger(f"herald.{name}")
@@ -64,7 +71,9 @@ async def run_service(
         consumer_ref: list[BatchConsumer] = []
 
         async def readiness() -> dict[str, bool]:
-            checks = {"consumer_assigned": bool(consumer_ref and consumer_ref[0].assigned)}
+            checks: dict[str, bool] = {}
+            if ready_needs_assignment:
+                checks["consumer_assigned"] = bool(consumer_ref and consumer_ref[0].assigned)
             try:
                 await pool.fetchval("SELECT 1")
                 checks["database"] = True

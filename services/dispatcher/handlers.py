@@ -206,6 +206,7 @@ class Reconciler:
             return 0
         finished: list[tuple[Job, Finish]] = []
         resend: list[Job] = []
+        unreachable: list[uuid.UUID] = []
         for row in rows:
             message = MessageOutbound.model_validate(row["outbound"])
             job = Job(row["tenant_id"], uuid.uuid4().hex, message, row["attempts"])
@@ -217,6 +218,10 @@ class Reconciler:
                                              "submit_outcome_unknown",
                                              "the gateway cannot confirm whether it received the message; not resent to avoid a duplicate")))
                 continue
+            except Exception as exc:  # gateway unreachable: ask again later, never guess
+                log.warning("lookup failed", extra={"message_id": str(message.message_id), "error": repr(exc)})
+                unreachable.append(message.message_id)
+                continue
             if found:
                 finished.append((job, Finish(message.message_id, "submitted", gateway_name, found, max(1, job.attempts))))
             else:
@@ -225,7 +230,9 @@ class Reconciler:
         finished += sent
         await self.publisher.publish([status_event(job, finish) for job, finish in finished])
         await self.claims.finish([f for _, f in finished])
-        await self.claims.release_for_reconcile([j.message.message_id for j in unknown], UNKNOWN_RECHECK_S)
+        await self.claims.release_for_reconcile(
+            [j.message.message_id for j in unknown] + unreachable, UNKNOWN_RECHECK_S
+        )
         metrics.RECONCILED.inc(len(finished))
         log.info("reconciled %d stale claims (%d resent)", len(finished), len(resend))
-        return len(rows)
+        return len(rows) - len(unreachable)

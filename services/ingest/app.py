@@ -22,4 +22,4 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
 
 async def main(settings: IngestSettings | None = None) -> int:
     settings = settings or IngestSettings()
-    return await run_service("ingest", settings, [TRIGGERS], wire)
+    return await run_service("ingest", settings, [TRIGGERS], wire, ready_needs_assignment=False)
