@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from shared.contracts import (
     DeliveryReceiptEvent,
     Envelope,
+    InboundMessageEvent,
     MessageAcceptedEvent,
     MessageOutboundEvent,
     MessageStatusEvent,
@@ -72,6 +73,14 @@ RECEIPTS = Topic(
     consumers=("reports",),
     description="Delivery receipts from gateways, normalised.",
 )
+INBOUND = Topic(
+    "inbound.v1",
+    InboundMessageEvent,
+    key="sender number",
+    producers=("dispatcher (SMPP deliver_sm)", "ingest (HTTP provider webhooks)"),
+    consumers=("replies handling (STOP/START/HELP, forwarding; planned)",),
+    description="Messages handsets sent to our numbers (MO), normalised.",
+)
 REJECTED = Topic(
     "rejected.v1",
     RejectedEventEnvelope,
@@ -82,7 +91,7 @@ REJECTED = Topic(
     config={"retention.ms": str(14 * 24 * 3600 * 1000)},
 )
 
-ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, OUTBOUND, STATUS, RECEIPTS, REJECTED)
+ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, OUTBOUND, STATUS, RECEIPTS, INBOUND, REJECTED)
 
 
 def _type_name(annotation: object) -> str:

@@ -6,6 +6,7 @@ from services.dispatcher.gateways import build_gateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.repository import ClaimRepository
 from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.sink import KafkaSink
 from shared.api import Check
 from shared.service import Context, Wiring, run_service
 from shared.topics import OUTBOUND
@@ -14,8 +15,9 @@ from shared.topics import OUTBOUND
 async def wire(ctx: Context, readiness: Check) -> Wiring:
     settings: DispatcherSettings = ctx.settings
     gateways = {}
+    sink = KafkaSink(ctx.publisher)
     for config in settings.gateways:
-        gateway = build_gateway(config)
+        gateway = build_gateway(config, sink)
         ctx.stack.push_async_callback(gateway.close)
         gateways[config.name] = gateway
     claims = ClaimRepository(ctx.pool)

@@ -2,6 +2,8 @@
 
 from shared.contracts.envelope import SYSTEM_TENANT, Envelope, derived_event_id, utcnow
 from shared.contracts.messages import (
+    InboundMessage,
+    InboundMessageEvent,
     DeliveryReceipt,
     DeliveryReceiptEvent,
     MessageAccepted,
@@ -21,6 +23,8 @@ __all__ = [
     "DeliveryReceipt",
     "DeliveryReceiptEvent",
     "Envelope",
+    "InboundMessage",
+    "InboundMessageEvent",
     "MessageAccepted",
     "MessageAcceptedEvent",
     "MessageOutbound",

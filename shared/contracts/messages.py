@@ -86,6 +86,19 @@ class DeliveryReceipt(_Frozen):
     client_ref: str | None = Field(None, max_length=128, description="Herald's message id when echoed back")
 
 
+class InboundMessage(_Frozen):
+    """A message a handset sent to one of our numbers (SMPP deliver_sm, HTTP provider webhook)."""
+
+    gateway: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    gateway_message_id: str | None = Field(None, max_length=128)
+    sender: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(description="The handset's number")
+    recipient: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(
+        description="Our number, short code or sender id it was sent to"
+    )
+    body: Annotated[str, StringConstraints(max_length=10_000)]
+    received_at: AwareDatetime
+
+
 class RejectedEvent(_Frozen):
     source: str = Field(description="Topic name or entry point the input came from")
     reason_code: str
@@ -120,6 +133,11 @@ class MessageStatusEvent(Envelope[MessageStatusChanged]):
 
 class DeliveryReceiptEvent(Envelope[DeliveryReceipt]):
     type: Literal["receipt.delivery"] = "receipt.delivery"
+    version: Literal[1] = 1
+
+
+class InboundMessageEvent(Envelope[InboundMessage]):
+    type: Literal["message.inbound"] = "message.inbound"
     version: Literal[1] = 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.contracts import MessageOutbound
+from shared.contracts import DeliveryReceipt, InboundMessage, MessageOutbound
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,18 @@ Outcome = Submitted | Refused | Unknown
 
 class LookupUnsupported(Exception):
     """The gateway cannot tell whether it received a message."""
+
+
+class EventSink(Protocol):
+    """Where a gateway connection hands what arrives on it (SMPP deliver_sm, for instance).
+
+    Both calls return once the events are durably published, so the adapter may then
+    acknowledge them to the carrier (at-least-once: a crash before that means redelivery).
+    """
+
+    async def receipts(self, items: list[DeliveryReceipt]) -> None: ...
+
+    async def inbound(self, items: list[InboundMessage]) -> None: ...
 
 
 class Gateway(Protocol):
