@@ -2,29 +2,14 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Literal
+from pydantic import Field, SecretStr
 
-from pydantic import BaseModel, Field, SecretStr
-
+from services.dispatcher.gateways.config import GatewayConfig, HeraldHttpConfig
 from shared.settings import ConsumerSettings
 
 
-class GatewayConfig(BaseModel):
-    """One gateway connection. Given as JSON in ``HERALD_GATEWAYS``."""
-
-    name: str = Field(min_length=1, max_length=64)
-    kind: Literal["herald-http"] = Field("herald-http", description="Adapter: herald-http (generic JSON)")
-    url: str = Field(description="Base URL of the gateway's API")
-    api_token: SecretStr = SecretStr("")
-    rate_per_s: float = Field(200.0, gt=0, description="Segments per second this gateway allows")
-    burst: float | None = Field(None, gt=0, description="Token bucket size; defaults to one second of rate")
-    batch_size: int = Field(100, ge=1, le=1000, description="Messages per HTTP call when the gateway takes batches")
-    concurrency: int = Field(8, ge=1, le=256, description="HTTP calls in flight at once")
-    timeout_s: float = Field(10.0, gt=0)
-
-
 def _default_gateways() -> list[GatewayConfig]:
-    return [GatewayConfig(name="sim", url="http://127.0.0.1:38090", api_token=SecretStr("sim-token"))]
+    return [HeraldHttpConfig(name="sim", url="http://127.0.0.1:38090", api_token=SecretStr("sim-token"))]
 
 
 class DispatcherSettings(ConsumerSettings):

@@ -15,7 +15,8 @@ from pydantic import SecretStr
 from services.dispatcher.gateways import build_gateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.repository import ClaimRepository
-from services.dispatcher.settings import DispatcherSettings, GatewayConfig
+from services.dispatcher.gateways.herald_http import HeraldHttpConfig
+from services.dispatcher.settings import DispatcherSettings
 from shared.contracts import MessageOutbound, MessageOutboundEvent, MessageStatusEvent, utcnow
 from shared.devtools.stack import Ports, Stack
 from shared.kafka import Incoming, Outgoing
@@ -42,7 +43,7 @@ class ListPublisher:
 
 
 def settings_for(simulator: Stack, **overrides) -> DispatcherSettings:
-    gateway = GatewayConfig(name="sim", url=simulator.url("simulator"), api_token=SecretStr("sim-token"),
+    gateway = HeraldHttpConfig(name="sim", url=simulator.url("simulator"), api_token=SecretStr("sim-token"),
                             rate_per_s=5000, timeout_s=overrides.pop("timeout_s", 5.0))
     return DispatcherSettings(gateways=[gateway], instance_id="test", retry_base_s=0.05, retry_cap_s=0.2, **overrides)
 

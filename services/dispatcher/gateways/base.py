@@ -5,7 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from shared.contracts import DeliveryReceipt, InboundMessage, MessageOutbound
+
+
+class GatewayBase(BaseModel):
+    """Settings every gateway kind shares. Each adapter module defines its subclass with ``kind``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="Unique name, used in routes, receipts and metrics")
+    rate_per_s: float = Field(200.0, gt=0, description="Segments per second this gateway allows")
+    burst: float | None = Field(None, gt=0, description="Token bucket size; defaults to one second of rate")
+    batch_size: int = Field(100, ge=1, le=1000, description="Messages handed to the adapter per call")
+    concurrency: int = Field(8, ge=1, le=256, description="Requests (or SMPP window slots) in flight at once")
+    timeout_s: float = Field(10.0, gt=0, description="Answer timeout of one request")
 
 
 @dataclass(frozen=True, slots=True)

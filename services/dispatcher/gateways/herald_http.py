@@ -7,19 +7,25 @@ answers one result per message; ``GET {url}/v1/sms?client_ref=`` finds earlier s
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from pydantic import Field, SecretStr
 
-from services.dispatcher.gateways.base import Outcome, Refused, Submitted, Unknown
-from services.dispatcher.settings import GatewayConfig
+from services.dispatcher.gateways.base import GatewayBase, Outcome, Refused, Submitted, Unknown
 from shared.contracts import MessageOutbound
 
 RETRIABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
+class HeraldHttpConfig(GatewayBase):
+    kind: Literal["herald-http"] = "herald-http"
+    url: str = Field(description="Base URL of the gateway's API")
+    api_token: SecretStr = Field(SecretStr(""), description="Bearer token")
+
+
 class HeraldHttpGateway:
-    def __init__(self, config: GatewayConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: HeraldHttpConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.name = config.name
         self.config = config
         self._client = httpx.AsyncClient(
