@@ -42,6 +42,7 @@ def status_event(job: Job, finish: Finish) -> Outgoing:
         reason=finish.reason,
         gateway=finish.gateway,
         gateway_message_id=finish.gateway_message_id,
+        gateway_part_ids=list(finish.part_ids),
         attempts=finish.attempts,
         segments=job.message.segments,
         type=job.message.type,
@@ -111,7 +112,10 @@ class Sender:
                     attempts = job.attempts + 1
                     if isinstance(outcome, Submitted):
                         metrics.SUBMISSIONS.labels(gateway, "submitted").inc()
-                        finished.append((job, Finish(job.message.message_id, "submitted", gateway, outcome.gateway_message_id, attempts)))
+                        finished.append(
+                            (job, Finish(job.message.message_id, "submitted", gateway, outcome.gateway_message_id, attempts,
+                                         part_ids=outcome.part_ids))
+                        )
                     elif isinstance(outcome, Unknown):
                         metrics.SUBMISSIONS.labels(gateway, "unknown").inc()
                         log.warning("submission outcome unknown", extra={"message_id": str(job.message.message_id), "error": outcome.message})
@@ -158,7 +162,8 @@ class OutboundHandler:
             elif claim.state in ("submitted", "failed"):
                 # Seen before and finished: publish its status again (same event id) in
                 # case the first publish was lost in a crash.
-                finish = Finish(mid, claim.state, claim.gateway, claim.gateway_message_id, claim.attempts, claim.reason_code, claim.reason)
+                finish = Finish(mid, claim.state, claim.gateway, claim.gateway_message_id, claim.attempts,
+                                claim.reason_code, claim.reason, tuple(claim.gateway_part_ids or ()))
                 outgoing.append(status_event(job, finish))
             else:
                 metrics.SKIPPED_CLAIMED.inc()  # another instance holds it, or the reconciler will

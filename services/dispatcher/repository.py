@@ -18,6 +18,7 @@ class Claim:
     attempts: int = 0
     reason_code: str | None = None
     reason: str | None = None
+    gateway_part_ids: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class Finish:
     attempts: int
     reason_code: str | None = None
     reason: str | None = None
+    part_ids: tuple[str, ...] = ()
 
 
 _CLAIM = """
@@ -41,19 +43,22 @@ WITH input AS (
     RETURNING message_id
 )
 SELECT message_id, true AS fresh, 'claimed' AS state, NULL AS gateway, NULL AS gateway_message_id,
-       0 AS attempts, NULL AS reason_code, NULL AS reason
+       0 AS attempts, NULL AS reason_code, NULL AS reason, NULL::text[] AS gateway_part_ids
 FROM ins
 UNION ALL
-SELECT c.message_id, false, c.state, c.gateway, c.gateway_message_id, c.attempts, c.reason_code, c.reason
+SELECT c.message_id, false, c.state, c.gateway, c.gateway_message_id, c.attempts, c.reason_code, c.reason,
+       c.gateway_part_ids
 FROM dispatch_claims c JOIN input USING (message_id)
 """
 
 _FINISH = """
 UPDATE dispatch_claims c SET
     state = f.state, gateway = f.gateway, gateway_message_id = f.gateway_message_id,
-    attempts = f.attempts, reason_code = f.reason_code, reason = f.reason, updated_at = now()
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[])
-    AS f(message_id, state, gateway, gateway_message_id, attempts, reason_code, reason)
+    attempts = f.attempts, reason_code = f.reason_code, reason = f.reason,
+    gateway_part_ids = CASE WHEN f.part_ids = '' THEN NULL ELSE string_to_array(f.part_ids, ' ') END,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[])
+    AS f(message_id, state, gateway, gateway_message_id, attempts, reason_code, reason, part_ids)
 WHERE c.message_id = f.message_id AND c.state = 'claimed'
 """
 
@@ -99,6 +104,7 @@ class ClaimRepository:
             [r.attempts for r in rows],
             [r.reason_code for r in rows],
             [r.reason for r in rows],
+            [" ".join(r.part_ids) for r in rows],  # gateway ids never contain spaces
         )
 
     async def release_for_reconcile(self, ids: list[uuid.UUID], after_s: float) -> None:

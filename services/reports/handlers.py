@@ -83,7 +83,8 @@ class StatusHandler:
             elif isinstance(payload, MessageStatusChanged):
                 changes.append(from_status(event.event_id, event.tenant, event.occurred_at, payload))
                 if payload.gateway and payload.gateway_message_id:
-                    refs.append((payload.gateway, payload.gateway_message_id, payload.message_id))
+                    for part_id in {payload.gateway_message_id, *payload.gateway_part_ids}:
+                        refs.append((payload.gateway, part_id, payload.message_id))
             elif isinstance(payload, DeliveryReceipt):
                 receipts.append((event.event_id, event.occurred_at, payload))
         async with self.pool.acquire() as conn, conn.transaction():

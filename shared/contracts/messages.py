@@ -71,6 +71,9 @@ class MessageStatusChanged(_Frozen):
     reason: str | None = None
     gateway: str | None = None
     gateway_message_id: str | None = None
+    gateway_part_ids: list[str] = Field(
+        default_factory=list, description="Ids of every part of a concatenated message (SMPP), first = gateway_message_id"
+    )
     attempts: int = 0
     segments: int | None = None
     type: MessageType | None = None

@@ -52,6 +52,7 @@ CREATE TABLE dispatch_claims (
     attempts           integer NOT NULL DEFAULT 0,
     reason_code        text,
     reason             text,
+    gateway_part_ids   text[],
     outbound           jsonb NOT NULL,            -- the outbound event, to resolve a stale claim
     updated_at         timestamptz NOT NULL DEFAULT now()
 );

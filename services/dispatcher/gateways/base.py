@@ -26,6 +26,7 @@ class GatewayBase(BaseModel):
 @dataclass(frozen=True, slots=True)
 class Submitted:
     gateway_message_id: str
+    part_ids: tuple[str, ...] = ()  # every part's id when the gateway sends several (SMPP concatenation)
 
 
 @dataclass(frozen=True, slots=True)
