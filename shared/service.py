@@ -38,10 +38,21 @@ class Context:
     stoppers: list[Callable[[], None]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Lane:
+    """A further consumer in the same process (its own group, topics and handler)."""
+
+    name: str
+    group_id: str
+    topics: Sequence[Topic]
+    handler: Handler
+
+
 @dataclass
 class Wiring:
     handler: Handler
     app: FastAPI | None = None  # the service's own API; ops routes are added to it
+    lanes: list[Lane] = field(default_factory=list)
 
 
 async def run_service(
@@ -86,6 +97,12 @@ async def run_service(
         consumer_ref.append(consumer)
         await consumer.start()
         stack.push_async_callback(consumer.close)
+        for lane in wiring.lanes:
+            extra = BatchConsumer(settings, name, lane.group_id, lane.topics, lane.handler, publisher)
+            await extra.start()
+            stack.push_async_callback(extra.close)
+            ctx.workers[f"consumer-{lane.name}"] = extra.run()
+            ctx.stoppers.append(extra.stop_fetching)
         app = wiring.app or FastAPI(title=f"Herald {name}", docs_url=None, redoc_url=None, openapi_url=None)
         if wiring.app is None:
             add_ops_routes(app, readiness)

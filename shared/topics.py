@@ -50,12 +50,21 @@ ACCEPTED = Topic(
     description="Validated messages with their id, encoding and segments.",
 )
 OUTBOUND = Topic(
-    "messages.outbound.v1",
+    "messages.outbound.priority.v1",
     MessageOutboundEvent,
     key="recipient E.164 number",
     producers=("scheduler",),
-    consumers=("dispatcher",),
-    description="Messages released for sending now.",
+    consumers=("dispatcher (priority lane)",),
+    description="Transactional messages (codes, receipts, alerts) released for sending now. The dispatcher "
+    "serves this lane first, so an OTP never waits behind a campaign.",
+)
+OUTBOUND_BULK = Topic(
+    "messages.outbound.bulk.v1",
+    MessageOutboundEvent,
+    key="recipient E.164 number",
+    producers=("scheduler",),
+    consumers=("dispatcher (bulk lane)",),
+    description="Marketing messages released for sending now; they use the gateway capacity the priority lane leaves.",
 )
 STATUS = Topic(
     "messages.status.v1",
@@ -91,7 +100,7 @@ REJECTED = Topic(
     config={"retention.ms": str(14 * 24 * 3600 * 1000)},
 )
 
-ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, OUTBOUND, STATUS, RECEIPTS, INBOUND, REJECTED)
+ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REJECTED)
 
 
 def _type_name(annotation: object) -> str:

@@ -8,8 +8,8 @@ from services.dispatcher.repository import ClaimRepository
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.sink import KafkaSink
 from shared.api import Check
-from shared.service import Context, Wiring, run_service
-from shared.topics import OUTBOUND
+from shared.service import Context, Lane, Wiring, run_service
+from shared.topics import OUTBOUND, OUTBOUND_BULK
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -25,7 +25,9 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     reconciler = Reconciler(claims, sender, ctx.publisher, settings)
     ctx.workers["reconciler"] = reconciler.run()
     ctx.stoppers.append(reconciler.stop)
-    return Wiring(handler=OutboundHandler(claims, sender, settings))
+    bulk_group = settings.bulk_consumer_group or f"{settings.consumer_group or settings.topic_prefix + 'dispatcher'}.bulk"
+    bulk = Lane("bulk", bulk_group, [OUTBOUND_BULK], OutboundHandler(claims, sender, settings, priority=False))
+    return Wiring(handler=OutboundHandler(claims, sender, settings, priority=True), lanes=[bulk])
 
 
 async def main(settings: DispatcherSettings | None = None) -> int:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from services.dispatcher import metrics
+from services.dispatcher.domain.health import GatewayHealth, State, Thresholds
 from services.dispatcher.domain.retry import backoff
+from services.dispatcher.domain.routing import Choice, Route, Router
 from services.dispatcher.domain.throttle import TokenBucket
 from services.dispatcher.gateways.base import Gateway, LookupUnsupported, Outcome, Refused, Submitted, Unknown
 from services.dispatcher.repository import ClaimRepository, Finish
@@ -31,10 +35,15 @@ class Job:
     trace_id: str
     message: MessageOutbound
     attempts: int = 0
+    avoid: frozenset[str] = frozenset()  # gateways this message just failed on
+    skipped: tuple[str, ...] = ()  # gateways passed over for it so far (timeline)
+
+
+_STATE_STATUS = {"submitted": Status.SUBMITTED, "failed": Status.FAILED, "expired": Status.EXPIRED}
 
 
 def status_event(job: Job, finish: Finish) -> Outgoing:
-    status = Status.SUBMITTED if finish.state == "submitted" else Status.FAILED
+    status = _STATE_STATUS[finish.state]
     payload = MessageStatusChanged(
         message_id=job.message.message_id,
         status=status,
@@ -46,6 +55,7 @@ def status_event(job: Job, finish: Finish) -> Outgoing:
         attempts=finish.attempts,
         segments=job.message.segments,
         type=job.message.type,
+        detail=dict(finish.detail),
     )
     event = MessageStatusEvent(
         event_id=derived_event_id(job.message.message_id, status),
@@ -56,8 +66,36 @@ def status_event(job: Job, finish: Finish) -> Outgoing:
     return Outgoing(STATUS, str(job.message.message_id), event)
 
 
+class PriorityGate:
+    """Bulk (marketing) chunks wait while priority (transactional) chunks are being sent."""
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._clear = asyncio.Event()
+        self._clear.set()
+
+    @contextlib.contextmanager
+    def priority(self) -> Iterator[None]:
+        self._active += 1
+        self._clear.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._clear.set()
+
+    async def wait_for_bulk_turn(self) -> None:
+        await self._clear.wait()
+
+
+def _bad_for_health(outcome: Outcome) -> bool:
+    """Outcomes that say the gateway itself is in trouble (not the message)."""
+    return isinstance(outcome, Unknown) or (isinstance(outcome, Refused) and outcome.retriable)
+
+
 class Sender:
-    """Submits jobs through the throttle, retrying refusals that may pass later."""
+    """Routes, throttles and submits jobs, retrying refusals that may pass later."""
 
     def __init__(
         self,
@@ -65,34 +103,85 @@ class Sender:
         settings: DispatcherSettings,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.gateways = gateways
-        self.order = [g.name for g in settings.gateways]
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
+        self.wall_clock = wall_clock
         now = clock()
         self.buckets = {g.name: TokenBucket.start(g.rate_per_s, now, g.burst) for g in settings.gateways}
         self.chunk = {g.name: g.batch_size for g in settings.gateways}
+        self.router = Router(
+            [Route(r.name, tuple(r.gateways), frozenset(r.countries), tuple(r.prefixes), frozenset(r.types))
+             for r in settings.routes],
+            tuple(g.name for g in settings.gateways),
+        )
+        thresholds = Thresholds(
+            window_s=settings.failover_window_s,
+            min_samples=settings.failover_min_samples,
+            error_rate=settings.failover_error_rate,
+            slow_s=settings.failover_slow_s,
+            cooldown_s=settings.failover_cooldown_s,
+        )
+        self.health = {g.name: GatewayHealth(thresholds) for g in settings.gateways}
+        self.gate = PriorityGate()
+        for name in self.health:
+            metrics.GATEWAY_OPEN.labels(name).set(0)
+
+    def available(self, gateway: str) -> bool:
+        return self.health[gateway].available(self.clock())
+
+    def choose(self, job: Job) -> Choice:
+        return self.router.choose(job.message, self.available, job.avoid)
 
     def route(self, message: MessageOutbound) -> str:
-        return self.order[0]  # routing rules and failover come with the gateways work
+        return self.router.choose(message, self.available).gateway
 
-    async def _throttled(self, gateway: str, jobs: list[Job]) -> list[Outcome]:
+    def _record(self, gateway: str, outcomes: list[Outcome], latency: float) -> None:
+        health = self.health[gateway]
+        before = health.state
+        bad = sum(1 for o in outcomes if _bad_for_health(o))
+        now = self.clock()
+        if len(outcomes) - bad:
+            health.record(now, True, latency, len(outcomes) - bad)
+        if bad:
+            health.record(now, False, latency, bad)
+        if health.state is not before:
+            metrics.GATEWAY_OPEN.labels(gateway).set(1 if health.state is State.OPEN else 0)
+            metrics.GATEWAY_TRANSITIONS.labels(gateway, health.state.value).inc()
+            log.warning("gateway %s is now %s", gateway, health.state.value, extra={"reason": health.reason})
+
+    async def _submit_chunk(self, gateway: str, chunk: list[Job]) -> list[Outcome]:
+        started = self.clock()
+        outcomes = await self.gateways[gateway].submit_many([j.message for j in chunk])
+        latency = self.clock() - started
+        metrics.SUBMIT_SECONDS.labels(gateway).observe(latency)
+        self._record(gateway, outcomes, latency)
+        return outcomes
+
+    async def _throttled(self, gateway: str, jobs: list[Job], priority: bool) -> list[Outcome]:
         bucket, size = self.buckets[gateway], self.chunk[gateway]
         tasks = []
         for i in range(0, len(jobs), size):
             chunk = jobs[i : i + size]
+            if not priority:
+                await self.gate.wait_for_bulk_turn()
             wait = bucket.reserve(sum(j.message.segments for j in chunk), self.clock())
             if wait > 0:
                 metrics.THROTTLE_WAIT.labels(gateway).observe(wait)
                 await self.sleep(wait)
-            tasks.append(asyncio.ensure_future(self.gateways[gateway].submit_many([j.message for j in chunk])))
+            tasks.append(asyncio.ensure_future(self._submit_chunk(gateway, chunk)))
         results = await asyncio.gather(*tasks)
         return [o for r in results for o in r]
 
-    async def send(self, jobs: list[Job]) -> tuple[list[tuple[Job, Finish]], list[Job]]:
+    async def send(self, jobs: list[Job], *, priority: bool = False) -> tuple[list[tuple[Job, Finish]], list[Job]]:
         """Returns (finished jobs with their record, jobs whose outcome is unknown)."""
+        with self.gate.priority() if priority else contextlib.nullcontext():
+            return await self._send(jobs, priority)
+
+    async def _send(self, jobs: list[Job], priority: bool) -> tuple[list[tuple[Job, Finish]], list[Job]]:
         finished: list[tuple[Job, Finish]] = []
         unknown: list[Job] = []
         deadline = self.clock() + self.settings.retry_budget_s
@@ -100,36 +189,52 @@ class Sender:
         round_ = 0
         while pending:
             round_ += 1
-            by_gateway: dict[str, list[Job]] = defaultdict(list)
+            now_wall = self.wall_clock()
+            by_gateway: dict[str, list[tuple[Job, Choice]]] = defaultdict(list)
             for job in pending:
-                by_gateway[self.route(job.message)].append(job)
+                expires = job.message.expires_at
+                if expires is not None and now_wall >= expires:
+                    metrics.EXPIRED.inc()
+                    finished.append((job, Finish(job.message.message_id, "expired", None, None, job.attempts,
+                                                 "validity_expired",
+                                                 f"not sent: its validity ended at {expires.isoformat()}")))
+                    continue
+                choice = self.choose(job)
+                metrics.ROUTE_DECISIONS.labels(choice.route, choice.gateway, str(choice.failover).lower()).inc()
+                by_gateway[choice.gateway].append((job, choice))
             retry: list[Job] = []
             for gateway, group in by_gateway.items():
-                started = self.clock()
-                outcomes = await self._throttled(gateway, group)
-                metrics.SUBMIT_SECONDS.labels(gateway).observe(self.clock() - started)
-                for job, outcome in zip(group, outcomes, strict=True):
+                outcomes = await self._throttled(gateway, [j for j, _ in group], priority)
+                for (job, choice), outcome in zip(group, outcomes, strict=True):
                     attempts = job.attempts + 1
+                    skipped = tuple(dict.fromkeys(job.skipped + choice.skipped))
+                    detail = tuple({"route": choice.route, **({"failover_from": ",".join(skipped)} if skipped else {})}.items())
+                    mid = job.message.message_id
                     if isinstance(outcome, Submitted):
                         metrics.SUBMISSIONS.labels(gateway, "submitted").inc()
-                        finished.append(
-                            (job, Finish(job.message.message_id, "submitted", gateway, outcome.gateway_message_id, attempts,
-                                         part_ids=outcome.part_ids))
-                        )
+                        finished.append((job, Finish(mid, "submitted", gateway, outcome.gateway_message_id, attempts,
+                                                     part_ids=outcome.part_ids, detail=detail)))
                     elif isinstance(outcome, Unknown):
                         metrics.SUBMISSIONS.labels(gateway, "unknown").inc()
-                        log.warning("submission outcome unknown", extra={"message_id": str(job.message.message_id), "error": outcome.message})
-                        unknown.append(Job(job.tenant, job.trace_id, job.message, attempts))
+                        log.warning("submission outcome unknown", extra={"message_id": str(mid), "error": outcome.message})
+                        unknown.append(replace(job, attempts=attempts))
                     elif outcome.retriable and attempts < self.settings.retry_max_attempts and self.clock() < deadline:
                         metrics.SUBMISSIONS.labels(gateway, "retry").inc()
-                        retry.append(Job(job.tenant, job.trace_id, job.message, attempts))
+                        # Try another gateway of the route next time, if there is one.
+                        retry.append(replace(job, attempts=attempts, avoid=job.avoid | {gateway}, skipped=skipped))
                     else:
                         metrics.SUBMISSIONS.labels(gateway, "failed").inc()
-                        code = outcome.code if not outcome.retriable else "retries_exhausted"
-                        reason = outcome.message if not outcome.retriable else f"gave up after {attempts} attempts: {outcome.code} {outcome.message}"
-                        finished.append((job, Finish(job.message.message_id, "failed", gateway, None, attempts, code, reason[:500])))
+                        if outcome.retriable:
+                            code = "retries_exhausted"
+                            reason = f"gave up after {attempts} attempts: {outcome.code} {outcome.message}"
+                        else:
+                            code, reason = outcome.code, outcome.message
+                        finished.append((job, Finish(mid, "failed", gateway, None, attempts, code, reason[:500], detail=detail)))
             pending = retry
             if pending:
+                # All of a route's gateways tried: start over with the preferred ones.
+                route_size = {j.message.message_id: len(self.router.route_for(j.message).gateways) for j in pending}
+                pending = [j if len(j.avoid) < route_size[j.message.message_id] else replace(j, avoid=frozenset()) for j in pending]
                 delay = min(backoff(round_, self.settings.retry_base_s, self.settings.retry_cap_s), max(0.0, deadline - self.clock()))
                 log.info("retrying %d submissions in %.1fs", len(pending), delay)
                 await self.sleep(delay)
@@ -137,10 +242,15 @@ class Sender:
 
 
 class OutboundHandler:
-    def __init__(self, claims: ClaimRepository, sender: Sender, settings: DispatcherSettings) -> None:
+    """One lane's batch handler: claim, send (priority lanes go first), record, report."""
+
+    def __init__(
+        self, claims: ClaimRepository, sender: Sender, settings: DispatcherSettings, *, priority: bool = True
+    ) -> None:
         self.claims = claims
         self.sender = sender
         self.settings = settings
+        self.priority = priority
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         jobs = {}
@@ -159,7 +269,7 @@ class OutboundHandler:
             claim = claims[mid]
             if claim.fresh:
                 fresh.append(job)
-            elif claim.state in ("submitted", "failed"):
+            elif claim.state in _STATE_STATUS:
                 # Seen before and finished: publish its status again (same event id) in
                 # case the first publish was lost in a crash.
                 finish = Finish(mid, claim.state, claim.gateway, claim.gateway_message_id, claim.attempts,
@@ -167,7 +277,7 @@ class OutboundHandler:
                 outgoing.append(status_event(job, finish))
             else:
                 metrics.SKIPPED_CLAIMED.inc()  # another instance holds it, or the reconciler will
-        finished, unknown = await self.sender.send(fresh)
+        finished, unknown = await self.sender.send(fresh, priority=self.priority)
         await self.claims.finish([f for _, f in finished])
         await self.claims.release_for_reconcile([j.message.message_id for j in unknown], UNKNOWN_RECHECK_S)
         outgoing += [status_event(job, finish) for job, finish in finished]

@@ -1,4 +1,4 @@
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 SUBMISSIONS = Counter(
     "herald_dispatcher_submissions_total", "Submission results per gateway", ["gateway", "outcome"]
@@ -19,3 +19,11 @@ SKIPPED_CLAIMED = Counter(
     "herald_dispatcher_skipped_claimed_total", "Redelivered messages skipped because a claim exists"
 )
 RECONCILED = Counter("herald_dispatcher_reconciled_total", "Stale claims resolved by the reconciler")
+GATEWAY_OPEN = Gauge("herald_dispatcher_gateway_open", "1 while a gateway's circuit is open (skipped)", ["gateway"])
+GATEWAY_TRANSITIONS = Counter(
+    "herald_dispatcher_gateway_transitions_total", "Gateway health state changes", ["gateway", "state"]
+)
+ROUTE_DECISIONS = Counter(
+    "herald_dispatcher_route_decisions_total", "Routing decisions by route, gateway and failover", ["route", "gateway", "failover"]
+)
+EXPIRED = Counter("herald_dispatcher_expired_total", "Messages not sent because their validity ended")

@@ -24,13 +24,14 @@ class Claim:
 @dataclass(frozen=True, slots=True)
 class Finish:
     message_id: uuid.UUID
-    state: str  # submitted | failed
+    state: str  # submitted | failed | expired
     gateway: str | None
     gateway_message_id: str | None
     attempts: int
     reason_code: str | None = None
     reason: str | None = None
     part_ids: tuple[str, ...] = ()
+    detail: tuple[tuple[str, str], ...] = ()  # for the timeline: route, failover
 
 
 _CLAIM = """

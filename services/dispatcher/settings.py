@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import socket
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from services.dispatcher.gateways.config import GatewayConfig, HeraldHttpConfig
 from shared.settings import ConsumerSettings
@@ -10,6 +12,18 @@ from shared.settings import ConsumerSettings
 
 def _default_gateways() -> list[GatewayConfig]:
     return [HeraldHttpConfig(name="sim", url="http://127.0.0.1:38090", api_token=SecretStr("sim-token"))]
+
+
+class RouteConfig(BaseModel):
+    """A routing rule; the first rule that matches a message picks its gateway list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    gateways: list[str] = Field(min_length=1, description="Gateway names in order of preference")
+    countries: list[str] = Field(default_factory=list, description="ISO 3166 alpha-2 codes; empty matches any")
+    prefixes: list[str] = Field(default_factory=list, description="E.164 prefixes, e.g. +3467; empty matches any")
+    types: list[Literal["transactional", "marketing"]] = Field(default_factory=list, description="Empty matches any")
 
 
 class DispatcherSettings(ConsumerSettings):
@@ -25,3 +39,27 @@ class DispatcherSettings(ConsumerSettings):
     retry_cap_s: float = Field(20.0, gt=0, description="Longest delay between retries")
     retry_budget_s: float = Field(120.0, gt=0, description="Longest time one batch keeps retrying")
     reconcile_interval_s: float = Field(5.0, gt=0, description="How often stale claims are resolved")
+    routes: list[RouteConfig] = Field(
+        default_factory=list, description="Routing rules, JSON list; unmatched messages use all gateways in order"
+    )
+    failover_error_rate: float = Field(0.5, gt=0, le=1, description="Share of bad submissions that opens a gateway")
+    failover_min_samples: int = Field(10, ge=1, description="Submissions needed in the window before judging")
+    failover_window_s: float = Field(60.0, gt=0, description="How far back submissions are judged")
+    failover_slow_s: float = Field(10.0, gt=0, description="An answer slower than this counts as bad")
+    failover_cooldown_s: float = Field(30.0, gt=0, description="How long an open gateway is skipped before a retry")
+    bulk_consumer_group: str | None = Field(
+        None, description="Consumer group of the bulk lane; default: the priority group + '.bulk'"
+    )
+
+    @model_validator(mode="after")
+    def _gateways_consistent(self) -> DispatcherSettings:
+        names = [g.name for g in self.gateways]
+        if not names:
+            raise ValueError("at least one gateway is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"gateway names must be unique: {names}")
+        for route in self.routes:
+            unknown = set(route.gateways) - set(names)
+            if unknown:
+                raise ValueError(f"route {route.name!r} names unknown gateways {sorted(unknown)}")
+        return self

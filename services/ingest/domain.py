@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -64,6 +64,7 @@ def accept(
         status_callback_url=str(request.status_callback_url) if request.status_callback_url else None,
         source=source,
         accepted_at=now,
+        expires_at=now + timedelta(seconds=request.validity_s) if request.validity_s else None,
     )
 
 

@@ -89,7 +89,7 @@ def from_status(event_id: uuid.UUID, tenant: str, occurred_at: datetime, s: Mess
     detail = {k: v for k, v in {
         "reason_code": s.reason_code, "reason": s.reason, "gateway": s.gateway,
         "gateway_message_id": s.gateway_message_id, "attempts": s.attempts or None,
-    }.items() if v is not None}
+    }.items() if v is not None} | dict(s.detail)
     fields: dict[str, Any] = {}
     if s.type is not None:
         fields["type"] = s.type.value

@@ -20,7 +20,7 @@ from shared.contracts import (
 )
 from shared.kafka import Incoming, Outgoing
 from shared.statuses import MessageType, Status
-from shared.topics import OUTBOUND, STATUS
+from shared.topics import OUTBOUND, OUTBOUND_BULK, STATUS
 
 
 class FactsRepository:
@@ -65,7 +65,8 @@ class AcceptedHandler:
                     trace_id=trace,
                     payload=outbound,
                 )
-                outgoing.append(Outgoing(OUTBOUND, message.to, event))
+                lane = OUTBOUND_BULK if message.type is MessageType.MARKETING else OUTBOUND
+                outgoing.append(Outgoing(lane, message.to, event))
             else:
                 status = MessageStatusChanged(
                     message_id=message.message_id,

@@ -40,6 +40,10 @@ class MessageRequest(_Frozen):
     )
     metadata: Metadata = Field(default_factory=dict)
     status_callback_url: AnyHttpUrl | None = Field(None, description="Where status changes are posted")
+    validity_s: int | None = Field(
+        None, ge=1, le=36_000,
+        description="Seconds the message stays worth sending (an OTP: 300); past it the message expires unsent",
+    )
 
 
 class MessageAccepted(_Frozen):
@@ -56,6 +60,7 @@ class MessageAccepted(_Frozen):
     status_callback_url: str | None = None
     source: Literal["api", "kafka"]
     accepted_at: AwareDatetime
+    expires_at: AwareDatetime | None = Field(None, description="Not sent after this time (validity_s)")
 
 
 class MessageOutbound(MessageAccepted):
@@ -77,6 +82,9 @@ class MessageStatusChanged(_Frozen):
     attempts: int = 0
     segments: int | None = None
     type: MessageType | None = None
+    detail: dict[str, str] = Field(
+        default_factory=dict, description="Decision details for the timeline (route, failover, rule)"
+    )
 
 
 class DeliveryReceipt(_Frozen):

@@ -44,7 +44,7 @@ CREATE TABLE suppressions (
 CREATE TABLE dispatch_claims (
     message_id         uuid PRIMARY KEY,
     tenant_id          text NOT NULL,
-    state              text NOT NULL CHECK (state IN ('claimed', 'submitted', 'failed')),
+    state              text NOT NULL CHECK (state IN ('claimed', 'submitted', 'failed', 'expired')),
     owner              text NOT NULL,
     lease_until        timestamptz NOT NULL,
     gateway            text,
