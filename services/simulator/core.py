@@ -490,6 +490,16 @@ class Simulator:
     def lookup(self, client_ref: str) -> list[Submission]:
         return list(self._by_ref.get(client_ref, ()))
 
+    def timeline(self) -> dict[int, tuple[int, int]]:
+        """Unix second → (submissions, segments) accepted in it: what throttle tests measure."""
+        seconds: dict[int, list[int]] = {}
+        for subs in self._by_ref.values():
+            for sub in subs:
+                slot = seconds.setdefault(int(sub.submitted_at), [0, 0])
+                slot[0] += 1
+                slot[1] += sub.segments
+        return {second: (n, segs) for second, (n, segs) in sorted(seconds.items())}
+
     # -- receipts ----------------------------------------------------------------------------
 
     def next_due(self) -> float | None:

@@ -280,6 +280,12 @@ def create_control_app(
     async def client_refs(request: web.Request) -> web.Response:
         return web.json_response({"client_refs": sim.client_ref_counts()})
 
+    async def timeline(request: web.Request) -> web.Response:
+        per_second = sim.timeline()
+        return web.json_response(
+            {"seconds": [{"second": s, "submissions": n, "segments": segs} for s, (n, segs) in per_second.items()]}
+        )
+
     async def reset(request: web.Request) -> web.Response:
         pending = sim.receipts_pending
         submissions = sim.c.submissions
@@ -293,6 +299,7 @@ def create_control_app(
     app.router.add_post("/control", post_control)
     app.router.add_get("/stats", stats)
     app.router.add_get("/stats/client_refs", client_refs)
+    app.router.add_get("/stats/timeline", timeline)
     app.router.add_post("/stats/reset", reset)
     _common_routes(app, registry)
     return app
