@@ -7,6 +7,7 @@ from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.repository import ClaimRepository
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.sink import KafkaSink
+from services.dispatcher.throttle import LocalThrottle, PostgresThrottle, Throttle
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
 from shared.topics import OUTBOUND, OUTBOUND_BULK
@@ -21,7 +22,14 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
         ctx.stack.push_async_callback(gateway.close)
         gateways[config.name] = gateway
     claims = ClaimRepository(ctx.pool)
-    sender = Sender(gateways, settings)
+    limits = {g.name: (g.rate_per_s, g.burst) for g in settings.gateways}
+    throttle: Throttle
+    if settings.throttle_backend == "postgres":
+        throttle = PostgresThrottle(ctx.pool, limits)
+        await throttle.setup()
+    else:
+        throttle = LocalThrottle(limits)
+    sender = Sender(gateways, settings, throttle)
     reconciler = Reconciler(claims, sender, ctx.publisher, settings)
     ctx.workers["reconciler"] = reconciler.run()
     ctx.stoppers.append(reconciler.stop)

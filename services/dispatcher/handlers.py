@@ -16,10 +16,10 @@ from services.dispatcher import metrics
 from services.dispatcher.domain.health import GatewayHealth, State, Thresholds
 from services.dispatcher.domain.retry import backoff
 from services.dispatcher.domain.routing import Choice, Route, Router
-from services.dispatcher.domain.throttle import TokenBucket
 from services.dispatcher.gateways.base import Gateway, LookupUnsupported, Outcome, Refused, Submitted, Unknown
 from services.dispatcher.repository import ClaimRepository, Finish
 from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.throttle import LocalThrottle, Throttle
 from shared.contracts import MessageOutbound, MessageStatusChanged, MessageStatusEvent, derived_event_id, utcnow
 from shared.kafka import Incoming, Outgoing, Publisher
 from shared.statuses import Status
@@ -101,6 +101,7 @@ class Sender:
         self,
         gateways: dict[str, Gateway],
         settings: DispatcherSettings,
+        throttle: Throttle | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], datetime] = utcnow,
@@ -110,8 +111,7 @@ class Sender:
         self.clock = clock
         self.sleep = sleep
         self.wall_clock = wall_clock
-        now = clock()
-        self.buckets = {g.name: TokenBucket.start(g.rate_per_s, now, g.burst) for g in settings.gateways}
+        self.throttle = throttle or LocalThrottle({g.name: (g.rate_per_s, g.burst) for g in settings.gateways}, clock)
         self.chunk = {g.name: g.batch_size for g in settings.gateways}
         self.router = Router(
             [Route(r.name, tuple(r.gateways), frozenset(r.countries), tuple(r.prefixes), frozenset(r.types))
@@ -162,13 +162,13 @@ class Sender:
         return outcomes
 
     async def _throttled(self, gateway: str, jobs: list[Job], priority: bool) -> list[Outcome]:
-        bucket, size = self.buckets[gateway], self.chunk[gateway]
+        size = self.chunk[gateway]
         tasks = []
         for i in range(0, len(jobs), size):
             chunk = jobs[i : i + size]
             if not priority:
                 await self.gate.wait_for_bulk_turn()
-            wait = bucket.reserve(sum(j.message.segments for j in chunk), self.clock())
+            wait = await self.throttle.reserve(gateway, sum(j.message.segments for j in chunk))
             if wait > 0:
                 metrics.THROTTLE_WAIT.labels(gateway).observe(wait)
                 await self.sleep(wait)

@@ -47,6 +47,9 @@ class DispatcherSettings(ConsumerSettings):
     failover_window_s: float = Field(60.0, gt=0, description="How far back submissions are judged")
     failover_slow_s: float = Field(10.0, gt=0, description="An answer slower than this counts as bad")
     failover_cooldown_s: float = Field(30.0, gt=0, description="How long an open gateway is skipped before a retry")
+    throttle_backend: Literal["postgres", "local"] = Field(
+        "postgres", description="postgres: limits shared by all instances; local: per process"
+    )
     bulk_consumer_group: str | None = Field(
         None, description="Consumer group of the bulk lane; default: the priority group + '.bulk'"
     )

@@ -1,0 +1,235 @@
+"""Twilio Programmable Messaging (REST API 2010-04-01).
+
+``POST {base_url}/2010-04-01/Accounts/{AccountSid}/Messages.json``, form-encoded, HTTP basic
+auth ``AccountSid:AuthToken``, one message per request: ``To``, ``Body``, ``From`` and/or
+``MessagingServiceSid``, ``StatusCallback``. Twilio answers ``201`` with the Message resource
+(its ``sid`` is the gateway message id) or an error ``{"code", "message", "more_info", "status"}``.
+
+Status callbacks go to ingest (``services/ingest/twilio_callbacks.py``). Twilio has no client
+reference field, so Herald's message id travels in the callback URL's query (``?ref=<id>``):
+Twilio signs the full URL, and ingest puts it in the receipt's ``client_ref``.
+
+``lookup`` lists the messages sent to the number and matches the body exactly; it only ever
+answers "found" (see :meth:`TwilioGateway.lookup` and docs/providers.md for why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+from collections import OrderedDict
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import httpx
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from services.dispatcher.gateways.base import GatewayBase, LookupUnsupported, Outcome, Refused, Submitted, Unknown
+from shared.contracts import MessageOutbound, utcnow
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "2010-04-01"
+RETRIABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+#: Twilio error codes that mean "not now" rather than "never" (whatever the HTTP status).
+RETRIABLE_CODES = {
+    20429,  # Too Many Requests: never processed, always safe to retry (Twilio docs)
+    20500,  # Internal Server Error
+    20503,  # Service Unavailable
+    21611,  # This 'From' number has exceeded the maximum number of queued messages
+    30001,  # Queue overflow
+}
+LOOKUP_PAGE_SIZE = 200
+LOOKUP_MAX_PAGES = 10
+CLOCK_SKEW = timedelta(minutes=2)
+KNOWN_SIDS_MAX = 100_000
+
+
+class TwilioConfig(GatewayBase):
+    kind: Literal["twilio"] = "twilio"
+    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$", description="Account SID (AC...), the basic auth user")
+    auth_token: SecretStr = Field(description="Auth token: basic auth password; also signs Twilio's callbacks")
+    base_url: str = Field("https://api.twilio.com", description="API root (tests point it at the simulator)")
+    from_number: str | None = Field(
+        None, min_length=1, max_length=32, description="Default From: a Twilio number, short code or sender id"
+    )
+    messaging_service_sid: str | None = Field(
+        None, pattern=r"^MG[0-9a-fA-F]{32}$", description="Messaging Service (MG...) that picks the sender"
+    )
+    status_callback_url: str | None = Field(
+        None,
+        description="Herald's public status callback URL, e.g. https://herald.example.com/v1/callbacks/twilio/<name>/status",
+    )
+    lookup_horizon_s: float = Field(
+        36_000.0,
+        gt=0,
+        description="How long after release a message Twilio does not list yet is looked for again before it is failed",
+    )
+
+    @field_validator("base_url", "status_callback_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value is not None else None
+
+    @model_validator(mode="after")
+    def _has_sender(self) -> TwilioConfig:
+        if not self.from_number and not self.messaging_service_sid:
+            raise ValueError("from_number or messaging_service_sid is required")
+        return self
+
+
+class LookupPending(RuntimeError):
+    """Twilio does not list the message (yet): ask again later, never resend on this.
+
+    A message still queued at Twilio has no ``date_sent`` and is not listed; the reconciler
+    treats any exception other than :class:`LookupUnsupported` as "ask again later".
+    """
+
+
+class TwilioGateway:
+    def __init__(self, config: TwilioConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = config.name
+        self.config = config
+        self._client = httpx.AsyncClient(
+            base_url=config.base_url,
+            auth=httpx.BasicAuth(config.account_sid, config.auth_token.get_secret_value()),
+            headers={"Accept": "application/json"},
+            timeout=httpx.Timeout(config.timeout_s, connect=min(5.0, config.timeout_s)),
+            limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
+            transport=transport,
+        )
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._messages_path = f"/{API_VERSION}/Accounts/{config.account_sid}/Messages.json"
+        # sid -> Herald message id, for the sids this process was given: lookup never hands
+        # one message the sid of another one with the same recipient and text.
+        self._known: OrderedDict[str, str] = OrderedDict()
+
+    def __repr__(self) -> str:  # never the token
+        return f"TwilioGateway(name={self.name!r}, account_sid={self.config.account_sid!r})"
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def form(self, m: MessageOutbound) -> dict[str, str]:
+        """The form fields of one message (To, Body, From / MessagingServiceSid, StatusCallback)."""
+        c = self.config
+        fields = {"To": m.to, "Body": m.body}
+        sender = m.sender or c.from_number
+        if sender:
+            fields["From"] = sender
+        if c.messaging_service_sid:
+            fields["MessagingServiceSid"] = c.messaging_service_sid
+        if c.status_callback_url:
+            sep = "&" if "?" in c.status_callback_url else "?"
+            fields["StatusCallback"] = f"{c.status_callback_url}{sep}{urlencode({'ref': str(m.message_id)})}"
+        return fields
+
+    async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self._submit(m) for m in messages)))
+
+    async def _submit(self, m: MessageOutbound) -> Outcome:
+        async with self._slots:
+            try:
+                response = await self._client.post(self._messages_path, data=self.form(m))
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Nothing reached Twilio: safe to try again.
+                return Refused("connection_error", f"{type(exc).__name__}: {exc}", True)
+            except httpx.HTTPError as exc:
+                return Unknown(f"{type(exc).__name__} after sending: {exc}")
+        if 200 <= response.status_code < 300:
+            try:
+                sid = response.json()["sid"]
+            except (ValueError, KeyError, TypeError):
+                sid = None
+            if not isinstance(sid, str) or not sid:
+                # A 2xx means Twilio created it; without the sid only a lookup can tell which.
+                return Unknown(f"Twilio answered {response.status_code} without a message sid")
+            self._remember(sid, str(m.message_id))
+            return Submitted(sid)
+        code, message = twilio_error(response)
+        retriable = response.status_code in RETRIABLE_HTTP or code in {str(c) for c in RETRIABLE_CODES}
+        return Refused(code, message, retriable)
+
+    def _remember(self, sid: str, message_id: str) -> None:
+        self._known[sid] = message_id
+        if len(self._known) > KNOWN_SIDS_MAX:
+            self._known.popitem(last=False)
+
+    async def lookup(self, message: MessageOutbound) -> str | None:
+        """Twilio's sid for ``message``, found by listing what was sent to its number.
+
+        Answers only "found": a unique outbound message to the same number with exactly the
+        same body, created after Herald released this one, whose sid this process did not get
+        for another message. It never answers None ("Twilio never got it"), because absence
+        from the list proves nothing: a message queued at Twilio has no ``date_sent`` yet,
+        and a body may be redacted. So: not listed -> :class:`LookupPending` (the reconciler
+        asks again later) until ``lookup_horizon_s`` after release, then
+        :class:`LookupUnsupported`; several candidates -> :class:`LookupUnsupported`.
+        """
+        since = message.released_at - CLOCK_SKEW
+        params: dict[str, str] = {
+            "To": message.to,
+            "DateSent>": since.date().isoformat(),
+            "PageSize": str(LOOKUP_PAGE_SIZE),
+        }
+        sender = message.sender or self.config.from_number
+        if sender and not self.config.messaging_service_sid:
+            params["From"] = sender
+        candidates: list[str] = []
+        url: str | None = self._messages_path
+        query: dict[str, str] | None = params
+        for _ in range(LOOKUP_MAX_PAGES):
+            if url is None:
+                break
+            response = await self._client.get(url, params=query)
+            if response.status_code != 200:
+                code, text = twilio_error(response)
+                raise RuntimeError(f"Twilio list answered {response.status_code}: {code} {text}")
+            page = response.json()
+            mine = str(message.message_id)
+            for item in page.get("messages") or []:
+                if _matches(item, message, since) and self._known.get(str(item["sid"]), mine) == mine:
+                    candidates.append(str(item["sid"]))
+            url, query = page.get("next_page_uri") or None, None
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            raise LookupUnsupported(f"{len(candidates)} Twilio messages have this recipient and text: cannot tell which")
+        if utcnow() - message.released_at < timedelta(seconds=self.config.lookup_horizon_s):
+            raise LookupPending("Twilio does not list the message (yet)")
+        raise LookupUnsupported(f"Twilio does not list the message {self.config.lookup_horizon_s:.0f}s after release")
+
+
+def _matches(item: Any, message: MessageOutbound, since: datetime) -> bool:
+    if not isinstance(item, dict) or not item.get("sid"):
+        return False
+    if item.get("to") != message.to or item.get("body") != message.body:
+        return False
+    if not str(item.get("direction", "outbound-api")).startswith("outbound"):
+        return False
+    created = _rfc2822(item.get("date_created"))
+    return created is None or created >= since
+
+
+def _rfc2822(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def twilio_error(response: httpx.Response) -> tuple[str, str]:
+    """``(code, message)`` of a Twilio error answer; ``http_<status>`` when it is not Twilio's JSON."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("code") is not None:
+        return str(body["code"]), str(body.get("message") or response.reason_phrase)[:500]
+    return f"http_{response.status_code}", response.reason_phrase
