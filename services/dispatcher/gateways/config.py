@@ -11,7 +11,9 @@ from typing import Annotated
 from pydantic import Field
 
 from services.dispatcher.gateways.herald_http import HeraldHttpConfig
+from services.dispatcher.gateways.twilio import TwilioConfig
+from services.dispatcher.gateways.webhook import WebhookConfig
 
-GatewayConfig = Annotated[HeraldHttpConfig, Field(discriminator="kind")]
+GatewayConfig = Annotated[HeraldHttpConfig | TwilioConfig | WebhookConfig, Field(discriminator="kind")]
 
-__all__ = ["GatewayConfig", "HeraldHttpConfig"]
+__all__ = ["GatewayConfig", "HeraldHttpConfig", "TwilioConfig", "WebhookConfig"]

@@ -1,0 +1,223 @@
+"""A generic JSON webhook provider: one message per request, shaped by configuration.
+
+Each message becomes one JSON request to ``url`` built from ``template`` (which body field
+holds the recipient, sender, text, Herald's reference; dotted names nest) plus
+``static_fields``. A 2xx answer carries the provider's id at ``id_path`` (dotted, list
+indexes allowed: ``data.id``, ``messages.0.id``). Optional: a bearer token, fixed (secret)
+headers, and an ``X-Herald-Signature`` HMAC-SHA256 over the exact body bytes
+(:func:`shared.signatures.sign`, so the provider checks it with ``verify``).
+
+``lookup`` needs a ``lookup_url`` template (``{reference}``, ``{to}``); without one it raises
+:class:`~services.dispatcher.gateways.base.LookupUnsupported`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from services.dispatcher.gateways.base import GatewayBase, LookupUnsupported, Outcome, Refused, Submitted, Unknown
+from shared.contracts import MessageOutbound
+from shared.signatures import HEADER as SIGNATURE_HEADER
+from shared.signatures import sign
+
+DEFAULT_RETRIABLE = [408, 425, 429, 500, 502, 503, 504]
+_MISSING = object()
+
+
+class WebhookTemplate(BaseModel):
+    """Names of the body fields (dotted names nest: ``message.text``); None leaves a field out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field("to", min_length=1)
+    sender: str | None = Field("from", min_length=1, description="Left out when the message has no sender")
+    body: str = Field("body", min_length=1)
+    reference: str | None = Field("reference", min_length=1, description="Herald's message id")
+    segments: str | None = Field(None, min_length=1)
+
+    def names(self) -> list[str]:
+        return [n for n in (self.to, self.sender, self.body, self.reference, self.segments) if n]
+
+
+class WebhookConfig(GatewayBase):
+    kind: Literal["webhook"] = "webhook"
+    url: str = Field(description="Where each message is sent")
+    method: Literal["POST", "PUT"] = "POST"
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra request headers (values are secret)")
+    bearer_token: SecretStr | None = Field(None, description="Sent as Authorization: Bearer <token>")
+    signing_secret: SecretStr | None = Field(None, description="Sign each body with HMAC-SHA256 (X-Herald-Signature)")
+    signature_header: str = Field(SIGNATURE_HEADER, min_length=1)
+    template: WebhookTemplate = Field(default_factory=WebhookTemplate)
+    static_fields: dict[str, Any] = Field(default_factory=dict, description="Fixed fields added to every body")
+    default_sender: str | None = Field(None, description="Sender when the message has none")
+    id_path: str = Field("id", min_length=1, description="Dotted path of the provider's message id in a 2xx answer")
+    retriable_statuses: list[int] = Field(default_factory=lambda: list(DEFAULT_RETRIABLE))
+    lookup_url: str | None = Field(
+        None, description="GET template with {reference} and {to}; 404 or no id = never received"
+    )
+    lookup_id_path: str | None = Field(None, description="Id path in the lookup answer; default id_path")
+
+    @field_validator("url", "lookup_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WebhookConfig:
+        names = self.template.names()
+        if len(set(names)) != len(names):
+            raise ValueError("template field names must differ")
+        for a in names:
+            if any(b.startswith(a + ".") for b in names):
+                raise ValueError(f"template field {a!r} cannot also hold another field")
+            if not _free(self.static_fields, a):
+                raise ValueError(f"static_fields already hold template field {a!r}")
+        if self.lookup_url is not None:
+            try:
+                self.lookup_url.format(reference="x", to="x")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"lookup_url may only use {{reference}} and {{to}}: {exc}") from None
+        return self
+
+
+class WebhookGateway:
+    def __init__(self, config: WebhookConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = config.name
+        self.config = config
+        headers = {k: v.get_secret_value() for k, v in config.headers.items()}
+        if config.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {config.bearer_token.get_secret_value()}"
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(config.timeout_s, connect=min(5.0, config.timeout_s)),
+            limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
+            transport=transport,
+        )
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._retriable = set(config.retriable_statuses)
+
+    def __repr__(self) -> str:  # never the headers or secrets
+        return f"WebhookGateway(name={self.name!r}, url={self.config.url!r})"
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def payload(self, m: MessageOutbound) -> dict[str, Any]:
+        t = self.config.template
+        out: dict[str, Any] = json.loads(json.dumps(self.config.static_fields))  # a deep copy
+        _put(out, t.to, m.to)
+        _put(out, t.body, m.body)
+        sender = m.sender or self.config.default_sender
+        if t.sender and sender:
+            _put(out, t.sender, sender)
+        if t.reference:
+            _put(out, t.reference, str(m.message_id))
+        if t.segments:
+            _put(out, t.segments, m.segments)
+        return out
+
+    def body_and_headers(self, m: MessageOutbound) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(self.payload(m), separators=(",", ":"), ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.config.signing_secret is not None:
+            secret = self.config.signing_secret.get_secret_value().encode()
+            headers[self.config.signature_header] = sign(secret, body, int(time.time()))
+        return body, headers
+
+    async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self._submit(m) for m in messages)))
+
+    async def _submit(self, m: MessageOutbound) -> Outcome:
+        body, headers = self.body_and_headers(m)
+        async with self._slots:
+            try:
+                response = await self._client.request(self.config.method, self.config.url, content=body, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                return Refused("connection_error", f"{type(exc).__name__}: {exc}", True)
+            except httpx.HTTPError as exc:
+                return Unknown(f"{type(exc).__name__} after sending: {exc}")
+        if 200 <= response.status_code < 300:
+            try:
+                found = _get(response.json(), self.config.id_path)
+            except ValueError:
+                found = _MISSING
+            if found is _MISSING or found is None or found == "" or isinstance(found, (dict, list, bool)):
+                return Unknown(f"answer {response.status_code} has no id at {self.config.id_path!r}")
+            return Submitted(str(found))
+        code, message = _error(response)
+        return Refused(code, message, response.status_code in self._retriable)
+
+    async def lookup(self, message: MessageOutbound) -> str | None:
+        template = self.config.lookup_url
+        if template is None:
+            raise LookupUnsupported(f"gateway {self.name!r} has no lookup_url")
+        url = template.format(reference=quote(str(message.message_id), safe=""), to=quote(message.to, safe=""))
+        response = await self._client.get(url)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            code, text = _error(response)
+            raise RuntimeError(f"lookup answered {response.status_code}: {code} {text}")
+        found = _get(response.json(), self.config.lookup_id_path or self.config.id_path)
+        if found is _MISSING or found is None or found == "" or isinstance(found, (dict, list, bool)):
+            return None
+        return str(found)
+
+
+def _put(obj: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for key in parents:
+        child = obj.get(key)
+        if not isinstance(child, dict):
+            child = obj[key] = {}
+        obj = child
+    obj[leaf] = value
+
+
+def _free(obj: dict[str, Any], path: str) -> bool:
+    """True when ``_put(obj, path, ...)`` overwrites nothing in ``obj``."""
+    *parents, leaf = path.split(".")
+    for key in parents:
+        if key not in obj:
+            return True
+        if not isinstance(obj[key], dict):
+            return False
+        obj = obj[key]
+    return leaf not in obj
+
+
+def _get(obj: Any, path: str) -> Any:
+    for key in path.split("."):
+        if isinstance(obj, dict) and key in obj:
+            obj = obj[key]
+        elif isinstance(obj, list) and key.isdigit() and int(key) < len(obj):
+            obj = obj[int(key)]
+        else:
+            return _MISSING
+    return obj
+
+
+def _error(response: httpx.Response) -> tuple[str, str]:
+    """Best effort over the usual shapes: {"error": {"code", "message"}}, {"error": "..."}, {"code", "message"}."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"http_{response.status_code}", response.text[:300] or response.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("code") is not None:
+            return str(err["code"]), str(err.get("message", ""))[:500]
+        if isinstance(err, str):
+            return f"http_{response.status_code}", err[:500]
+        if body.get("code") is not None:
+            return str(body["code"]), str(body.get("message", ""))[:500]
+    return f"http_{response.status_code}", response.reason_phrase
