@@ -16,6 +16,7 @@ from services.ingest.domain import Rejection, parse_receipts, parse_request
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
+from services.ingest.twilio_callbacks import create_router as twilio_router
 from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
 from shared.auth import Principal
 from shared.contracts import SYSTEM_TENANT, DeliveryReceiptEvent, MessageRequest, derived_event_id, utcnow
@@ -77,6 +78,7 @@ def create_app(
     app.state.pool = pool
     install_error_handlers(app)
     add_ops_routes(app, readiness)
+    app.include_router(twilio_router(settings, publisher))
     writer = Depends(principal_dependency("messages:write"))
 
     async def _publish(outgoing: list[Outgoing]) -> None:

@@ -20,3 +20,7 @@ class IngestSettings(ConsumerSettings):
     )
     receipt_tolerance_s: int = Field(300, ge=1, description="Oldest receipt signature timestamp accepted")
     public_url: str = Field("http://127.0.0.1:38080", description="Where upstream systems reach this API")
+    twilio_auth_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Auth token of each Twilio gateway, as JSON {\"gateway\": \"token\"}: checks X-Twilio-Signature on /v1/callbacks/twilio/{gateway}/*",
+    )
