@@ -38,6 +38,7 @@ from .core import (
     parse_control,
     parse_submit,
 )
+from .twilio import register_twilio
 
 log = logging.getLogger("herald.simulator.http")
 
@@ -228,6 +229,7 @@ def create_api_app(
     app.router.add_post("/v1/sms", submit)
     app.router.add_post("/v1/sms/batch", submit_batch)
     app.router.add_get("/v1/sms", lookup)
+    register_twilio(app, sim, registry=registry, clock=clock)  # Twilio's Messages API: twilio.py
     _common_routes(app, registry)
     return app
 

@@ -48,6 +48,13 @@ class SimulatorSettings(BaseSettings):
     receipt_linger_ms: int = Field(default=20, ge=0, le=10_000)
     receipt_post_timeout_s: float = Field(default=10.0, gt=0)
 
+    # Twilio face (services/simulator/twilio.py): Twilio's Messages API on the API port, basic auth
+    # with this account, status callbacks signed with this token (X-Twilio-Signature).
+    twilio_account_sid: str = Field(default="AC" + "0" * 32, pattern=r"^AC[0-9a-fA-F]{32}$")
+    twilio_auth_token: SecretStr = SecretStr("sim-twilio-token")
+    twilio_callback_concurrency: int = Field(default=16, ge=1, le=1024)
+    twilio_callback_attempts: int = Field(default=5, ge=1, le=100)
+
     seed: int | None = None
     # Like every Herald service, HERALD_LOG_LEVEL / HERALD_LOG_FORMAT apply; the HERALD_SIM_ ones win.
     log_level: str = Field(
@@ -92,4 +99,4 @@ class SimulatorSettings(BaseSettings):
 
     def public_dict(self) -> dict[str, object]:
         """The settings without secrets, for the startup log line."""
-        return self.model_dump(exclude={"api_token", "receipt_secret"})
+        return self.model_dump(exclude={"api_token", "receipt_secret", "twilio_auth_token"})
