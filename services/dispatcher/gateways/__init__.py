@@ -3,6 +3,7 @@
 from services.dispatcher.gateways.base import EventSink, Gateway
 from services.dispatcher.gateways.config import GatewayConfig
 from services.dispatcher.gateways.herald_http import HeraldHttpConfig, HeraldHttpGateway
+from services.dispatcher.gateways.smpp import SmppConfig, SmppGateway
 from services.dispatcher.gateways.twilio import TwilioConfig, TwilioGateway
 from services.dispatcher.gateways.webhook import WebhookConfig, WebhookGateway
 
@@ -15,6 +16,8 @@ def build_gateway(config: GatewayConfig, sink: EventSink | None = None) -> Gatew
         return TwilioGateway(config)
     if isinstance(config, WebhookConfig):
         return WebhookGateway(config)
+    if isinstance(config, SmppConfig):
+        return SmppGateway(config, sink)
     raise ValueError(f"unknown gateway kind {config.kind!r}")
 
 

@@ -11,9 +11,10 @@ from typing import Annotated
 from pydantic import Field
 
 from services.dispatcher.gateways.herald_http import HeraldHttpConfig
+from services.dispatcher.gateways.smpp import SmppConfig
 from services.dispatcher.gateways.twilio import TwilioConfig
 from services.dispatcher.gateways.webhook import WebhookConfig
 
-GatewayConfig = Annotated[HeraldHttpConfig | TwilioConfig | WebhookConfig, Field(discriminator="kind")]
+GatewayConfig = Annotated[HeraldHttpConfig | TwilioConfig | WebhookConfig | SmppConfig, Field(discriminator="kind")]
 
-__all__ = ["GatewayConfig", "HeraldHttpConfig", "TwilioConfig", "WebhookConfig"]
+__all__ = ["GatewayConfig", "HeraldHttpConfig", "SmppConfig", "TwilioConfig", "WebhookConfig"]

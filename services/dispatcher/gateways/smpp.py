@@ -1,0 +1,819 @@
+"""SMPP 3.4 gateway: binds to a carrier's SMSC, submits with submit_sm, takes receipts and MO
+from deliver_sm and hands them to the :class:`EventSink` before acknowledging them.
+
+The session layer (framing, sequence numbers, window, enquire_link, reconnect) is Herald's own,
+on asyncio streams; :mod:`smpp_codec` holds the encoding. Why not smpp34's client: its Python
+``Client`` answers every deliver_sm inside the Rust core *before* Python sees it, so a receipt
+could be acknowledged and then lost in a crash (docs/smpp.md, "Library choice").
+
+One gateway holds ``binds`` connections (a transceiver each, or a transmitter plus a receiver).
+Each connection has a reader task that never blocks, a keep-alive task and an adjustable window
+of outstanding submit_sm; a supervisor reconnects it with exponential backoff when it drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from prometheus_client import Counter, Gauge
+from pydantic import Field, SecretStr, ValidationError, field_validator
+
+from services.dispatcher.gateways.base import (
+    EventSink,
+    GatewayBase,
+    LookupUnsupported,
+    Outcome,
+    Refused,
+    Submitted,
+    Unknown,
+)
+from services.dispatcher.gateways.smpp_codec import (
+    BIND_IDS,
+    DELIVER_SM,
+    ENQUIRE_LINK,
+    ESM_INTERMEDIATE,
+    ESM_RECEIPT,
+    ESM_TYPE_MASK,
+    ESME_RINVCMDID,
+    ESME_RMSGQFUL,
+    ESME_ROK,
+    ESME_RX_P_APPN,
+    ESME_RX_T_APPN,
+    GENERIC_NACK,
+    HEADER,
+    MAX_PDU,
+    RESP,
+    SUBMIT_SM,
+    TLV_HERALD_MESSAGE_ID,
+    UNBIND,
+    CodecError,
+    IdConversion,
+    Pdu,
+    Reassembler,
+    ShortMessage,
+    address,
+    bind_body,
+    classify,
+    concat_of,
+    cstring,
+    decode_message_id,
+    decode_text,
+    encode_pdu,
+    parse_receipt,
+    plan_message,
+)
+from shared.contracts import DeliveryReceipt, InboundMessage, MessageOutbound, utcnow
+
+log = logging.getLogger(__name__)
+
+BINDS = Gauge("herald_smpp_binds", "Bound SMPP sessions", ["gateway", "mode"])
+WINDOW = Gauge("herald_smpp_window", "Current window (outstanding submit_sm allowed) summed over binds", ["gateway"])
+SUBMIT_SM_TOTAL = Counter("herald_smpp_submit_sm_total", "submit_sm results by command_status name", ["gateway", "status"])
+DELIVER_SM_TOTAL = Counter("herald_smpp_deliver_sm_total", "deliver_sm received by kind and answer", ["gateway", "kind", "answer"])
+RECONNECTS = Counter("herald_smpp_reconnects_total", "Bind attempts that failed or sessions that dropped", ["gateway", "reason"])
+
+BindMode = Literal["transceiver", "transmitter+receiver"]
+
+
+class SmppConfig(GatewayBase):
+    """An SMPP 3.4 carrier. ``concurrency`` of the base is not used: ``binds`` × ``window`` caps
+    the submit_sm in flight."""
+
+    kind: Literal["smpp"] = "smpp"
+    host: str = Field(description="SMSC host name or address")
+    port: int = Field(2775, ge=1, le=65535, description="SMSC port")
+    system_id: str = Field(min_length=1, max_length=15, description="Account (system_id) of the bind")
+    password: SecretStr = Field(SecretStr(""), description="Bind password, at most 8 characters")
+    system_type: str = Field("", max_length=12, description="system_type of the bind, if the carrier wants one")
+    bind_mode: BindMode = Field("transceiver", description="One transceiver per bind, or a transmitter and a receiver")
+    binds: int = Field(1, ge=1, le=64, description="Connections (or transmitter+receiver pairs) to open")
+    window: int = Field(10, ge=1, le=1000, description="Outstanding submit_sm allowed per bind")
+    enquire_link_s: float = Field(30.0, gt=0, description="Keep-alive interval; an unanswered enquire_link drops the bind")
+    bind_timeout_s: float = Field(10.0, gt=0, description="Connect + bind answer timeout")
+    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay (doubles, with jitter)")
+    reconnect_max_s: float = Field(60.0, gt=0, description="Longest reconnect delay")
+    throttle_pause_s: float = Field(1.0, ge=0, description="Pause of a bind after ESME_RTHROTTLED / ESME_RMSGQFUL")
+    source_addr_ton: int | None = Field(None, ge=0, le=6, description="Sender TON; unset: from the sender's shape")
+    source_addr_npi: int | None = Field(None, ge=0, le=18, description="Sender NPI; unset: from the sender's shape")
+    dest_addr_ton: int = Field(1, ge=0, le=6, description="Destination TON (1: international)")
+    dest_addr_npi: int = Field(1, ge=0, le=18, description="Destination NPI (1: E.164)")
+    default_sender: str | None = Field(None, max_length=20, description="source_addr when a message has no sender")
+    service_type: str = Field("", max_length=5, description="service_type of submit_sm")
+    registered_delivery: int = Field(1, ge=0, le=255, description="1: a receipt for every final state")
+    use_message_payload: bool = Field(False, description="Long texts in one PDU (message_payload TLV) instead of UDH parts")
+    send_message_id_tlv: bool = Field(False, description="Send Herald's message id in TLV 0x1400 (the simulator reads it)")
+    retriable_statuses: list[int] = Field(default_factory=list, description="Extra command_status values to retry (vendor codes)")
+    multipart_retry_s: float = Field(30.0, ge=0, description="How long parts 2..n are retried once part 1 was accepted")
+    receipt_id_conversion: IdConversion = Field("none", description="Convert the id of a receipt text: none, dec_to_hex, hex_to_dec")
+    receipt_timezone: str = Field("UTC", description="Time zone of the dates in receipt texts (IANA name)")
+    mo_default_charset: str = Field("gsm03.38", description="Python codec of data_coding 0 in MO (gsm03.38, latin-1, ascii)")
+    mo_reassembly_timeout_s: float = Field(60.0, gt=0, description="Incomplete concatenated MO is published after this")
+    inbound_flush_ms: int = Field(50, ge=1, le=5000, description="Receipts/MO are handed to the sink every this many ms")
+    inbound_batch: int = Field(200, ge=1, le=10_000, description="... or when this many are waiting")
+
+    @field_validator("password")
+    @classmethod
+    def _short_password(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode("latin-1", "replace")) > 8:
+            raise ValueError("an SMPP 3.4 password is at most 8 characters")
+        return value
+
+    @field_validator("receipt_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        ZoneInfo(value)
+        return value
+
+    @field_validator("mo_default_charset")
+    @classmethod
+    def _codec(cls, value: str) -> str:
+        b"".decode(value)
+        return value
+
+
+class SessionClosed(Exception):
+    """The connection is gone (or going); ``reason`` says why."""
+
+
+class BindRefused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"bind refused: {classify(status).name}")
+        self.status = status
+
+
+# --------------------------------------------------------------------------------------------
+# Window
+
+
+class Window:
+    """Outstanding submit_sm of one bind: at most ``limit``. Throttling answers halve the limit
+    and pause the bind; every ``limit`` successes give one slot back (AIMD), up to ``size``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.limit = size
+        self.used = 0
+        self.paused_until = 0.0
+        self._ok = 0
+        self._closed = False
+        self._cond = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed:
+                raise SessionClosed("bind closed")
+            delay = self.paused_until - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            async with self._cond:
+                if self._closed:
+                    raise SessionClosed("bind closed")
+                if self.used < self.limit and self.paused_until <= loop.time():
+                    self.used += 1
+                    return
+                await self._cond.wait()
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.used -= 1
+            self._cond.notify()
+
+    def success(self) -> None:
+        if self.limit < self.size:
+            self._ok += 1
+            if self._ok >= self.limit:
+                self._ok = 0
+                self.limit += 1
+
+    def slow_down(self, pause_s: float) -> None:
+        self.limit = max(1, self.limit // 2)
+        self._ok = 0
+        self.paused_until = max(self.paused_until, asyncio.get_running_loop().time() + pause_s)
+
+    @property
+    def free(self) -> int:
+        return self.limit - self.used
+
+    async def close(self) -> None:
+        self._closed = True
+        async with self._cond:
+            self._cond.notify_all()
+
+
+# --------------------------------------------------------------------------------------------
+# One connection
+
+
+class Session:
+    """One bound SMPP connection: request/response correlation by sequence number, a reader
+    task that always drains the socket, and enquire_link keep-alive."""
+
+    def __init__(
+        self,
+        gateway: SmppGateway,
+        label: str,
+        mode: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.gateway = gateway
+        self.label = label
+        self.mode = mode  # transceiver | transmitter | receiver
+        self.reader = reader
+        self.writer = writer
+        self.window = Window(gateway.config.window)
+        self.pending: dict[int, asyncio.Future[Pdu]] = {}
+        self._seq = itertools.count(1)
+        self.bound = False
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def can_submit(self) -> bool:
+        return self.mode in ("transceiver", "transmitter") and self.bound and not self.closed.is_set()
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._read_loop(), name=f"smpp-read-{self.label}"))
+
+    def start_keepalive(self) -> None:
+        self._tasks.append(asyncio.create_task(self._keepalive(), name=f"smpp-keepalive-{self.label}"))
+
+    def next_seq(self) -> int:
+        seq = next(self._seq)
+        if seq > 0x7FFFFFFF:
+            self._seq = itertools.count(2)
+            seq = 1
+        return seq
+
+    def send(self, data: bytes) -> None:
+        """Write one whole PDU, or raise :class:`SessionClosed` if nothing can be written."""
+        if self.closed.is_set() or self.writer.transport.is_closing():
+            raise SessionClosed(self.close_reason or "connection closing")
+        self.writer.write(data)
+
+    def send_request(self, command_id: int, body: bytes) -> asyncio.Future[Pdu]:
+        """Write a request; the future gets its response. Raises SessionClosed if not written."""
+        seq = self.next_seq()
+        future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
+        self.send(encode_pdu(command_id, seq, body))
+        self.pending[seq] = future
+        future.add_done_callback(lambda _f, s=seq: self.pending.pop(s, None))
+        return future
+
+    async def request(self, command_id: int, body: bytes, timeout: float) -> Pdu:
+        future = self.send_request(command_id, body)
+        return await asyncio.wait_for(future, timeout)
+
+    def respond(self, command_id: int, seq: int, body: bytes = b"", status: int = ESME_ROK) -> bool:
+        try:
+            self.send(encode_pdu(command_id | RESP, seq, body, status))
+            return True
+        except SessionClosed:
+            return False
+
+    async def _read_loop(self) -> None:
+        reason = "connection closed by the SMSC"
+        try:
+            while True:
+                head = await self.reader.readexactly(HEADER.size)
+                length, command_id, status, seq = HEADER.unpack(head)
+                if not HEADER.size <= length <= MAX_PDU:
+                    raise CodecError(f"invalid command_length {length}")
+                body = await self.reader.readexactly(length - HEADER.size) if length > HEADER.size else b""
+                pdu = Pdu(command_id, status, seq, body)
+                if pdu.is_response:  # generic_nack included: it carries the request's sequence number
+                    future = self.pending.pop(seq, None)
+                    if future is not None and not future.done():
+                        future.set_result(pdu)
+                elif command_id == ENQUIRE_LINK:
+                    self.respond(ENQUIRE_LINK, seq)
+                elif command_id == DELIVER_SM:
+                    self.gateway._on_deliver_sm(self, pdu)
+                elif command_id == UNBIND:
+                    self.respond(UNBIND, seq)
+                    reason = "the SMSC unbound"
+                    break
+                else:  # a request this ESME does not serve: generic_nack with the same sequence number
+                    try:
+                        self.send(encode_pdu(GENERIC_NACK, seq, b"", ESME_RINVCMDID))
+                    except SessionClosed:
+                        pass
+        except asyncio.IncompleteReadError:
+            pass
+        except asyncio.CancelledError:
+            reason = "closed by Herald"
+            raise
+        except (OSError, CodecError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            await self.close(reason)
+
+    async def _keepalive(self) -> None:
+        config = self.gateway.config
+        while not self.closed.is_set():
+            await asyncio.sleep(config.enquire_link_s)
+            try:
+                await self.request(ENQUIRE_LINK, b"", min(config.timeout_s, config.enquire_link_s))
+            except (TimeoutError, SessionClosed):
+                await self.close("enquire_link unanswered")
+                return
+
+    async def close(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        for future in list(self.pending.values()):
+            if not future.done():
+                future.set_exception(SessionClosed(reason))
+                future.exception()  # retrieved here: a waiter that timed out must not warn later
+        self.pending.clear()
+        self.writer.close()
+        await self.window.close()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+
+    async def unbind(self, timeout: float = 1.0) -> None:
+        if self.bound and not self.closed.is_set():
+            try:
+                await self.request(UNBIND, b"", timeout)
+            except (TimeoutError, SessionClosed, OSError):
+                pass
+        await self.close("closed by Herald")
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Results of one submit_sm
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    status: int
+    name: str
+    retriable: bool
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _NotSent:
+    reason: str  # nothing was written: safe to send again
+
+
+@dataclass(frozen=True, slots=True)
+class _Lost:
+    reason: str  # written, no answer: the SMSC may have it
+
+
+_PartResult = _Accepted | _Refused | _NotSent | _Lost
+
+
+@dataclass(slots=True)
+class _Inbound:
+    session: Session | None
+    seq: int
+    receipt: DeliveryReceipt | None = None
+    message: InboundMessage | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# The gateway
+
+
+class SmppGateway:
+    """Implements the Gateway protocol over ``binds`` SMPP sessions."""
+
+    def __init__(self, config: SmppConfig, sink: EventSink | None = None) -> None:
+        self.name = config.name
+        self.config = config
+        self.sink = sink
+        self._sessions: list[Session] = []
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue()
+        self._ref = random.randrange(256)
+        self._reassembler = Reassembler(config.mo_reassembly_timeout_s)
+        self._tz = ZoneInfo(config.receipt_timezone)
+        self._closing = False
+        self._started = False
+        self.stats = {"binds": 0, "reconnects": 0, "throttled": 0}
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # started by the first call instead
+        self.start()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the bind supervisors and the inbound flusher (idempotent)."""
+        if self._started or self._closing:
+            return
+        self._started = True
+        modes = ["transceiver"] if self.config.bind_mode == "transceiver" else ["transmitter", "receiver"]
+        for i in range(self.config.binds):
+            for mode in modes:
+                label = f"{self.name}-{mode[:3]}{i + 1}"
+                self._tasks.append(asyncio.create_task(self._supervise(label, mode), name=f"smpp-bind-{label}"))
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name=f"smpp-inbox-{self.name}"))
+
+    async def wait_bound(self, timeout: float, count: int = 1) -> bool:
+        """True once ``count`` sessions that can submit are bound (for start-up and tests)."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while sum(1 for s in self._sessions if s.can_submit) < count:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await self._wait_change(left)
+        return True
+
+    def _notify(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def _wait_change(self, timeout: float) -> None:
+        """Until a session is bound or lost (or ``timeout``). Call it right after checking, with
+        no await in between, so no change can be missed."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(s.unbind() for s in list(self._sessions)), return_exceptions=True)
+        self._sessions.clear()
+
+    def _set_gauges(self) -> None:
+        for mode in ("transceiver", "transmitter", "receiver"):
+            BINDS.labels(self.name, mode).set(sum(1 for s in self._sessions if s.mode == mode and s.bound))
+        WINDOW.labels(self.name).set(sum(s.window.limit for s in self._sessions if s.can_submit))
+
+    async def _supervise(self, label: str, mode: str) -> None:
+        config = self.config
+        delay = config.reconnect_min_s
+        while not self._closing:
+            started = time.monotonic()
+            try:
+                session = await self._connect(label, mode)
+            except (OSError, TimeoutError, BindRefused, SessionClosed, CodecError) as exc:
+                reason = "bind_refused" if isinstance(exc, BindRefused) else "connect_failed"
+                RECONNECTS.labels(self.name, reason).inc()
+                level = logging.ERROR if isinstance(exc, BindRefused) else logging.WARNING
+                log.log(level, "SMPP %s: bind failed (%s: %s); retrying in %.1fs", label, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, config.reconnect_max_s)
+                continue
+            self._sessions.append(session)
+            self.stats["binds"] += 1
+            self._set_gauges()
+            self._notify()
+            log.info("SMPP %s: bound as %s to %s:%d", label, mode, config.host, config.port)
+            try:
+                await session.closed.wait()
+            finally:
+                if session in self._sessions:
+                    self._sessions.remove(session)
+                self._set_gauges()
+                self._notify()
+            if self._closing:
+                return
+            self.stats["reconnects"] += 1
+            RECONNECTS.labels(self.name, "dropped").inc()
+            # A session that lasted a while starts the backoff again; a flapping one keeps growing it.
+            if time.monotonic() - started > 30:
+                delay = config.reconnect_min_s
+            log.warning("SMPP %s: session lost (%s); reconnecting in %.1fs", label, session.close_reason, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, config.reconnect_max_s)
+
+    async def _connect(self, label: str, mode: str) -> Session:
+        config = self.config
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(config.host, config.port), config.bind_timeout_s)
+        session = Session(self, label, mode, reader, writer)
+        session.start()
+        body = bind_body(config.system_id, config.password.get_secret_value(), config.system_type)
+        try:
+            resp = await session.request(BIND_IDS[mode], body, config.bind_timeout_s)
+        except BaseException:
+            await session.close("bind not answered")
+            raise
+        if resp.status != ESME_ROK or resp.command_id != BIND_IDS[mode] | RESP:
+            await session.close("bind refused")
+            raise BindRefused(resp.status)
+        session.bound = True
+        session.start_keepalive()
+        return session
+
+    # -- submit ------------------------------------------------------------------------------
+
+    async def lookup(self, message: MessageOutbound) -> str | None:
+        raise LookupUnsupported("SMPP has no query by Herald's reference (query_sm needs the SMSC's id)")
+
+    async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
+        self.start()
+        return list(await asyncio.gather(*(self._submit_message(m) for m in messages)))
+
+    def _next_ref(self) -> int:
+        self._ref = (self._ref + 1) % 256
+        return self._ref
+
+    def _pdus(self, m: MessageOutbound) -> list[bytes]:
+        config = self.config
+        plan = plan_message(
+            m.body, ref=self._next_ref(), use_message_payload=config.use_message_payload, force_ucs2=m.encoding == "UCS-2"
+        )
+        source, s_ton, s_npi = address(m.sender or config.default_sender, config.source_addr_ton, config.source_addr_npi)
+        extra: dict[int, bytes] = {}
+        if config.send_message_id_tlv:
+            extra[TLV_HERALD_MESSAGE_ID] = cstring(str(m.message_id), 65, "message id")
+        return [
+            ShortMessage(
+                source_addr=source,
+                destination_addr=m.to.removeprefix("+"),
+                short_message=part.short_message,
+                service_type=config.service_type,
+                source_addr_ton=s_ton,
+                source_addr_npi=s_npi,
+                dest_addr_ton=config.dest_addr_ton,
+                dest_addr_npi=config.dest_addr_npi,
+                esm_class=part.esm_class,
+                registered_delivery=config.registered_delivery,
+                data_coding=part.data_coding,
+                tlvs={**dict(part.tlvs), **extra},
+            ).encode()
+            for part in plan.parts
+        ]
+
+    async def _choose(self) -> Session | None:
+        """The bound session with the most free window; waits up to timeout_s for a bind."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout_s
+        while True:
+            ready = [s for s in self._sessions if s.can_submit]
+            if ready:
+                now = loop.time()
+                return max(ready, key=lambda s: (s.window.paused_until <= now, s.window.free))
+            left = deadline - loop.time()
+            if left <= 0 or self._closing:
+                return None
+            await self._wait_change(left)
+
+    async def _submit_pdu(self, body: bytes) -> _PartResult:
+        session = await self._choose()
+        if session is None:
+            return _NotSent("no bound SMPP session")
+        try:
+            await asyncio.wait_for(session.window.acquire(), self.config.timeout_s)
+        except TimeoutError:
+            return _NotSent("window full for timeout_s")
+        except SessionClosed as exc:
+            return _NotSent(f"session closed before sending: {exc}")
+        try:
+            try:
+                future = session.send_request(SUBMIT_SM, body)
+            except SessionClosed as exc:
+                return _NotSent(f"session closed before sending: {exc}")
+            try:
+                resp = await asyncio.wait_for(future, self.config.timeout_s)
+            except TimeoutError:
+                SUBMIT_SM_TOTAL.labels(self.name, "timeout").inc()
+                return _Lost(f"no submit_sm_resp within {self.config.timeout_s:g}s on {session.label}")
+            except SessionClosed as exc:
+                SUBMIT_SM_TOTAL.labels(self.name, "connection_lost").inc()
+                return _Lost(f"connection lost after submit_sm was written on {session.label}: {exc}")
+        finally:
+            await session.window.release()
+        if resp.status == ESME_ROK and resp.command_id == SUBMIT_SM | RESP:
+            try:
+                message_id = decode_message_id(resp.body)
+            except CodecError:
+                message_id = None
+            SUBMIT_SM_TOTAL.labels(self.name, "ESME_ROK").inc()
+            session.window.success()
+            if not message_id:
+                return _Lost("submit_sm_resp accepted without a message_id: receipts cannot be matched")
+            return _Accepted(message_id)
+        status = resp.status or ESME_RINVCMDID  # a generic_nack with status 0 is still a refusal
+        info = classify(status, self.config.retriable_statuses)
+        SUBMIT_SM_TOTAL.labels(self.name, info.name).inc()
+        if info.slow_down:
+            self.stats["throttled"] += 1
+            session.window.slow_down(self.config.throttle_pause_s)
+            log.info("SMPP %s: %s, window now %d", session.label, info.name, session.window.limit)
+        return _Refused(status, info.name, info.retriable, info.description)
+
+    @staticmethod
+    def _single_outcome(result: _PartResult) -> Outcome:
+        if isinstance(result, _Accepted):
+            return Submitted(result.message_id, (result.message_id,))
+        if isinstance(result, _Refused):
+            return Refused(result.name, f"command_status 0x{result.status:08x}: {result.text}", result.retriable)
+        if isinstance(result, _NotSent):
+            return Refused("not_bound", result.reason, True)
+        return Unknown(result.reason)
+
+    async def _submit_message(self, m: MessageOutbound) -> Outcome:
+        try:
+            pdus = self._pdus(m)
+        except (CodecError, UnicodeEncodeError) as exc:
+            return Refused("encoding_error", str(exc), False)
+        first = await self._submit_pdu(pdus[0])
+        if len(pdus) == 1 or not isinstance(first, _Accepted):
+            # Nothing of a concatenated message went out unless part 1 was accepted: the whole
+            # message can be retried (or reconciled) like a single one.
+            return self._single_outcome(first)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.multipart_retry_s
+
+        async def rest(body: bytes) -> _PartResult:
+            # Part 1 is with the SMSC: the handset needs every other part, with the same UDH
+            # reference. A retriable refusal, or a part lost with its connection, is sent again
+            # (a duplicate part is dropped by the handset's reassembly; a missing one breaks it).
+            attempt = 0
+            while True:
+                result = await self._submit_pdu(body)
+                if isinstance(result, _Accepted) or (isinstance(result, _Refused) and not result.retriable):
+                    return result
+                if loop.time() >= deadline or self._closing:
+                    return result
+                attempt += 1
+                await asyncio.sleep(min(0.2 * 2**attempt, 5.0, max(0.0, deadline - loop.time())))
+
+        results = [first, *await asyncio.gather(*(rest(b) for b in pdus[1:]))]
+        ids = [r.message_id for r in results if isinstance(r, _Accepted)]
+        if len(ids) == len(pdus):
+            return Submitted(ids[0], tuple(ids))
+        failed = ", ".join(
+            f"part {i}: {r.name if isinstance(r, _Refused) else r.reason}"
+            for i, r in enumerate(results, start=1)
+            if not isinstance(r, _Accepted)
+        )
+        # Not retried as a whole: that would send the accepted parts twice. Reported as a
+        # permanent failure naming the parts that did go out.
+        return Refused(
+            "partially_submitted",
+            f"{len(ids)} of {len(pdus)} parts accepted (ids {', '.join(ids)}); {failed}"[:500],
+            False,
+        )
+
+    # -- deliver_sm --------------------------------------------------------------------------
+
+    def _on_deliver_sm(self, session: Session, pdu: Pdu) -> None:
+        """Called by the reader task: must not block. Answers at once only what needs no sink."""
+        try:
+            sm = ShortMessage.decode(pdu.body)
+        except CodecError as exc:
+            log.warning("SMPP %s: malformed deliver_sm: %s", session.label, exc)
+            DELIVER_SM_TOTAL.labels(self.name, "malformed", "permanent_error").inc()
+            session.respond(DELIVER_SM, pdu.seq, b"\x00", ESME_RX_P_APPN)
+            return
+        if self._inbox.qsize() >= 50 * self.config.inbound_batch:
+            DELIVER_SM_TOTAL.labels(self.name, "any", "queue_full").inc()
+            session.respond(DELIVER_SM, pdu.seq, b"\x00", ESME_RMSGQFUL)
+            return
+        try:
+            if sm.esm_class & ESM_TYPE_MASK in (ESM_RECEIPT, ESM_INTERMEDIATE):
+                item = self._receipt_item(session, pdu.seq, sm)
+            else:
+                item = self._mo_item(session, pdu.seq, sm)
+        except (CodecError, ValidationError, ValueError) as exc:
+            log.warning("SMPP %s: deliver_sm not understood (%s); answered ESME_RX_P_APPN", session.label, exc)
+            DELIVER_SM_TOTAL.labels(self.name, "unreadable", "permanent_error").inc()
+            session.respond(DELIVER_SM, pdu.seq, b"\x00", ESME_RX_P_APPN)
+            return
+        if item is not None:
+            self._inbox.put_nowait(item)
+
+    def _receipt_item(self, session: Session, seq: int, sm: ShortMessage) -> _Inbound:
+        parsed = parse_receipt(sm, id_conversion=self.config.receipt_id_conversion, tz=self._tz)
+        if parsed is None:
+            raise CodecError("receipt without a message id")
+        receipt = DeliveryReceipt(
+            gateway=self.name,
+            gateway_message_id=parsed.message_id[:128],
+            status=parsed.status,
+            error_code=parsed.error_code,
+            raw_status=parsed.raw_status,
+            done_at=parsed.done_at,
+        )
+        return _Inbound(session, seq, receipt=receipt)
+
+    def _mo_item(self, session: Session, seq: int, sm: ShortMessage) -> _Inbound | None:
+        concat, payload = concat_of(sm)
+        text = decode_text(payload, sm.data_coding, self.config.mo_default_charset)
+        sender, recipient = _number(sm.source_addr, sm.source_addr_ton), _number(sm.destination_addr, sm.dest_addr_ton)
+        if concat is not None and concat.total > 1:
+            whole = self._reassembler.add(sender, recipient, concat, text, time.monotonic())
+            if whole is None:
+                # Held in memory and acknowledged now: holding the answer until the last part
+                # could stall an SMSC that waits for each deliver_sm_resp (see docs/smpp.md).
+                DELIVER_SM_TOTAL.labels(self.name, "mo_part", "ok").inc()
+                session.respond(DELIVER_SM, seq, b"\x00")
+                return None
+            text = whole
+        message = InboundMessage(
+            gateway=self.name, sender=sender, recipient=recipient, body=text, received_at=utcnow()
+        )
+        return _Inbound(session, seq, message=message)
+
+    async def _flush_loop(self) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        next_expiry = loop.time() + 5
+        while True:
+            try:
+                first = await asyncio.wait_for(self._inbox.get(), 5.0)
+                batch = [first]
+            except TimeoutError:
+                batch = []
+            if batch:
+                deadline = loop.time() + config.inbound_flush_ms / 1000
+                while len(batch) < config.inbound_batch:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self._inbox.get(), left))
+                    except TimeoutError:
+                        break
+            if loop.time() >= next_expiry:
+                next_expiry = loop.time() + 5
+                for sender, recipient, text in self._reassembler.expire(time.monotonic()):
+                    log.warning("SMPP %s: concatenated MO incomplete after %.0fs, published as it is", self.name, config.mo_reassembly_timeout_s)
+                    batch.append(_Inbound(None, 0, message=InboundMessage(
+                        gateway=self.name, sender=sender, recipient=recipient, body=text, received_at=utcnow())))
+            if batch:
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[_Inbound]) -> None:
+        receipts = [i for i in batch if i.receipt is not None]
+        messages = [i for i in batch if i.message is not None]
+        answers: dict[int, int] = {}
+        for kind, items in (("receipt", receipts), ("mo", messages)):
+            if not items:
+                continue
+            status = ESME_ROK
+            try:
+                if self.sink is None:
+                    raise RuntimeError("this gateway has no event sink")
+                if kind == "receipt":
+                    await self.sink.receipts([i.receipt for i in items])  # type: ignore[misc]
+                else:
+                    await self.sink.inbound([i.message for i in items])  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - any sink failure: the SMSC must send them again
+                log.warning("SMPP %s: sink refused %d %s (%s); answering ESME_RX_T_APPN", self.name, len(items), kind, exc)
+                status = ESME_RX_T_APPN
+            answer = "ok" if status == ESME_ROK else "temporary_error"
+            DELIVER_SM_TOTAL.labels(self.name, kind, answer).inc(len(items))
+            for item in items:
+                answers[id(item)] = status
+        # deliver_sm_resp only now, after the sink returned: at-least-once.
+        for item in batch:
+            if item.session is not None:
+                item.session.respond(DELIVER_SM, item.seq, b"\x00", answers.get(id(item), ESME_ROK))
+
+
+def _number(value: str, ton: int) -> str:
+    """A received address as Herald writes numbers: ``+`` and digits when international."""
+    value = value.strip() or "unknown"
+    return f"+{value}" if ton == 1 and value.isdigit() else value[:32]
+
+
+def sessions_of(gateway: SmppGateway) -> Iterable[Session]:
+    """The bound sessions (for tests and diagnostics)."""
+    return tuple(gateway._sessions)
