@@ -19,6 +19,7 @@ from shared.signatures import sign
 
 from .core import OutcomeRates, ReceiptBatch, Simulator
 from .http import build_registry, create_api_app, create_control_app
+from .smpp import SmppFace, register_smpp_routes
 from .settings import SimulatorSettings
 
 log = logging.getLogger("herald.simulator")
@@ -188,8 +189,13 @@ class SimulatorService:
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
+        # SMPP face (smpp.py): listens from start() on when smpp_port is not 0; POST /control/mo.
+        self.smpp: SmppFace | None = SmppFace(self.sim, settings, clock=clock) if settings.smpp_port else None
+        control_app = create_control_app(self.sim, registry=self.registry, listener=self)
+        if self.smpp is not None:
+            register_smpp_routes(control_app, self.smpp)
         self._control_runner = web.AppRunner(
-            create_control_app(self.sim, registry=self.registry, listener=self),
+            control_app,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
@@ -200,6 +206,7 @@ class SimulatorService:
         self.api_port: int = settings.port
         self.control_port: int = settings.control_port
         self._stopped = False
+        self._smpp_started = False
 
     # -- Listener ------------------------------------------------------------------------------
 
@@ -208,6 +215,8 @@ class SimulatorService:
         return self._api_site is not None
 
     async def pause(self) -> None:
+        if self.smpp is not None:
+            await self.smpp.pause()  # refuse mode closes the SMPP listener and drops its binds too
         if self._api_site is None:
             return
         site, self._api_site = self._api_site, None
@@ -224,6 +233,8 @@ class SimulatorService:
         log.warning("refuse mode: API port %d closed (%d open connections closed)", self.api_port, len(connections))
 
     async def resume(self) -> None:
+        if self.smpp is not None and self._smpp_started:
+            await self.smpp.resume()
         if self._api_site is not None:
             return
         site = web.TCPSite(self._api_runner, self.settings.host, self.api_port)
@@ -259,6 +270,13 @@ class SimulatorService:
         self._api_site = web.TCPSite(self._api_runner, s.host, s.port)
         await self._api_site.start()
         self.api_port = self._api_runner.addresses[0][1]
+        if self.smpp is not None:
+            try:
+                await self.smpp.start()
+                self._smpp_started = True
+            except OSError as exc:
+                # Not fatal: the HTTP faces still work (e.g. a second simulator on one machine).
+                log.error("SMPP face not started: cannot listen on %s:%d: %s", s.host, s.smpp_port, exc)
         log.info(
             "gateway simulator listening: api=%s:%d control=%s:%d receipts to %s",
             s.host,
@@ -273,6 +291,8 @@ class SimulatorService:
         if self._stopped:
             return
         self._stopped = True
+        if self.smpp is not None:
+            await self.smpp.stop()
         # No new submissions first; requests in progress are answered (up to the shutdown timeout).
         self._api_site = None
         if self._api_runner.server is not None:

@@ -401,7 +401,14 @@ class Simulator:
         self.on_new_head: Callable[[], None] | None = None
         self._seq = itertools.count()
         self._generation = 0
+        #: Other faces' counters shown in ``stats()`` under their name (e.g. ``"smpp"``).
+        self.extra_stats: dict[str, Callable[[], dict[str, Any]]] = {}
         self._init_state()
+
+    @property
+    def generation(self) -> int:
+        """Changes at every reset: work taken before it is abandoned."""
+        return self._generation
 
     def _init_state(self) -> None:
         self._by_ref: dict[str, list[Submission]] = {}
@@ -452,8 +459,12 @@ class Simulator:
     def count_rejection(self, code: str) -> None:
         self.c.rejected[code] = self.c.rejected.get(code, 0) + 1
 
-    def submit(self, req: SubmitRequest, now: float) -> Submission:
-        """Record an accepted submission and schedule its receipt. Duplicates are kept."""
+    def submit(self, req: SubmitRequest, now: float, *, schedule_receipt: bool = True) -> Submission:
+        """Record an accepted submission and schedule its receipt. Duplicates are kept.
+
+        ``schedule_receipt=False``: recorded and counted the same, but its receipt is left to the
+        caller (the SMPP face sends receipts as deliver_sm, not as HTTP posts).
+        """
         outcome = self.rates.choose(self._rng)
         lo, hi = self.receipt_delay_ms
         due = now + self._rng.uniform(lo, hi) / 1000.0
@@ -479,6 +490,8 @@ class Simulator:
             c.first_at = now
         c.last_at = now
         c.by_outcome[outcome.value] += 1
+        if not schedule_receipt:
+            return sub
 
         schedule = self._schedule
         new_head = not schedule or due < schedule[0][0]
@@ -573,7 +586,8 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         c = self.c
-        return {
+        extra = {name: provider() for name, provider in self.extra_stats.items()}
+        return extra | {
             "submissions": c.submissions,
             "unique_client_refs": len(self._by_ref),
             "duplicates": {ref: len(self._by_ref[ref]) for ref in self._duplicates},

@@ -55,6 +55,16 @@ class SimulatorSettings(BaseSettings):
     twilio_callback_concurrency: int = Field(default=16, ge=1, le=1024)
     twilio_callback_attempts: int = Field(default=5, ge=1, le=100)
 
+    # SMPP face (services/simulator/smpp.py, docs/smpp.md): an SMSC on this port (0: off) that checks
+    # binds against this account and sends receipts and MO as deliver_sm to a bound receiver.
+    smpp_port: int = Field(default=38095, ge=0, le=65535)
+    smpp_system_id: str = Field(default="herald", min_length=1, max_length=15)
+    smpp_password: SecretStr = SecretStr("sim-pass")
+    smpp_deliver_window: int = Field(default=50, ge=1, le=10_000)  # deliver_sm awaiting their resp at once
+    smpp_part_outcomes: Literal["same", "independent"] = "same"  # receipts of a message's parts
+    smpp_assembly_timeout_ms: int = Field(default=30_000, ge=0)  # an incomplete message is recorded after this
+    smpp_redeliver_ms: int = Field(default=1000, ge=0)  # a NAKed or unanswered deliver_sm goes again after this
+
     seed: int | None = None
     # Like every Herald service, HERALD_LOG_LEVEL / HERALD_LOG_FORMAT apply; the HERALD_SIM_ ones win.
     log_level: str = Field(
@@ -99,4 +109,4 @@ class SimulatorSettings(BaseSettings):
 
     def public_dict(self) -> dict[str, object]:
         """The settings without secrets, for the startup log line."""
-        return self.model_dump(exclude={"api_token", "receipt_secret", "twilio_auth_token"})
+        return self.model_dump(exclude={"api_token", "receipt_secret", "twilio_auth_token", "smpp_password"})
