@@ -252,18 +252,21 @@ class TwilioFace:
         denied = self._check_auth(request)
         if denied is not None:
             return denied.response()
+        # The body is read first: in slow mode the message is taken, only the answer is late
+        # (a client that timed out has hung up by then, and its body could not be read).
+        try:
+            form = await request.post()
+        except ValueError:
+            return self._reject(TwilioError(400, 20001, "the body is not form data"))
         gate = self.sim.gate()
         if gate.delay_s:
             await asyncio.sleep(gate.delay_s)
         if gate.reject is not None:
             return self._reject(failure_error(gate.reject))
         try:
-            form = await request.post()
             to, body, sender, service, callback = self._validate(form)
         except TwilioError as err:
             return self._reject(err)
-        except ValueError:
-            return self._reject(TwilioError(400, 20001, "the body is not form data"))
         failure = self.sim.roll_partial_failure()
         if failure is not None:
             return self._reject(failure_error(failure))
