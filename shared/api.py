@@ -46,6 +46,19 @@ def install_error_handlers(app: FastAPI) -> None:
         code = "malformed_json" if "json_invalid" in codes else "validation_failed"
         return JSONResponse(error_body(code, "request is not valid", details), status_code=422)
 
+    @app.exception_handler(Exception)
+    async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # Database or broker away: a clear, retriable answer instead of a bare 500.
+        from shared.kafka import is_transient
+
+        if is_transient(exc):
+            return JSONResponse(
+                error_body("service_unavailable", "a dependency is unavailable, retry shortly"),
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
+        return JSONResponse(error_body("internal_error", "unexpected error"), status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

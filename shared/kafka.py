@@ -180,8 +180,9 @@ _TRANSIENT = (
     OSError,
     asyncio.TimeoutError,
     KafkaError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.PostgresConnectionError,  # connection lost or refused
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, admin shutdown
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure: try again
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
 )

@@ -304,8 +304,13 @@ class Reconciler:
         self._stop.set()
 
     async def run(self) -> None:
+        next_renewal = 0.0
         while not self._stop.is_set():
             try:
+                if time.monotonic() >= next_renewal:
+                    # Keep our own claims alive; only a dead instance's claims go stale.
+                    await self.claims.renew(self.settings.instance_id, self.settings.claim_lease_s)
+                    next_renewal = time.monotonic() + self.settings.claim_lease_s / 3
                 while await self.reconcile_once() and not self._stop.is_set():
                     pass
             except Exception:

@@ -112,11 +112,21 @@ class ClaimRepository:
         """Outcome unknown: let the reconciler look at these claims after ``after_s``."""
         if ids:
             await self.pool.execute(
-                "UPDATE dispatch_claims SET lease_until = now() + make_interval(secs => $2), updated_at = now()"
-                " WHERE message_id = ANY($1::uuid[]) AND state = 'claimed'",
+                "UPDATE dispatch_claims SET owner = 'reconciler', lease_until = now() + make_interval(secs => $2),"
+                " updated_at = now() WHERE message_id = ANY($1::uuid[]) AND state = 'claimed'",
                 ids,
                 after_s,
             )
+
+    async def renew(self, owner: str, lease_s: float) -> int:
+        """Extend every lease this instance holds (it is alive and still working on them)."""
+        status = await self.pool.execute(
+            "UPDATE dispatch_claims SET lease_until = now() + make_interval(secs => $2)"
+            " WHERE owner = $1 AND state = 'claimed' AND lease_until > now()",
+            owner,
+            lease_s,
+        )
+        return int(status.split()[-1])
 
     async def take_stale(self, owner: str, lease_s: float, limit: int) -> list[asyncpg.Record]:
         return await self.pool.fetch(_TAKE_STALE, owner, lease_s, limit)

@@ -33,12 +33,16 @@ class DispatcherSettings(ConsumerSettings):
     instance_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="Owner name on claims"
     )
-    claim_lease_s: float = Field(300.0, gt=0, description="How long a claim stays with the instance that took it")
+    claim_lease_s: float = Field(
+        30.0, ge=3, description="A claim's lease; renewed every third of it while its instance lives"
+    )
     retry_max_attempts: int = Field(8, ge=1, description="Submission attempts before a message fails")
     retry_base_s: float = Field(0.5, gt=0, description="First retry delay (doubles, with jitter)")
     retry_cap_s: float = Field(20.0, gt=0, description="Longest delay between retries")
     retry_budget_s: float = Field(120.0, gt=0, description="Longest time one batch keeps retrying")
-    reconcile_interval_s: float = Field(5.0, gt=0, description="How often stale claims are resolved")
+    reconcile_interval_s: float = Field(
+        2.0, gt=0, description="How often stale claims are resolved (and own leases renewed)"
+    )
     routes: list[RouteConfig] = Field(
         default_factory=list, description="Routing rules, JSON list; unmatched messages use all gateways in order"
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 
 import httpx
 import pytest
@@ -160,5 +159,19 @@ async def test_transient_refusals_give_up_after_the_attempt_limit(pool, simulato
     assert (status.status, status.reason_code, status.attempts) == (Status.FAILED, "retries_exhausted", 3)
 
 
-def test_lease_is_a_timedelta_sanity() -> None:
-    assert timedelta(seconds=DispatcherSettings().claim_lease_s) > timedelta(seconds=DispatcherSettings().retry_budget_s)
+async def test_live_instances_renew_their_leases_and_dead_ones_expire(pool, simulator) -> None:
+    claims = ClaimRepository(pool)
+    alive, dead = outbound(2)
+    for owner, item in (("alive", alive), ("dead", dead)):
+        m = item.event.payload
+        await claims.claim(owner, 3, [(m.message_id, "acme", m.model_dump_json())])
+    await claims.release_for_reconcile([], 1)
+    assert await claims.renew("alive", 3) == 1
+    import asyncio
+
+    await asyncio.sleep(2)
+    assert await claims.renew("alive", 3) == 1  # renewed in time: still its own
+    await asyncio.sleep(1.5)
+    stale = await claims.take_stale("reconciler-test", 30, 10)
+    ids = {r["message_id"] for r in stale}
+    assert dead.event.payload.message_id in ids and alive.event.payload.message_id not in ids
