@@ -9,13 +9,12 @@ Routes, on the simulator's API app (same port, same ``refuse`` listener):
 * ``GET /2010-04-01/Accounts/{sid}/Messages.json`` - the list, filtered by ``To``, ``From``,
   ``DateSent`` / ``DateSent>`` / ``DateSent<`` (day precision, UTC), paged by ``PageSize``
   and ``Page`` with ``next_page_uri``; unsent messages first, then newest ``date_sent`` first;
-* ``GET /twilio/stats`` and ``GET /twilio/stats/client_refs`` (same basic auth) - the counters.
 
-Messages are recorded in a :class:`~services.simulator.core.Simulator` of their own (the same
-core: outcome draw, receipt schedule, exact counters, duplicates kept). It cannot be the main
-store: the main receipt sender posts every due receipt of that store to ``receipt_url`` as
-Herald JSON. The face follows the main simulator's failure mode, outcome rates and receipt
-delays (``POST /control`` applies to both faces) and resets with it (``POST /stats/reset``).
+Messages are recorded in the simulator's core store like ``/v1/sms`` submissions (same outcome
+draw, receipt delay, exact counters with duplicates kept, ``/stats``, ``/stats/client_refs``,
+failure modes and resets), with ``schedule_receipt=False``: their receipts are not Herald JSON
+posts to ``receipt_url`` but status callbacks, scheduled here. The face's own counters are in
+``/stats`` under ``"twilio"``.
 
 Twilio has no client reference, so a message is identified for the duplicate counters by
 Herald's message id when the StatusCallback URL carries it (``?ref=<id>``, what Herald's
@@ -26,7 +25,8 @@ When its receipt falls due, the message goes ``sent`` then ``delivered`` / ``und
 (error 30003), or straight to ``failed`` (error 30008), and each change is posted, form-encoded
 and signed (``X-Twilio-Signature``), to its StatusCallback. No callback for the initial status,
 as Twilio. A callback post is retried (0.5 s, 1 s, 2 s...) after a connection error, timeout or
-5xx, up to ``twilio_callback_attempts``; a 4xx is not retried.
+5xx, up to ``twilio_callback_attempts``; a 4xx is not retried. Once the final callback is
+acknowledged its outcome counts in ``sent_by_outcome``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import heapq
 import hmac
+import itertools
 import logging
-import random
 import re
 import time
 import uuid
@@ -56,7 +57,7 @@ from prometheus_client.registry import Collector
 from shared.logging import mask_phone
 from shared.sms.encoding import analyse
 
-from .core import INVALID_DESTINATION_PREFIX, Outcome, ReceiptBatch, RequestError, Simulator, SubmitRequest
+from .core import INVALID_DESTINATION_PREFIX, Outcome, RequestError, Simulator, Submission, SubmitRequest
 
 log = logging.getLogger("herald.simulator.twilio")
 
@@ -84,11 +85,14 @@ def rfc2822(ts: float | None) -> str | None:
 
 
 class TwilioError(Exception):
-    def __init__(self, status: int, code: int, message: str) -> None:
+    """A Twilio error answer; ``reason`` is the simulator's rejection counter it goes to."""
+
+    def __init__(self, status: int, code: int, message: str, reason: str = "invalid_request") -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.reason = reason
 
     def response(self) -> web.Response:
         body = {
@@ -107,12 +111,12 @@ def failure_error(err: RequestError) -> TwilioError:
     """A failure mode's refusal in Twilio's words (429 -> 20429, 503 -> 20503, 5xx -> 20500)."""
     status = err.status
     if status == 429:
-        return TwilioError(429, 20429, "Too Many Requests")
+        return TwilioError(429, 20429, "Too Many Requests", err.code)
     if status == 503:
-        return TwilioError(503, 20503, "Service Unavailable")
+        return TwilioError(503, 20503, "Service Unavailable", err.code)
     if status >= 500:
-        return TwilioError(status, 20500, "Internal Server Error")
-    return TwilioError(status, 20000 + status, f"the gateway refuses submissions (simulated HTTP {status})")
+        return TwilioError(status, 20500, "Internal Server Error", err.code)
+    return TwilioError(status, 20000 + status, f"the gateway refuses submissions (simulated HTTP {status})", err.code)
 
 
 @dataclass(slots=True)
@@ -176,6 +180,16 @@ class CallbackCounters:
         }
 
 
+@dataclass(order=True, slots=True)
+class _Due:
+    """A message whose status changes (and callbacks) are due."""
+
+    due: float
+    seq: int
+    generation: int = field(compare=False)
+    sub: Submission = field(compare=False)
+
+
 class TwilioFace:
     def __init__(
         self,
@@ -184,7 +198,6 @@ class TwilioFace:
         account_sid: str,
         auth_token: str,
         clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
         callback_concurrency: int = 16,
         callback_attempts: int = 5,
         post_timeout_s: float = 10.0,
@@ -196,12 +209,11 @@ class TwilioFace:
         self._token = auth_token
         self._expected_auth = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
         self._clock = clock
-        self.store = Simulator(
-            rates=sim.rates, receipt_delay_ms=sim.receipt_delay_ms, rng=rng or random.Random(), id_factory=new_sid
-        )
-        self._main_counters = sim.c
+        self._generation = sim.generation
         self.messages: dict[str, TwilioMessage] = {}
         self._by_to: dict[str, list[str]] = {}
+        self._due: list[_Due] = []
+        self._seq = itertools.count()
         self.callbacks = CallbackCounters()
         self._callback_concurrency = callback_concurrency
         self._attempts = callback_attempts
@@ -211,47 +223,50 @@ class TwilioFace:
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        sim.extra_stats["twilio"] = self.stats
 
     def __repr__(self) -> str:
         return f"TwilioFace(account_sid={self.account_sid!r})"
 
-    # -- shared state with the main simulator -------------------------------------------------
-
-    def _sync(self) -> None:
-        """Follow the main simulator: its rates and delays, and its resets."""
-        sim, store = self.sim, self.store
-        store.rates = sim.rates
-        store.receipt_delay_ms = sim.receipt_delay_ms
-        if sim.c is not self._main_counters:  # POST /stats/reset replaced the counters
-            self._main_counters = sim.c
-            store.reset()
+    def _check_generation(self) -> None:
+        """After a stats reset (POST /stats/reset), forget messages, due callbacks and counters."""
+        if self._generation != self.sim.generation:
+            self._generation = self.sim.generation
             self.messages.clear()
             self._by_to.clear()
+            self._due.clear()
             self.callbacks = CallbackCounters()
+
+    def stats(self) -> dict[str, Any]:
+        """The face's counters, shown in the simulator's /stats under "twilio"."""
+        self._check_generation()
+        by_status: dict[str, int] = {}
+        for m in self.messages.values():
+            by_status[m.status] = by_status.get(m.status, 0) + 1
+        return {"messages": len(self.messages), "by_status": by_status, "callbacks_pending": len(self._due) + len(self._tasks),
+                "callbacks": self.callbacks.to_json()}
 
     # -- HTTP --------------------------------------------------------------------------------
 
     def _check_auth(self, request: web.Request) -> TwilioError | None:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), self._expected_auth.encode()):
-            self.store.count_rejection("20003")
-            return TwilioError(401, 20003, "Authenticate")
+            return TwilioError(401, 20003, "Authenticate", "unauthorized")
         if request.match_info.get("sid") != self.account_sid:
-            return TwilioError(404, 20404, f"The requested resource {request.path} was not found")
+            return TwilioError(404, 20404, f"The requested resource {request.path} was not found", "unauthorized")
         return None
 
     def _reject(self, err: TwilioError) -> web.Response:
-        self.store.count_rejection(str(err.code))
+        self.sim.count_rejection(err.reason)
         resp = err.response()
         if self.sim.failure.mode == "refuse":
             resp.force_close()
         return resp
 
     async def create(self, request: web.Request) -> web.Response:
-        self._sync()
         denied = self._check_auth(request)
         if denied is not None:
-            return denied.response()
+            return self._reject(denied)
         # The body is read first: in slow mode the message is taken, only the answer is late
         # (a client that timed out has hung up by then, and its body could not be read).
         try:
@@ -270,14 +285,15 @@ class TwilioFace:
         failure = self.sim.roll_partial_failure()
         if failure is not None:
             return self._reject(failure_error(failure))
-        self._sync()  # the gate may have slept through a reset
+        self._check_generation()
         ref = parse_qs(urlsplit(callback).query).get("ref", [None])[0] if callback else None
         client_ref = ref or "to+body:" + hashlib.sha256(f"{to}\n{body}".encode()).hexdigest()[:32]
         segments = analyse(body).segments
         now = self._clock()
-        sub = self.store.submit(SubmitRequest(to, body, client_ref, sender or service, segments), now)
+        sub = self.sim.submit(SubmitRequest(to, body, client_ref, sender, segments), now, schedule_receipt=False)
+        sid = sub.id = new_sid()  # Twilio's sid, also in the store (GET /v1/sms?client_ref= shows it)
         msg = TwilioMessage(
-            sid=sub.id,
+            sid=sid,
             to=to,
             from_=sender,
             body=body,
@@ -288,9 +304,10 @@ class TwilioFace:
             date_created=now,
             status="accepted" if service and not sender else "queued",
         )
-        self.messages[msg.sid] = msg
-        self._by_to.setdefault(to, []).append(msg.sid)
-        log.debug("accepted sid=%s ref=%s to=%s", msg.sid, client_ref, mask_phone(to))
+        self.messages[sid] = msg
+        self._by_to.setdefault(to, []).append(sid)
+        self._push(_Due(sub.due_at, next(self._seq), self.sim.generation, sub))
+        log.debug("accepted sid=%s ref=%s to=%s", sid, client_ref, mask_phone(to))
         return web.json_response(msg.resource(self.account_sid), status=201)
 
     @staticmethod
@@ -315,14 +332,14 @@ class TwilioFace:
         if callback is not None and not callback.startswith(("http://", "https://")):
             raise TwilioError(400, 21609, "The StatusCallback URL is not a valid URL.")
         if to.startswith(INVALID_DESTINATION_PREFIX):  # checked last: a well-formed but unreachable number
-            raise TwilioError(400, 21614, f"'To' number {mask_phone(to)} is not a valid mobile number")
+            raise TwilioError(400, 21614, f"'To' number {mask_phone(to)} is not a valid mobile number", "invalid_destination")
         return to, body, sender, service, callback
 
     async def list_messages(self, request: web.Request) -> web.Response:
-        self._sync()
         denied = self._check_auth(request)
         if denied is not None:
-            return denied.response()
+            return self._reject(denied)
+        self._check_generation()
         q = request.query
         try:
             size = int(q.get("PageSize", "50"))
@@ -369,30 +386,17 @@ class TwilioFace:
             }
         )
 
-    def stats(self) -> dict[str, Any]:
-        self._sync()
-        by_status: dict[str, int] = {}
-        for m in self.messages.values():
-            by_status[m.status] = by_status.get(m.status, 0) + 1
-        return {**self.store.stats(), "by_status": by_status, "callbacks": self.callbacks.to_json()}
-
-    async def stats_handler(self, request: web.Request) -> web.Response:
-        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), self._expected_auth.encode()):
-            return TwilioError(401, 20003, "Authenticate").response()
-        return web.json_response(self.stats())
-
-    async def client_refs_handler(self, request: web.Request) -> web.Response:
-        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), self._expected_auth.encode()):
-            return TwilioError(401, 20003, "Authenticate").response()
-        self._sync()
-        return web.json_response({"client_refs": self.store.client_ref_counts()})
-
     # -- status callbacks ----------------------------------------------------------------------
+
+    def _push(self, item: _Due) -> None:
+        new_head = not self._due or item < self._due[0]
+        heapq.heappush(self._due, item)
+        if new_head:
+            self._wakeup.set()
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the callback sender runs while the API app is set up."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._post_timeout_s))
-        self.store.on_new_head = self._wakeup.set
         runner = asyncio.create_task(self._run(), name="herald-sim-twilio-callbacks")
         try:
             yield
@@ -402,22 +406,21 @@ class TwilioFace:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.store.on_new_head = None
-            dropped = self.store.drop_pending()
-            if dropped:
-                log.info("shutdown: dropped %d pending Twilio status callbacks", dropped)
+            if self._due:
+                log.info("shutdown: dropped %d pending Twilio status callbacks", len(self._due))
+                self._due.clear()
+            self.sim.extra_stats.pop("twilio", None)
             await self._session.close()
 
     async def _run(self) -> None:
         slots = asyncio.Semaphore(self._callback_concurrency)
-        store = self.store
         while True:
             self._wakeup.clear()
-            due = store.next_due()
-            if due is None:
+            self._check_generation()
+            if not self._due:
                 await self._wakeup.wait()
                 continue
-            wait = due - self._clock()
+            wait = self._due[0].due - self._clock()
             if wait > 0:
                 try:
                     async with asyncio.timeout(wait):
@@ -426,11 +429,11 @@ class TwilioFace:
                     pass
                 continue
             await slots.acquire()
-            batch = store.take_due(self._clock(), 1)
-            if batch is None:
+            if not self._due or self._due[0].due > self._clock():
                 slots.release()
                 continue
-            task = asyncio.create_task(self._deliver(batch))
+            item = heapq.heappop(self._due)
+            task = asyncio.create_task(self._deliver(item))
             self._tasks.add(task)
 
             def done(t: asyncio.Task[None]) -> None:
@@ -441,10 +444,10 @@ class TwilioFace:
 
             task.add_done_callback(done)
 
-    async def _deliver(self, batch: ReceiptBatch) -> None:
-        sub = batch.submissions[0]
+    async def _deliver(self, item: _Due) -> None:
+        sub = item.sub
         msg = self.messages.get(sub.id)
-        if msg is None:  # forgotten by a reset
+        if msg is None or item.generation != self.sim.generation:  # forgotten by a reset
             return
         steps = ["failed"] if sub.outcome is Outcome.FAILED else ["sent", sub.outcome.value]
         ok = True
@@ -455,17 +458,17 @@ class TwilioFace:
                 msg.date_sent = now
             if status in ("undelivered", "failed"):
                 msg.error_code = ERROR_CODES[sub.outcome]
+            if status == sub.outcome.value:
+                sub.done = True  # GET /v1/sms?client_ref= shows the final status
             if msg.status_callback is None:
                 continue
-            ok = await self._post(batch, msg, status)
-            if not self.store.is_current(batch):
+            ok = await self._post(item, msg, status)
+            if item.generation != self.sim.generation:
                 return
         if msg.status_callback is None:
             self.callbacks.without_url += 1
-        if ok:
-            self.store.receipts_sent(batch)
-        else:
-            self.store.receipts_refused(batch)
+        elif ok:
+            self.sim.c.sent_by_outcome[sub.outcome.value] += 1
 
     def callback_params(self, msg: TwilioMessage, status: str) -> list[tuple[str, str]]:
         params = [
@@ -488,7 +491,7 @@ class TwilioFace:
             params.append(("RawDlrDoneDate", done.strftime("%y%m%d%H%M")))
         return params
 
-    async def _post(self, batch: ReceiptBatch, msg: TwilioMessage, status: str) -> bool:
+    async def _post(self, item: _Due, msg: TwilioMessage, status: str) -> bool:
         """Post one status callback; True once it is acknowledged (2xx)."""
         assert self._session is not None and msg.status_callback is not None
         params = self.callback_params(msg, status)
@@ -517,7 +520,7 @@ class TwilioFace:
                     log.error("status callback %s of %s refused: HTTP %d %s", status, msg.sid, code, answer)
                     return False
                 problem = f"HTTP {code}: {answer}"
-            if attempt == self._attempts or not self.store.is_current(batch):
+            if attempt == self._attempts or item.generation != self.sim.generation:
                 break
             self.callbacks.retries += 1
             log.warning("status callback %s of %s failed (%s); retrying in %.1fs", status, msg.sid, problem, delay)
@@ -543,7 +546,6 @@ class TwilioCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         face = self._face
-        yield CounterMetricFamily("herald_sim_twilio_submissions", "Accepted Twilio-face submissions", value=face.store.c.submissions)
         sent = CounterMetricFamily("herald_sim_twilio_callbacks_sent", "Status callbacks acknowledged", labels=["status"])
         for status, n in sorted(face.callbacks.sent.items()):
             sent.add_metric([status], n)
@@ -552,7 +554,10 @@ class TwilioCollector(Collector):
             "herald_sim_twilio_callbacks_failed", "Status callbacks refused (4xx) or abandoned",
             value=face.callbacks.refused + face.callbacks.abandoned,
         )
-        yield GaugeMetricFamily("herald_sim_twilio_receipts_pending", "Messages whose final callback is not settled", value=face.store.receipts_pending)
+        yield GaugeMetricFamily(
+            "herald_sim_twilio_callbacks_pending", "Messages whose status callbacks are not done",
+            value=len(face._due) + len(face._tasks),
+        )
 
 
 TWILIO_KEY: web.AppKey[TwilioFace] = web.AppKey("twilio", TwilioFace)
@@ -576,7 +581,6 @@ def register_twilio(
         account_sid=settings.twilio_account_sid,
         auth_token=settings.twilio_auth_token.get_secret_value(),
         clock=clock,
-        rng=random.Random(settings.seed),
         callback_concurrency=settings.twilio_callback_concurrency,
         callback_attempts=settings.twilio_callback_attempts,
         post_timeout_s=settings.receipt_post_timeout_s,
@@ -585,8 +589,6 @@ def register_twilio(
     path = MESSAGES_PATH.format(sid="{sid}")
     app.router.add_post(path, face.create)
     app.router.add_get(path, face.list_messages)
-    app.router.add_get("/twilio/stats", face.stats_handler)
-    app.router.add_get("/twilio/stats/client_refs", face.client_refs_handler)
     app.cleanup_ctx.append(face.lifecycle)
     if registry is not None:
         try:

@@ -72,13 +72,15 @@ def control(sim: Stack, body: dict[str, Any]) -> None:
 
 
 def twilio_stats(sim: Stack) -> dict[str, Any]:
-    r = httpx.get(f"{sim.url('simulator')}/twilio/stats", auth=(ACCOUNT, TOKEN))
+    """The Twilio face's counters, in the simulator's /stats."""
+    r = httpx.get(f"http://127.0.0.1:{sim.ports.simulator_control}/stats")
     r.raise_for_status()
-    return r.json()
+    return r.json()["twilio"]
 
 
 def client_refs(sim: Stack) -> dict[str, int]:
-    r = httpx.get(f"{sim.url('simulator')}/twilio/stats/client_refs", auth=(ACCOUNT, TOKEN))
+    """Submissions per client_ref in the simulator's core store (every face)."""
+    r = httpx.get(f"http://127.0.0.1:{sim.ports.simulator_control}/stats/client_refs")
     r.raise_for_status()
     return r.json()["client_refs"]
 
@@ -317,6 +319,8 @@ class ListPublisher:
 async def test_status_callbacks_land_on_the_receipts_topic(env, sim: Stack, ingest: str) -> None:
     gateway = twilio(sim, callback=f"{ingest}/v1/callbacks/twilio/tw/status")
     expected: dict[str, tuple[MessageOutbound, str]] = {}
+    stats_url = f"http://127.0.0.1:{sim.ports.simulator_control}/stats"
+    sent_before = httpx.get(stats_url).json()["sent_by_outcome"]
     try:
         for outcome in ("delivered", "undelivered", "failed"):
             control(sim, {"outcome_rates": {o: float(o == outcome) for o in ("delivered", "undelivered", "failed")}})
@@ -356,6 +360,33 @@ async def test_status_callbacks_land_on_the_receipts_topic(env, sim: Stack, inge
         assert (final.done_at is not None) == (outcome != "failed")
     callbacks = twilio_stats(sim)["callbacks"]
     assert (callbacks["refused"], callbacks["abandoned"]) == (0, 0)
+
+    def sent_delta() -> dict[str, int]:
+        now = httpx.get(stats_url).json()["sent_by_outcome"]
+        return {k: now[k] - sent_before[k] for k in now}
+
+    # Acknowledged final callbacks count as sent receipts, as the simulator's HTTP receipts do.
+    await wait_until(lambda: sent_delta() == {"delivered": 3, "undelivered": 3, "failed": 3}, timeout_s=5)
+    # Recorded in the simulator's core store like /v1/sms submissions, under Herald's id.
+    for sid, (m, outcome) in expected.items():
+        found = httpx.get(f"{sim.url('simulator')}/v1/sms", params={"client_ref": str(m.message_id)},
+                          headers={"Authorization": "Bearer sim-token"}).json()["messages"]
+        assert [(f["id"], f["status"]) for f in found] == [(sid, outcome)]
+
+
+async def test_a_stats_reset_forgets_twilio_messages_too(sim: Stack) -> None:
+    gateway = twilio(sim)
+    m = message()
+    try:
+        (outcome,) = await gateway.submit_many([m])
+    finally:
+        await gateway.close()
+    assert isinstance(outcome, Submitted)
+    listing = f"{sim.url('simulator')}/2010-04-01/Accounts/{ACCOUNT}/Messages.json"
+    assert len(httpx.get(listing, params={"To": m.to}, auth=(ACCOUNT, TOKEN)).json()["messages"]) == 1
+    stats = httpx.post(f"http://127.0.0.1:{sim.ports.simulator_control}/stats/reset").json()
+    assert stats["submissions"] == 0 and stats["twilio"]["messages"] == 0
+    assert httpx.get(listing, params={"To": m.to}, auth=(ACCOUNT, TOKEN)).json()["messages"] == []
 
 
 async def test_wrongly_signed_callbacks_are_refused(env, sim: Stack, ingest: str) -> None:
