@@ -21,7 +21,7 @@ import logging
 from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -124,8 +124,7 @@ class TwilioGateway:
         if c.messaging_service_sid:
             fields["MessagingServiceSid"] = c.messaging_service_sid
         if c.status_callback_url:
-            sep = "&" if "?" in c.status_callback_url else "?"
-            fields["StatusCallback"] = f"{c.status_callback_url}{sep}{urlencode({'ref': str(m.message_id)})}"
+            fields["StatusCallback"] = with_ref(c.status_callback_url, str(m.message_id))
         return fields
 
     async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
@@ -202,6 +201,13 @@ class TwilioGateway:
         if utcnow() - message.released_at < timedelta(seconds=self.config.lookup_horizon_s):
             raise LookupPending("Twilio does not list the message (yet)")
         raise LookupUnsupported(f"Twilio does not list the message {self.config.lookup_horizon_s:.0f}s after release")
+
+
+def with_ref(url: str, message_id: str) -> str:
+    """``url`` with ``ref=<message id>`` added to its query (before any ``#fragment``)."""
+    parts = urlsplit(url)
+    ref = urlencode({"ref": message_id})
+    return urlunsplit(parts._replace(query=f"{parts.query}&{ref}" if parts.query else ref))
 
 
 def _matches(item: Any, message: MessageOutbound, since: datetime) -> bool:
