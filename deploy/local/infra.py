@@ -2,6 +2,7 @@
 """Herald's local infrastructure: a real Apache Kafka broker and PostgreSQL 15.
 
     python3 deploy/local/infra.py start|stop|status|reset|env [--quiet]
+    python3 deploy/local/infra.py stop kafka|postgres      (one server; `start` brings it back)
 
 Both servers run on 127.0.0.1 only, as plain processes (no Docker):
 
@@ -1107,14 +1108,16 @@ def cmd_start(cfg: Config) -> int:
     return 0
 
 
-def cmd_stop(cfg: Config) -> int:
+def cmd_stop(cfg: Config, only: str | None = None) -> int:
     if not cfg.state_dir.exists():
         Out.info("kafka: not running")
         Out.info("postgres: not running")
         return 0
     with state_lock(cfg):
-        Kafka(cfg).stop()
-        Postgres(cfg).stop()
+        if only in (None, "kafka"):
+            Kafka(cfg).stop()
+        if only in (None, "postgres"):
+            Postgres(cfg).stop()
     return 0
 
 
@@ -1179,11 +1182,18 @@ def main(argv: list[str] | None = None) -> int:
         description="Start, stop and report Herald's local Kafka (KRaft) and PostgreSQL 15 on 127.0.0.1.",
     )
     parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument(
+        "server", nargs="?", choices=("kafka", "postgres"), help="with stop: stop only this server (fault tests)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors (and status/env output)")
     args = parser.parse_args(argv)
     Out.quiet = args.quiet
     try:
         cfg = load_config(args.quiet)
+        if args.server is not None:
+            if args.command != "stop":
+                parser.error("a server name goes only with stop")
+            return cmd_stop(cfg, args.server)
         return COMMANDS[args.command](cfg)
     except InfraError as exc:
         Out.warn(f"error: {exc}")

@@ -47,10 +47,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def infra(command: str, *, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run ``deploy/local/infra.py COMMAND`` (start, stop, status)."""
+def infra(*command: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run ``deploy/local/infra.py COMMAND…`` (start, stop [kafka|postgres], status, env)."""
     proc = subprocess.run(
-        [sys.executable, str(INFRA_SCRIPT), command], text=True, capture_output=True, timeout=timeout
+        [sys.executable, str(INFRA_SCRIPT), *command], text=True, capture_output=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise RuntimeError(f"infra {command} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -151,9 +151,9 @@ class Stack:
         for name in SERVICES:
             self.start(name)
 
-    def wait_ready(self, timeout_s: float = 90) -> None:
+    def wait_ready(self, timeout_s: float = 90, processes: list[Process] | None = None) -> None:
         deadline = time.monotonic() + timeout_s
-        for process in self.processes:
+        for process in processes or self.processes:
             path = "/healthz" if process.name == "simulator" else "/readyz"
             url = f"http://127.0.0.1:{process.port}{path}"
             while True:
@@ -190,6 +190,22 @@ class Stack:
     def kill_process(self, process: Process) -> None:
         self.signal(process, signal.SIGKILL)
         process.popen.wait(10)
+
+    def restart(self, process: Process, *, hard: bool = True, extra_env: dict[str, str] | None = None,
+                down_s: float = 0.0) -> Process:
+        """kill -9 (``hard``) or SIGTERM a process, then start it again on the same port."""
+        if hard:
+            self.kill_process(process)
+        else:
+            self.stop_process(process)
+        self.processes.remove(process)
+        time.sleep(down_s)
+        again = self.start(process.name, port=process.port, extra_env=extra_env)
+        self.wait_ready(processes=[again])
+        return again
+
+    def find(self, name: str, instance: int = 1) -> Process:
+        return next(p for p in self.processes if p.name == name and p.instance == instance)
 
     def stop(self, timeout_s: float = 20) -> None:
         """SIGTERM every process (consumers first, simulator last), then SIGKILL stragglers."""
