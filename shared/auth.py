@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import asyncpg
 
 PREFIX = "hk"
-SCOPES = ("messages:write", "messages:read", "suppressions:write", "receipts:write")
-DEFAULT_SCOPES = ("messages:write", "messages:read", "suppressions:write")
+SCOPES = ("messages:write", "messages:read", "suppressions:write", "receipts:write", "contacts:write", "contacts:read")
+DEFAULT_SCOPES = ("messages:write", "messages:read", "suppressions:write", "contacts:write", "contacts:read")
 
 
 class AuthError(Exception):
