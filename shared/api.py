@@ -18,11 +18,19 @@ from shared.errors import field_errors
 class ApiError(Exception):
     """Raise from a route to answer ``{"error": {"code", "message", "details"}}``."""
 
-    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.details = details or []
+        self.headers = headers
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -32,7 +40,7 @@ def error_body(code: str, message: str, details: list[dict[str, Any]] | None = N
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, str(exc), exc.details), status_code=exc.status)
+        return JSONResponse(error_body(exc.code, str(exc), exc.details), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(AuthError)
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:

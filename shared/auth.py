@@ -31,6 +31,8 @@ class Principal:
     tenant_id: str
     key_id: str
     scopes: frozenset[str]
+    requests_per_minute: int | None = None  # None: the service default
+    messages_per_minute: int | None = None
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -91,7 +93,9 @@ async def authenticate(pool: asyncpg.Pool, key: str | None) -> Principal:
         raise AuthError(401, "missing_api_key", "send the API key as 'Authorization: Bearer <key>'")
     key_id, secret = split_key(key)
     row = await pool.fetchrow(
-        "SELECT k.tenant_id, k.secret_hash, k.scopes, k.revoked_at, t.disabled_at"
+        "SELECT k.tenant_id, k.secret_hash, k.scopes, k.revoked_at, t.disabled_at,"
+        " k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,"
+        " k.requests_per_minute, k.messages_per_minute"
         " FROM api_keys k JOIN tenants t USING (tenant_id) WHERE k.key_id = $1",
         key_id,
     )
@@ -99,6 +103,10 @@ async def authenticate(pool: asyncpg.Pool, key: str | None) -> Principal:
         raise AuthError(401, "invalid_api_key", "API key is not valid")
     if row["revoked_at"] is not None:
         raise AuthError(401, "revoked_api_key", "API key has been revoked")
+    if row["expired"]:
+        raise AuthError(401, "expired_api_key", "API key has expired (it was rotated)")
     if row["disabled_at"] is not None:
         raise AuthError(403, "tenant_disabled", "tenant is disabled")
-    return Principal(row["tenant_id"], key_id, frozenset(row["scopes"]))
+    return Principal(
+        row["tenant_id"], key_id, frozenset(row["scopes"]), row["requests_per_minute"], row["messages_per_minute"]
+    )

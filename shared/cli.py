@@ -1,77 +1,152 @@
-"""The ``herald`` command: migrations, tenants and keys, segment counting, the local stack."""
+"""The ``herald`` command: migrations, administration, segment counting, the local stack."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
+import re
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
 
 from shared.settings import ServiceSettings
 
+T = TypeVar("T")
 
-async def _migrate(topics: bool) -> dict[str, list[str]]:
-    from shared.db import create_pool, migrate
-    from shared.kafka import ensure_topics
 
-    settings = ServiceSettings()
-    pool = await create_pool(settings)
+def _print(value: Any) -> None:
+    print(json.dumps(value, default=str, ensure_ascii=False))
+
+
+async def _with_db(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    from shared.db import create_pool
+
+    pool = await create_pool(ServiceSettings())
     try:
         async with pool.acquire() as conn:
-            applied = await migrate(conn)
+            return await work(conn)
     finally:
         await pool.close()
-    created = await ensure_topics(settings) if topics else []
+
+
+async def _migrate(topics: bool) -> dict[str, list[str]]:
+    from shared.db import migrate
+    from shared.kafka import ensure_topics
+
+    applied = await _with_db(migrate)
+    created = await ensure_topics(ServiceSettings()) if topics else []
     return {"migrations_applied": applied, "topics_created": created}
 
 
-async def _tenant_create(tenant_id: str, name: str, scopes: list[str]) -> dict[str, str]:
-    from shared.auth import create_key, create_tenant
-    from shared.db import create_pool
+def _admin_parser(sub: Any) -> None:
+    from shared.auth import DEFAULT_SCOPES, SCOPES
 
-    pool = await create_pool(ServiceSettings())
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            await create_tenant(conn, tenant_id, name)
-            key = await create_key(conn, tenant_id, tuple(scopes), name="created by herald tenant create")
-    finally:
-        await pool.close()
-    return {"tenant_id": tenant_id, "api_key": key}
+    admin = sub.add_parser("admin", help="tenants, API keys, suppression lists, audit (every action is audited)")
+    admin.add_argument("--actor", default=None, help="who is acting (default: $SUDO_USER or $USER)")
+    objects = admin.add_subparsers(dest="object", required=True)
+
+    tenant = objects.add_parser("tenant").add_subparsers(dest="action", required=True)
+    c = tenant.add_parser("create", help="create a tenant and print its first API key")
+    c.add_argument("tenant_id")
+    c.add_argument("--name", default=None)
+    c.add_argument("--scopes", default=",".join(DEFAULT_SCOPES), help=f"comma-separated, of {', '.join(SCOPES)}")
+    tenant.add_parser("list")
+    for verb in ("disable", "enable"):
+        tenant.add_parser(verb).add_argument("tenant_id")
+
+    key = objects.add_parser("key").add_subparsers(dest="action", required=True)
+    c = key.add_parser("create", help="a new key for a tenant (printed once)")
+    c.add_argument("tenant_id")
+    c.add_argument("--scopes", default=",".join(DEFAULT_SCOPES))
+    c.add_argument("--name", default="")
+    c.add_argument("--requests-per-minute", type=int, default=None)
+    c.add_argument("--messages-per-minute", type=int, default=None)
+    key.add_parser("list").add_argument("tenant_id")
+    key.add_parser("revoke", help="stops working at once, on every instance").add_argument("key_id")
+    r = key.add_parser("rotate", help="a new key; the old one keeps working for the overlap")
+    r.add_argument("key_id")
+    r.add_argument("--overlap-hours", type=float, default=24.0)
+
+    supp = objects.add_parser("suppressions").add_subparsers(dest="action", required=True)
+    i = supp.add_parser("import", help="CSV with a 'phone' column (E.164) and optional 'reason'")
+    i.add_argument("tenant_id")
+    i.add_argument("file", help="path, or - for standard input")
+    i.add_argument("--reason", default="imported")
+    e = supp.add_parser("export", help="CSV to standard output")
+    e.add_argument("tenant_id")
+
+    objects.add_parser("audit", help="the latest audit entries").add_argument("--limit", type=int, default=50)
 
 
-async def _key_revoke(key_id: str) -> bool:
-    from shared.auth import revoke_key
-    from shared.db import create_pool
+def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from shared import admin
+    from shared.contracts.envelope import TENANT_PATTERN
 
-    pool = await create_pool(ServiceSettings())
-    try:
-        async with pool.acquire() as conn:
-            return await revoke_key(conn, key_id)
-    finally:
-        await pool.close()
+    actor = args.actor or admin.default_actor()
+    obj, action = args.object, getattr(args, "action", None)
+    if getattr(args, "tenant_id", None) and not re.match(TENANT_PATTERN, args.tenant_id):
+        parser.error(f"tenant id must match {TENANT_PATTERN}")
+
+    def scopes() -> list[str]:
+        return [x.strip() for x in args.scopes.split(",") if x.strip()]
+
+    if (obj, action) == ("tenant", "create"):
+        key = asyncio.run(_with_db(lambda c: admin.tenant_create(c, actor, args.tenant_id, args.name or args.tenant_id, scopes())))
+        _print({"tenant_id": args.tenant_id, "api_key": key})
+    elif (obj, action) == ("tenant", "list"):
+        _print(asyncio.run(_with_db(admin.tenant_list)))
+    elif obj == "tenant":
+        if not asyncio.run(_with_db(lambda c: admin.tenant_set_disabled(c, actor, args.tenant_id, action == "disable"))):
+            print(f"no tenant {args.tenant_id}", file=sys.stderr)
+            return 1
+        _print({"tenant_id": args.tenant_id, "disabled": action == "disable"})
+    elif (obj, action) == ("key", "create"):
+        key = asyncio.run(_with_db(lambda c: admin.key_create(
+            c, actor, args.tenant_id, scopes(), args.name, args.requests_per_minute, args.messages_per_minute)))
+        _print({"tenant_id": args.tenant_id, "api_key": key})
+    elif (obj, action) == ("key", "list"):
+        _print(asyncio.run(_with_db(lambda c: admin.key_list(c, args.tenant_id))))
+    elif (obj, action) == ("key", "revoke"):
+        if not asyncio.run(_with_db(lambda c: admin.key_revoke(c, actor, args.key_id))):
+            print(f"no active key {args.key_id}", file=sys.stderr)
+            return 1
+        _print({"key_id": args.key_id, "revoked": True})
+    elif (obj, action) == ("key", "rotate"):
+        try:
+            key = asyncio.run(_with_db(lambda c: admin.key_rotate(c, actor, args.key_id, int(args.overlap_hours * 3600))))
+        except LookupError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        _print({"old_key_id": args.key_id, "old_key_expires_in_hours": args.overlap_hours, "api_key": key})
+    elif (obj, action) == ("suppressions", "import"):
+        handle = sys.stdin if args.file == "-" else open(args.file, newline="", encoding="utf-8")  # noqa: SIM115
+        with handle:
+            rows = list(csv.DictReader(handle))
+        _print(asyncio.run(_with_db(lambda c: admin.suppressions_import(c, actor, args.tenant_id, rows, args.reason))))
+    elif (obj, action) == ("suppressions", "export"):
+        sys.stdout.write(asyncio.run(_with_db(lambda c: admin.suppressions_export(c, actor, args.tenant_id))))
+    elif obj == "audit":
+        _print(asyncio.run(_with_db(lambda c: admin.audit_entries(c, args.limit))))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.auth import DEFAULT_SCOPES, SCOPES
-    from shared.contracts.envelope import TENANT_PATTERN
-
     parser = argparse.ArgumentParser(prog="herald", description="Herald: SMS at scale.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("migrate", help="apply database migrations and create missing Kafka topics")
     m.add_argument("--no-topics", action="store_true", help="only the database")
 
-    t = sub.add_parser("tenant", help="tenants")
-    tsub = t.add_subparsers(dest="action", required=True)
-    tc = tsub.add_parser("create", help="create a tenant (or reuse it) and print a new API key")
-    tc.add_argument("tenant_id", help=f"lowercase id matching {TENANT_PATTERN}")
-    tc.add_argument("--name", default=None)
-    tc.add_argument("--scopes", default=",".join(DEFAULT_SCOPES), help=f"comma-separated, of {', '.join(SCOPES)}")
+    t = sub.add_parser("tenant", help="shortcut: `herald tenant create ID` = `herald admin tenant create ID`")
+    t.add_argument("action", choices=["create"])
+    t.add_argument("tenant_id")
+    t.add_argument("--name", default=None)
 
-    k = sub.add_parser("key", help="API keys")
-    ksub = k.add_subparsers(dest="action", required=True)
-    kr = ksub.add_parser("revoke", help="revoke a key at once (give its id: the part after hk_)")
-    kr.add_argument("key_id")
+    _admin_parser(sub)
 
     s = sub.add_parser("segments", help="encoding and segment count of a text, as JSON")
     s.add_argument("text")
@@ -86,24 +161,19 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "migrate":
-        print(json.dumps(asyncio.run(_migrate(not args.no_topics))))
+        _print(asyncio.run(_migrate(not args.no_topics)))
     elif args.command == "tenant":
-        import re
+        from shared.auth import DEFAULT_SCOPES
 
-        if not re.match(TENANT_PATTERN, args.tenant_id):
-            parser.error(f"tenant id must match {TENANT_PATTERN}")
-        scopes = [x.strip() for x in args.scopes.split(",") if x.strip()]
-        print(json.dumps(asyncio.run(_tenant_create(args.tenant_id, args.name or args.tenant_id, scopes))))
-    elif args.command == "key":
-        if not asyncio.run(_key_revoke(args.key_id)):
-            print(f"no active key {args.key_id}", file=sys.stderr)
-            return 1
-        print(json.dumps({"key_id": args.key_id, "revoked": True}))
+        ns = argparse.Namespace(actor=None, object="tenant", action="create", tenant_id=args.tenant_id,
+                                name=args.name, scopes=",".join(DEFAULT_SCOPES))
+        return _admin(ns, parser)
+    elif args.command == "admin":
+        return _admin(args, parser)
     elif args.command == "segments":
         from shared.sms.encoding import analyse
 
-        info = analyse(args.text, smart=not args.no_smart)
-        print(json.dumps(info.as_dict(), ensure_ascii=False))
+        _print(analyse(args.text, smart=not args.no_smart).as_dict())
     elif args.command == "up":
         from shared.devtools.demo import run_demo
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from services.ingest import metrics
 from services.ingest.domain import Rejection, parse_receipts, parse_request
+from services.ingest.ratelimit import RateLimiter
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
@@ -80,6 +81,20 @@ def create_app(
     add_ops_routes(app, readiness)
     app.include_router(twilio_router(settings, publisher))
     writer = Depends(principal_dependency("messages:write"))
+    limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
+
+    async def _limit(principal: Principal, messages: int) -> None:
+        verdict = await limiter.check(
+            principal.key_id, messages, principal.requests_per_minute, principal.messages_per_minute
+        )
+        if not verdict.allowed:
+            metrics.RATE_LIMITED.labels(verdict.limit).inc()
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"this API key is over its {verdict.limit} per minute limit; retry in {verdict.retry_after_s}s",
+                headers={"Retry-After": str(verdict.retry_after_s)},
+            )
 
     async def _publish(outgoing: list[Outgoing]) -> None:
         try:
@@ -91,10 +106,11 @@ def create_app(
         "/v1/messages",
         status_code=202,
         response_model=MessageAnswer,
-        responses={401: {}, 403: {}, 409: {}, 422: {}, 503: {}},
+        responses={401: {}, 403: {}, 409: {}, 422: {}, 429: {}, 503: {}},
     )
     async def send_message(body: MessageRequest, request: Request, principal: Principal = writer) -> MessageAnswer:
         """Validate one message and queue it. Answers 202 with its id."""
+        await _limit(principal, 1)
         results, outgoing = await acceptor.prepare(
             principal.tenant_id, [body], source="api", now=utcnow(), trace_id=_trace_id(request)
         )
@@ -126,7 +142,7 @@ def create_app(
         "/v1/messages/batch",
         status_code=202,
         response_model=BatchAnswer,
-        responses={401: {}, 403: {}, 413: {}, 422: {}, 503: {}},
+        responses={401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": batch_schema}}}},
     )
     async def send_batch(request: Request, principal: Principal = writer) -> JSONResponse:
@@ -150,6 +166,7 @@ def create_app(
             raise ApiError(
                 413, "batch_too_large", f"{len(items)} messages, at most {settings.batch_max_messages} per batch"
             )
+        await _limit(principal, len(items))
         parsed: list[MessageRequest | Rejection] = []
         for item in items:
             try:

@@ -19,6 +19,12 @@ class IngestSettings(ConsumerSettings):
         description="Per-gateway HMAC secrets for receipt callbacks, as JSON: {\"gateway\": \"secret\"}",
     )
     receipt_tolerance_s: int = Field(300, ge=1, description="Oldest receipt signature timestamp accepted")
+    rate_limit_requests_per_minute: int = Field(
+        6000, ge=1, description="Default requests per minute per API key (a key may carry its own)"
+    )
+    rate_limit_messages_per_minute: int = Field(
+        600_000, ge=1, description="Default messages per minute per API key (a key may carry its own)"
+    )
     public_url: str = Field("http://127.0.0.1:38080", description="Where upstream systems reach this API")
     twilio_auth_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,

@@ -1,0 +1,161 @@
+"""Administration: tenants, API keys (rotation with overlap), suppression lists, audit.
+
+Every action writes a row to ``audit_log`` (who, what, when, details) in the same
+transaction as the change. Used by ``herald admin``.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import io
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+
+from shared.auth import DEFAULT_SCOPES, SCOPES, create_key, create_tenant, revoke_key
+from shared.phones import PhoneError, parse_e164
+
+
+def default_actor() -> str:
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or getpass.getuser() or "unknown"
+
+
+async def audit(conn: asyncpg.Connection, actor: str, action: str, target: str, **detail: Any) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
+        actor, action, target, json.loads(json.dumps(detail, default=str)),
+    )
+
+
+async def tenant_create(conn: asyncpg.Connection, actor: str, tenant_id: str, name: str,
+                        scopes: Iterable[str] = DEFAULT_SCOPES) -> str:
+    async with conn.transaction():
+        await create_tenant(conn, tenant_id, name)
+        key = await create_key(conn, tenant_id, tuple(scopes), name="first key")
+        await audit(conn, actor, "tenant.create", tenant_id, name=name, key_id=key.split("_")[1])
+    return key
+
+
+async def tenant_list(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT t.tenant_id, t.name, t.created_at, t.disabled_at,"
+        " count(k.key_id) FILTER (WHERE k.revoked_at IS NULL) AS active_keys"
+        " FROM tenants t LEFT JOIN api_keys k USING (tenant_id) GROUP BY t.tenant_id ORDER BY t.tenant_id"
+    )
+    return [dict(r) for r in rows]
+
+
+async def tenant_set_disabled(conn: asyncpg.Connection, actor: str, tenant_id: str, disabled: bool) -> bool:
+    async with conn.transaction():
+        status = await conn.execute(
+            "UPDATE tenants SET disabled_at = CASE WHEN $2 THEN now() ELSE NULL END WHERE tenant_id = $1",
+            tenant_id, disabled,
+        )
+        if status.endswith(" 0"):
+            return False
+        await audit(conn, actor, "tenant.disable" if disabled else "tenant.enable", tenant_id)
+    return True
+
+
+async def key_create(conn: asyncpg.Connection, actor: str, tenant_id: str, scopes: Iterable[str], name: str,
+                     requests_per_minute: int | None = None, messages_per_minute: int | None = None) -> str:
+    scopes = tuple(scopes)
+    unknown = set(scopes) - set(SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scopes {sorted(unknown)}; known: {', '.join(SCOPES)}")
+    async with conn.transaction():
+        key = await create_key(conn, tenant_id, scopes, name=name)
+        key_id = key.split("_")[1]
+        await conn.execute(
+            "UPDATE api_keys SET requests_per_minute = $2, messages_per_minute = $3 WHERE key_id = $1",
+            key_id, requests_per_minute, messages_per_minute,
+        )
+        await audit(conn, actor, "key.create", key_id, tenant_id=tenant_id, scopes=list(scopes),
+                    requests_per_minute=requests_per_minute, messages_per_minute=messages_per_minute)
+    return key
+
+
+async def key_list(conn: asyncpg.Connection, tenant_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT key_id, name, scopes, created_at, revoked_at, expires_at, requests_per_minute, messages_per_minute"
+        " FROM api_keys WHERE tenant_id = $1 ORDER BY created_at",
+        tenant_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def key_revoke(conn: asyncpg.Connection, actor: str, key_id: str) -> bool:
+    async with conn.transaction():
+        if not await revoke_key(conn, key_id):
+            return False
+        await audit(conn, actor, "key.revoke", key_id)
+    return True
+
+
+async def key_rotate(conn: asyncpg.Connection, actor: str, key_id: str, overlap_s: int) -> str:
+    """A new key with the same tenant, scopes and limits; the old one expires after ``overlap_s``."""
+    async with conn.transaction():
+        old = await conn.fetchrow(
+            "SELECT tenant_id, scopes, name, requests_per_minute, messages_per_minute FROM api_keys"
+            " WHERE key_id = $1 AND revoked_at IS NULL FOR UPDATE",
+            key_id,
+        )
+        if old is None:
+            raise LookupError(f"no active key {key_id}")
+        key = await create_key(conn, old["tenant_id"], tuple(old["scopes"]), name=f"{old['name']} (rotated)".strip())
+        new_id = key.split("_")[1]
+        await conn.execute(
+            "UPDATE api_keys SET requests_per_minute = $2, messages_per_minute = $3 WHERE key_id = $1",
+            new_id, old["requests_per_minute"], old["messages_per_minute"],
+        )
+        await conn.execute(
+            "UPDATE api_keys SET expires_at = now() + make_interval(secs => $2) WHERE key_id = $1", key_id, overlap_s
+        )
+        await audit(conn, actor, "key.rotate", key_id, new_key_id=new_id, overlap_s=overlap_s)
+    return key
+
+
+async def suppressions_import(conn: asyncpg.Connection, actor: str, tenant_id: str, rows: Iterable[dict[str, str]],
+                              default_reason: str) -> dict[str, Any]:
+    """Rows with a ``phone`` column (E.164) and an optional ``reason``; bad rows are reported, not fatal."""
+    good: list[tuple[str, str]] = []
+    errors: list[dict[str, Any]] = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            good.append((parse_e164(row.get("phone") or "", allowed_types=None).e164, row.get("reason") or default_reason))
+        except PhoneError as exc:
+            errors.append({"line": line, "code": exc.code, "message": str(exc)})
+    async with conn.transaction():
+        for i in range(0, len(good), 5000):
+            chunk = good[i : i + 5000]
+            await conn.execute(
+                "INSERT INTO suppressions (tenant_id, phone_e164, reason, source)"
+                " SELECT $1, p, r, 'import' FROM unnest($2::text[], $3::text[]) AS t(p, r)"
+                " ON CONFLICT (tenant_id, phone_e164) DO UPDATE SET reason = excluded.reason",
+                tenant_id, [p for p, _ in chunk], [r for _, r in chunk],
+            )
+        await audit(conn, actor, "suppressions.import", tenant_id, imported=len(good), errors=len(errors))
+    return {"imported": len(good), "errors": errors}
+
+
+async def suppressions_export(conn: asyncpg.Connection, actor: str, tenant_id: str) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["phone", "reason", "source", "created_at"])
+    async with conn.transaction():
+        async for r in conn.cursor(
+            "SELECT phone_e164, reason, source, created_at FROM suppressions WHERE tenant_id = $1 ORDER BY phone_e164",
+            tenant_id,
+        ):
+            writer.writerow([r["phone_e164"], r["reason"], r["source"], r["created_at"].isoformat()])
+        await audit(conn, actor, "suppressions.export", tenant_id)
+    return out.getvalue()
+
+
+async def audit_entries(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch("SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT $1", limit)
+    return [dict(r) for r in rows]
