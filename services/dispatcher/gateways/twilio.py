@@ -19,7 +19,7 @@ import asyncio
 import email.utils
 import logging
 from collections import OrderedDict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -41,6 +41,7 @@ RETRIABLE_CODES = {
     21611,  # This 'From' number has exceeded the maximum number of queued messages
     30001,  # Queue overflow
 }
+_RETRIABLE_CODES = {str(c) for c in RETRIABLE_CODES}
 LOOKUP_PAGE_SIZE = 200
 LOOKUP_MAX_PAGES = 10
 CLOCK_SKEW = timedelta(minutes=2)
@@ -150,7 +151,7 @@ class TwilioGateway:
             self._remember(sid, str(m.message_id))
             return Submitted(sid)
         code, message = twilio_error(response)
-        retriable = response.status_code in RETRIABLE_HTTP or code in {str(c) for c in RETRIABLE_CODES}
+        retriable = response.status_code in RETRIABLE_HTTP or code in _RETRIABLE_CODES
         return Refused(code, message, retriable)
 
     def _remember(self, sid: str, message_id: str) -> None:
@@ -172,7 +173,7 @@ class TwilioGateway:
         since = message.released_at - CLOCK_SKEW
         params: dict[str, str] = {
             "To": message.to,
-            "DateSent>": since.date().isoformat(),
+            "DateSent>": since.astimezone(UTC).date().isoformat(),  # Twilio filters by UTC day
             "PageSize": str(LOOKUP_PAGE_SIZE),
         }
         sender = message.sender or self.config.from_number
