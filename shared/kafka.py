@@ -253,7 +253,12 @@ class BatchConsumer:
                 log.warning("fetch failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1)
                 continue
-            self.assigned = bool(consumer.assignment())
+            assignment = consumer.assignment()
+            self.assigned = bool(assignment)
+            for topic_name, topic in self._by_name.items():
+                metrics.ASSIGNED.labels(self.service, topic.suffix).set(
+                    sum(1 for tp in assignment if tp.topic == topic_name)
+                )
             if not batches:
                 continue
             records = [r for part in batches.values() for r in part]

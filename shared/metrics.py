@@ -18,4 +18,7 @@ BATCH_SECONDS = Histogram(
     ["service"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+ASSIGNED = Gauge(
+    "herald_consumer_assigned_partitions", "Partitions this process owns now, per topic", ["service", "topic"]
+)
 LAG = Gauge("herald_consumer_lag", "Records behind the end of the partition", ["service", "topic", "partition"])
