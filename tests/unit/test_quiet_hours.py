@@ -521,3 +521,36 @@ def test_zones_come_from_the_pinned_tzdata_package() -> None:
     for bad in ("../../etc/passwd", "Europe/Nowhere", "Etc/Unknown", ""):
         with pytest.raises(UnknownZoneError):
             load_zone(bad)
+
+
+def _narrow_spain() -> dict:
+    import copy
+
+    data = copy.deepcopy(NIGHT_RULES)
+    data["countries"] = {"ES": {"rule": {"id": "es-narrow", "name": "one hour", "windows": {"daily": "08:00-09:00"},
+                                         "sources": [{"kind": "vendor", "citation": "test"}], "last_checked": "2026-11-25"}}}
+    return data
+
+
+def test_zones_with_no_common_moment_fall_back_to_the_main_zone_never_drop() -> None:
+    # 08:00-09:00 in Madrid (06-07 UTC) and in the Canaries (07-08 UTC) never overlap
+    decision = evaluate(marketing(SPAIN, "ES"), utc(2026, 7, 15, 10, 0), rules=parse_rules(_narrow_spain()))
+    assert_held_until(decision, utc(2026, 7, 16, 6, 0))  # 08:00 CEST, Madrid alone
+    assert decision.zones == ("Europe/Madrid",) and "decided in Europe/Madrid alone" in decision.reason
+
+
+def test_rules_that_leave_no_time_at_all_raise_instead_of_dropping() -> None:
+    from services.scheduler.quiet_hours import NoAllowedTimeError
+
+    book = parse_rules(_narrow_spain())
+    overrides = parse_tenant_overrides({"*": {"windows": {"daily": "10:00-11:00"}}}, book)  # stricter than the default
+    with pytest.raises(NoAllowedTimeError, match="es-narrow"):
+        evaluate(marketing(SPAIN, "ES", contact_timezone="Europe/Madrid"), utc(2026, 7, 15, 10, 0), overrides, rules=book)
+
+
+def test_docs_name_every_rule() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "quiet-hours.md").read_text(encoding="utf-8")
+    missing = [rule.id for rule in load_rules().rules() if f"`{rule.id}`" not in text]
+    assert not missing, f"docs/quiet-hours.md has no row for {missing}"
