@@ -142,6 +142,10 @@ def test_contact_state_and_area_code_state_both_apply() -> None:
     decision = check(TEXAS, "US", utc(2026, 7, 13, 1, 30), contact_subdivision="FL")  # Sun 20:30 CDT
     assert_held_until(decision, utc(2026, 7, 13, 14, 0), "us-fl")
     assert decision.rule_ids == ("us-federal", "us-fl", "us-tx")
+    # a contact state that is not a state code is ignored (and said), not taken as "state known"
+    decision = check(TOLL_FREE, "US", utc(2026, 7, 12, 20, 0), contact_subdivision="Texas")
+    assert "us-ri" in decision.rule_ids and "'Texas' is not a US code" in decision.reason
+    assert_allowed(check(SPAIN, "ES", utc(2026, 9, 11, 10, 0), contact_subdivision="md"))  # case-insensitive
 
 
 def test_multi_zone_area_code_allows_only_what_every_zone_allows() -> None:
@@ -219,7 +223,9 @@ def test_france_alsace_moselle_holidays_count_when_the_department_is_unknown() -
     good_friday = utc(2026, 4, 3, 10, 0)  # a holiday in Moselle and Alsace only
     assert_held_until(check(FRANCE, "FR", good_friday), utc(2026, 4, 4, 6, 0), "fr")
     assert_held_until(check(FRANCE, "FR", good_friday, contact_subdivision="57"), utc(2026, 4, 4, 6, 0))
-    assert_allowed(check(FRANCE, "FR", good_friday, contact_subdivision="Zone C"))  # Paris: a school zone
+    decision = check(FRANCE, "FR", good_friday, contact_subdivision="Zone C")  # Paris: a school zone
+    assert_allowed(decision)
+    assert "ignored" not in decision.reason
 
 
 # -- Spain ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from services.scheduler.quiet_hours.rules import (
     Rule,
     RuleBook,
     TenantOverrides,
+    calendar_subdivisions,
     load_rules,
     parse_tenant_overrides,
 )
@@ -197,7 +198,13 @@ def _applicable_rules(
         applied = [found.rule]
         known: set[str] = set()
         if facts.contact_subdivision:
-            known.add(facts.contact_subdivision.strip().upper())
+            raw = facts.contact_subdivision.strip()
+            codes = set(found.subdivisions) | set(calendar_subdivisions(country))
+            given = raw if raw in codes else raw.upper()
+            if given in codes:
+                known.add(given)
+            else:
+                notes.append(f"contact {found.subdivision_label} {facts.contact_subdivision!r} is not a {country} code; ignored")
         if country == "US":
             from_area_code = us_state_for_number(facts.to)
             if from_area_code:

@@ -89,8 +89,10 @@ class HolidayPolicy:
         if self.subdivision is not None:
             return (self.subdivision,)
         known = _calendar_subdivisions(calendar)
-        if contact_subdivision and contact_subdivision in known:
-            return (contact_subdivision,)
+        if contact_subdivision:
+            for candidate in (contact_subdivision.strip(), contact_subdivision.strip().upper()):
+                if candidate in known:
+                    return (candidate,)
         if self.when_subdivision_unknown == "national":
             return (None,)
         if self.when_subdivision_unknown == "all":
@@ -166,6 +168,11 @@ def _holidays(calendar: str, subdivision: str | None, year: int) -> Mapping[date
     except NotImplementedError:  # a country the package does not know: no holidays to add
         return {}
     return dict(found.items())
+
+
+def calendar_subdivisions(calendar: str) -> tuple[str, ...]:
+    """The subdivision codes the holidays package knows for a country (US states, ES regions...)."""
+    return _calendar_subdivisions(calendar.upper())
 
 
 @lru_cache(maxsize=512)
