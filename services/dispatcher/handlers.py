@@ -16,7 +16,15 @@ from services.dispatcher import metrics
 from services.dispatcher.domain.health import GatewayHealth, State, Thresholds
 from services.dispatcher.domain.retry import backoff
 from services.dispatcher.domain.routing import Choice, Route, Router
-from services.dispatcher.gateways.base import Gateway, LookupUnsupported, Outcome, Refused, Submitted, Unknown
+from services.dispatcher.gateways.base import (
+    Gateway,
+    LookupPending,
+    LookupUnsupported,
+    Outcome,
+    Refused,
+    Submitted,
+    Unknown,
+)
 from services.dispatcher.repository import ClaimRepository, Finish
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import LocalThrottle, Throttle
@@ -337,6 +345,9 @@ class Reconciler:
                 finished.append((job, Finish(message.message_id, "failed", gateway_name, None, job.attempts,
                                              "submit_outcome_unknown",
                                              "the gateway cannot confirm whether it received the message; not resent to avoid a duplicate")))
+                continue
+            except LookupPending:
+                unreachable.append(message.message_id)
                 continue
             except Exception as exc:  # gateway unreachable: ask again later, never guess
                 log.warning("lookup failed", extra={"message_id": str(message.message_id), "error": repr(exc)})

@@ -56,6 +56,10 @@ class LookupUnsupported(Exception):
     """The gateway cannot tell whether it received a message."""
 
 
+class LookupPending(Exception):
+    """The gateway cannot tell yet (e.g. the message is still queued there): ask again later."""
+
+
 class EventSink(Protocol):
     """Where a gateway connection hands what arrives on it (SMPP deliver_sm, for instance).
 

@@ -26,7 +26,15 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from services.dispatcher.gateways.base import GatewayBase, LookupUnsupported, Outcome, Refused, Submitted, Unknown
+from services.dispatcher.gateways.base import (
+    GatewayBase,
+    LookupPending,
+    LookupUnsupported,
+    Outcome,
+    Refused,
+    Submitted,
+    Unknown,
+)
 from shared.contracts import MessageOutbound, utcnow
 
 log = logging.getLogger(__name__)
@@ -81,14 +89,6 @@ class TwilioConfig(GatewayBase):
         if not self.from_number and not self.messaging_service_sid:
             raise ValueError("from_number or messaging_service_sid is required")
         return self
-
-
-class LookupPending(RuntimeError):
-    """Twilio does not list the message (yet): ask again later, never resend on this.
-
-    A message still queued at Twilio has no ``date_sent`` and is not listed; the reconciler
-    treats any exception other than :class:`LookupUnsupported` as "ask again later".
-    """
 
 
 class TwilioGateway:
