@@ -15,7 +15,9 @@
   receipt delay. A receipt answered with an error, or unanswered, is sent again after
   ``smpp_redeliver_ms`` as long as the simulator runs (like an SMSC's retry queue).
 * ``POST /control/mo`` ``{"from", "to", "text"}`` on the control port queues an MO message
-  (GSM-7 or UCS-2, concatenated when long) for a bound receiver.
+  (GSM-7 or UCS-2, concatenated when long) for a bound receiver; ``GET /stats/smpp/messages
+  ?client_ref=`` shows what arrived for a reference (text as joined, part ids, data_coding).
+  ``/stats`` has the face's counters under ``smpp``.
 * Failure modes: ``fail`` answers submit_sm with ESME_RTHROTTLED (status 429), ESME_RSYSERR
   (5xx) or ESME_RSUBMITFAIL (other 4xx); ``partial_fail`` the same per submit_sm; ``slow``
   delays each submit_sm_resp; ``refuse`` closes the listener and drops every bind.
@@ -147,6 +149,7 @@ class _Assembly:
     first_at: float
     parts: dict[int, str] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)
+    data_codings: list[int] = field(default_factory=list)
 
 
 @dataclass(order=True, slots=True)
@@ -304,6 +307,8 @@ class SmppFace:
         self._rr = itertools.count()
         self._generation = sim.generation
         self.counters = self._zero()
+        #: client_ref -> what arrived for it (for tests: GET /stats/smpp/messages?client_ref=)
+        self.messages: dict[str, list[dict[str, Any]]] = {}
         sim.extra_stats["smpp"] = self.stats
 
     @staticmethod
@@ -386,6 +391,7 @@ class SmppFace:
             self._assemblies.clear()
             self._out.clear()
             self.counters = self._zero()
+            self.messages = {}
 
     # -- submit_sm ---------------------------------------------------------------------------
 
@@ -449,6 +455,7 @@ class SmppFace:
             self.counters["duplicate_parts"] += 1
         asm.parts.setdefault(number, text)
         asm.ids.append(part_id)
+        asm.data_codings.append(sm.data_coding)
         if all(i in asm.parts for i in range(1, total + 1)):
             del self._assemblies[key]
             self._record(asm, now)
@@ -463,6 +470,10 @@ class SmppFace:
             schedule_receipt=False,
         )
         self.counters["messages"] += 1
+        self.messages.setdefault(ref, []).append(
+            {"id": sub.id, "to": to, "from": asm.source, "body": body, "segments": asm.total, "part_ids": list(asm.ids),
+             "data_codings": asm.data_codings, "complete": complete}
+        )
         if not complete:
             self.counters["incomplete_messages"] += 1
         if log.isEnabledFor(logging.DEBUG):
@@ -624,4 +635,12 @@ def register_smpp_routes(app: web.Application, face: SmppFace) -> None:
         receivers = sum(1 for s in face.sessions.values() if s.can_receive)
         return web.json_response({"queued": True, "parts": parts, "receivers": receivers}, status=202)
 
+    async def get_messages(request: web.Request) -> web.Response:
+        face._check_generation()
+        ref = request.query.get("client_ref")
+        if not ref:
+            return web.json_response({"error": {"code": "invalid_request", "message": "client_ref is required"}}, status=400)
+        return web.json_response({"messages": face.messages.get(ref, [])})
+
     app.router.add_post("/control/mo", post_mo)
+    app.router.add_get("/stats/smpp/messages", get_messages)

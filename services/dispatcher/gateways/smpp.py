@@ -471,12 +471,18 @@ class SmppGateway:
             self._waiters.discard(waiter)
 
     async def close(self) -> None:
+        """Unbind every session, then stop the supervisors. Receipts and MO not yet handed to
+        the sink stay unanswered: the SMSC sends them again to the next bind."""
         self._closing = True
+        sessions = list(self._sessions)  # before the supervisors, whose exit forgets them
+        await asyncio.gather(*(s.unbind() for s in sessions), return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(s.unbind() for s in list(self._sessions)), return_exceptions=True)
+        for session in list(self._sessions):  # bound while closing
+            await session.unbind()
         self._sessions.clear()
+        self._set_gauges()
 
     def _set_gauges(self) -> None:
         for mode in ("transceiver", "transmitter", "receiver"):
