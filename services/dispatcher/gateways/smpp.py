@@ -118,6 +118,7 @@ class SmppConfig(GatewayBase):
     mo_reassembly_timeout_s: float = Field(60.0, gt=0, description="Incomplete concatenated MO is published after this")
     inbound_flush_ms: int = Field(50, ge=1, le=5000, description="Receipts/MO are handed to the sink every this many ms")
     inbound_batch: int = Field(200, ge=1, le=10_000, description="... or when this many are waiting")
+    inbound_idle_ms: int = Field(5, ge=0, le=5000, description="... or when none came for this long (the SMSC's window is full)")
 
     @field_validator("password")
     @classmethod
@@ -768,13 +769,23 @@ class SmppGateway:
             except TimeoutError:
                 batch = []
             if batch:
+                # Until the batch is full, the flush interval is over, or nothing came for
+                # inbound_idle_ms: an SMSC that waits for its deliver_sm_resp (its window is full)
+                # sends nothing more, and holding its answers for the whole interval would cap
+                # receipts at window / interval per bind.
                 deadline = loop.time() + config.inbound_flush_ms / 1000
+                idle = config.inbound_idle_ms / 1000 or None
                 while len(batch) < config.inbound_batch:
                     left = deadline - loop.time()
                     if left <= 0:
                         break
                     try:
-                        batch.append(await asyncio.wait_for(self._inbox.get(), left))
+                        batch.append(self._inbox.get_nowait())
+                        continue
+                    except asyncio.QueueEmpty:
+                        pass
+                    try:
+                        batch.append(await asyncio.wait_for(self._inbox.get(), min(left, idle or left)))
                     except TimeoutError:
                         break
             if loop.time() >= next_expiry:
