@@ -403,3 +403,15 @@ async def test_window_caps_halves_on_throttling_and_recovers() -> None:
     assert w.limit == 8  # additive increase back to the configured size
     w.success()
     assert w.limit == 8
+
+
+async def test_window_acquire_times_out_without_taking_a_slot() -> None:
+    w = Window(1)
+    assert await w.acquire(0.1)
+    assert not await w.acquire(0.05)  # full
+    assert w.used == 1
+    await w.release()
+    assert await w.acquire(0.05) and w.used == 1
+    w.slow_down(1.0)  # paused longer than the timeout
+    await w.release()
+    assert not await w.acquire(0.05) and w.used == 0

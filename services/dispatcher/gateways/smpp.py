@@ -167,22 +167,33 @@ class Window:
         self._closed = False
         self._cond = asyncio.Condition()
 
-    async def acquire(self) -> None:
+    async def acquire(self, timeout: float | None = None) -> bool:
+        """Take a slot; False if none came within ``timeout``. The deadline is kept here, not by
+        a ``wait_for`` around the call, which on Python 3.11 can drop a slot taken at the very
+        moment it times out."""
         loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while True:
             if self._closed:
                 raise SessionClosed("bind closed")
-            delay = self.paused_until - loop.time()
+            now = loop.time()
+            left = None if deadline is None else deadline - now
+            if left is not None and left <= 0:
+                return False
+            delay = self.paused_until - now
             if delay > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay if left is None else min(delay, left))
                 continue
             async with self._cond:
                 if self._closed:
                     raise SessionClosed("bind closed")
                 if self.used < self.limit and self.paused_until <= loop.time():
                     self.used += 1
-                    return
-                await self._cond.wait()
+                    return True
+                try:
+                    await asyncio.wait_for(self._cond.wait(), left)
+                except TimeoutError:
+                    pass
 
     async def release(self) -> None:
         async with self._cond:
@@ -605,9 +616,8 @@ class SmppGateway:
         if session is None:
             return _NotSent("no bound SMPP session")
         try:
-            await asyncio.wait_for(session.window.acquire(), self.config.timeout_s)
-        except TimeoutError:
-            return _NotSent("window full for timeout_s")
+            if not await session.window.acquire(self.config.timeout_s):
+                return _NotSent("window full for timeout_s")
         except SessionClosed as exc:
             return _NotSent(f"session closed before sending: {exc}")
         try:
