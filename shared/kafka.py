@@ -242,7 +242,11 @@ class BatchConsumer:
             self._consumer = None
 
     async def run(self) -> None:
-        assert self._consumer is not None, "start() first"
+        if self._consumer is None:
+            # Joining the group can wait for a dead member's session to time out: do it
+            # here, in the worker, so HTTP and the other workers start at once.
+            await self.start()
+        assert self._consumer is not None
         consumer = self._consumer
         while not self._stopping.is_set():
             try:

@@ -95,11 +95,9 @@ async def run_service(
         wiring = await wire(ctx, readiness)
         consumer = BatchConsumer(settings, name, group_id, topics, wiring.handler, publisher)
         consumer_ref.append(consumer)
-        await consumer.start()
         stack.push_async_callback(consumer.close)
         for lane in wiring.lanes:
             extra = BatchConsumer(settings, name, lane.group_id, lane.topics, lane.handler, publisher)
-            await extra.start()
             stack.push_async_callback(extra.close)
             ctx.workers[f"consumer-{lane.name}"] = extra.run()
             ctx.stoppers.append(extra.stop_fetching)

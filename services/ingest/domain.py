@@ -19,6 +19,9 @@ from shared.sms.encoding import analyse
 from shared.statuses import ReceiptStatus
 
 
+MAX_SCHEDULE_AHEAD = timedelta(days=35)
+
+
 @dataclass(frozen=True)
 class Rejection(Exception):
     code: str
@@ -45,6 +48,12 @@ def accept(
     smart_encoding: bool,
 ) -> MessageAccepted:
     """Validate the recipient and measure the text; raise :class:`Rejection` if it cannot be sent."""
+    if request.send_at is not None and request.send_at > now + MAX_SCHEDULE_AHEAD:
+        raise Rejection(
+            "send_at_too_far",
+            "send_at is more than 35 days ahead",
+            [{"loc": "send_at", "code": "send_at_too_far", "msg": "at most 35 days ahead"}],
+        )
     try:
         phone = parse_e164(request.to, allowed_types)
     except PhoneError as exc:
@@ -65,6 +74,7 @@ def accept(
         source=source,
         accepted_at=now,
         expires_at=now + timedelta(seconds=request.validity_s) if request.validity_s else None,
+        send_at=request.send_at,
     )
 
 

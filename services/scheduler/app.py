@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.scheduler.handlers import AcceptedHandler, FactsRepository
+from services.scheduler.handlers import AcceptedHandler, FactsRepository, Timer
 from services.scheduler.settings import SchedulerSettings
 from shared.api import Check
 from shared.service import Context, Wiring, run_service
@@ -10,7 +10,12 @@ from shared.topics import ACCEPTED
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
-    return Wiring(handler=AcceptedHandler(FactsRepository(ctx.pool)))
+    settings: SchedulerSettings = ctx.settings
+    facts = FactsRepository(ctx.pool)
+    timer = Timer(facts, ctx.publisher, settings.timer_interval_s, settings.timer_batch)
+    ctx.workers["timer"] = timer.run()
+    ctx.stoppers.append(timer.stop)
+    return Wiring(handler=AcceptedHandler(facts))
 
 
 async def main(settings: SchedulerSettings | None = None) -> int:

@@ -6,4 +6,6 @@ from shared.settings import ConsumerSettings
 
 
 class SchedulerSettings(ConsumerSettings):
+    timer_interval_s: float = Field(0.5, gt=0, description="How often held messages are checked for due ones")
+    timer_batch: int = Field(500, ge=1, description="Most held messages released in one transaction")
     http_port: int = Field(38081, description="Port of the scheduler HTTP server")

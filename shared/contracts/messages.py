@@ -44,6 +44,9 @@ class MessageRequest(_Frozen):
         None, ge=1, le=36_000,
         description="Seconds the message stays worth sending (an OTP: 300); past it the message expires unsent",
     )
+    send_at: AwareDatetime | None = Field(
+        None, description="Send at this time (with zone), up to 35 days ahead; quiet hours still apply then"
+    )
 
 
 class MessageAccepted(_Frozen):
@@ -61,6 +64,7 @@ class MessageAccepted(_Frozen):
     source: Literal["api", "kafka"]
     accepted_at: AwareDatetime
     expires_at: AwareDatetime | None = Field(None, description="Not sent after this time (validity_s)")
+    send_at: AwareDatetime | None = Field(None, description="Not sent before this time")
 
 
 class MessageOutbound(MessageAccepted):

@@ -15,6 +15,8 @@ import random
 import signal
 import time
 import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +35,44 @@ FINAL = ("delivered", "undelivered", "failed", "suppressed", "rejected", "expire
 console = Console()
 
 
-def demo_numbers(count: int, seed: int = 7) -> list[str]:
-    """Valid mobile numbers from several countries (all answered by the local simulator)."""
+# Valid mobile number patterns of several countries (all answered by the local simulator).
+NUMBER_PATTERNS: dict[str, tuple[str, int]] = {
+    "ES": ("+346", 8),
+    "FR": ("+3361", 7),
+    "DE": ("+49151", 8),
+    "US": ("+1415555", 4),
+    "IN": ("+9198", 8),
+    "BR": ("+55119", 8),
+    "GB": ("+447400", 6),
+}
+
+
+def demo_numbers(count: int, seed: int = 7, countries: Iterable[str] = ("ES", "FR", "DE", "US", "IN")) -> list[str]:
+    """Valid mobile numbers, round-robin over ``countries``."""
     rng = random.Random(seed)
-    makers = [
-        lambda: f"+346{rng.randrange(10**8):08d}",  # Spain
-        lambda: f"+3361{rng.randrange(10**7):07d}",  # France
-        lambda: f"+49151{rng.randrange(10**8):08d}",  # Germany
-        lambda: f"+1415555{rng.randrange(10**4):04d}",  # United States
-        lambda: f"+9198{rng.randrange(10**8):08d}",  # India
-    ]
-    return [makers[i % len(makers)]() for i in range(count)]
+    patterns = [NUMBER_PATTERNS[c] for c in countries]
+    if not patterns:
+        raise ValueError("no countries to draw numbers from")
+    return [f"{p}{rng.randrange(10**d):0{d}d}" for p, d in (patterns[i % len(patterns)] for i in range(count))]
+
+
+def marketing_countries(allowed: bool, now: datetime | None = None, margin: timedelta = timedelta(minutes=30)) -> list[str]:
+    """Countries where marketing SMS are allowed (or held) now and for ``margin`` longer.
+
+    The demo and the tests send marketing messages only where quiet hours let them go out
+    now, so every message reaches a final state whatever the hour; tests of quiet hours pick
+    the countries where they are held.
+    """
+    from services.scheduler.quiet_hours import MessageFacts, evaluate
+    from shared.statuses import MessageType
+
+    now = now or datetime.now(UTC)
+    chosen = []
+    for country, (prefix, digits) in NUMBER_PATTERNS.items():
+        facts = MessageFacts(to=f"{prefix}{'1' * digits}", country=country, type=MessageType.MARKETING)
+        if all(evaluate(facts, when).allowed == allowed for when in (now, now + margin)):
+            chosen.append(country)
+    return chosen
 
 
 async def prepare(settings: ServiceSettings, tenant: str) -> str:
@@ -66,18 +95,23 @@ async def prepare(settings: ServiceSettings, tenant: str) -> str:
 
 
 def build_messages(count: int) -> tuple[list[dict[str, Any]], list[str]]:
-    numbers = demo_numbers(count)
-    suppressed = numbers[::50]  # 2 % opted out: their marketing messages must be suppressed
+    # Marketing goes only where quiet hours allow it now (elsewhere it would be held, not
+    # final, until morning); transactional messages go everywhere, at any hour.
+    open_now = marketing_countries(True)
+    everywhere = demo_numbers(count)
+    promo = demo_numbers(count, seed=8, countries=open_now) if open_now else []
     messages = []
-    for i, number in enumerate(numbers):
-        marketing = i % 3 == 0
+    for i in range(count):
+        marketing = bool(open_now) and i % 3 == 0
         body = (
             f"Flash sale: 30% off everything until midnight! Code FLASH{i % 97}. Reply STOP to opt out."
             if marketing
             else f"Your verification code is {100000 + (i * 7919) % 900000}. It expires in 10 minutes."
         )
-        messages.append({"to": number, "body": body, "type": "marketing" if marketing else "transactional",
+        messages.append({"to": promo[i] if marketing else everywhere[i], "body": body,
+                         "type": "marketing" if marketing else "transactional",
                          "sender": "Herald", "metadata": {"demo": "1"}})
+    suppressed = [m["to"] for m in messages if m["type"] == "marketing"][::17]  # opted out: must be suppressed
     # A few bad ones, to show the machine-readable 4xx reasons.
     messages[5]["to"] = "+34123"  # impossible number
     messages[11]["to"] = "600123456"  # not E.164

@@ -99,6 +99,7 @@ class Stack:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
         env["HERALD_SIM_PORT"] = str(self.ports.simulator)
         env["HERALD_SIM_CONTROL_PORT"] = str(self.ports.simulator_control)
+        env.setdefault("HERALD_SIM_SMPP_PORT", "0")  # the SMPP face only where a test or the demo asks for it
         env["HERALD_SIM_RECEIPT_URL"] = f"http://127.0.0.1:{self.ports.ingest}/v1/receipts/sim"
         env.setdefault(
             "HERALD_GATEWAYS",

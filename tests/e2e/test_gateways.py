@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.devtools.demo import demo_numbers
+from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.stack import SERVICES, Ports, Stack, free_port
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, send_batches
@@ -69,7 +69,7 @@ async def test_throttle_holds_across_two_dispatchers(two_gateways, pool) -> None
     httpx.post(f"http://127.0.0.1:{a_control}/stats/reset").raise_for_status()
     tenant = await make_tenant(pool)
     body = "Two segments: " + "x" * 180  # 194 GSM-7 characters
-    ids = await send_batches(stack, tenant, [{"to": n, "body": body, "type": "marketing"} for n in demo_numbers(1000, seed=5)])
+    ids = await send_batches(stack, tenant, [{"to": n, "body": body, "type": "marketing"} for n in demo_numbers(1000, seed=5, countries=marketing_countries(True))])
     await all_final(pool, ids, timeout_s=120)
     seconds = timeline(a_control)
     segments = sum(s["segments"] for s in seconds)
@@ -86,7 +86,7 @@ async def test_otp_overtakes_a_draining_campaign(two_gateways, pool) -> None:
     stack, _ = two_gateways
     tenant = await make_tenant(pool)
     campaign = await send_batches(
-        stack, tenant, [{"to": n, "body": "Sale!", "type": "marketing"} for n in demo_numbers(1200, seed=11)]
+        stack, tenant, [{"to": n, "body": "Sale!", "type": "marketing"} for n in demo_numbers(1200, seed=11, countries=marketing_countries(True))]
     )
     await asyncio.sleep(1.5)  # the campaign is draining at 150/s: about 8 s to go
     latencies = []

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from shared.contracts import MessageRequest, TriggerEvent
-from shared.devtools.demo import demo_numbers
+from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.stack import Stack
 from shared.statuses import FINAL
 from shared.topics import REJECTED, TRIGGERS
@@ -58,7 +58,7 @@ def scrape(url: str) -> dict[tuple[str, frozenset], float]:
 async def test_thousand_messages_each_reach_exactly_one_final_state(stack: Stack, pool) -> None:
     tenant = await make_tenant(pool)
     before = final_counts(stack)
-    numbers = demo_numbers(1200, seed=99)
+    numbers = demo_numbers(1200, seed=99, countries=marketing_countries(True))
     suppressed = set(numbers[::40])
     async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=tenant.headers) as client:
         for number in suppressed:
@@ -192,3 +192,40 @@ async def test_gateway_outage_is_retried_and_permanent_errors_fail(stack: Stack,
         httpx.post(control, json={"mode": "normal"}).raise_for_status()
     row = await pool.fetchrow("SELECT status, reason_code FROM messages WHERE message_id = $1::uuid", ids[0])
     assert row["status"] == "failed" and row["reason_code"] not in (None, "retries_exhausted")
+
+
+async def test_scheduled_send_survives_a_scheduler_crash_and_quiet_hours_hold(stack: Stack, pool) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from shared.devtools.demo import marketing_countries
+
+    tenant = await make_tenant(pool)
+    send_at = datetime.now(UTC) + timedelta(seconds=6)
+    quiet = marketing_countries(False)
+    messages = [{"to": "+34611000001", "body": "Your appointment is tomorrow at 10:00", "send_at": send_at.isoformat()}]
+    if quiet:
+        messages.append({"to": demo_numbers(1, seed=3, countries=quiet[:1])[0], "body": "Offer!", "type": "marketing"})
+    ids = await send_batches(stack, tenant, messages)
+
+    async def held():
+        return await pool.fetchval("SELECT count(*) FROM scheduled_messages WHERE message_id = ANY($1::uuid[])", ids) == len(ids) or None
+
+    await wait_for(held, timeout_s=30)
+    await asyncio.to_thread(stack.restart, stack.find("scheduler"), hard=True)  # kill -9 while they wait
+    statuses = await all_final(pool, ids[:1], timeout_s=60)
+    row = await pool.fetchrow("SELECT submitted_at FROM messages WHERE message_id = $1::uuid", ids[0])
+    assert statuses[ids[0]] in FINAL_NAMES
+    events = await pool.fetch("SELECT status, occurred_at, recorded_at FROM message_events WHERE message_id = $1::uuid ORDER BY occurred_at", ids[0])
+    assert send_at <= row["submitted_at"] < send_at + timedelta(seconds=3), f"late after the restart: {send_at} {[dict(e) for e in events]}"
+    timeline = [r["status"] for r in await pool.fetch(
+        "SELECT status FROM message_events WHERE message_id = $1::uuid ORDER BY occurred_at", ids[0])]
+    assert timeline[:3] == ["accepted", "scheduled", "submitted"]
+    if quiet:
+        row = await pool.fetchrow("SELECT status FROM messages WHERE message_id = $1::uuid", ids[1])
+        assert row["status"] == "scheduled"
+        detail = await pool.fetchval(
+            "SELECT detail FROM message_events WHERE message_id = $1::uuid AND status = 'scheduled'", ids[1])
+        assert detail["quiet_hours"] == "deferred" and detail["quiet_hours_rule"] and detail["due_at"]
+        assert await pool.fetchval("SELECT due_at > now() FROM scheduled_messages WHERE message_id = $1::uuid", ids[1])
+        await pool.execute("DELETE FROM scheduled_messages WHERE message_id = $1::uuid", ids[1])  # leave nothing pending
+        await pool.execute("UPDATE messages SET status = 'expired', status_rank = 100 WHERE message_id = $1::uuid", ids[1])

@@ -1,0 +1,94 @@
+"""Durable timers on the real database: held messages are released once, by any instance,
+on time, and decided again when due."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.scheduler.domain import Decision, Verdict
+from services.scheduler.handlers import FactsRepository, Timer
+from shared.contracts import MessageAccepted, MessageOutboundEvent, MessageStatusEvent, utcnow
+from shared.kafka import Outgoing
+from shared.statuses import Status
+
+pytestmark = pytest.mark.integration
+
+
+class ListPublisher:
+    def __init__(self) -> None:
+        self.items: list[Outgoing] = []
+
+    async def publish(self, items: list[Outgoing]) -> None:
+        await asyncio.sleep(0.01)  # a broker round trip, so two timers really overlap
+        self.items.extend(items)
+
+
+def message(to: str = "+919812345678", kind: str = "transactional") -> MessageAccepted:
+    return MessageAccepted(message_id=uuid.uuid4(), to=to, country="IN" if to.startswith("+91") else "ES", body="x",
+                           type=kind, encoding="GSM-7", segments=1, source="api", accepted_at=utcnow())
+
+
+async def hold(facts: FactsRepository, messages: list[MessageAccepted], due: datetime, tenant: str = "acme") -> None:
+    await facts.hold(facts.pool, [(m, tenant, "trace", Decision(Verdict.DEFER, "scheduled", "test", due)) for m in messages])
+
+
+async def test_two_timers_release_each_message_once(pool) -> None:
+    facts = FactsRepository(pool)
+    messages = [message() for _ in range(1200)]
+    await hold(facts, messages, utcnow() - timedelta(seconds=1))
+    a, b = ListPublisher(), ListPublisher()
+    timers = [Timer(facts, a, 0.05, 100), Timer(facts, b, 0.05, 100)]
+    await asyncio.gather(*(t.release_due() for t in timers for _ in range(8)))
+    while any([await t.release_due() for t in timers]):
+        pass
+    released = [o.event.payload.message_id for o in a.items + b.items if isinstance(o.event, MessageOutboundEvent)]
+    ours = {m.message_id for m in messages}
+    assert sorted(r for r in released if r in ours) == sorted(ours)
+    assert a.items and b.items, "both instances took a share"
+    assert await pool.fetchval("SELECT count(*) FROM scheduled_messages WHERE message_id = ANY($1::uuid[])", list(ours)) == 0
+
+
+async def test_due_messages_are_released_within_a_second(pool) -> None:
+    facts = FactsRepository(pool)
+    publisher = ListPublisher()
+    timer = Timer(facts, publisher, 0.2, 500)
+    task = asyncio.create_task(timer.run())
+    m = message()
+    due = utcnow() + timedelta(seconds=1.5)
+    await hold(facts, [m], due)
+    try:
+        deadline = time.monotonic() + 5
+        while not any(isinstance(o.event, MessageOutboundEvent) and o.event.payload.message_id == m.message_id
+                      for o in publisher.items):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        lateness = (utcnow() - due).total_seconds()
+    finally:
+        timer.stop()
+        await task
+    assert -0.05 < lateness < 1.0
+
+
+async def test_released_message_is_decided_again(pool) -> None:
+    """Due at 23:30 in Madrid: a marketing message is held again until the morning; an
+    opted-out number is suppressed at release."""
+    facts = FactsRepository(pool)
+    night = datetime(2026, 11, 25, 22, 30, tzinfo=UTC)
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    late, opted_out = message("+34600000002", "marketing"), message("+34600000003", "marketing")
+    await pool.execute("INSERT INTO suppressions (tenant_id, phone_e164, reason, source) VALUES ($1, $2, 'stop', 'test')",
+                       tenant, opted_out.to)
+    await hold(facts, [late, opted_out], night - timedelta(minutes=1), tenant)
+    publisher = ListPublisher()
+    await Timer(facts, publisher, 1, 500, clock=lambda: night).release_due()
+    statuses = {o.event.payload.message_id: o.event.payload for o in publisher.items if isinstance(o.event, MessageStatusEvent)}
+    assert statuses[late.message_id].status is Status.SCHEDULED and statuses[late.message_id].reason_code == "quiet_hours"
+    assert statuses[opted_out.message_id].status is Status.SUPPRESSED
+    due = await pool.fetchval("SELECT due_at FROM scheduled_messages WHERE message_id = $1", late.message_id)
+    assert due == datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    assert not any(isinstance(o.event, MessageOutboundEvent) for o in publisher.items)
