@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: run test unit stop infra-start infra-stop infra-status clean
+.PHONY: run test unit stop bench infra-start infra-stop infra-status clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,7 @@ infra-status:
 clean: stop
 	$(PYTHON) deploy/local/infra.py reset
 	rm -rf $(VENV)
+
+## bench: throughput, latency and memory on this machine (writes docs/benchmarks.md)
+bench: $(STAMP)
+	$(BIN)/herald bench

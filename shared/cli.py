@@ -159,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("down", help="stop a stack left running, and Kafka and PostgreSQL")
 
+    sub.add_parser("bench", help="measure throughput, latency and memory; writes docs/benchmarks.md", add_help=False)
+
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:1] == ["bench"]:
+        from shared.devtools.bench import main as bench
+
+        return bench(raw[1:])
     args = parser.parse_args(argv)
     if args.command == "migrate":
         _print(asyncio.run(_migrate(not args.no_topics)))

@@ -103,7 +103,7 @@ def make_producer(settings: KafkaSettings, client_id: str) -> AIOKafkaProducer:
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
-        linger_ms=5,
+        linger_ms=settings.kafka_linger_ms,
         max_batch_size=256 * 1024,
         max_request_size=2 * 1024 * 1024,
         request_timeout_ms=30_000,

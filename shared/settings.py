@@ -33,6 +33,7 @@ class KafkaSettings(HeraldSettings):
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle for SSL / SASL_SSL")
     kafka_ssl_certfile: str | None = Field(None, description="Client certificate for mutual TLS")
     kafka_ssl_keyfile: str | None = Field(None, description="Client key for mutual TLS")
+    kafka_linger_ms: int = Field(2, ge=0, le=1000, description="Producer linger: latency traded for bigger batches")
     topic_prefix: str = Field("herald.", description="Prefix of every topic name (one cluster, many environments)")
     topic_partitions: int = Field(6, ge=1, description="Partitions for topics created by `herald migrate`")
     topic_replication: int = Field(1, ge=1, description="Replication factor for topics created by `herald migrate`")

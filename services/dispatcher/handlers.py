@@ -97,9 +97,15 @@ class PriorityGate:
         await self._clear.wait()
 
 
+# Throttling answers mean "slow down", not "this gateway is broken": they must not trip failover.
+THROTTLED_CODES = frozenset({"throttled", "ESME_RTHROTTLED", "ESME_RMSGQFUL", "http_429", "20429"})
+
+
 def _bad_for_health(outcome: Outcome) -> bool:
     """Outcomes that say the gateway itself is in trouble (not the message)."""
-    return isinstance(outcome, Unknown) or (isinstance(outcome, Refused) and outcome.retriable)
+    if isinstance(outcome, Unknown):
+        return True
+    return isinstance(outcome, Refused) and outcome.retriable and outcome.code not in THROTTLED_CODES
 
 
 class Sender:

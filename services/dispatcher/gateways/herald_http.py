@@ -64,6 +64,8 @@ class HeraldHttpGateway:
                 return [Unknown(f"{type(exc).__name__} after sending: {exc}")] * len(chunk)
         if response.status_code != 200:
             code, message = _error(response)
+            if response.status_code == 429:
+                code = "throttled"
             retriable = response.status_code in RETRIABLE_HTTP
             return [Refused(code, message, retriable)] * len(chunk)
         try:

@@ -1,0 +1,263 @@
+"""``herald bench``: throughput, latency and memory of the whole pipeline on this machine.
+
+Starts Kafka and PostgreSQL (deploy/local/infra.py), a fresh database and topic prefix,
+the four services and the gateway simulator, then measures:
+
+- campaign throughput: N recipients through the batch endpoint until every one has its
+  final status (receipt recorded), in messages per second;
+- OTP latency: from the API call to the simulator receiving the submission (p50, p99,
+  max), alone and while a campaign drains at full speed;
+- ingest: single-message requests per second, recipients per second via the batch endpoint;
+- peak resident memory (VmHWM) of every process.
+
+Results are printed and written to docs/benchmarks.md with the machine, versions and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from shared.devtools.demo import demo_numbers, marketing_countries, prepare
+from shared.devtools.stack import REPO, Ports, Stack, infra
+from shared.settings import ServiceSettings
+
+DOC = REPO / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Results:
+    command: str
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # what, measured, target
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, what: str, measured: str, target: str = "") -> None:
+        self.rows.append((what, measured, target))
+        print(f"  {what}: {measured}" + (f"   (target {target})" if target else ""), flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def post_batches(base: str, key: str, messages: list[dict[str, Any]], size: int, concurrency: int = 2) -> list[str]:
+    ids: list[str] = []
+    chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
+    slots = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=300) as client:
+
+        async def one(chunk: list[dict[str, Any]]) -> list[str]:
+            async with slots:
+                r = await client.post("/v1/messages/batch", json={"messages": chunk})
+                r.raise_for_status()
+                return [x["message_id"] for x in r.json()["results"] if x.get("message_id")]
+
+        for got in await asyncio.gather(*(one(c) for c in chunks)):
+            ids += got
+    return ids
+
+
+async def wait_final(dsn: str, ids: list[str], timeout_s: float) -> float:
+    """Seconds until every id has a final status (polled every 0.25 s)."""
+    conn = await asyncpg.connect(dsn)
+    started = time.monotonic()
+    try:
+        while True:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE message_id = ANY($1::uuid[]) AND status_rank = 100", ids
+            )
+            if done >= len(ids):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"{done} of {len(ids)} final after {timeout_s:.0f}s")
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+
+
+async def otp_latencies(stack: Stack, key: str, count: int, interval_s: float) -> list[float]:
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=headers, timeout=30) as api, \
+            httpx.AsyncClient(base_url=stack.url("simulator"), headers={"Authorization": "Bearer sim-token"}) as sim:
+        for i in range(count):
+            started = time.monotonic()
+            r = await api.post("/v1/messages", json={"to": f"+346{uuid.uuid4().int % 10**8:08d}",
+                                                     "body": f"Your code is {i:06d}", "validity_s": 300})
+            r.raise_for_status()
+            mid = r.json()["message_id"]
+            while not (await sim.get("/v1/sms", params={"client_ref": mid})).json()["messages"]:
+                if time.monotonic() - started > 30:
+                    raise TimeoutError("OTP not submitted in 30 s")
+                await asyncio.sleep(0.002)
+            latencies.append(time.monotonic() - started)
+            await asyncio.sleep(interval_s)
+    return latencies
+
+
+async def ingest_rate(stack: Stack, key: str, requests: int, concurrency: int) -> float:
+    headers = {"Authorization": f"Bearer {key}"}
+    slots = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=headers, timeout=60, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            async with slots:
+                r = await client.post("/v1/messages", json={"to": f"+346{i % 10**8:08d}", "body": "Your code is 123456"})
+                r.raise_for_status()
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(requests)))
+        return requests / (time.monotonic() - started)
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    mem_gb = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{cores} cores ({cpu}), {mem_gb:.0f} GiB, {platform.system()} {platform.release()}"
+
+
+def versions() -> str:
+    pg = subprocess.run(["postgres", "--version"], capture_output=True, text=True).stdout.strip()
+    import aiokafka
+    import asyncpg as apg
+    import fastapi
+    import pydantic
+
+    return (f"Python {platform.python_version()}, Kafka 4.1.1 (KRaft, single node), {pg}, aiokafka {aiokafka.__version__}, "
+            f"asyncpg {apg.__version__}, FastAPI {fastapi.__version__}, pydantic {pydantic.VERSION}")
+
+
+def write_doc(results: Results, started: datetime) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `herald bench` (shared/devtools/bench.py); rerun it to refresh this page.",
+        "Kafka, PostgreSQL, the four services and the gateway simulator all run on the same machine.",
+        "",
+        f"- when: {started.isoformat(timespec='seconds')}",
+        f"- machine: {machine()}",
+        f"- versions: {versions()}",
+        f"- command: `{results.command}`",
+        "",
+        "| measure | result | target |",
+        "| --- | --- | --- |",
+        *[f"| {w} | {m} | {t} |" for w, m, t in results.rows],
+        "",
+    ]
+    if results.notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in results.notes], ""]
+    DOC.write_text("\n".join(lines))
+
+
+async def run(args: argparse.Namespace, results: Results) -> None:
+    infra("start")
+    tag = uuid.uuid4().hex[:6]
+    base = ServiceSettings()
+    dsn_admin = base.database_url.get_secret_value()
+    db = f"herald_bench_{tag}"
+    conn = await asyncpg.connect(dsn_admin)
+    await conn.execute(f'CREATE DATABASE "{db}"')
+    await conn.close()
+    dsn = dsn_admin.rsplit("/", 1)[0] + f"/{db}"
+    env = {"HERALD_DATABASE_URL": dsn, "HERALD_TOPIC_PREFIX": f"bench{tag}.", "HERALD_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+           "HERALD_LOG_LEVEL": "WARNING", "HERALD_RATE_LIMIT_MESSAGES_PER_MINUTE": "100000000",
+           "HERALD_RATE_LIMIT_REQUESTS_PER_MINUTE": "10000000", "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "200"}
+    os.environ.update(env)
+    key = await prepare(ServiceSettings(), "bench")
+    stack = Stack(env=env, ports=Ports.random(), log_dir=REPO / ".herald" / "bench-logs", gateway_rate=1_000_000)
+    stack.start_all()
+    try:
+        await asyncio.to_thread(stack.wait_ready, 120)
+        open_now = marketing_countries(True) or ["US"]
+        print(f"campaign throughput: {args.recipients:,} recipients", flush=True)
+        campaign = [{"to": n, "body": "Flash sale: 30% off until midnight", "type": "marketing"}
+                    for n in demo_numbers(args.recipients, seed=1, countries=open_now)]
+        started = time.monotonic()
+        ids = await post_batches(stack.url("ingest"), key, campaign, 10_000)
+        accepted_s = time.monotonic() - started
+        await wait_final(dsn, ids, timeout_s=max(600, args.recipients / 50))
+        total_s = time.monotonic() - started
+        results.add(f"campaign, {len(ids):,} recipients, HTTP face: accept to every receipt recorded",
+                    f"{len(ids) / total_s:,.0f} msg/s ({total_s:.1f} s)", "≥ 5,000 msg/s (SMPP face)")
+        results.add("batch ingest while the pipeline runs", f"{len(ids) / accepted_s:,.0f} recipients/s")
+
+        print("OTP latency, alone", flush=True)
+        alone = await otp_latencies(stack, key, args.otps, 0.02)
+        results.add("OTP latency alone (API call → simulator), p50 / p99 / max",
+                    f"{statistics.median(alone) * 1000:.0f} / {percentile(alone, 99) * 1000:.0f} / {max(alone) * 1000:.0f} ms")
+
+        print("OTP latency while a campaign drains", flush=True)
+        drain = [{"to": n, "body": "Second wave: 40% off", "type": "marketing"}
+                 for n in demo_numbers(args.recipients // 2, seed=2, countries=open_now)]
+        sender = asyncio.create_task(post_batches(stack.url("ingest"), key, drain, 10_000))
+        await asyncio.sleep(2)
+        during = await otp_latencies(stack, key, args.otps, 0.05)
+        drain_ids = await sender
+        await wait_final(dsn, drain_ids, timeout_s=max(600, args.recipients / 50))
+        results.add("OTP latency while a campaign drains, p50 / p99 / max",
+                    f"{statistics.median(during) * 1000:.0f} / {percentile(during, 99) * 1000:.0f} / {max(during) * 1000:.0f} ms",
+                    "p99 < 250 ms")
+
+        print("ingest alone", flush=True)
+        rps = await ingest_rate(stack, key, args.requests, 32)
+        results.add("ingest, single-message requests (32 concurrent)", f"{rps:,.0f} req/s")
+        batch = [{"to": n, "body": "Batch", "type": "transactional"} for n in demo_numbers(10_000, seed=4)]
+        started = time.monotonic()
+        for _ in range(3):
+            await post_batches(stack.url("ingest"), key, batch, 10_000, concurrency=1)
+        results.add("ingest, batch endpoint (10,000 per request)",
+                    f"{30_000 / (time.monotonic() - started):,.0f} recipients/s", "≥ 50,000 recipients/s")
+        for process in stack.processes:
+            results.add(f"peak resident memory, {process.name}", f"{peak_rss_mb(process.popen.pid):.0f} MB", "≤ 300 MB")
+    finally:
+        stack.stop()
+        conn = await asyncpg.connect(dsn_admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="herald bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=100_000)
+    parser.add_argument("--otps", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args(argv)
+    results = Results(command="herald bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+    started = datetime.now(UTC)
+    asyncio.run(run(args, results))
+    if not args.no_write:
+        write_doc(results, started)
+        print(f"written to {DOC}")
+    print(json.dumps(results.rows, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
