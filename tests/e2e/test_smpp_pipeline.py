@@ -66,3 +66,22 @@ async def test_messages_over_smpp_reach_one_final_state_each(smpp_stack: Stack, 
         "SELECT message_id::text AS id, gateway_message_id FROM messages WHERE message_id = ANY($1::uuid[])", ids
     )
     assert all(r["gateway_message_id"] and r["gateway_message_id"].startswith("smpp-") for r in rows)
+
+
+async def test_mo_over_smpp_lands_on_the_inbound_topic(smpp_stack: Stack, env) -> None:
+    import uuid
+
+    from shared.contracts import InboundMessageEvent
+    from shared.topics import INBOUND
+    from tests.helpers import read_topic
+
+    marker = uuid.uuid4().hex[:8]
+    text = f"STOP {marker} " + "¿Por qué? " * 20  # long: concatenated parts, reassembled
+    r = httpx.post(f"http://127.0.0.1:{smpp_stack.ports.simulator_control}/control/mo",
+                   json={"from": "+34600111222", "to": "12345", "text": text})
+    r.raise_for_status()
+    records = await read_topic(env.bootstrap, INBOUND.name(env.prefix), lambda rs: any(marker.encode() in r.value for r in rs))
+    mine = [InboundMessageEvent.model_validate_json(r.value) for r in records if marker.encode() in r.value]
+    assert len(mine) == 1
+    assert (mine[0].payload.sender, mine[0].payload.recipient, mine[0].payload.body) == ("+34600111222", "12345", text)
+    assert mine[0].payload.gateway == "smsc"
