@@ -17,7 +17,7 @@ CASES = [
     ("ж" * 71, "UCS-2", 2, 71),
     ("😀" * 35, "UCS-2", 1, 35),  # 35 emoji = 70 units
     ("a" * 66 + "😀" + "a" * 66, "UCS-2", 3, 133),  # a surrogate pair never split
-    ("“Smart” quotes — and… dots", "GSM-7", 1, 27),  # smart replacement keeps GSM-7 (… becomes ...)
+    ("“Smart” quotes — and… dots", "GSM-7", 1, 28),  # smart replacement keeps GSM-7 (… becomes ...)
     ("Ça va? ç", "GSM-7", 1, 8),  # ç has no GSM code: replaced by Ç
 ]
 
