@@ -56,6 +56,32 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_service(stack: Stack) -> dict[str, float]:
+    usage: dict[str, float] = {}
+    for p in stack.processes:
+        usage[p.name] = usage.get(p.name, 0.0) + cpu_seconds(p.popen.pid)
+    return usage
+
+
+async def campaign(stack: Stack, key: str, dsn: str, count: int, seed: int, countries: list[str]) -> tuple[int, float, float, dict[str, float]]:
+    """Send ``count`` marketing messages in batches; return (accepted, seconds to accept, seconds to all final, CPU s by service)."""
+    before = cpu_by_service(stack)
+    messages = [{"to": n, "body": "Flash sale: 30% off until midnight", "type": "marketing"}
+                for n in demo_numbers(count, seed=seed, countries=countries)]
+    started = time.monotonic()
+    ids = await post_batches(stack.url("ingest"), key, messages, 10_000)
+    accepted_s = time.monotonic() - started
+    await wait_final(dsn, ids, timeout_s=max(600, count / 50))
+    total_s = time.monotonic() - started
+    after = cpu_by_service(stack)
+    return len(ids), accepted_s, total_s, {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -196,16 +222,27 @@ async def run(args: argparse.Namespace, results: Results) -> None:
         await asyncio.to_thread(stack.wait_ready, 120)
         open_now = marketing_countries(True) or ["US"]
         print(f"campaign throughput: {args.recipients:,} recipients", flush=True)
-        campaign = [{"to": n, "body": "Flash sale: 30% off until midnight", "type": "marketing"}
-                    for n in demo_numbers(args.recipients, seed=1, countries=open_now)]
-        started = time.monotonic()
-        ids = await post_batches(stack.url("ingest"), key, campaign, 10_000)
-        accepted_s = time.monotonic() - started
-        await wait_final(dsn, ids, timeout_s=max(600, args.recipients / 50))
-        total_s = time.monotonic() - started
-        results.add(f"campaign, {len(ids):,} recipients, HTTP face: accept to every receipt recorded",
-                    f"{len(ids) / total_s:,.0f} msg/s ({total_s:.1f} s)", "≥ 5,000 msg/s (SMPP face)")
-        results.add("batch ingest while the pipeline runs", f"{len(ids) / accepted_s:,.0f} recipients/s")
+        count, accepted_s, total_s, cpu = await campaign(stack, key, dsn, args.recipients, 1, open_now)
+        results.add(f"campaign, {count:,} recipients, HTTP face: accept to every receipt recorded",
+                    f"{count / total_s:,.0f} msg/s ({total_s:.1f} s)", "≥ 5,000 msg/s (SMPP face)")
+        results.add("batch ingest while the pipeline runs", f"{count / accepted_s:,.0f} recipients/s")
+        busiest = max((n for n in cpu if n != "simulator"), key=cpu.get)
+        results.add("CPU seconds per service during that campaign",
+                    ", ".join(f"{n} {s:.1f}" for n, s in sorted(cpu.items(), key=lambda x: -x[1])))
+        results.notes.append(
+            f"The busiest stage in the campaign was {busiest} ({cpu[busiest]:.1f} CPU s of {total_s:.1f} s wall); "
+            f"the whole pipeline used {sum(cpu.values()) / total_s:.2f} of {os.cpu_count()} cores, Kafka and PostgreSQL not counted."
+        )
+        if args.scale:
+            scaled = args.scale if args.scale != "auto" else busiest
+            print(f"scale mode: a second {scaled}", flush=True)
+            extra = stack.start(scaled)
+            await asyncio.to_thread(stack.wait_ready, 120, [extra])
+            count2, _, total2, cpu2 = await campaign(stack, key, dsn, args.recipients, 7, open_now)
+            results.add(f"scale: campaign with one {scaled}", f"{count / total_s:,.0f} msg/s")
+            results.add(f"scale: campaign with two {scaled}", f"{count2 / total2:,.0f} msg/s")
+            results.add("CPU seconds per service with two " + scaled,
+                        ", ".join(f"{n} {s:.1f}" for n, s in sorted(cpu2.items(), key=lambda x: -x[1])))
 
         print("OTP latency, alone", flush=True)
         alone = await otp_latencies(stack, key, args.otps, 0.02)
@@ -247,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--otps", type=int, default=200)
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--scale", nargs="?", const="auto", default=None,
+                        help="run the campaign again with a second instance of SERVICE (default: the busiest)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
     results = Results(command="herald bench " + " ".join(argv if argv is not None else sys.argv[1:]))
