@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.ingest import metrics
+from services.ingest.audience import build_audience_router
 from services.ingest.domain import Rejection, parse_receipts, parse_request
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.repository import IngestRepository
@@ -80,6 +81,7 @@ def create_app(
     install_error_handlers(app)
     add_ops_routes(app, readiness)
     app.include_router(twilio_router(settings, publisher))
+    app.include_router(build_audience_router(settings))
     writer = Depends(principal_dependency("messages:write"))
     limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
 
