@@ -39,11 +39,14 @@ def parse_e164(raw: str, allowed_types: Iterable[str] | None = SMS_CAPABLE) -> P
         number = phonenumbers.parse(text, None)
     except NumberParseException as exc:
         raise PhoneError("unparseable_number", f"number cannot be parsed: {exc._msg}") from None
-    if not phonenumbers.is_possible_number(number):
-        raise PhoneError("impossible_number", "number has an impossible length for its country")
-    if not phonenumbers.is_valid_number(number):
+    # number_type() is UNKNOWN exactly when the number matches no pattern of its region, which
+    # is what is_valid_number() checks; asking once halves the cost on the hot path.
+    kind = phonenumbers.number_type(number)
+    if kind == PhoneNumberType.UNKNOWN:
+        if not phonenumbers.is_possible_number(number):
+            raise PhoneError("impossible_number", "number has an impossible length for its country")
         raise PhoneError("invalid_number", "number is not valid in its country's numbering plan")
-    number_type = _TYPE_NAMES.get(phonenumbers.number_type(number), "UNKNOWN")
+    number_type = _TYPE_NAMES.get(kind, "UNKNOWN")
     allowed = frozenset(allowed_types) if allowed_types is not None else None
     if allowed is not None and number_type not in allowed:
         raise PhoneError(

@@ -59,7 +59,8 @@ def accept(
     except PhoneError as exc:
         raise Rejection(exc.code, str(exc), [{"loc": "to", "code": exc.code, "msg": str(exc)}]) from None
     info = analyse(request.body, smart=smart_encoding)
-    return MessageAccepted(
+    # Every field is validated (the request) or computed here: skip a second validation.
+    return MessageAccepted.model_construct(
         message_id=message_id,
         to=phone.e164,
         country=phone.country,

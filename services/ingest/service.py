@@ -13,7 +13,7 @@ from typing import Literal
 from services.ingest.domain import Rejection, accept, request_hash
 from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
-from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest, derived_event_id
+from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
 from shared.kafka import Outgoing
 from shared.topics import ACCEPTED
 
@@ -28,8 +28,13 @@ Result = Accepted | Rejection
 
 
 def accepted_event(tenant: str, message: MessageAccepted, trace_id: str) -> Outgoing:
-    event = MessageAcceptedEvent(
-        event_id=derived_event_id(message.message_id, "accepted"),
+    # A message is accepted once, so its id is the event's id: stable when published again.
+    # Built without re-validation: every field was validated or computed just before.
+    event = MessageAcceptedEvent.model_construct(
+        event_id=message.message_id,
+        type="message.accepted",
+        version=1,
+        occurred_at=message.accepted_at,
         tenant=tenant,
         trace_id=trace_id,
         payload=message,
