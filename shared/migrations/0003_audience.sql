@@ -33,6 +33,7 @@ CREATE INDEX contacts_attributes ON contacts USING gin (tenant_id, attributes js
 CREATE INDEX contacts_country ON contacts (tenant_id, country);
 CREATE INDEX contacts_language ON contacts (tenant_id, language);
 CREATE INDEX contacts_last_activity ON contacts (tenant_id, last_activity_at);
+CREATE INDEX contacts_marketing_consent ON contacts (tenant_id, contact_id) WHERE consent_marketing;  -- "consent.marketing"
 
 -- Consent history: append-only, one row per grant or revocation, with its proof.
 CREATE TABLE contact_consents (

@@ -606,12 +606,14 @@ async def test_segments_use_the_indexes(pool) -> None:
         }
         rows.append(importer.check_contact(data, allowed_types=None)[0])
     await AudienceRepository(pool).upsert_contacts(t.tenant_id, rows)
+    await pool.execute("UPDATE contacts SET consent_marketing = true WHERE tenant_id = $1 AND tags = '{vip-idx}'", t.tenant_id)
     await pool.execute("ANALYZE contacts")
     for text, index in [
         ('"vip-idx" in tags', "contacts_tags"),
         ('plan = "platinum"', "contacts_attributes"),
         ('country = "PT"', "contacts_country"),
         ("last_activity_at < now() - interval '30 days'", "contacts_last_activity"),
+        ("consent.marketing", "contacts_marketing_consent"),
     ]:
         compiled = compile_sql(parse(text), first_param=2)
         plan = await pool.fetch(f"EXPLAIN SELECT 1 FROM contacts c WHERE c.tenant_id = $1 AND {compiled.sql}", t.tenant_id, *compiled.params)

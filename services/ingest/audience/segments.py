@@ -571,9 +571,12 @@ class _Compiler:
                 f"(EXISTS (SELECT 1 FROM suppressions s WHERE s.tenant_id = {self.a}.tenant_id AND s.phone_e164 = {self.a}.phone_e164)"
                 f" OR EXISTS (SELECT 1 FROM suppression_hashes h WHERE h.tenant_id = {self.a}.tenant_id AND h.phone_hash = {hashed}))"
             )
-            return f"({test} {'=' if op == '=' else '<>'} {self.rhs(v)})"
+            return test if _wants_true(op, v) else f"(NOT {test})"
         if f.kind == "consent":
-            return f"(coalesce({self.a}.{f.sql}, false) {'=' if op == '=' else '<>'} {self.rhs(v)})"
+            # Two fixed spellings, chosen by the (checked) boolean: `= true` can use the partial
+            # index on granted consent; NULL (never asked) counts as not granted.
+            col = f"{self.a}.{f.sql}"
+            return f"({col} = true)" if _wants_true(op, v) else f"({col} IS NOT TRUE)"
         if f.kind == "column":
             col = f"{self.a}.{f.sql}"
             if op == "!=":
@@ -602,6 +605,11 @@ class _Compiler:
         else:
             sql = f"coalesce({self.a}.{f.sql} = ANY({self.p([v.value for v in n.values], 'text[]')}), false)"
         return f"(NOT {sql})" if n.negated else f"({sql})"
+
+
+def _wants_true(op: str, v: Value) -> bool:
+    """`field = true` or `field != false`: the boolean comparison asks for true."""
+    return (op == "=") == (v.value is True)
 
 
 def _json_value(v: Value) -> Any:
