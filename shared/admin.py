@@ -156,6 +156,61 @@ async def suppressions_export(conn: asyncpg.Connection, actor: str, tenant_id: s
     return out.getvalue()
 
 
+def _number(number: str) -> str:
+    """A tenant number as handsets write to it: ``+`` and digits, a short code, or a sender id."""
+    text = "".join(number.split())
+    if not text or len(text) > 32:
+        raise ValueError("a number is 1 to 32 characters")
+    if text.startswith("+"):
+        try:
+            return parse_e164(text, allowed_types=None).e164
+        except PhoneError as exc:
+            raise ValueError(str(exc)) from None
+    return text
+
+
+async def number_add(conn: asyncpg.Connection, actor: str, tenant_id: str, number: str,
+                     scope: str | None = None) -> dict[str, Any]:
+    """Map a number, short code or sender id to a tenant (replies: docs/replies.md)."""
+    number = _number(number)
+    scope = scope.strip().lower() if scope and scope.strip() else None
+    if scope is not None and (len(scope) > 64 or not scope.replace("-", "").replace("_", "").isalnum()):
+        raise ValueError("a scope is one word of letters, digits, - or _ (up to 64)")
+    async with conn.transaction():
+        owner = await conn.fetchval("SELECT tenant_id FROM tenant_numbers WHERE number = $1", number)
+        if owner is not None and owner != tenant_id:
+            raise ValueError(f"number {number} belongs to another tenant")
+        if not await conn.fetchval("SELECT true FROM tenants WHERE tenant_id = $1", tenant_id):
+            raise LookupError(f"no tenant {tenant_id}")
+        await conn.execute(
+            "INSERT INTO tenant_numbers (number, tenant_id, scope) VALUES ($1, $2, $3)"
+            " ON CONFLICT (number) DO UPDATE SET scope = excluded.scope",
+            number, tenant_id, scope,
+        )
+        await audit(conn, actor, "number.add", number, tenant_id=tenant_id, scope=scope)
+    return {"number": number, "tenant_id": tenant_id, "scope": scope}
+
+
+async def number_list(conn: asyncpg.Connection, tenant_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT number, tenant_id, scope, created_at FROM tenant_numbers WHERE tenant_id = $1 ORDER BY number",
+        tenant_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def number_remove(conn: asyncpg.Connection, actor: str, tenant_id: str, number: str) -> bool:
+    number = _number(number)
+    async with conn.transaction():
+        status = await conn.execute(
+            "DELETE FROM tenant_numbers WHERE number = $1 AND tenant_id = $2", number, tenant_id
+        )
+        if status.endswith(" 0"):
+            return False
+        await audit(conn, actor, "number.remove", number, tenant_id=tenant_id)
+    return True
+
+
 async def audit_entries(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT $1", limit)
     return [dict(r) for r in rows]

@@ -79,6 +79,17 @@ def _admin_parser(sub: Any) -> None:
     e = supp.add_parser("export", help="CSV to standard output")
     e.add_argument("tenant_id")
 
+    numbers = objects.add_parser("numbers", help="numbers, short codes and sender ids replies are sent to").add_subparsers(
+        dest="action", required=True)
+    a = numbers.add_parser("add", help="map a number to a tenant, optionally with a brand scope")
+    a.add_argument("tenant_id")
+    a.add_argument("number")
+    a.add_argument("--scope", default=None, help="brand or sender scope: STOP to this number opts out of it only")
+    numbers.add_parser("list").add_argument("tenant_id")
+    rm = numbers.add_parser("remove")
+    rm.add_argument("tenant_id")
+    rm.add_argument("number")
+
     objects.add_parser("audit", help="the latest audit entries").add_argument("--limit", type=int, default=50)
 
 
@@ -129,6 +140,24 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         _print(asyncio.run(_with_db(lambda c: admin.suppressions_import(c, actor, args.tenant_id, rows, args.reason))))
     elif (obj, action) == ("suppressions", "export"):
         sys.stdout.write(asyncio.run(_with_db(lambda c: admin.suppressions_export(c, actor, args.tenant_id))))
+    elif (obj, action) == ("numbers", "add"):
+        try:
+            _print(asyncio.run(_with_db(lambda c: admin.number_add(c, actor, args.tenant_id, args.number, args.scope))))
+        except (ValueError, LookupError) as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+    elif (obj, action) == ("numbers", "list"):
+        _print(asyncio.run(_with_db(lambda c: admin.number_list(c, args.tenant_id))))
+    elif (obj, action) == ("numbers", "remove"):
+        try:
+            removed = asyncio.run(_with_db(lambda c: admin.number_remove(c, actor, args.tenant_id, args.number)))
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        if not removed:
+            print(f"tenant {args.tenant_id} has no number {args.number}", file=sys.stderr)
+            return 1
+        _print({"number": args.number, "tenant_id": args.tenant_id, "removed": True})
     elif obj == "audit":
         _print(asyncio.run(_with_db(lambda c: admin.audit_entries(c, args.limit))))
     return 0

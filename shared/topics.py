@@ -15,6 +15,7 @@ from shared.contracts import (
     MessageOutboundEvent,
     MessageStatusEvent,
     RejectedEventEnvelope,
+    ReplyForwardedEvent,
     TriggerEvent,
 )
 
@@ -87,8 +88,17 @@ INBOUND = Topic(
     InboundMessageEvent,
     key="sender number",
     producers=("dispatcher (SMPP deliver_sm)", "ingest (HTTP provider webhooks)"),
-    consumers=("replies handling (STOP/START/HELP, forwarding; planned)",),
+    consumers=("ingest (replies lane: STOP/START/HELP, forwarding)",),
     description="Messages handsets sent to our numbers (MO), normalised.",
+)
+REPLIES = Topic(
+    "replies.v1",
+    ReplyForwardedEvent,
+    key="handset number",
+    producers=("ingest (replies lane)",),
+    consumers=("upstream systems (CRMs, chatbots)",),
+    description="Ordinary replies (not STOP/START/HELP) from handsets, with the tenant found by the number they "
+    "were sent to and the latest messages of the conversation. See docs/replies.md.",
 )
 REJECTED = Topic(
     "rejected.v1",
@@ -100,7 +110,7 @@ REJECTED = Topic(
     config={"retention.ms": str(14 * 24 * 3600 * 1000)},
 )
 
-ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REJECTED)
+ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES, REJECTED)
 
 
 def _type_name(annotation: object) -> str:

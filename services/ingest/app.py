@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from services.ingest.api import create_app
+from services.ingest.replies.handler import RepliesHandler
+from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from services.ingest.triggers import TriggerHandler
 from shared.api import Check
-from shared.service import Context, Wiring, run_service
-from shared.topics import TRIGGERS
+from shared.service import Context, Lane, Wiring, run_service
+from shared.topics import INBOUND, TRIGGERS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -17,7 +19,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     repository = IngestRepository(ctx.pool)
     acceptor = Acceptor(repository, settings)
     app = create_app(settings, ctx.pool, acceptor, ctx.publisher, repository, readiness)
-    return Wiring(handler=TriggerHandler(acceptor, repository), app=app)
+    # Inbound replies (STOP/START/HELP, forwarding): their own consumer group, see docs/replies.md.
+    replies = Lane("replies", f"{settings.topic_prefix}ingest.replies", [INBOUND],
+                   RepliesHandler(acceptor, RepliesRepository(ctx.pool)))
+    return Wiring(handler=TriggerHandler(acceptor, repository), app=app, lanes=[replies])
 
 
 async def main(settings: IngestSettings | None = None) -> int:

@@ -46,6 +46,8 @@ class Facts:
     """What the scheduler loaded from PostgreSQL for one batch, keyed by (tenant, number)."""
 
     suppressions: Mapping[tuple[str, str], str] = field(default_factory=dict)  # → reason
+    # (tenant, number, sender) → reason: opted out of the scope (brand) that sender belongs to
+    scoped_suppressions: Mapping[tuple[str, str, str], str] = field(default_factory=dict)
     contact_zones: Mapping[tuple[str, str], str] = field(default_factory=dict)  # → IANA zone
     quiet_overrides: Mapping[str, Any] = field(default_factory=dict)  # tenant → TenantOverrides
 
@@ -59,7 +61,10 @@ def suppression_policy(tenant: str, message: MessageAccepted, facts: Facts, now:
         return None  # transactional messages (codes, receipts) are not marketing opt-outs
     reason = facts.suppressions.get((tenant, message.to))
     if reason is None:
-        return None
+        scoped = facts.scoped_suppressions.get((tenant, message.to, message.sender or ""))
+        if scoped is None:
+            return None
+        return Decision(Verdict.SUPPRESS, "suppressed", f"number opted out of this sender's scope ({scoped})")
     return Decision(Verdict.SUPPRESS, "suppressed", f"number is on the suppression list ({reason})")
 
 

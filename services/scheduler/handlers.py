@@ -42,13 +42,20 @@ class FactsRepository:
         if not keys:
             return Facts()
         tenants, phones = zip(*keys, strict=True)
+        # Global opt-outs (via NULL), and scoped ones (docs/replies.md) keyed by every sender of that scope.
         rows = await (conn or self.pool).fetch(
-            "SELECT s.tenant_id, s.phone_e164, s.reason FROM suppressions s"
-            " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON s.tenant_id = k.t AND s.phone_e164 = k.p",
+            "SELECT s.tenant_id, s.phone_e164, NULL::text AS via, s.reason FROM suppressions s"
+            " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON s.tenant_id = k.t AND s.phone_e164 = k.p"
+            " UNION ALL SELECT s.tenant_id, s.phone_e164, n.number, s.reason FROM scoped_suppressions s"
+            " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON s.tenant_id = k.t AND s.phone_e164 = k.p"
+            " JOIN tenant_numbers n ON n.tenant_id = s.tenant_id AND n.scope = s.scope",
             list(tenants),
             list(phones),
         )
-        return Facts(suppressions={(r["tenant_id"], r["phone_e164"]): r["reason"] for r in rows})
+        return Facts(
+            suppressions={(r["tenant_id"], r["phone_e164"]): r["reason"] for r in rows if r["via"] is None},
+            scoped_suppressions={(r["tenant_id"], r["phone_e164"], r["via"]): r["reason"] for r in rows if r["via"]},
+        )
 
     async def hold(self, conn: asyncpg.Connection | asyncpg.Pool, rows: list[tuple[MessageAccepted, str, str, Decision]]) -> None:
         """Store held messages: (message, tenant, trace id, DEFER decision). A row already held stays."""

@@ -17,6 +17,7 @@ from shared.contracts.messages import (
     RejectedEventEnvelope,
     TriggerEvent,
 )
+from shared.contracts.replies import ConversationEntry, ReplyForwarded, ReplyForwardedEvent
 
 __all__ = [
     "SYSTEM_TENANT",
@@ -34,6 +35,9 @@ __all__ = [
     "MessageStatusEvent",
     "RejectedEvent",
     "RejectedEventEnvelope",
+    "ConversationEntry",
+    "ReplyForwarded",
+    "ReplyForwardedEvent",
     "TriggerEvent",
     "derived_event_id",
     "utcnow",

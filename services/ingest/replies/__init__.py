@@ -1,0 +1,1 @@
+"""Inbound replies: keywords (STOP/START/HELP), consent changes, confirmations, forwarding."""
