@@ -21,12 +21,12 @@ from services.ingest.settings import IngestSettings
 from services.ingest.twilio_callbacks import create_router as twilio_router
 from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
 from shared.auth import Principal
-from shared.contracts import SYSTEM_TENANT, DeliveryReceiptEvent, MessageRequest, derived_event_id, utcnow
+from shared.contracts import MessageRequest, utcnow
+from shared.events import receipt_event
 from shared.kafka import Outgoing, Publisher, rejection
 from shared.phones import PhoneError, parse_e164
 from shared.signatures import HEADER as SIGNATURE_HEADER
 from shared.signatures import SignatureError, verify
-from shared.topics import RECEIPTS
 
 MAX_RECEIPT_BODY = 5 * 1024 * 1024
 
@@ -261,20 +261,7 @@ def create_app(
         except Rejection as exc:
             raise ApiError(422, exc.code, exc.message) from None
         trace = _trace_id(request)
-        outgoing = [
-            Outgoing(
-                RECEIPTS,
-                r.gateway_message_id,
-                DeliveryReceiptEvent(
-                    # The same receipt posted twice is the same event: the timeline keeps it once.
-                    event_id=derived_event_id(r.gateway, r.gateway_message_id, r.status, r.error_code),
-                    tenant=SYSTEM_TENANT,
-                    trace_id=trace,
-                    payload=r,
-                ),
-            )
-            for r in good
-        ]
+        outgoing = [receipt_event(r, trace) for r in good]
         source = f"receipts:{gateway}"
         outgoing += [
             rejection(source, exc.code, exc.message, json.dumps(item, default=str), errors=exc.details, trace_id=trace)

@@ -30,18 +30,14 @@ from services.ingest import metrics
 from services.ingest.settings import IngestSettings
 from shared.api import ApiError
 from shared.contracts import (
-    SYSTEM_TENANT,
     DeliveryReceipt,
-    DeliveryReceiptEvent,
     InboundMessage,
-    InboundMessageEvent,
-    derived_event_id,
     utcnow,
 )
 from shared.errors import field_errors
+from shared.events import inbound_event, receipt_event
 from shared.kafka import Outgoing, Publisher
 from shared.statuses import ReceiptStatus
-from shared.topics import INBOUND, RECEIPTS
 
 log = logging.getLogger(__name__)
 
@@ -226,14 +222,8 @@ def create_router(settings: IngestSettings, publisher: Publisher) -> APIRouter:
         form = dict(await verified_form(gateway, request))
         ref = parse_qs(request.scope.get("query_string", b"").decode("latin-1")).get("ref", [None])[0]
         receipt = receipt_from(gateway, form, ref)
-        event = DeliveryReceiptEvent(
-            # Same scheme as POST /v1/receipts/{gateway}: the same callback twice is one event.
-            event_id=derived_event_id(receipt.gateway, receipt.gateway_message_id, receipt.status, receipt.error_code),
-            tenant=SYSTEM_TENANT,
-            trace_id=trace_id(request),
-            payload=receipt,
-        )
-        await publish([Outgoing(RECEIPTS, receipt.gateway_message_id, event)])
+        # Same event id as POST /v1/receipts/{gateway}: the same callback twice is one event.
+        await publish([receipt_event(receipt, trace_id(request))])
         metrics.RECEIPTS.labels(gateway, "accepted").inc()
         return Response(status_code=204)
 
@@ -246,13 +236,7 @@ def create_router(settings: IngestSettings, publisher: Publisher) -> APIRouter:
         """An SMS sent to one of the account's numbers (Twilio's incoming message webhook)."""
         form = dict(await verified_form(gateway, request))
         message = inbound_from(gateway, form)
-        event = InboundMessageEvent(
-            event_id=derived_event_id(gateway, message.gateway_message_id, "inbound"),
-            tenant=SYSTEM_TENANT,
-            trace_id=trace_id(request),
-            payload=message,
-        )
-        await publish([Outgoing(INBOUND, message.sender, event)])
+        await publish([inbound_event(message, trace_id(request))])
         return Response(EMPTY_TWIML, media_type="text/xml")
 
     return router
