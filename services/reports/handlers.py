@@ -10,7 +10,7 @@ from datetime import datetime
 
 import asyncpg
 
-from services.reports import metrics
+from services.reports import metrics, webhooks
 from services.reports.domain import Change, Transition, apply, from_accepted, from_receipt, from_status
 from services.reports.repository import ReportsRepository
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
@@ -49,6 +49,8 @@ async def record(repo: ReportsRepository, changes: list[Change]) -> list[Transit
         transitions += moved
     await repo.save_states(new_states)
     await repo.add_timeline(changes)
+    # status webhooks: outbox rows commit with the states (services/reports/webhooks.py)
+    await webhooks.enqueue(repo.conn, webhooks.notifications(states, new_states, by_message, transitions))
     return transitions
 
 

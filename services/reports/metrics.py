@@ -1,4 +1,4 @@
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -18,3 +18,20 @@ RECEIPTS_PARKED = Counter(
     "herald_receipts_parked_total", "Receipts that arrived before their submission was recorded"
 )
 RECEIPTS_UNPARKED = Counter("herald_receipts_unparked_total", "Parked receipts applied later")
+
+WEBHOOKS_DELIVERED = Counter("herald_webhooks_delivered_total", "Status webhooks the customer answered with 2xx")
+WEBHOOKS_FAILED_ATTEMPTS = Counter(
+    "herald_webhooks_failed_attempts_total", "Status webhook attempts that failed", ["reason"]
+)
+WEBHOOKS_DEAD_LETTERS = Counter(
+    "herald_webhooks_dead_letters_total", "Status webhooks given up on (refused or out of attempts)", ["reason"]
+)
+WEBHOOK_SECONDS = Histogram(
+    "herald_webhook_request_seconds", "Duration of one status webhook POST", ["outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WEBHOOK_LAG = Histogram(
+    "herald_webhook_delivery_lag_seconds", "From the status change to its webhook's successful delivery",
+    buckets=LATENCY_BUCKETS,
+)
+WEBHOOK_OUTBOX_DEPTH = Gauge("herald_webhook_outbox_depth", "Status webhooks waiting to be delivered (pending rows)")

@@ -9,3 +9,19 @@ class ReportsSettings(ConsumerSettings):
     http_port: int = Field(38083, description="Port of the reports HTTP server")
     consumer_max_records: int = Field(2000, ge=1, description="Most events handled in one batch")
     pending_sweep_interval_s: float = Field(2.0, gt=0, description="How often parked receipts are matched again")
+    webhooks_enabled: bool = Field(
+        True, description="Run the status webhook worker in this instance (changes are queued in the outbox either way)"
+    )
+    webhook_max_attempts: int = Field(8, ge=1, description="Attempts before a status webhook is dead-lettered")
+    webhook_backoff_base_s: float = Field(5.0, gt=0, description="Delay before the first webhook retry; doubles each time")
+    webhook_backoff_max_s: float = Field(600.0, gt=0, description="Longest delay between two webhook attempts")
+    webhook_backoff_jitter: float = Field(
+        0.1, ge=0, le=1, description="Random share added to each webhook retry delay (0.1: up to +10%)"
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Bound on one webhook POST (connect, write, read)")
+    webhook_concurrency: int = Field(32, ge=1, description="Webhook POSTs in flight per reports instance")
+    webhook_poll_interval_s: float = Field(0.5, gt=0, description="How often an idle webhook worker looks for due rows")
+    webhook_lease_s: float = Field(
+        60.0, gt=0, description="A claimed webhook is due again after this long if its worker died"
+    )
+    webhook_retention_h: float = Field(72.0, gt=0, description="Delivered webhook rows are deleted after this many hours")

@@ -1,0 +1,522 @@
+"""Status webhooks to customers: a transactional outbox and the worker that empties it.
+
+``record()`` (handlers.py) calls :func:`notifications` and :func:`enqueue` in the transaction
+that writes the new states, so a status change and its webhook row commit together.
+:class:`WebhookWorker` claims due rows with ``FOR UPDATE SKIP LOCKED`` — only the lowest
+pending ``seq`` of each message, so a message's callbacks are posted in order — signs each
+body with the tenant's secret (shared/signatures.py), posts it, and marks it delivered,
+retries it later with exponential backoff, or dead-letters it. See docs/webhooks.md.
+
+``python -m services.reports.webhooks secret TENANT`` prints a tenant's signing secret
+(creating it if needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import secrets as secrets_module
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+
+from services.reports import metrics
+from services.reports.domain import Change, MessageState, Transition
+from shared.contracts import derived_event_id
+from shared.signatures import HEADER as SIGNATURE_HEADER
+from shared.signatures import sign
+from shared.statuses import FINAL, RANK, Status
+
+log = logging.getLogger(__name__)
+
+EVENT_ID_HEADER = "X-Herald-Event-Id"
+ATTEMPT_HEADER = "X-Herald-Delivery-Attempt"
+USER_AGENT = "Herald-Webhooks/1"
+SECRET_PREFIX = "whsec_"
+SECRET_CACHE_S = 300.0
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One status change to tell a customer about (before it has a seq)."""
+
+    message_id: uuid.UUID
+    tenant_id: str
+    url: str
+    status: Status
+    previous_status: Status | None
+    occurred_at: datetime | None
+    reason_code: str | None
+    reason: str | None
+    gateway: str | None
+    segments: int | None
+    metadata: dict[str, str]
+    attempts: int | None
+
+
+def event_id(message_id: uuid.UUID, status: Status) -> uuid.UUID:
+    """The same for every re-post of one status change: receivers deduplicate on it."""
+    return derived_event_id("webhook", message_id, status.value)
+
+
+def _note(state: MessageState, url: str, status: Status, previous: Status | None, occurred_at: datetime | None,
+          change: Change | None) -> Notification:
+    final = status in FINAL
+    reason_code = change.reason_code if change else None
+    reason = change.reason if change else None
+    if final and reason_code is None and state.status is status:
+        reason_code, reason = state.reason_code, state.reason
+    attempts = change.detail.get("attempts") if change else None
+    return Notification(
+        message_id=state.message_id, tenant_id=state.tenant_id, url=url,
+        status=status, previous_status=previous, occurred_at=occurred_at,
+        reason_code=reason_code, reason=reason, gateway=state.gateway,
+        segments=state.fields.get("segments"), metadata=dict(state.fields.get("metadata") or {}),
+        attempts=attempts if isinstance(attempts, int) else None,
+    )
+
+
+def _catch_up(before: MessageState, after: MessageState) -> list[Notification]:
+    """The status moved before the callback URL was known (its accepted event came late):
+    tell what is known of the path so far, in order."""
+    steps: list[tuple[Status, datetime | None]] = [(Status.ACCEPTED, after.accepted_at)]
+    if after.submitted_at is not None:
+        steps.append((Status.SUBMITTED, after.submitted_at))
+    current_at = before.final_at if before.status in FINAL else None
+    steps.append((before.status, current_at or (after.submitted_at if before.status is Status.SUBMITTED else None)))
+    notes: list[Notification] = []
+    previous: Status | None = None
+    for status, at in steps:
+        if RANK[status] > before.rank or status is previous or any(n.status is status for n in notes):
+            continue
+        notes.append(_note(after, after.fields["status_callback_url"], status, previous, at, None))
+        previous = status
+    return notes
+
+
+def notifications(
+    before: Mapping[uuid.UUID, MessageState],
+    saved: Iterable[MessageState],
+    changes: Mapping[uuid.UUID, Sequence[Change]],
+    transitions: Iterable[Transition],
+) -> list[Notification]:
+    """What to post for one ``record()`` call, in order per message.
+
+    ``before``: the locked states; ``saved``: the states written; ``changes``: the changes by
+    message; ``transitions``: what ``apply`` returned. Only messages with a callback URL count;
+    the URL of the state after the batch is used, so a URL that comes with the accepted event
+    in the same batch as later changes covers them too.
+    """
+    after = {**before, **{s.message_id: s for s in saved}}
+    moved: dict[uuid.UUID, list[Transition]] = defaultdict(list)
+    for t in transitions:
+        moved[t.message_id].append(t)
+    notes: list[Notification] = []
+    for message_id, state in after.items():
+        url = state.fields.get("status_callback_url")
+        if not url:
+            continue
+        old = before.get(message_id)
+        if old is not None and old.rank > 0 and not old.fields.get("status_callback_url"):
+            notes += _catch_up(old, state)
+        for t in moved.get(message_id, []):
+            causes = [c for c in changes.get(message_id, ()) if c.status is t.new]
+            cause = min(causes, key=lambda c: c.occurred_at) if causes else None
+            notes.append(_note(t.state, url, t.new, t.old, cause.occurred_at if cause else None, cause))
+    return notes
+
+
+def build_payload(note: Notification, seq: int) -> dict[str, Any]:
+    return {
+        "event_id": str(event_id(note.message_id, note.status)),
+        "type": "message.status",
+        "message_id": str(note.message_id),
+        "seq": seq,
+        "status": note.status.value,
+        "previous_status": note.previous_status.value if note.previous_status else None,
+        "reason_code": note.reason_code,
+        "reason": note.reason,
+        "occurred_at": note.occurred_at.isoformat() if note.occurred_at else None,
+        "gateway": note.gateway,
+        "segments": note.segments,
+        "metadata": note.metadata,
+        "attempts": note.attempts,
+    }
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    """The exact bytes posted and signed (stable: the same payload gives the same body)."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def build_headers(secret: bytes, body: bytes, event: str, attempt: int, now: int) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: sign(secret, body, now),
+        EVENT_ID_HEADER: event,
+        ATTEMPT_HEADER: str(attempt),
+    }
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, jitter: float = 0.0,
+              rand: Callable[[], float] = random.random) -> float:
+    """Delay after failed attempt number ``attempt`` (1-based): base, 2×base, 4×base… capped,
+    plus up to ``jitter`` of itself at random."""
+    delay = min(max_s, base_s * 2 ** min(max(attempt - 1, 0), 60))
+    return delay * (1 + jitter * rand())
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+def classify(status_code: int) -> Outcome:
+    """2xx: delivered; 408, 429 and 5xx: try again; anything else (4xx, 3xx: redirects are
+    never followed): the receiver refuses, dead at once."""
+    if 200 <= status_code < 300:
+        return Outcome.DELIVERED
+    if status_code in (408, 429) or status_code >= 500:
+        return Outcome.RETRY
+    return Outcome.DEAD
+
+
+def url_allowed(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """The ordering rule, for reasoning and tests; ``WebhookStore.claim`` is its SQL."""
+
+    message_id: uuid.UUID
+    seq: int
+    state: str
+    next_attempt_at: float
+
+
+def claimable(rows: Iterable[OutboxRow], now: float) -> list[OutboxRow]:
+    """Due pending rows that are the lowest pending seq of their message. A row in flight
+    stays pending (its lease pushed next_attempt_at ahead), so it blocks its successors."""
+    heads: dict[uuid.UUID, OutboxRow] = {}
+    for row in rows:
+        if row.state == "pending" and (row.message_id not in heads or row.seq < heads[row.message_id].seq):
+            heads[row.message_id] = row
+    return sorted((r for r in heads.values() if r.next_attempt_at <= now), key=lambda r: r.next_attempt_at)
+
+
+def _retry_after(value: str | None, cap: float) -> float | None:
+    if value and value.strip().isdigit():
+        return min(float(value.strip()), cap)
+    return None
+
+
+# --- the outbox in PostgreSQL -------------------------------------------------------------
+
+
+async def enqueue(conn: asyncpg.Connection, notes: Sequence[Notification]) -> int:
+    """Insert one outbox row per notification, seq continuing each message's last one.
+    Inside ``record()``'s transaction, with the messages' rows locked."""
+    if not notes:
+        return 0
+    ids = sorted({n.message_id for n in notes})
+    rows = await conn.fetch(
+        "SELECT message_id, max(seq) AS seq FROM webhook_outbox WHERE message_id = ANY($1::uuid[]) GROUP BY message_id",
+        ids,
+    )
+    last = {r["message_id"]: r["seq"] for r in rows}
+    columns: dict[str, list[Any]] = {k: [] for k in ("m", "s", "t", "e", "u", "p")}
+    for note in notes:
+        seq = last.get(note.message_id, 0) + 1
+        last[note.message_id] = seq
+        payload = build_payload(note, seq)
+        columns["m"].append(note.message_id)
+        columns["s"].append(seq)
+        columns["t"].append(note.tenant_id)
+        columns["e"].append(uuid.UUID(payload["event_id"]))
+        columns["u"].append(note.url)
+        columns["p"].append(json.dumps(payload))
+    await conn.execute(
+        "INSERT INTO webhook_outbox (message_id, seq, tenant_id, event_id, url, payload)"
+        " SELECT m, s, t, e, u, p::jsonb FROM unnest($1::uuid[], $2::int[], $3::text[], $4::uuid[], $5::text[], $6::text[])"
+        " AS x(m, s, t, e, u, p) ON CONFLICT DO NOTHING",
+        *columns.values(),
+    )
+    return len(notes)
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets_module.token_urlsafe(32)
+
+
+class WebhookStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def claim(self, limit: int, lease_s: float) -> list[asyncpg.Record]:
+        """Take up to ``limit`` due rows, each the lowest pending seq of its message, and push
+        them one lease ahead (so no one else takes them while they are posted)."""
+        return await self.pool.fetch(
+            "WITH due AS ("
+            " SELECT o.id FROM webhook_outbox o"
+            " WHERE o.state = 'pending' AND o.next_attempt_at <= now()"
+            "  AND NOT EXISTS (SELECT 1 FROM webhook_outbox p"
+            "   WHERE p.message_id = o.message_id AND p.state = 'pending' AND p.seq < o.seq)"
+            " ORDER BY o.next_attempt_at, o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED)"
+            " UPDATE webhook_outbox o SET attempts = o.attempts + 1,"
+            "  next_attempt_at = now() + make_interval(secs => $2)"
+            " FROM due WHERE o.id = due.id"
+            " RETURNING o.id, o.message_id, o.seq, o.tenant_id, o.event_id, o.url, o.payload, o.attempts, o.created_at",
+            limit, lease_s,
+        )
+
+    async def delivered(self, row_id: int, status_code: int) -> None:
+        await self.pool.execute(
+            "UPDATE webhook_outbox SET state = 'delivered', last_status = $2, last_error = NULL, finished_at = now()"
+            " WHERE id = $1 AND state = 'pending'",
+            row_id, status_code,
+        )
+
+    async def retry(self, row_id: int, attempts: int, delay_s: float, status_code: int | None, error: str) -> None:
+        await self.pool.execute(
+            "UPDATE webhook_outbox SET next_attempt_at = now() + make_interval(secs => $3), last_status = $4,"
+            " last_error = $5 WHERE id = $1 AND attempts = $2 AND state = 'pending'",
+            row_id, attempts, delay_s, status_code, error,
+        )
+
+    async def dead(self, row_id: int, status_code: int | None, error: str) -> None:
+        await self.pool.execute(
+            "UPDATE webhook_outbox SET state = 'dead', last_status = $2, last_error = $3, finished_at = now()"
+            " WHERE id = $1 AND state = 'pending'",
+            row_id, status_code, error,
+        )
+
+    async def secrets(self, tenants: Iterable[str]) -> dict[str, str]:
+        """Each tenant's signing secret, created on first use."""
+        wanted = sorted(set(tenants))
+        if not wanted:
+            return {}
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO webhook_secrets (tenant_id, secret)"
+                " SELECT t, s FROM unnest($1::text[], $2::text[]) AS x(t, s) ON CONFLICT DO NOTHING",
+                wanted, [new_secret() for _ in wanted],
+            )
+            rows = await conn.fetch("SELECT tenant_id, secret FROM webhook_secrets WHERE tenant_id = ANY($1::text[])", wanted)
+        return {r["tenant_id"]: r["secret"] for r in rows}
+
+    async def depth(self) -> int:
+        return await self.pool.fetchval("SELECT count(*) FROM webhook_outbox WHERE state = 'pending'")
+
+    async def prune(self, retention_h: float, limit: int = 10_000) -> int:
+        result = await self.pool.execute(
+            "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox WHERE state = 'delivered'"
+            " AND finished_at < now() - make_interval(secs => $1) LIMIT $2)",
+            retention_h * 3600, limit,
+        )
+        return int(result.split()[-1])
+
+
+# --- the worker -----------------------------------------------------------------------------
+
+
+def make_client(timeout_s: float, concurrency: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s),
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        headers={"User-Agent": USER_AGENT},
+        trust_env=False,
+    )
+
+
+class WebhookWorker:
+    """Claims due outbox rows and posts them, ``concurrency`` at a time, through one client."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Any, *, rand: Callable[[], float] = random.random,
+                 housekeeping_s: float = 5.0) -> None:
+        self.store = WebhookStore(pool)
+        self.s = settings
+        self.rand = rand
+        self.housekeeping_s = housekeeping_s
+        self._stop = asyncio.Event()
+        self._secrets: dict[str, tuple[bytes, float]] = {}
+        self._client: httpx.AsyncClient | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def lease_s(self) -> float:
+        """Never shorter than a POST can take, or a slow post would be claimed twice."""
+        return max(self.s.webhook_lease_s, 2 * self.s.webhook_timeout_s + 1)
+
+    async def _secret(self, tenant: str) -> bytes:
+        cached = self._secrets.get(tenant)
+        if cached and time.monotonic() - cached[1] < SECRET_CACHE_S:
+            return cached[0]
+        value = (await self.store.secrets([tenant]))[tenant].encode()
+        self._secrets[tenant] = (value, time.monotonic())
+        return value
+
+    async def deliver(self, client: httpx.AsyncClient, row: Mapping[str, Any]) -> Outcome:
+        """Post one claimed row and record what happened."""
+        url, attempt = row["url"], row["attempts"]
+        payload = row["payload"] if isinstance(row["payload"], dict) else json.loads(row["payload"])
+        host = urlsplit(url).hostname if url_allowed(url) else None
+        if host is None:
+            await self._dead(row, None, "invalid_url", "only http and https URLs with a host are posted")
+            return Outcome.DEAD
+        body = encode(payload)
+        headers = build_headers(await self._secret(row["tenant_id"]), body, str(row["event_id"]), attempt, int(time.time()))
+        started = time.monotonic()
+        status_code: int | None = None
+        retry_after: str | None = None
+        try:
+            async with client.stream("POST", url, content=body, headers=headers) as response:
+                status_code = response.status_code
+                retry_after = response.headers.get("retry-after")
+            outcome = classify(status_code)
+            reason = "ok" if outcome is Outcome.DELIVERED else f"http_{status_code}"
+            error = None if outcome is Outcome.DELIVERED else f"HTTP {status_code}"
+        except httpx.TimeoutException as exc:
+            outcome, reason, error = Outcome.RETRY, "timeout", f"timeout ({type(exc).__name__})"
+        except httpx.HTTPError as exc:
+            outcome, reason, error = Outcome.RETRY, "connection", f"{type(exc).__name__}: {exc}"[:300]
+        metrics.WEBHOOK_SECONDS.labels(outcome.value).observe(time.monotonic() - started)
+        if outcome is Outcome.DELIVERED:
+            await self.store.delivered(row["id"], status_code or 0)
+            metrics.WEBHOOKS_DELIVERED.inc()
+            occurred = payload.get("occurred_at")
+            if occurred:
+                lag = time.time() - datetime.fromisoformat(occurred).timestamp()
+                metrics.WEBHOOK_LAG.observe(max(0.0, lag))
+            return outcome
+        if outcome is Outcome.DEAD:
+            await self._dead(row, status_code, "redirect" if status_code and status_code < 400 else "refused",
+                             error or "refused")
+            return outcome
+        metrics.WEBHOOKS_FAILED_ATTEMPTS.labels("http_5xx" if reason.startswith("http_5") else reason).inc()
+        if attempt >= self.s.webhook_max_attempts:
+            await self._dead(row, status_code, "exhausted", f"{error} after {attempt} attempts")
+            return Outcome.DEAD
+        delay = backoff_s(attempt, self.s.webhook_backoff_base_s, self.s.webhook_backoff_max_s,
+                          self.s.webhook_backoff_jitter, self.rand)
+        hinted = _retry_after(retry_after, self.s.webhook_backoff_max_s) if status_code in (429, 503) else None
+        await self.store.retry(row["id"], attempt, max(delay, hinted or 0.0), status_code, error or reason)
+        return outcome
+
+    async def _dead(self, row: Mapping[str, Any], status_code: int | None, reason: str, error: str) -> None:
+        await self.store.dead(row["id"], status_code, error)
+        metrics.WEBHOOKS_DEAD_LETTERS.labels(reason).inc()
+        log.warning("status webhook dead-lettered", extra={
+            "message_id": str(row["message_id"]), "event_id": str(row["event_id"]), "seq": row["seq"],
+            "reason": reason, "error": error, "host": urlsplit(row["url"]).hostname, "attempts": row["attempts"],
+        })
+
+    async def _deliver_logged(self, client: httpx.AsyncClient, row: Mapping[str, Any]) -> None:
+        try:
+            await self.deliver(client, row)
+        except Exception:
+            # the lease runs out and the row is posted again (receivers deduplicate by event id)
+            log.exception("status webhook delivery failed", extra={"event_id": str(row["event_id"])})
+
+    async def run_once(self, client: httpx.AsyncClient | None = None) -> int:
+        """Claim what is due now and post it all (tests, and a manual drain)."""
+        own = client is None
+        client = client or make_client(self.s.webhook_timeout_s, self.s.webhook_concurrency)
+        try:
+            rows = await self.store.claim(self.s.webhook_concurrency, self.lease_s)
+            await asyncio.gather(*(self._deliver_logged(client, r) for r in rows))
+            return len(rows)
+        finally:
+            if own:
+                await client.aclose()
+
+    async def _housekeeping(self) -> None:
+        try:
+            await self.store.prune(self.s.webhook_retention_h)
+            metrics.WEBHOOK_OUTBOX_DEPTH.set(await self.store.depth())
+        except Exception:
+            log.exception("webhook outbox housekeeping failed")
+
+    async def run(self) -> None:
+        client = make_client(self.s.webhook_timeout_s, self.s.webhook_concurrency)
+        inflight: set[asyncio.Task[None]] = set()
+        stopping = asyncio.create_task(self._stop.wait())
+        last_housekeeping = 0.0
+        timed_out = True
+        try:
+            while not self._stop.is_set():
+                if time.monotonic() - last_housekeeping >= self.housekeeping_s:
+                    last_housekeeping = time.monotonic()
+                    await self._housekeeping()
+                free = self.s.webhook_concurrency - len(inflight)
+                # claim in batches when busy: one claim query per freed slot would cost more than the posts
+                if free > 0 and (timed_out or free >= max(1, self.s.webhook_concurrency // 4)):
+                    try:
+                        rows = await self.store.claim(free, self.lease_s)
+                    except Exception:
+                        log.exception("claiming status webhooks failed")
+                        rows = []
+                    for row in rows:
+                        task = asyncio.create_task(self._deliver_logged(client, row))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                # wake when a post ends (its message's next seq may be due now), on stop, or to poll
+                done, _ = await asyncio.wait({*inflight, stopping}, timeout=self.s.webhook_poll_interval_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                timed_out = not done
+        finally:
+            stopping.cancel()
+            if inflight:
+                await asyncio.wait(inflight, timeout=self.s.webhook_timeout_s + 1)
+                for task in inflight:
+                    task.cancel()
+            await client.aclose()
+
+
+# --- python -m services.reports.webhooks secret TENANT ---------------------------------------
+
+
+async def _print_secret(tenant: str) -> None:
+    from services.reports.settings import ReportsSettings
+    from shared.db import create_pool
+
+    pool = await create_pool(ReportsSettings(), timeout_s=10)
+    try:
+        print((await WebhookStore(pool).secrets([tenant]))[tenant])
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "secret":
+        print("usage: python -m services.reports.webhooks secret TENANT", file=sys.stderr)
+        return 2
+    asyncio.run(_print_secret(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
