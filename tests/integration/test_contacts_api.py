@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -285,6 +286,22 @@ async def test_import_100k_rows_streamed(client, pool, tenant: Tenant) -> None:
     count, _ = await repo.preview(tenant.tenant_id, parse('"vip" in tags and plan = "pro" and score >= 50'))
     expected = sum(1 for i in range(rows) if i % 10 == 0 and i % 3 == 0 and i % 100 >= 50)
     assert count == expected
+
+
+async def test_concurrent_imports_of_the_same_numbers(client, pool, tenant: Tenant) -> None:
+    """Two uploads upserting the same 3,000 numbers in opposite orders: both finish, each number once."""
+    numbers = [phone(i) for i in range(3000)]
+    forward = "phone,first_name\n" + "".join(f"{n},A\n" for n in numbers)
+    backward = "phone,first_name\n" + "".join(f"{n},B\n" for n in reversed(numbers))
+    h = {**tenant.headers, "content-type": "text/csv"}
+    first, second = await asyncio.gather(
+        client.post("/v1/contacts/import", content=forward.encode(), headers=h),
+        client.post("/v1/contacts/import", content=backward.encode(), headers=h),
+    )
+    assert first.status_code == second.status_code == 200, (first.text[:300], second.text[:300])
+    a, b = first.json(), second.json()
+    assert a["created"] + b["created"] == 3000 and a["updated"] + b["updated"] == 3000
+    assert await pool.fetchval("SELECT count(*) FROM contacts WHERE tenant_id = $1", tenant.tenant_id) == 3000
 
 
 async def test_importer_reads_in_chunks_and_keeps_one_batch_in_flight(pool, env) -> None:

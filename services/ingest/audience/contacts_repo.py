@@ -180,14 +180,19 @@ class AudienceRepository:
 
         Only the fields a row gives are written; attributes are merged (null removes a key).
         A row inserted by another transaction between our update and our insert is updated
-        on a second pass.
+        on a second pass; a deadlock with another import retries the batch.
         """
         pending = list(rows)
         created = updated = 0
-        for _ in range(3):
+        for attempt in range(4):
             if not pending:
                 break
-            records = await self.pool.fetch(_UPSERT, tenant_id, *_columns(pending))
+            try:
+                records = await self.pool.fetch(_UPSERT, tenant_id, *_columns(pending))
+            except asyncpg.DeadlockDetectedError:  # two imports updating the same numbers: the batch is idempotent
+                if attempt == 3:
+                    raise
+                continue
             done = {r["phone_e164"] for r in records}
             created += sum(r["kind"] == "created" for r in records)
             updated += sum(r["kind"] == "updated" for r in records)

@@ -94,11 +94,11 @@ def check_contact(
     if raw_phone is None:
         if not partial or "phone" in data:
             errors.append(RowError("phone", "missing_phone", "phone is required"))
-    elif not isinstance(raw_phone, str):
+    elif not isinstance(raw_phone, str) or len(raw_phone) > 40:
         errors.append(RowError("phone", "not_e164", "phone must be a string in E.164 form"))
     else:
         try:
-            phone = parse_e164(raw_phone[:40], allowed_types)
+            phone = parse_e164(raw_phone, allowed_types)
             out.phone, out.country_of_phone = phone.e164, phone.country
         except PhoneError as exc:
             errors.append(RowError("phone", exc.code, str(exc)))
