@@ -48,7 +48,11 @@ class FactsRepository:
             " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON s.tenant_id = k.t AND s.phone_e164 = k.p"
             " UNION ALL SELECT s.tenant_id, s.phone_e164, n.number, s.reason FROM scoped_suppressions s"
             " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON s.tenant_id = k.t AND s.phone_e164 = k.p"
-            " JOIN tenant_numbers n ON n.tenant_id = s.tenant_id AND n.scope = s.scope",
+            " JOIN tenant_numbers n ON n.tenant_id = s.tenant_id AND n.scope = s.scope"
+            # Erased contacts stay suppressed by a hash of tenant and number (docs/audience.md).
+            " UNION ALL SELECT k.t, k.p, NULL, h.reason FROM unnest($1::text[], $2::text[]) AS k(t, p)"
+            " JOIN suppression_hashes h ON h.tenant_id = k.t AND h.phone_hash ="
+            " encode(sha256(convert_to('herald-erasure-v1:' || k.t || ':' || k.p, 'UTF8')), 'hex')",
             list(tenants),
             list(phones),
         )

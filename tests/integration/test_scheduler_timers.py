@@ -92,3 +92,17 @@ async def test_released_message_is_decided_again(pool) -> None:
     due = await pool.fetchval("SELECT due_at FROM scheduled_messages WHERE message_id = $1", late.message_id)
     assert due == datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
     assert not any(isinstance(o.event, MessageOutboundEvent) for o in publisher.items)
+
+
+async def test_erased_numbers_stay_suppressed_by_their_hash(pool) -> None:
+    import hashlib
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    phone = "+34600000077"
+    digest = hashlib.sha256(f"herald-erasure-v1:{tenant}:{phone}".encode()).hexdigest()
+    await pool.execute(
+        "INSERT INTO suppression_hashes (tenant_id, phone_hash, reason, source) VALUES ($1, $2, 'erased', 'erasure')",
+        tenant, digest,
+    )
+    facts = await FactsRepository(pool).load({(tenant, phone), (tenant, "+34600000078")})
+    assert facts.suppressions == {(tenant, phone): "erased"}
