@@ -47,8 +47,17 @@ ACCEPTED = Topic(
     MessageAcceptedEvent,
     key="recipient E.164 number",
     producers=("ingest",),
-    consumers=("scheduler", "reports"),
-    description="Validated messages with their id, encoding and segments.",
+    consumers=("scheduler (priority lane)", "reports"),
+    description="Validated transactional messages with their id, encoding and segments. A lane of its own "
+    "from ingest on, so a code never queues behind a campaign in any stage.",
+)
+ACCEPTED_BULK = Topic(
+    "messages.accepted.bulk.v1",
+    MessageAcceptedEvent,
+    key="recipient E.164 number",
+    producers=("ingest",),
+    consumers=("scheduler (bulk lane)", "reports"),
+    description="Validated marketing messages (campaigns), same contract as messages.accepted.v1.",
 )
 OUTBOUND = Topic(
     "messages.outbound.priority.v1",
@@ -110,7 +119,7 @@ REJECTED = Topic(
     config={"retention.ms": str(14 * 24 * 3600 * 1000)},
 )
 
-ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES, REJECTED)
+ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES, REJECTED)
 
 
 def _type_name(annotation: object) -> str:

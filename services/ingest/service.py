@@ -5,6 +5,8 @@ Shared by the HTTP API and the trigger-topic consumer, so both paths validate al
 
 from __future__ import annotations
 
+import asyncio
+
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +17,8 @@ from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
 from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
 from shared.kafka import Outgoing
-from shared.topics import ACCEPTED
+from shared.statuses import MessageType
+from shared.topics import ACCEPTED, ACCEPTED_BULK
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,8 @@ def accepted_event(tenant: str, message: MessageAccepted, trace_id: str) -> Outg
         trace_id=trace_id,
         payload=message,
     )
-    return Outgoing(ACCEPTED, message.to, event)
+    lane = ACCEPTED_BULK if message.type is MessageType.MARKETING else ACCEPTED
+    return Outgoing(lane, message.to, event)
 
 
 class Acceptor:
@@ -67,6 +71,8 @@ class Acceptor:
         keyed: dict[str, list[int]] = {}
         hashes: dict[str, str] = {}
         for index, request in enumerate(requests):
+            if index and index % 500 == 0:
+                await asyncio.sleep(0)  # a 10,000-message batch must not stall other requests
             if isinstance(request, Rejection):
                 results.append(request)
                 continue

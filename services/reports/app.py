@@ -8,7 +8,7 @@ from services.reports.settings import ReportsSettings
 from services.reports.webhooks import WebhookWorker
 from shared.api import Check
 from shared.service import Context, Wiring, run_service
-from shared.topics import ACCEPTED, RECEIPTS, STATUS
+from shared.topics import ACCEPTED, ACCEPTED_BULK, RECEIPTS, STATUS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -25,4 +25,4 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
 
 async def main(settings: ReportsSettings | None = None) -> int:
     settings = settings or ReportsSettings()
-    return await run_service("reports", settings, [ACCEPTED, STATUS, RECEIPTS], wire)
+    return await run_service("reports", settings, [ACCEPTED, ACCEPTED_BULK, STATUS, RECEIPTS], wire)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from services.scheduler.handlers import AcceptedHandler, FactsRepository, Timer
 from services.scheduler.settings import SchedulerSettings
 from shared.api import Check
-from shared.service import Context, Wiring, run_service
-from shared.topics import ACCEPTED
+from shared.service import Context, Lane, Wiring, run_service
+from shared.topics import ACCEPTED, ACCEPTED_BULK
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -15,7 +15,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     timer = Timer(facts, ctx.publisher, settings.timer_interval_s, settings.timer_batch)
     ctx.workers["timer"] = timer.run()
     ctx.stoppers.append(timer.stop)
-    return Wiring(handler=AcceptedHandler(facts))
+    # Campaigns get their own lane (and consumer group): transactional messages never wait behind them.
+    bulk_group = f"{settings.consumer_group or settings.topic_prefix + 'scheduler'}.bulk"
+    bulk = Lane("bulk", bulk_group, [ACCEPTED_BULK], AcceptedHandler(facts))
+    return Wiring(handler=AcceptedHandler(facts), lanes=[bulk])
 
 
 async def main(settings: SchedulerSettings | None = None) -> int:

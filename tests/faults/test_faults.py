@@ -115,7 +115,7 @@ async def check_outcome(stack: Stack, pool, env, ids: list[str]) -> None:
         "SELECT message_id::text AS id FROM messages WHERE message_id = ANY($1::uuid[]) AND gateway_message_id IS NOT NULL", ids
     )
     assert all(refs.get(r["id"]) == 1 for r in submitted), "Herald recorded a submission the gateway never got"
-    groups = [f"{env.prefix}{name}" for name in ("scheduler", "dispatcher", "dispatcher.bulk", "reports")]
+    groups = [f"{env.prefix}{name}" for name in ("scheduler", "scheduler.bulk", "dispatcher", "dispatcher.bulk", "reports")]
 
     async def no_lag():
         lags = {g: await group_lag(env, g) for g in groups}

@@ -69,9 +69,10 @@ async def test_stop_one_instance_of_each_mid_run(doubled: Stack, pool, env) -> N
     assert codes == {"scheduler": 0, "reports": 0}, "a SIGTERM'd service must finish its batch and exit 0"
     ids = await sender
     await check_outcome(doubled, pool, env, ids)
-    partitions = {"scheduler": {"messages.accepted.v1": 6},
+    partitions = {"scheduler": {"messages.accepted.v1": 6, "messages.accepted.bulk.v1": 6},
                   "dispatcher": {"messages.outbound.priority.v1": 6, "messages.outbound.bulk.v1": 6},
-                  "reports": {"messages.accepted.v1": 6, "messages.status.v1": 6, "receipts.v1": 6}}
+                  "reports": {"messages.accepted.v1": 6, "messages.accepted.bulk.v1": 6, "messages.status.v1": 6,
+                              "receipts.v1": 6}}
     for name in CONSUMERS:
         survivor = doubled.find(name, 1)
 
