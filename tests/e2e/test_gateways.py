@@ -63,13 +63,12 @@ def timeline(port: int) -> list[dict]:
     return httpx.get(f"http://127.0.0.1:{port}/stats/timeline").json()["seconds"]
 
 
-async def test_throttle_holds_across_two_dispatchers(two_gateways, pool) -> None:
-    stack, _ = two_gateways
+async def measure_throttle(stack: Stack, pool, seed: int) -> None:
     a_control = stack.ports.simulator_control
     httpx.post(f"http://127.0.0.1:{a_control}/stats/reset").raise_for_status()
     tenant = await make_tenant(pool)
     body = "Two segments: " + "x" * 180  # 194 GSM-7 characters
-    ids = await send_batches(stack, tenant, [{"to": n, "body": body, "type": "marketing"} for n in demo_numbers(1000, seed=5, countries=marketing_countries(True))])
+    ids = await send_batches(stack, tenant, [{"to": n, "body": body, "type": "marketing"} for n in demo_numbers(1000, seed=seed, countries=marketing_countries(True))])
     await all_final(pool, ids, timeout_s=120)
     seconds = timeline(a_control)
     segments = sum(s["segments"] for s in seconds)
@@ -80,6 +79,18 @@ async def test_throttle_holds_across_two_dispatchers(two_gateways, pool) -> None
     assert span >= 10, f"measured over {span}s only"
     rate = sum(s["segments"] for s in steady) / span
     assert abs(rate - RATE) / RATE <= 0.10, f"{rate:.1f} segments/s against a limit of {RATE}"
+
+
+async def test_throttle_holds_across_two_dispatchers(two_gateways, pool) -> None:
+    await measure_throttle(two_gateways[0], pool, seed=5)
+
+
+async def test_throttle_holds_with_one_dispatcher(two_gateways, pool) -> None:
+    stack, _ = two_gateways
+    second = stack.find("dispatcher", 2)
+    assert await asyncio.to_thread(stack.stop_process, second, 30) == 0
+    stack.processes.remove(second)
+    await measure_throttle(stack, pool, seed=6)
 
 
 async def test_otp_overtakes_a_draining_campaign(two_gateways, pool) -> None:
