@@ -214,3 +214,22 @@ async def number_remove(conn: asyncpg.Connection, actor: str, tenant_id: str, nu
 async def audit_entries(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT $1", limit)
     return [dict(r) for r in rows]
+
+
+async def gateways_view(conn: asyncpg.Connection) -> dict[str, Any]:
+    """The dispatcher's gateways and routes as configured (secrets left out), with live state:
+    the shared throttle bucket of each gateway and the submissions of the last hour."""
+    from services.dispatcher.settings import DispatcherSettings
+
+    settings = DispatcherSettings()
+    buckets = {r["gateway"]: dict(r) for r in await conn.fetch(
+        "SELECT gateway, rate, capacity, tokens, updated_at FROM throttle_buckets")}
+    recent = {r["gateway"]: r["n"] for r in await conn.fetch(
+        "SELECT gateway, count(*) AS n FROM dispatch_claims WHERE updated_at > now() - interval '1 hour'"
+        " AND gateway IS NOT NULL GROUP BY gateway")}
+    gateways = []
+    for g in settings.gateways:
+        config = g.model_dump(mode="json")  # SecretStr fields dump as "**********"
+        gateways.append({**config, "throttle": buckets.get(g.name), "submissions_last_hour": recent.get(g.name, 0)})
+    routes = [r.model_dump(mode="json") for r in settings.routes]
+    return {"gateways": gateways, "routes": routes or [{"name": "default", "gateways": [g.name for g in settings.gateways]}]}

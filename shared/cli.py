@@ -92,6 +92,11 @@ def _admin_parser(sub: Any) -> None:
 
     objects.add_parser("audit", help="the latest audit entries").add_argument("--limit", type=int, default=50)
 
+    gw = objects.add_parser("gateways", help="gateways and routes (configuration: HERALD_GATEWAYS, HERALD_ROUTES)")
+    gw.add_subparsers(dest="action", required=True).add_parser(
+        "list", help="as configured (no secrets), with each gateway's shared throttle and recent submissions"
+    )
+
 
 def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from shared import admin
@@ -158,6 +163,8 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"tenant {args.tenant_id} has no number {args.number}", file=sys.stderr)
             return 1
         _print({"number": args.number, "tenant_id": args.tenant_id, "removed": True})
+    elif (obj, action) == ("gateways", "list"):
+        _print(asyncio.run(_with_db(admin.gateways_view)))
     elif obj == "audit":
         _print(asyncio.run(_with_db(lambda c: admin.audit_entries(c, args.limit))))
     return 0

@@ -106,3 +106,19 @@ async def test_suppression_import_and_export(pool) -> None:
         exported = await admin.suppressions_export(conn, "tester", "supp-tenant")
     assert result["imported"] == 2 and result["errors"][0]["line"] == 3
     assert exported.splitlines()[1:] and "+34600000001,stop,import" in exported and "+34600000002,imported" in exported
+
+
+async def test_gateways_view_hides_secrets_and_shows_state(pool, monkeypatch) -> None:
+    import json
+
+    monkeypatch.setenv("HERALD_GATEWAYS", json.dumps([
+        {"name": "carrier", "kind": "smpp", "host": "127.0.0.1", "port": 2775, "system_id": "acme", "password": "s3cr3t"},
+        {"name": "tw", "kind": "twilio", "account_sid": "AC" + "1" * 32, "auth_token": "t0ken", "from_number": "+15005550006"},
+    ]))
+    monkeypatch.setenv("HERALD_ROUTES", json.dumps([{"name": "es", "gateways": ["carrier", "tw"], "countries": ["ES"]}]))
+    async with pool.acquire() as conn:
+        view = await admin.gateways_view(conn)
+    text = json.dumps(view)
+    assert "s3cr3t" not in text and "t0ken" not in text
+    assert [g["name"] for g in view["gateways"]] == ["carrier", "tw"]
+    assert view["routes"][0]["gateways"] == ["carrier", "tw"]
