@@ -222,6 +222,15 @@ async def run(args: argparse.Namespace, results: Results) -> None:
            "HERALD_RATE_LIMIT_REQUESTS_PER_MINUTE": "10000000", "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "200"}
     os.environ.update(env)
     key = await prepare(ServiceSettings(), "bench")
+    if args.face == "smpp":  # the dispatcher binds to the simulator's SMSC face instead of its HTTP API
+        from shared.devtools.stack import free_port
+
+        smpp_port = free_port()
+        env["HERALD_SIM_SMPP_PORT"] = str(smpp_port)
+        env["HERALD_GATEWAYS"] = json.dumps([{
+            "name": "smsc", "kind": "smpp", "host": "127.0.0.1", "port": smpp_port, "system_id": "herald",
+            "password": "sim-pass", "binds": 2, "window": 50, "rate_per_s": 1_000_000, "send_message_id_tlv": True,
+        }])
     stack = Stack(env=env, ports=Ports.random(), log_dir=REPO / ".herald" / "bench-logs", gateway_rate=1_000_000)
     stack.start_all()
     try:
@@ -229,7 +238,7 @@ async def run(args: argparse.Namespace, results: Results) -> None:
         open_now = marketing_countries(True) or ["US"]
         print(f"campaign throughput: {args.recipients:,} recipients", flush=True)
         count, accepted_s, total_s, cpu = await campaign(stack, key, dsn, args.recipients, 1, open_now)
-        results.add(f"campaign, {count:,} recipients, HTTP face: accept to every receipt recorded",
+        results.add(f"campaign, {count:,} recipients, {args.face.upper()} face: accept to every receipt recorded",
                     f"{count / total_s:,.0f} msg/s ({total_s:.1f} s)", "≥ 5,000 msg/s (SMPP face)")
         results.add("batch ingest while the pipeline runs", f"{count / accepted_s:,.0f} recipients/s")
         busiest = max((n for n in cpu if n != "simulator"), key=cpu.get)
@@ -291,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--otps", type=int, default=200)
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--face", choices=("http", "smpp"), default="http", help="the simulator face the dispatcher uses")
     parser.add_argument("--scale", nargs="?", const="auto", default=None,
                         help="run the campaign again with a second instance of SERVICE (default: the busiest)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
