@@ -270,7 +270,10 @@ class BatchConsumer:
             await self._process(records)
             await self._commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
             metrics.BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
-            self._record_lag(batches)
+            try:
+                self._record_lag(batches)
+            except Exception:  # a metric must never stop the consumer
+                log.debug("lag not recorded", exc_info=True)
 
     async def _process(self, records: list[ConsumerRecord]) -> None:  # type: ignore[type-arg]
         incoming: list[Incoming] = []
@@ -353,7 +356,10 @@ class BatchConsumer:
 
     def _record_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:  # type: ignore[type-arg]
         assert self._consumer is not None
+        assigned = self._consumer.assignment()
         for tp, recs in batches.items():
+            if tp not in assigned:  # revoked by a rebalance while the batch was handled
+                continue
             high = self._consumer.highwater(tp)
             if high is not None:
                 metrics.LAG.labels(self.service, self._by_name[tp.topic].suffix, str(tp.partition)).set(

@@ -168,8 +168,9 @@ async def test_gateway_refuses_connections_for_60_seconds(stack: Stack, pool, en
     control = f"http://127.0.0.1:{stack.ports.simulator_control}/control"
 
     async def refuse() -> None:
-        httpx.post(control, json={"mode": "refuse"}).raise_for_status()
+        # Refusing closes every open connection first: allow it time on a loaded machine.
+        httpx.post(control, json={"mode": "refuse"}, timeout=60).raise_for_status()
         await asyncio.sleep(60)
-        httpx.post(control, json={"mode": "normal"}).raise_for_status()
+        httpx.post(control, json={"mode": "normal"}, timeout=60).raise_for_status()
 
     await run_scenario(stack, pool, env, "gateway", refuse)

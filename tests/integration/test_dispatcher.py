@@ -63,7 +63,19 @@ def sim_counts(simulator: Stack) -> dict[str, int]:
 
 
 def control(simulator: Stack, body: dict) -> None:
-    httpx.post(f"http://127.0.0.1:{simulator.ports.simulator_control}/control", json=body).raise_for_status()
+    httpx.post(f"http://127.0.0.1:{simulator.ports.simulator_control}/control", json=body, timeout=60).raise_for_status()
+
+
+async def only_these_are_stale(pool, ids: list) -> None:
+    """The session database may hold other tests' claims: keep the reconciler on ours."""
+    await pool.execute(
+        "UPDATE dispatch_claims SET lease_until = now() + interval '1 hour'"
+        " WHERE state = 'claimed' AND message_id <> ALL($1::uuid[])",
+        ids,
+    )
+    await pool.execute(
+        "UPDATE dispatch_claims SET lease_until = now() - interval '1 second' WHERE message_id = ANY($1::uuid[])", ids
+    )
 
 
 async def test_redelivered_batch_is_not_sent_again(pool, simulator) -> None:
@@ -89,10 +101,7 @@ async def test_stale_claims_are_resolved_by_asking_the_gateway(pool, simulator) 
     got, lost = (i.event.payload for i in batch)
     # A dispatcher claimed both, submitted the first, and died before recording anything.
     await claims.claim("dead-instance", 30, [(m.message_id, "acme", m.model_dump_json()) for m in (got, lost)])
-    await pool.execute(
-        "UPDATE dispatch_claims SET lease_until = now() - interval '1 second' WHERE message_id = ANY($1::uuid[])",
-        [got.message_id, lost.message_id],
-    )
+    await only_these_are_stale(pool, [got.message_id, lost.message_id])
     r = httpx.post(f"{simulator.url('simulator')}/v1/sms", headers={"Authorization": "Bearer sim-token"},
                    json={"to": got.to, "body": got.body, "client_ref": str(got.message_id)})
     gateway_id = r.json()["id"]
@@ -122,7 +131,7 @@ async def test_lost_answer_is_looked_up_not_resent(pool, simulator) -> None:
         control(simulator, {"mode": "normal"})
     assert out == []  # nothing is known yet: no status, no resend
     ids = [i.event.payload.message_id for i in batch]
-    await pool.execute("UPDATE dispatch_claims SET lease_until = now() - interval '1 second' WHERE message_id = ANY($1::uuid[])", ids)
+    await only_these_are_stale(pool, ids)
     publisher = ListPublisher()
     await Reconciler(claims, Sender(gateways, settings), publisher, settings).reconcile_once()  # type: ignore[arg-type]
     await gateways["sim"].close()
@@ -172,6 +181,12 @@ async def test_live_instances_renew_their_leases_and_dead_ones_expire(pool, simu
     await asyncio.sleep(2)
     assert await claims.renew("alive", 3) == 1  # renewed in time: still its own
     await asyncio.sleep(1.5)
+    ours = [alive.event.payload.message_id, dead.event.payload.message_id]
+    await pool.execute(  # other tests' claims are not this test's business
+        "UPDATE dispatch_claims SET lease_until = now() + interval '1 hour'"
+        " WHERE state = 'claimed' AND message_id <> ALL($1::uuid[])",
+        ours,
+    )
     stale = await claims.take_stale("reconciler-test", 30, 10)
     ids = {r["message_id"] for r in stale}
     assert dead.event.payload.message_id in ids and alive.event.payload.message_id not in ids
