@@ -65,6 +65,10 @@ class MessageAccepted(_Frozen):
     accepted_at: AwareDatetime
     expires_at: AwareDatetime | None = Field(None, description="Not sent after this time (validity_s)")
     send_at: AwareDatetime | None = Field(None, description="Not sent before this time")
+    contact_id: uuid.UUID | None = Field(None, description="The audience contact it was rendered for (campaigns, journeys)")
+    campaign_id: uuid.UUID | None = Field(None, description="The campaign that sent it")
+    variant: str | None = Field(None, max_length=32, description="The campaign variant (A/B) it belongs to")
+    journey_id: uuid.UUID | None = Field(None, description="The journey that sent it")
 
 
 class MessageOutbound(MessageAccepted):
