@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.contracts import (
+    ContactEventAcceptedEvent,
+    ContactEventRequestEvent,
     DeliveryReceiptEvent,
     Envelope,
     InboundMessageEvent,
@@ -109,6 +111,24 @@ REPLIES = Topic(
     description="Ordinary replies (not STOP/START/HELP) from handsets, with the tenant found by the number they "
     "were sent to and the latest messages of the conversation. See docs/replies.md.",
 )
+CONTACT_EVENTS_IN = Topic(
+    "contact-events.v1",
+    ContactEventRequestEvent,
+    key="tenant + phone or contact id (any key is accepted)",
+    producers=("upstream systems",),
+    consumers=("ingest",),
+    description="Contact events from upstream systems (form sent, cart updated, order completed); same payload as "
+    "POST /v1/events.",
+)
+CONTACT_EVENTS = Topic(
+    "contact-events.accepted.v1",
+    ContactEventAcceptedEvent,
+    key="contact E.164 number",
+    producers=("ingest",),
+    consumers=("scheduler (journeys)", "reports (conversions)"),
+    description="Validated contact events: journeys start, wait for and exit on them; one with a value is a "
+    "conversion that reports attributes to the message that led to it.",
+)
 REJECTED = Topic(
     "rejected.v1",
     RejectedEventEnvelope,
@@ -119,7 +139,8 @@ REJECTED = Topic(
     config={"retention.ms": str(14 * 24 * 3600 * 1000)},
 )
 
-ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES, REJECTED)
+ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES,
+                        CONTACT_EVENTS_IN, CONTACT_EVENTS, REJECTED)
 
 
 def _type_name(annotation: object) -> str:

@@ -17,9 +17,19 @@ from shared.contracts.messages import (
     RejectedEventEnvelope,
     TriggerEvent,
 )
+from shared.contracts.events import (
+    ContactEventAccepted,
+    ContactEventAcceptedEvent,
+    ContactEventRequest,
+    ContactEventRequestEvent,
+)
 from shared.contracts.replies import ConversationEntry, ReplyForwarded, ReplyForwardedEvent
 
 __all__ = [
+    "ContactEventAccepted",
+    "ContactEventAcceptedEvent",
+    "ContactEventRequest",
+    "ContactEventRequestEvent",
     "SYSTEM_TENANT",
     "DeliveryReceipt",
     "DeliveryReceiptEvent",

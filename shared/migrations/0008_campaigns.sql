@@ -22,8 +22,18 @@ CREATE TABLE campaigns (
     test_numbers    text[] NOT NULL DEFAULT '{}',
     send_at         timestamptz,               -- launch at this time (NULL: when launched)
     -- draft → scheduled (send_at ahead) → running → completed; paused ⇄ running; cancelled is final.
+    -- With an A/B test that picks a winner: running (test share) → testing (waiting for results)
+    -- → running (the winner to the rest) → completed.
     state           text NOT NULL DEFAULT 'draft'
-        CHECK (state IN ('draft', 'scheduled', 'running', 'paused', 'completed', 'cancelled')),
+        CHECK (state IN ('draft', 'scheduled', 'running', 'testing', 'paused', 'completed', 'cancelled')),
+    -- {"test_percent": 20, "metric": "click_rate", "wait_s": 14400, "min_sample": 100} or NULL.
+    -- Contacts whose bucket falls in the test share get the variants by their split; the rest
+    -- wait for the winner, which reports picks (two-proportion test) after wait_s.
+    ab_test         jsonb,
+    phase           text NOT NULL DEFAULT 'test' CHECK (phase IN ('test', 'winner')),
+    decide_at       timestamptz,               -- testing: when reports judges the variants
+    winner          text,                      -- the variant name sent to the rest
+    winner_detail   jsonb,                     -- the test's numbers (rates, z, p-value, samples)
     -- The fan-out: contacts are read in contact id order, a page at a time; ``cursor`` is the
     -- last contact published, so a launcher that dies is followed by another from there.
     cursor          uuid,
@@ -39,7 +49,7 @@ CREATE TABLE campaigns (
     PRIMARY KEY (tenant_id, campaign_id),
     UNIQUE (campaign_id)
 );
-CREATE INDEX campaigns_due ON campaigns (state, send_at) WHERE state IN ('scheduled', 'running');
+CREATE INDEX campaigns_due ON campaigns (state, send_at) WHERE state IN ('scheduled', 'running', 'testing');
 CREATE INDEX campaigns_updated ON campaigns (updated_at);
 
 -- scheduler: marketing messages released, per number, for frequency caps. Rows older than
