@@ -11,6 +11,7 @@ import getpass
 import io
 import json
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,6 +39,41 @@ async def tenant_create(conn: asyncpg.Connection, actor: str, tenant_id: str, na
         key = await create_key(conn, tenant_id, tuple(scopes), name="first key")
         await audit(conn, actor, "tenant.create", tenant_id, name=name, key_id=key.split("_")[1])
     return key
+
+
+def parse_cap(text: str) -> dict[str, int]:
+    """'1/24h', '4/7d', '2/90m' → {"max": 1, "window_s": 86400}. Windows up to 31 days."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*([mhd])\s*", text)
+    if not m:
+        raise ValueError(f"a cap is COUNT/WINDOW with m, h or d, such as 1/24h or 4/7d: {text!r}")
+    window_s = int(m[2]) * {"m": 60, "h": 3600, "d": 86400}[m[3]]
+    if not 60 <= window_s <= 31 * 86400:
+        raise ValueError(f"a cap window is between 1 minute and 31 days: {text!r}")
+    return {"max": int(m[1]), "window_s": window_s}
+
+
+async def tenant_policy(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT marketing_consent, frequency_caps FROM tenants WHERE tenant_id = $1", tenant_id)
+    if row is None:
+        return None
+    return {"tenant_id": tenant_id, "marketing_consent": row["marketing_consent"], "frequency_caps": row["frequency_caps"]}
+
+
+async def tenant_policy_set(conn: asyncpg.Connection, actor: str, tenant_id: str, *,
+                            marketing_consent: str | None = None, caps: list[dict[str, int]] | None = None) -> dict[str, Any] | None:
+    """Change a tenant's consent mode and/or frequency caps (None leaves a field as it is)."""
+    if marketing_consent not in (None, "required", "opt_out"):
+        raise ValueError("marketing_consent is 'required' or 'opt_out'")
+    async with conn.transaction():
+        done = await conn.fetchval(
+            "UPDATE tenants SET marketing_consent = coalesce($2, marketing_consent),"
+            " frequency_caps = coalesce($3::jsonb, frequency_caps) WHERE tenant_id = $1 RETURNING tenant_id",
+            tenant_id, marketing_consent, caps,
+        )
+        if done is None:
+            return None
+        await audit(conn, actor, "tenant.policy", tenant_id, marketing_consent=marketing_consent, frequency_caps=caps)
+    return await tenant_policy(conn, tenant_id)
 
 
 async def tenant_list(conn: asyncpg.Connection) -> list[dict[str, Any]]:

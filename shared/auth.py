@@ -15,8 +15,14 @@ from dataclasses import dataclass
 import asyncpg
 
 PREFIX = "hk"
-SCOPES = ("messages:write", "messages:read", "suppressions:write", "receipts:write", "contacts:write", "contacts:read")
-DEFAULT_SCOPES = ("messages:write", "messages:read", "suppressions:write", "contacts:write", "contacts:read")
+SCOPES = (
+    "messages:write", "messages:read", "suppressions:write", "receipts:write", "contacts:write", "contacts:read",
+    "campaigns:write", "campaigns:read",
+)
+DEFAULT_SCOPES = (
+    "messages:write", "messages:read", "suppressions:write", "contacts:write", "contacts:read",
+    "campaigns:write", "campaigns:read",
+)
 
 
 class AuthError(Exception):
@@ -57,9 +63,12 @@ def split_key(key: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
-async def create_tenant(conn: asyncpg.Connection, tenant_id: str, name: str) -> None:
+async def create_tenant(conn: asyncpg.Connection, tenant_id: str, name: str, marketing_consent: str = "required") -> None:
+    """Create a tenant (no-op if it exists). ``marketing_consent``: 'required' (the default: marketing
+    goes only to contacts with consent) or 'opt_out' (only a recorded refusal blocks it)."""
     await conn.execute(
-        "INSERT INTO tenants (tenant_id, name) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING", tenant_id, name
+        "INSERT INTO tenants (tenant_id, name, marketing_consent) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING",
+        tenant_id, name, marketing_consent,
     )
 
 

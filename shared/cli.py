@@ -55,6 +55,13 @@ def _admin_parser(sub: Any) -> None:
     c.add_argument("--name", default=None)
     c.add_argument("--scopes", default=",".join(DEFAULT_SCOPES), help=f"comma-separated, of {', '.join(SCOPES)}")
     tenant.add_parser("list")
+    pol = tenant.add_parser("policy", help="show or change a tenant's marketing consent mode and frequency caps")
+    pol.add_argument("tenant_id")
+    pol.add_argument("--marketing-consent", choices=("required", "opt_out"), default=None,
+                     help="required: marketing only to contacts with consent; opt_out: only a refusal blocks it")
+    pol.add_argument("--cap", action="append", default=None, metavar="COUNT/WINDOW",
+                     help="frequency cap per contact, e.g. 1/24h (repeat: --cap 1/24h --cap 4/7d)")
+    pol.add_argument("--no-caps", action="store_true", help="remove every frequency cap")
     for verb in ("disable", "enable"):
         tenant.add_parser(verb).add_argument("tenant_id")
 
@@ -113,6 +120,20 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if (obj, action) == ("tenant", "create"):
         key = asyncio.run(_with_db(lambda c: admin.tenant_create(c, actor, args.tenant_id, args.name or args.tenant_id, scopes())))
         _print({"tenant_id": args.tenant_id, "api_key": key})
+    elif (obj, action) == ("tenant", "policy"):
+        try:
+            caps = [] if args.no_caps else ([admin.parse_cap(c) for c in args.cap] if args.cap else None)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.marketing_consent is None and caps is None:
+            result = asyncio.run(_with_db(lambda c: admin.tenant_policy(c, args.tenant_id)))
+        else:
+            result = asyncio.run(_with_db(lambda c: admin.tenant_policy_set(
+                c, actor, args.tenant_id, marketing_consent=args.marketing_consent, caps=caps)))
+        if result is None:
+            print(f"no tenant {args.tenant_id}", file=sys.stderr)
+            return 1
+        _print(result)
     elif (obj, action) == ("tenant", "list"):
         _print(asyncio.run(_with_db(admin.tenant_list)))
     elif obj == "tenant":

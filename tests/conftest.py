@@ -93,12 +93,17 @@ class Tenant:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-async def make_tenant(pool: asyncpg.Pool, scopes: tuple[str, ...] | None = None) -> Tenant:
+async def make_tenant(
+    pool: asyncpg.Pool, scopes: tuple[str, ...] | None = None, marketing_consent: str = "opt_out"
+) -> Tenant:
+    """A fresh tenant and key. Most tests send marketing to numbers that are not contacts, so
+    test tenants default to the 'opt_out' consent mode; consent tests ask for 'required'
+    (the production default)."""
     from shared.auth import DEFAULT_SCOPES, create_key, create_tenant
 
     tenant_id = f"t{uuid.uuid4().hex[:10]}"
     async with pool.acquire() as conn:
-        await create_tenant(conn, tenant_id, tenant_id)
+        await create_tenant(conn, tenant_id, tenant_id, marketing_consent)
         key = await create_key(conn, tenant_id, scopes or DEFAULT_SCOPES)
     return Tenant(tenant_id, key)
 

@@ -58,3 +58,14 @@ async def wait_for(predicate: Callable[[], Any], timeout_s: float = 30, interval
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met in {timeout_s}s (last value {value!r})")
         await asyncio.sleep(interval_s)
+
+
+def marketing_to(*keys: tuple[str, str]) -> list[tuple[str, Any]]:
+    """Marketing messages to (tenant, phone) pairs, as the scheduler's facts loader takes them."""
+    from shared.contracts import MessageAccepted, utcnow
+
+    return [
+        (tenant_id, MessageAccepted(message_id=uuid.uuid4(), to=number, country="ES", body="x", type="marketing",
+                                    encoding="GSM-7", segments=1, source="api", accepted_at=utcnow()))
+        for tenant_id, number in keys
+    ]

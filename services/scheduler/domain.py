@@ -2,23 +2,32 @@
 
 Each policy looks at a message and the facts loaded for its batch and may return a
 :class:`Decision` that stops or holds the message; the first one that does wins. The order
-is the order of precedence: an opted-out number is suppressed before any timing question;
-a message scheduled for later is held until then, and quiet hours are judged at the moment
-it would go out. Consent and frequency caps plug into ``POLICIES`` in the same way.
+is the order of precedence: a cancelled or paused campaign stops its messages first; an
+opted-out number is suppressed before any timing question, and so is a marketing message
+without consent; a message scheduled for later is held until then; quiet hours are judged
+at the moment it would go out; frequency caps count only messages that really go out, so
+they come last. Every decision carries a reason code (docs/campaigns.md lists them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
-from services.scheduler.quiet_hours import MessageFacts, NoAllowedTimeError, RuleBook, evaluate, load_rules
+from services.scheduler.quiet_hours import (
+    MessageFacts,
+    NoAllowedTimeError,
+    RuleBook,
+    evaluate,
+    load_rules,
+)
 from shared.contracts import MessageAccepted
 from shared.statuses import MessageType
 
@@ -41,6 +50,74 @@ class Decision:
 RELEASE = Decision(Verdict.RELEASE)
 
 
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """At most ``max`` marketing messages per contact in any ``window`` (sliding)."""
+
+    max: int
+    window: timedelta
+
+    def describe(self) -> str:
+        hours = self.window.total_seconds() / 3600
+        span = f"{hours / 24:g} days" if hours >= 24 and hours % 24 == 0 else f"{hours:g} h"
+        return f"{self.max} per {span}"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    """A tenant's sending policy (tenants.marketing_consent, tenants.frequency_caps)."""
+
+    marketing_consent: str = "required"  # 'required': consent needed; 'opt_out': only a refusal blocks
+    caps: tuple[Cap, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """What the scheduler knows of the contact a number belongs to."""
+
+    contact_id: uuid.UUID
+    marketing: bool | None  # current marketing consent; None: never recorded
+    time_zone: str | None = None
+    subdivision: str | None = None  # attributes.state: US state, ES region...
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignState:
+    state: str  # campaigns.state
+    caps: tuple[Cap, ...] = ()
+
+
+# A paused campaign's messages are held this long; a resume re-decides them at once.
+PAUSE_RECHECK = timedelta(hours=1)
+
+
+class Releases:
+    """Marketing messages released per (tenant, number), for frequency caps.
+
+    Loaded for a batch and added to as the batch is decided, so two messages to one number
+    in the same batch count against each other. A message already released (redelivered
+    after a crash) is released again: it is not counted against itself.
+    """
+
+    def __init__(self, rows: Mapping[tuple[str, str], Sequence[tuple[uuid.UUID, datetime]]] | None = None) -> None:
+        self._by_number: dict[tuple[str, str], dict[uuid.UUID, datetime]] = {
+            key: dict(values) for key, values in (rows or {}).items()
+        }
+        self.added: list[tuple[str, str, uuid.UUID, datetime]] = []
+
+    def released(self, tenant: str, phone: str, message_id: uuid.UUID) -> bool:
+        return message_id in self._by_number.get((tenant, phone), {})
+
+    def count(self, tenant: str, phone: str, since: datetime) -> int:
+        return sum(1 for at in self._by_number.get((tenant, phone), {}).values() if at > since)
+
+    def add(self, tenant: str, phone: str, message_id: uuid.UUID, at: datetime) -> None:
+        entries = self._by_number.setdefault((tenant, phone), {})
+        if message_id not in entries:
+            entries[message_id] = at
+            self.added.append((tenant, phone, message_id, at))
+
+
 @dataclass(frozen=True)
 class Facts:
     """What the scheduler loaded from PostgreSQL for one batch, keyed by (tenant, number)."""
@@ -50,6 +127,16 @@ class Facts:
     scoped_suppressions: Mapping[tuple[str, str, str], str] = field(default_factory=dict)
     contact_zones: Mapping[tuple[str, str], str] = field(default_factory=dict)  # → IANA zone
     quiet_overrides: Mapping[str, Any] = field(default_factory=dict)  # tenant → TenantOverrides
+    contacts: Mapping[tuple[str, str], Contact] = field(default_factory=dict)
+    policies: Mapping[str, TenantPolicy] = field(default_factory=dict)  # missing: TenantPolicy()
+    campaigns: Mapping[uuid.UUID, CampaignState] = field(default_factory=dict)
+    releases: Releases = field(default_factory=Releases)
+
+    def policy(self, tenant: str) -> TenantPolicy:
+        return self.policies.get(tenant) or DEFAULT_POLICY
+
+
+DEFAULT_POLICY = TenantPolicy()
 
 
 Policy = Callable[[str, MessageAccepted, Facts, datetime], Decision | None]
@@ -66,6 +153,62 @@ def suppression_policy(tenant: str, message: MessageAccepted, facts: Facts, now:
             return None
         return Decision(Verdict.SUPPRESS, "suppressed", f"number opted out of this sender's scope ({scoped})")
     return Decision(Verdict.SUPPRESS, "suppressed", f"number is on the suppression list ({reason})")
+
+
+def campaign_policy(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision | None:
+    """A cancelled campaign sends nothing more; a paused one holds its messages until resumed."""
+    if message.campaign_id is None:
+        return None
+    campaign = facts.campaigns.get(message.campaign_id)
+    if campaign is None:
+        return None
+    if campaign.state == "cancelled":
+        return Decision(Verdict.SUPPRESS, "campaign_cancelled", "the campaign was cancelled before this message went out")
+    if campaign.state == "paused":
+        return Decision(Verdict.DEFER, "campaign_paused", "the campaign is paused", now + PAUSE_RECHECK,
+                        {"campaign_id": str(message.campaign_id)})
+    return None
+
+
+def consent_policy(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision | None:
+    """Marketing goes only to contacts with marketing consent (or, for an 'opt_out' tenant,
+    to every number whose contact has not refused it)."""
+    if message.type is not MessageType.MARKETING:
+        return None
+    contact = facts.contacts.get((tenant, message.to))
+    if contact is not None and contact.marketing is False:
+        return Decision(Verdict.SUPPRESS, "consent_revoked", "the contact withdrew marketing consent")
+    if facts.policy(tenant).marketing_consent == "opt_out":
+        return None
+    if contact is None:
+        return Decision(Verdict.SUPPRESS, "no_contact", "marketing needs a contact with marketing consent; none has this number")
+    if contact.marketing is None:
+        return Decision(Verdict.SUPPRESS, "no_consent", "the contact has no marketing consent on record")
+    return None
+
+
+def frequency_cap_policy(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision | None:
+    """At most N marketing messages per contact per window (tenant caps plus the campaign's).
+
+    Transactional messages are exempt and do not count. A capped message is not sent (a cap
+    is about this message, not a delay): it ends ``suppressed`` with reason ``frequency_capped``.
+    """
+    if message.type is not MessageType.MARKETING:
+        return None
+    if facts.releases.released(tenant, message.to, message.message_id):
+        return None  # released before (redelivery): release again, the dispatcher drops duplicates
+    caps = facts.policy(tenant).caps
+    if message.campaign_id is not None and message.campaign_id in facts.campaigns:
+        caps = caps + facts.campaigns[message.campaign_id].caps
+    for cap in caps:
+        sent = facts.releases.count(tenant, message.to, now - cap.window)
+        if sent >= cap.max:
+            return Decision(
+                Verdict.SUPPRESS, "frequency_capped",
+                f"frequency cap of {cap.describe()} reached ({sent} marketing messages in that window)",
+                detail={"cap": cap.describe(), "sent_in_window": str(sent)},
+            )
+    return None
 
 
 def scheduled_policy(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision | None:
@@ -101,13 +244,16 @@ def zone_prefix(e164: str) -> str:
 
 
 def _quiet_decision(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Any:
-    contact_zone = facts.contact_zones.get((tenant, message.to))
+    contact = facts.contacts.get((tenant, message.to))
+    contact_zone = facts.contact_zones.get((tenant, message.to)) or (contact.time_zone if contact else None)
+    subdivision = contact.subdivision if contact else None
     overrides = facts.quiet_overrides.get(tenant)
-    key = (message.country, zone_prefix(message.to), contact_zone, now.replace(second=0, microsecond=0))
+    key = (message.country, zone_prefix(message.to), contact_zone, subdivision, now.replace(second=0, microsecond=0))
     if overrides is None and key in _QUIET_CACHE:
         return _QUIET_CACHE[key]
     decision = evaluate(
-        MessageFacts.from_message(message, contact_timezone=contact_zone), now, overrides, rules=rulebook()
+        MessageFacts.from_message(message, contact_timezone=contact_zone, contact_subdivision=subdivision),
+        now, overrides, rules=rulebook(),
     )
     if overrides is None:
         if len(_QUIET_CACHE) >= _QUIET_CACHE_MAX:
@@ -136,12 +282,39 @@ def quiet_hours_policy(tenant: str, message: MessageAccepted, facts: Facts, now:
     )
 
 
-POLICIES: tuple[Policy, ...] = (suppression_policy, scheduled_policy, quiet_hours_policy)
+POLICIES: tuple[Policy, ...] = (
+    campaign_policy,
+    suppression_policy,
+    consent_policy,
+    scheduled_policy,
+    quiet_hours_policy,
+    frequency_cap_policy,
+)
 
 
 def decide(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision:
+    """The first policy that stops or holds the message decides; else it is released now.
+
+    A released marketing message is recorded in ``facts.releases`` for the caps of the rest
+    of the batch (the caller stores ``facts.releases.added``).
+    """
     for policy in POLICIES:
         decision = policy(tenant, message, facts, now)
         if decision is not None:
             return decision
+    if message.type is MessageType.MARKETING:
+        facts.releases.add(tenant, message.to, message.message_id, now)
     return RELEASE
+
+
+def parse_caps(raw: Any) -> tuple[Cap, ...]:
+    """Caps as stored (``[{"max": 1, "window_s": 86400}]``); invalid entries are ignored."""
+    caps = []
+    for item in raw or ():
+        try:
+            cap = Cap(int(item["max"]), timedelta(seconds=int(item["window_s"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if cap.max >= 0 and cap.window.total_seconds() > 0:
+            caps.append(cap)
+    return tuple(caps)

@@ -11,13 +11,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from services.scheduler import metrics
-from services.scheduler.domain import Decision, Facts, Verdict, decide
+from services.scheduler.domain import (
+    DEFAULT_POLICY,
+    CampaignState,
+    Contact,
+    Decision,
+    Facts,
+    Releases,
+    TenantPolicy,
+    Verdict,
+    decide,
+    parse_caps,
+)
 from shared.contracts import (
     MessageAccepted,
     MessageOutbound,
@@ -34,16 +47,30 @@ from shared.topics import OUTBOUND, OUTBOUND_BULK, STATUS
 log = logging.getLogger(__name__)
 
 
-class FactsRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+RELEASES_KEPT = timedelta(days=35)  # longer than the longest cap window the API accepts (31 days)
 
-    async def load(self, keys: set[tuple[str, str]], conn: asyncpg.Connection | None = None) -> Facts:
-        if not keys:
+
+class FactsRepository:
+    """Loads what the policies need for one batch: a few queries per batch, never one per message."""
+
+    def __init__(self, pool: asyncpg.Pool, policy_ttl_s: float = 5.0) -> None:
+        self.pool = pool
+        self.policy_ttl_s = policy_ttl_s
+        self._policies: dict[str, tuple[float, TenantPolicy]] = {}
+
+    async def load(self, items: list[tuple[str, MessageAccepted]], conn: asyncpg.Connection | None = None,
+                   now: datetime | None = None) -> Facts:
+        db = conn or self.pool
+        keys = _fact_keys(items)
+        campaign_ids = list({m.campaign_id for _, m in items if m.campaign_id is not None})
+        if not keys and not campaign_ids:
             return Facts()
-        tenants, phones = zip(*keys, strict=True)
+        campaigns = await self._campaigns(db, campaign_ids)
+        if not keys:
+            return Facts(campaigns=campaigns)
+        tenants, phones = (list(x) for x in zip(*keys, strict=True))
         # Global opt-outs (via NULL), and scoped ones (docs/replies.md) keyed by every sender of that scope.
-        rows = await (conn or self.pool).fetch(
+        rows = await db.fetch(
             "SELECT s.tenant_id, s.phone_e164, NULL::text AS via, s.reason FROM suppressions s"
             " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON s.tenant_id = k.t AND s.phone_e164 = k.p"
             " UNION ALL SELECT s.tenant_id, s.phone_e164, n.number, s.reason FROM scoped_suppressions s"
@@ -53,21 +80,108 @@ class FactsRepository:
             " UNION ALL SELECT k.t, k.p, NULL, h.reason FROM unnest($1::text[], $2::text[]) AS k(t, p)"
             " JOIN suppression_hashes h ON h.tenant_id = k.t AND h.phone_hash ="
             " encode(sha256(convert_to('herald-erasure-v1:' || k.t || ':' || k.p, 'UTF8')), 'hex')",
-            list(tenants),
-            list(phones),
+            tenants,
+            phones,
         )
+        contact_rows = await db.fetch(
+            "SELECT c.tenant_id, c.phone_e164, c.contact_id, c.consent_marketing, c.time_zone,"
+            " c.attributes ->> 'state' AS subdivision FROM contacts c"
+            " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON c.tenant_id = k.t AND c.phone_e164 = k.p",
+            tenants,
+            phones,
+        )
+        policies = await self._tenant_policies(db, set(tenants))
+        capped = any(policies[t].caps for t in tenants) or any(c.caps for c in campaigns.values())
+        releases = Releases()
+        if capped:
+            release_rows = await db.fetch(
+                "SELECT r.tenant_id, r.phone_e164, r.message_id, r.released_at FROM marketing_releases r"
+                " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON r.tenant_id = k.t AND r.phone_e164 = k.p"
+                " WHERE r.released_at > $3",
+                tenants,
+                phones,
+                (now or utcnow()) - RELEASES_KEPT,
+            )
+            grouped: dict[tuple[str, str], list[tuple[uuid.UUID, datetime]]] = {}
+            for r in release_rows:
+                grouped.setdefault((r["tenant_id"], r["phone_e164"]), []).append((r["message_id"], r["released_at"]))
+            releases = Releases(grouped)
         return Facts(
             suppressions={(r["tenant_id"], r["phone_e164"]): r["reason"] for r in rows if r["via"] is None},
             scoped_suppressions={(r["tenant_id"], r["phone_e164"], r["via"]): r["reason"] for r in rows if r["via"]},
+            contacts={
+                (r["tenant_id"], r["phone_e164"]): Contact(r["contact_id"], r["consent_marketing"], r["time_zone"], r["subdivision"])
+                for r in contact_rows
+            },
+            policies=policies,
+            campaigns=campaigns,
+            releases=releases,
         )
+
+    async def _campaigns(self, db: asyncpg.Connection | asyncpg.Pool, ids: list[uuid.UUID]) -> dict[uuid.UUID, CampaignState]:
+        # Not cached: a pause must take effect within a batch or two.
+        if not ids:
+            return {}
+        rows = await db.fetch("SELECT campaign_id, state, frequency_caps FROM campaigns WHERE campaign_id = ANY($1::uuid[])", ids)
+        return {r["campaign_id"]: CampaignState(r["state"], parse_caps(r["frequency_caps"])) for r in rows}
+
+    async def _tenant_policies(self, db: asyncpg.Connection | asyncpg.Pool, tenants: set[str]) -> dict[str, TenantPolicy]:
+        clock = time.monotonic()
+        missing = [t for t in tenants if t not in self._policies or self._policies[t][0] < clock]
+        if missing:
+            rows = await db.fetch(
+                "SELECT tenant_id, marketing_consent, frequency_caps FROM tenants WHERE tenant_id = ANY($1::text[])", missing
+            )
+            for t in missing:
+                self._policies[t] = (clock + self.policy_ttl_s, DEFAULT_POLICY)
+            for r in rows:
+                policy = TenantPolicy(r["marketing_consent"], parse_caps(r["frequency_caps"]))
+                self._policies[r["tenant_id"]] = (clock + self.policy_ttl_s, policy)
+        return {t: self._policies[t][1] for t in tenants}
+
+    async def record_releases(self, conn: asyncpg.Connection | asyncpg.Pool, releases: Releases) -> None:
+        """Store the marketing messages released in this batch, for later caps."""
+        if not releases.added:
+            return
+        await conn.execute(
+            "INSERT INTO marketing_releases (tenant_id, phone_e164, message_id, released_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
+            *(list(column) for column in zip(*releases.added, strict=True)),
+        )
+
+    async def forget_releases(self, now: datetime) -> int:
+        """Delete releases older than any cap window."""
+        result = await self.pool.execute("DELETE FROM marketing_releases WHERE released_at < $1", now - RELEASES_KEPT)
+        return int(result.split()[-1])
+
+    async def wake_campaigns(self, since: datetime) -> tuple[datetime, int]:
+        """Re-decide at once the held messages of campaigns that left the paused state.
+
+        Returns the newest ``updated_at`` seen (the next ``since``) and how many rows woke.
+        """
+        rows = await self.pool.fetch(
+            "SELECT campaign_id, state, updated_at FROM campaigns WHERE updated_at > $1 ORDER BY updated_at", since
+        )
+        if not rows:
+            return since, 0
+        active = [r["campaign_id"] for r in rows if r["state"] != "paused"]
+        woke = 0
+        if active:
+            result = await self.pool.execute(
+                "UPDATE scheduled_messages SET due_at = now() WHERE campaign_id = ANY($1::uuid[])"
+                " AND reason_code = 'campaign_paused'",
+                active,
+            )
+            woke = int(result.split()[-1])
+        return rows[-1]["updated_at"], woke
 
     async def hold(self, conn: asyncpg.Connection | asyncpg.Pool, rows: list[tuple[MessageAccepted, str, str, Decision]]) -> None:
         """Store held messages: (message, tenant, trace id, DEFER decision). A row already held stays."""
         if not rows:
             return
         await conn.execute(
-            "INSERT INTO scheduled_messages (message_id, tenant_id, due_at, accepted, trace_id, reason_code)"
-            " SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::jsonb[], $5::text[], $6::text[])"
+            "INSERT INTO scheduled_messages (message_id, tenant_id, due_at, accepted, trace_id, reason_code, campaign_id)"
+            " SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::jsonb[], $5::text[], $6::text[], $7::uuid[])"
             " ON CONFLICT (message_id) DO UPDATE SET due_at = excluded.due_at, reason_code = excluded.reason_code",
             [m.message_id for m, *_ in rows],
             [t for _, t, _, _ in rows],
@@ -75,6 +189,7 @@ class FactsRepository:
             [json.loads(m.model_dump_json()) for m, *_ in rows],
             [tr for _, _, tr, _ in rows],
             [d.reason_code for *_, d in rows],
+            [m.campaign_id for m, *_ in rows],
         )
 
 
@@ -117,8 +232,8 @@ def route(tenant: str, trace: str, message: MessageAccepted, decision: Decision,
     return [_status(tenant, trace, message, Status.SUPPRESSED, decision, now)]
 
 
-def _fact_keys(items: list[tuple[str, MessageAccepted]]) -> set[tuple[str, str]]:
-    return {(tenant, m.to) for tenant, m in items if m.type is MessageType.MARKETING}
+def _fact_keys(items: list[tuple[str, MessageAccepted]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((tenant, m.to) for tenant, m in items if m.type is MessageType.MARKETING))
 
 
 class AcceptedHandler:
@@ -128,7 +243,7 @@ class AcceptedHandler:
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         now = self.clock()
-        facts = await self.facts.load(_fact_keys([(i.event.tenant, i.event.payload) for i in batch]))
+        facts = await self.facts.load([(i.event.tenant, i.event.payload) for i in batch], now=now)
         outgoing: list[Outgoing] = []
         held: list[tuple[MessageAccepted, str, str, Decision]] = []
         for item in batch:
@@ -136,8 +251,9 @@ class AcceptedHandler:
             assert isinstance(message, MessageAccepted)
             decision = decide(item.event.tenant, message, facts, now)
             outgoing += route(item.event.tenant, item.event.trace_id, message, decision, now, held)
-        # Held rows are written before the events are published and the offsets committed.
+        # Held rows and releases are written before the events are published and the offsets committed.
         await self.facts.hold(self.facts.pool, held)
+        await self.facts.record_releases(self.facts.pool, facts.releases)
         metrics.HELD.inc(len(held))
         return outgoing
 
@@ -159,6 +275,8 @@ class Timer:
         self.batch = batch
         self.clock = clock
         self._stop = asyncio.Event()
+        self._campaigns_since = datetime(2000, 1, 1, tzinfo=UTC)  # first pass: every campaign
+        self._next_cleanup = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -166,6 +284,7 @@ class Timer:
     async def run(self) -> None:
         while not self._stop.is_set():
             try:
+                await self.housekeeping()
                 while await self.release_due() >= self.batch and not self._stop.is_set():
                     pass
             except Exception:
@@ -174,6 +293,15 @@ class Timer:
                 await asyncio.wait_for(self._stop.wait(), self.interval_s)
             except TimeoutError:
                 pass
+
+    async def housekeeping(self) -> None:
+        """Wake the held messages of resumed or cancelled campaigns; forget old cap releases."""
+        self._campaigns_since, woke = await self.facts.wake_campaigns(self._campaigns_since)
+        if woke:
+            log.info("campaign resumed or cancelled: %d held messages decided again", woke)
+        if time.monotonic() >= self._next_cleanup:
+            self._next_cleanup = time.monotonic() + 600
+            await self.facts.forget_releases(self.clock())
 
     async def release_due(self) -> int:
         now = self.clock()
@@ -187,7 +315,7 @@ class Timer:
             if not rows:
                 return 0
             items = [(r["tenant_id"], MessageAccepted.model_validate(r["accepted"])) for r in rows]
-            facts = await self.facts.load(_fact_keys(items), conn)
+            facts = await self.facts.load(items, conn, now=now)
             outgoing: list[Outgoing] = []
             held: list[tuple[MessageAccepted, str, str, Decision]] = []
             for row, (tenant, message) in zip(rows, items, strict=True):
@@ -196,6 +324,7 @@ class Timer:
             released = [r["message_id"] for r in rows if r["message_id"] not in {m.message_id for m, *_ in held}]
             await conn.execute("DELETE FROM scheduled_messages WHERE message_id = ANY($1::uuid[])", released)
             await self.facts.hold(conn, held)  # held again (e.g. due in quiet hours): new due time
+            await self.facts.record_releases(conn, facts.releases)
             await self.publisher.publish(outgoing)  # before commit: a crash re-releases, never loses
         lateness = max((now - r["due_at"]).total_seconds() for r in rows)
         metrics.RELEASE_LATENESS.observe(lateness)

@@ -86,7 +86,10 @@ async def prepare(settings: ServiceSettings, tenant: str) -> str:
         async with pool.acquire() as conn:
             await migrate(conn)
             async with conn.transaction():
-                await create_tenant(conn, tenant, tenant.title())
+                # The demo sends marketing to made-up numbers that are not contacts: its tenant
+                # runs in the 'opt_out' consent mode (only a refusal blocks marketing).
+                await create_tenant(conn, tenant, tenant.title(), "opt_out")
+                await conn.execute("UPDATE tenants SET marketing_consent = 'opt_out' WHERE tenant_id = $1", tenant)
                 key = await create_key(conn, tenant, name="demo")
     finally:
         await pool.close()

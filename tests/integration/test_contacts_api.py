@@ -22,6 +22,7 @@ from services.ingest.settings import IngestSettings
 from services.scheduler.handlers import FactsRepository
 from shared.api import install_error_handlers
 from tests.conftest import Tenant, make_tenant
+from tests.helpers import marketing_to
 
 pytestmark = pytest.mark.integration
 
@@ -384,7 +385,7 @@ async def test_consent_grant_revoke_and_the_scheduler_gate(client, pool, tenant:
     # opt-out: immediate, and the scheduler's existing suppression gate sees it at once
     r = await client.post(url, json={"purpose": "marketing", "granted": False, "source": "sms_keyword"}, headers=tenant.headers)
     assert r.status_code == 201
-    facts = await FactsRepository(pool).load({key})
+    facts = await FactsRepository(pool).load(marketing_to(key))
     assert facts.suppressions[key] == "opt_out"
     state = (await repo.consent_states([key]))[key]
     assert (state.may_send_marketing, state.reason_code, state.marketing) == (False, "suppressed", False)
@@ -395,18 +396,18 @@ async def test_consent_grant_revoke_and_the_scheduler_gate(client, pool, tenant:
         headers=tenant.headers,
     )
     assert r.json()["current"] is False
-    assert (await FactsRepository(pool).load({key})).suppressions.get(key) == "opt_out"
+    assert (await FactsRepository(pool).load(marketing_to(key))).suppressions.get(key) == "opt_out"
 
     # opting in again later lifts the suppression
     r = await client.post(url, json={"purpose": "marketing", "granted": True, "source": "web_form", "proof": PROOF}, headers=tenant.headers)
     assert r.json()["current"] is True
-    assert key not in (await FactsRepository(pool).load({key})).suppressions
+    assert key not in (await FactsRepository(pool).load(marketing_to(key))).suppressions
     assert (await repo.consent_states([key]))[key].may_send_marketing
 
     # transactional consent is recorded but never touches the suppression list
     r = await client.post(url, json={"purpose": "transactional", "granted": False, "source": "api"}, headers=tenant.headers)
     assert r.status_code == 201
-    assert key not in (await FactsRepository(pool).load({key})).suppressions
+    assert key not in (await FactsRepository(pool).load(marketing_to(key))).suppressions
 
     history = (await client.get(url, headers=tenant.headers)).json()
     assert [(h["purpose"], h["granted"], h["source"]) for h in history["history"]] == [
@@ -448,7 +449,7 @@ async def test_erasure_keeps_an_anonymous_suppression(client, pool, tenant: Tena
     await client.post(f"/v1/contacts/{cid}/consents", json={"purpose": "marketing", "granted": True, "source": "web", "proof": PROOF}, headers=tenant.headers)
     await client.post(f"/v1/contacts/{cid}/consents", json={"purpose": "marketing", "granted": False, "source": "sms_keyword"}, headers=tenant.headers)
     key = (tenant.tenant_id, number)
-    assert key in (await FactsRepository(pool).load({key})).suppressions
+    assert key in (await FactsRepository(pool).load(marketing_to(key))).suppressions
 
     assert (await client.delete(f"/v1/contacts/{cid}", headers=tenant.headers)).status_code == 204
     assert error(await client.get(f"/v1/contacts/{cid}", headers=tenant.headers)) == (404, "contact_not_found")

@@ -28,7 +28,7 @@ from shared.kafka import BatchConsumer, Publisher, make_producer
 from shared.settings import ConsumerSettings
 from shared.topics import ACCEPTED, INBOUND, REJECTED, REPLIES
 from tests.conftest import make_tenant
-from tests.helpers import produce_raw, read_topic, rejected_events
+from tests.helpers import marketing_to, produce_raw, read_topic, rejected_events
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +146,7 @@ async def test_replies_lane_end_to_end_on_broker_and_database(env, pool) -> None
     # The scheduler's facts: scoped opt-out applies to the scoped sender only.
     from services.scheduler.handlers import FactsRepository
 
-    facts = await FactsRepository(pool).load({(t, brand), (t, en)})
+    facts = await FactsRepository(pool).load(marketing_to((t, brand), (t, en)))
     assert (t, en) in facts.suppressions and (t, brand) not in facts.suppressions
     assert (t, brand, scoped) in facts.scoped_suppressions
 

@@ -15,6 +15,7 @@ from services.scheduler.handlers import FactsRepository, Timer
 from shared.contracts import MessageAccepted, MessageOutboundEvent, MessageStatusEvent, utcnow
 from shared.kafka import Outgoing
 from shared.statuses import Status
+from tests.helpers import marketing_to
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +32,13 @@ class ListPublisher:
 def message(to: str = "+919812345678", kind: str = "transactional") -> MessageAccepted:
     return MessageAccepted(message_id=uuid.uuid4(), to=to, country="IN" if to.startswith("+91") else "ES", body="x",
                            type=kind, encoding="GSM-7", segments=1, source="api", accepted_at=utcnow())
+
+
+async def opt_out_tenant(pool) -> str:
+    """A tenant whose marketing needs no recorded consent (these numbers are not contacts)."""
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    await pool.execute("INSERT INTO tenants (tenant_id, name, marketing_consent) VALUES ($1, $1, 'opt_out')", tenant)
+    return tenant
 
 
 async def hold(facts: FactsRepository, messages: list[MessageAccepted], due: datetime, tenant: str = "acme") -> None:
@@ -79,7 +87,7 @@ async def test_released_message_is_decided_again(pool) -> None:
     opted-out number is suppressed at release."""
     facts = FactsRepository(pool)
     night = datetime(2026, 11, 25, 22, 30, tzinfo=UTC)
-    tenant = f"t{uuid.uuid4().hex[:8]}"
+    tenant = await opt_out_tenant(pool)
     late, opted_out = message("+34600000002", "marketing"), message("+34600000003", "marketing")
     await pool.execute("INSERT INTO suppressions (tenant_id, phone_e164, reason, source) VALUES ($1, $2, 'stop', 'test')",
                        tenant, opted_out.to)
@@ -97,12 +105,12 @@ async def test_released_message_is_decided_again(pool) -> None:
 async def test_erased_numbers_stay_suppressed_by_their_hash(pool) -> None:
     import hashlib
 
-    tenant = f"t{uuid.uuid4().hex[:8]}"
+    tenant = await opt_out_tenant(pool)
     phone = "+34600000077"
     digest = hashlib.sha256(f"herald-erasure-v1:{tenant}:{phone}".encode()).hexdigest()
     await pool.execute(
         "INSERT INTO suppression_hashes (tenant_id, phone_hash, reason, source) VALUES ($1, $2, 'erased', 'erasure')",
         tenant, digest,
     )
-    facts = await FactsRepository(pool).load({(tenant, phone), (tenant, "+34600000078")})
+    facts = await FactsRepository(pool).load(marketing_to((tenant, phone), (tenant, "+34600000078")))
     assert facts.suppressions == {(tenant, phone): "erased"}

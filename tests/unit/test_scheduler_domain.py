@@ -1,7 +1,7 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from services.scheduler.domain import Facts, Verdict, decide
+from services.scheduler.domain import Facts, TenantPolicy, Verdict, decide
 from shared.contracts import MessageAccepted, utcnow
 
 NOON_MADRID = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)  # a Wednesday, 12:00 in Spain
@@ -14,7 +14,9 @@ def _message(kind: str, to: str = "+34600000001") -> MessageAccepted:
     )
 
 
-FACTS = Facts(suppressions={("acme", "+34600000001"): "opt_out"})
+# These tenants send marketing to numbers that are not contacts ('opt_out' consent mode).
+OPT_OUT = TenantPolicy(marketing_consent="opt_out")
+FACTS = Facts(suppressions={("acme", "+34600000001"): "opt_out"}, policies={"acme": OPT_OUT, "other": OPT_OUT})
 
 
 def test_marketing_to_suppressed_number_is_suppressed_with_reason() -> None:
