@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from services.ingest import metrics
 from services.ingest.audience import build_audience_router
+from services.ingest.campaigns.api import build_campaigns_router
 from services.ingest.domain import Rejection, parse_receipts, parse_request
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.repository import IngestRepository
@@ -82,6 +83,7 @@ def create_app(
     add_ops_routes(app, readiness)
     app.include_router(twilio_router(settings, publisher))
     app.include_router(build_audience_router(settings))
+    app.include_router(build_campaigns_router(settings, publisher))
     writer = Depends(principal_dependency("messages:write"))
     limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
 

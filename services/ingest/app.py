@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.ingest.api import create_app
+from services.ingest.campaigns.launcher import Launcher
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
@@ -19,6 +20,11 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     repository = IngestRepository(ctx.pool)
     acceptor = Acceptor(repository, settings)
     app = create_app(settings, ctx.pool, acceptor, ctx.publisher, repository, readiness)
+    if settings.campaign_launcher:
+        launcher = Launcher(ctx.pool, ctx.publisher, page_size=settings.campaign_page_size,
+                            lease_s=settings.campaign_lease_s, smart_encoding=settings.smart_encoding)
+        ctx.workers["campaign-launcher"] = launcher.run()
+        ctx.stoppers.append(launcher.stop)
     # Inbound replies (STOP/START/HELP, forwarding): their own consumer group, see docs/replies.md.
     replies = Lane("replies", f"{settings.topic_prefix}ingest.replies", [INBOUND],
                    RepliesHandler(acceptor, RepliesRepository(ctx.pool)))

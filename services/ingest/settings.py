@@ -8,6 +8,9 @@ from shared.settings import ConsumerSettings
 
 class IngestSettings(ConsumerSettings):
     http_port: int = Field(38080, description="Port of the ingest HTTP server")
+    campaign_page_size: int = Field(1000, ge=10, le=10_000, description="Contacts a campaign launcher reads, renders and publishes per page")
+    campaign_lease_s: float = Field(30.0, ge=5, description="How long a launcher keeps a campaign without progress before another instance takes it over")
+    campaign_launcher: bool = Field(True, description="Run a campaign launcher in this ingest instance")
     allowed_number_types: list[str] = Field(
         default_factory=lambda: sorted(SMS_CAPABLE),
         description="phonenumbers types accepted as recipients (e.g. add VOIP, UNKNOWN)",

@@ -61,7 +61,7 @@ class MessageAccepted(_Frozen):
     idempotency_key: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     status_callback_url: str | None = None
-    source: Literal["api", "kafka"]
+    source: Literal["api", "kafka", "campaign", "journey"]
     accepted_at: AwareDatetime
     expires_at: AwareDatetime | None = Field(None, description="Not sent after this time (validity_s)")
     send_at: AwareDatetime | None = Field(None, description="Not sent before this time")

@@ -45,6 +45,7 @@ CREATE TABLE campaigns (
     updated_at      timestamptz NOT NULL DEFAULT now(),
     launched_at     timestamptz,
     paused_at       timestamptz,
+    paused_from     text,                      -- the state a resume returns to
     cancelled_at    timestamptz,
     PRIMARY KEY (tenant_id, campaign_id),
     UNIQUE (campaign_id)

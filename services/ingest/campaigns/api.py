@@ -1,0 +1,280 @@
+"""The campaigns HTTP API (ingest): create, test, launch, pause, resume, cancel; tenant policy.
+
+Scopes: ``campaigns:read`` for reads, ``campaigns:write`` for changes. Another tenant's
+campaign answers 404 like an unknown id. docs/campaigns.md has the flow and the states.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from services.ingest.audience import segments as seg
+from services.ingest.audience.contacts_api import decode_cursor, encode_cursor
+from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
+from services.ingest.audience.templates import SAMPLE_CONTACT, Template, TemplateError, render
+from services.ingest.campaigns.domain import CampaignError, Variant, check_variants, transition
+from services.ingest.campaigns.repository import CampaignRepository, campaign_dict
+from services.ingest.domain import MAX_SCHEDULE_AHEAD, Rejection, accept
+from services.ingest.service import accepted_event
+from services.ingest.settings import IngestSettings
+from shared import admin
+from shared.api import ApiError, principal_dependency
+from shared.auth import Principal
+from shared.contracts import MessageRequest, utcnow
+from shared.kafka import Publisher
+
+MAX_PAGE = 200
+MAX_TEST_NUMBERS = 20
+
+
+class CapBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max: int = Field(ge=0, le=1000, description="Most marketing messages per contact in the window")
+    window_s: int = Field(ge=60, le=31 * 86400, description="Sliding window in seconds (up to 31 days)")
+
+
+class VariantBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", examples=["A"])
+    template_id: uuid.UUID
+    percent: float = Field(gt=0, le=100, description="Share of the audience (of the test share with an A/B test)")
+
+
+class AbTestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    test_percent: float = Field(gt=0, lt=100, description="Share of the audience that tests the variants")
+    metric: Literal["click_rate", "delivery_rate", "conversion_rate"] = "click_rate"
+    wait_s: int = Field(3600, ge=60, le=7 * 86400, description="How long to wait for results before picking the winner")
+    min_sample: int = Field(100, ge=1, description="Fewest messages per variant before a winner may be declared")
+
+
+class CampaignBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    segment_id: uuid.UUID | None = Field(None, description="A stored segment (or give `segment`)")
+    segment: str | None = Field(None, max_length=4000, description="A filter, e.g. country = \"ES\" and \"vip\" in tags")
+    variants: list[VariantBody] = Field(min_length=1, max_length=10)
+    sender: str | None = Field(None, pattern=r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$",
+                               description="Overrides the templates' sender")
+    send_at: AwareDatetime | None = Field(None, description="Launching makes it wait until then (up to 35 days ahead)")
+    frequency_caps: list[CapBody] = Field(default_factory=list, max_length=5,
+                                          description="Caps for this campaign on top of the tenant's")
+    test_numbers: list[str] = Field(default_factory=list, max_length=MAX_TEST_NUMBERS)
+    ab_test: AbTestBody | None = Field(None, description="Send the variants to a test share, then the winner to the rest")
+
+    @model_validator(mode="after")
+    def _one_segment(self) -> CampaignBody:
+        if (self.segment_id is None) == (self.segment is None):
+            raise ValueError("give exactly one of segment_id or segment")
+        return self
+
+
+class TestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    numbers: list[str] | None = Field(None, max_length=MAX_TEST_NUMBERS, description="Default: the campaign's test_numbers")
+
+
+class PolicyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    marketing_consent: Literal["required", "opt_out"] | None = None
+    frequency_caps: list[CapBody] | None = Field(None, max_length=5)
+
+
+def _campaign_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ApiError(404, "campaign_not_found", "no campaign with this id") from None
+
+
+def _member(r: Any) -> AudienceMember:
+    return AudienceMember(r["contact_id"], r["phone_e164"], r["first_name"], r["last_name"], r["language"], r["country"],
+                          r["time_zone"], r["attributes"], r["consent_marketing"])
+
+
+def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> APIRouter:
+    router = APIRouter()
+    reader = Depends(principal_dependency("campaigns:read"))
+    writer = Depends(principal_dependency("campaigns:write"))
+    errors: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 409: {}, 422: {}}
+
+    def repo(request: Request) -> CampaignRepository:
+        return CampaignRepository(request.app.state.pool)
+
+    async def load(request: Request, principal: Principal, campaign_id: str) -> Any:
+        row = await repo(request).get(principal.tenant_id, _campaign_id(campaign_id))
+        if row is None:
+            raise ApiError(404, "campaign_not_found", "no campaign with this id")
+        return row
+
+    @router.post("/v1/campaigns", status_code=201, tags=["campaigns"], responses=errors)
+    async def create_campaign(body: CampaignBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
+        """Create a draft campaign: an audience (segment), variants with their split, caps and test numbers."""
+        tenant = principal.tenant_id
+        pool = request.app.state.pool
+        if body.segment_id is not None:
+            stored = await AudienceRepository(pool).get_segment(tenant, body.segment_id)
+            if stored is None:
+                raise ApiError(422, "segment_not_found", "no segment with this id",
+                               [{"loc": "body.segment_id", "code": "segment_not_found", "msg": "unknown segment"}])
+            text = stored["filter"]
+        else:
+            text = body.segment or ""
+        try:
+            normalized = seg.normalize(seg.parse(text))
+        except seg.SegmentError as exc:
+            raise ApiError(422, "segment_invalid", str(exc), [exc.detail()]) from None
+        variants = [Variant(v.name, v.template_id, v.percent) for v in body.variants]
+        problems = check_variants(variants)
+        templates = await repo(request).templates(tenant, [v.template_id for v in variants])
+        for i, v in enumerate(variants):
+            if v.template_id not in templates:
+                problems.append({"loc": f"body.variants.{i}.template_id", "code": "template_not_found", "msg": "unknown template"})
+        if len({templates[v.template_id]["purpose"] for v in variants if v.template_id in templates}) > 1:
+            problems.append({"loc": "body.variants", "code": "mixed_purposes",
+                             "msg": "every variant's template has the same purpose (marketing or transactional)"})
+        if body.send_at is not None and body.send_at > utcnow() + MAX_SCHEDULE_AHEAD:
+            problems.append({"loc": "body.send_at", "code": "send_at_too_far", "msg": "at most 35 days ahead"})
+        if body.ab_test is not None and len(variants) < 2:
+            problems.append({"loc": "body.ab_test", "code": "ab_test_needs_variants", "msg": "an A/B test needs two variants or more"})
+        if problems:
+            code = problems[0]["code"] if len({p["code"] for p in problems}) == 1 else "validation_failed"
+            raise ApiError(422, code, problems[0]["msg"], problems)
+        row = await repo(request).create(tenant, {
+            "name": body.name,
+            "segment_id": body.segment_id,
+            "segment_filter": normalized,
+            "sender": body.sender,
+            "variants": [{"name": v.name, "template_id": str(v.template_id), "percent": v.percent} for v in variants],
+            "frequency_caps": [c.model_dump() for c in body.frequency_caps],
+            "test_numbers": body.test_numbers,
+            "send_at": body.send_at,
+            "ab_test": body.ab_test.model_dump() if body.ab_test else None,
+        })
+        return campaign_dict(row)
+
+    @router.get("/v1/campaigns", tags=["campaigns"], responses=errors)
+    async def list_campaigns(
+        request: Request,
+        principal: Principal = reader,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    ) -> dict[str, Any]:
+        rows = await repo(request).list(principal.tenant_id, after=decode_cursor(cursor), limit=limit)
+        page = [campaign_dict(r) for r in rows]
+        return {"campaigns": page, "next_cursor": encode_cursor(str(rows[-1]["campaign_id"])) if len(rows) == limit else None}
+
+    @router.get("/v1/campaigns/{campaign_id}", tags=["campaigns"], responses=errors)
+    async def get_campaign(campaign_id: Annotated[str, Path(max_length=64)], request: Request,
+                           principal: Principal = reader) -> dict[str, Any]:
+        return campaign_dict(await load(request, principal, campaign_id))
+
+    @router.get("/v1/campaigns/{campaign_id}/audience", tags=["campaigns"], responses=errors)
+    async def campaign_audience(campaign_id: Annotated[str, Path(max_length=64)], request: Request,
+                                principal: Principal = reader) -> dict[str, Any]:
+        """How many contacts the segment matches now, and a sample (consent is checked at send time)."""
+        row = await load(request, principal, campaign_id)
+        count, sample = await AudienceRepository(request.app.state.pool).preview(principal.tenant_id, seg.parse(row["segment_filter"]))
+        return {"campaign_id": str(row["campaign_id"]), "count": count, "sample": sample}
+
+    @router.post("/v1/campaigns/{campaign_id}/test", tags=["campaigns"], responses={**errors, 503: {}})
+    async def send_test(campaign_id: Annotated[str, Path(max_length=64)], request: Request,
+                        body: TestBody | None = None, principal: Principal = writer) -> dict[str, Any]:
+        """Send every variant to the test numbers now, rendered for the contact with that number
+        (or sample fields). Test sends are transactional, so consent, caps and quiet hours do not
+        hold them, and they are not counted in the campaign's report."""
+        row = await load(request, principal, campaign_id)
+        numbers = (body.numbers if body and body.numbers is not None else list(row["test_numbers"]))
+        if not numbers:
+            raise ApiError(422, "no_test_numbers", "give numbers, or store test_numbers on the campaign")
+        r = repo(request)
+        stored = await r.templates(principal.tenant_id, [uuid.UUID(v["template_id"]) for v in row["variants"]])
+        contacts = await r.contacts_by_phone(principal.tenant_id, numbers)
+        now, results, outgoing = utcnow(), [], []
+        for number in numbers:
+            contact = contacts.get(number)
+            fields = _member(contact).template_fields() if contact else SAMPLE_CONTACT
+            for v in row["variants"]:
+                t = stored.get(uuid.UUID(v["template_id"]))
+                if t is None:
+                    results.append({"to": number, "variant": v["name"], "error": {"code": "template_not_found"}})
+                    continue
+                try:
+                    rendered = render(Template(t["purpose"], t["default_language"], t["variants"], t["sender"]), fields,
+                                      smart=settings.smart_encoding)
+                    request_body = MessageRequest(
+                        to=number, body=rendered.info.text, sender=row["sender"] or rendered.sender, type="transactional",
+                        metadata={"campaign_test": str(row["campaign_id"]), "variant": v["name"]},
+                    )
+                    message = accept(request_body, message_id=uuid.uuid4(), now=now, source="api",
+                                     allowed_types=settings.allowed_number_types, smart_encoding=settings.smart_encoding)
+                except (TemplateError, Rejection, ValueError) as exc:
+                    code = getattr(exc, "code", "invalid")
+                    results.append({"to": number, "variant": v["name"], "error": {"code": code, "message": str(exc)}})
+                    continue
+                outgoing.append(accepted_event(principal.tenant_id, message, trace_id=row["campaign_id"].hex))
+                results.append({"to": number, "variant": v["name"], "message_id": str(message.message_id),
+                                "text": rendered.info.text, "encoding": rendered.info.encoding, "segments": rendered.info.segments})
+        try:
+            await publisher.publish(outgoing)
+        except Exception as exc:
+            raise ApiError(503, "broker_unavailable", "could not publish the test messages; retry") from exc
+        return {"campaign_id": str(row["campaign_id"]), "sent": len(outgoing), "results": results}
+
+    async def act(request: Request, principal: Principal, campaign_id: str, action: Literal["launch", "pause", "resume", "cancel"]) -> dict[str, Any]:
+        row = await load(request, principal, campaign_id)
+        try:
+            new = transition(row["state"], action, send_at=row["send_at"], now=utcnow(), paused_from=row["paused_from"])
+        except CampaignError as exc:
+            raise ApiError(exc.status, exc.code, str(exc), [{"loc": "state", "code": exc.code, "msg": row["state"]}]) from None
+        changed = await repo(request).change_state(principal.tenant_id, row["campaign_id"], row["state"], new)
+        if changed is None:
+            raise ApiError(409, "state_changed", "the campaign changed meanwhile; read it and retry")
+        return campaign_dict(changed)
+
+    @router.post("/v1/campaigns/{campaign_id}/launch", tags=["campaigns"], responses=errors)
+    async def launch(campaign_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer) -> dict[str, Any]:
+        """Start sending now, or at send_at (state scheduled)."""
+        return await act(request, principal, campaign_id, "launch")
+
+    @router.post("/v1/campaigns/{campaign_id}/pause", tags=["campaigns"], responses=errors)
+    async def pause(campaign_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer) -> dict[str, Any]:
+        """Stop new sends within seconds; messages not yet sent are held until resumed."""
+        return await act(request, principal, campaign_id, "pause")
+
+    @router.post("/v1/campaigns/{campaign_id}/resume", tags=["campaigns"], responses=errors)
+    async def resume(campaign_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer) -> dict[str, Any]:
+        """Continue where the campaign stopped, with no contact messaged twice."""
+        return await act(request, principal, campaign_id, "resume")
+
+    @router.post("/v1/campaigns/{campaign_id}/cancel", tags=["campaigns"], responses=errors)
+    async def cancel(campaign_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer) -> dict[str, Any]:
+        """Stop for good: messages not yet sent end suppressed (campaign_cancelled)."""
+        return await act(request, principal, campaign_id, "cancel")
+
+    # tenant policy --------------------------------------------------------------------------------
+
+    @router.get("/v1/policy", tags=["policy"], responses=errors)
+    async def get_policy(request: Request, principal: Principal = reader) -> dict[str, Any]:
+        """The tenant's marketing consent mode and frequency caps (the scheduler applies them)."""
+        async with request.app.state.pool.acquire() as conn:
+            policy = await admin.tenant_policy(conn, principal.tenant_id)
+        if policy is None:
+            raise ApiError(404, "tenant_not_found", "no such tenant")
+        return policy
+
+    @router.put("/v1/policy", tags=["policy"], responses=errors)
+    async def put_policy(body: PolicyBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
+        caps = [c.model_dump() for c in body.frequency_caps] if body.frequency_caps is not None else None
+        async with request.app.state.pool.acquire() as conn:
+            policy = await admin.tenant_policy_set(conn, f"api:{principal.key_id}", principal.tenant_id,
+                                                   marketing_consent=body.marketing_consent, caps=caps)
+        if policy is None:
+            raise ApiError(404, "tenant_not_found", "no such tenant")
+        return policy
+
+    return router

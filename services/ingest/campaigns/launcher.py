@@ -1,0 +1,208 @@
+"""The campaign launcher: streams a campaign's audience from PostgreSQL into Kafka.
+
+Any ingest instance runs one. It claims a campaign to fan out (a lease in the campaigns
+table), reads the segment's contacts a page at a time in contact id order (never the whole
+audience in memory), renders each contact's variant, publishes the page to the bulk lane
+(or the priority lane for a transactional campaign) and only then stores the page's cursor.
+Every page renews the lease and re-reads the state, so a pause or cancel stops the fan-out
+within one page; the scheduler holds (pause) or suppresses (cancel) what was already
+published. A launcher that dies is replaced by another after the lease runs out; it
+re-publishes at most one page, with the same message ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import phonenumbers
+from prometheus_client import Counter, Histogram
+
+from services.ingest.audience import segments as seg
+from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
+from services.ingest.audience.templates import Template, TemplateError, render
+from services.ingest.campaigns.domain import AbTest, Variant, assign, build_message
+from services.ingest.campaigns.repository import CampaignRepository
+from services.ingest.service import accepted_event
+from shared.contracts import utcnow
+from shared.kafka import Outgoing, Publisher
+
+log = logging.getLogger(__name__)
+
+FANNED_OUT = Counter("herald_campaign_messages_published_total", "Campaign messages published by the launcher")
+RENDER_FAILED = Counter("herald_campaign_render_failures_total", "Contacts skipped because their text could not be rendered")
+PAGE_SECONDS = Histogram(
+    "herald_campaign_page_seconds", "Time to read, render and publish one page of a campaign's audience",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the launcher needs of a claimed campaign."""
+
+    tenant_id: str
+    campaign_id: uuid.UUID
+    node: seg.Node
+    variants: tuple[Variant, ...]
+    templates: dict[uuid.UUID, Template]
+    sender: str | None
+    ab_test: AbTest | None
+    phase: str
+    winner: str | None
+    cursor: uuid.UUID | None
+
+
+def parse_variants(raw: list[dict[str, Any]]) -> tuple[Variant, ...]:
+    return tuple(Variant(v["name"], uuid.UUID(str(v["template_id"])), float(v["percent"])) for v in raw)
+
+
+def parse_ab_test(raw: dict[str, Any] | None) -> AbTest | None:
+    if not raw:
+        return None
+    return AbTest(float(raw["test_percent"]), raw.get("metric", "click_rate"), int(raw.get("wait_s", 3600)),
+                  int(raw.get("min_sample", 100)))
+
+
+def region_of(e164: str) -> str:
+    return phonenumbers.region_code_for_number(phonenumbers.parse(e164)) or "ZZ"
+
+
+class Launcher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: Publisher,
+        *,
+        page_size: int = 1000,
+        lease_s: float = 30.0,
+        idle_s: float = 1.0,
+        smart_encoding: bool = True,
+        clock: Callable[[], datetime] = utcnow,
+        owner: str | None = None,
+    ) -> None:
+        self.campaigns = CampaignRepository(pool)
+        self.audience = AudienceRepository(pool)
+        self.publisher = publisher
+        self.page_size = page_size
+        self.lease_s = lease_s
+        self.idle_s = idle_s
+        self.smart_encoding = smart_encoding
+        self.clock = clock
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = await self.run_once()
+            except Exception:
+                log.exception("campaign launcher failed; retrying")
+                worked = False
+            if not worked:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), self.idle_s)
+                except TimeoutError:
+                    pass
+
+    async def run_once(self) -> bool:
+        """Claim one due campaign and fan out as much of it as this launcher keeps; False if none."""
+        row = await self.campaigns.claim(self.owner, self.lease_s, self.clock())
+        if row is None:
+            return False
+        plan = await self._plan(row)
+        if plan is None:
+            return True
+        try:
+            await self.fan_out(plan)
+        finally:
+            await self.campaigns.release(plan.tenant_id, plan.campaign_id, self.owner)
+        return True
+
+    async def _plan(self, row: asyncpg.Record) -> Plan | None:
+        variants = parse_variants(row["variants"])
+        stored = await self.campaigns.templates(row["tenant_id"], [v.template_id for v in variants])
+        missing = [str(v.template_id) for v in variants if v.template_id not in stored]
+        if missing:
+            # A template deleted after creation: the campaign cannot go on. Cancel it visibly.
+            log.error("campaign %s: templates %s are gone; cancelling", row["campaign_id"], missing)
+            await self.campaigns.change_state(row["tenant_id"], row["campaign_id"], "running", "cancelled")
+            return None
+        templates = {
+            tid: Template(r["purpose"], r["default_language"], r["variants"], r["sender"]) for tid, r in stored.items()
+        }
+        return Plan(
+            tenant_id=row["tenant_id"],
+            campaign_id=row["campaign_id"],
+            node=seg.parse(row["segment_filter"]),
+            variants=variants,
+            templates=templates,
+            sender=row["sender"],
+            ab_test=parse_ab_test(row["ab_test"]),
+            phase=row["phase"],
+            winner=row["winner"],
+            cursor=row["cursor"],
+        )
+
+    async def fan_out(self, plan: Plan) -> None:
+        published = 0
+        started = time.monotonic()
+        page_started = time.monotonic()
+        async for page in self.audience.iter_audience(plan.tenant_id, plan.node, batch_size=self.page_size, after=plan.cursor):
+            if self._stop.is_set():
+                return
+            outgoing = self.page_events(plan, page, self.clock())
+            await self.publisher.publish(outgoing)
+            state = await self.campaigns.advance(
+                plan.tenant_id, plan.campaign_id, self.owner, page[-1].contact_id, len(outgoing), self.lease_s, self.clock()
+            )
+            FANNED_OUT.inc(len(outgoing))
+            PAGE_SECONDS.observe(time.monotonic() - page_started)
+            page_started = time.monotonic()
+            published += len(outgoing)
+            if state is None:
+                log.info("campaign %s stopped (paused, cancelled or taken over) after %d messages", plan.campaign_id, published)
+                return
+        testing_until = None
+        if plan.ab_test is not None and plan.phase == "test":
+            testing_until = self.clock() + timedelta(seconds=plan.ab_test.wait_s)
+        if await self.campaigns.finish_phase(plan.tenant_id, plan.campaign_id, self.owner, testing_until=testing_until):
+            elapsed = time.monotonic() - started
+            log.info(
+                "campaign %s phase %s fanned out: %d messages in %.1f s (%.0f/s)", plan.campaign_id, plan.phase,
+                published, elapsed, published / elapsed if elapsed else 0.0,
+            )
+
+    def page_events(self, plan: Plan, page: list[AudienceMember], now: datetime) -> list[Outgoing]:
+        """Render and build the accepted events of one page (contacts of the other phase are skipped)."""
+        outgoing: list[Outgoing] = []
+        for member in page:
+            variant = assign(plan.campaign_id, member.contact_id, plan.variants, plan.ab_test, plan.phase, plan.winner)  # type: ignore[arg-type]
+            if variant is None:
+                continue
+            template = plan.templates[variant.template_id]
+            try:
+                rendered = render(template, member.template_fields(), smart=self.smart_encoding)
+            except TemplateError:
+                RENDER_FAILED.inc()
+                log.warning("campaign %s: contact %s: text too long once rendered; skipped", plan.campaign_id, member.contact_id)
+                continue
+            message = build_message(
+                campaign_id=plan.campaign_id, member=member, variant=variant, template=template,
+                region=region_of(member.phone), sender=plan.sender, now=now, smart_encoding=self.smart_encoding,
+                rendered=rendered,
+            )
+            outgoing.append(accepted_event(plan.tenant_id, message, trace_id=plan.campaign_id.hex))
+        return outgoing

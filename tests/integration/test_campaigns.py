@@ -1,0 +1,242 @@
+"""Campaigns on the real database and broker: the API's checks, the launcher's fan-out in
+pages, pause and resume without duplicates, test sends and tenant isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.ingest.audience import build_audience_router
+from services.ingest.campaigns.api import build_campaigns_router
+from services.ingest.campaigns.domain import message_id_for
+from services.ingest.campaigns.launcher import Launcher
+from services.ingest.settings import IngestSettings
+from shared.api import install_error_handlers
+from shared.contracts import MessageAcceptedEvent
+from shared.kafka import Publisher, make_producer
+from shared.settings import ServiceSettings
+from shared.topics import ACCEPTED, ACCEPTED_BULK
+from tests.conftest import Tenant, make_tenant
+from tests.helpers import read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def publisher(env) -> AsyncIterator[Publisher]:
+    settings = ServiceSettings()
+    producer = make_producer(settings, "test-campaigns")
+    await producer.start()
+    yield Publisher(producer, settings.topic_prefix, "test")
+    await producer.stop()
+
+
+@pytest.fixture
+async def client(env, pool, publisher) -> AsyncIterator[httpx.AsyncClient]:
+    app = FastAPI()
+    app.state.pool = pool
+    install_error_handlers(app)
+    settings = IngestSettings()
+    app.include_router(build_audience_router(settings))
+    app.include_router(build_campaigns_router(settings, publisher))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=120) as c:
+        yield c
+
+
+def error(r: httpx.Response) -> tuple[int, str]:
+    return r.status_code, r.json()["error"]["code"]
+
+
+async def seed(client: httpx.AsyncClient, tenant: Tenant, count: int) -> None:
+    """``count`` Spanish contacts tagged vip (consent is the scheduler's business, not the launcher's)."""
+    lines = ["phone,first_name,language,tags"] + [
+        f"+346{i:08d},Ana{i},{'es' if i % 2 else 'en'},vip" for i in range(count)
+    ]
+    r = await client.post("/v1/contacts/import", content="\n".join(lines), headers={**tenant.headers, "Content-Type": "text/csv"})
+    assert r.status_code == 200, r.text
+
+
+async def template(client: httpx.AsyncClient, tenant: Tenant, name: str, text: str) -> str:
+    r = await client.post("/v1/templates", json={"name": name, "purpose": "marketing", "default_language": "en",
+                                                 "variants": {"en": text, "es": "Hola {{first_name|}}: " + text}},
+                          headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    return r.json()["template_id"]
+
+
+async def campaign(client: httpx.AsyncClient, tenant: Tenant, **extra) -> dict:
+    a = await template(client, tenant, f"a-{uuid.uuid4().hex[:6]}", "Flash sale today")
+    b = await template(client, tenant, f"b-{uuid.uuid4().hex[:6]}", "Last hours of the sale")
+    body = {"name": "Black Friday", "segment": '"vip" in tags',
+            "variants": [{"name": "A", "template_id": a, "percent": 30}, {"name": "B", "template_id": b, "percent": 70}]}
+    r = await client.post("/v1/campaigns", json={**body, **extra}, headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def campaign_events(env, campaign_id: str, expected: int, topic=ACCEPTED_BULK) -> list[MessageAcceptedEvent]:
+    def ours(records: list) -> list[MessageAcceptedEvent]:
+        events = [MessageAcceptedEvent.model_validate_json(r.value) for r in records]
+        return [e for e in events if str(e.payload.campaign_id) == campaign_id]
+
+    records = await read_topic(env.bootstrap, topic.name(env.prefix), lambda rs: len(ours(rs)) >= expected, timeout_s=60)
+    return ours(records)
+
+
+async def test_campaign_definition_errors(client, tenant: Tenant) -> None:
+    t = await template(client, tenant, "t1", "Hello")
+    ok = {"name": "x", "segment": 'country = "ES"', "variants": [{"name": "A", "template_id": t, "percent": 100}]}
+    cases = [
+        ({**ok, "variants": [{"name": "A", "template_id": t, "percent": 60}, {"name": "B", "template_id": t, "percent": 30}]}, "split_not_100"),
+        ({**ok, "variants": [{"name": "A", "template_id": str(uuid.uuid4()), "percent": 100}]}, "template_not_found"),
+        ({**ok, "segment": 'country = "ES" or'}, "segment_invalid"),
+        ({**ok, "segment": "country = 'ES'; DROP TABLE contacts; --"}, "segment_invalid"),
+        ({**ok, "segment_id": str(uuid.uuid4()), "segment": None}, "segment_not_found"),
+        ({**ok, "ab_test": {"test_percent": 20}}, "ab_test_needs_variants"),
+        ({**ok, "send_at": "2099-01-01T00:00:00Z"}, "send_at_too_far"),
+    ]
+    for body, code in cases:
+        assert error(await client.post("/v1/campaigns", json=body, headers=tenant.headers)) == (422, code), body
+    r = await client.post("/v1/campaigns", json={**ok, "segment_id": str(uuid.uuid4())}, headers=tenant.headers)
+    assert r.status_code == 422  # both segment and segment_id
+
+
+async def test_states_and_tenant_isolation(client, pool, tenant: Tenant) -> None:
+    c = await campaign(client, tenant)
+    cid = c["campaign_id"]
+    assert c["state"] == "draft"
+    assert error(await client.post(f"/v1/campaigns/{cid}/pause", headers=tenant.headers)) == (409, "invalid_state")
+    other = await make_tenant(pool)
+    for method, path in [("GET", ""), ("POST", "/launch"), ("POST", "/cancel"), ("POST", "/test"), ("GET", "/audience")]:
+        r = await client.request(method, f"/v1/campaigns/{cid}{path}", headers=other.headers)
+        assert error(r) == (404, "campaign_not_found"), path
+    assert cid not in [x["campaign_id"] for x in (await client.get("/v1/campaigns", headers=other.headers)).json()["campaigns"]]
+    reader = await make_tenant(pool, scopes=("campaigns:read",))
+    assert (await client.post(f"/v1/campaigns/{cid}/launch", headers=reader.headers)).status_code == 403
+    r = await client.post(f"/v1/campaigns/{cid}/cancel", headers=tenant.headers)
+    assert r.json()["state"] == "cancelled"
+    assert error(await client.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)) == (409, "invalid_state")
+
+
+async def test_launch_streams_the_audience_in_pages_with_its_split(client, pool, env, publisher, tenant: Tenant) -> None:
+    await seed(client, tenant, 2500)
+    c = await campaign(client, tenant)
+    cid = c["campaign_id"]
+    audience = (await client.get(f"/v1/campaigns/{cid}/audience", headers=tenant.headers)).json()
+    assert audience["count"] == 2500
+    assert (await client.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)).json()["state"] == "running"
+    launcher = Launcher(pool, publisher, page_size=300)
+    assert await launcher.run_once()
+    done = (await client.get(f"/v1/campaigns/{cid}", headers=tenant.headers)).json()
+    assert done["state"] == "completed" and done["progress"]["published"] == 2500
+    events = await campaign_events(env, cid, 2500)
+    assert len(events) == 2500 and len({e.payload.message_id for e in events}) == 2500
+    split = Counter(e.payload.variant for e in events)
+    assert abs(split["A"] / 2500 - 0.30) < 0.04, split
+    first = next(e.payload for e in events if e.payload.to == "+34600000001")
+    assert first.body.startswith("Hola Ana1: ") and first.contact_id is not None
+    assert first.message_id == message_id_for(uuid.UUID(cid), first.contact_id)
+    assert not await launcher.run_once()  # nothing left to fan out
+
+
+class PausingPublisher:
+    """Publishes for real, and pauses the campaign through the API after ``after`` pages."""
+
+    def __init__(self, inner: Publisher, client: httpx.AsyncClient, tenant: Tenant, cid: str, after: int) -> None:
+        self.inner, self.client, self.tenant, self.cid, self.after, self.pages = inner, client, tenant, cid, after, 0
+
+    async def publish(self, items) -> None:
+        await self.inner.publish(items)
+        self.pages += 1
+        if self.pages == self.after:
+            r = await self.client.post(f"/v1/campaigns/{self.cid}/pause", headers=self.tenant.headers)
+            assert r.json()["state"] == "paused"
+
+
+async def test_pause_stops_the_fan_out_and_resume_continues_without_duplicates(client, pool, env, publisher, tenant: Tenant) -> None:
+    await seed(client, tenant, 1000)
+    cid = (await campaign(client, tenant))["campaign_id"]
+    await client.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)
+    pausing = PausingPublisher(publisher, client, tenant, cid, after=3)
+    launcher = Launcher(pool, pausing, page_size=100)  # type: ignore[arg-type]
+    assert await launcher.run_once()
+    paused = (await client.get(f"/v1/campaigns/{cid}", headers=tenant.headers)).json()
+    assert paused["state"] == "paused" and paused["progress"]["published"] <= 300
+    assert not await launcher.run_once(), "a paused campaign is not fanned out"
+    resumed = (await client.post(f"/v1/campaigns/{cid}/resume", headers=tenant.headers)).json()
+    assert resumed["state"] == "running"
+    other = Launcher(pool, publisher, page_size=100)  # another instance picks it up
+    assert await other.run_once()
+    events = await campaign_events(env, cid, 1000)
+    ids = Counter(e.payload.message_id for e in events)
+    assert len(ids) == 1000, "every contact exactly once"
+    assert max(ids.values()) <= 2 and sum(ids.values()) <= 1100  # at most one page re-published, same ids
+    assert (await client.get(f"/v1/campaigns/{cid}", headers=tenant.headers)).json()["state"] == "completed"
+
+
+async def test_a_dead_launchers_lease_is_taken_over(client, pool, env, publisher, tenant: Tenant) -> None:
+    await seed(client, tenant, 400)
+    cid = (await campaign(client, tenant))["campaign_id"]
+    await client.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)
+    await pool.execute("UPDATE campaigns SET launcher = 'dead', lease_until = now() + interval '1 hour',"
+                       " cursor = NULL WHERE campaign_id = $1", uuid.UUID(cid))
+    assert not await Launcher(pool, publisher).run_once(), "a live lease is respected"
+    await pool.execute("UPDATE campaigns SET lease_until = now() - interval '1 second' WHERE campaign_id = $1", uuid.UUID(cid))
+    assert await Launcher(pool, publisher, page_size=150).run_once()
+    assert len({e.payload.message_id for e in await campaign_events(env, cid, 400)}) == 400
+
+
+async def test_scheduled_launch_waits_for_send_at(client, pool, tenant: Tenant, publisher) -> None:
+    await seed(client, tenant, 10)
+    from datetime import timedelta
+
+    from shared.contracts import utcnow
+
+    at = utcnow() + timedelta(seconds=2)
+    cid = (await campaign(client, tenant, send_at=at.isoformat()))["campaign_id"]
+    assert (await client.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)).json()["state"] == "scheduled"
+    launcher = Launcher(pool, publisher)
+    assert not await launcher.run_once()
+    await asyncio.sleep(2.2)
+    assert await launcher.run_once()
+    assert (await client.get(f"/v1/campaigns/{cid}", headers=tenant.headers)).json()["state"] == "completed"
+
+
+async def test_test_sends_render_each_variant_for_the_test_numbers(client, env, tenant: Tenant) -> None:
+    await seed(client, tenant, 3)
+    c = await campaign(client, tenant, test_numbers=["+34600000001", "+34699999999"])
+    r = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert r.json()["sent"] == 4 and len(results) == 4
+    known = [x for x in results if x["to"] == "+34600000001"]
+    assert {x["variant"] for x in known} == {"A", "B"} and all(x["text"].startswith("Hola Ana1") for x in known)
+    assert all(x["text"].startswith("Hi") or x["text"].startswith("Flash") or x["text"].startswith("Last")
+               for x in results if x["to"] == "+34699999999")
+    ids = {x["message_id"] for x in results}
+    records = await read_topic(env.bootstrap, ACCEPTED.name(env.prefix), lambda rs: ids <= {
+        str(MessageAcceptedEvent.model_validate_json(x.value).payload.message_id) for x in rs})
+    tests = [MessageAcceptedEvent.model_validate_json(x.value).payload for x in records]
+    tests = [m for m in tests if str(m.message_id) in ids]
+    assert {m.type.value for m in tests} == {"transactional"} and all(m.campaign_id is None for m in tests)
+    assert {m.metadata["campaign_test"] for m in tests} == {c["campaign_id"]}
+    bad = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", json={"numbers": ["12"]}, headers=tenant.headers)
+    assert bad.json()["sent"] == 0 and bad.json()["results"][0]["error"]["code"]
+
+
+async def test_tenant_policy_api(client, pool, tenant: Tenant) -> None:
+    r = await client.put("/v1/policy", json={"marketing_consent": "required",
+                                              "frequency_caps": [{"max": 1, "window_s": 86400}, {"max": 4, "window_s": 604800}]},
+                         headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert (await client.get("/v1/policy", headers=tenant.headers)).json()["frequency_caps"][1] == {"max": 4, "window_s": 604800}
+    bad = await client.put("/v1/policy", json={"frequency_caps": [{"max": 1, "window_s": 40 * 86400}]}, headers=tenant.headers)
+    assert bad.status_code == 422
+    audit = await pool.fetchval("SELECT count(*) FROM audit_log WHERE target = $1 AND action = 'tenant.policy'", tenant.tenant_id)
+    assert audit == 1
