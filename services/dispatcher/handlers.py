@@ -25,13 +25,21 @@ from services.dispatcher.gateways.base import (
     Submitted,
     Unknown,
 )
-from services.dispatcher.repository import ClaimRepository, Finish
+from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import LocalThrottle, Throttle
-from shared.contracts import MessageOutbound, MessageStatusChanged, MessageStatusEvent, derived_event_id, utcnow
+from shared.contracts import (
+    MessageAccepted,
+    MessageAcceptedEvent,
+    MessageOutbound,
+    MessageStatusChanged,
+    MessageStatusEvent,
+    derived_event_id,
+    utcnow,
+)
 from shared.kafka import Incoming, Outgoing, Publisher
-from shared.statuses import Status
-from shared.topics import STATUS
+from shared.statuses import MessageType, Status
+from shared.topics import ACCEPTED, ACCEPTED_BULK, STATUS
 
 log = logging.getLogger(__name__)
 UNKNOWN_RECHECK_S = 15.0
@@ -259,25 +267,36 @@ class OutboundHandler:
     """One lane's batch handler: claim, send (priority lanes go first), record, report."""
 
     def __init__(
-        self, claims: ClaimRepository, sender: Sender, settings: DispatcherSettings, *, priority: bool = True
+        self, claims: ClaimRepository, sender: Sender, settings: DispatcherSettings, *, priority: bool = True,
+        campaigns: CampaignStates | None = None,
     ) -> None:
         self.claims = claims
         self.sender = sender
         self.settings = settings
         self.priority = priority
+        self.campaigns = campaigns
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         jobs = {}
+        outgoing: list[Outgoing] = []
+        held = await self._held_campaigns(batch)
         for item in batch:
             message = item.event.payload
             assert isinstance(message, MessageOutbound)
+            if message.campaign_id in held:
+                # Paused or cancelled after the scheduler released it: back to the scheduler,
+                # which holds it until resumed (or suppresses it). Nothing is claimed or sent.
+                outgoing.append(regate_event(item.event.tenant, item.event.trace_id, message))
+                metrics.REGATED.inc()
+                continue
             jobs.setdefault(message.message_id, Job(item.event.tenant, item.event.trace_id, message))
+        if not jobs:
+            return outgoing
         claims = await self.claims.claim(
             self.settings.instance_id,
             self.settings.claim_lease_s,
             [(mid, j.tenant, j.message.model_dump_json()) for mid, j in jobs.items()],
         )
-        outgoing: list[Outgoing] = []
         fresh: list[Job] = []
         for mid, job in jobs.items():
             claim = claims[mid]
@@ -296,6 +315,24 @@ class OutboundHandler:
         await self.claims.release_for_reconcile([j.message.message_id for j in unknown], UNKNOWN_RECHECK_S)
         outgoing += [status_event(job, finish) for job, finish in finished]
         return outgoing
+
+
+    async def _held_campaigns(self, batch: list[Incoming]) -> set[uuid.UUID]:
+        if self.campaigns is None:
+            return set()
+        ids = {i.event.payload.campaign_id for i in batch if i.event.payload.campaign_id is not None}
+        return await self.campaigns.held(ids) if ids else set()
+
+
+def regate_event(tenant: str, trace_id: str, message: MessageOutbound) -> Outgoing:
+    """The message as accepted, for the scheduler to decide again (same event id as when accepted)."""
+    accepted = MessageAccepted.model_construct(**{k: v for k, v in message.__dict__.items() if k != "released_at"})
+    event = MessageAcceptedEvent.model_construct(
+        event_id=message.message_id, type="message.accepted", version=1, occurred_at=message.accepted_at,
+        tenant=tenant, trace_id=trace_id, payload=accepted,
+    )
+    lane = ACCEPTED_BULK if message.type is MessageType.MARKETING else ACCEPTED
+    return Outgoing(lane, message.to, event)
 
 
 class Reconciler:

@@ -18,6 +18,9 @@ THROTTLE_WAIT = Histogram(
 SKIPPED_CLAIMED = Counter(
     "herald_dispatcher_skipped_claimed_total", "Redelivered messages skipped because a claim exists"
 )
+REGATED = Counter(
+    "herald_dispatcher_regated_total", "Messages of paused or cancelled campaigns sent back to the scheduler unsent"
+)
 RECONCILED = Counter("herald_dispatcher_reconciled_total", "Stale claims resolved by the reconciler")
 GATEWAY_OPEN = Gauge("herald_dispatcher_gateway_open", "1 while a gateway's circuit is open (skipped)", ["gateway"])
 GATEWAY_TRANSITIONS = Counter(

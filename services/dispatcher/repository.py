@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import asyncpg
+
+HELD_CAMPAIGN_STATES = frozenset({"paused", "cancelled"})
+
+
+class CampaignStates:
+    """Which campaigns are paused or cancelled, cached for ``ttl_s`` (a pause acts within seconds)."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 1.0) -> None:
+        self.pool = pool
+        self.ttl_s = ttl_s
+        self._cache: dict[uuid.UUID, tuple[float, str]] = {}
+
+    async def held(self, campaign_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        now = time.monotonic()
+        ids = set(campaign_ids)
+        stale = [c for c in ids if c not in self._cache or self._cache[c][0] < now]
+        if stale:
+            rows = await self.pool.fetch("SELECT campaign_id, state FROM campaigns WHERE campaign_id = ANY($1::uuid[])", stale)
+            found = {r["campaign_id"]: r["state"] for r in rows}
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            for c in stale:
+                self._cache[c] = (now + self.ttl_s, found.get(c, "unknown"))
+        return {c for c in ids if self._cache[c][1] in HELD_CAMPAIGN_STATES}
 
 
 @dataclass(frozen=True, slots=True)
