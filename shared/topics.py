@@ -13,6 +13,7 @@ from shared.contracts import (
     DeliveryReceiptEvent,
     Envelope,
     InboundMessageEvent,
+    LinkClickedEvent,
     MessageAcceptedEvent,
     MessageOutboundEvent,
     MessageStatusEvent,
@@ -125,9 +126,18 @@ CONTACT_EVENTS = Topic(
     ContactEventAcceptedEvent,
     key="contact E.164 number",
     producers=("ingest",),
-    consumers=("scheduler (journeys)", "reports (conversions)"),
+    consumers=("scheduler (journeys)", "reports (results lane: conversions)"),
     description="Validated contact events: journeys start, wait for and exit on them; one with a value is a "
     "conversion that reports attributes to the message that led to it.",
+)
+CLICKS = Topic(
+    "clicks.v1",
+    LinkClickedEvent,
+    key="message id",
+    producers=("ingest (GET /l/{code})",),
+    consumers=("reports (results lane)",),
+    description="Requests on tracked short links, published in batches after the redirect answered; bots and link "
+    "previews are flagged with a reason. See docs/results.md.",
 )
 REJECTED = Topic(
     "rejected.v1",
@@ -140,7 +150,7 @@ REJECTED = Topic(
 )
 
 ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES,
-                        CONTACT_EVENTS_IN, CONTACT_EVENTS, REJECTED)
+                        CONTACT_EVENTS_IN, CONTACT_EVENTS, CLICKS, REJECTED)
 
 
 def _type_name(annotation: object) -> str:

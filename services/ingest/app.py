@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from services.ingest.api import create_app
 from services.ingest.campaigns.launcher import Launcher
+from services.ingest.links_repo import LinksRepository
+from services.ingest.redirect import ClickBuffer, LinkCache
+from services.ingest.redirect import create_router as links_router
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
@@ -18,13 +21,19 @@ from shared.topics import INBOUND, TRIGGERS
 async def wire(ctx: Context, readiness: Check) -> Wiring:
     settings: IngestSettings = ctx.settings
     repository = IngestRepository(ctx.pool)
-    acceptor = Acceptor(repository, settings)
+    links = LinksRepository(ctx.pool)
+    acceptor = Acceptor(repository, settings, links)
     app = create_app(settings, ctx.pool, acceptor, ctx.publisher, repository, readiness)
     if settings.campaign_launcher:
         launcher = Launcher(ctx.pool, ctx.publisher, page_size=settings.campaign_page_size,
                             lease_s=settings.campaign_lease_s, smart_encoding=settings.smart_encoding)
         ctx.workers["campaign-launcher"] = launcher.run()
         ctx.stoppers.append(launcher.stop)
+    # Short-link redirect (docs/results.md): clicks are published in batches by a worker.
+    clicks = ClickBuffer(ctx.publisher, settings.click_flush_interval_ms, settings.click_buffer_max)
+    ctx.workers["click-publisher"] = clicks.run()
+    ctx.stoppers.append(clicks.stop)
+    app.include_router(links_router(LinkCache(links, settings.link_cache_size), clicks, settings.link_bot_min_delay_s))
     # Inbound replies (STOP/START/HELP, forwarding): their own consumer group, see docs/replies.md.
     replies = Lane("replies", f"{settings.topic_prefix}ingest.replies", [INBOUND],
                    RepliesHandler(acceptor, RepliesRepository(ctx.pool)))

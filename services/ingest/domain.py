@@ -34,7 +34,9 @@ class Rejection(Exception):
 
 def request_hash(request: MessageRequest) -> str:
     """A stable fingerprint of a request: the same key with another payload is a conflict."""
-    canonical = json.dumps(request.model_dump(mode="json", exclude={"idempotency_key"}), sort_keys=True)
+    # track_links is left out when unset, so hashes of requests that predate it do not change
+    exclude = {"idempotency_key"} | ({"track_links"} if request.track_links is None else set())
+    canonical = json.dumps(request.model_dump(mode="json", exclude=exclude), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

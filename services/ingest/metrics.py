@@ -1,4 +1,4 @@
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 MESSAGES_ACCEPTED = Counter(
     "herald_ingest_messages_accepted_total", "Messages accepted by ingest", ["type", "source"]
@@ -8,3 +8,19 @@ REQUESTS_REJECTED = Counter(
 )
 RECEIPTS = Counter("herald_ingest_receipts_total", "Gateway receipts received, by outcome", ["gateway", "outcome"])
 RATE_LIMITED = Counter("herald_ingest_rate_limited_total", "Requests refused by a per-key rate limit", ["limit"])
+
+# Tracked links (services/ingest/redirect.py, docs/results.md)
+LINK_CLICKS = Counter("herald_link_clicks_total", "Requests on tracked short links, by kind (human, bot)", ["kind"])
+LINK_NOT_FOUND = Counter(
+    "herald_link_not_found_total", "Short-link requests answered 404, by reason", ["reason"]
+)
+LINK_LOOKUPS = Counter(
+    "herald_link_lookups_total", "Short-link code lookups, by where they were answered", ["source"]
+)
+CLICKS_DROPPED = Counter(
+    "herald_link_clicks_dropped_total", "Click events dropped because the publish buffer was full"
+)
+REDIRECT_SECONDS = Histogram(
+    "herald_link_redirect_seconds", "Time to answer a short-link request (lookup, bot check, buffering)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)

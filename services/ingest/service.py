@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Literal
 
 from services.ingest.domain import Rejection, accept, request_hash
+from services.ingest.links import LinkRecord, records, track_message
+from services.ingest.links_repo import LinksRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
 from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
@@ -47,10 +49,15 @@ def accepted_event(tenant: str, message: MessageAccepted, trace_id: str) -> Outg
 
 
 class Acceptor:
-    def __init__(self, repository: IngestRepository, settings: IngestSettings) -> None:
+    def __init__(
+        self, repository: IngestRepository, settings: IngestSettings, links: LinksRepository | None = None
+    ) -> None:
         self.repository = repository
         self.allowed_types = frozenset(settings.allowed_number_types)
         self.smart_encoding = settings.smart_encoding
+        # Link tracking (services/ingest/links.py) needs somewhere to store the links.
+        self.links = links if settings.link_tracking else None
+        self.link_domain = settings.link_domain
 
     async def prepare(
         self,
@@ -116,6 +123,8 @@ class Acceptor:
                     else:
                         message = current.message.model_copy(update={"message_id": record.message_id})
                         results[index] = Accepted(message, duplicate=True)
+        if self.links is not None:
+            await self._track_links(tenant, requests, results)
         outgoing: list[Outgoing] = []
         published: set[uuid.UUID] = set()
         for result in results:
@@ -125,6 +134,26 @@ class Acceptor:
                 published.add(result.message.message_id)
                 outgoing.append(accepted_event(tenant, result.message, trace_id))
         return results, outgoing
+
+
+    async def _track_links(
+        self, tenant: str, requests: list[MessageRequest | Rejection], results: list[Result]
+    ) -> None:
+        """Rewrite marketing messages' URLs to short links (with their final message id, so a
+        duplicate gets the same codes) and store the links, all in one round trip."""
+        assert self.links is not None
+        rows: list[LinkRecord] = []
+        for index, result in enumerate(results):
+            if not isinstance(result, Accepted) or result.message.type is not MessageType.MARKETING:
+                continue
+            request = requests[index]
+            if isinstance(request, MessageRequest) and request.track_links is False:
+                continue
+            message, links = track_message(result.message, self.link_domain, smart=self.smart_encoding)
+            if links:
+                results[index] = Accepted(message, result.duplicate)
+                rows += records(tenant, message, links)
+        await self.links.store_many(rows)
 
 
 def _conflict() -> Rejection:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from shared.phones import SMS_CAPABLE
 from shared.settings import ConsumerSettings
@@ -33,3 +33,29 @@ class IngestSettings(ConsumerSettings):
         default_factory=dict,
         description="Auth token of each Twilio gateway, as JSON {\"gateway\": \"token\"}: checks X-Twilio-Signature on /v1/callbacks/twilio/{gateway}/*",
     )
+    link_tracking: bool = Field(
+        True, description="Rewrite URLs in marketing messages to tracked short links (a request may opt out)"
+    )
+    link_domain: str = Field(
+        "links.herald.invalid",
+        description="Host (and optional path) of short links, https://{domain}/{code}; route it to ingest's"
+        " /l/{code}. The default never resolves: set it per deployment",
+    )
+    link_cache_size: int = Field(100_000, ge=0, description="Links the redirect keeps in memory (LRU)")
+    link_bot_min_delay_s: float = Field(
+        1.0, ge=0, description="A click this soon after the message was accepted is flagged as a bot (too_fast)"
+    )
+    click_flush_interval_ms: int = Field(200, ge=1, description="How often buffered click events are published")
+    click_buffer_max: int = Field(
+        50_000, ge=1, description="Clicks buffered for publishing at most; beyond it clicks are dropped (and counted)"
+    )
+
+    @field_validator("link_domain")
+    @classmethod
+    def _link_domain(cls, value: str) -> str:
+        import re
+
+        value = value.strip().rstrip("/")
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)*", value):
+            raise ValueError("link_domain is a host name, optionally with :port and a path, without scheme")
+        return value

@@ -1,5 +1,6 @@
 """Event contracts: one versioned envelope model per topic. See docs/topics.md."""
 
+from shared.contracts.clicks import LinkClicked, LinkClickedEvent
 from shared.contracts.envelope import SYSTEM_TENANT, Envelope, derived_event_id, utcnow
 from shared.contracts.messages import (
     InboundMessage,
@@ -36,6 +37,8 @@ __all__ = [
     "Envelope",
     "InboundMessage",
     "InboundMessageEvent",
+    "LinkClicked",
+    "LinkClickedEvent",
     "MessageAccepted",
     "MessageAcceptedEvent",
     "MessageOutbound",

@@ -47,6 +47,9 @@ class MessageRequest(_Frozen):
     send_at: AwareDatetime | None = Field(
         None, description="Send at this time (with zone), up to 35 days ahead; quiet hours still apply then"
     )
+    track_links: bool | None = Field(
+        None, description="Marketing only: false leaves links as written (default: links become tracked short links)"
+    )
 
 
 class MessageAccepted(_Frozen):

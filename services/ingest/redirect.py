@@ -1,0 +1,184 @@
+"""``GET /l/{code}``: the short-link redirect. No auth; answers 302 from memory when it can.
+
+Links never change once written, so they are cached (LRU) after the first lookup, and an
+unknown code is remembered for a while so a scanner cannot make every request a query.
+Each click becomes a ``link.clicked`` event in an in-memory buffer that a worker publishes
+in batches: the redirect never waits for Kafka. If the broker is away for long and the
+buffer fills, further clicks are dropped and counted (``herald_link_clicks_dropped_total``)
+rather than slowing redirects down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from services.ingest import metrics
+from services.ingest.bots import classify
+from services.ingest.links import CODE_PATTERN
+from services.ingest.links_repo import LinksRepository
+from shared.api import error_body
+from shared.contracts import LinkClicked, LinkClickedEvent, utcnow
+from shared.kafka import Outgoing, Publisher
+from shared.topics import CLICKS
+
+log = logging.getLogger(__name__)
+
+NEGATIVE_TTL_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    code: str
+    tenant_id: str
+    message_id: uuid.UUID
+    link_index: int
+    url: str
+    contact_id: uuid.UUID | None
+    campaign_id: uuid.UUID | None
+    variant: str | None
+    journey_id: uuid.UUID | None
+    created_at: datetime
+
+
+class LinkCache:
+    """code → Target, an LRU in front of the links table; unknown codes cached briefly."""
+
+    def __init__(self, repository: LinksRepository, size: int) -> None:
+        self.repository = repository
+        self.size = size
+        self._hits: OrderedDict[str, Target] = OrderedDict()
+        self._missing: dict[str, float] = {}
+
+    async def get(self, code: str) -> Target | None:
+        target = self._hits.get(code)
+        if target is not None:
+            self._hits.move_to_end(code)
+            metrics.LINK_LOOKUPS.labels("cache").inc()
+            return target
+        missing_until = self._missing.get(code)
+        if missing_until is not None and missing_until > time.monotonic():
+            metrics.LINK_LOOKUPS.labels("negative_cache").inc()
+            return None
+        metrics.LINK_LOOKUPS.labels("database").inc()
+        row = await self.repository.resolve(code)
+        if row is None:
+            if len(self._missing) >= 10_000:
+                self._missing.clear()
+            self._missing[code] = time.monotonic() + NEGATIVE_TTL_S
+            return None
+        target = Target(**dict(row))
+        if self.size:
+            self._hits[code] = target
+            if len(self._hits) > self.size:
+                self._hits.popitem(last=False)
+        return target
+
+
+class ClickBuffer:
+    """Click events waiting to be published; ``run`` publishes them in batches."""
+
+    def __init__(self, publisher: Publisher, interval_ms: int, max_size: int) -> None:
+        self.publisher = publisher
+        self.interval_s = interval_ms / 1000
+        self.max_size = max_size
+        self._items: list[Outgoing] = []
+        self._stop = asyncio.Event()
+
+    def add(self, tenant: str, click: LinkClicked) -> bool:
+        """Queue one click; never blocks. False when the buffer is full (the click is dropped)."""
+        if len(self._items) >= self.max_size:
+            metrics.CLICKS_DROPPED.inc()
+            return False
+        event = LinkClickedEvent(tenant=tenant, occurred_at=click.clicked_at, payload=click)
+        self._items.append(Outgoing(CLICKS, str(click.message_id), event))
+        return True
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def flush(self) -> int:
+        items, self._items = self._items, []
+        if not items:
+            return 0
+        try:
+            await self.publisher.publish(items)
+        except Exception:
+            log.warning("click events not published, keeping them for the next flush", exc_info=True)
+            room = max(0, self.max_size - len(self._items))
+            metrics.CLICKS_DROPPED.inc(max(0, len(items) - room))
+            self._items = items[:room] + self._items
+            return 0
+        return len(items)
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+            await self.flush()
+        await self.flush()  # what is left at shutdown
+
+
+def _headers(request: Request) -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+def create_router(cache: LinkCache, clicks: ClickBuffer, bot_min_delay_s: float) -> APIRouter:
+    router = APIRouter()
+
+    @router.api_route(
+        "/l/{code}",
+        methods=["GET", "HEAD"],
+        response_class=RedirectResponse,
+        status_code=302,
+        responses={302: {"description": "Redirect to the link's URL"}, 404: {"description": "Unknown link"}},
+        tags=["links"],
+    )
+    async def follow_link(code: str, request: Request) -> Any:
+        """Follow a tracked short link: 302 to its URL, and the click is recorded (bots flagged)."""
+        started = time.perf_counter()
+        try:
+            if not CODE_PATTERN.match(code):
+                metrics.LINK_NOT_FOUND.labels("malformed_code").inc()
+                return JSONResponse(
+                    error_body("link_not_found", "not a short link code (10 letters and digits)"), status_code=404
+                )
+            target = await cache.get(code)
+            if target is None:
+                metrics.LINK_NOT_FOUND.labels("unknown_code").inc()
+                return JSONResponse(error_body("link_not_found", "no link with this code"), status_code=404)
+            now = utcnow()
+            headers = _headers(request)
+            reason = classify(request.method, headers, now, target.created_at, bot_min_delay_s)
+            agent = headers.get("user-agent")
+            click = LinkClicked.model_construct(
+                code=code, message_id=target.message_id, link_index=target.link_index, url=target.url,
+                contact_id=target.contact_id, campaign_id=target.campaign_id, variant=target.variant,
+                journey_id=target.journey_id, clicked_at=now, bot=reason is not None, bot_reason=reason,
+                method="HEAD" if request.method.upper() == "HEAD" else "GET",
+                user_agent=agent[:512] if agent else None,
+            )
+            clicks.add(target.tenant_id, click)
+            metrics.LINK_CLICKS.labels("bot" if reason else "human").inc()
+            return Response(
+                status_code=302,
+                headers={"Location": target.url, "Cache-Control": "private, no-store", "Referrer-Policy": "no-referrer"},
+            )
+        finally:
+            metrics.REDIRECT_SECONDS.observe(time.perf_counter() - started)
+
+    return router
