@@ -8,8 +8,9 @@ from typing import Any
 
 import asyncpg
 from fastapi import Depends, FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from services.reports import campaign_report
 from services.reports.repository import fetch_message
 from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
 from shared.auth import Principal
@@ -42,10 +43,55 @@ class MessageView(BaseModel):
     accepted_at: datetime | None
     submitted_at: datetime | None
     final_at: datetime | None
+    contact_id: uuid.UUID | None = None
+    campaign_id: uuid.UUID | None = None
+    variant: str | None = None
+    journey_id: uuid.UUID | None = None
+    part_status: dict[str, dict[str, str]] | None = Field(
+        None, description="A concatenated message: each part's gateway id → status and time of its receipt"
+    )
     timeline: list[TimelineEntry]
 
 
-def create_app(pool: asyncpg.Pool, readiness: Check) -> FastAPI:
+class VariantResults(BaseModel):
+    variant: str | None = Field(None, description="The variant's name (absent on the totals; '-' for no variant)")
+    targeted: int = Field(description="Messages accepted for the campaign")
+    skipped: dict[str, int] = Field(description="Messages not sent, by reason code (suppressed, consent, caps…)")
+    skipped_total: int
+    pending: int = Field(description="Messages without a final status yet")
+    sent: int = Field(description="Messages submitted to a gateway")
+    delivered: int
+    undelivered: int
+    failed: int
+    expired: int
+    delivery_rate: float | None = Field(description="delivered / sent")
+    clicks_total: int = Field(description="Clicks by people (bots and previews excluded)")
+    clicks_unique: int = Field(description="Messages clicked at least once by a person")
+    bot_clicks: int
+    click_rate: float | None = Field(description="clicks_unique / delivered")
+    conversions: int = Field(description="Conversions attributed to the campaign's messages")
+    conversion_rate: float | None = Field(description="conversions / delivered")
+    revenue: dict[str, str] = Field(description="Attributed conversion value by currency (decimal strings)")
+    segments: int = Field(description="Segments of the messages sent")
+
+
+class CampaignReport(BaseModel):
+    campaign_id: uuid.UUID
+    tenant_id: str
+    name: str
+    state: str
+    phase: str | None
+    published: int | None
+    winner: str | None
+    totals: VariantResults
+    variants: list[VariantResults]
+    ab_test: dict[str, Any] | None = Field(
+        description="metric, alpha, min_sample, variants (successes, trials, rate), comparisons (z, p_value),"
+        " winner, significant, reason, decided (the stored decision)"
+    )
+
+
+def create_app(pool: asyncpg.Pool, readiness: Check, ab_alpha: float = 0.05) -> FastAPI:
     app = FastAPI(title="Herald reports", version="1.0", description="Message status, timelines and metrics.")
     app.state.pool = pool
     install_error_handlers(app)
@@ -59,5 +105,19 @@ def create_app(pool: asyncpg.Pool, readiness: Check) -> FastAPI:
         if found is None:
             raise ApiError(404, "message_not_found", "no message with this id for your tenant (yet)")
         return found
+
+    @app.get(
+        "/v1/campaigns/{campaign_id}/report",
+        response_model=CampaignReport,
+        responses={401: {}, 403: {}, 404: {}, 422: {}},
+    )
+    async def get_campaign_report(campaign_id: uuid.UUID, principal: Principal = reader) -> dict[str, Any]:
+        """A campaign's results per variant (sent, delivered, clicks, conversions, revenue, segments)
+        and its A/B test. Another tenant's campaign is a 404. See docs/results.md."""
+        async with pool.acquire() as conn:
+            report = await campaign_report.load(conn, campaign_id, principal.tenant_id, ab_alpha)
+        if report is None:
+            raise ApiError(404, "campaign_not_found", "no campaign with this id for your tenant")
+        return report
 
     return app

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from services.reports.api import create_app
 from services.reports.handlers import PendingSweeper, StatusHandler
 from services.reports.settings import ReportsSettings
+from services.reports.results import ResultsHandler
 from services.reports.webhooks import WebhookWorker
+from services.reports.winner import WinnerWorker
 from shared.api import Check
-from shared.service import Context, Wiring, run_service
-from shared.topics import ACCEPTED, ACCEPTED_BULK, RECEIPTS, STATUS
+from shared.service import Context, Lane, Wiring, run_service
+from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, RECEIPTS, STATUS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -20,7 +24,17 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
         webhook_worker = WebhookWorker(ctx.pool, settings)
         ctx.workers["webhooks"] = webhook_worker.run()
         ctx.stoppers.append(webhook_worker.stop)
-    return Wiring(handler=StatusHandler(ctx.pool), app=create_app(ctx.pool, readiness))
+    if settings.ab_winner_enabled:
+        winner = WinnerWorker(ctx.pool, settings.ab_winner_interval_s, settings.ab_alpha)
+        ctx.workers["ab-winner"] = winner.run()
+        ctx.stoppers.append(winner.stop)
+    # Clicks and conversions: a consumer group of their own (docs/results.md).
+    results = Lane(
+        "results", f"{settings.topic_prefix}reports.results", [CLICKS, CONTACT_EVENTS],
+        ResultsHandler(ctx.pool, timedelta(hours=settings.attribution_window_h), settings.click_bot_min_delay_s),
+    )
+    return Wiring(handler=StatusHandler(ctx.pool), app=create_app(ctx.pool, readiness, settings.ab_alpha),
+                  lanes=[results])
 
 
 async def main(settings: ReportsSettings | None = None) -> int:

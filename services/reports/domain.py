@@ -3,6 +3,11 @@
 Rules: a status only moves forward (by rank); the first final status wins; descriptive
 fields are filled by whichever event brings them first; every event lands in the timeline
 once (by event id). Events may arrive in any order across topics.
+
+A concatenated message (its submission lists ``gateway_part_ids``) gets one receipt per
+part: it is delivered when every part's receipt says delivered, and undelivered / failed /
+expired as soon as one part's does. A part receipt that does not decide the message shows
+in the timeline as ``part_<status>``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from shared.statuses import FINAL, RANK, RECEIPT_TO_STATUS, Status
 DESCRIPTIVE = (
     "to_e164", "country", "type", "sender", "encoding", "segments", "source",
     "idempotency_key", "metadata", "status_callback_url",
+    "contact_id", "campaign_id", "variant", "journey_id",
 )
 
 
@@ -39,6 +45,9 @@ class MessageState:
     accepted_at: datetime | None = None
     submitted_at: datetime | None = None
     final_at: datetime | None = None
+    part_ids: tuple[str, ...] = ()  # a concatenated message's parts (from its submission)
+    # part id → {"status": first final status of its receipt, "at": the receipt's time (ISO 8601)}
+    part_status: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ class Change:
     reason: str | None = None
     gateway: str | None = None
     gateway_message_id: str | None = None
+    part_ids: tuple[str, ...] = ()  # a submission: every part's gateway id
+    part_id: str | None = None  # a receipt: the gateway id it is about
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,8 @@ def from_accepted(event_id: uuid.UUID, tenant: str, m: MessageAccepted) -> Chang
             "encoding": m.encoding, "segments": m.segments, "source": m.source,
             "idempotency_key": m.idempotency_key, "metadata": m.metadata,
             "status_callback_url": m.status_callback_url,
+            "contact_id": m.contact_id, "campaign_id": m.campaign_id, "variant": m.variant,
+            "journey_id": m.journey_id,
         },
     )
 
@@ -99,6 +112,7 @@ def from_status(event_id: uuid.UUID, tenant: str, occurred_at: datetime, s: Mess
         event_id=event_id, message_id=s.message_id, tenant_id=tenant, occurred_at=occurred_at,
         status=s.status, timeline_status=s.status.value, detail=detail, fields=fields,
         reason_code=s.reason_code, reason=s.reason, gateway=s.gateway, gateway_message_id=s.gateway_message_id,
+        part_ids=tuple(s.gateway_part_ids) if len(s.gateway_part_ids) > 1 else (),
     )
 
 
@@ -115,12 +129,42 @@ def from_receipt(event_id: uuid.UUID, message_id: uuid.UUID, tenant: str, occurr
         timeline_status=status.value if status else f"receipt_{r.status.value}", detail=detail,
         reason_code=f"receipt_{r.status.value}" if failed else None,
         reason=f"gateway error code {r.error_code}" if failed and r.error_code else None,
+        part_id=r.gateway_message_id,
     )
+
+
+def _part_verdict(
+    state: MessageState, change: Change
+) -> tuple[Status | None, datetime, dict[str, dict[str, str]] | None]:
+    """For a receipt about one part of a concatenated message: the message's status it implies
+    (None: undecided yet), when (the last part's receipt, for delivered), and the updated part
+    statuses. (change.status, change.occurred_at, None) for any other change."""
+    if (
+        change.part_id is None or change.status is None or change.status not in FINAL
+        or len(state.part_ids) < 2 or change.part_id not in state.part_ids
+    ):
+        return change.status, change.occurred_at, None
+    parts = dict(state.part_status)
+    # a part's first final receipt counts
+    parts.setdefault(change.part_id, {"status": change.status.value, "at": change.occurred_at.isoformat()})
+    if change.status is not Status.DELIVERED:
+        return change.status, change.occurred_at, parts  # one part lost: the message is not (wholly) delivered
+    if all(parts.get(p, {}).get("status") == Status.DELIVERED.value for p in state.part_ids):
+        return Status.DELIVERED, max(datetime.fromisoformat(parts[p]["at"]) for p in state.part_ids), parts
+    return None, change.occurred_at, parts
 
 
 def apply(state: MessageState, changes: list[Change]) -> tuple[MessageState, list[Transition]]:
     """Fold ``changes`` into ``state``; return the new state and the status transitions."""
+    state, transitions, _ = fold(state, changes)
+    return state, transitions
+
+
+def fold(state: MessageState, changes: list[Change]) -> tuple[MessageState, list[Transition], list[Change]]:
+    """Like :func:`apply`, and also the changes as the timeline should show them (a part
+    receipt that did not decide its message becomes ``part_<status>``)."""
     transitions: list[Transition] = []
+    timeline: list[Change] = []
     ordered = sorted(changes, key=lambda c: (RANK[c.status] if c.status else -1, c.occurred_at))
     for change in ordered:
         updates: dict[str, Any] = {}
@@ -129,6 +173,15 @@ def apply(state: MessageState, changes: list[Change]) -> tuple[MessageState, lis
             if merged.get(key) is None and value is not None:
                 merged[key] = value
         updates["fields"] = merged
+        if change.part_ids and not state.part_ids:
+            updates["part_ids"] = change.part_ids
+            state = replace(state, part_ids=change.part_ids)
+        status, status_at, parts = _part_verdict(state, change)
+        if parts is not None:
+            updates["part_status"] = parts
+            if status is None or state.rank >= RANK[Status.DELIVERED]:
+                change = replace(change, timeline_status=f"part_{change.status.value}")  # type: ignore[union-attr]
+        timeline.append(change)
         if change.status is Status.ACCEPTED and state.accepted_at is None:
             updates["accepted_at"] = change.occurred_at
         if change.status is Status.SUBMITTED and state.submitted_at is None:
@@ -138,16 +191,16 @@ def apply(state: MessageState, changes: list[Change]) -> tuple[MessageState, lis
         if change.gateway_message_id and state.gateway_message_id is None:
             updates["gateway_message_id"] = change.gateway_message_id
         final_rank = RANK[Status.DELIVERED]
-        if change.status is not None and state.rank < final_rank and RANK[change.status] > state.rank:
-            updates["status"] = change.status
-            updates["rank"] = RANK[change.status]
-            if change.status in FINAL:
-                updates["final_at"] = change.occurred_at
+        if status is not None and state.rank < final_rank and RANK[status] > state.rank:
+            updates["status"] = status
+            updates["rank"] = RANK[status]
+            if status in FINAL:
+                updates["final_at"] = status_at
                 updates["reason_code"] = change.reason_code
                 updates["reason"] = change.reason
             new_state = replace(state, **updates)
-            transitions.append(Transition(state.message_id, state.status if state.rank else None, change.status, new_state))
+            transitions.append(Transition(state.message_id, state.status if state.rank else None, status, new_state))
             state = new_state
         else:
             state = replace(state, **updates)
-    return state, transitions
+    return state, transitions, timeline

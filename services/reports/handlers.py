@@ -11,7 +11,7 @@ from datetime import datetime
 import asyncpg
 
 from services.reports import metrics, webhooks
-from services.reports.domain import Change, Transition, apply, from_accepted, from_receipt, from_status
+from services.reports.domain import Change, Transition, fold, from_accepted, from_receipt, from_status
 from services.reports.repository import ReportsRepository
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
 from shared.kafka import Incoming, Outgoing
@@ -42,13 +42,15 @@ async def record(repo: ReportsRepository, changes: list[Change]) -> list[Transit
     states = await repo.lock_states(owners)
     new_states = []
     transitions: list[Transition] = []
+    timeline: list[Change] = []
     for message_id, message_changes in by_message.items():
-        state, moved = apply(states[message_id], message_changes)
+        state, moved, shown = fold(states[message_id], message_changes)
         if state != states[message_id]:
             new_states.append(state)
         transitions += moved
+        timeline += shown
     await repo.save_states(new_states)
-    await repo.add_timeline(changes)
+    await repo.add_timeline(timeline)
     # status webhooks: outbox rows commit with the states (services/reports/webhooks.py)
     await webhooks.enqueue(repo.conn, webhooks.notifications(states, new_states, by_message, transitions))
     return transitions

@@ -35,3 +35,15 @@ WEBHOOK_LAG = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 WEBHOOK_OUTBOX_DEPTH = Gauge("herald_webhook_outbox_depth", "Status webhooks waiting to be delivered (pending rows)")
+
+# Results (services/reports/results.py, winner.py; docs/results.md)
+CLICKS_RECORDED = Counter("herald_clicks_total", "Link clicks recorded, by kind (human, bot)", ["kind"])
+CONVERSIONS = Counter(
+    "herald_conversions_total", "Conversions recorded, by attribution (click, delivery, none)", ["attribution"]
+)
+REVENUE = Counter(
+    "herald_conversion_revenue_total", "Value of attributed conversions, by currency", ["currency"]
+)
+AB_WINNERS = Counter(
+    "herald_ab_winners_total", "A/B test winners picked, by how (significant, best_rate)", ["picked_by"]
+)

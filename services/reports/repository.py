@@ -13,7 +13,7 @@ from shared.statuses import Status
 
 _COLUMNS = (
     "message_id, tenant_id, status, status_rank, reason_code, reason, gateway, gateway_message_id,"
-    " accepted_at, submitted_at, final_at, " + ", ".join(DESCRIPTIVE)
+    " accepted_at, submitted_at, final_at, part_ids, part_status, " + ", ".join(DESCRIPTIVE)
 )
 
 
@@ -31,6 +31,8 @@ def _state(row: asyncpg.Record) -> MessageState:
         accepted_at=row["accepted_at"],
         submitted_at=row["submitted_at"],
         final_at=row["final_at"],
+        part_ids=tuple(row["part_ids"] or ()),
+        part_status=dict(row["part_status"] or {}),
     )
 
 
@@ -129,6 +131,8 @@ class ReportsRepository:
             "accepted_at": [s.accepted_at for s in states],
             "submitted_at": [s.submitted_at for s in states],
             "final_at": [s.final_at for s in states],
+            "part_ids": [json.dumps(list(s.part_ids)) if s.part_ids else None for s in states],
+            "part_status": [json.dumps(s.part_status) if s.part_status else None for s in states],
         }
         for key in DESCRIPTIVE:
             values = [s.fields.get(key) for s in states]
@@ -136,11 +140,16 @@ class ReportsRepository:
         types = {
             "message_id": "uuid", "status_rank": "smallint", "accepted_at": "timestamptz",
             "submitted_at": "timestamptz", "final_at": "timestamptz", "segments": "int", "metadata": "text",
+            "contact_id": "uuid", "campaign_id": "uuid", "journey_id": "uuid",
         }
+        jsonb = ("metadata", "part_status")
         names = list(columns)
         unnest = ", ".join(f"${i + 1}::{types.get(n, 'text')}[]" for i, n in enumerate(names))
         sets = ", ".join(
-            f"{n} = u.{n}::jsonb" if n == "metadata" else f"{n} = u.{n}" for n in names if n != "message_id"
+            f"{n} = u.{n}::jsonb" if n in jsonb
+            else f"{n} = ARRAY(SELECT jsonb_array_elements_text(u.{n}::jsonb))" if n == "part_ids"
+            else f"{n} = u.{n}"
+            for n in names if n != "message_id"
         )
         await self.conn.execute(
             f"UPDATE messages m SET {sets}, updated_at = now()"

@@ -25,3 +25,14 @@ class ReportsSettings(ConsumerSettings):
         60.0, gt=0, description="A claimed webhook is due again after this long if its worker died"
     )
     webhook_retention_h: float = Field(72.0, gt=0, description="Delivered webhook rows are deleted after this many hours")
+    attribution_window_h: float = Field(
+        168.0, gt=0, description="A conversion is attributed to a message clicked (else delivered) this many hours before it"
+    )
+    click_bot_min_delay_s: float = Field(
+        1.0, ge=0, description="A click this soon after its message's submission is flagged as a bot (too_fast)"
+    )
+    ab_alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the A/B two-proportion test")
+    ab_winner_interval_s: float = Field(
+        5.0, gt=0, description="How often campaigns in A/B testing are checked for a due decision"
+    )
+    ab_winner_enabled: bool = Field(True, description="Run the A/B auto-winner worker in this instance")

@@ -940,6 +940,8 @@ def consumed(service: str, settings: Any) -> set[tuple[str, str]]:
             lane_group = group
             if "bulk lane" in consumer:  # services/dispatcher/app.py: the bulk lane's own group
                 lane_group = getattr(settings, "bulk_consumer_group", None) or f"{group}.bulk"
+            if "results lane" in consumer:  # services/reports/app.py: clicks and conversions
+                lane_group = f"{group}.results"
             pairs.add((lane_group, topic.name(settings.topic_prefix)))
     return pairs
 
