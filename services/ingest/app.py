@@ -26,7 +26,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     app = create_app(settings, ctx.pool, acceptor, ctx.publisher, repository, readiness)
     if settings.campaign_launcher:
         launcher = Launcher(ctx.pool, ctx.publisher, page_size=settings.campaign_page_size,
-                            lease_s=settings.campaign_lease_s, smart_encoding=settings.smart_encoding)
+                            lease_s=settings.campaign_lease_s, smart_encoding=settings.smart_encoding,
+                            link_domain=settings.link_domain if settings.link_tracking else None)
         ctx.workers["campaign-launcher"] = launcher.run()
         ctx.stoppers.append(launcher.stop)
     # Short-link redirect (docs/results.md): clicks are published in batches by a worker.

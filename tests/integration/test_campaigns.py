@@ -240,3 +240,21 @@ async def test_tenant_policy_api(client, pool, tenant: Tenant) -> None:
     assert bad.status_code == 422
     audit = await pool.fetchval("SELECT count(*) FROM audit_log WHERE target = $1 AND action = 'tenant.policy'", tenant.tenant_id)
     assert audit == 1
+
+
+async def test_campaign_links_become_tracked_short_links_counted_in_segments(client, pool, env, publisher, tenant: Tenant) -> None:
+    await seed(client, tenant, 20)
+    r = await client.post("/v1/templates", json={"name": "link", "purpose": "marketing", "default_language": "en",
+                                                 "variants": {"en": "Sale: https://shop.example.com/black-friday?utm_source=sms&utm_medium=text"}},
+                          headers=tenant.headers)
+    body = {"name": "links", "segment": '"vip" in tags', "variants": [{"name": "A", "template_id": r.json()["template_id"], "percent": 100}]}
+    cid = (await client.post("/v1/campaigns", json=body, headers=tenant.headers)).json()["campaign_id"]
+    await client.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)
+    assert await Launcher(pool, publisher, link_domain="hrld.test").run_once()
+    events = await campaign_events(env, cid, 20)
+    for e in events:
+        assert "https://hrld.test/" in e.payload.body and "shop.example.com" not in e.payload.body
+        assert e.payload.segments == 1  # the long URL alone would make it two
+    stored = await pool.fetch("SELECT message_id, campaign_id, variant, url FROM links WHERE campaign_id = $1", uuid.UUID(cid))
+    assert len(stored) == 20 and {r["variant"] for r in stored} == {"A"}
+    assert stored[0]["url"].startswith("https://shop.example.com/black-friday")

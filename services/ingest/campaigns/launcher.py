@@ -32,9 +32,12 @@ from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepos
 from services.ingest.audience.templates import Template, TemplateError, render
 from services.ingest.campaigns.domain import AbTest, Variant, assign, build_message
 from services.ingest.campaigns.repository import CampaignRepository
+from services.ingest.links import LinkRecord, records, track_message
+from services.ingest.links_repo import LinksRepository
 from services.ingest.service import accepted_event
 from shared.contracts import utcnow
 from shared.kafka import Outgoing, Publisher
+from shared.statuses import MessageType
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,7 @@ class Launcher:
         lease_s: float = 30.0,
         idle_s: float = 1.0,
         smart_encoding: bool = True,
+        link_domain: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         owner: str | None = None,
     ) -> None:
@@ -97,6 +101,8 @@ class Launcher:
         self.lease_s = lease_s
         self.idle_s = idle_s
         self.smart_encoding = smart_encoding
+        self.link_domain = link_domain  # None: URLs are sent as written
+        self.links = LinksRepository(pool)
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stop = asyncio.Event()
@@ -163,7 +169,8 @@ class Launcher:
         async for page in self.audience.iter_audience(plan.tenant_id, plan.node, batch_size=self.page_size, after=plan.cursor):
             if self._stop.is_set():
                 return
-            outgoing = self.page_events(plan, page, self.clock())
+            outgoing, links = self.page_events(plan, page, self.clock())
+            await self.links.store_many(links)  # before the messages carrying them go out
             await self.publisher.publish(outgoing)
             state = await self.campaigns.advance(
                 plan.tenant_id, plan.campaign_id, self.owner, page[-1].contact_id, len(outgoing), self.lease_s, self.clock()
@@ -185,9 +192,11 @@ class Launcher:
                 published, elapsed, published / elapsed if elapsed else 0.0,
             )
 
-    def page_events(self, plan: Plan, page: list[AudienceMember], now: datetime) -> list[Outgoing]:
-        """Render and build the accepted events of one page (contacts of the other phase are skipped)."""
+    def page_events(self, plan: Plan, page: list[AudienceMember], now: datetime) -> tuple[list[Outgoing], list[LinkRecord]]:
+        """Render and build the accepted events of one page (contacts of the other phase are skipped),
+        with marketing URLs rewritten to tracked short links (counted in the segments)."""
         outgoing: list[Outgoing] = []
+        links: list[LinkRecord] = []
         for member in page:
             variant = assign(plan.campaign_id, member.contact_id, plan.variants, plan.ab_test, plan.phase, plan.winner)  # type: ignore[arg-type]
             if variant is None:
@@ -204,5 +213,8 @@ class Launcher:
                 region=region_of(member.phone), sender=plan.sender, now=now, smart_encoding=self.smart_encoding,
                 rendered=rendered,
             )
+            if self.link_domain and message.type is MessageType.MARKETING:
+                message, found = track_message(message, self.link_domain, smart=self.smart_encoding)
+                links += records(plan.tenant_id, message, found)
             outgoing.append(accepted_event(plan.tenant_id, message, trace_id=plan.campaign_id.hex))
-        return outgoing
+        return outgoing, links
