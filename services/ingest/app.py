@@ -7,6 +7,11 @@ from services.ingest.campaigns.launcher import Launcher
 from services.ingest.links_repo import LinksRepository
 from services.ingest.redirect import ClickBuffer, LinkCache
 from services.ingest.redirect import create_router as links_router
+from services.ingest.events.api import build_events_router
+from services.ingest.events.consumer import ContactEventsHandler
+from services.ingest.events.service import ContactsLookup, EventAcceptor
+from services.ingest.journeys.api import build_journeys_router
+from services.ingest.ratelimit import RateLimiter
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
@@ -15,7 +20,7 @@ from services.ingest.settings import IngestSettings
 from services.ingest.triggers import TriggerHandler
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
-from shared.topics import INBOUND, TRIGGERS
+from shared.topics import CONTACT_EVENTS_IN, INBOUND, TRIGGERS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -38,7 +43,14 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Inbound replies (STOP/START/HELP, forwarding): their own consumer group, see docs/replies.md.
     replies = Lane("replies", f"{settings.topic_prefix}ingest.replies", [INBOUND],
                    RepliesHandler(acceptor, RepliesRepository(ctx.pool)))
-    return Wiring(handler=TriggerHandler(acceptor, repository), app=app, lanes=[replies])
+    # Contact events (HTTP and their topic, one validation path) and journey definitions: docs/journeys.md.
+    events = EventAcceptor(ContactsLookup(ctx.pool))
+    limiter = RateLimiter(ctx.pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
+    app.include_router(build_events_router(events, ctx.publisher, limiter, settings.events_batch_max))
+    app.include_router(build_journeys_router())
+    contact_events = Lane("contact-events", f"{settings.topic_prefix}ingest.contact-events", [CONTACT_EVENTS_IN],
+                          ContactEventsHandler(events, repository))
+    return Wiring(handler=TriggerHandler(acceptor, repository), app=app, lanes=[replies, contact_events])
 
 
 async def main(settings: IngestSettings | None = None) -> int:

@@ -16,6 +16,7 @@ class IngestSettings(ConsumerSettings):
         description="phonenumbers types accepted as recipients (e.g. add VOIP, UNKNOWN)",
     )
     batch_max_messages: int = Field(10_000, ge=1, le=100_000, description="Most messages in one batch request")
+    events_batch_max: int = Field(1000, ge=1, le=10_000, description="Most contact events in one POST /v1/events/batch")
     smart_encoding: bool = Field(True, description="Replace typographic characters so texts stay GSM-7")
     receipt_secrets: dict[str, SecretStr] = Field(
         default_factory=lambda: {"sim": SecretStr("sim-receipt-secret")},

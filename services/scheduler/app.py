@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from services.scheduler.handlers import AcceptedHandler, FactsRepository, Timer
+from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
+from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.settings import SchedulerSettings
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
-from shared.topics import ACCEPTED, ACCEPTED_BULK
+from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -18,7 +20,14 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Campaigns get their own lane (and consumer group): transactional messages never wait behind them.
     bulk_group = f"{settings.consumer_group or settings.topic_prefix + 'scheduler'}.bulk"
     bulk = Lane("bulk", bulk_group, [ACCEPTED_BULK], AcceptedHandler(facts))
-    return Wiring(handler=AcceptedHandler(facts), lanes=[bulk])
+    # Journeys (docs/journeys.md): a lane on contact events and a timer that advances due runs.
+    journeys = JourneyRepository(ctx.pool)
+    journey_timer = JourneyTimer(journeys, ctx.publisher, settings.journey_timer_interval_s, settings.journey_timer_batch)
+    ctx.workers["journey-timer"] = journey_timer.run()
+    ctx.stoppers.append(journey_timer.stop)
+    base_group = settings.consumer_group or settings.topic_prefix + "scheduler"
+    journey_lane = Lane("journeys", f"{base_group}.journeys", [CONTACT_EVENTS], JourneyEventsHandler(journeys))
+    return Wiring(handler=AcceptedHandler(facts), lanes=[bulk, journey_lane])
 
 
 async def main(settings: SchedulerSettings | None = None) -> int:

@@ -1,0 +1,158 @@
+"""The journeys' lane handler (contact events) and durable timer (due runs).
+
+The lane never publishes: it enrols, exits and wakes runs in one transaction per batch, and
+a run that has something to do now gets ``due_at = now``. Only the timer advances runs and
+publishes sends: it locks due runs with FOR UPDATE SKIP LOCKED (any number of scheduler
+instances, none takes the same run), publishes the accepted messages, and only then commits
+the new state. A crash in between advances the run again from the old state, and the sends
+carry the same message ids (run id + step), so every consumer drops the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+
+from services.scheduler.journeys import metrics
+from services.scheduler.journeys.engine import ACTIVE, EventFact, LaneResult, Run, advance, on_event
+from services.scheduler.journeys.messages import SendError, accepted_event, build_message
+from services.scheduler.journeys.repository import JourneyRepository
+from shared.contracts import ContactEventAccepted, utcnow
+from shared.kafka import Incoming, Outgoing, Publisher
+from shared.logging import mask_phone
+
+log = logging.getLogger(__name__)
+
+
+class JourneyEventsHandler:
+    """Consumes ``contact-events.accepted.v1`` in batches."""
+
+    def __init__(self, repository: JourneyRepository, clock: Callable[[], datetime] = utcnow) -> None:
+        self.repository = repository
+        self.clock = clock
+
+    async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
+        now = self.clock()
+        facts: list[tuple[str, EventFact]] = []
+        for item in batch:
+            event: ContactEventAccepted = item.event.payload  # type: ignore[assignment]
+            facts.append(
+                (
+                    item.event.tenant,
+                    EventFact(event.event_id, event.name, event.phone, event.contact_id, event.properties, event.occurred_at, now),
+                )
+            )
+        contacts = {(t, f.phone) for t, f in facts}
+        async with self.repository.pool.acquire() as conn, conn.transaction():
+            startable = await self.repository.startable(conn, {t for t, _ in facts}, {f.name for _, f in facts})
+            runs = await self.repository.lock_active_runs(conn, contacts)
+            running = await self.repository.running(conn, runs)
+            journey_ids = {j.journey_id for js in startable.values() for j in js}
+            last = await self.repository.last_entries(conn, journey_ids, {f.phone for _, f in facts})
+            by_contact: dict[tuple[str, str], list[Run]] = defaultdict(list)
+            for run in runs:
+                by_contact[(run.tenant, run.phone)].append(run)
+            result = LaneResult()
+            for tenant, fact in facts:  # in offset order: a contact's events arrive in order (keyed by phone)
+                on_event(fact, startable.get(tenant, []), running, by_contact[(tenant, fact.phone)], last, result)
+            fresh = {r.run_id for r in result.new}
+            inserted = await self.repository.insert_runs(conn, result.new)
+            # Runs loaded here, and runs enrolled here that then changed (exited, woken) in this
+            # batch; a "new" run that was there already (a redelivered trigger) is left alone.
+            await self.repository.update_runs(
+                conn, [r for r in result.changed.values() if r.run_id not in fresh or r.run_id in inserted], now
+            )
+        metrics.RUNS_STARTED.inc(len(inserted))
+        for run in result.changed.values():
+            if run.state != ACTIVE:
+                metrics.RUNS_ENDED.labels(run.state, (run.exit_reason or "").split(":", 1)[0]).inc()
+        return []
+
+
+class JourneyTimer:
+    """Advances due runs; any number of scheduler instances can run it."""
+
+    def __init__(
+        self,
+        repository: JourneyRepository,
+        publisher: Publisher,
+        interval_s: float,
+        batch: int,
+        clock: Callable[[], datetime] = utcnow,
+        smart_encoding: bool = True,
+    ) -> None:
+        self.repository = repository
+        self.publisher = publisher
+        self.interval_s = interval_s
+        self.batch = batch
+        self.clock = clock
+        self.smart_encoding = smart_encoding
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while await self.advance_due() >= self.batch and not self._stop.is_set():
+                    pass
+            except Exception:
+                log.exception("advancing due journey runs failed; retrying")
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+
+    async def advance_due(self) -> int:
+        """Advance one batch of due runs; return how many were due."""
+        now = self.clock()
+        repo = self.repository
+        async with repo.pool.acquire() as conn, conn.transaction():
+            runs = await repo.due_runs(conn, now, self.batch)
+            if not runs:
+                return 0
+            journeys = await repo.running(conn, runs)
+            contacts = await repo.contacts(conn, {(r.tenant, r.phone) for r in runs})
+            moved: list[Run] = []
+            sends = []
+            for run in runs:
+                journey = journeys.get((run.journey_id, run.version))
+                if journey is None:  # cannot happen with the foreign key; never loop on it
+                    log.error("journey version of run %s is missing", run.run_id)
+                    run.state, run.due_at, run.exit_reason, run.ended_at = "exited", None, "journey_missing", now
+                    moved.append(run)
+                    continue
+                after, steps = advance(run, journey, contacts.get((run.tenant, run.phone)), now)
+                moved.append(after)
+                sends += [(after, s) for s in steps]
+            templates = await repo.templates(
+                conn, {(r.tenant, s.step.template_id) for r, s in sends if s.step.template_id is not None}
+            )
+            outgoing: list[Outgoing] = []
+            for run, send in sends:
+                contact = contacts.get((run.tenant, run.phone))
+                template = templates.get((run.tenant, send.step.template_id)) if send.step.template_id else None
+                try:
+                    message = build_message(send, run, contact, template, now, smart=self.smart_encoding)
+                except SendError as exc:
+                    metrics.SENDS.labels(exc.code, "").inc()
+                    log.warning(
+                        "journey send step skipped: %s", exc,
+                        extra={"run_id": str(run.run_id), "step": send.step_id, "to": mask_phone(run.phone)},
+                    )
+                    continue
+                metrics.SENDS.labels("published", message.type.value).inc()
+                outgoing.append(accepted_event(run.tenant, message, f"journey-{run.run_id.hex[:16]}"))
+            await repo.update_runs(conn, moved, now)
+            await self.publisher.publish(outgoing)  # before commit: a crash re-advances, same message ids
+        for before in runs:
+            if before.due_at is not None:
+                metrics.TIMER_LATENESS.observe(max(0.0, (now - before.due_at).total_seconds()))
+        for run in moved:
+            if run.state != ACTIVE:
+                metrics.RUNS_ENDED.labels(run.state, (run.exit_reason or "").split(":", 1)[0]).inc()
+        return len(runs)
