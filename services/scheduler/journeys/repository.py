@@ -1,6 +1,8 @@
 """The journeys' SQL: definitions (read), runs (read, lock, write), contacts and templates.
 
-jsonb goes through the pool's codec (``shared.db``): Python objects in, Python objects out.
+jsonb goes through the pool's codec (``shared.db``): Python objects in, Python objects out,
+except lists inside a ``jsonb[]`` parameter (asyncpg reads them as array dimensions), which
+are sent as JSON text and cast.
 """
 
 from __future__ import annotations
@@ -135,8 +137,9 @@ class JourneyRepository:
         rows = await conn.fetch(
             "INSERT INTO journey_runs (run_id, tenant_id, journey_id, version, phone_e164, contact_id, state, step,"
             " step_since, armed, due_at, trigger, seen, entered_at)"
-            " SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::text[], $6::uuid[], $7::text[],"
-            " $8::int[], $9::timestamptz[], $10::bool[], $11::timestamptz[], $12::jsonb[], $13::jsonb[], $14::timestamptz[])"
+            " SELECT r, t, j, v, p, c, st, sp, ss, a, d, tr, se::jsonb, e FROM unnest($1::uuid[], $2::text[], $3::uuid[],"
+            " $4::int[], $5::text[], $6::uuid[], $7::text[], $8::int[], $9::timestamptz[], $10::bool[], $11::timestamptz[],"
+            " $12::jsonb[], $13::text[], $14::timestamptz[]) AS u(r, t, j, v, p, c, st, sp, ss, a, d, tr, se, e)"
             " ON CONFLICT (run_id) DO NOTHING RETURNING run_id",
             [r.run_id for r in runs],
             [r.tenant for r in runs],
@@ -150,7 +153,7 @@ class JourneyRepository:
             [r.armed for r in runs],
             [r.due_at for r in runs],
             [r.trigger for r in runs],
-            [r.seen for r in runs],
+            [json.dumps(r.seen) for r in runs],  # a list inside jsonb[] would read as an array dimension
             [r.entered_at for r in runs],
         )
         return {r["run_id"] for r in rows}
@@ -160,10 +163,10 @@ class JourneyRepository:
             return
         await conn.execute(
             "UPDATE journey_runs r SET state = u.state, step = u.step, step_since = u.step_since, armed = u.armed,"
-            " due_at = u.due_at, last_event = u.last_event, seen = u.seen, sends = u.sends,"
+            " due_at = u.due_at, last_event = u.last_event, seen = u.seen::jsonb, sends = u.sends,"
             " exit_reason = u.exit_reason, ended_at = u.ended_at, updated_at = $12"
             " FROM unnest($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::bool[], $6::timestamptz[],"
-            " $7::jsonb[], $8::jsonb[], $9::int[], $10::text[], $11::timestamptz[])"
+            " $7::jsonb[], $8::text[], $9::int[], $10::text[], $11::timestamptz[])"
             " AS u(run_id, state, step, step_since, armed, due_at, last_event, seen, sends, exit_reason, ended_at)"
             " WHERE r.run_id = u.run_id",
             [r.run_id for r in runs],
@@ -173,7 +176,7 @@ class JourneyRepository:
             [r.armed for r in runs],
             [r.due_at for r in runs],
             [r.last_event for r in runs],
-            [r.seen for r in runs],
+            [json.dumps(r.seen) for r in runs],
             [r.sends for r in runs],
             [r.exit_reason for r in runs],
             [r.ended_at for r in runs],
