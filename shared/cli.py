@@ -191,6 +191,32 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    import uuid
+
+    from services.reports.campaign_report import load
+    from services.reports.report_cli import print_report, write_png
+    from services.reports.settings import ReportsSettings
+
+    try:
+        campaign_id = uuid.UUID(args.campaign_id)
+    except ValueError:
+        print(f"not a campaign id: {args.campaign_id!r}", file=sys.stderr)
+        return 2
+    alpha = ReportsSettings().ab_alpha
+    report = asyncio.run(_with_db(lambda conn: load(conn, campaign_id, args.tenant, alpha)))
+    if report is None:
+        print(f"no campaign {campaign_id}" + (f" for tenant {args.tenant}" if args.tenant else ""), file=sys.stderr)
+        return 1
+    if args.json:
+        _print(report)
+    else:
+        print_report(report)
+    if args.png:
+        print(f"chart written to {write_png(report, args.png)}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="herald", description="Herald: SMS at scale.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("bench", help="measure throughput, latency and memory; writes docs/benchmarks.md", add_help=False)
 
+    rp = sub.add_parser("report", help="a campaign's results per variant, with a chart (docs/results.md)")
+    rp.add_argument("campaign_id")
+    rp.add_argument("--tenant", default=None, help="only if the campaign belongs to this tenant")
+    rp.add_argument("--png", default=None, metavar="FILE", help="also write the chart as a PNG (needs herald[charts])")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON instead")
+
     raw = sys.argv[1:] if argv is None else argv
     if raw[:1] == ["bench"]:
         from shared.devtools.bench import main as bench
@@ -242,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         from shared.devtools.demo import run_demo
 
         return run_demo(args.messages, wait=not args.no_wait, keep_infra=args.keep_infra)
+    elif args.command == "report":
+        return _report(args)
     elif args.command == "down":
         from shared.devtools.demo import down
 
