@@ -114,6 +114,9 @@ async def test_short_link_click_conversion_and_campaign_report(results_stack: St
 
     ids = [api_id, *(str(m.message_id) for m in launched)]
     await all_final(pool, ids, timeout_s=120)
+    rows = await pool.fetch("SELECT status, reason_code, reason FROM messages WHERE message_id = ANY($1::uuid[])", ids)
+    assert all(r["status"] in ("delivered", "undelivered", "failed") and r["reason_code"] in (
+        None, "receipt_undelivered", "receipt_failed") for r in rows), [dict(r) for r in rows]
     text = sent_text(results_stack, api_id)
     assert re.fullmatch(rf"Spring sale, 20% off: https://{re.escape(DOMAIN)}/[0-9A-Za-z]{{10}} today", text), text
     row = await pool.fetchrow("SELECT segments FROM messages WHERE message_id = $1::uuid", api_id)
