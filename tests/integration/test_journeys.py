@@ -253,3 +253,15 @@ async def test_a_failed_publish_rolls_back_and_the_next_advance_sends_the_same_i
     [event] = await sent_to(env, ACCEPTED, phone, 1)
     assert event.payload.body.startswith("Your payment for order A7 failed")
     assert (await runs_of(pool, journey_id))[0]["state"] == "completed"
+
+
+async def test_two_lanes_on_the_same_contact_keep_the_reentry_rule(pool) -> None:
+    """A rebalance can hand one contact's events to two instances at once: still one run."""
+    tenant = (await make_tenant(pool)).tenant_id
+    journey_id = await create_journey(pool, tenant, example("welcome-drip"))  # reentry: never
+    clock = FakeClock(utcnow())
+    lanes = [JourneyEventsHandler(JourneyRepository(pool), clock.now) for _ in range(4)]
+    phones = [f"+3460055{i:04d}" for i in range(60)]
+    await asyncio.gather(*(lane([incoming(tenant, "user.signed_up", p, clock) for p in phones]) for lane in lanes))
+    rows = await runs_of(pool, journey_id)
+    assert sorted(r["phone_e164"] for r in rows) == sorted(phones)

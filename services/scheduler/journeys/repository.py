@@ -106,7 +106,16 @@ class JourneyRepository:
         """Active runs of these (tenant, phone) contacts, locked until the transaction ends."""
         if not contacts:
             return []
-        tenants, phones = zip(*contacts, strict=True)
+        tenants, phones = zip(*sorted(contacts), strict=True)
+        # A contact's events arrive on one partition, so one instance handles them; during a
+        # rebalance two may briefly hold the same batch. These locks (in one order, so never a
+        # deadlock) serialise them, so a re-entry rule is decided on committed runs.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('herald-journeys:' || t || ':' || p, 0))"
+            " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, p, n) ORDER BY n",
+            list(tenants),
+            list(phones),
+        )
         rows = await conn.fetch(
             f"SELECT {RUN_COLUMNS} FROM journey_runs r"
             " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON r.tenant_id = k.t AND r.phone_e164 = k.p"
