@@ -166,8 +166,16 @@ class Launcher:
         published = 0
         started = time.monotonic()
         page_started = time.monotonic()
-        async for page in self.audience.iter_audience(plan.tenant_id, plan.node, batch_size=self.page_size, after=plan.cursor):
+        pages = self.audience.iter_audience(plan.tenant_id, plan.node, batch_size=self.page_size, after=plan.cursor)
+        # The next page is read while this one is rendered and published: one page of read-ahead.
+        upcoming: asyncio.Task[list[AudienceMember]] | None = asyncio.ensure_future(anext(pages, []))
+        while upcoming is not None:
+            page = await upcoming
+            if not page:
+                break
+            upcoming = asyncio.ensure_future(anext(pages, []))
             if self._stop.is_set():
+                upcoming.cancel()
                 return
             outgoing, links = self.page_events(plan, page, self.clock())
             await self.links.store_many(links)  # before the messages carrying them go out
@@ -180,6 +188,7 @@ class Launcher:
             page_started = time.monotonic()
             published += len(outgoing)
             if state is None:
+                upcoming.cancel()
                 log.info("campaign %s stopped (paused, cancelled or taken over) after %d messages", plan.campaign_id, published)
                 return
         testing_until = None
