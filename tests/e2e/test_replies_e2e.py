@@ -1,7 +1,10 @@
 """Inbound replies through the real services: a handset answers STOP (any case, any accent),
 is opted out at once, gets a confirmation through the real pipeline (the simulator sees it),
 and the next marketing message to it is suppressed; START subscribes it again; a STOP sent to a
-number registered with a brand scope only stops that brand."""
+number registered with a brand scope only stops that brand; HELP is answered in the keyword's
+language (Spanish, French); the Spanish BAJA TODO opts out of everything even when sent to a
+brand number and ALTA gives the contact its marketing consent back, each confirmed in Spanish;
+an ordinary reply is forwarded on the replies topic with the conversation of that tenant."""
 
 from __future__ import annotations
 
@@ -13,12 +16,19 @@ import httpx
 import pytest
 
 from shared import admin
-from shared.contracts import SYSTEM_TENANT, InboundMessage, InboundMessageEvent
+from shared.contracts import (
+    SYSTEM_TENANT,
+    InboundMessage,
+    InboundMessageEvent,
+    MessageAcceptedEvent,
+    ReplyForwardedEvent,
+    derived_event_id,
+)
 from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.stack import Stack
-from shared.topics import INBOUND
+from shared.topics import ACCEPTED, INBOUND, REPLIES
 from tests.conftest import Tenant, make_tenant
-from tests.helpers import produce_raw, wait_for
+from tests.helpers import produce_raw, read_topic, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -76,6 +86,21 @@ async def confirmation_seen(stack: Stack, pool, tenant: Tenant, event: InboundMe
     return message_id
 
 
+async def sent_text(stack: Stack, message_id: str, handset: str) -> str:
+    """The text of a confirmation, as ingest published it on the accepted topic (reports does
+    not store bodies)."""
+    def found(records) -> list[MessageAcceptedEvent]:
+        events = [MessageAcceptedEvent.model_validate_json(r.value) for r in records if r.key == handset.encode()]
+        return [e for e in events if str(e.payload.message_id) == message_id]
+
+    records = await read_topic(stack.env["HERALD_KAFKA_BOOTSTRAP"], ACCEPTED.name(stack.env["HERALD_TOPIC_PREFIX"]),
+                               lambda rs: bool(found(rs)), timeout_s=30)
+    events = found(records)
+    assert events and all(e.payload.type.value == "transactional" and e.payload.to == handset for e in events)
+    (body,) = {e.payload.body for e in events}  # at-least-once: a republished event has the same text
+    return body
+
+
 async def test_stop_confirms_and_suppresses_then_start_resubscribes(stack: Stack, pool) -> None:
     tenant = await make_tenant(pool)
     number, handset = our_number(), a_handset()
@@ -113,8 +138,130 @@ async def test_accented_stop_to_a_brand_number_is_scoped(stack: Stack, pool) -> 
     assert await status_of(pool, await send(stack, tenant, handset, sender=shoes)) == "suppressed"
     assert await status_of(pool, await send(stack, tenant, handset, sender=general)) != "suppressed"
 
-    # An ordinary reply and HELP do not change consent.
-    await reply(stack, handset, general, "Ayuda")
-    help_event = await reply(stack, handset, general, "aide")
-    await confirmation_seen(stack, pool, tenant, help_event, handset)
+    # HELP, in Spanish and in French: each answered in its language, and consent unchanged.
+    name = tenant.tenant_id  # test tenants are named after their id
+    for word, text in (("Ayuda", f"{name}: responde BAJA para darte de baja, ALTA para volver a suscribirte."),
+                       ("aide", f"{name} : repondez STOP pour vous desabonner, START pour vous reabonner.")):
+        help_event = await reply(stack, handset, general, word)
+        confirmation = await confirmation_seen(stack, pool, tenant, help_event, handset)
+        assert await sent_text(stack, confirmation, handset) == text
     assert await pool.fetchval("SELECT count(*) FROM suppressions WHERE tenant_id = $1", tenant.tenant_id) == 0
+    assert [r["scope"] for r in await pool.fetch(
+        "SELECT scope FROM scoped_suppressions WHERE tenant_id = $1 AND phone_e164 = $2", tenant.tenant_id, handset)
+    ] == ["shoes"]
+
+
+async def marketing_consent(pool, tenant: Tenant, handset: str) -> tuple[bool | None, list[tuple[bool, str, str | None]]]:
+    """The contact's current marketing consent and its history (granted, source, keyword), oldest first."""
+    current = await pool.fetchval("SELECT consent_marketing FROM contacts WHERE tenant_id = $1 AND phone_e164 = $2",
+                                  tenant.tenant_id, handset)
+    rows = await pool.fetch(
+        "SELECT k.granted, k.source, k.proof->>'keyword' AS keyword FROM contact_consents k"
+        " JOIN contacts c USING (tenant_id, contact_id) WHERE c.tenant_id = $1 AND c.phone_e164 = $2"
+        " AND k.purpose = 'marketing' ORDER BY k.consent_id",
+        tenant.tenant_id, handset,
+    )
+    return current, [(r["granted"], r["source"], r["keyword"]) for r in rows]
+
+
+async def test_spanish_baja_todo_stops_everything_and_alta_restores_consent(stack: Stack, pool) -> None:
+    # A tenant that needs recorded consent: marketing goes out only while the contact has it.
+    tenant = await make_tenant(pool, marketing_consent="required")
+    shoes, general, handset = our_number(), our_number(), a_handset()
+    async with pool.acquire() as conn:
+        await admin.number_add(conn, "e2e", tenant.tenant_id, shoes, scope="shoes")
+        await admin.number_add(conn, "e2e", tenant.tenant_id, general)
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=tenant.headers) as client:
+        r = await client.post("/v1/contacts", json={"phone": handset, "first_name": "Lucía"})  # no language
+        assert r.status_code == 201, r.text
+        r = await client.post(f"/v1/contacts/{r.json()['contact_id']}/consents", json={
+            "purpose": "marketing", "granted": True, "source": "web_form", "proof": {"form_id": "signup"}})
+        assert r.status_code == 201, r.text
+    assert await status_of(pool, await send(stack, tenant, handset, sender=general)) != "suppressed"
+    name = tenant.tenant_id
+
+    # "BAJA TODO" to the brand number: the global opt-out, not the brand's; confirmed in Spanish.
+    stop = await reply(stack, handset, shoes, "¡Baja todo!")
+    confirmation = await confirmation_seen(stack, pool, tenant, stop, handset)
+    assert await sent_text(stack, confirmation, handset) == (
+        f"Te has dado de baja de los mensajes de {name}. Responde ALTA para volver a suscribirte.")
+    assert await pool.fetchval("SELECT reason FROM suppressions WHERE tenant_id = $1 AND phone_e164 = $2",
+                               tenant.tenant_id, handset) == "replied BAJA"
+    assert await pool.fetchval("SELECT count(*) FROM scoped_suppressions WHERE tenant_id = $1", tenant.tenant_id) == 0
+    assert await marketing_consent(pool, tenant, handset) == (
+        False, [(True, "web_form", None), (False, "sms_keyword", "BAJA")])
+    for sender in (general, shoes):
+        assert await status_of(pool, await send(stack, tenant, handset, sender=sender)) == "suppressed"
+
+    # "Alta" to the general number: subscribed again, consent back, confirmed in Spanish.
+    start = await reply(stack, handset, general, "Alta")
+    confirmation = await confirmation_seen(stack, pool, tenant, start, handset)
+    assert await sent_text(stack, confirmation, handset) == (
+        f"Te has vuelto a suscribir a los mensajes de {name}. Responde BAJA para darte de baja.")
+    assert await pool.fetchval("SELECT count(*) FROM suppressions WHERE tenant_id = $1 AND phone_e164 = $2",
+                               tenant.tenant_id, handset) == 0
+    assert await marketing_consent(pool, tenant, handset) == (
+        True, [(True, "web_form", None), (False, "sms_keyword", "BAJA"), (True, "sms_keyword", "ALTA")])
+    for sender in (general, shoes):
+        assert await status_of(pool, await send(stack, tenant, handset, sender=sender)) != "suppressed"
+
+
+async def forwarded(stack: Stack, events: list[InboundMessageEvent]) -> list[ReplyForwardedEvent]:
+    """The replies-topic events forwarding ``events``, in the same order."""
+    wanted = {derived_event_id("reply.forwarded", e.event_id): i for i, e in enumerate(events)}
+
+    def found(records) -> dict[uuid.UUID, ReplyForwardedEvent]:
+        out = {}
+        for r in records:
+            event = ReplyForwardedEvent.model_validate_json(r.value)
+            if event.event_id in wanted:
+                assert r.key == event.payload.phone.encode()  # keyed by the handset's number
+                out[event.event_id] = event
+        return out
+
+    records = await read_topic(stack.env["HERALD_KAFKA_BOOTSTRAP"], REPLIES.name(stack.env["HERALD_TOPIC_PREFIX"]),
+                               lambda rs: len(found(rs)) == len(wanted), timeout_s=60)
+    by_id = found(records)
+    assert len(by_id) == len(wanted), f"forwarded {len(by_id)} of {len(wanted)} replies"
+    return sorted(by_id.values(), key=lambda e: wanted[e.event_id])
+
+
+async def test_an_ordinary_reply_is_forwarded_with_the_conversation(stack: Stack, pool) -> None:
+    tenant, other = await make_tenant(pool), await make_tenant(pool)
+    number, handset = our_number(), a_handset()
+    async with pool.acquire() as conn:
+        await admin.number_add(conn, "e2e", tenant.tenant_id, number)
+    offer = await send(stack, tenant, handset, "marketing", sender=number)
+    code = await send(stack, tenant, handset, "transactional", sender=number)
+    elsewhere = await send(stack, other, handset, "transactional")  # another tenant's: not in the conversation
+    for message_id in (offer, code, elsewhere):
+        assert await status_of(pool, message_id) != "suppressed"
+
+    first = await reply(stack, handset, number, "Hola, ¿a qué hora abrís mañana?")
+    (forward_1,) = await forwarded(stack, [first])
+    second = await reply(stack, handset, number, "Y el sábado?")
+    (forward_2,) = await forwarded(stack, [second])
+
+    for forward, event in ((forward_1, first), (forward_2, second)):
+        assert forward.tenant == tenant.tenant_id
+        p = forward.payload
+        assert (p.inbound_event_id, p.phone, p.recipient, p.scope, p.body, p.gateway) == (
+            event.event_id, handset, number, None, event.payload.body, "sim")
+    # The conversation: the tenant's messages to and from this number, newest first, without
+    # the reply itself; outbound entries carry id, status, type and sender but no text.
+    c1 = forward_1.payload.conversation
+    assert [(e.direction, e.message_id) for e in c1] == [("outbound", uuid.UUID(code)), ("outbound", uuid.UUID(offer))]
+    assert [(e.type, e.sender, e.body) for e in c1] == [("transactional", number, None), ("marketing", number, None)]
+    assert all(e.status not in (None, "suppressed") for e in c1)
+    c2 = forward_2.payload.conversation
+    assert [(e.direction, e.message_id or e.inbound_event_id) for e in c2] == [
+        ("inbound", first.event_id), ("outbound", uuid.UUID(code)), ("outbound", uuid.UUID(offer))]
+    assert (c2[0].body, c2[0].sender) == (first.payload.body, number)
+    assert [e.at for e in c2] == sorted((e.at for e in c2), reverse=True)
+    # Ordinary replies change no consent and get no confirmation.
+    assert await pool.fetchval("SELECT count(*) FROM suppressions WHERE tenant_id = $1", tenant.tenant_id) == 0
+    assert await pool.fetchval(
+        "SELECT count(*) FROM idempotency_keys WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[])",
+        tenant.tenant_id, [f"reply:{first.event_id}", f"reply:{second.event_id}"]) == 0
+    assert await pool.fetchval("SELECT count(*) FROM inbound_messages WHERE tenant_id = $1 AND phone_e164 = $2"
+                               " AND keyword_group IS NULL", tenant.tenant_id, handset) == 2
