@@ -312,6 +312,8 @@ async def launch_campaign(stack: Stack, key: str, dsn: str, count: int, countrie
                     raise TimeoutError("the campaign did not fan out within an hour")
                 await asyncio.sleep(0.5)
             final = await conn.fetchval("SELECT count(*) FROM messages WHERE status_rank = 100")
+            waiting = await conn.fetch(
+                "SELECT status, count(*) AS n FROM messages WHERE status_rank < 100 GROUP BY status ORDER BY n DESC")
         finally:
             await conn.close()
     total_s = time.monotonic() - started
@@ -320,6 +322,9 @@ async def launch_campaign(stack: Stack, key: str, dsn: str, count: int, countrie
                 f"{seeded / fanned_out_s:,.0f} msg/s ({fanned_out_s:.1f} s)")
     results.add("messages with a final status (receipt recorded)",
                 f"{final:,} of {seeded:,} after {total_s:.0f} s ({final / total_s:,.0f} msg/s end to end)")
+    if waiting:
+        results.add("not final yet when the run stopped, by status",
+                    ", ".join(f"{r['status']} {r['n']:,}" for r in waiting))
     cpu = {k: fan_cpu.get(k, 0) - before.get(k, 0) for k in fan_cpu}
     results.add("CPU seconds per service during the fan-out",
                 ", ".join(f"{n} {s:.1f}" for n, s in sorted(cpu.items(), key=lambda x: -x[1])))
