@@ -53,10 +53,13 @@ def parse_cap(text: str) -> dict[str, int]:
 
 
 async def tenant_policy(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow("SELECT marketing_consent, frequency_caps FROM tenants WHERE tenant_id = $1", tenant_id)
+    row = await conn.fetchrow(
+        "SELECT marketing_consent, frequency_caps, reply_webhook_url FROM tenants WHERE tenant_id = $1", tenant_id
+    )
     if row is None:
         return None
-    return {"tenant_id": tenant_id, "marketing_consent": row["marketing_consent"], "frequency_caps": row["frequency_caps"]}
+    return {"tenant_id": tenant_id, "marketing_consent": row["marketing_consent"], "frequency_caps": row["frequency_caps"],
+            "reply_webhook_url": row["reply_webhook_url"]}
 
 
 async def tenant_policy_set(conn: asyncpg.Connection, actor: str, tenant_id: str, *,
@@ -74,6 +77,42 @@ async def tenant_policy_set(conn: asyncpg.Connection, actor: str, tenant_id: str
             return None
         await audit(conn, actor, "tenant.policy", tenant_id, marketing_consent=marketing_consent, frequency_caps=caps)
     return await tenant_policy(conn, tenant_id)
+
+
+MAX_URL_LENGTH = 2083
+
+
+def webhook_url(url: str) -> str:
+    """A reply webhook URL, checked like a message's status_callback_url: http or https with a
+    host, at most 2083 characters."""
+    from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
+
+    url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"a webhook URL is at most {MAX_URL_LENGTH} characters")
+    try:
+        TypeAdapter(AnyHttpUrl).validate_python(url)
+    except ValidationError:
+        raise ValueError(f"not an http or https URL: {url[:80]!r}") from None
+    return url
+
+
+async def reply_webhook(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT reply_webhook_url FROM tenants WHERE tenant_id = $1", tenant_id)
+    return None if row is None else {"tenant_id": tenant_id, "reply_webhook_url": row["reply_webhook_url"]}
+
+
+async def reply_webhook_set(conn: asyncpg.Connection, actor: str, tenant_id: str, url: str | None) -> dict[str, Any] | None:
+    """Where the tenant's ordinary replies are posted (docs/replies.md); None stops posting them."""
+    url = webhook_url(url) if url is not None else None
+    async with conn.transaction():
+        done = await conn.fetchval(
+            "UPDATE tenants SET reply_webhook_url = $2 WHERE tenant_id = $1 RETURNING tenant_id", tenant_id, url
+        )
+        if done is None:
+            return None
+        await audit(conn, actor, "tenant.reply_webhook", tenant_id, reply_webhook_url=url)
+    return {"tenant_id": tenant_id, "reply_webhook_url": url}
 
 
 async def tenant_list(conn: asyncpg.Connection) -> list[dict[str, Any]]:

@@ -62,6 +62,10 @@ def _admin_parser(sub: Any) -> None:
     pol.add_argument("--cap", action="append", default=None, metavar="COUNT/WINDOW",
                      help="frequency cap per contact, e.g. 1/24h (repeat: --cap 1/24h --cap 4/7d)")
     pol.add_argument("--no-caps", action="store_true", help="remove every frequency cap")
+    rw = tenant.add_parser("reply-webhook", help="show or set where the tenant's ordinary replies are posted, signed")
+    rw.add_argument("tenant_id")
+    rw.add_argument("url", nargs="?", default=None, help="http or https URL (docs/replies.md)")
+    rw.add_argument("--clear", action="store_true", help="stop posting replies (they stay on the replies topic)")
     for verb in ("disable", "enable"):
         tenant.add_parser(verb).add_argument("tenant_id")
 
@@ -130,6 +134,21 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         else:
             result = asyncio.run(_with_db(lambda c: admin.tenant_policy_set(
                 c, actor, args.tenant_id, marketing_consent=args.marketing_consent, caps=caps)))
+        if result is None:
+            print(f"no tenant {args.tenant_id}", file=sys.stderr)
+            return 1
+        _print(result)
+    elif (obj, action) == ("tenant", "reply-webhook"):
+        if args.clear and args.url:
+            parser.error("give a URL or --clear, not both")
+        try:
+            if args.url is None and not args.clear:
+                result = asyncio.run(_with_db(lambda c: admin.reply_webhook(c, args.tenant_id)))
+            else:
+                result = asyncio.run(_with_db(lambda c: admin.reply_webhook_set(c, actor, args.tenant_id, args.url)))
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
         if result is None:
             print(f"no tenant {args.tenant_id}", file=sys.stderr)
             return 1

@@ -108,9 +108,10 @@ REPLIES = Topic(
     ReplyForwardedEvent,
     key="handset number",
     producers=("ingest (replies lane)",),
-    consumers=("upstream systems (CRMs, chatbots)",),
+    consumers=("reports (replies lane: reply webhooks)", "upstream systems (CRMs, chatbots)"),
     description="Ordinary replies (not STOP/START/HELP) from handsets, with the tenant found by the number they "
-    "were sent to and the latest messages of the conversation. See docs/replies.md.",
+    "were sent to and the latest messages of the conversation. reports posts each one with a `webhook_url`, "
+    "signed, to that URL. See docs/replies.md.",
 )
 CONTACT_EVENTS_IN = Topic(
     "contact-events.v1",

@@ -8,11 +8,11 @@ from services.reports.api import create_app
 from services.reports.handlers import PendingSweeper, StatusHandler
 from services.reports.settings import ReportsSettings
 from services.reports.results import ResultsHandler
-from services.reports.webhooks import WebhookWorker
+from services.reports.webhooks import ReplyWebhookHandler, WebhookWorker
 from services.reports.winner import WinnerWorker
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
-from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, RECEIPTS, STATUS
+from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, RECEIPTS, REPLIES, STATUS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -33,8 +33,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
         "results", f"{settings.topic_prefix}reports.results", [CLICKS, CONTACT_EVENTS],
         ResultsHandler(ctx.pool, timedelta(hours=settings.attribution_window_h), settings.click_bot_min_delay_s),
     )
+    # Ordinary replies to post to the tenants' reply webhooks: their own group (docs/replies.md).
+    replies = Lane("replies", f"{settings.topic_prefix}reports.replies", [REPLIES], ReplyWebhookHandler(ctx.pool))
     return Wiring(handler=StatusHandler(ctx.pool), app=create_app(ctx.pool, readiness, settings.ab_alpha),
-                  lanes=[results])
+                  lanes=[results, replies])
 
 
 async def main(settings: ReportsSettings | None = None) -> int:

@@ -34,6 +34,11 @@ WEBHOOK_LAG = Histogram(
     "herald_webhook_delivery_lag_seconds", "From the status change to its webhook's successful delivery",
     buckets=LATENCY_BUCKETS,
 )
+WEBHOOK_POSTS = Counter(
+    "herald_webhook_posts_total", "Webhook POSTs (and URLs refused unposted) by kind (status, reply) and outcome",
+    ["kind", "outcome"],
+)
+REPLY_WEBHOOKS_QUEUED = Counter("herald_reply_webhooks_queued_total", "Replies queued in the webhook outbox")
 WEBHOOK_OUTBOX_DEPTH = Gauge("herald_webhook_outbox_depth", "Status webhooks waiting to be delivered (pending rows)")
 
 # Results (services/reports/results.py, winner.py; docs/results.md)

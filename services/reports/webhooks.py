@@ -7,6 +7,11 @@ pending ``seq`` of each message, so a message's callbacks are posted in order â€
 body with the tenant's secret (shared/signatures.py), posts it, and marks it delivered,
 retries it later with exponential backoff, or dead-letters it. See docs/webhooks.md.
 
+Ordinary replies (``replies.v1`` with the tenant's reply webhook URL) go through the same
+outbox and worker (:class:`ReplyWebhookHandler`, :func:`enqueue_replies`): their ordering key
+is the conversation (tenant + handset number), so one handset's replies are posted in order.
+See docs/replies.md.
+
 ``python -m services.reports.webhooks secret TENANT`` prints a tenant's signing secret
 (creating it if needed).
 """
@@ -34,7 +39,8 @@ import httpx
 
 from services.reports import metrics
 from services.reports.domain import Change, MessageState, Transition
-from shared.contracts import derived_event_id
+from shared.contracts import ReplyForwardedEvent, derived_event_id
+from shared.kafka import Incoming, Outgoing
 from shared.signatures import HEADER as SIGNATURE_HEADER
 from shared.signatures import sign
 from shared.statuses import FINAL, RANK, Status
@@ -49,6 +55,13 @@ SECRET_CACHE_S = 300.0
 
 
 # --- pure parts -------------------------------------------------------------------------------
+
+
+class Kind(StrEnum):
+    """What an outbox row posts (webhook_outbox.kind)."""
+
+    STATUS = "status"
+    REPLY = "reply"
 
 
 @dataclass(frozen=True)
@@ -159,6 +172,43 @@ def build_payload(note: Notification, seq: int) -> dict[str, Any]:
     }
 
 
+def conversation_key(tenant_id: str, phone: str) -> uuid.UUID:
+    """The ordering key of a reply's outbox row: one per tenant and handset number, so the
+    replies of one conversation are posted in order (it stands where a status row has its
+    message id; uuid5, so it never equals a message id)."""
+    return derived_event_id("reply.conversation", tenant_id, phone)
+
+
+def reply_events(events: Iterable[ReplyForwardedEvent]) -> list[ReplyForwardedEvent]:
+    """The replies to post, in order: those with a webhook URL, each event id once."""
+    seen: set[uuid.UUID] = set()
+    out: list[ReplyForwardedEvent] = []
+    for event in events:
+        if event.payload.webhook_url and event.event_id not in seen:
+            seen.add(event.event_id)
+            out.append(event)
+    return out
+
+
+def build_reply_payload(event: ReplyForwardedEvent, seq: int) -> dict[str, Any]:
+    """The body posted for one reply (docs/replies.md). The event id is the replies.v1 event's."""
+    p = event.payload
+    return {
+        "event_id": str(event.event_id),
+        "type": "message.reply",
+        "tenant": event.tenant,
+        "seq": seq,
+        "from": p.phone,
+        "to": p.recipient,
+        "scope": p.scope,
+        "body": p.body,
+        "received_at": p.received_at.isoformat(),
+        "gateway": p.gateway,
+        "inbound_event_id": str(p.inbound_event_id),
+        "conversation": [e.model_dump(mode="json") for e in p.conversation],
+    }
+
+
 def encode(payload: Mapping[str, Any]) -> bytes:
     """The exact bytes posted and signed (stable: the same payload gives the same body)."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -265,6 +315,69 @@ async def enqueue(conn: asyncpg.Connection, notes: Sequence[Notification]) -> in
     return len(notes)
 
 
+async def enqueue_replies(conn: asyncpg.Connection, events: Sequence[ReplyForwardedEvent]) -> int:
+    """Insert one outbox row per reply with a webhook URL, in one statement, and return how
+    many are new. A redelivered reply (its event id already queued) adds nothing.
+
+    Seqs come from ``webhook_sequences`` (one upsert for the batch, conversations in sorted
+    order): its row locks hold a conversation until this transaction commits, so two
+    instances never give out the same seq, and the seq goes on growing after the outbox's
+    delivered rows are pruned."""
+    wanted = reply_events(events)
+    if not wanted:
+        return 0
+    queued = {r["event_id"] for r in await conn.fetch(
+        "SELECT event_id FROM webhook_outbox WHERE event_id = ANY($1::uuid[])", [e.event_id for e in wanted])}
+    fresh = [e for e in wanted if e.event_id not in queued]
+    if not fresh:
+        return 0
+    keys = [conversation_key(e.tenant, e.payload.phone) for e in fresh]
+    counts: dict[uuid.UUID, int] = defaultdict(int)
+    for key in keys:
+        counts[key] += 1
+    order = sorted(counts)
+    rows = await conn.fetch(
+        "INSERT INTO webhook_sequences (message_id, seq) SELECT k, n FROM unnest($1::uuid[], $2::int[]) AS x(k, n)"
+        " ON CONFLICT (message_id) DO UPDATE SET seq = webhook_sequences.seq + excluded.seq RETURNING message_id, seq",
+        order, [counts[k] for k in order],
+    )
+    last = {r["message_id"]: r["seq"] - counts[r["message_id"]] for r in rows}  # the seq before this batch's
+    columns: dict[str, list[Any]] = {k: [] for k in ("m", "s", "t", "e", "u", "p")}
+    for event, key in zip(fresh, keys, strict=True):
+        last[key] += 1
+        columns["m"].append(key)
+        columns["s"].append(last[key])
+        columns["t"].append(event.tenant)
+        columns["e"].append(event.event_id)
+        columns["u"].append(event.payload.webhook_url)
+        columns["p"].append(json.dumps(build_reply_payload(event, last[key])))
+    inserted = await conn.fetch(
+        "INSERT INTO webhook_outbox (message_id, seq, tenant_id, event_id, url, payload, kind)"
+        " SELECT m, s, t, e, u, p::jsonb, 'reply'"
+        " FROM unnest($1::uuid[], $2::int[], $3::text[], $4::uuid[], $5::text[], $6::text[]) AS x(m, s, t, e, u, p)"
+        " ON CONFLICT DO NOTHING RETURNING id",
+        *columns.values(),
+    )
+    return len(inserted)
+
+
+class ReplyWebhookHandler:
+    """reports' replies lane: each batch of ``replies.v1`` events â†’ outbox rows, one transaction."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
+        events = [i.event for i in batch if isinstance(i.event, ReplyForwardedEvent)]
+        if not reply_events(events):
+            return []
+        async with self.pool.acquire() as conn, conn.transaction():
+            queued = await enqueue_replies(conn, events)
+        if queued:
+            metrics.REPLY_WEBHOOKS_QUEUED.inc(queued)
+        return []
+
+
 def new_secret() -> str:
     return SECRET_PREFIX + secrets_module.token_urlsafe(32)
 
@@ -286,7 +399,8 @@ class WebhookStore:
             " UPDATE webhook_outbox o SET attempts = o.attempts + 1,"
             "  next_attempt_at = now() + make_interval(secs => $2)"
             " FROM due WHERE o.id = due.id"
-            " RETURNING o.id, o.message_id, o.seq, o.tenant_id, o.event_id, o.url, o.payload, o.attempts, o.created_at",
+            " RETURNING o.id, o.message_id, o.seq, o.tenant_id, o.event_id, o.url, o.payload, o.attempts, o.created_at,"
+            " o.kind",
             limit, lease_s,
         )
 
@@ -340,6 +454,10 @@ class WebhookStore:
 # --- the worker -----------------------------------------------------------------------------
 
 
+def _kind(row: Mapping[str, Any]) -> str:
+    return str(row.get("kind") or Kind.STATUS.value)
+
+
 def make_client(timeout_s: float, concurrency: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s),
@@ -385,6 +503,7 @@ class WebhookWorker:
         payload = row["payload"] if isinstance(row["payload"], dict) else json.loads(row["payload"])
         host = urlsplit(url).hostname if url_allowed(url) else None
         if host is None:
+            metrics.WEBHOOK_POSTS.labels(_kind(row), Outcome.DEAD.value).inc()
             await self._dead(row, None, "invalid_url", "only http and https URLs with a host are posted")
             return Outcome.DEAD
         body = encode(payload)
@@ -404,10 +523,11 @@ class WebhookWorker:
         except httpx.HTTPError as exc:
             outcome, reason, error = Outcome.RETRY, "connection", f"{type(exc).__name__}: {exc}"[:300]
         metrics.WEBHOOK_SECONDS.labels(outcome.value).observe(time.monotonic() - started)
+        metrics.WEBHOOK_POSTS.labels(_kind(row), outcome.value).inc()
         if outcome is Outcome.DELIVERED:
             await self.store.delivered(row["id"], status_code or 0)
             metrics.WEBHOOKS_DELIVERED.inc()
-            occurred = payload.get("occurred_at")
+            occurred = payload.get("occurred_at") or payload.get("received_at")
             if occurred:
                 lag = time.time() - datetime.fromisoformat(occurred).timestamp()
                 metrics.WEBHOOK_LAG.observe(max(0.0, lag))
@@ -429,7 +549,7 @@ class WebhookWorker:
     async def _dead(self, row: Mapping[str, Any], status_code: int | None, reason: str, error: str) -> None:
         await self.store.dead(row["id"], status_code, error)
         metrics.WEBHOOKS_DEAD_LETTERS.labels(reason).inc()
-        log.warning("status webhook dead-lettered", extra={
+        log.warning("%s webhook dead-lettered", _kind(row), extra={
             "message_id": str(row["message_id"]), "event_id": str(row["event_id"]), "seq": row["seq"],
             "reason": reason, "error": error, "host": urlsplit(row["url"]).hostname, "attempts": row["attempts"],
         })
@@ -439,7 +559,7 @@ class WebhookWorker:
             await self.deliver(client, row)
         except Exception:
             # the lease runs out and the row is posted again (receivers deduplicate by event id)
-            log.exception("status webhook delivery failed", extra={"event_id": str(row["event_id"])})
+            log.exception("%s webhook delivery failed", _kind(row), extra={"event_id": str(row["event_id"])})
 
     async def run_once(self, client: httpx.AsyncClient | None = None) -> int:
         """Claim what is due now and post it all (tests, and a manual drain)."""

@@ -37,6 +37,10 @@ class ReplyForwarded(_Frozen):
     conversation: list[ConversationEntry] = Field(
         default_factory=list, description="The latest messages to and from this number for this tenant, newest first"
     )
+    webhook_url: str | None = Field(
+        None, description="The tenant's reply webhook URL when the reply was forwarded, if it has one: reports posts "
+        "the reply there, signed (docs/replies.md)"
+    )
 
 
 class ReplyForwardedEvent(Envelope[ReplyForwarded]):

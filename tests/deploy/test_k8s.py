@@ -942,6 +942,8 @@ def consumed(service: str, settings: Any) -> set[tuple[str, str]]:
                 lane_group = getattr(settings, "bulk_consumer_group", None) or f"{group}.bulk"
             if "results lane" in consumer:  # services/reports/app.py: clicks and conversions
                 lane_group = f"{group}.results"
+            if consumer.startswith("reports (replies lane"):  # services/reports/app.py: reply webhooks
+                lane_group = f"{group}.replies"
             if consumer.startswith("scheduler (journeys"):  # services/scheduler/app.py: the journeys lane
                 lane_group = f"{group}.journeys"
             pairs.add((lane_group, topic.name(settings.topic_prefix)))

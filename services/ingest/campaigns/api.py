@@ -82,6 +82,10 @@ class PolicyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     marketing_consent: Literal["required", "opt_out"] | None = None
     frequency_caps: list[CapBody] | None = Field(None, max_length=5)
+    reply_webhook_url: str | None = Field(
+        None, max_length=admin.MAX_URL_LENGTH,
+        description="Where ordinary replies are posted, signed (docs/replies.md); null stops it, absent leaves it",
+    )
 
 
 def _campaign_id(raw: str) -> uuid.UUID:
@@ -260,7 +264,8 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
 
     @router.get("/v1/policy", tags=["policy"], responses=errors)
     async def get_policy(request: Request, principal: Principal = reader) -> dict[str, Any]:
-        """The tenant's marketing consent mode and frequency caps (the scheduler applies them)."""
+        """The tenant's marketing consent mode and frequency caps (the scheduler applies them) and its reply
+        webhook URL."""
         async with request.app.state.pool.acquire() as conn:
             policy = await admin.tenant_policy(conn, principal.tenant_id)
         if policy is None:
@@ -270,9 +275,21 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
     @router.put("/v1/policy", tags=["policy"], responses=errors)
     async def put_policy(body: PolicyBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
         caps = [c.model_dump() for c in body.frequency_caps] if body.frequency_caps is not None else None
+        actor = f"api:{principal.key_id}"
         async with request.app.state.pool.acquire() as conn:
-            policy = await admin.tenant_policy_set(conn, f"api:{principal.key_id}", principal.tenant_id,
-                                                   marketing_consent=body.marketing_consent, caps=caps)
+            if "reply_webhook_url" in body.model_fields_set:
+                try:
+                    done = await admin.reply_webhook_set(conn, actor, principal.tenant_id, body.reply_webhook_url)
+                except ValueError as exc:
+                    raise ApiError(422, "validation_failed", str(exc),
+                                   [{"loc": "body.reply_webhook_url", "code": "url_invalid", "msg": str(exc)}]) from None
+                if done is None:
+                    raise ApiError(404, "tenant_not_found", "no such tenant")
+            if body.marketing_consent is not None or caps is not None or "reply_webhook_url" not in body.model_fields_set:
+                policy = await admin.tenant_policy_set(conn, actor, principal.tenant_id,
+                                                       marketing_consent=body.marketing_consent, caps=caps)
+            else:
+                policy = await admin.tenant_policy(conn, principal.tenant_id)
         if policy is None:
             raise ApiError(404, "tenant_not_found", "no such tenant")
         return policy

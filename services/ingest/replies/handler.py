@@ -8,7 +8,8 @@ Consumes ``inbound.v1`` in its own consumer group. For each inbound message:
    (global, or one scope) and send a confirmation as a *transactional* message through
    ``Acceptor.prepare``: never held by quiet hours, never suppressed; its idempotency key
    ``reply:<inbound event id>`` means a redelivered MO never sends two confirmations;
-3. any other reply is forwarded on ``replies.v1`` with the latest messages of the conversation.
+3. any other reply is forwarded on ``replies.v1`` with the latest messages of the conversation
+   and the tenant's reply webhook URL, if it has one (reports posts it there, signed).
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ class RepliesHandler:
             body=message.body,
             received_at=message.received_at,
             conversation=entries[: self.conversation_size],
+            webhook_url=owner.reply_webhook_url,
         )
         forwarded = ReplyForwardedEvent(
             event_id=derived_event_id("reply.forwarded", event.event_id),

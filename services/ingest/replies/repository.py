@@ -20,6 +20,7 @@ class TenantNumber:
     tenant_id: str
     tenant_name: str
     scope: str | None
+    reply_webhook_url: str | None = None
 
 
 def number_candidates(recipient: str) -> list[str]:
@@ -40,11 +41,13 @@ class RepliesRepository:
         """Every stored form of the given recipients → its (enabled) tenant."""
         candidates = sorted({c for r in recipients for c in number_candidates(r)})
         rows = await self.pool.fetch(
-            "SELECT n.number, n.tenant_id, t.name, n.scope FROM tenant_numbers n JOIN tenants t USING (tenant_id)"
+            "SELECT n.number, n.tenant_id, t.name, n.scope, t.reply_webhook_url"
+            " FROM tenant_numbers n JOIN tenants t USING (tenant_id)"
             " WHERE n.number = ANY($1::text[]) AND t.disabled_at IS NULL",
             candidates,
         )
-        return {r["number"]: TenantNumber(r["number"], r["tenant_id"], r["name"], r["scope"]) for r in rows}
+        return {r["number"]: TenantNumber(r["number"], r["tenant_id"], r["name"], r["scope"], r["reply_webhook_url"])
+                for r in rows}
 
     async def keywords_and_scopes(self, tenants: set[str]) -> tuple[dict[str, dict[str, Keyword]], dict[str, set[str]]]:
         rows = await self.pool.fetch(

@@ -1,0 +1,218 @@
+"""Reply webhooks on the real PostgreSQL: `herald admin` sets and audits a tenant's URL, the
+replies lane puts it into the forwarded event, reports queues a batch of replies in the webhook
+outbox with one insert (a redelivery queues nothing, seqs follow each conversation, two
+instances never share a seq), and the worker posts them signed, in order, retrying a 503."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from services.ingest.replies.handler import RepliesHandler
+from services.ingest.replies.repository import RepliesRepository
+from services.ingest.repository import IngestRepository
+from services.ingest.service import Acceptor
+from services.ingest.settings import IngestSettings
+from services.reports import metrics
+from services.reports.settings import ReportsSettings
+from services.reports.webhooks import (
+    ATTEMPT_HEADER,
+    EVENT_ID_HEADER,
+    ReplyWebhookHandler,
+    WebhookWorker,
+    conversation_key,
+    enqueue_replies,
+)
+from shared import admin
+from shared.contracts import (
+    SYSTEM_TENANT,
+    InboundMessage,
+    InboundMessageEvent,
+    ReplyForwarded,
+    ReplyForwardedEvent,
+)
+from shared.devtools.stack import free_port
+from shared.kafka import Incoming
+from shared.signatures import HEADER, verify
+from shared.topics import INBOUND, REPLIES
+from tests.conftest import make_tenant
+
+pytestmark = pytest.mark.integration
+T0 = datetime.now(UTC)
+
+
+def handset() -> str:
+    return f"+3461{random.randrange(10**6, 10**7)}"
+
+
+def forwarded(tenant: str, phone: str, body: str, url: str | None, i: int = 0) -> ReplyForwardedEvent:
+    return ReplyForwardedEvent(tenant=tenant, payload=ReplyForwarded(
+        inbound_event_id=uuid.uuid4(), gateway="sim", phone=phone, recipient="+34911234567", body=body,
+        received_at=T0 + timedelta(seconds=i), webhook_url=url))
+
+
+async def outbox(pool, keys: list[uuid.UUID]) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT message_id, seq, tenant_id, event_id, url, payload, kind, state FROM webhook_outbox"
+        " WHERE message_id = ANY($1::uuid[]) ORDER BY message_id, seq", keys)
+
+
+@pytest.fixture
+async def cleanup(pool) -> AsyncIterator[list[uuid.UUID]]:
+    keys: list[uuid.UUID] = []
+    yield keys
+    await pool.execute("DELETE FROM webhook_outbox WHERE message_id = ANY($1::uuid[])", keys)
+    await pool.execute("DELETE FROM webhook_sequences WHERE message_id = ANY($1::uuid[])", keys)
+
+
+async def test_admin_sets_checks_and_audits_the_reply_webhook(pool) -> None:
+    tenant = await make_tenant(pool)
+    t = tenant.tenant_id
+    async with pool.acquire() as conn:
+        assert await admin.reply_webhook(conn, t) == {"tenant_id": t, "reply_webhook_url": None}
+        url = "https://crm.example.com/herald/replies"
+        assert await admin.reply_webhook_set(conn, "ops", t, url) == {"tenant_id": t, "reply_webhook_url": url}
+        assert (await admin.tenant_policy(conn, t))["reply_webhook_url"] == url
+        with pytest.raises(ValueError):
+            await admin.reply_webhook_set(conn, "ops", t, "ftp://crm.example.com/x")
+        assert await admin.reply_webhook_set(conn, "ops", "nobody-here", url) is None
+        assert await admin.reply_webhook_set(conn, "ops", t, None) == {"tenant_id": t, "reply_webhook_url": None}
+        audit = await conn.fetch("SELECT actor, action, detail FROM audit_log WHERE target = $1 ORDER BY id", t)
+        assert [(a["actor"], a["action"], a["detail"]["reply_webhook_url"]) for a in audit] == [
+            ("ops", "tenant.reply_webhook", url), ("ops", "tenant.reply_webhook", None)]
+        # the table refuses what the admin code would refuse, whoever writes it
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE tenants SET reply_webhook_url = 'ftp://x' WHERE tenant_id = $1", t)
+
+
+async def test_the_replies_lane_puts_the_tenants_url_in_the_forwarded_event(pool) -> None:
+    with_url, without = await make_tenant(pool), await make_tenant(pool)
+    url = "http://127.0.0.1:9/replies"
+    numbers = [f"+3491{random.randrange(10**6, 10**7)}" for _ in range(2)]
+    async with pool.acquire() as conn:
+        await admin.number_add(conn, "test", with_url.tenant_id, numbers[0])
+        await admin.number_add(conn, "test", without.tenant_id, numbers[1])
+        await admin.reply_webhook_set(conn, "test", with_url.tenant_id, url)
+    handler = RepliesHandler(Acceptor(IngestRepository(pool), IngestSettings()), RepliesRepository(pool))
+    phone = handset()
+    batch = [Incoming(INBOUND, InboundMessageEvent(tenant=SYSTEM_TENANT, payload=InboundMessage(
+        gateway="sim", sender=phone, recipient=n, body="Is it open on Sunday?", received_at=T0)), None)  # type: ignore[arg-type]
+        for n in numbers]
+    out = await handler(batch)
+    assert [o.topic for o in out] == [REPLIES, REPLIES]
+    got = {o.event.tenant: o.event.payload.webhook_url for o in out}
+    assert got == {with_url.tenant_id: url, without.tenant_id: None}
+
+
+async def test_a_batch_of_replies_is_queued_once_in_conversation_order(pool, cleanup) -> None:
+    tenant, a, b = f"t{uuid.uuid4().hex[:10]}", handset(), handset()
+    url = "https://crm.example.com/replies"
+    ka, kb = conversation_key(tenant, a), conversation_key(tenant, b)
+    cleanup += [ka, kb]
+    events = [forwarded(tenant, a, "a1", url, 0), forwarded(tenant, b, "b1", url, 1), forwarded(tenant, a, "a2", url, 2),
+              forwarded(tenant, b, "no url", None, 3), forwarded(tenant, a, "a3", url, 4), forwarded(tenant, b, "b2", url, 5)]
+    async with pool.acquire() as conn, conn.transaction():
+        assert await enqueue_replies(conn, events) == 5
+    found = await outbox(pool, [ka, kb])
+    by_key = defaultdict(list)
+    for r in found:
+        by_key[r["message_id"]].append((r["seq"], r["payload"]["body"], r["payload"]["seq"]))
+        assert (r["kind"], r["state"], r["tenant_id"], r["url"]) == ("reply", "pending", tenant, url)
+        assert r["payload"]["event_id"] == str(r["event_id"]) and r["payload"]["type"] == "message.reply"
+    assert by_key[ka] == [(1, "a1", 1), (2, "a2", 2), (3, "a3", 3)]
+    assert by_key[kb] == [(1, "b1", 1), (2, "b2", 2)]
+    # Kafka redelivers the batch: nothing new. Redelivered with one new reply: only that one,
+    # with the next seq (no gap for the ones already queued).
+    async with pool.acquire() as conn, conn.transaction():
+        assert await enqueue_replies(conn, events) == 0
+    a4 = forwarded(tenant, a, "a4", url, 6)
+    handler = ReplyWebhookHandler(pool)
+    assert await handler([Incoming(REPLIES, e, None) for e in [*events[-2:], a4]]) == []  # type: ignore[arg-type]
+    found = await outbox(pool, [ka])
+    assert [(r["seq"], r["payload"]["body"]) for r in found] == [(1, "a1"), (2, "a2"), (3, "a3"), (4, "a4")]
+    # seqs live in webhook_sequences: delivered rows pruned from the outbox do not restart them
+    assert await pool.fetchval("SELECT seq FROM webhook_sequences WHERE message_id = $1", ka) == 4
+
+
+async def test_two_instances_queueing_one_conversation_never_share_a_seq(pool, cleanup) -> None:
+    tenant, phone = f"t{uuid.uuid4().hex[:10]}", handset()
+    key = conversation_key(tenant, phone)
+    cleanup.append(key)
+    url = "https://crm.example.com/replies"
+
+    async def instance(label: str) -> None:
+        for i in range(5):
+            async with pool.acquire() as conn, conn.transaction():
+                await enqueue_replies(conn, [forwarded(tenant, phone, f"{label}{i}.{j}", url) for j in range(3)])
+                await asyncio.sleep(0.01)  # hold the conversation while the other instance tries
+
+    await asyncio.gather(instance("x"), instance("y"))
+    found = await outbox(pool, [key])
+    assert [r["seq"] for r in found] == list(range(1, 31))
+    # each instance's batch got consecutive seqs, in its order
+    for label in ("x", "y"):
+        mine = [(r["seq"], r["payload"]["body"]) for r in found if r["payload"]["body"].startswith(label)]
+        assert [b for _, b in mine] == [f"{label}{i}.{j}" for i in range(5) for j in range(3)]
+
+
+async def test_the_worker_posts_replies_signed_in_order_and_retries_a_503(pool, cleanup) -> None:
+    hits: list[tuple[int, int, dict, bytes, str, str]] = []
+    refused: set[str] = set()
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        payload = json.loads(body)
+        status = 200
+        if payload["seq"] == 1 and payload["event_id"] not in refused:
+            refused.add(payload["event_id"])
+            status = 503
+        hits.append((status, int(request.headers[ATTEMPT_HEADER]), payload, body, request.headers[HEADER],
+                     request.headers[EVENT_ID_HEADER]))
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_post("/replies", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    tenant, phones = f"t{uuid.uuid4().hex[:10]}", [handset(), handset()]
+    keys = [conversation_key(tenant, p) for p in phones]
+    cleanup += keys
+    url = f"http://127.0.0.1:{port}/replies"
+    posted = metrics.WEBHOOK_POSTS.labels("reply", "delivered")._value.get()
+    worker = WebhookWorker(pool, ReportsSettings(
+        webhook_backoff_base_s=0.3, webhook_backoff_jitter=0, webhook_poll_interval_s=0.05, webhook_timeout_s=2))
+    task = asyncio.create_task(worker.run())
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue_replies(conn, [forwarded(tenant, p, f"{p} #{i}", url, i) for i in range(3) for p in phones])
+        deadline = time.monotonic() + 20
+        while len([h for h in hits if h[0] == 200]) < 6:
+            assert time.monotonic() < deadline, hits
+            await asyncio.sleep(0.05)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        await runner.cleanup()
+    secret = (await pool.fetchval("SELECT secret FROM webhook_secrets WHERE tenant_id = $1", tenant)).encode()
+    for phone in phones:
+        mine = [h for h in hits if h[2]["from"] == phone]
+        # seq 1 refused once, tried again; seq 2 not posted before seq 1 was delivered
+        assert [(h[0], h[1], h[2]["seq"], h[2]["body"]) for h in mine] == [
+            (503, 1, 1, f"{phone} #0"), (200, 2, 1, f"{phone} #0"), (200, 1, 2, f"{phone} #1"), (200, 1, 3, f"{phone} #2")]
+    for _, _, payload, body, signature, event in hits:
+        verify(secret, body, signature, now=time.time())
+        assert event == payload["event_id"]
+    assert all(r["state"] == "delivered" for r in await outbox(pool, keys))
+    assert metrics.WEBHOOK_POSTS.labels("reply", "delivered")._value.get() - posted == 6
