@@ -4,16 +4,20 @@ and the next marketing message to it is suppressed; START subscribes it again; a
 number registered with a brand scope only stops that brand; HELP is answered in the keyword's
 language (Spanish, French); the Spanish BAJA TODO opts out of everything even when sent to a
 brand number and ALTA gives the contact its marketing consent back, each confirmed in Spanish;
-an ordinary reply is forwarded on the replies topic with the conversation of that tenant."""
+an ordinary reply is forwarded on the replies topic with the conversation of that tenant, and
+posted, signed, to the tenant's reply webhook, in order per handset, retried after a 503."""
 
 from __future__ import annotations
 
+import json
 import random
+import time
 import uuid
 from datetime import UTC, datetime
 
 import httpx
 import pytest
+from aiohttp import web
 
 from shared import admin
 from shared.contracts import (
@@ -25,9 +29,11 @@ from shared.contracts import (
     derived_event_id,
 )
 from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack
+from shared.devtools.stack import Stack, free_port
+from shared.signatures import HEADER, verify
 from shared.topics import ACCEPTED, INBOUND, REPLIES
 from tests.conftest import Tenant, make_tenant
+from tests.e2e.test_pipeline import scrape
 from tests.helpers import produce_raw, read_topic, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -265,3 +271,78 @@ async def test_an_ordinary_reply_is_forwarded_with_the_conversation(stack: Stack
         tenant.tenant_id, [f"reply:{first.event_id}", f"reply:{second.event_id}"]) == 0
     assert await pool.fetchval("SELECT count(*) FROM inbound_messages WHERE tenant_id = $1 AND phone_e164 = $2"
                                " AND keyword_group IS NULL", tenant.tenant_id, handset) == 2
+
+
+async def test_ordinary_replies_reach_the_reply_webhook_signed_in_order_after_a_retry(stack: Stack, pool) -> None:
+    hits: list[dict] = []
+    refused: set[str] = set()
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        payload = json.loads(body)
+        hit = {"payload": payload, "body": body, "signature": request.headers.get(HEADER),
+               "event_id": request.headers.get("X-Herald-Event-Id"),
+               "attempt": int(request.headers.get("X-Herald-Delivery-Attempt", "0")), "status": 200}
+        if payload.get("body") == "¿Tenéis talla 42?" and payload["event_id"] not in refused:
+            refused.add(payload["event_id"])  # the receiver is down for the first reply's first try
+            hit["status"] = 503
+        hits.append(hit)
+        return web.Response(status=hit["status"])
+
+    app = web.Application()
+    app.router.add_post("/replies", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        tenant, quiet = await make_tenant(pool), await make_tenant(pool)
+        number, quiet_number, handset = our_number(), our_number(), a_handset()
+        url = f"http://127.0.0.1:{port}/replies"
+        async with pool.acquire() as conn:
+            await admin.number_add(conn, "e2e", tenant.tenant_id, number)
+            await admin.reply_webhook_set(conn, "e2e", tenant.tenant_id, url)
+            await admin.number_add(conn, "e2e", quiet.tenant_id, quiet_number)  # no reply webhook
+        code = await send(stack, tenant, handset, "transactional", sender=number)
+        assert await status_of(pool, code) != "suppressed"
+
+        first = await reply(stack, handset, number, "¿Tenéis talla 42?")
+        second = await reply(stack, handset, number, "Y en azul?")
+        unposted = await reply(stack, handset, quiet_number, "Hello?")
+        # all three are on the replies topic; only the two of the tenant with a webhook carry its URL
+        f1, f2, f3 = await forwarded(stack, [first, second, unposted])
+        assert (f1.payload.webhook_url, f2.payload.webhook_url, f3.payload.webhook_url) == (url, url, None)
+
+        async def both_delivered():
+            return len([h for h in hits if h["status"] == 200]) >= 2 or None
+
+        await wait_for(both_delivered, timeout_s=60, interval_s=0.2)
+        secret = (await pool.fetchval("SELECT secret FROM webhook_secrets WHERE tenant_id = $1",
+                                      tenant.tenant_id)).encode()
+        for h in hits:
+            verify(secret, h["body"], h["signature"], now=time.time())
+            assert h["event_id"] == h["payload"]["event_id"]
+        # refused once, tried again with the same event id; the second reply waited for it
+        assert [(h["payload"]["body"], h["attempt"], h["status"]) for h in hits] == [
+            (first.payload.body, 1, 503), (first.payload.body, 2, 200), (second.payload.body, 1, 200)]
+        p1, p2 = hits[1]["payload"], hits[2]["payload"]
+        assert p1["event_id"] == str(derived_event_id("reply.forwarded", first.event_id)) == str(f1.event_id)
+        assert p2["event_id"] == str(f2.event_id)
+        for p, event in ((p1, first), (p2, second)):
+            assert (p["type"], p["tenant"], p["from"], p["to"], p["body"], p["inbound_event_id"]) == (
+                "message.reply", tenant.tenant_id, handset, number, event.payload.body, str(event.event_id))
+            assert datetime.fromisoformat(p["received_at"]) == event.payload.received_at
+        assert p2["seq"] == p1["seq"] + 1
+        # the conversation, newest first: the code sent before, and (for the second) the first reply
+        assert [(e["direction"], e["message_id"]) for e in p1["conversation"]] == [("outbound", code)]
+        assert [(e["direction"], e["message_id"] or e["inbound_event_id"], e["body"]) for e in p2["conversation"]] == [
+            ("inbound", str(first.event_id), first.payload.body), ("outbound", code, None)]
+        assert await pool.fetchval("SELECT count(*) FROM webhook_outbox WHERE tenant_id = $1", quiet.tenant_id) == 0
+        rows = await pool.fetch("SELECT kind, state, attempts FROM webhook_outbox WHERE tenant_id = $1 ORDER BY seq",
+                                tenant.tenant_id)
+        assert [tuple(r) for r in rows] == [("reply", "delivered", 2), ("reply", "delivered", 1)]
+        posts = scrape(f"{stack.url('reports')}/metrics")
+        assert posts[("herald_webhook_posts_total", frozenset({("kind", "reply"), ("outcome", "delivered")}))] >= 2
+        assert posts[("herald_webhook_posts_total", frozenset({("kind", "reply"), ("outcome", "retry")}))] >= 1
+    finally:
+        await runner.cleanup()

@@ -46,6 +46,7 @@ from shared.kafka import Incoming
 from shared.signatures import HEADER, verify
 from shared.topics import INBOUND, REPLIES
 from tests.conftest import make_tenant
+from tests.integration.test_campaigns import client, publisher  # noqa: F401 (fixtures: the ingest API)
 
 pytestmark = pytest.mark.integration
 T0 = datetime.now(UTC)
@@ -216,3 +217,41 @@ async def test_the_worker_posts_replies_signed_in_order_and_retries_a_503(pool, 
         assert event == payload["event_id"]
     assert all(r["state"] == "delivered" for r in await outbox(pool, keys))
     assert metrics.WEBHOOK_POSTS.labels("reply", "delivered")._value.get() - posted == 6
+
+
+async def test_the_admin_command(pool, capsys) -> None:
+    from shared.cli import main
+
+    tenant = (await make_tenant(pool)).tenant_id
+    url = "https://crm.example.com/herald/replies"
+    assert await asyncio.to_thread(main, ["admin", "--actor", "ops", "tenant", "reply-webhook", tenant, url]) == 0
+    assert json.loads(capsys.readouterr().out) == {"tenant_id": tenant, "reply_webhook_url": url}
+    assert await asyncio.to_thread(main, ["admin", "tenant", "reply-webhook", tenant]) == 0
+    assert json.loads(capsys.readouterr().out)["reply_webhook_url"] == url
+    assert await asyncio.to_thread(main, ["admin", "tenant", "reply-webhook", tenant, "mailto:ops@example.com"]) == 1
+    assert "not an http or https URL" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, ["admin", "tenant", "reply-webhook", "nobody-here", url]) == 1
+    assert await asyncio.to_thread(main, ["admin", "tenant", "reply-webhook", tenant, "--clear"]) == 0
+    assert await pool.fetchval("SELECT reply_webhook_url FROM tenants WHERE tenant_id = $1", tenant) is None
+    assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE target = $1 AND action = 'tenant.reply_webhook'"
+                               " AND actor = 'ops'", tenant) == 1
+
+
+async def test_the_policy_api_sets_and_clears_the_reply_webhook(client, pool) -> None:  # noqa: F811
+    tenant = await make_tenant(pool)
+    url = "https://crm.example.com/herald/replies"
+    r = await client.put("/v1/policy", json={"reply_webhook_url": url}, headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["reply_webhook_url"] == url and r.json()["marketing_consent"] == "opt_out"
+    assert (await client.get("/v1/policy", headers=tenant.headers)).json()["reply_webhook_url"] == url
+    # other policy changes leave it alone; a bad URL is refused and changes nothing
+    r = await client.put("/v1/policy", json={"marketing_consent": "required"}, headers=tenant.headers)
+    assert (r.json()["marketing_consent"], r.json()["reply_webhook_url"]) == ("required", url)
+    r = await client.put("/v1/policy", json={"reply_webhook_url": "ftp://crm.example.com/x"}, headers=tenant.headers)
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "validation_failed")
+    assert await pool.fetchval("SELECT reply_webhook_url FROM tenants WHERE tenant_id = $1", tenant.tenant_id) == url
+    r = await client.put("/v1/policy", json={"reply_webhook_url": None}, headers=tenant.headers)
+    assert r.status_code == 200 and r.json()["reply_webhook_url"] is None
+    actors = await pool.fetch("SELECT actor FROM audit_log WHERE target = $1 AND action = 'tenant.reply_webhook'",
+                              tenant.tenant_id)
+    assert len(actors) == 2 and all(a["actor"].startswith("api:") for a in actors)
