@@ -83,18 +83,19 @@ MAX_URL_LENGTH = 2083
 
 
 def webhook_url(url: str) -> str:
-    """A reply webhook URL, checked like a message's status_callback_url: http or https with a
-    host, at most 2083 characters."""
+    """A reply webhook URL, checked and normalised like a message's status_callback_url (http or
+    https with a host; ``http:x.com`` becomes ``http://x.com/``), at most 2083 characters."""
     from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 
-    url = url.strip()
     if len(url) > MAX_URL_LENGTH:
         raise ValueError(f"a webhook URL is at most {MAX_URL_LENGTH} characters")
     try:
-        TypeAdapter(AnyHttpUrl).validate_python(url)
+        normalised = str(TypeAdapter(AnyHttpUrl).validate_python(url.strip()))
     except ValidationError:
         raise ValueError(f"not an http or https URL: {url[:80]!r}") from None
-    return url
+    if len(normalised) > MAX_URL_LENGTH:
+        raise ValueError(f"a webhook URL is at most {MAX_URL_LENGTH} characters")
+    return normalised
 
 
 async def reply_webhook(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any] | None:

@@ -94,6 +94,13 @@ def test_http_and_https_urls_are_accepted(url: str) -> None:
     assert webhook_url(f"  {url} ") == url
 
 
+@pytest.mark.parametrize(("url", "stored"), [("http:crm.example.com", "http://crm.example.com/"),
+                                             ("HTTPS://CRM.example.com", "https://crm.example.com/"),
+                                             ("https://é.example.com/x", "https://xn--9ca.example.com/x")])
+def test_urls_are_stored_normalised_as_status_callback_urls_are(url: str, stored: str) -> None:
+    assert webhook_url(url) == stored
+
+
 @pytest.mark.parametrize("url", ["ftp://crm.example.com/x", "crm.example.com/x", "https://", "",
                                  "https://crm.example.com/" + "a" * MAX_URL_LENGTH])
 def test_other_urls_are_refused(url: str) -> None:
