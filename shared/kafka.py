@@ -212,6 +212,7 @@ class BatchConsumer:
     _consumer: AIOKafkaConsumer | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _by_name: dict[str, Topic] = field(default_factory=dict)
+    _age_children: dict[str, Any] = field(default_factory=dict)
     assigned: bool = False
 
     async def start(self) -> None:
@@ -282,6 +283,7 @@ class BatchConsumer:
             metrics.CONSUMED.labels(self.service, self._by_name[record.topic].suffix).inc()
             decoded = decode(self._by_name[record.topic], record)
             (incoming if isinstance(decoded, Incoming) else rejected).append(decoded)
+        self._record_age(incoming)
         outgoing = await self._handle_resilient(incoming, rejected)
         await self._publish_with_retry(outgoing + rejected)
         for item in rejected:
@@ -353,6 +355,18 @@ class BatchConsumer:
             log.warning("commit refused after a rebalance", extra={"error": repr(exc)})
         except KafkaError as exc:
             log.warning("commit failed", extra={"error": repr(exc)})
+
+    def _record_age(self, incoming: list[Incoming]) -> None:
+        """Observe each event's age once per batch (a clock skew between hosts shows as 0)."""
+        now = time.time()
+        for item in incoming:
+            self._age_metric(item.topic).observe(max(0.0, now - item.event.occurred_at.timestamp()))
+
+    def _age_metric(self, topic: Topic) -> Any:
+        child = self._age_children.get(topic.suffix)
+        if child is None:
+            child = self._age_children[topic.suffix] = metrics.EVENT_AGE_SECONDS.labels(self.service, topic.suffix)
+        return child
 
     def _record_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:  # type: ignore[type-arg]
         assert self._consumer is not None

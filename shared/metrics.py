@@ -18,6 +18,13 @@ BATCH_SECONDS = Histogram(
     ["service"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+EVENT_AGE_SECONDS = Histogram(
+    "herald_consumer_event_age_seconds",
+    "Time from an event's occurred_at (when its producer published it) to its batch being handled: "
+    "the wait in Kafka and in this consumer, per stage",
+    ["service", "topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
 ASSIGNED = Gauge(
     "herald_consumer_assigned_partitions", "Partitions this process owns now, per topic", ["service", "topic"]
 )

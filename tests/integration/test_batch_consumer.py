@@ -143,3 +143,42 @@ async def test_poison_record_is_isolated(env) -> None:
         await producer.stop()
     poison = [e for e in rejected_events(records) if e.payload.reason_code == "handler_error" and marker in e.payload.original]
     assert len(poison) == 1 and "cannot handle this one" in poison[0].payload.reason
+
+
+async def test_event_age_is_observed_per_stage(env) -> None:
+    """herald_consumer_event_age_seconds: the time from an event's occurred_at to its handling."""
+    from datetime import UTC, datetime, timedelta
+
+    from prometheus_client import REGISTRY
+
+    marker = uuid.uuid4().hex
+    seen: list[str] = []
+
+    async def handler(batch: list[Incoming]) -> list[Outgoing]:
+        seen.extend(i.event.payload.body for i in batch if i.record.key == marker.encode())
+        return []
+
+    old = TriggerEvent(tenant="acme", payload=MessageRequest(to="+34600000001", body="old"),
+                       occurred_at=datetime.now(UTC) - timedelta(seconds=40))
+    await produce_raw(env.bootstrap, TRIGGERS.name(env.prefix), [(marker.encode(), old.model_dump_json().encode())])
+    settings = ConsumerSettings(consumer_poll_ms=100)
+    producer = make_producer(settings, "test")
+    await producer.start()
+    service = f"age-{marker[:8]}"
+    consumer = BatchConsumer(settings, service, f"g-{marker}", [TRIGGERS], handler, Publisher(producer, env.prefix, service))
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: asyncio.sleep(0, result=bool(seen)), timeout_s=30)
+    finally:
+        consumer.stop_fetching()
+        await task
+        await consumer.close()
+        await producer.stop()
+    labels = {"service": service, "topic": TRIGGERS.suffix}
+    # The group reads the topic from the start, so other tests' fresh events count too: ours is
+    # the one older than 30 s.
+    count = REGISTRY.get_sample_value("herald_consumer_event_age_seconds_count", labels)
+    under_30 = REGISTRY.get_sample_value("herald_consumer_event_age_seconds_bucket", {**labels, "le": "30.0"})
+    under_60 = REGISTRY.get_sample_value("herald_consumer_event_age_seconds_bucket", {**labels, "le": "60.0"})
+    assert count - under_30 == 1 and under_60 == count
