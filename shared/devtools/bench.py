@@ -260,6 +260,11 @@ async def seed_contacts(dsn: str, tenant: str, count: int, countries: list[str],
     return len(rows)
 
 
+def memory_target(name: str) -> str:
+    """The 300 MB goal is for Herald's services; the simulator is the test gateway."""
+    return "— (test gateway: keeps every submission for the checks)" if name == "simulator" else "≤ 300 MB"
+
+
 def current_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -330,7 +335,8 @@ async def launch_campaign(stack: Stack, key: str, dsn: str, count: int, countrie
                 ", ".join(f"{n} {s:.1f}" for n, s in sorted(cpu.items(), key=lambda x: -x[1])))
     for process in stack.processes:
         results.add(f"peak resident memory during launch and drain, {process.name}",
-                    f"{peak_rss_mb(process.popen.pid):.0f} MB (sampled max {peak.get(process.name, 0):.0f} MB)", "≤ 300 MB")
+                    f"{peak_rss_mb(process.popen.pid):.0f} MB (sampled max {peak.get(process.name, 0):.0f} MB)",
+                    memory_target(process.name))
     results.notes.append(
         "Contacts are written with COPY before the clock starts; the campaign is created and launched through the API. "
         "The fan-out is the launcher reading the segment a page at a time, rendering each contact's variant and "
@@ -421,7 +427,7 @@ async def run(args: argparse.Namespace, results: Results) -> None:
                     f"{30_000 / (time.monotonic() - started):,.0f} recipients/s", "≥ 50,000 recipients/s")
         for process in stack.processes:
             label = process.name if process.instance == 1 else f"{process.name} (instance {process.instance})"
-            results.add(f"peak resident memory, {label}", f"{peak_rss_mb(process.popen.pid):.0f} MB", "≤ 300 MB")
+            results.add(f"peak resident memory, {label}", f"{peak_rss_mb(process.popen.pid):.0f} MB", memory_target(process.name))
     finally:
         stack.stop()
         conn = await asyncpg.connect(dsn_admin)
