@@ -7,6 +7,7 @@ extra workers, and shuts down in reverse order on SIGTERM.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
@@ -20,6 +21,7 @@ from shared import logging as herald_logging
 from shared.api import Check, add_ops_routes
 from shared.db import create_pool
 from shared.kafka import BatchConsumer, Handler, Publisher, make_producer
+from shared.loopwatch import install_gc_timer, tune_gc, watch_loop
 from shared.runtime import http_server, run_until_stopped
 from shared.settings import ConsumerSettings
 from shared.topics import Topic
@@ -46,6 +48,7 @@ class Lane:
     group_id: str
     topics: Sequence[Topic]
     handler: Handler
+    bulk: bool = False  # campaign traffic: publishes through the bulk producer
 
 
 @dataclass
@@ -77,7 +80,12 @@ async def run_service(
         producer = make_producer(settings, f"herald-{name}")
         await producer.start()
         stack.push_async_callback(producer.stop)
-        publisher = Publisher(producer, settings.topic_prefix, name)
+        # Campaign traffic gets a producer of its own, so transactional records never queue
+        # behind it in the client (shared/kafka.py, Publisher).
+        bulk_producer = make_producer(settings, f"herald-{name}-bulk")
+        await bulk_producer.start()
+        stack.push_async_callback(bulk_producer.stop)
+        publisher = Publisher(producer, settings.topic_prefix, name, bulk_producer)
         ctx = Context(name, settings, pool, publisher, stack)
         consumer_ref: list[BatchConsumer] = []
 
@@ -97,10 +105,17 @@ async def run_service(
         consumer_ref.append(consumer)
         stack.push_async_callback(consumer.close)
         for lane in wiring.lanes:
-            extra = BatchConsumer(settings, name, lane.group_id, lane.topics, lane.handler, publisher)
+            lane_publisher = publisher.for_bulk() if lane.bulk else publisher
+            extra = BatchConsumer(settings, name, lane.group_id, lane.topics, lane.handler, lane_publisher)
             stack.push_async_callback(extra.close)
             ctx.workers[f"consumer-{lane.name}"] = extra.run()
             ctx.stoppers.append(extra.stop_fetching)
+        # Event-loop lag and GC pauses (shared/loopwatch.py), for every service.
+        install_gc_timer(name)
+        tune_gc(settings.gc_gen0_threshold)
+        loop_stop = asyncio.Event()
+        ctx.workers["loop-watch"] = watch_loop(name, stop=loop_stop)
+        ctx.stoppers.append(loop_stop.set)
         app = wiring.app or FastAPI(title=f"Herald {name}", docs_url=None, redoc_url=None, openapi_url=None)
         if wiring.app is None:
             add_ops_routes(app, readiness)

@@ -55,6 +55,11 @@ class ServiceSettings(KafkaSettings, DatabaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
     log_format: Literal["json", "text"] = Field("json", description="json (one object per line) or text")
     shutdown_timeout_s: float = Field(15.0, gt=0, description="Bound on graceful shutdown")
+    gc_gen0_threshold: int = Field(
+        20_000, ge=700,
+        description="Allocations between young-generation collections (CPython's default is 700); with the "
+        "start-up heap frozen out of the collector, this keeps GC pauses short and rare (shared/loopwatch.py)",
+    )
 
 
 class ConsumerSettings(ServiceSettings):
