@@ -77,22 +77,48 @@ class Incoming:
 Handler = Callable[[list[Incoming]], Awaitable[list[Outgoing]]]
 
 
-class Publisher:
-    """Publishes envelopes with an idempotent producer (acks=all) and waits for every ack."""
+# Loops over a batch hand the event loop back every this many items, so a process's other
+# lanes and its HTTP API wait at most one slice of a large batch (a few milliseconds).
+YIELD_EVERY = 100
 
-    def __init__(self, producer: AIOKafkaProducer, prefix: str, service: str) -> None:
+
+class Publisher:
+    """Publishes envelopes with an idempotent producer (acks=all) and waits for every ack.
+
+    With a ``bulk_producer``, campaign traffic (the bulk topics, or everything a bulk lane
+    publishes: see :meth:`for_bulk`) goes through a producer of its own. aiokafka keeps one
+    produce request in flight per broker and producer, so on a shared producer a one-time
+    code waits for megabytes of campaign records to be acknowledged before it leaves.
+    """
+
+    def __init__(
+        self, producer: AIOKafkaProducer, prefix: str, service: str, bulk_producer: AIOKafkaProducer | None = None,
+        *, all_bulk: bool = False,
+    ) -> None:
         self._producer = producer
+        self._bulk_producer = bulk_producer or producer
         self._prefix = prefix
         self._service = service
+        self._all_bulk = all_bulk
+
+    def for_bulk(self) -> Publisher:
+        """The same publisher for a bulk lane: everything it publishes goes the bulk way."""
+        return Publisher(self._producer, self._prefix, self._service, self._bulk_producer, all_bulk=True)
+
+    def _producer_for(self, topic: Topic) -> AIOKafkaProducer:
+        return self._bulk_producer if self._all_bulk or topic.bulk else self._producer
 
     async def publish(self, items: Sequence[Outgoing]) -> None:
         if not items:
             return
         futures = []
-        for item in items:
+        for index, item in enumerate(items):
+            if index and index % YIELD_EVERY == 0:
+                # send() rarely suspends: let other lanes (an OTP behind a campaign page) run.
+                await asyncio.sleep(0)
             name = item.topic.name(self._prefix)
             value = item.event.model_dump_json().encode()
-            futures.append(await self._producer.send(name, value=value, key=item.key.encode()))
+            futures.append(await self._producer_for(item.topic).send(name, value=value, key=item.key.encode()))
         await asyncio.gather(*futures)
         for item in items:
             metrics.PUBLISHED.labels(self._service, item.topic.suffix).inc()
@@ -279,7 +305,9 @@ class BatchConsumer:
     async def _process(self, records: list[ConsumerRecord]) -> None:  # type: ignore[type-arg]
         incoming: list[Incoming] = []
         rejected: list[Outgoing] = []
-        for record in records:
+        for index, record in enumerate(records):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # decoding a large batch must not hold the event loop
             metrics.CONSUMED.labels(self.service, self._by_name[record.topic].suffix).inc()
             decoded = decode(self._by_name[record.topic], record)
             (incoming if isinstance(decoded, Incoming) else rejected).append(decoded)

@@ -32,6 +32,7 @@ class Topic:
     consumers: tuple[str, ...]
     description: str
     config: dict[str, str] = field(default_factory=dict)
+    bulk: bool = False  # campaign traffic: published through a producer of its own (shared/kafka.py)
 
     def name(self, prefix: str) -> str:
         return f"{prefix}{self.suffix}"
@@ -61,6 +62,7 @@ ACCEPTED_BULK = Topic(
     producers=("ingest",),
     consumers=("scheduler (bulk lane)", "reports"),
     description="Validated marketing messages (campaigns), same contract as messages.accepted.v1.",
+    bulk=True,
 )
 OUTBOUND = Topic(
     "messages.outbound.priority.v1",
@@ -78,6 +80,7 @@ OUTBOUND_BULK = Topic(
     producers=("scheduler",),
     consumers=("dispatcher (bulk lane)",),
     description="Marketing messages released for sending now; they use the gateway capacity the priority lane leaves.",
+    bulk=True,
 )
 STATUS = Topic(
     "messages.status.v1",

@@ -35,7 +35,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     ctx.stoppers.append(reconciler.stop)
     bulk_group = settings.bulk_consumer_group or f"{settings.consumer_group or settings.topic_prefix + 'dispatcher'}.bulk"
     bulk = Lane("bulk", bulk_group, [OUTBOUND_BULK], OutboundHandler(claims, sender, settings, priority=False,
-                                                                       campaigns=CampaignStates(ctx.pool)))
+                                                                       campaigns=CampaignStates(ctx.pool)), bulk=True)
     return Wiring(handler=OutboundHandler(claims, sender, settings, priority=True, campaigns=CampaignStates(ctx.pool)), lanes=[bulk])
 
 

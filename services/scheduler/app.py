@@ -19,7 +19,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     ctx.stoppers.append(timer.stop)
     # Campaigns get their own lane (and consumer group): transactional messages never wait behind them.
     bulk_group = f"{settings.consumer_group or settings.topic_prefix + 'scheduler'}.bulk"
-    bulk = Lane("bulk", bulk_group, [ACCEPTED_BULK], AcceptedHandler(facts))
+    bulk = Lane("bulk", bulk_group, [ACCEPTED_BULK], AcceptedHandler(facts), bulk=True)
     # Journeys (docs/journeys.md): a lane on contact events and a timer that advances due runs.
     journeys = JourneyRepository(ctx.pool)
     journey_timer = JourneyTimer(journeys, ctx.publisher, settings.journey_timer_interval_s, settings.journey_timer_batch)

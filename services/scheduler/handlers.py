@@ -40,7 +40,7 @@ from shared.contracts import (
     derived_event_id,
     utcnow,
 )
-from shared.kafka import Incoming, Outgoing, Publisher
+from shared.kafka import YIELD_EVERY, Incoming, Outgoing, Publisher
 from shared.statuses import MessageType, Status
 from shared.topics import OUTBOUND, OUTBOUND_BULK, STATUS
 
@@ -246,7 +246,9 @@ class AcceptedHandler:
         facts = await self.facts.load([(i.event.tenant, i.event.payload) for i in batch], now=now)
         outgoing: list[Outgoing] = []
         held: list[tuple[MessageAccepted, str, str, Decision]] = []
-        for item in batch:
+        for index, item in enumerate(batch):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # the priority lane shares this event loop
             message = item.event.payload
             assert isinstance(message, MessageAccepted)
             decision = decide(item.event.tenant, message, facts, now)
