@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -24,7 +25,7 @@ from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, 
 from shared.auth import Principal
 from shared.contracts import MessageRequest, utcnow
 from shared.events import receipt_event
-from shared.kafka import Outgoing, Publisher, rejection
+from shared.kafka import YIELD_EVERY, Outgoing, Publisher, rejection
 from shared.phones import PhoneError, parse_e164
 from shared.signatures import HEADER as SIGNATURE_HEADER
 from shared.signatures import SignatureError, verify
@@ -86,6 +87,10 @@ def create_app(
     app.include_router(build_campaigns_router(settings, publisher))
     writer = Depends(principal_dependency("messages:write"))
     limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
+    # Bulk work shares the event loop with single requests: at most this many batches are
+    # worked on at once (each hands the loop back every YIELD_EVERY items), so an OTP waits
+    # for a slice or two of them, not for every batch in flight.
+    bulk_work = asyncio.Semaphore(settings.batch_concurrency)
 
     async def _limit(principal: Principal, messages: int) -> None:
         verdict = await limiter.check(
@@ -171,8 +176,14 @@ def create_app(
                 413, "batch_too_large", f"{len(items)} messages, at most {settings.batch_max_messages} per batch"
             )
         await _limit(principal, len(items))
+        async with bulk_work:
+            return await _send_batch(items, principal, request)
+
+    async def _send_batch(items: list[Any], principal: Principal, request: Request) -> JSONResponse:
         parsed: list[MessageRequest | Rejection] = []
-        for item in items:
+        for index, item in enumerate(items):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a 10,000-message batch must not stall single requests (OTPs)
             try:
                 parsed.append(parse_request(item))
             except Rejection as rejection_:
@@ -255,21 +266,22 @@ def create_app(
         except SignatureError as exc:
             metrics.RECEIPTS.labels(gateway, exc.code).inc()
             raise ApiError(401, exc.code, str(exc)) from None
-        try:
-            body = json.loads(raw)
-            good, bad = parse_receipts(gateway, body)
-        except ValueError:
-            raise ApiError(422, "malformed_json", "body is not valid JSON") from None
-        except Rejection as exc:
-            raise ApiError(422, exc.code, exc.message) from None
-        trace = _trace_id(request)
-        outgoing = [receipt_event(r, trace) for r in good]
-        source = f"receipts:{gateway}"
-        outgoing += [
-            rejection(source, exc.code, exc.message, json.dumps(item, default=str), errors=exc.details, trace_id=trace)
-            for _, exc, item in bad
-        ]
-        await _publish(outgoing)
+        async with bulk_work:
+            try:
+                body = json.loads(raw)
+                good, bad = parse_receipts(gateway, body)
+            except ValueError:
+                raise ApiError(422, "malformed_json", "body is not valid JSON") from None
+            except Rejection as exc:
+                raise ApiError(422, exc.code, exc.message) from None
+            trace = _trace_id(request)
+            outgoing = [receipt_event(r, trace) for r in good]
+            source = f"receipts:{gateway}"
+            outgoing += [
+                rejection(source, exc.code, exc.message, json.dumps(item, default=str), errors=exc.details, trace_id=trace)
+                for _, exc, item in bad
+            ]
+            await _publish(outgoing)
         metrics.RECEIPTS.labels(gateway, "accepted").inc(len(good))
         metrics.RECEIPTS.labels(gateway, "rejected").inc(len(bad))
         return {

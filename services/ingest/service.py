@@ -18,7 +18,7 @@ from services.ingest.links_repo import LinksRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
 from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
-from shared.kafka import Outgoing
+from shared.kafka import YIELD_EVERY, Outgoing
 from shared.statuses import MessageType
 from shared.topics import ACCEPTED, ACCEPTED_BULK
 
@@ -78,7 +78,7 @@ class Acceptor:
         keyed: dict[str, list[int]] = {}
         hashes: dict[str, str] = {}
         for index, request in enumerate(requests):
-            if index and index % 500 == 0:
+            if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a 10,000-message batch must not stall other requests
             if isinstance(request, Rejection):
                 results.append(request)

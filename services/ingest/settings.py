@@ -16,6 +16,11 @@ class IngestSettings(ConsumerSettings):
         description="phonenumbers types accepted as recipients (e.g. add VOIP, UNKNOWN)",
     )
     batch_max_messages: int = Field(10_000, ge=1, le=100_000, description="Most messages in one batch request")
+    batch_concurrency: int = Field(
+        2, ge=1, le=64,
+        description="Batch requests (message batches, gateway receipt posts) worked on at once per process; the "
+        "others wait their turn, so single requests such as one-time codes are not queued behind them",
+    )
     events_batch_max: int = Field(1000, ge=1, le=10_000, description="Most contact events in one POST /v1/events/batch")
     smart_encoding: bool = Field(True, description="Replace typographic characters so texts stay GSM-7")
     receipt_secrets: dict[str, SecretStr] = Field(
