@@ -14,20 +14,7 @@ import gc
 import time
 from typing import Any
 
-from prometheus_client import Histogram
-
-LOOP_LAG_SECONDS = Histogram(
-    "herald_event_loop_lag_seconds",
-    "How late the event loop woke a timer (time the loop was busy with other work or waiting for CPU)",
-    ["service"],
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
-GC_PAUSE_SECONDS = Histogram(
-    "herald_gc_pause_seconds",
-    "Time the garbage collector stopped the process, per generation collected",
-    ["service", "generation"],
-    buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
+from shared.metrics import GC_PAUSE_SECONDS, LOOP_LAG_SECONDS
 
 _gc_started: list[float] = []
 

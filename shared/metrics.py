@@ -29,3 +29,15 @@ ASSIGNED = Gauge(
     "herald_consumer_assigned_partitions", "Partitions this process owns now, per topic", ["service", "topic"]
 )
 LAG = Gauge("herald_consumer_lag", "Records behind the end of the partition", ["service", "topic", "partition"])
+LOOP_LAG_SECONDS = Histogram(
+    "herald_event_loop_lag_seconds",
+    "How late the event loop woke a timer (time the loop was busy with other work or waiting for CPU)",
+    ["service"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+GC_PAUSE_SECONDS = Histogram(
+    "herald_gc_pause_seconds",
+    "Time the garbage collector stopped the process, per generation collected",
+    ["service", "generation"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
