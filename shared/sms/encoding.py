@@ -45,14 +45,35 @@ def gsm_septets(char: str) -> int:
         return 0
 
 
+def _one_septet_characters() -> frozenset[str]:
+    """Every character of the GSM 03.38 default alphabet (one septet each), read off the codec."""
+    found = set()
+    for byte in range(128):
+        if byte == 0x1B:  # the escape to the extension table
+            continue
+        try:
+            char = bytes([byte]).decode("gsm03.38")
+        except (UnicodeDecodeError, KeyError):
+            continue
+        if len(char) == 1 and gsm_septets(char) == 1:
+            found.add(char)
+    return frozenset(found)
+
+
+# Fast paths (C-level set and translate operations); the per-character functions stay the
+# definition, and tests check the two agree.
+GSM_ONE_SEPTET = _one_septet_characters()
+_SMART_TABLE = str.maketrans(SMART_REPLACEMENTS)
+
+
 def smart_replace(text: str) -> str:
     """Replace typographic characters by GSM-7 look-alikes, only if that makes the text GSM-7."""
-    replaced = "".join(SMART_REPLACEMENTS.get(c, c) for c in text)
+    replaced = text.translate(_SMART_TABLE)
     return replaced if is_gsm7(replaced) else text
 
 
 def is_gsm7(text: str) -> bool:
-    return all(gsm_septets(c) for c in text)
+    return GSM_ONE_SEPTET.issuperset(text) or all(gsm_septets(c) for c in text)
 
 
 def _utf16_units(char: str) -> int:
@@ -98,6 +119,10 @@ def analyse(text: str, *, smart: bool = False) -> SegmentInfo:
     """Encoding, segment count and parts of ``text`` (optionally after smart replacement)."""
     if smart:
         text = smart_replace(text)
+    if GSM_ONE_SEPTET.issuperset(text):  # the common case: one septet per character
+        n = len(text)
+        parts = split_parts(text, [1] * n, GSM_SINGLE, GSM_MULTI) if n > GSM_SINGLE else ((text,) if text else ())
+        return SegmentInfo("GSM-7", max(1, len(parts)), n, n, text, parts)
     septets = [gsm_septets(c) for c in text]
     if all(septets):
         parts = split_parts(text, septets, GSM_SINGLE, GSM_MULTI)

@@ -46,3 +46,39 @@ def test_smart_replacement_keeps_gsm7() -> None:
 def test_smart_replacement_leaves_real_unicode_alone() -> None:
     text = "“Привет”"
     assert smart_replace(text) == text  # still UCS-2 after replacing: keep the original
+
+
+# --- the fast paths agree with the per-character definition ------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from shared.sms import encoding as enc  # noqa: E402
+
+_ALPHABET = "aZ09 @£$¥èéùìòÇØøÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ!\"#%&'()*+,-./:;<=>?¡ÄÖÑÜ§¿äöñüà\n\r€[]{}|^~\\яж😀’“”–…\u00a0\u200bç"
+
+
+def slow_analyse(text: str, smart: bool) -> enc.SegmentInfo:
+    if smart:
+        replaced = "".join(enc.SMART_REPLACEMENTS.get(c, c) for c in text)
+        text = replaced if all(enc.gsm_septets(c) for c in replaced) else text
+    septets = [enc.gsm_septets(c) for c in text]
+    if all(septets):
+        parts = enc.split_parts(text, septets, enc.GSM_SINGLE, enc.GSM_MULTI)
+        return enc.SegmentInfo("GSM-7", max(1, len(parts)), len(text), sum(septets), text, parts)
+    units = [2 if ord(c) > 0xFFFF else 1 for c in text]
+    parts = enc.split_parts(text, units, enc.UCS2_SINGLE, enc.UCS2_MULTI)
+    return enc.SegmentInfo("UCS-2", max(1, len(parts)), len(text), sum(units), text, parts)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=_ALPHABET, max_size=400), st.booleans())
+def test_fast_paths_agree_with_the_definition(text: str, smart: bool) -> None:
+    assert enc.analyse(text, smart=smart) == slow_analyse(text, smart)
+    assert enc.is_gsm7(text) == all(enc.gsm_septets(c) for c in text)
+
+
+def test_one_septet_set_is_exactly_the_default_alphabet() -> None:
+    assert len(enc.GSM_ONE_SEPTET) == 127  # 128 code points less the escape
+    assert all(enc.gsm_septets(c) == 1 for c in enc.GSM_ONE_SEPTET)
+    assert "€" not in enc.GSM_ONE_SEPTET and "{" not in enc.GSM_ONE_SEPTET and "ç" not in enc.GSM_ONE_SEPTET

@@ -32,3 +32,26 @@ def test_rejected_with_code(raw: str, code: str) -> None:
 def test_fixed_line_allowed_when_configured() -> None:
     assert parse_e164("+34910000000", {"FIXED_LINE"}).number_type == "FIXED_LINE"
     assert parse_e164("+34910000000", None).e164 == "+34910000000"
+
+
+def test_region_of_e164_matches_phonenumbers_for_every_calling_code() -> None:
+    import phonenumbers
+    from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
+
+    from shared.phones import region_of_e164
+
+    checked = 0
+    for code, regions in COUNTRY_CODE_TO_REGION_CODE.items():
+        for region in regions:
+            example = phonenumbers.example_number(region) if region != "001" else None
+            if example is None:
+                example = phonenumbers.example_number_for_non_geo_entity(code)
+            if example is None:
+                continue
+            e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+            assert region_of_e164(e164) == (phonenumbers.region_code_for_number(example) or "ZZ"), e164
+            checked += 1
+    assert checked > 240
+    assert region_of_e164("+14155550123") == "US" and region_of_e164("+16135550123") == "CA"
+    assert region_of_e164("+447400123456") == "GB" and region_of_e164("+34600000001") == "ES"
+    assert region_of_e164("+999123") == "ZZ"

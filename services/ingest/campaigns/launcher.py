@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-import phonenumbers
 from prometheus_client import Counter, Histogram
 
 from services.ingest.audience import segments as seg
@@ -37,6 +36,7 @@ from services.ingest.links_repo import LinksRepository
 from services.ingest.service import accepted_event
 from shared.contracts import utcnow
 from shared.kafka import Outgoing, Publisher
+from shared.phones import region_of_e164
 from shared.statuses import MessageType
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,6 @@ def parse_ab_test(raw: dict[str, Any] | None) -> AbTest | None:
         return None
     return AbTest(float(raw["test_percent"]), raw.get("metric", "click_rate"), int(raw.get("wait_s", 3600)),
                   int(raw.get("min_sample", 100)))
-
-
-def region_of(e164: str) -> str:
-    return phonenumbers.region_code_for_number(phonenumbers.parse(e164)) or "ZZ"
 
 
 class Launcher:
@@ -219,7 +215,7 @@ class Launcher:
                 continue
             message = build_message(
                 campaign_id=plan.campaign_id, member=member, variant=variant, template=template,
-                region=region_of(member.phone), sender=plan.sender, now=now, smart_encoding=self.smart_encoding,
+                region=region_of_e164(member.phone), sender=plan.sender, now=now, smart_encoding=self.smart_encoding,
                 rendered=rendered,
             )
             if self.link_domain and message.type is MessageType.MARKETING:
