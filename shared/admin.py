@@ -298,8 +298,9 @@ async def gateways_view(conn: asyncpg.Connection) -> dict[str, Any]:
     from services.dispatcher.settings import DispatcherSettings
 
     settings = DispatcherSettings()
-    buckets = {r["gateway"]: dict(r) for r in await conn.fetch(
-        "SELECT gateway, rate, capacity, tokens, updated_at FROM throttle_buckets")}
+    buckets = {r["gateway"]: {"rate": float(r["rate"]), "capacity": float(r["capacity"]), "tokens": float(r["tokens"]),
+                              "updated_at": r["updated_at"].isoformat()}
+               for r in await conn.fetch("SELECT gateway, rate, capacity, tokens, updated_at FROM throttle_buckets")}
     recent = {r["gateway"]: r["n"] for r in await conn.fetch(
         "SELECT gateway, count(*) AS n FROM dispatch_claims WHERE updated_at > now() - interval '1 hour'"
         " AND gateway IS NOT NULL GROUP BY gateway")}

@@ -110,15 +110,24 @@ async def test_suppression_import_and_export(pool) -> None:
 
 async def test_gateways_view_hides_secrets_and_shows_state(pool, monkeypatch) -> None:
     import json
+    import uuid
+
+    carrier = f"carrier-{uuid.uuid4().hex[:6]}"  # its own throttle row in the session's database
 
     monkeypatch.setenv("HERALD_GATEWAYS", json.dumps([
-        {"name": "carrier", "kind": "smpp", "host": "127.0.0.1", "port": 2775, "system_id": "acme", "password": "s3cr3t"},
+        {"name": carrier, "kind": "smpp", "host": "127.0.0.1", "port": 2775, "system_id": "acme", "password": "s3cr3t"},
         {"name": "tw", "kind": "twilio", "account_sid": "AC" + "1" * 32, "auth_token": "t0ken", "from_number": "+15005550006"},
     ]))
-    monkeypatch.setenv("HERALD_ROUTES", json.dumps([{"name": "es", "gateways": ["carrier", "tw"], "countries": ["ES"]}]))
+    monkeypatch.setenv("HERALD_ROUTES", json.dumps([{"name": "es", "gateways": [carrier, "tw"], "countries": ["ES"]}]))
     async with pool.acquire() as conn:
+        # the live throttle state of a gateway (the dispatcher's shared bucket) is shown, as JSON
+        await conn.execute(
+            "INSERT INTO throttle_buckets (gateway, rate, capacity, tokens, updated_at) VALUES ($1, 50, 100, 42.5, now())"
+            " ON CONFLICT (gateway) DO UPDATE SET rate = 50, capacity = 100, tokens = 42.5, updated_at = now()", carrier)
         view = await admin.gateways_view(conn)
     text = json.dumps(view)
     assert "s3cr3t" not in text and "t0ken" not in text
-    assert [g["name"] for g in view["gateways"]] == ["carrier", "tw"]
-    assert view["routes"][0]["gateways"] == ["carrier", "tw"]
+    assert [g["name"] for g in view["gateways"]] == [carrier, "tw"]
+    assert view["routes"][0]["gateways"] == [carrier, "tw"]
+    throttle = view["gateways"][0]["throttle"]
+    assert (throttle["rate"], throttle["capacity"], throttle["tokens"]) == (50.0, 100.0, 42.5) and throttle["updated_at"]
