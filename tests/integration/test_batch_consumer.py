@@ -147,38 +147,43 @@ async def test_poison_record_is_isolated(env) -> None:
 
 async def test_event_age_is_observed_per_stage(env) -> None:
     """herald_consumer_event_age_seconds: the time from an event's occurred_at to its handling."""
+    from dataclasses import replace
     from datetime import UTC, datetime, timedelta
 
     from prometheus_client import REGISTRY
 
+    from shared.kafka import ensure_topics
+
     marker = uuid.uuid4().hex
+    topic = replace(TRIGGERS, suffix=f"age-{marker[:8]}.v1")  # a topic of its own: only this test's events
+    settings = ConsumerSettings(consumer_poll_ms=100, topic_prefix=env.prefix, topic_partitions=1)
+    await ensure_topics(settings, [topic])
     seen: list[str] = []
 
     async def handler(batch: list[Incoming]) -> list[Outgoing]:
-        seen.extend(i.event.payload.body for i in batch if i.record.key == marker.encode())
+        seen.extend(i.event.payload.body for i in batch)
         return []
 
-    old = TriggerEvent(tenant="acme", payload=MessageRequest(to="+34600000001", body="old"),
-                       occurred_at=datetime.now(UTC) - timedelta(seconds=40))
-    await produce_raw(env.bootstrap, TRIGGERS.name(env.prefix), [(marker.encode(), old.model_dump_json().encode())])
-    settings = ConsumerSettings(consumer_poll_ms=100)
+    def event(body: str, age_s: float) -> bytes:
+        return TriggerEvent(tenant="acme", payload=MessageRequest(to="+34600000001", body=body),
+                            occurred_at=datetime.now(UTC) - timedelta(seconds=age_s)).model_dump_json().encode()
+
+    await produce_raw(env.bootstrap, topic.name(env.prefix), [(b"k", event("old", 40)), (b"k", event("fresh", 0))])
     producer = make_producer(settings, "test")
     await producer.start()
     service = f"age-{marker[:8]}"
-    consumer = BatchConsumer(settings, service, f"g-{marker}", [TRIGGERS], handler, Publisher(producer, env.prefix, service))
+    consumer = BatchConsumer(settings, service, f"g-{marker}", [topic], handler, Publisher(producer, env.prefix, service))
     await consumer.start()
     task = asyncio.create_task(consumer.run())
     try:
-        await wait_for(lambda: asyncio.sleep(0, result=bool(seen)), timeout_s=30)
+        await wait_for(lambda: asyncio.sleep(0, result=len(seen) >= 2), timeout_s=30)
     finally:
         consumer.stop_fetching()
         await task
         await consumer.close()
         await producer.stop()
-    labels = {"service": service, "topic": TRIGGERS.suffix}
-    # The group reads the topic from the start, so other tests' fresh events count too: ours is
-    # the one older than 30 s.
-    count = REGISTRY.get_sample_value("herald_consumer_event_age_seconds_count", labels)
-    under_30 = REGISTRY.get_sample_value("herald_consumer_event_age_seconds_bucket", {**labels, "le": "30.0"})
-    under_60 = REGISTRY.get_sample_value("herald_consumer_event_age_seconds_bucket", {**labels, "le": "60.0"})
-    assert count - under_30 == 1 and under_60 == count
+    labels = {"service": service, "topic": topic.suffix}
+    assert REGISTRY.get_sample_value("herald_consumer_event_age_seconds_count", labels) == 2
+    assert REGISTRY.get_sample_value("herald_consumer_event_age_seconds_bucket", {**labels, "le": "30.0"}) == 1
+    assert REGISTRY.get_sample_value("herald_consumer_event_age_seconds_bucket", {**labels, "le": "60.0"}) == 2
+    assert REGISTRY.get_sample_value("herald_consumer_event_age_seconds_sum", labels) >= 40
