@@ -36,7 +36,7 @@ import asyncpg
 import httpx
 
 from shared.devtools.demo import demo_numbers, marketing_countries, prepare
-from shared.devtools.stack import REPO, Ports, Stack, infra
+from shared.devtools.stack import REPO, Ports, Stack, start_infra
 from shared.settings import ServiceSettings
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -403,7 +403,7 @@ async def launch_campaign(stack: Stack, key: str, dsn: str, count: int, countrie
 
 
 async def run(args: argparse.Namespace, results: Results) -> None:
-    infra("start")
+    start_infra()
     tag = uuid.uuid4().hex[:6]
     base = ServiceSettings()
     dsn_admin = base.database_url.get_secret_value()

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.devtools.stack import REPO, Ports, Stack, infra
+from shared.devtools.stack import REPO, Ports, Stack, infra, start_infra
 from shared.settings import ServiceSettings
 
 STATE = Path(os.environ.get("HERALD_STATE_DIR", REPO / ".herald"))
@@ -235,7 +235,7 @@ def _write_pids(stack: Stack) -> None:
 def run_demo(count: int, *, wait: bool, keep_infra: bool) -> int:
     console.print("[bold]Herald[/]: starting Kafka and PostgreSQL…")
     try:
-        proc = infra("start")
+        proc = start_infra()
     except RuntimeError as exc:
         console.print(f"[red]{exc}[/]")
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,16 @@ def infra(*command: str, check: bool = True, timeout: float = 240) -> subprocess
     if check and proc.returncode != 0:
         raise RuntimeError(f"infra {command} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def start_infra() -> subprocess.CompletedProcess[str]:
+    """Start (or reuse) the local Kafka and PostgreSQL and point this process at them: the
+    addresses infra.py reports (HERALD_KAFKA_BOOTSTRAP, HERALD_DATABASE_URL, which follow
+    HERALD_KAFKA_PORT and HERALD_PG_PORT) fill in whatever the environment does not set."""
+    started = infra("start")
+    for name, value in re.findall(r"^export (\w+)=(\S+)$", infra("env").stdout, re.M):
+        os.environ.setdefault(name, value)
+    return started
 
 
 @dataclass
