@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --campaign: keep measuring this long after the fan-out (or until every message is final)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
-    results = Results(command="herald bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+    results = Results(command=" ".join(["herald bench", *(argv if argv is not None else sys.argv[1:])]))
     started = datetime.now(UTC)
     asyncio.run(run(args, results))
     if not args.no_write:
