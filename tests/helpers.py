@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -69,3 +70,34 @@ def marketing_to(*keys: tuple[str, str]) -> list[tuple[str, Any]]:
                                     encoding="GSM-7", segments=1, source="api", accepted_at=utcnow()))
         for tenant_id, number in keys
     ]
+
+
+@contextlib.contextmanager
+def running(stack: Any, ready_s: float = 90) -> Iterator[Any]:
+    """Start every process of ``stack``, wait until each is ready, and stop them all after."""
+    stack.start_all()
+    try:
+        stack.wait_ready(ready_s)
+        yield stack
+    finally:
+        stack.stop()
+
+
+@contextlib.asynccontextmanager
+async def http_receiver(path: str, handler: Callable[[Any], Awaitable[Any]]) -> AsyncIterator[str]:
+    """An HTTP server on a free loopback port that passes POSTs to ``path`` to ``handler``
+    (an aiohttp handler); yields the URL to post to."""
+    from aiohttp import web
+
+    from shared.devtools.stack import free_port
+
+    app = web.Application()
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}{path}"
+    finally:
+        await runner.cleanup()

@@ -30,7 +30,7 @@ import pytest
 from shared.devtools.stack import Ports, Stack
 from shared.signatures import HEADER, sign
 from tests.conftest import Tenant, make_tenant
-from tests.helpers import wait_for
+from tests.helpers import running, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -64,12 +64,8 @@ def receipts_stack(env, tmp_path_factory) -> Iterator[Stack]:
         ports=ports,
         log_dir=Path(tmp_path_factory.mktemp("receipts-logs")),
     )
-    stack.start_all()
-    try:
-        stack.wait_ready(90)
+    with running(stack):
         yield stack
-    finally:
-        stack.stop()
 
 
 def control(stack: Stack, body: dict[str, Any]) -> None:

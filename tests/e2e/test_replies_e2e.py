@@ -29,12 +29,12 @@ from shared.contracts import (
     derived_event_id,
 )
 from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack, free_port
+from shared.devtools.stack import Stack
 from shared.signatures import HEADER, verify
 from shared.topics import ACCEPTED, INBOUND, REPLIES
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_pipeline import scrape
-from tests.helpers import produce_raw, read_topic, wait_for
+from tests.helpers import http_receiver, produce_raw, read_topic, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -289,16 +289,9 @@ async def test_ordinary_replies_reach_the_reply_webhook_signed_in_order_after_a_
         hits.append(hit)
         return web.Response(status=hit["status"])
 
-    app = web.Application()
-    app.router.add_post("/replies", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with http_receiver("/replies", hook) as url:
         tenant, quiet = await make_tenant(pool), await make_tenant(pool)
         number, quiet_number, handset = our_number(), our_number(), a_handset()
-        url = f"http://127.0.0.1:{port}/replies"
         async with pool.acquire() as conn:
             await admin.number_add(conn, "e2e", tenant.tenant_id, number)
             await admin.reply_webhook_set(conn, "e2e", tenant.tenant_id, url)
@@ -344,5 +337,3 @@ async def test_ordinary_replies_reach_the_reply_webhook_signed_in_order_after_a_
         posts = scrape(f"{stack.url('reports')}/metrics")
         assert posts[("herald_webhook_posts_total", frozenset({("kind", "reply"), ("outcome", "delivered")}))] >= 2
         assert posts[("herald_webhook_posts_total", frozenset({("kind", "reply"), ("outcome", "retry")}))] >= 1
-    finally:
-        await runner.cleanup()

@@ -16,6 +16,7 @@ from shared.devtools.demo import demo_numbers
 from shared.devtools.stack import Ports, Stack, free_port
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, send_batches
+from tests.helpers import running
 
 pytestmark = pytest.mark.e2e
 
@@ -35,12 +36,8 @@ def smpp_stack(env, tmp_path_factory) -> Iterator[Stack]:
         ports=Ports.random(),
         log_dir=Path(tmp_path_factory.mktemp("smpp-logs")),
     )
-    stack.start_all()
-    try:
-        stack.wait_ready(90)
+    with running(stack):
         yield stack
-    finally:
-        stack.stop()
 
 
 async def test_messages_over_smpp_reach_one_final_state_each(smpp_stack: Stack, pool) -> None:

@@ -11,12 +11,12 @@ from collections import defaultdict
 import pytest
 from aiohttp import web
 
-from shared.devtools.stack import Stack, free_port
+from shared.devtools.stack import Stack
 from shared.signatures import HEADER, verify
 from shared.statuses import FINAL
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, scrape, send_batches
-from tests.helpers import wait_for
+from tests.helpers import http_receiver, wait_for
 
 pytestmark = pytest.mark.e2e
 FINAL_NAMES = {s.value for s in FINAL}
@@ -40,15 +40,8 @@ async def test_each_message_gets_signed_callbacks_in_order(stack: Stack, pool) -
         hits.append(hit)
         return web.Response(status=hit["status"])
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with http_receiver("/hook", hook) as url:
         tenant = await make_tenant(pool)
-        url = f"http://127.0.0.1:{port}/hook"
         messages = [{"to": f"+346001{i:05d}", "body": f"Your code is {i:06d}", "type": "transactional",
                      "status_callback_url": url, "metadata": {"i": str(i)}} for i in range(30)]
         ids = await send_batches(stack, tenant, messages)
@@ -101,5 +94,3 @@ async def test_each_message_gets_signed_callbacks_in_order(stack: Stack, pool) -
         assert delivered >= sum(len(v) for v in ok.values())
         failed = sum(v for (name, _), v in metrics.items() if name == "herald_webhooks_failed_attempts_total")
         assert failed >= len(refused_once)
-    finally:
-        await runner.cleanup()

@@ -41,11 +41,11 @@ from shared.contracts import (
     ReplyForwarded,
     ReplyForwardedEvent,
 )
-from shared.devtools.stack import free_port
 from shared.kafka import Incoming
 from shared.signatures import HEADER, verify
 from shared.topics import INBOUND, REPLIES
 from tests.conftest import make_tenant
+from tests.helpers import http_receiver
 from tests.integration.test_campaigns import client, publisher  # noqa: F401 (fixtures: the ingest API)
 
 pytestmark = pytest.mark.integration
@@ -181,31 +181,24 @@ async def test_the_worker_posts_replies_signed_in_order_and_retries_a_503(pool, 
                      request.headers[EVENT_ID_HEADER]))
         return web.Response(status=status)
 
-    app = web.Application()
-    app.router.add_post("/replies", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     tenant, phones = f"t{uuid.uuid4().hex[:10]}", [handset(), handset()]
     keys = [conversation_key(tenant, p) for p in phones]
     cleanup += keys
-    url = f"http://127.0.0.1:{port}/replies"
     posted = metrics.WEBHOOK_POSTS.labels("reply", "delivered")._value.get()
     worker = WebhookWorker(pool, ReportsSettings(
         webhook_backoff_base_s=0.3, webhook_backoff_jitter=0, webhook_poll_interval_s=0.05, webhook_timeout_s=2))
-    task = asyncio.create_task(worker.run())
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            await enqueue_replies(conn, [forwarded(tenant, p, f"{p} #{i}", url, i) for i in range(3) for p in phones])
-        deadline = time.monotonic() + 20
-        while len([h for h in hits if h[0] == 200]) < 6:
-            assert time.monotonic() < deadline, hits
-            await asyncio.sleep(0.05)
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
-        await runner.cleanup()
+    async with http_receiver("/replies", hook) as url:
+        task = asyncio.create_task(worker.run())
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await enqueue_replies(conn, [forwarded(tenant, p, f"{p} #{i}", url, i) for i in range(3) for p in phones])
+            deadline = time.monotonic() + 20
+            while len([h for h in hits if h[0] == 200]) < 6:
+                assert time.monotonic() < deadline, hits
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
     secret = (await pool.fetchval("SELECT secret FROM webhook_secrets WHERE tenant_id = $1", tenant)).encode()
     for phone in phones:
         mine = [h for h in hits if h[2]["from"] == phone]
