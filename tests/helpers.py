@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -101,3 +102,15 @@ async def http_receiver(path: str, handler: Callable[[Any], Awaitable[Any]]) -> 
         yield f"http://127.0.0.1:{port}{path}"
     finally:
         await runner.cleanup()
+
+
+async def webhook_hit(request: Any) -> dict[str, Any]:
+    """What a webhook receiver in a test keeps of one POST (an aiohttp request): the parsed
+    payload, the exact body, Herald's signature, event id and attempt headers, and status 200
+    (the receiver may change it before answering)."""
+    from shared.signatures import HEADER
+
+    body = await request.read()
+    return {"payload": json.loads(body), "body": body, "signature": request.headers.get(HEADER),
+            "event_id": request.headers.get("X-Herald-Event-Id"),
+            "attempt": int(request.headers.get("X-Herald-Delivery-Attempt", "0")), "status": 200}

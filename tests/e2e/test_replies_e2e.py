@@ -9,7 +9,6 @@ posted, signed, to the tenant's reply webhook, in order per handset, retried aft
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import uuid
@@ -30,11 +29,11 @@ from shared.contracts import (
 )
 from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.stack import Stack
-from shared.signatures import HEADER, verify
+from shared.signatures import verify
 from shared.topics import ACCEPTED, INBOUND, REPLIES
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_pipeline import scrape
-from tests.helpers import http_receiver, produce_raw, read_topic, wait_for
+from tests.helpers import http_receiver, produce_raw, read_topic, wait_for, webhook_hit
 
 pytestmark = pytest.mark.e2e
 
@@ -278,11 +277,8 @@ async def test_ordinary_replies_reach_the_reply_webhook_signed_in_order_after_a_
     refused: set[str] = set()
 
     async def hook(request: web.Request) -> web.Response:
-        body = await request.read()
-        payload = json.loads(body)
-        hit = {"payload": payload, "body": body, "signature": request.headers.get(HEADER),
-               "event_id": request.headers.get("X-Herald-Event-Id"),
-               "attempt": int(request.headers.get("X-Herald-Delivery-Attempt", "0")), "status": 200}
+        hit = await webhook_hit(request)
+        payload = hit["payload"]
         if payload.get("body") == "¿Tenéis talla 42?" and payload["event_id"] not in refused:
             refused.add(payload["event_id"])  # the receiver is down for the first reply's first try
             hit["status"] = 503

@@ -4,7 +4,6 @@ even when the receiver refuses the first try of some of them."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 
@@ -12,11 +11,11 @@ import pytest
 from aiohttp import web
 
 from shared.devtools.stack import Stack
-from shared.signatures import HEADER, verify
+from shared.signatures import verify
 from shared.statuses import FINAL
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, scrape, send_batches
-from tests.helpers import http_receiver, wait_for
+from tests.helpers import http_receiver, wait_for, webhook_hit
 
 pytestmark = pytest.mark.e2e
 FINAL_NAMES = {s.value for s in FINAL}
@@ -27,11 +26,8 @@ async def test_each_message_gets_signed_callbacks_in_order(stack: Stack, pool) -
     refused_once: set[str] = set()
 
     async def hook(request: web.Request) -> web.Response:
-        body = await request.read()
-        payload = json.loads(body)
-        hit = {"payload": payload, "body": body, "signature": request.headers.get(HEADER),
-               "event_id": request.headers.get("X-Herald-Event-Id"),
-               "attempt": int(request.headers.get("X-Herald-Delivery-Attempt", "0")), "status": 200}
+        hit = await webhook_hit(request)
+        payload = hit["payload"]
         # the receiver is down for the first try of every other message's "submitted" callback
         if payload["status"] == "submitted" and int(payload["metadata"]["i"]) % 2 == 0 \
                 and payload["event_id"] not in refused_once:
