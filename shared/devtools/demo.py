@@ -9,13 +9,15 @@ progress bar, prints a summary, and keeps the stack up until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
+import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,21 @@ from shared.settings import ServiceSettings
 STATE = Path(os.environ.get("HERALD_STATE_DIR", REPO / ".herald"))
 PID_FILE = STATE / "stack.json"
 FINAL = ("delivered", "undelivered", "failed", "suppressed", "rejected", "expired")
-console = Console()
+
+
+class _Console(Console):
+    """rich's console, except that a closed pipe silences it instead of exiting the process.
+
+    rich answers BrokenPipeError with ``SystemExit(1)``: after Ctrl-C on ``make run | tee log``
+    (which ends ``tee`` too) the next print would abort the shutdown half way.
+    """
+
+    def on_broken_pipe(self) -> None:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+console = _Console()
 
 
 # Valid mobile number patterns of several countries (all answered by the local simulator).
@@ -232,6 +248,43 @@ def _write_pids(stack: Stack) -> None:
     PID_FILE.write_text(json.dumps([p.popen.pid for p in stack.processes]))
 
 
+def say(text: str) -> None:
+    """Print, but never let a closed terminal or pipe abort what follows.
+
+    Ctrl-C on ``make run | tee log`` ends ``tee`` too, so every later print raises
+    BrokenPipeError; a shutdown must still stop the services and the infrastructure.
+    """
+    try:
+        console.print(text)
+    except OSError:  # BrokenPipeError, or the terminal is gone (EIO)
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def shutdown(stack: Stack, *, keep_infra: bool, stop_infra: Callable[[], str] | None = None,
+             tell: Callable[[str], None] = say) -> None:
+    """Stop the services (then Kafka and PostgreSQL unless kept) first; report afterwards."""
+    stack.stop()
+    PID_FILE.unlink(missing_ok=True)
+    stopped = "" if keep_infra else (stop_infra or (lambda: infra("stop", check=False).stdout.strip()))()
+    tell("services stopped")
+    if stopped:
+        tell(stopped)
+
+
+def wait_for_stop(stack: Stack, poll_s: float = 1.0) -> str:
+    """Block until Ctrl-C/SIGTERM or until one of the stack's processes is gone (``make stop``)."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    while True:
+        got = signal.sigtimedwait(signals, poll_s)
+        if got is not None:
+            return signal.Signals(got.si_signo).name
+        gone = [p.name for p in stack.processes if p.popen.poll() is not None]
+        if gone:
+            return "stopped from outside: " + ", ".join(sorted(set(gone)))
+
+
 def run_demo(count: int, *, wait: bool, keep_infra: bool) -> int:
     console.print("[bold]Herald[/]: starting Kafka and PostgreSQL…")
     try:
@@ -246,20 +299,16 @@ def run_demo(count: int, *, wait: bool, keep_infra: bool) -> int:
     try:
         code = asyncio.run(_demo(stack, settings, count))
         if wait:
-            console.print("\nThe stack keeps running. Press [bold]Ctrl-C[/] to stop it (or run `make stop`).")
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            say("\nThe stack keeps running. Press [bold]Ctrl-C[/] to stop it (or run `make stop`).")
+            why = wait_for_stop(stack)
+            say(f"stopping ({why})…")
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:
-        console.print(f"[red]{exc}[/]")
+        say(f"[red]{exc}[/]")
         code = 2
     finally:
-        console.print("stopping services…")
-        stack.stop()
-        PID_FILE.unlink(missing_ok=True)
-        if not keep_infra:
-            console.print(infra("stop", check=False).stdout.strip())
+        shutdown(stack, keep_infra=keep_infra)
     return code
 
 
