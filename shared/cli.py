@@ -42,6 +42,18 @@ async def _migrate(topics: bool) -> dict[str, list[str]]:
     return {"migrations_applied": applied, "topics_created": created}
 
 
+def scopes_arg(value: str) -> tuple[str, ...]:
+    """``--scopes a,b``: every name must be a known scope (the error lists the valid ones)."""
+    from shared.auth import SCOPES
+
+    scopes = tuple(dict.fromkeys(s.strip() for s in value.split(",") if s.strip()))
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        what = f"unknown scope(s): {', '.join(unknown)}" if unknown else "no scope given"
+        raise argparse.ArgumentTypeError(f"{what}; valid scopes: {', '.join(SCOPES)}")
+    return scopes
+
+
 def _admin_parser(sub: Any) -> None:
     from shared.auth import DEFAULT_SCOPES, SCOPES
 
@@ -49,12 +61,14 @@ def _admin_parser(sub: Any) -> None:
     admin.add_argument("--actor", default=None, help="who is acting (default: $SUDO_USER or $USER)")
     objects = admin.add_subparsers(dest="object", required=True)
 
-    tenant = objects.add_parser("tenant").add_subparsers(dest="action", required=True)
+    scopes_help = f"comma-separated, of {', '.join(SCOPES)} (default {','.join(DEFAULT_SCOPES)})"
+    tenant = objects.add_parser("tenant", help="create, list, disable tenants; their policy and reply webhook").add_subparsers(
+        dest="action", required=True)
     c = tenant.add_parser("create", help="create a tenant and print its first API key")
     c.add_argument("tenant_id")
     c.add_argument("--name", default=None)
-    c.add_argument("--scopes", default=",".join(DEFAULT_SCOPES), help=f"comma-separated, of {', '.join(SCOPES)}")
-    tenant.add_parser("list")
+    c.add_argument("--scopes", type=scopes_arg, default=DEFAULT_SCOPES, help=scopes_help)
+    tenant.add_parser("list", help="every tenant, with its state")
     pol = tenant.add_parser("policy", help="show or change a tenant's marketing consent mode and frequency caps")
     pol.add_argument("tenant_id")
     pol.add_argument("--marketing-consent", choices=("required", "opt_out"), default=None,
@@ -66,23 +80,25 @@ def _admin_parser(sub: Any) -> None:
     rw.add_argument("tenant_id")
     rw.add_argument("url", nargs="?", default=None, help="http or https URL (docs/replies.md)")
     rw.add_argument("--clear", action="store_true", help="stop posting replies (they stay on the replies topic)")
-    for verb in ("disable", "enable"):
-        tenant.add_parser(verb).add_argument("tenant_id")
+    for verb, what in (("disable", "refuse the tenant's keys"), ("enable", "accept the tenant's keys again")):
+        tenant.add_parser(verb, help=what).add_argument("tenant_id")
 
-    key = objects.add_parser("key").add_subparsers(dest="action", required=True)
+    key = objects.add_parser("key", help="API keys: create, list, revoke, rotate").add_subparsers(
+        dest="action", required=True)
     c = key.add_parser("create", help="a new key for a tenant (printed once)")
     c.add_argument("tenant_id")
-    c.add_argument("--scopes", default=",".join(DEFAULT_SCOPES))
-    c.add_argument("--name", default="")
-    c.add_argument("--requests-per-minute", type=int, default=None)
-    c.add_argument("--messages-per-minute", type=int, default=None)
-    key.add_parser("list").add_argument("tenant_id")
+    c.add_argument("--scopes", type=scopes_arg, default=DEFAULT_SCOPES, help=scopes_help)
+    c.add_argument("--name", default="", help="a label for the key")
+    c.add_argument("--requests-per-minute", type=int, default=None, help="this key's request limit (default: the service's)")
+    c.add_argument("--messages-per-minute", type=int, default=None, help="this key's message limit (default: the service's)")
+    key.add_parser("list", help="a tenant's keys (never their secrets)").add_argument("tenant_id")
     key.add_parser("revoke", help="stops working at once, on every instance").add_argument("key_id")
     r = key.add_parser("rotate", help="a new key; the old one keeps working for the overlap")
     r.add_argument("key_id")
     r.add_argument("--overlap-hours", type=float, default=24.0)
 
-    supp = objects.add_parser("suppressions").add_subparsers(dest="action", required=True)
+    supp = objects.add_parser("suppressions", help="import or export a tenant's opt-out list").add_subparsers(
+        dest="action", required=True)
     i = supp.add_parser("import", help="CSV with a 'phone' column (E.164) and optional 'reason'")
     i.add_argument("tenant_id")
     i.add_argument("file", help="path, or - for standard input")
@@ -96,8 +112,8 @@ def _admin_parser(sub: Any) -> None:
     a.add_argument("tenant_id")
     a.add_argument("number")
     a.add_argument("--scope", default=None, help="brand or sender scope: STOP to this number opts out of it only")
-    numbers.add_parser("list").add_argument("tenant_id")
-    rm = numbers.add_parser("remove")
+    numbers.add_parser("list", help="a tenant's numbers").add_argument("tenant_id")
+    rm = numbers.add_parser("remove", help="unmap a number from a tenant")
     rm.add_argument("tenant_id")
     rm.add_argument("number")
 
@@ -119,7 +135,7 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"tenant id must match {TENANT_PATTERN}")
 
     def scopes() -> list[str]:
-        return [x.strip() for x in args.scopes.split(",") if x.strip()]
+        return list(args.scopes)  # already checked by scopes_arg
 
     if (obj, action) == ("tenant", "create"):
         key = asyncio.run(_with_db(lambda c: admin.tenant_create(c, actor, args.tenant_id, args.name or args.tenant_id, scopes())))
