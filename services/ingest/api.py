@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 import uuid
 from typing import Annotated, Any
@@ -31,6 +32,9 @@ from shared.signatures import HEADER as SIGNATURE_HEADER
 from shared.signatures import SignatureError, verify
 
 MAX_RECEIPT_BODY = 5 * 1024 * 1024
+# Checked against when a receipt names no configured gateway, so that answer costs what a wrong
+# signature costs and looks the same (401 signature_invalid or signature_missing).
+UNKNOWN_GATEWAY_KEY = secrets.token_bytes(32)
 
 
 class MessageAnswer(BaseModel):
@@ -246,25 +250,30 @@ def create_app(
             raise ApiError(404, "not_suppressed", "this number is not on the suppression list")
         return Response(status_code=204)
 
-    @app.post("/v1/receipts/{gateway}", responses={401: {}, 404: {}, 413: {}, 422: {}})
+    @app.post("/v1/receipts/{gateway}", responses={401: {}, 413: {}, 422: {}})
     async def receipts(gateway: Annotated[str, Path(max_length=64)], request: Request) -> dict[str, Any]:
-        """Delivery receipts posted by a gateway, signed with its secret (X-Herald-Signature)."""
+        """Delivery receipts posted by a gateway, signed with its secret for this gateway (X-Herald-Signature v2).
+
+        An unknown gateway gets the same 401 as a wrong signature, so the answer does not tell
+        which gateway names exist.
+        """
         secret = settings.receipt_secrets.get(gateway)
-        if secret is None:
-            raise ApiError(404, "unknown_gateway", f"no gateway named {gateway!r} is configured")
         raw = await request.body()
         if len(raw) > MAX_RECEIPT_BODY:
             raise ApiError(413, "body_too_large", f"receipt bodies are limited to {MAX_RECEIPT_BODY} bytes")
         try:
             verify(
-                secret.get_secret_value().encode(),
+                secret.get_secret_value().encode() if secret is not None else UNKNOWN_GATEWAY_KEY,
                 raw,
                 request.headers.get(SIGNATURE_HEADER),
                 now=time.time(),
                 tolerance_s=settings.receipt_tolerance_s,
+                context=gateway,
             )
+            if secret is None:
+                raise SignatureError("signature_invalid", "signature does not match the body")
         except SignatureError as exc:
-            metrics.RECEIPTS.labels(gateway, exc.code).inc()
+            metrics.RECEIPTS.labels(gateway if secret is not None else "unknown", exc.code).inc()
             raise ApiError(401, exc.code, str(exc)) from None
         async with bulk_work:
             try:

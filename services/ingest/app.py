@@ -55,4 +55,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
 
 async def main(settings: IngestSettings | None = None) -> int:
     settings = settings or IngestSettings()
+    if problems := settings.unsafe_secrets():
+        # Anyone could forge receipts with such a secret: refuse to start rather than accept them.
+        raise SystemExit("ingest: refusing to start: " + "; ".join(problems))
     return await run_service("ingest", settings, [TRIGGERS], wire, ready_needs_assignment=False)

@@ -24,8 +24,9 @@ class IngestSettings(ConsumerSettings):
     events_batch_max: int = Field(1000, ge=1, le=10_000, description="Most contact events in one POST /v1/events/batch")
     smart_encoding: bool = Field(True, description="Replace typographic characters so texts stay GSM-7")
     receipt_secrets: dict[str, SecretStr] = Field(
-        default_factory=lambda: {"sim": SecretStr("sim-receipt-secret")},
-        description="Per-gateway HMAC secrets for receipt callbacks, as JSON: {\"gateway\": \"secret\"}",
+        default_factory=dict,
+        description="Per-gateway HMAC secrets for receipt callbacks, as JSON: {\"gateway\": \"secret\"}; none by "
+        "default, and a published, placeholder or short (< 16 characters) secret stops ingest at start",
     )
     receipt_tolerance_s: int = Field(300, ge=1, description="Oldest receipt signature timestamp accepted")
     rate_limit_requests_per_minute: int = Field(
@@ -65,3 +66,14 @@ class IngestSettings(ConsumerSettings):
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)*", value):
             raise ValueError("link_domain is a host name, optionally with :port and a path, without scheme")
         return value
+
+    def unsafe_secrets(self) -> list[str]:
+        """What is wrong with the configured signing secrets (never their values)."""
+        from shared.signatures import unsafe_secret
+
+        problems = []
+        for gateway, secret in self.receipt_secrets.items():
+            why = unsafe_secret(secret.get_secret_value())
+            if why:
+                problems.append(f"HERALD_RECEIPT_SECRETS[{gateway}]: {why}")
+        return problems

@@ -9,6 +9,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -55,6 +56,8 @@ class ReceiptSender:
         self._sim = sim
         self._session = session
         self._url = url
+        # The receipt is signed for the gateway named by the URL (…/v1/receipts/{gateway}).
+        self._gateway = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
         self._secret = secret
         self._batch_max = batch_max
         self._linger_s = linger_s
@@ -116,7 +119,7 @@ class ReceiptSender:
             sim.note_post()
             headers = {
                 "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(self._secret, body, int(time.time())),
+                SIGNATURE_HEADER: sign(self._secret, body, int(time.time()), context=self._gateway),
             }
             try:
                 async with self._session.post(self._url, data=body, headers=headers) as resp:

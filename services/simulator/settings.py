@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import ipaddress
 import math
 from typing import Literal
@@ -34,7 +36,9 @@ class SimulatorSettings(BaseSettings):
 
     api_token: SecretStr = SecretStr("sim-token")
     receipt_url: str = "http://127.0.0.1:38080/v1/receipts/sim"
-    receipt_secret: SecretStr = SecretStr("sim-receipt-secret")
+    # No published default: a fresh random secret per process unless one is given (ingest must
+    # be given the same one in HERALD_RECEIPT_SECRETS; `herald up` and the tests do that).
+    receipt_secret: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_urlsafe(24)))
 
     delivered_rate: float = Field(default=0.90, ge=0.0, le=1.0)
     undelivered_rate: float = Field(default=0.07, ge=0.0, le=1.0)

@@ -243,6 +243,19 @@ async def _demo(stack: Stack, settings: ServiceSettings, count: int) -> int:
     return 0 if done == len(ids) else 1
 
 
+RECEIPT_SECRET_FILE = STATE / "receipt-secret"
+
+
+def _write_receipt_secret(stack: Stack) -> None:
+    """This run's receipt secret (the simulator's and ingest's), readable by its owner only,
+    for signing receipts by hand (README)."""
+    STATE.mkdir(parents=True, exist_ok=True)
+    RECEIPT_SECRET_FILE.unlink(missing_ok=True)
+    fd = os.open(RECEIPT_SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(stack.receipt_secret + "\n")
+
+
 def _write_pids(stack: Stack) -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     PID_FILE.write_text(json.dumps([p.popen.pid for p in stack.processes]))
@@ -295,6 +308,7 @@ def run_demo(count: int, *, wait: bool, keep_infra: bool) -> int:
     console.print(proc.stdout.strip())
     settings = ServiceSettings()
     stack = Stack(env={}, ports=Ports(), log_dir=STATE / "logs")
+    _write_receipt_secret(stack)
     code = 1
     try:
         code = asyncio.run(_demo(stack, settings, count))

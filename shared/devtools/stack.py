@@ -10,6 +10,7 @@ import ctypes
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -103,6 +104,8 @@ class Stack:
     log_dir: Path
     gateway_rate: float = 2000.0
     processes: list[Process] = field(default_factory=list)
+    # The simulator signs receipts with it and ingest checks them: fresh for every stack, never a published one.
+    receipt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def base_env(self) -> dict[str, str]:
         env = {**os.environ, **self.env}
@@ -112,6 +115,8 @@ class Stack:
         env["HERALD_SIM_CONTROL_PORT"] = str(self.ports.simulator_control)
         env.setdefault("HERALD_SIM_SMPP_PORT", "0")  # the SMPP face only where a test or the demo asks for it
         env["HERALD_SIM_RECEIPT_URL"] = f"http://127.0.0.1:{self.ports.ingest}/v1/receipts/sim"
+        env.setdefault("HERALD_SIM_RECEIPT_SECRET", self.receipt_secret)
+        env.setdefault("HERALD_RECEIPT_SECRETS", json.dumps({"sim": env["HERALD_SIM_RECEIPT_SECRET"]}))
         env.setdefault(
             "HERALD_GATEWAYS",
             json.dumps(

@@ -18,6 +18,7 @@ import os
 import pkgutil
 import random
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,15 +70,28 @@ TARGET_LABELS = {"job", "instance"}
 # Loading
 
 
-_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)([^}]*)\}")
+_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?])([^}]*)\}")
+#: The only variables a user must set before `docker compose up` (``${VAR:?why}``): secrets,
+#: which no published file may default. The values stand for what a user generates.
+REQUIRED_SECRETS = {"HERALD_SIM_RECEIPT_SECRET": secrets.token_urlsafe(24)}
+
+
+def _substitute(m: re.Match[str]) -> str:
+    if m.group(0) == "$$":
+        return "$"
+    name, op, rest = m.groups()
+    if op.endswith("?"):
+        assert name in REQUIRED_SECRETS, f"${{{name}:?}}: only secrets may be required, not {name}"
+        return REQUIRED_SECRETS[name]
+    return rest
 
 
 def interpolate(value: str) -> str:
-    """Compose's ``${VAR:-default}`` with the default, as a user who overrides nothing gets."""
-    out = _INTERPOLATION.sub(lambda m: "$" if m.group(0) == "$$" else m.group(3), value)
+    """Compose's ``${VAR:-default}`` with the default, as a user who overrides nothing but the
+    required secrets gets."""
+    out = _INTERPOLATION.sub(_substitute, value)
     assert "$" not in out.replace("$$", ""), (
-        f"{value!r}: only ${{VAR:-default}} is used in docker-compose.yml, so every value works "
-        "without an .env file"
+        f"{value!r}: only ${{VAR:-default}} (and ${{SECRET:?why}}) is used in docker-compose.yml"
     )
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ RATE = 150  # segments per second on gateway "a"
 def two_gateways(env, tmp_path_factory) -> Iterator[tuple[Stack, int]]:
     ports = Ports.random()
     b_port, b_control = free_port(), free_port()
+    secret = secrets.token_urlsafe(24)  # both simulators sign with it; receipts are bound to their gateway
     gateways = [
         {"name": "a", "kind": "herald-http", "url": f"http://127.0.0.1:{ports.simulator}", "api_token": "sim-token",
          "rate_per_s": RATE, "batch_size": 20},
@@ -34,7 +36,8 @@ def two_gateways(env, tmp_path_factory) -> Iterator[tuple[Stack, int]]:
     stack = Stack(
         env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_CONSUMER_POLL_MS": "100",
              "HERALD_GATEWAYS": json.dumps(gateways),
-             "HERALD_RECEIPT_SECRETS": json.dumps({"a": "sim-receipt-secret", "b": "sim-receipt-secret"}),
+             "HERALD_SIM_RECEIPT_SECRET": secret,
+             "HERALD_RECEIPT_SECRETS": json.dumps({"a": secret, "b": secret}),
              "HERALD_FAILOVER_COOLDOWN_S": "2", "HERALD_FAILOVER_MIN_SAMPLES": "5",
              "HERALD_RETRY_BASE_S": "0.2", "HERALD_RETRY_CAP_S": "0.5",
              "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "200"},

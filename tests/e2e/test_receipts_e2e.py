@@ -185,7 +185,7 @@ async def test_late_receipts_after_validity_and_after_the_final_status(receipts_
     async with httpx.AsyncClient(base_url=stack.url("ingest")) as client:
         for _ in range(2):
             r = await client.post("/v1/receipts/sim", content=raw, headers={
-                "content-type": "application/json", HEADER: sign(b"sim-receipt-secret", raw, int(time.time()))})
+                "content-type": "application/json", HEADER: sign(stack.receipt_secret.encode(), raw, int(time.time()), context="sim")})
             assert (r.status_code, r.json()["accepted"]) == (200, 1), r.text
 
     async def recorded():

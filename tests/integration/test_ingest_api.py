@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from services.ingest.api import create_app
 from services.ingest.repository import IngestRepository
@@ -23,11 +25,12 @@ from tests.conftest import Tenant, make_tenant
 from tests.helpers import read_topic, rejected_events
 
 pytestmark = pytest.mark.integration
+RECEIPT_SECRET = secrets.token_urlsafe(24)
 
 
 @pytest.fixture(scope="module")
 async def client(env, pool) -> AsyncIterator[httpx.AsyncClient]:
-    settings = IngestSettings(batch_max_messages=50)
+    settings = IngestSettings(batch_max_messages=50, receipt_secrets={"sim": SecretStr(RECEIPT_SECRET)})
     producer = make_producer(settings, "test-ingest")
     await producer.start()
     repository = IngestRepository(pool)
@@ -154,9 +157,19 @@ async def test_receipts_need_a_valid_signature(client, env) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (401, "signature_missing")
     r = await client.post("/v1/receipts/sim", content=body, headers={**headers, "X-Herald-Signature": sign(b"wrong", body, int(time.time()))})
     assert (r.status_code, r.json()["error"]["code"]) == (401, "signature_invalid")
+    # An unknown gateway is answered as a wrong signature is: the answer does not tell which names exist.
     r = await client.post("/v1/receipts/nowhere", content=body, headers=headers)
-    assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_gateway")
-    signed = {**headers, "X-Herald-Signature": sign(b"sim-receipt-secret", body, int(time.time()))}
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "signature_missing")
+    now = int(time.time())
+    r = await client.post("/v1/receipts/nowhere", content=body,
+                          headers={**headers, "X-Herald-Signature": sign(RECEIPT_SECRET.encode(), body, now, context="nowhere")})
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "signature_invalid")
+    # The signature binds the gateway: one made for another gateway (same secret), or the
+    # unbound v1 form, is refused.
+    for header in (sign(RECEIPT_SECRET.encode(), body, now, context="other"), sign(RECEIPT_SECRET.encode(), body, now)):
+        r = await client.post("/v1/receipts/sim", content=body, headers={**headers, "X-Herald-Signature": header})
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "signature_invalid"), header
+    signed = {**headers, "X-Herald-Signature": sign(RECEIPT_SECRET.encode(), body, now, context="sim")}
     r = await client.post("/v1/receipts/sim", content=body, headers=signed)
     assert r.status_code == 200 and (r.json()["accepted"], r.json()["rejected"]) == (1, 1)
     records = await read_topic(env.bootstrap, RECEIPTS.name(env.prefix), lambda rs: any(gw_id.encode() in r.value for r in rs))

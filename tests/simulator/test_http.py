@@ -409,9 +409,12 @@ async def running(receiver: Receiver, request: pytest.FixtureRequest) -> AsyncIt
 def check_signatures(receiver: Receiver) -> None:
     assert receiver.posts
     for _, body, header in receiver.posts:
-        verify(RECEIPT_SECRET.encode(), body, header, time.time())
+        # Signed for the gateway its URL names (/v1/receipts/sim), and only for it.
+        verify(RECEIPT_SECRET.encode(), body, header, time.time(), context="sim")
         with pytest.raises(SignatureError):
-            verify(b"another secret", body, header, time.time())
+            verify(b"another secret", body, header, time.time(), context="sim")
+        with pytest.raises(SignatureError):
+            verify(RECEIPT_SECRET.encode(), body, header, time.time(), context="other")
 
 
 async def test_every_accepted_submission_gets_exactly_one_signed_receipt(running: Running) -> None:
