@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import secrets
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -184,14 +185,15 @@ def inbound_from(gateway: str, form: dict[str, str]) -> InboundMessage:
 # --- routes ----------------------------------------------------------------------------------
 
 
+UNKNOWN_GATEWAY_TOKEN = secrets.token_hex(16)
+
+
 def create_router(settings: IngestSettings, publisher: Publisher) -> APIRouter:
     router = APIRouter(prefix="/v1/callbacks/twilio", tags=["twilio"])
 
     async def verified_form(gateway: str, request: Request) -> list[tuple[str, str]]:
         """The POST parameters, once the gateway is known and the signature is right."""
         token = settings.twilio_auth_tokens.get(gateway)
-        if token is None:
-            raise ApiError(404, "unknown_gateway", f"no Twilio gateway named {gateway!r} is configured")
         raw = await request.body()
         if len(raw) > MAX_BODY:
             raise ApiError(413, "body_too_large", f"Twilio callbacks are limited to {MAX_BODY} bytes")
@@ -200,9 +202,13 @@ def create_router(settings: IngestSettings, publisher: Publisher) -> APIRouter:
         except UnicodeDecodeError:
             raise ApiError(422, "malformed_form", "body is not UTF-8 form data") from None
         url = called_url(settings.public_url, request)
-        if not signature_matches(token.get_secret_value(), url, params, request.headers.get(SIGNATURE_HEADER)):
+        # An unknown gateway is checked against a random token and answered as a wrong
+        # signature, so the answer does not tell which gateway names exist.
+        matches = signature_matches(token.get_secret_value() if token is not None else UNKNOWN_GATEWAY_TOKEN, url,
+                                    params, request.headers.get(SIGNATURE_HEADER))
+        if token is None or not matches:
             code = "signature_missing" if not request.headers.get(SIGNATURE_HEADER) else "signature_invalid"
-            metrics.RECEIPTS.labels(gateway, code).inc()
+            metrics.RECEIPTS.labels(gateway if token is not None else "unknown", code).inc()
             raise ApiError(401, code, f"{SIGNATURE_HEADER} does not match this request (checked against {url})")
         return params
 

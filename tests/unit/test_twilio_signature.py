@@ -218,10 +218,12 @@ async def test_bad_signature_is_401_in_the_api_error_format(ingest) -> None:
     assert publisher.items == []
 
 
-async def test_unknown_gateway_is_404_and_missing_parameters_422(ingest) -> None:
+async def test_unknown_gateway_is_answered_as_a_bad_signature_and_missing_parameters_422(ingest) -> None:
     client, publisher = ingest
-    r = await post(client, "/v1/callbacks/twilio/other/status", status_params("delivered"))
-    assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_gateway")
+    r = await post(client, "/v1/callbacks/twilio/other/status", status_params("delivered"), signature="")
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "signature_missing")
+    r = await post(client, "/v1/callbacks/twilio/other/status", status_params("delivered"))  # signed with tw's token
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "signature_invalid")
     r = await post(client, "/v1/callbacks/twilio/tw/status", [("MessageSid", "SM1")])
     assert (r.status_code, r.json()["error"]["code"]) == (422, "validation_failed")
     assert r.json()["error"]["details"] == [{"loc": "form.MessageStatus", "code": "missing", "msg": "field required"}]
