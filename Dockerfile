@@ -5,29 +5,32 @@
 #   docker run --rm herald python -m services.ingest
 #   docker run --rm herald python -m shared.cli migrate      (the `herald migrate` command)
 # Configuration comes from HERALD_* / HERALD_SIM_* environment variables (docs/configuration.md).
+#
+# Dependencies come from a lock file with hashes (requirements/*.lock, `make lock`): the
+# production image installs requirements/runtime.lock, which leaves out the gateway
+# simulator's aiohttp and smpp34. docker-compose.yml builds with HERALD_LOCK=simulator, whose
+# image can also run `python -m services.simulator`.
 
-# --- build: wheels for the dependencies (cached while pyproject.toml does not change), then Herald
+# --- build: a virtualenv with the locked dependencies (hash-checked), then Herald itself
 FROM python:3.11-slim AS build
+ARG HERALD_LOCK=runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > requirements.txt \
-    && pip wheel --wheel-dir /wheels -r requirements.txt
-# .dockerignore lets in only pyproject.toml, README.md, shared/ and services/.
+COPY requirements/ requirements/
+RUN python -m venv /opt/herald \
+    && /opt/herald/bin/pip install --require-hashes --no-deps -r "requirements/${HERALD_LOCK}.lock"
+# .dockerignore lets in only pyproject.toml, README.md, requirements/, shared/ and services/.
 COPY . .
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN /opt/herald/bin/pip install --no-deps .
 
-# --- runtime: the installed package only (no source tree), as an unprivileged user
+# --- runtime: the virtualenv only (no source tree), as an unprivileged user
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PATH=/opt/herald/bin:$PATH
 RUN groupadd --system --gid 10001 herald \
     && useradd --system --uid 10001 --gid herald --home-dir /app --no-create-home --shell /usr/sbin/nologin herald
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels herald
+COPY --from=build /opt/herald /opt/herald
 WORKDIR /app
 USER herald:herald
 # ingest, scheduler, dispatcher, reports (HERALD_HTTP_PORT); simulator API and control ports

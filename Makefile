@@ -5,13 +5,30 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: run test unit stop bench infra-start infra-stop infra-status clean
+LOCK   := requirements/dev.lock
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --generate-hashes --no-header -q
 
-$(STAMP): pyproject.toml
+.PHONY: run test unit stop bench lock audit infra-start infra-stop infra-status clean
+
+# Every dependency from the lock file, versions and hashes checked; then Herald itself.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -e '.[test]'
+	$(PIP) --require-hashes -r $(LOCK)
+	$(PIP) --no-deps -e .
 	@touch $(STAMP)
+
+## lock: regenerate requirements/*.lock (hashes) from pyproject.toml after changing a dependency
+lock: $(STAMP)
+	$(PIP) uv
+	$(UV_COMPILE) -o requirements/runtime.lock
+	$(UV_COMPILE) --extra simulator -o requirements/simulator.lock
+	$(UV_COMPILE) --extra test -o requirements/dev.lock
+
+## audit: known vulnerabilities in the locked set (needs PyPI's JSON API or OSV on the network)
+audit: $(STAMP)
+	$(PIP) pip-audit
+	$(BIN)/pip-audit --strict -r requirements/dev.lock --require-hashes --disable-pip
 
 ## run: start Kafka, PostgreSQL, the four services and the gateway simulator, and run the demo
 run: $(STAMP)
