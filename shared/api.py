@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import AuthError, Principal, authenticate
 from shared.errors import field_errors
+from shared.http_guard import principal_from_scope
 
 
 class ApiError(Exception):
@@ -69,7 +70,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "body_too_large"}.get(
+            exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
 
@@ -85,7 +87,8 @@ def principal_dependency(scope: str) -> Callable[[Request], Awaitable[Principal]
     """A FastAPI dependency that authenticates the key and checks ``scope``."""
 
     async def dependency(request: Request) -> Principal:
-        principal = await authenticate(request.app.state.pool, api_key_from(request))
+        # Authenticated already, from the headers, by the RequestGuard (before the body was read)?
+        principal = principal_from_scope(request.scope) or await authenticate(request.app.state.pool, api_key_from(request))
         principal.require(scope)
         return principal
 

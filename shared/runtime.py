@@ -29,11 +29,12 @@ class _Server(uvicorn.Server):
         yield
 
 
-def http_server(app: FastAPI, host: str, port: int, graceful_s: float) -> _Server:
+def http_server(app: FastAPI, host: str, port: int, graceful_s: float, max_concurrency: int | None = None) -> _Server:
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        limit_concurrency=max_concurrency,
         log_config=None,
         access_log=False,
         lifespan="off",

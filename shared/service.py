@@ -119,7 +119,8 @@ async def run_service(
         app = wiring.app or FastAPI(title=f"Herald {name}", docs_url=None, redoc_url=None, openapi_url=None)
         if wiring.app is None:
             add_ops_routes(app, readiness)
-        server = http_server(app, settings.http_host, settings.http_port, settings.shutdown_timeout_s)
+        server = http_server(app, settings.http_host, settings.http_port, settings.shutdown_timeout_s,
+                             settings.http_max_concurrency)
 
         def stop_http() -> None:
             server.should_exit = True

@@ -52,6 +52,12 @@ class ServiceSettings(KafkaSettings, DatabaseSettings):
 
     http_host: str = Field("127.0.0.1", description="Address the HTTP server binds (0.0.0.0 in containers)")
     http_port: int = Field(38080, description="Port of the API, /healthz, /readyz and /metrics")
+    http_max_concurrency: int = Field(
+        1000, ge=1, description="Connections and requests handled at once; above it new ones get 503 at once"
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest a request body may take to arrive (408 body_timeout after it)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
     log_format: Literal["json", "text"] = Field("json", description="json (one object per line) or text")
     shutdown_timeout_s: float = Field(15.0, gt=0, description="Bound on graceful shutdown")

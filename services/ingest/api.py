@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Request, Response
@@ -23,9 +25,10 @@ from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
 from services.ingest.twilio_callbacks import create_router as twilio_router
 from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
-from shared.auth import Principal
+from shared.auth import Principal, authenticate
 from shared.contracts import MessageRequest, utcnow
 from shared.events import receipt_event
+from shared.http_guard import BodyRule, GuardPolicy, RequestGuard
 from shared.kafka import YIELD_EVERY, Outgoing, Publisher, rejection
 from shared.phones import PhoneError, parse_e164
 from shared.signatures import HEADER as SIGNATURE_HEADER
@@ -70,6 +73,21 @@ def _trace_id(request: Request) -> str:
     return value[:64] if value else uuid.uuid4().hex
 
 
+def guard_policy(settings: IngestSettings) -> GuardPolicy:
+    """Body limits per route, and which paths are answered without an API key (shared/http_guard.py)."""
+    return GuardPolicy(
+        rules=[
+            BodyRule.of("POST", r"^/v1/messages$", settings.message_body_max_bytes),
+            BodyRule.of("POST", r"^/v1/(messages|events)/batch$", settings.batch_body_max_bytes),
+            BodyRule.of("POST", r"^/v1/receipts/[^/]+$", MAX_RECEIPT_BODY),
+            BodyRule.of("POST", r"^/v1/contacts/import$", settings.import_body_max_bytes, settings.import_body_timeout_s),
+        ],
+        default_max_bytes=settings.body_max_bytes,
+        # Gateways authenticate these with signatures over the body, not with API keys.
+        keyless=[re.compile(r"^/v1/receipts/"), re.compile(r"^/v1/callbacks/")],
+    )
+
+
 def create_app(
     settings: IngestSettings,
     pool: Any,
@@ -84,6 +102,8 @@ def create_app(
         description="Send SMS: single messages, batches, suppressions, and gateway receipt callbacks.",
     )
     app.state.pool = pool
+    app.add_middleware(RequestGuard, policy=guard_policy(settings), authenticate=partial(authenticate, pool),
+                       body_timeout_s=settings.http_body_timeout_s)
     install_error_handlers(app)
     add_ops_routes(app, readiness)
     app.include_router(twilio_router(settings, publisher))

@@ -21,6 +21,19 @@ class IngestSettings(ConsumerSettings):
         description="Batch requests (message batches, gateway receipt posts) worked on at once per process; the "
         "others wait their turn, so single requests such as one-time codes are not queued behind them",
     )
+    body_max_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest request body of a route without a limit of its own (413 above it)"
+    )
+    message_body_max_bytes: int = Field(64 * 1024, ge=1024, description="Largest body of POST /v1/messages")
+    batch_body_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024,
+        description="Largest body of POST /v1/messages/batch and POST /v1/events/batch (batches are capped in bytes "
+        "as well as in count)",
+    )
+    import_body_max_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Largest file of POST /v1/contacts/import (streamed, never held whole)"
+    )
+    import_body_timeout_s: float = Field(900.0, gt=0, description="Longest a contacts import may take to upload")
     events_batch_max: int = Field(1000, ge=1, le=10_000, description="Most contact events in one POST /v1/events/batch")
     smart_encoding: bool = Field(True, description="Replace typographic characters so texts stay GSM-7")
     receipt_secrets: dict[str, SecretStr] = Field(

@@ -38,6 +38,8 @@ def _default(cls: type[BaseSettings], name: str) -> str:
         if name == "instance_id":
             return "hostname-pid"
         value: Any = info.default_factory()  # type: ignore[call-arg]
+        if isinstance(value, SecretStr) and value != info.default_factory():  # type: ignore[call-arg]
+            return "random per process (secret)"
     else:
         value = info.default
     if isinstance(value, SecretStr):  # defaults in the code are not secrets; real ones come from the env
