@@ -182,11 +182,15 @@ async def test_failure_modes_become_refusals(sim: Stack, mode: dict[str, Any], c
     assert (outcome.code, outcome.retriable) == (code, retriable)
 
 
-@pytest.mark.parametrize("status", [500, 502, 504])
-async def test_server_errors_after_sending_are_unknown(sim: Stack, status: int) -> None:
+@pytest.mark.parametrize(
+    "mode",
+    [{"mode": "fail", "status": 500}, {"mode": "fail", "status": 502}, {"mode": "fail", "status": 504},
+     {"mode": "fail_after_accept", "status": 504}],
+)
+async def test_server_errors_after_sending_are_unknown(sim: Stack, mode: dict[str, Any]) -> None:
     """Twilio may have created the message before the error: looked up, never resent blindly."""
     gateway = twilio(sim)
-    control(sim, {"mode": "fail", "status": status})
+    control(sim, mode)
     try:
         (outcome,) = await gateway.submit_many([message()])
     finally:
