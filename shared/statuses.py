@@ -2,6 +2,11 @@
 
 A status only moves forward: an event whose status ranks lower than the stored one is
 kept in the timeline but does not change the message. The first final status wins.
+
+``unknown`` is where a message ends when Herald cannot tell whether the gateway received it
+(the answer to its submission was lost and the gateway cannot be asked). It is not ``failed``:
+the SMS may well have gone out, so it must not be sent again. It ranks below ``submitted``, so
+whatever is learnt later (the gateway's id from a lookup, a receipt) still moves it on.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ class Status(StrEnum):
     SCHEDULED = "scheduled"  # the scheduler holds it until a later time (quiet hours, send_at)
     QUEUED = "queued"  # the scheduler released it to the dispatcher
     SUBMITTED = "submitted"  # a gateway took it and gave an id
+    UNKNOWN = "unknown"  # sent, but whether the gateway received it cannot be determined (not resent)
     DELIVERED = "delivered"
     UNDELIVERED = "undelivered"  # the network could not deliver it (receipt)
     FAILED = "failed"  # Herald or the gateway refused it permanently
@@ -31,10 +37,15 @@ FINAL: frozenset[Status] = frozenset(
     {Status.DELIVERED, Status.UNDELIVERED, Status.FAILED, Status.SUPPRESSED, Status.REJECTED, Status.EXPIRED}
 )
 
+# Where a message may end: the final statuses, and ``unknown`` (Herald does nothing more with
+# it, yet a later answer from the gateway still moves it on).
+SETTLED: frozenset[Status] = FINAL | {Status.UNKNOWN}
+
 RANK: dict[Status, int] = {
     Status.ACCEPTED: 10,
     Status.SCHEDULED: 20,
     Status.QUEUED: 30,
+    Status.UNKNOWN: 35,
     Status.SUBMITTED: 40,
     **{status: 100 for status in FINAL},
 }
@@ -42,6 +53,10 @@ RANK: dict[Status, int] = {
 
 def is_final(status: Status) -> bool:
     return status in FINAL
+
+
+def is_settled(status: Status) -> bool:
+    return status in SETTLED
 
 
 class ReceiptStatus(StrEnum):

@@ -55,7 +55,9 @@ class Job:
     skipped: tuple[str, ...] = ()  # gateways passed over for it so far (timeline)
 
 
-_STATE_STATUS = {"submitted": Status.SUBMITTED, "failed": Status.FAILED, "expired": Status.EXPIRED}
+_STATE_STATUS = {
+    "submitted": Status.SUBMITTED, "failed": Status.FAILED, "expired": Status.EXPIRED, "unknown": Status.UNKNOWN,
+}
 
 
 def status_event(job: Job, finish: Finish) -> Outgoing:
@@ -385,9 +387,12 @@ class Reconciler:
             try:
                 found = await self.sender.gateways[gateway_name].lookup(message)
             except LookupUnsupported:
-                finished.append((job, Finish(message.message_id, "failed", gateway_name, None, job.attempts,
+                # Not failed: the SMS may well have gone out. Status unknown, not resent; a
+                # receipt arriving later (on a new bind, say) still moves it on.
+                metrics.OUTCOME_UNKNOWN.labels(gateway_name).inc()
+                finished.append((job, Finish(message.message_id, "unknown", gateway_name, None, job.attempts,
                                              "submit_outcome_unknown",
-                                             "the gateway cannot confirm whether it received the message; not resent to avoid a duplicate")))
+                                             "the gateway cannot confirm whether it received the message; not resent")))
                 continue
             except LookupPending:
                 unreachable.append(message.message_id)

@@ -30,3 +30,8 @@ ROUTE_DECISIONS = Counter(
     "herald_dispatcher_route_decisions_total", "Routing decisions by route, gateway and failover", ["route", "gateway", "failover"]
 )
 EXPIRED = Counter("herald_dispatcher_expired_total", "Messages not sent because their validity ended")
+OUTCOME_UNKNOWN = Counter(
+    "herald_dispatcher_outcome_unknown_total",
+    "Messages ended with status unknown: the gateway could not tell whether it received them",
+    ["gateway"],
+)

@@ -58,12 +58,13 @@ class VariantResults(BaseModel):
     targeted: int = Field(description="Messages accepted for the campaign")
     skipped: dict[str, int] = Field(description="Messages not sent, by reason code (suppressed, consent, caps…)")
     skipped_total: int
-    pending: int = Field(description="Messages without a final status yet")
+    pending: int = Field(description="Messages without a final status yet (unknown ones excluded)")
     sent: int = Field(description="Messages submitted to a gateway")
     delivered: int
     undelivered: int
     failed: int
     expired: int
+    unknown: int = Field(0, description="Messages whose submission outcome Herald could not determine (not resent)")
     delivery_rate: float | None = Field(description="delivered / sent")
     clicks_total: int = Field(description="Clicks by people (bots and previews excluded)")
     clicks_unique: int = Field(description="Messages clicked at least once by a person")

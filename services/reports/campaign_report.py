@@ -32,7 +32,8 @@ SELECT variant, count(*) AS targeted,
        count(*) FILTER (WHERE status = 'undelivered') AS undelivered,
        count(*) FILTER (WHERE status = 'failed') AS failed,
        count(*) FILTER (WHERE status = 'expired') AS expired,
-       count(*) FILTER (WHERE status_rank < 100) AS pending,
+       count(*) FILTER (WHERE status = 'unknown') AS unknown,
+       count(*) FILTER (WHERE status_rank < 100 AND status <> 'unknown') AS pending,
        coalesce(sum(segments) FILTER (WHERE submitted_at IS NOT NULL), 0) AS segments
 FROM messages WHERE campaign_id = $1 AND status_rank > 0 GROUP BY variant
 """
@@ -108,7 +109,7 @@ def _rate(part: int, whole: int) -> float | None:
 def _empty() -> dict[str, Any]:
     return {
         "targeted": 0, "skipped": {}, "skipped_total": 0, "pending": 0, "sent": 0, "delivered": 0,
-        "undelivered": 0, "failed": 0, "expired": 0, "delivery_rate": None, "clicks_total": 0,
+        "undelivered": 0, "failed": 0, "expired": 0, "unknown": 0, "delivery_rate": None, "clicks_total": 0,
         "clicks_unique": 0, "bot_clicks": 0, "click_rate": None, "conversions": 0, "revenue": {},
         "conversion_rate": None, "segments": 0,
     }
@@ -155,8 +156,8 @@ def build(
 
     for r in messages:
         v = row_for(r["variant"])
-        for key in ("targeted", "sent", "delivered", "undelivered", "failed", "expired", "pending", "segments"):
-            v[key] += int(r[key])
+        for key in ("targeted", "sent", "delivered", "undelivered", "failed", "expired", "unknown", "pending", "segments"):
+            v[key] += int(r.get(key) or 0)  # rows without a column count it as 0
     for r in skipped:
         v = row_for(r["variant"])
         v["skipped"][r["reason_code"]] = v["skipped"].get(r["reason_code"], 0) + int(r["n"])

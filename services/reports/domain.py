@@ -1,6 +1,7 @@
 """How events change a message's recorded state. Pure: no I/O, time comes with the events.
 
-Rules: a status only moves forward (by rank); the first final status wins; descriptive
+Rules: a status only moves forward (by rank); the first final status wins (``unknown``
+ranks below ``submitted``: a later submission or receipt moves it on); descriptive
 fields are filled by whichever event brings them first; every event lands in the timeline
 once (by event id). Events may arrive in any order across topics.
 
@@ -22,7 +23,7 @@ from shared.contracts import (
     MessageAccepted,
     MessageStatusChanged,
 )
-from shared.statuses import FINAL, RANK, RECEIPT_TO_STATUS, Status
+from shared.statuses import FINAL, RANK, RECEIPT_TO_STATUS, SETTLED, Status
 
 DESCRIPTIVE = (
     "to_e164", "country", "type", "sender", "encoding", "segments", "source",
@@ -194,10 +195,13 @@ def fold(state: MessageState, changes: list[Change]) -> tuple[MessageState, list
         if status is not None and state.rank < final_rank and RANK[status] > state.rank:
             updates["status"] = status
             updates["rank"] = RANK[status]
-            if status in FINAL:
+            if status in SETTLED:
                 updates["final_at"] = status_at
                 updates["reason_code"] = change.reason_code
                 updates["reason"] = change.reason
+            elif state.status is Status.UNKNOWN:
+                # unknown resolved (the gateway had it after all): no longer an end state
+                updates["final_at"] = updates["reason_code"] = updates["reason"] = None
             new_state = replace(state, **updates)
             transitions.append(Transition(state.message_id, state.status if state.rank else None, status, new_state))
             state = new_state

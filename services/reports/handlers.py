@@ -15,7 +15,7 @@ from services.reports.domain import Change, Transition, fold, from_accepted, fro
 from services.reports.repository import ReportsRepository
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
 from shared.kafka import Incoming, Outgoing
-from shared.statuses import FINAL, Status
+from shared.statuses import SETTLED, Status
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,22 @@ def observe(transitions: list[Transition]) -> None:
             metrics.MESSAGES_SUBMITTED.labels(mtype, gateway).inc()
             if s.accepted_at and s.submitted_at:
                 metrics.ACCEPT_TO_SUBMIT.labels(mtype).observe(max(0.0, (s.submitted_at - s.accepted_at).total_seconds()))
-        if t.new in FINAL:
+        if t.old is Status.UNKNOWN:
+            metrics.UNKNOWN_RESOLVED.labels(t.new.value, gateway).inc()
+        if t.new in SETTLED:
             metrics.MESSAGES_FINAL.labels(t.new.value, mtype, gateway).inc()
             if s.submitted_at and s.final_at:
                 metrics.SUBMIT_TO_FINAL.labels(t.new.value).observe(max(0.0, (s.final_at - s.submitted_at).total_seconds()))
+
+
+def _message_ref(receipt: DeliveryReceipt) -> uuid.UUID | None:
+    """Herald's message id when the gateway echoed it in the receipt."""
+    if not receipt.client_ref:
+        return None
+    try:
+        return uuid.UUID(receipt.client_ref)
+    except ValueError:
+        return None
 
 
 class StatusHandler:
@@ -97,16 +109,32 @@ class StatusHandler:
             # make sure messages exist before resolving receipts against them
             transitions = await record(repo, changes)
             known = await repo.resolve_refs([(r.gateway, r.gateway_message_id) for _, _, r in receipts])
+            # A message whose outcome is unknown has no gateway id: a receipt that echoes
+            # Herald's id (client_ref) for it, from the gateway it was sent to, settles it.
+            by_reference = await repo.resolve_unknown([
+                (r.gateway, ref) for _, _, r in receipts
+                if (r.gateway, r.gateway_message_id) not in known and (ref := _message_ref(r)) is not None
+            ])
             receipt_changes: list[Change] = []
             parked = []
+            late_refs: list[tuple[str, str, uuid.UUID]] = []
             for event_id, occurred_at, receipt in receipts:
                 found = known.get((receipt.gateway, receipt.gateway_message_id))
+                ref = _message_ref(receipt)
+                if found is None and ref is not None and ref in by_reference:
+                    found = (ref, by_reference[ref])
+                    late_refs.append((receipt.gateway, receipt.gateway_message_id, ref))
                 if found is None:
                     parked.append((event_id, receipt.gateway, receipt.gateway_message_id, receipt.model_dump_json()))
                 else:
                     receipt_changes.append(from_receipt(event_id, found[0], found[1], occurred_at, receipt))
             await repo.park_receipts(parked)
             receipt_changes += _parked_changes(await repo.take_matched_receipts([(g, i) for g, i, _ in refs]))
+            unknown_now = [t.message_id for t in transitions if t.new is Status.UNKNOWN]
+            for row in await repo.take_parked_for_unknown(unknown_now):
+                late_refs.append((row["gateway"], row["gateway_message_id"], row["message_id"]))
+                receipt_changes += _parked_changes([row])
+            await repo.add_refs(late_refs)
             transitions += await record(repo, receipt_changes)
         metrics.RECEIPTS_PARKED.inc(len(parked))
         observe(transitions)

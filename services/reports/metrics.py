@@ -3,7 +3,12 @@ from prometheus_client import Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 MESSAGES_FINAL = Counter(
-    "herald_messages_final_total", "Messages that reached a final status", ["status", "type", "gateway"]
+    "herald_messages_final_total", "Messages that reached a final status (or unknown: the outcome cannot be told)",
+    ["status", "type", "gateway"],
+)
+UNKNOWN_RESOLVED = Counter(
+    "herald_messages_unknown_resolved_total", "Messages that left status unknown, by the status they moved to",
+    ["status", "gateway"],
 )
 MESSAGES_SUBMITTED = Counter("herald_messages_submitted_total", "Messages submitted to a gateway", ["type", "gateway"])
 ACCEPT_TO_SUBMIT = Histogram(

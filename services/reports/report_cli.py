@@ -17,7 +17,7 @@ from rich.text import Text
 
 ROWS = (
     ("targeted", "targeted"), ("skipped_total", "skipped"), ("sent", "sent"), ("delivered", "delivered"),
-    ("undelivered", "undelivered"), ("failed", "failed"), ("delivery_rate", "delivery rate"),
+    ("undelivered", "undelivered"), ("failed", "failed"), ("unknown", "unknown (not resent)"), ("delivery_rate", "delivery rate"),
     ("clicks_unique", "clicks (unique)"), ("clicks_total", "clicks (total)"), ("bot_clicks", "bot clicks"),
     ("click_rate", "click rate"), ("conversions", "conversions"), ("conversion_rate", "conversion rate"),
     ("revenue", "revenue"), ("segments", "segments"),

@@ -62,6 +62,32 @@ class ReportsRepository:
         )
         return {(r["gateway"], r["gateway_message_id"]): (r["message_id"], r["tenant_id"]) for r in rows}
 
+    async def resolve_unknown(self, items: list[tuple[str, uuid.UUID]]) -> dict[uuid.UUID, str]:
+        """(gateway, Herald's message id echoed in a receipt) of messages whose outcome is
+        unknown and that were sent on that gateway → their tenant."""
+        if not items:
+            return {}
+        gateways, ids = (list(x) for x in zip(*items, strict=True))
+        rows = await self.conn.fetch(
+            "SELECT m.message_id, m.tenant_id FROM messages m JOIN unnest($1::text[], $2::uuid[]) AS k(gw, id)"
+            " ON m.message_id = k.id AND m.gateway = k.gw WHERE m.status = 'unknown'",
+            gateways, ids,
+        )
+        return {r["message_id"]: r["tenant_id"] for r in rows}
+
+    async def take_parked_for_unknown(self, message_ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+        """Remove and return parked receipts that echo the id of one of these messages, now
+        unknown (the receipt came before the dispatcher gave up asking)."""
+        if not message_ids:
+            return []
+        return await self.conn.fetch(
+            "DELETE FROM pending_receipts p USING messages m"
+            " WHERE p.receipt->>'client_ref' = ANY($1::text[]) AND m.message_id::text = p.receipt->>'client_ref'"
+            " AND m.gateway = p.gateway AND m.status = 'unknown'"
+            " RETURNING p.event_id, p.receipt, p.received_at, m.message_id, m.tenant_id, p.gateway, p.gateway_message_id",
+            [str(i) for i in message_ids],
+        )
+
     async def park_receipts(self, parked: list[tuple[uuid.UUID, str, str, str]]) -> None:
         """Keep receipts whose submission is not recorded yet: (event id, gateway, id, receipt JSON)."""
         if parked:

@@ -43,7 +43,7 @@ from shared.contracts import ReplyForwardedEvent, derived_event_id
 from shared.kafka import Incoming, Outgoing
 from shared.signatures import HEADER as SIGNATURE_HEADER
 from shared.signatures import sign
-from shared.statuses import FINAL, RANK, Status
+from shared.statuses import RANK, SETTLED, Status
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def event_id(message_id: uuid.UUID, status: Status) -> uuid.UUID:
 
 def _note(state: MessageState, url: str, status: Status, previous: Status | None, occurred_at: datetime | None,
           change: Change | None) -> Notification:
-    final = status in FINAL
+    final = status in SETTLED
     reason_code = change.reason_code if change else None
     reason = change.reason if change else None
     if final and reason_code is None and state.status is status:
@@ -110,7 +110,7 @@ def _catch_up(before: MessageState, after: MessageState) -> list[Notification]:
     steps: list[tuple[Status, datetime | None]] = [(Status.ACCEPTED, after.accepted_at)]
     if after.submitted_at is not None:
         steps.append((Status.SUBMITTED, after.submitted_at))
-    current_at = before.final_at if before.status in FINAL else None
+    current_at = before.final_at if before.status in SETTLED else None
     steps.append((before.status, current_at or (after.submitted_at if before.status is Status.SUBMITTED else None)))
     notes: list[Notification] = []
     previous: Status | None = None

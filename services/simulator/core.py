@@ -47,7 +47,7 @@ ERROR_CODES: dict[Outcome, str] = {
     Outcome.FAILED: "002",
 }
 
-MODES = ("normal", "fail", "slow", "refuse", "partial_fail")
+MODES = ("normal", "fail", "slow", "refuse", "partial_fail", "fail_after_accept")
 
 
 def iso_utc(ts: float) -> str:
@@ -194,7 +194,7 @@ class FailureMode:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode}
-        if self.mode in ("fail", "partial_fail"):
+        if self.mode in ("fail", "partial_fail", "fail_after_accept"):
             out["status"] = self.status
         if self.mode == "slow":
             out["delay_ms"] = self.delay_ms
@@ -245,12 +245,15 @@ def parse_control(obj: Any) -> ControlUpdate:
             "fail": {"status"},
             "slow": {"delay_ms"},
             "partial_fail": {"status", "fail_rate"},
+            "fail_after_accept": {"status"},
         }[name]
         extra = {"status", "delay_ms", "fail_rate"} & obj.keys() - allowed
         if extra:
             raise ControlError(f"mode {name} takes no {', '.join(sorted(extra))}")
         if name == "fail":
             mode = FailureMode("fail", status=_error_status(obj.get("status", 503)))
+        elif name == "fail_after_accept":
+            mode = FailureMode("fail_after_accept", status=_error_status(obj.get("status", 504)))
         elif name == "slow":
             if "delay_ms" not in obj:
                 raise ControlError("mode slow needs delay_ms")
@@ -351,6 +354,7 @@ class Gate:
 
     delay_s: float = 0.0
     reject: RequestError | None = None
+    after_accept: RequestError | None = None  # take the submissions, then answer this error
 
 
 def unavailable(status: int) -> RequestError:
@@ -360,6 +364,11 @@ def unavailable(status: int) -> RequestError:
     if status < 500:
         return RequestError("rejected", f"the gateway refuses submissions (simulated HTTP {status})", status)
     return RequestError("unavailable", "the gateway is unavailable, try again later", status)
+
+
+def gateway_timeout(status: int) -> RequestError:
+    """The error of ``fail_after_accept``: answered after the submissions were taken."""
+    return RequestError("gateway_timeout", "no answer from the upstream in time", status)
 
 
 @dataclass
@@ -444,6 +453,9 @@ class Simulator:
             return Gate(reject=unavailable(mode.status or 503))
         if mode.mode == "slow":
             return Gate(delay_s=mode.delay_ms / 1000.0)
+        if mode.mode == "fail_after_accept":
+            # like a proxy that timed out while the provider kept working
+            return Gate(after_accept=gateway_timeout(mode.status or 504))
         if mode.mode == "refuse":
             # Only reached by a request that raced the closing of the listener.
             return Gate(reject=unavailable(503))

@@ -161,6 +161,8 @@ def create_api_app(
     def reject(request: web.Request, err: RequestError) -> web.Response:
         sim.count_rejection(err.code)
         resp = error_response(err.status, err.code, err.message)
+        if err.status == 503 and err.code == "unavailable":
+            resp.headers["Retry-After"] = "1"  # "try again later": nothing was taken
         if sim.failure.mode == "refuse":
             resp.force_close()
         return resp
@@ -194,9 +196,11 @@ def create_api_app(
         if early is not None:
             return early
         try:
-            return web.json_response(accept_one(await _read_json(request)))
+            answer = accept_one(await _read_json(request))
         except RequestError as err:
             return reject(request, err)
+        after = sim.gate().after_accept
+        return reject(request, after) if after is not None else web.json_response(answer)
 
     async def submit_batch(request: web.Request) -> web.Response:
         early = await admit(request)
@@ -213,6 +217,9 @@ def create_api_app(
             except RequestError as err:
                 sim.count_rejection(err.code)
                 results.append({"client_ref": client_ref_of(obj), "error": err.to_json()})
+        after = sim.gate().after_accept
+        if after is not None:  # fail_after_accept: every message was taken, the answer is lost
+            return reject(request, after)
         return web.json_response({"results": results})
 
     async def lookup(request: web.Request) -> web.Response:

@@ -59,7 +59,7 @@ HEADER = struct.Struct(">IIII")
 RESP = 0x80000000
 GENERIC_NACK = 0x80000000
 BIND_RECEIVER, BIND_TRANSMITTER, BIND_TRANSCEIVER = 0x01, 0x02, 0x09
-SUBMIT_SM, DELIVER_SM, UNBIND, ENQUIRE_LINK = 0x04, 0x05, 0x06, 0x15
+QUERY_SM, SUBMIT_SM, DELIVER_SM, UNBIND, ENQUIRE_LINK = 0x03, 0x04, 0x05, 0x06, 0x15
 BIND_MODES = {BIND_RECEIVER: "receiver", BIND_TRANSMITTER: "transmitter", BIND_TRANSCEIVER: "transceiver"}
 
 ESME_ROK = 0x00
@@ -72,6 +72,7 @@ ESME_RINVDSTADR = 0x0B
 ESME_RINVPASWD = 0x0E
 ESME_RINVSYSID = 0x0F
 ESME_RSUBMITFAIL = 0x45
+ESME_RQUERYFAIL = 0x67
 ESME_RTHROTTLED = 0x58
 
 TLV_RECEIPTED_MESSAGE_ID = 0x001E
@@ -224,6 +225,11 @@ class ServerSession:
                 elif command_id == UNBIND:
                     self.write(pdu(UNBIND | RESP, seq))
                     break
+                elif command_id == QUERY_SM:
+                    if not self.can_transmit:
+                        self.write(pdu(QUERY_SM | RESP, seq, status=ESME_RINVBNDSTS))
+                    else:
+                        face.on_query(self, seq, body)
                 elif command_id == SUBMIT_SM:
                     if not self.can_transmit:
                         self.write(pdu(SUBMIT_SM | RESP, seq, status=ESME_RINVBNDSTS))
@@ -309,6 +315,8 @@ class SmppFace:
         self.counters = self._zero()
         #: client_ref -> what arrived for it (for tests: GET /stats/smpp/messages?client_ref=)
         self.messages: dict[str, list[dict[str, Any]]] = {}
+        #: Herald's message id (TLV 0x1400) -> ids of the parts accepted for it (query_sm)
+        self.part_ids_by_ref: dict[str, list[str]] = {}
         sim.extra_stats["smpp"] = self.stats
 
     @staticmethod
@@ -326,6 +334,8 @@ class SmppFace:
             "receipts_retried": 0,
             "mo_sent": 0,
             "mo_retried": 0,
+            "query_sm": 0,
+            "submit_sm_unanswered": 0,
         }
 
     # -- listener ----------------------------------------------------------------------------
@@ -392,6 +402,7 @@ class SmppFace:
             self._out.clear()
             self.counters = self._zero()
             self.messages = {}
+            self.part_ids_by_ref = {}
 
     # -- submit_sm ---------------------------------------------------------------------------
 
@@ -403,15 +414,40 @@ class SmppFace:
             self._refuse(session, seq, gate.reject.code, smpp_status(gate.reject.status))
         elif gate.delay_s:
             asyncio.get_running_loop().call_later(gate.delay_s, self._answer_submit, session, seq, raw)
+        elif gate.after_accept is not None:
+            # fail_after_accept: taken, but the submit_sm_resp is lost (the ESME cannot tell)
+            self._answer_submit(session, seq, raw, answer=False)
         else:
             self._answer_submit(session, seq, raw)
+
+    def on_query(self, session: ServerSession, seq: int, body: bytes) -> None:
+        """query_sm by Herald's message id (the reference of TLV 0x1400) or by this SMSC's id:
+        the first part's id with message_state ENROUTE, or ESME_RQUERYFAIL when nothing of
+        the message arrived."""
+        self._check_generation()
+        self.counters["query_sm"] += 1
+        try:
+            (message_id,), _ = _cstrings(body, 1)
+        except ValueError:
+            session.write(pdu(QUERY_SM | RESP, seq, status=ESME_RINVCMDLEN))
+            return
+        ids = self.part_ids_by_ref.get(message_id)
+        if ids:
+            found = ids[0]
+        elif message_id.startswith("smpp-") and any(message_id in v for v in self.part_ids_by_ref.values()):
+            found = message_id
+        else:
+            session.write(pdu(QUERY_SM | RESP, seq, status=ESME_RQUERYFAIL))
+            return
+        # message_id, final_date (empty: not final), message_state 1 (ENROUTE), error_code 0
+        session.write(pdu(QUERY_SM | RESP, seq, found.encode() + b"\x00" + b"\x00" + bytes([1, 0])))
 
     def _refuse(self, session: ServerSession, seq: int, code: str, status: int) -> None:
         self.sim.count_rejection(code)
         self.counters["submit_sm_refused"] += 1
         session.write(pdu(SUBMIT_SM | RESP, seq, status=status))
 
-    def _answer_submit(self, session: ServerSession, seq: int, raw: bytes) -> None:
+    def _answer_submit(self, session: ServerSession, seq: int, raw: bytes, answer: bool = True) -> None:
         if session.closed:
             return  # like a real SMSC that lost the connection: the ESME never learns the outcome
         try:
@@ -443,7 +479,12 @@ class SmppFace:
         text = decode_text(data, sm.data_coding)
         ref = tlvs[TLV_HERALD_MESSAGE_ID].rstrip(b"\x00").decode("utf-8", "replace") if TLV_HERALD_MESSAGE_ID in tlvs else None
         part_id = "smpp-" + uuid.uuid4().hex[:16]
-        session.write(pdu(SUBMIT_SM | RESP, seq, part_id.encode() + b"\x00"))
+        if answer:
+            session.write(pdu(SUBMIT_SM | RESP, seq, part_id.encode() + b"\x00"))
+        else:
+            self.counters["submit_sm_unanswered"] += 1
+        if ref is not None:
+            self.part_ids_by_ref.setdefault(ref, []).append(part_id)
         self.counters["parts"] += 1
         now = self.clock()
         total, number = (concat[1], concat[2]) if concat and concat[1] > 1 else (1, 1)

@@ -104,6 +104,8 @@ class TwilioError(Exception):
         resp = web.json_response(body, status=self.status)
         if self.status == 401:
             resp.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
+        if self.status == 503:
+            resp.headers["Retry-After"] = "1"
         return resp
 
 
@@ -308,6 +310,8 @@ class TwilioFace:
         self._by_to.setdefault(to, []).append(sid)
         self._push(_Due(sub.due_at, next(self._seq), self.sim.generation, sub))
         log.debug("accepted sid=%s ref=%s to=%s", sid, client_ref, mask_phone(to))
+        if gate.after_accept is not None:  # fail_after_accept: created, but the answer is an error
+            return self._reject(failure_error(gate.after_accept))
         return web.json_response(msg.resource(self.account_sid), status=201)
 
     @staticmethod

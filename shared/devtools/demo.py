@@ -33,7 +33,7 @@ from shared.settings import ServiceSettings
 
 STATE = Path(os.environ.get("HERALD_STATE_DIR", REPO / ".herald"))
 PID_FILE = STATE / "stack.json"
-FINAL = ("delivered", "undelivered", "failed", "suppressed", "rejected", "expired")
+FINAL = ("delivered", "undelivered", "failed", "suppressed", "rejected", "expired", "unknown")
 
 
 class _Console(Console):
@@ -205,9 +205,10 @@ def summary(counts: dict[str, int], accepted: int, rejected: dict[str, int], ela
         ("delivered", counts.get("delivered", 0)),
         ("undelivered", counts.get("undelivered", 0)),
         ("failed", counts.get("failed", 0)),
+        ("unknown (outcome could not be determined, not resent)", counts.get("unknown", 0)),
         ("suppressed (opted out, marketing)", counts.get("suppressed", 0)),
         ("rejected (HTTP 4xx): " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())), sum(rejected.values())),
-        ("in a final state", f"{final} of {accepted}"),
+        ("in a final state (unknown included)", f"{final} of {accepted}"),
     ]
     for what, n in rows:
         table.add_row(what, str(n))

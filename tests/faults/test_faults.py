@@ -124,16 +124,19 @@ async def check_outcome(stack: Stack, pool, env, ids: list[str]) -> None:
     await wait_for(no_lag, timeout_s=60, interval_s=1)
 
 
-async def run_scenario(stack: Stack, pool, env, name: str, fault: Callable[[], Awaitable[None]]) -> None:
+async def run_scenario(
+    stack: Stack, pool, env, name: str, fault: Callable[[], Awaitable[None]], messages: int = MESSAGES
+) -> list[str]:
     tenant = await make_tenant(pool)
     run = f"{name}-{random.randrange(10**6)}"
     progress = [0]
-    sender = asyncio.create_task(send_resilient(stack, tenant, run, MESSAGES, progress))
-    await wait_for(lambda: asyncio.sleep(0, result=progress[0] >= MESSAGES // 4 or sender.done()), timeout_s=120)
+    sender = asyncio.create_task(send_resilient(stack, tenant, run, messages, progress))
+    await wait_for(lambda: asyncio.sleep(0, result=progress[0] >= messages // 4 or sender.done()), timeout_s=120)
     await fault()
     ids = await sender
-    assert len(ids) == MESSAGES
+    assert len(ids) == messages
     await check_outcome(stack, pool, env, ids)
+    return ids
 
 
 async def test_kill_each_service_in_turn(stack: Stack, pool, env) -> None:
@@ -174,3 +177,27 @@ async def test_gateway_refuses_connections_for_60_seconds(stack: Stack, pool, en
         httpx.post(control, json={"mode": "normal"}, timeout=60).raise_for_status()
 
     await run_scenario(stack, pool, env, "gateway", refuse)
+
+
+async def test_provider_answers_504_after_accepting(stack: Stack, pool, env) -> None:
+    """For 8 seconds the provider takes every batch but the answer is a 504 (a proxy that timed
+    out): those messages are looked up (GET /v1/sms?client_ref=) and found, none sent again."""
+    control = f"http://127.0.0.1:{stack.ports.simulator_control}/control"
+    stats = f"http://127.0.0.1:{stack.ports.simulator_control}/stats"
+
+    async def answer_504() -> None:
+        httpx.post(control, json={"mode": "fail_after_accept", "status": 504}, timeout=60).raise_for_status()
+        await asyncio.sleep(8)
+        httpx.post(control, json={"mode": "normal"}, timeout=60).raise_for_status()
+
+    ids = await run_scenario(stack, pool, env, "timeout504", answer_504, messages=3000)
+    assert httpx.get(stats, timeout=30).json()["rejected"].get("gateway_timeout", 0) > 0, "no batch was answered 504"
+    looked_up = await pool.fetchval(
+        "SELECT count(DISTINCT message_id) FROM message_events WHERE message_id = ANY($1::uuid[])"
+        " AND status = 'submitted' AND detail->>'route' IS NULL", ids,
+    )
+    assert looked_up > 0, "no message went through the lookup"
+    assert await pool.fetchval(
+        "SELECT count(*) FROM messages WHERE message_id = ANY($1::uuid[]) AND status IN ('failed', 'unknown')"
+        " AND reason_code IN ('retries_exhausted', 'submit_outcome_unknown')", ids,
+    ) == 0

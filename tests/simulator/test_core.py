@@ -450,3 +450,18 @@ def test_settings_defaults_and_env(monkeypatch) -> None:
 def test_settings_validation(kwargs) -> None:
     with pytest.raises(ValidationError):
         SimulatorSettings(**kwargs)
+
+
+def test_fail_after_accept_takes_the_submission_then_answers_an_error() -> None:
+    sim = make_sim()
+    sim.apply(parse_control({"mode": "fail_after_accept"}))
+    gate = sim.gate()
+    assert gate.reject is None and gate.delay_s == 0  # the submission is taken...
+    assert (gate.after_accept.status, gate.after_accept.code) == (504, "gateway_timeout")  # ...the answer is lost
+    assert sim.config() == {**sim.config(), "mode": "fail_after_accept", "status": 504}
+    sim.apply(parse_control({"mode": "fail_after_accept", "status": 502}))
+    assert sim.gate().after_accept.status == 502
+    with pytest.raises(ControlError):
+        parse_control({"mode": "fail_after_accept", "delay_ms": 5})
+    sim.apply(parse_control({"mode": "normal"}))
+    assert sim.gate().after_accept is None

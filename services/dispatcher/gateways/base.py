@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,6 +51,27 @@ class Unknown:
 
 
 Outcome = Submitted | Refused | Unknown
+
+#: HTTP answers that say the request was not acted on and may be sent again at once.
+SAFE_TO_RETRY_HTTP = frozenset({429})
+
+
+def http_error_outcome(
+    status: int, headers: Mapping[str, str], code: str, message: str, retriable: Collection[int] = SAFE_TO_RETRY_HTTP,
+) -> Refused | Unknown:
+    """The outcome of a non-2xx answer to a submission that was sent.
+
+    Only a "not now" that guarantees nothing was done may be retried (possibly on another
+    gateway): 429 (and the ``retriable`` statuses a provider documents so), or 503 with a
+    ``Retry-After``. A 408 or any other 5xx (500, 502, 504: a proxy that timed out while the
+    provider kept working...) may come after the provider accepted the message: the outcome is
+    unknown and must be looked up, never resent blindly. Other 4xx are refusals.
+    """
+    if status in retriable or (status == 503 and headers.get("retry-after")):
+        return Refused(code, message, True)
+    if status >= 500 or status == 408:
+        return Unknown(f"HTTP {status} after sending ({code}: {message})"[:500])
+    return Refused(code, message, False)
 
 
 class LookupUnsupported(Exception):

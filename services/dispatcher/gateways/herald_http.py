@@ -12,10 +12,8 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, SecretStr
 
-from services.dispatcher.gateways.base import GatewayBase, Outcome, Refused, Submitted, Unknown
+from services.dispatcher.gateways.base import GatewayBase, Outcome, Refused, Submitted, Unknown, http_error_outcome
 from shared.contracts import MessageOutbound
-
-RETRIABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
 class HeraldHttpConfig(GatewayBase):
@@ -66,8 +64,8 @@ class HeraldHttpGateway:
             code, message = _error(response)
             if response.status_code == 429:
                 code = "throttled"
-            retriable = response.status_code in RETRIABLE_HTTP
-            return [Refused(code, message, retriable)] * len(chunk)
+            # a 5xx other than 503 + Retry-After may follow an accepted batch: looked up, not resent
+            return [http_error_outcome(response.status_code, response.headers, code, message)] * len(chunk)
         try:
             results = response.json()["results"]
         except (ValueError, KeyError, TypeError):

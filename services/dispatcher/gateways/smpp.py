@@ -82,6 +82,10 @@ RECONNECTS = Counter("herald_smpp_reconnects_total", "Bind attempts that failed 
 
 BindMode = Literal["transceiver", "transmitter+receiver"]
 
+QUERY_SM = 0x00000003
+ESME_RQUERYFAIL = 0x00000067  # query_sm: no such message
+QUERY_SM_TOTAL = Counter("herald_smpp_query_sm_total", "query_sm sent to resolve unknown outcomes, by answer", ["gateway", "answer"])
+
 
 class SmppConfig(GatewayBase):
     """An SMPP 3.4 carrier. ``concurrency`` of the base is not used: ``binds`` × ``window`` caps
@@ -111,6 +115,12 @@ class SmppConfig(GatewayBase):
     use_message_payload: bool = Field(False, description="Long texts in one PDU (message_payload TLV) instead of UDH parts")
     send_message_id_tlv: bool = Field(False, description="Send Herald's message id in TLV 0x1400 (the simulator reads it)")
     retriable_statuses: list[int] = Field(default_factory=list, description="Extra command_status values to retry (vendor codes)")
+    query_sm: bool = Field(
+        False,
+        description="The carrier answers query_sm for Herald's message id (sent in TLV 0x1400: needs send_message_id_tlv);"
+        " ESME_RQUERYFAIL means it never got it. Unset: an unknown outcome stays unknown",
+    )
+    drain_timeout_s: float = Field(10.0, ge=0, description="On a graceful stop, how long submit_sm in flight may take to be answered")
     multipart_retry_s: float = Field(30.0, ge=0, description="How long parts 2..n are retried once part 1 was accepted")
     receipt_id_conversion: IdConversion = Field("none", description="Convert the id of a receipt text: none, dec_to_hex, hex_to_dec")
     receipt_timezone: str = Field("UTC", description="Time zone of the dates in receipt texts (IANA name)")
@@ -430,6 +440,9 @@ class SmppGateway:
         self._reassembler = Reassembler(config.mo_reassembly_timeout_s)
         self._tz = ZoneInfo(config.receipt_timezone)
         self._closing = False
+        self._draining = False
+        self._in_flight = 0  # submit_sm written and not answered yet
+        self._drained = asyncio.Event()
         self._started = False
         self.stats = {"binds": 0, "reconnects": 0, "throttled": 0}
         try:
@@ -482,9 +495,30 @@ class SmppGateway:
         finally:
             self._waiters.discard(waiter)
 
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking new submit_sm and wait (up to ``timeout``) until every submit_sm in flight
+        has its answer, so a graceful stop leaves no outcome unknown. True when all came."""
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._in_flight:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("SMPP %s: %d submit_sm still unanswered after %.1fs of draining",
+                            self.name, self._in_flight, timeout)
+                return False
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), left)
+            except TimeoutError:
+                pass
+        return True
+
     async def close(self) -> None:
-        """Unbind every session, then stop the supervisors. Receipts and MO not yet handed to
-        the sink stay unanswered: the SMSC sends them again to the next bind."""
+        """Let the submit_sm in flight be answered (``drain_timeout_s``), unbind every session,
+        then stop the supervisors. Receipts and MO not yet handed to the sink stay unanswered:
+        the SMSC sends them again to the next bind."""
+        await self.drain(self.config.drain_timeout_s)
         self._closing = True
         sessions = list(self._sessions)  # before the supervisors, whose exit forgets them
         await asyncio.gather(*(s.unbind() for s in sessions), return_exceptions=True)
@@ -560,7 +594,31 @@ class SmppGateway:
     # -- submit ------------------------------------------------------------------------------
 
     async def lookup(self, message: MessageOutbound) -> str | None:
-        raise LookupUnsupported("SMPP has no query by Herald's reference (query_sm needs the SMSC's id)")
+        """The SMSC's id for ``message`` by query_sm, where the carrier supports a query by
+        Herald's message id (``query_sm``); None when it answers ESME_RQUERYFAIL (never got it).
+        Raises :class:`LookupUnsupported` otherwise (plain SMPP 3.4 queries by the SMSC's id,
+        which is just what a lost submit_sm_resp did not bring)."""
+        config = self.config
+        if not (config.query_sm and config.send_message_id_tlv):
+            raise LookupUnsupported("this SMSC cannot be asked by Herald's reference (query_sm not enabled)")
+        self.start()
+        session = await self._choose()
+        if session is None:
+            raise SessionClosed("no bound SMPP session for query_sm")
+        source, s_ton, s_npi = address(message.sender or config.default_sender, config.source_addr_ton, config.source_addr_npi)
+        body = cstring(str(message.message_id), 65, "message id") + bytes([s_ton, s_npi]) + cstring(source, 21, "source_addr")
+        resp = await session.request(QUERY_SM, body, config.timeout_s)
+        if resp.command_id == QUERY_SM | RESP and resp.status == ESME_ROK:
+            found = decode_message_id(resp.body)
+            QUERY_SM_TOTAL.labels(self.name, "found" if found else "empty").inc()
+            if not found:
+                raise RuntimeError("query_sm_resp without a message_id")
+            return found
+        if resp.status == ESME_RQUERYFAIL:
+            QUERY_SM_TOTAL.labels(self.name, "not_found").inc()
+            return None
+        QUERY_SM_TOTAL.labels(self.name, "error").inc()
+        raise RuntimeError(f"query_sm answered command_status 0x{resp.status:08x}")
 
     async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
         self.start()
@@ -611,7 +669,11 @@ class SmppGateway:
                 return None
             await self._wait_change(left)
 
-    async def _submit_pdu(self, body: bytes) -> _PartResult:
+    async def _submit_pdu(self, body: bytes, continuing: bool = False) -> _PartResult:
+        """``continuing``: a later part of a message whose first part went out (sent even while
+        draining: the handset needs every part)."""
+        if self._draining and not continuing:
+            return _NotSent("the gateway is stopping")
         session = await self._choose()
         if session is None:
             return _NotSent("no bound SMPP session")
@@ -621,10 +683,13 @@ class SmppGateway:
         except SessionClosed as exc:
             return _NotSent(f"session closed before sending: {exc}")
         try:
+            if self._draining and not continuing:
+                return _NotSent("the gateway is stopping")
             try:
                 future = session.send_request(SUBMIT_SM, body)
             except SessionClosed as exc:
                 return _NotSent(f"session closed before sending: {exc}")
+            self._in_flight += 1
             try:
                 resp = await asyncio.wait_for(future, self.config.timeout_s)
             except TimeoutError:
@@ -633,6 +698,10 @@ class SmppGateway:
             except SessionClosed as exc:
                 SUBMIT_SM_TOTAL.labels(self.name, "connection_lost").inc()
                 return _Lost(f"connection lost after submit_sm was written on {session.label}: {exc}")
+            finally:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._drained.set()
         finally:
             await session.window.release()
         if resp.status == ESME_ROK and resp.command_id == SUBMIT_SM | RESP:
@@ -683,7 +752,7 @@ class SmppGateway:
             # (a duplicate part is dropped by the handset's reassembly; a missing one breaks it).
             attempt = 0
             while True:
-                result = await self._submit_pdu(body)
+                result = await self._submit_pdu(body, continuing=True)
                 if isinstance(result, _Accepted) or (isinstance(result, _Refused) and not result.retriable):
                     return result
                 if loop.time() >= deadline or self._closing:
@@ -691,7 +760,13 @@ class SmppGateway:
                 attempt += 1
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0, max(0.0, deadline - loop.time())))
 
-        results = [first, *await asyncio.gather(*(rest(b) for b in pdus[1:]))]
+        self._in_flight += 1  # a graceful stop waits for the other parts too
+        try:
+            results = [first, *await asyncio.gather(*(rest(b) for b in pdus[1:]))]
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
         ids = [r.message_id for r in results if isinstance(r, _Accepted)]
         if len(ids) == len(pdus):
             return Submitted(ids[0], tuple(ids))

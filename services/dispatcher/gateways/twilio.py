@@ -34,18 +34,18 @@ from services.dispatcher.gateways.base import (
     Refused,
     Submitted,
     Unknown,
+    http_error_outcome,
 )
 from shared.contracts import MessageOutbound, utcnow
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "2010-04-01"
-RETRIABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
-#: Twilio error codes that mean "not now" rather than "never" (whatever the HTTP status).
+#: Twilio error codes that mean "not now, nothing was created" (whatever the HTTP status). A
+#: 500 / 502 / 504 (Twilio's 20500 included) may come after the message was created: its
+#: outcome is unknown and it is looked up, not resent (base.http_error_outcome).
 RETRIABLE_CODES = {
     20429,  # Too Many Requests: never processed, always safe to retry (Twilio docs)
-    20500,  # Internal Server Error
-    20503,  # Service Unavailable
     21611,  # This 'From' number has exceeded the maximum number of queued messages
     30001,  # Queue overflow
 }
@@ -151,8 +151,9 @@ class TwilioGateway:
             self._remember(sid, str(m.message_id))
             return Submitted(sid)
         code, message = twilio_error(response)
-        retriable = response.status_code in RETRIABLE_HTTP or code in _RETRIABLE_CODES
-        return Refused(code, message, retriable)
+        if code in _RETRIABLE_CODES:
+            return Refused(code, message, True)
+        return http_error_outcome(response.status_code, response.headers, code, message)
 
     def _remember(self, sid: str, message_id: str) -> None:
         self._known[sid] = message_id

@@ -22,12 +22,20 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from services.dispatcher.gateways.base import GatewayBase, LookupUnsupported, Outcome, Refused, Submitted, Unknown
+from services.dispatcher.gateways.base import (
+    GatewayBase,
+    LookupUnsupported,
+    Outcome,
+    Refused,
+    Submitted,
+    Unknown,
+    http_error_outcome,
+)
 from shared.contracts import MessageOutbound
 from shared.signatures import HEADER as SIGNATURE_HEADER
 from shared.signatures import sign
 
-DEFAULT_RETRIABLE = [408, 425, 429, 500, 502, 503, 504]
+DEFAULT_RETRIABLE = [429]
 _MISSING = object()
 
 
@@ -58,7 +66,10 @@ class WebhookConfig(GatewayBase):
     static_fields: dict[str, Any] = Field(default_factory=dict, description="Fixed fields added to every body")
     default_sender: str | None = Field(None, description="Sender when the message has none")
     id_path: str = Field("id", min_length=1, description="Dotted path of the provider's message id in a 2xx answer")
-    retriable_statuses: list[int] = Field(default_factory=lambda: list(DEFAULT_RETRIABLE))
+    retriable_statuses: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_RETRIABLE),
+        description="Statuses after which the provider surely did nothing (503 with Retry-After always counts)",
+    )
     lookup_url: str | None = Field(
         None, description="GET template with {reference} and {to}; 404 or no id = never received"
     )
@@ -154,7 +165,7 @@ class WebhookGateway:
                 return Unknown(f"answer {response.status_code} has no id at {self.config.id_path!r}")
             return Submitted(str(found))
         code, message = _error(response)
-        return Refused(code, message, response.status_code in self._retriable)
+        return http_error_outcome(response.status_code, response.headers, code, message, self._retriable)
 
     async def lookup(self, message: MessageOutbound) -> str | None:
         template = self.config.lookup_url
