@@ -85,7 +85,11 @@ def principal_dependency(scope: str) -> Callable[[Request], Awaitable[Principal]
     """A FastAPI dependency that authenticates the key and checks ``scope``."""
 
     async def dependency(request: Request) -> Principal:
-        principal = await authenticate(request.app.state.pool, api_key_from(request))
+        keys = getattr(request.app.state, "keys", None)  # a KeyCache, where the service set one
+        if keys is not None:
+            principal = await keys.authenticate(api_key_from(request))
+        else:
+            principal = await authenticate(request.app.state.pool, api_key_from(request))
         principal.require(scope)
         return principal
 

@@ -22,7 +22,7 @@ from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
 from services.ingest.twilio_callbacks import create_router as twilio_router
 from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
-from shared.auth import Principal
+from shared.auth import KeyCache, Principal
 from shared.contracts import MessageRequest, utcnow
 from shared.events import receipt_event
 from shared.kafka import YIELD_EVERY, Outgoing, Publisher, rejection
@@ -80,13 +80,16 @@ def create_app(
         description="Send SMS: single messages, batches, suppressions, and gateway receipt callbacks.",
     )
     app.state.pool = pool
+    if settings.auth_cache_ttl_s > 0:  # keys in memory, dropped on change (shared/auth.py)
+        app.state.keys = KeyCache(pool, settings.database_url.get_secret_value(), settings.auth_cache_ttl_s)
     install_error_handlers(app)
     add_ops_routes(app, readiness)
     app.include_router(twilio_router(settings, publisher))
     app.include_router(build_audience_router(settings))
     app.include_router(build_campaigns_router(settings, publisher))
     writer = Depends(principal_dependency("messages:write"))
-    limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
+    limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute,
+                          lease=settings.rate_limit_lease)
     # Bulk work shares the event loop with single requests: at most this many batches are
     # worked on at once (each hands the loop back every YIELD_EVERY items), so an OTP waits
     # for a slice or two of them, not for every batch in flight.
