@@ -84,9 +84,6 @@ def create_app(
         app.state.keys = KeyCache(pool, settings.database_url.get_secret_value(), settings.auth_cache_ttl_s)
     install_error_handlers(app)
     add_ops_routes(app, readiness)
-    app.include_router(twilio_router(settings, publisher))
-    app.include_router(build_audience_router(settings))
-    app.include_router(build_campaigns_router(settings, publisher))
     writer = Depends(principal_dependency("messages:write"))
     limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute,
                           lease=settings.rate_limit_lease)
@@ -293,4 +290,9 @@ def create_app(
             "errors": [{"index": i, **exc.as_dict()} for i, exc, _ in bad],
         }
 
+    # After the message routes: a request is matched against the routes in order, and single
+    # sends are the hot path (no path of these routers overlaps them).
+    app.include_router(twilio_router(settings, publisher))
+    app.include_router(build_audience_router(settings))
+    app.include_router(build_campaigns_router(settings, publisher))
     return app
