@@ -105,9 +105,12 @@ def create_app(
                 headers={"Retry-After": str(verdict.retry_after_s)},
             )
 
-    async def _publish(outgoing: list[Outgoing]) -> None:
+    async def _publish(outgoing: list[Outgoing], joined: bool = False) -> None:
         try:
-            await publisher.publish(outgoing)
+            if joined:  # a single send: its record goes out with those of the other requests in flight
+                await publisher.publish_joined(outgoing)
+            else:
+                await publisher.publish(outgoing)
         except Exception as exc:  # broker unreachable: nothing was promised yet
             raise ApiError(503, "broker_unavailable", "could not publish, retry with the same idempotency key") from exc
 
@@ -128,7 +131,7 @@ def create_app(
             metrics.REQUESTS_REJECTED.labels(result.code).inc()
             status = 409 if result.code == "idempotency_conflict" else 422
             raise ApiError(status, result.code, result.message, result.details)
-        await _publish(outgoing)
+        await _publish(outgoing, joined=True)
         metrics.MESSAGES_ACCEPTED.labels(body.type.value, "api").inc()
         m = result.message
         return MessageAnswer(message_id=m.message_id, encoding=m.encoding, segments=m.segments, duplicate=result.duplicate)

@@ -305,6 +305,8 @@ async def measure_single(stack: Stack, key: str, args: argparse.Namespace, resul
                     f"{max(got.latencies) * 1000:.0f} ms", "p99 ≤ 100 ms")
     others = {s: n for s, n in got.statuses.items() if s != 202}
     results.add("  other answers, connection resets", f"{others or 'none'}, {got.resets}", "none, 0")
+    if accepted:
+        results.add("  ingest CPU per accepted request", f"{(after['ingest'] - before.get('ingest', 0)) / accepted * 1000:.2f} ms")
     results.add("  CPU seconds per service during the run",
                 ", ".join(f"{n} {after[n] - before.get(n, 0):.1f}"
                           for n in sorted(after, key=lambda n: before.get(n, 0) - after[n])))
