@@ -120,7 +120,7 @@ def create_app(
         response_model=MessageAnswer,
         responses={401: {}, 403: {}, 409: {}, 422: {}, 429: {}, 503: {}},
     )
-    async def send_message(body: MessageRequest, request: Request, principal: Principal = writer) -> MessageAnswer:
+    async def send_message(body: MessageRequest, request: Request, principal: Principal = writer) -> JSONResponse:
         """Validate one message and queue it. Answers 202 with its id."""
         await _limit(principal, 1)
         results, outgoing = await acceptor.prepare(
@@ -134,7 +134,9 @@ def create_app(
         await _publish(outgoing, joined=True)
         metrics.MESSAGES_ACCEPTED.labels(body.type.value, "api").inc()
         m = result.message
-        return MessageAnswer(message_id=m.message_id, encoding=m.encoding, segments=m.segments, duplicate=result.duplicate)
+        # The answer as MessageAnswer documents it, written directly (no response-model pass).
+        return JSONResponse({"message_id": str(m.message_id), "status": "accepted", "encoding": m.encoding,
+                             "segments": m.segments, "duplicate": result.duplicate}, status_code=202)
 
     batch_schema = {
         "type": "object",
