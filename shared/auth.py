@@ -141,6 +141,7 @@ async def authenticate(pool: asyncpg.Pool, key: str | None) -> Principal:
 
 
 CHANNEL = "herald_api_keys"
+SYNC_TIMEOUT_S = 2.0  # a listening connection that does not answer this fast is given up
 
 
 class KeyCache:
@@ -148,11 +149,11 @@ class KeyCache:
 
     A trigger (migration 0018) notifies ``herald_api_keys`` with the key id, or
     ``tenant:<id>``, on every change to a key or a tenant; a connection of its own listens and
-    drops the entry at once; a request that finds its key cached first waits for one round trip
-on that connection (shared by every request in flight, see ``_synced``), so a change committed
-before the request began is always seen. Entries also live at most ``ttl_s`` (a safety net). While the
-    listening connection is down nothing is cached: every call reads the database, as
-    ``authenticate`` does, until it is back.
+    drops the entry at once. A request that finds its key cached first waits for one round trip
+    on that connection (shared by every request in flight, see ``_synced``), so a change
+    committed before the request began is always seen. Entries also live at most ``ttl_s`` (a
+    safety net). While the listening connection is down nothing is cached: every call reads
+    the database, as ``authenticate`` does, until it is back.
     """
 
     def __init__(self, pool: asyncpg.Pool, dsn: str, ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
@@ -199,16 +200,19 @@ before the request began is always seen. Entries also live at most ``ttl_s`` (a 
         """
         try:
             await self._sync.submit(None)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # TimeoutError is an OSError
             log.warning("API key cache off: the listening connection failed", extra={"error": repr(exc)})
+            conn = self._listener
             self._lost(None)
+            if conn is not None and not conn.is_closed():
+                conn.terminate()
 
     async def _sync_flush(self, items: list[None]) -> list[None]:
         conn = self._listener
         if conn is None or conn.is_closed():
             self._lost(None)
             return [None] * len(items)
-        await conn.fetchval("SELECT 1")
+        await conn.fetchval("SELECT 1", timeout=SYNC_TIMEOUT_S)
         return [None] * len(items)
 
     async def _load(self, key_id: str) -> Any:
@@ -230,11 +234,14 @@ before the request began is always seen. Entries also live at most ``ttl_s`` (a 
         async with self._lock:
             if self.listening or time.monotonic() < self._retry_at:
                 return
+            conn = None
             try:
                 conn = await asyncpg.connect(self._dsn)
                 conn.add_termination_listener(self._lost)
                 await conn.add_listener(CHANNEL, self._notified)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if conn is not None:
+                    conn.terminate()
                 self._retry_at = time.monotonic() + 1.0
                 log.warning("API key cache off: cannot listen for key changes", extra={"error": repr(exc)})
                 return
@@ -251,7 +258,9 @@ before the request began is always seen. Entries also live at most ``ttl_s`` (a 
         else:
             self._entries.pop(payload, None)
 
-    def _lost(self, _conn: Any) -> None:
+    def _lost(self, conn: Any) -> None:
+        if conn is not None and conn is not self._listener:
+            return  # an earlier listening connection, already replaced
         self._listener = None
         self._entries.clear()
         self._generation += 1

@@ -132,3 +132,28 @@ async def test_one_idempotency_key_sent_at_once_to_two_instances_gets_one_messag
 
     records = await read_topic(env.bootstrap, ACCEPTED.name(env.prefix), lambda rs: found(rs) == wanted)
     assert found(records) == wanted
+
+
+async def test_a_lost_listening_connection_falls_back_to_the_database(env, pool, instances) -> None:
+    apps, clients = instances
+    tenant = await make_tenant(pool)
+    key_id = tenant.key.split("_")[1]
+    for client in clients:
+        assert (await client.post("/v1/messages", json=MSG, headers=tenant.headers)).status_code == 202
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        # The database drops both listening sessions (a failover, an admin), then the key is revoked.
+        for app in apps:
+            await conn.execute("SELECT pg_terminate_backend($1)", app.state.keys._listener.get_server_pid())
+        await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1", key_id)
+        for client in clients:
+            r = await client.post("/v1/messages", json=MSG, headers=tenant.headers)
+            assert (r.status_code, r.json()["error"]["code"]) == (401, "revoked_api_key")
+        # The instances listen again and cache again.
+        other = await make_tenant(pool)
+        for client in clients:
+            for _ in range(2):
+                assert (await client.post("/v1/messages", json=MSG, headers=other.headers)).status_code == 202
+        assert all(a.state.keys.listening and other.key.split("_")[1] in a.state.keys._entries for a in apps)
+    finally:
+        await conn.close()
