@@ -337,7 +337,7 @@ INTRO = [
     "# Benchmarks",
     "",
     "Written by `herald bench` (shared/devtools/bench.py); rerun it to refresh this page. Each kind of",
-    "run (HTTP face, SMPP face, campaign launch) rewrites only its own section. Kafka, PostgreSQL, the",
+    "run (HTTP face, SMPP face, campaign launch, single sends) rewrites only its own section. Kafka, PostgreSQL, the",
     "four services and the gateway simulator all run on the same machine.",
     "",
 ]
