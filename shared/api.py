@@ -88,7 +88,13 @@ def principal_dependency(scope: str) -> Callable[[Request], Awaitable[Principal]
 
     async def dependency(request: Request) -> Principal:
         # Authenticated already, from the headers, by the RequestGuard (before the body was read)?
-        principal = principal_from_scope(request.scope) or await authenticate(request.app.state.pool, api_key_from(request))
+        principal = principal_from_scope(request.scope)
+        if principal is None:
+            keys = getattr(request.app.state, "keys", None)  # a KeyCache, where the service set one
+            if keys is not None:
+                principal = await keys.authenticate(api_key_from(request))
+            else:
+                principal = await authenticate(request.app.state.pool, api_key_from(request))
         principal.require(scope)
         return principal
 

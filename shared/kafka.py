@@ -100,6 +100,7 @@ class Publisher:
         self._prefix = prefix
         self._service = service
         self._all_bulk = all_bulk
+        self._joined: Any = None  # the Coalescer of publish_joined, made on first use
 
     def for_bulk(self) -> Publisher:
         """The same publisher for a bulk lane: everything it publishes goes the bulk way."""
@@ -122,6 +123,46 @@ class Publisher:
         await asyncio.gather(*futures)
         for item in items:
             metrics.PUBLISHED.labels(self._service, item.topic.suffix).inc()
+
+
+    async def publish_joined(self, items: Sequence[Outgoing]) -> None:
+        """``publish`` for one request among many concurrent ones (single sends).
+
+        The records of the requests in flight are handed to the producer together, one batch
+        after another, and their acks awaited together; each caller returns once its own
+        records are acknowledged (acks=all), or raises its own record's error.
+        """
+        if not items:
+            return
+        if self._joined is None:
+            from shared.coalesce import Coalescer
+
+            self._joined = Coalescer(self._publish_group, max_batch=1000, max_in_flight=4)
+        error = await self._joined.submit(items)
+        if error is not None:
+            raise error
+
+    async def _publish_group(self, groups: list[Sequence[Outgoing]]) -> list[BaseException | None]:
+        futures: list[list[Any]] = []
+        for items in groups:
+            mine = []
+            for item in items:
+                value = item.event.model_dump_json().encode()
+                mine.append(await self._producer_for(item.topic).send(
+                    item.topic.name(self._prefix), value=value, key=item.key.encode()))
+            futures.append(mine)
+        flat = await asyncio.gather(*(f for mine in futures for f in mine), return_exceptions=True)
+        errors: list[BaseException | None] = []
+        position = 0
+        for items in groups:
+            outcome = flat[position : position + len(items)]
+            position += len(items)
+            failed = next((o for o in outcome if isinstance(o, BaseException)), None)
+            errors.append(failed)
+            if failed is None:
+                for item in items:
+                    metrics.PUBLISHED.labels(self._service, item.topic.suffix).inc()
+        return errors
 
 
 def make_producer(settings: KafkaSettings, client_id: str) -> AIOKafkaProducer:

@@ -29,6 +29,16 @@ class _Server(uvicorn.Server):
         yield
 
 
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)`` on uvloop where it is installed (faster sockets and callbacks)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 def http_server(app: FastAPI, host: str, port: int, graceful_s: float, max_concurrency: int | None = None) -> _Server:
     config = uvicorn.Config(
         app,

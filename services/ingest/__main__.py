@@ -1,6 +1,6 @@
-import asyncio
 import sys
 
 from services.ingest.app import main
+from shared.runtime import run
 
-sys.exit(asyncio.run(main()))
+sys.exit(run(main()))

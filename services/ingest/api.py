@@ -25,7 +25,7 @@ from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
 from services.ingest.twilio_callbacks import create_router as twilio_router
 from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
-from shared.auth import Principal, authenticate
+from shared.auth import KeyCache, Principal, authenticate
 from shared.contracts import MessageRequest, utcnow
 from shared.events import receipt_event
 from shared.http_guard import BodyRule, GuardPolicy, RequestGuard
@@ -102,15 +102,17 @@ def create_app(
         description="Send SMS: single messages, batches, suppressions, and gateway receipt callbacks.",
     )
     app.state.pool = pool
-    app.add_middleware(RequestGuard, policy=guard_policy(settings), authenticate=partial(authenticate, pool),
+    keys = None
+    if settings.auth_cache_ttl_s > 0:  # keys in memory, dropped on change (shared/auth.py)
+        keys = app.state.keys = KeyCache(pool, settings.database_url.get_secret_value(), settings.auth_cache_ttl_s)
+    app.add_middleware(RequestGuard, policy=guard_policy(settings),
+                       authenticate=keys.authenticate if keys is not None else partial(authenticate, pool),
                        body_timeout_s=settings.http_body_timeout_s)
     install_error_handlers(app)
     add_ops_routes(app, readiness)
-    app.include_router(twilio_router(settings, publisher))
-    app.include_router(build_audience_router(settings))
-    app.include_router(build_campaigns_router(settings, publisher))
     writer = Depends(principal_dependency("messages:write"))
-    limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
+    limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute,
+                          lease=settings.rate_limit_lease)
     # Bulk work shares the event loop with single requests: at most this many batches are
     # worked on at once (each hands the loop back every YIELD_EVERY items), so an OTP waits
     # for a slice or two of them, not for every batch in flight.
@@ -129,9 +131,12 @@ def create_app(
                 headers={"Retry-After": str(verdict.retry_after_s)},
             )
 
-    async def _publish(outgoing: list[Outgoing]) -> None:
+    async def _publish(outgoing: list[Outgoing], joined: bool = False) -> None:
         try:
-            await publisher.publish(outgoing)
+            if joined:  # a single send: its record goes out with those of the other requests in flight
+                await publisher.publish_joined(outgoing)
+            else:
+                await publisher.publish(outgoing)
         except Exception as exc:  # broker unreachable: nothing was promised yet
             raise ApiError(503, "broker_unavailable", "could not publish, retry with the same idempotency key") from exc
 
@@ -141,7 +146,7 @@ def create_app(
         response_model=MessageAnswer,
         responses={401: {}, 403: {}, 409: {}, 422: {}, 429: {}, 503: {}},
     )
-    async def send_message(body: MessageRequest, request: Request, principal: Principal = writer) -> MessageAnswer:
+    async def send_message(body: MessageRequest, request: Request, principal: Principal = writer) -> JSONResponse:
         """Validate one message and queue it. Answers 202 with its id."""
         await _limit(principal, 1)
         results, outgoing = await acceptor.prepare(
@@ -152,10 +157,12 @@ def create_app(
             metrics.REQUESTS_REJECTED.labels(result.code).inc()
             status = 409 if result.code == "idempotency_conflict" else 422
             raise ApiError(status, result.code, result.message, result.details)
-        await _publish(outgoing)
+        await _publish(outgoing, joined=True)
         metrics.MESSAGES_ACCEPTED.labels(body.type.value, "api").inc()
         m = result.message
-        return MessageAnswer(message_id=m.message_id, encoding=m.encoding, segments=m.segments, duplicate=result.duplicate)
+        # The answer as MessageAnswer documents it, written directly (no response-model pass).
+        return JSONResponse({"message_id": str(m.message_id), "status": "accepted", "encoding": m.encoding,
+                             "segments": m.segments, "duplicate": result.duplicate}, status_code=202)
 
     batch_schema = {
         "type": "object",
@@ -319,4 +326,9 @@ def create_app(
             "errors": [{"index": i, **exc.as_dict()} for i, exc, _ in bad],
         }
 
+    # After the message routes: a request is matched against the routes in order, and single
+    # sends are the hot path (no path of these routers overlaps them).
+    app.include_router(twilio_router(settings, publisher))
+    app.include_router(build_audience_router(settings))
+    app.include_router(build_campaigns_router(settings, publisher))
     return app

@@ -29,6 +29,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     links = LinksRepository(ctx.pool)
     acceptor = Acceptor(repository, settings, links)
     app = create_app(settings, ctx.pool, acceptor, ctx.publisher, repository, readiness)
+    if getattr(app.state, "keys", None) is not None:
+        ctx.stack.push_async_callback(app.state.keys.close)
     if settings.campaign_launcher:
         launcher = Launcher(ctx.pool, ctx.publisher, page_size=settings.campaign_page_size,
                             lease_s=settings.campaign_lease_s, smart_encoding=settings.smart_encoding,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from shared.coalesce import Coalescer
+
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
@@ -31,9 +33,30 @@ FROM idempotency_keys i JOIN input ON i.tenant_id = $1 AND i.idempotency_key = i
 """
 
 
+# The same for entries of several tenants (the single requests in flight), in one statement.
+_RESERVE_MANY = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[]) AS t(tn, k, h, m)
+), ins AS (
+    INSERT INTO idempotency_keys (tenant_id, idempotency_key, message_id, request_hash)
+    SELECT tn, k, m, h FROM input
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    RETURNING tenant_id, idempotency_key, message_id, request_hash
+)
+SELECT tenant_id, idempotency_key, message_id, request_hash, true AS fresh FROM ins
+UNION ALL
+SELECT i.tenant_id, i.idempotency_key, i.message_id, i.request_hash, false
+FROM idempotency_keys i JOIN input ON i.tenant_id = input.tn AND i.idempotency_key = input.k
+"""
+
+Entry = tuple[str, str, str, uuid.UUID]  # tenant, key, request hash, message id
+
+
 class IngestRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        # Single requests in flight reserve their keys together: one statement for all of them.
+        self._singles: Coalescer[Entry, KeyRecord] = Coalescer(self._reserve_many, max_batch=1000)
 
     async def reserve_keys(
         self, tenant_id: str, entries: list[tuple[str, str, uuid.UUID]]
@@ -41,6 +64,9 @@ class IngestRepository:
         """Insert (key, request hash, message id) rows; return what each key maps to now."""
         if not entries:
             return {}
+        if len(entries) == 1:
+            key, digest, message_id = entries[0]
+            return {key: await self._singles.submit((tenant_id, key, digest, message_id))}
         keys = [e[0] for e in entries]
         rows = await self.pool.fetch(_RESERVE, tenant_id, keys, [e[1] for e in entries], [e[2] for e in entries])
         found = {r["idempotency_key"]: KeyRecord(r["message_id"], r["request_hash"], r["fresh"]) for r in rows}
@@ -54,6 +80,39 @@ class IngestRepository:
             )
             found.update({r["idempotency_key"]: KeyRecord(r["message_id"], r["request_hash"], False) for r in rows})
         return found
+
+    async def _reserve_many(self, entries: list[Entry]) -> list[KeyRecord]:
+        """reserve_keys for single entries of any tenants: the first entry of a (tenant, key) is
+        inserted; a later one of the same flush gets the first one's row, as not fresh."""
+        unique: dict[tuple[str, str], Entry] = {}
+        for entry in entries:
+            unique.setdefault((entry[0], entry[1]), entry)
+        # In key order, so two instances' statements take the index entries in one order (no deadlock).
+        rows_in = [unique[k] for k in sorted(unique)]
+        rows = await self.pool.fetch(
+            _RESERVE_MANY, [e[0] for e in rows_in], [e[1] for e in rows_in], [e[2] for e in rows_in],
+            [e[3] for e in rows_in],
+        )
+        found = {
+            (r["tenant_id"], r["idempotency_key"]): KeyRecord(r["message_id"], r["request_hash"], r["fresh"])
+            for r in rows
+        }
+        missing = [k for k in unique if k not in found]
+        if missing:  # inserted by a concurrent statement after our snapshot: read them now
+            rows = await self.pool.fetch(
+                "SELECT i.tenant_id, i.idempotency_key, i.message_id, i.request_hash FROM idempotency_keys i"
+                " JOIN unnest($1::text[], $2::text[]) AS t(tn, k) ON i.tenant_id = t.tn AND i.idempotency_key = t.k",
+                [k[0] for k in missing], [k[1] for k in missing],
+            )
+            found.update({(r["tenant_id"], r["idempotency_key"]): KeyRecord(r["message_id"], r["request_hash"], False)
+                          for r in rows})
+        results = []
+        for entry in entries:
+            record = found[(entry[0], entry[1])]
+            if record.fresh and record.message_id != entry[3]:
+                record = KeyRecord(record.message_id, record.request_hash, False)  # a later entry of the same key
+            results.append(record)
+        return results
 
     async def active_tenants(self, tenant_ids: set[str]) -> set[str]:
         rows = await self.pool.fetch(

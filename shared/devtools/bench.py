@@ -8,6 +8,8 @@ the four services and the gateway simulator, then measures:
 - OTP latency: from the API call to the simulator receiving the submission (p50, p99,
   max), alone and while a campaign drains at full speed;
 - ingest: single-message requests per second, recipients per second via the batch endpoint;
+- with ``--single``: only single sends (POST /v1/messages) from a load process of their own
+  (aiohttp, 64 in flight, 10,000 requests): accepted per second, answer time p50/p99, errors;
 - peak resident memory (VmHWM) of every process.
 
 Results are printed and written to docs/benchmarks.md with the machine, versions and command.
@@ -224,6 +226,94 @@ async def ingest_rate(stack: Stack, key: str, requests: int, concurrency: int) -
         return requests / (time.monotonic() - started)
 
 
+@dataclass
+class SingleSends:
+    """What the single-send load process saw."""
+
+    seconds: float
+    latencies: list[float]
+    statuses: dict[int, int]
+    resets: int
+    errors: list[str]
+
+
+async def single_sends(url: str, key: str, requests: int, concurrency: int, tag: str) -> SingleSends:
+    """``requests`` single sends, ``concurrency`` in flight, each with an idempotency key of its own
+    (what OTP clients send): every answer time, status and connection error is recorded."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {key}"}
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors: list[str] = []
+    resets = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(headers=headers, connector=connector, timeout=timeout) as session:
+        counter = iter(range(requests))
+
+        async def worker() -> None:
+            nonlocal resets
+            for i in counter:
+                body = {"to": f"+346{i % 10**8:08d}", "body": f"Your code is {i % 10**6:06d}",
+                        "idempotency_key": f"bench-{tag}-{i}"}
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, json=body) as r:
+                        await r.read()
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+                        if r.status != 202 and len(errors) < 5:
+                            errors.append(f"{r.status}: {(await r.text())[:200]}")
+                except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                    resets += 1
+                    if len(errors) < 5:
+                        errors.append(repr(exc))
+                    continue
+                latencies.append(time.perf_counter() - started)
+
+        # Warm-up: open the connections and load the key before the clock starts.
+        async with session.post(url, json={"to": "+34600000000", "body": "warm-up"}) as r:
+            await r.read()
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return SingleSends(time.monotonic() - started, latencies, statuses, resets, errors)
+
+
+def single_sends_in_process(url: str, key: str, requests: int, concurrency: int, tag: str) -> SingleSends:
+    """single_sends in a process of its own: the load generator must not share ingest's core budget
+    through this process's event loop (the benchmark would time its own pauses)."""
+    return asyncio.run(single_sends(url, key, requests, concurrency, tag))
+
+
+async def measure_single(stack: Stack, key: str, args: argparse.Namespace, results: Results) -> None:
+    print(f"single sends: {args.requests:,} requests, {args.concurrency} in flight", flush=True)
+    runner = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        before = cpu_by_service(stack)
+        got = await asyncio.get_running_loop().run_in_executor(
+            runner, single_sends_in_process, f"{stack.url('ingest')}/v1/messages", key, args.requests,
+            args.concurrency, uuid.uuid4().hex[:6])
+        after = cpu_by_service(stack)
+    finally:
+        runner.shutdown()
+    accepted = got.statuses.get(202, 0)
+    results.add(f"single sends accepted ({args.requests:,} requests, {args.concurrency} in flight, aiohttp)",
+                f"{accepted / got.seconds:,.0f}/s ({accepted:,} in {got.seconds:.1f} s)", "≥ 2,000/s")
+    if got.latencies:
+        results.add("  answer time p50 / p99 / max",
+                    f"{statistics.median(got.latencies) * 1000:.0f} / {percentile(got.latencies, 99) * 1000:.0f} / "
+                    f"{max(got.latencies) * 1000:.0f} ms", "p99 ≤ 100 ms")
+    others = {s: n for s, n in got.statuses.items() if s != 202}
+    results.add("  other answers, connection resets", f"{others or 'none'}, {got.resets}", "none, 0")
+    if accepted:
+        results.add("  ingest CPU per accepted request", f"{(after['ingest'] - before.get('ingest', 0)) / accepted * 1000:.2f} ms")
+    results.add("  CPU seconds per service during the run",
+                ", ".join(f"{n} {after[n] - before.get(n, 0):.1f}"
+                          for n in sorted(after, key=lambda n: before.get(n, 0) - after[n])))
+    for error in got.errors:
+        results.notes.append(f"first errors: {error}")
+
+
 def machine() -> str:
     cores = os.cpu_count()
     mem_gb = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
@@ -247,7 +337,7 @@ INTRO = [
     "# Benchmarks",
     "",
     "Written by `herald bench` (shared/devtools/bench.py); rerun it to refresh this page. Each kind of",
-    "run (HTTP face, SMPP face, campaign launch) rewrites only its own section. Kafka, PostgreSQL, the",
+    "run (HTTP face, SMPP face, campaign launch, single sends) rewrites only its own section. Kafka, PostgreSQL, the",
     "four services and the gateway simulator all run on the same machine.",
     "",
 ]
@@ -256,6 +346,8 @@ INTRO = [
 def section_name(args: argparse.Namespace) -> str:
     if args.campaign:
         return "campaign launch"
+    if args.single:
+        return "single sends"
     return f"{args.face.upper()} face"
 
 
@@ -280,7 +372,7 @@ def write_doc(results: Results, started: datetime, section: str) -> None:
     body.append(f"<!-- /bench:{section} -->")
     sections = read_sections(DOC.read_text() if DOC.exists() else "")
     sections[section] = "\n".join(body)
-    order = ["HTTP face", "SMPP face", "campaign launch"]
+    order = ["HTTP face", "SMPP face", "campaign launch", "single sends"]
     names = sorted(sections, key=lambda n: order.index(n) if n in order else len(order))
     DOC.write_text("\n".join(INTRO) + "\n" + "\n\n".join(sections[n] for n in names) + "\n")
 
@@ -434,6 +526,12 @@ async def run(args: argparse.Namespace, results: Results) -> None:
         if args.campaign:
             await launch_campaign(stack, key, dsn, args.campaign, open_now, args.drain_s, results)
             return
+        if args.single:
+            if args.pause:  # time to attach a profiler to the processes listed in the logs
+                print("processes: " + ", ".join(f"{p.name} {p.popen.pid}" for p in stack.processes), flush=True)
+                await asyncio.sleep(args.pause)
+            await measure_single(stack, key, args, results)
+            return
         print(f"campaign throughput: {args.recipients:,} recipients", flush=True)
         count, accepted_s, total_s, cpu = await campaign(stack, key, dsn, args.recipients, 1, open_now)
         results.add(f"campaign, {count:,} recipients, {args.face.upper()} face: accept to every receipt recorded",
@@ -520,7 +618,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="herald bench", description=__doc__.splitlines()[0])
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--otps", type=int, default=200)
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=None,
+                        help="single-message requests (default 3,000; 10,000 with --single)")
+    parser.add_argument("--single", action="store_true",
+                        help="instead: only single sends (POST /v1/messages) from a load process of their own")
+    parser.add_argument("--concurrency", type=int, default=64, help="with --single: requests in flight")
+    parser.add_argument("--pause", type=float, default=0,
+                        help="with --single: print the process ids and wait this long before the load (to attach a profiler)")
     parser.add_argument("--face", choices=("http", "smpp"), default="http", help="the simulator face the dispatcher uses")
     parser.add_argument("--scale", nargs="?", const="auto", default=None,
                         help="run the campaign again with a second instance of SERVICE (default: the busiest)")
@@ -530,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --campaign: keep measuring this long after the fan-out (or until every message is final)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
+    if args.requests is None:
+        args.requests = 10_000 if args.single else 3000
     results = Results(command=" ".join(["herald bench", *(argv if argv is not None else sys.argv[1:])]))
     started = datetime.now(UTC)
     asyncio.run(run(args, results))
