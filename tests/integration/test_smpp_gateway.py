@@ -225,6 +225,33 @@ async def test_receipts_refused_by_the_sink_are_redelivered(sim: Sim) -> None:
     assert sim.get("/stats")["smpp"]["receipts_retried"] >= 1  # answered ESME_RX_T_APPN, sent again
 
 
+async def test_malformed_deliver_sm_is_answered_with_an_error_and_the_bind_kept(sim: Sim) -> None:
+    """A hostile or buggy SMSC: deliver_sm that cannot be read (an empty SAR TLV, a TLV running
+    past the PDU, part 4 of 3, an empty message_state, a truncated body) are each answered with
+    ESME_RX_P_APPN on the same bind, while submissions and their receipts go on."""
+    from services.simulator.smpp import MALFORMED
+
+    sink = ListSink()
+    messages = [message(f"hostile smsc {i}") for i in range(40)]
+    async with gateway(sim.smpp_port, sink) as gw:
+        (session,) = sessions_of(gw)
+        for kind in MALFORMED:
+            sim.post("/control/smpp/malformed", {"kind": kind, "count": 2})
+        outcomes = await gw.submit_many(messages)
+        want = 2 * len(MALFORMED)
+        async with asyncio.timeout(15):
+            while sim.get("/stats")["smpp"]["malformed_answered"] < want:
+                await asyncio.sleep(0.1)
+        ids = {o.gateway_message_id for o in outcomes if isinstance(o, Submitted)}
+        await sink.wait(lambda: {r.gateway_message_id for r in sink.receipts_got} >= ids)
+        stats = sim.get("/stats")["smpp"]
+        assert stats["malformed_answers"] == {f"0x{c.ESME_RX_P_APPN:08x}": want}
+        assert stats["malformed_retried"] == 0 and stats["binds"] == 1
+        assert gw.stats["reconnects"] == 0 and sessions_of(gw) == (session,)
+    assert all(isinstance(o, Submitted) for o in outcomes), outcomes
+    assert len(ids) == len(messages) and not sink.inbound_got
+
+
 async def test_transmitter_and_receiver_binds(sim: Sim) -> None:
     sink = ListSink()
     async with gateway(sim.smpp_port, sink, bound=2, bind_mode="transmitter+receiver", binds=2) as gw:
