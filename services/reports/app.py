@@ -17,7 +17,9 @@ from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, RECEI
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
     settings: ReportsSettings = ctx.settings
-    sweeper = PendingSweeper(ctx.pool, settings.pending_sweep_interval_s)
+    window = timedelta(hours=settings.receipt_match_window_h)
+    skew = timedelta(seconds=settings.receipt_match_skew_s)
+    sweeper = PendingSweeper(ctx.pool, settings.pending_sweep_interval_s, window, skew)
     ctx.workers["pending-sweeper"] = sweeper.run()
     ctx.stoppers.append(sweeper.stop)
     if settings.webhooks_enabled:
@@ -35,7 +37,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     )
     # Ordinary replies to post to the tenants' reply webhooks: their own group (docs/replies.md).
     replies = Lane("replies", f"{settings.topic_prefix}reports.replies", [REPLIES], ReplyWebhookHandler(ctx.pool))
-    return Wiring(handler=StatusHandler(ctx.pool), app=create_app(ctx.pool, readiness, settings.ab_alpha),
+    return Wiring(handler=StatusHandler(ctx.pool, window, skew), app=create_app(ctx.pool, readiness, settings.ab_alpha),
                   lanes=[results, replies])
 
 

@@ -72,6 +72,7 @@ from services.dispatcher.gateways.smpp_codec import (
     metric_label,
     parse_receipt,
     plan_message,
+    receipt_fingerprint,
 )
 from shared.contracts import DeliveryReceipt, InboundMessage, MessageOutbound, utcnow
 
@@ -785,6 +786,7 @@ class SmppGateway:
             error_code=parsed.error_code,
             raw_status=parsed.raw_status,
             done_at=parsed.done_at,
+            fingerprint=receipt_fingerprint(sm),
         )
         return _Inbound(session, seq, receipt=receipt)
 

@@ -7,6 +7,7 @@ Wire layout references are to the SMPP v3.4 specification (Issue 1.2): section 4
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from collections.abc import Iterable
@@ -745,6 +746,14 @@ def parse_receipt(sm: ShortMessage, *, id_conversion: IdConversion = "none", tz:
         net = sm.tlvs[TLV_NETWORK_ERROR_CODE]
         err = f"{net[0]}:{int.from_bytes(net[1:], 'big')}"
     return ParsedReceipt(message_id, status, raw[:64] or "UNKNOWN", err[:32] if err else None, parse_smpp_date(text_fields.done_date, tz))
+
+
+def receipt_fingerprint(sm: ShortMessage) -> str:
+    """A receipt's identity beyond its message id: its addresses (the handset) and text (submit
+    and done dates, the message's first characters). An SMSC that resends a receipt resends the
+    same; receipts for two messages that got the same id (a restarted or wrapped counter) differ."""
+    raw = b"\x00".join((sm.source_addr.encode("latin-1"), sm.destination_addr.encode("latin-1"), sm.payload))
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 def receipt_text(message_id: str, stat: str, err: str, submitted: datetime, done: datetime, text: str = "", parts: int = 1) -> str:
