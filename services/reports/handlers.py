@@ -13,7 +13,13 @@ import asyncpg
 
 from services.reports import metrics, webhooks
 from services.reports.domain import Change, Transition, fold, from_accepted, from_receipt, from_status
-from services.reports.repository import DEFAULT_SKEW, DEFAULT_WINDOW, ReceiptKey, ReportsRepository
+from services.reports.repository import (
+    DEFAULT_SETTLED_WAIT,
+    DEFAULT_SKEW,
+    DEFAULT_WINDOW,
+    ReceiptKey,
+    ReportsRepository,
+)
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
 from shared.kafka import Incoming, Outgoing
 from shared.statuses import FINAL, Status
@@ -75,10 +81,14 @@ def observe(transitions: list[Transition]) -> None:
 
 
 class StatusHandler:
-    def __init__(self, pool: asyncpg.Pool, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW,
+        settled_wait: timedelta = DEFAULT_SETTLED_WAIT,
+    ) -> None:
         self.pool = pool
         self.window = window
         self.skew = skew
+        self.settled_wait = settled_wait
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         changes: list[Change] = []
@@ -96,7 +106,7 @@ class StatusHandler:
             elif isinstance(payload, DeliveryReceipt):
                 receipts.append((event.event_id, event.occurred_at, payload))
         async with self.pool.acquire() as conn, conn.transaction():
-            repo = ReportsRepository(conn, self.window, self.skew)
+            repo = ReportsRepository(conn, self.window, self.skew, self.settled_wait)
             await repo.add_refs(refs)
             # make sure messages exist before resolving receipts against them
             transitions = await record(repo, changes)
@@ -124,12 +134,14 @@ class PendingSweeper:
     """Applies parked receipts whose submission another instance recorded meanwhile."""
 
     def __init__(
-        self, pool: asyncpg.Pool, interval_s: float, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW
+        self, pool: asyncpg.Pool, interval_s: float, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW,
+        settled_wait: timedelta = DEFAULT_SETTLED_WAIT,
     ) -> None:
         self.pool = pool
         self.interval_s = interval_s
         self.window = window
         self.skew = skew
+        self.settled_wait = settled_wait
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -137,7 +149,7 @@ class PendingSweeper:
 
     async def sweep_once(self) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
-            repo = ReportsRepository(conn, self.window, self.skew)
+            repo = ReportsRepository(conn, self.window, self.skew, self.settled_wait)
             changes = _parked_changes(await repo.take_matched_receipts(None))
             transitions = await record(repo, changes)
             expired = await repo.expire_parked()

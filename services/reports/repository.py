@@ -44,6 +44,7 @@ FINAL_RECEIPTS = [r.value for r, status in RECEIPT_TO_STATUS.items() if status i
 
 DEFAULT_WINDOW = timedelta(hours=168)
 DEFAULT_SKEW = timedelta(seconds=10)
+DEFAULT_SETTLED_WAIT = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class ReceiptKey:
     gateway: str
     gateway_message_id: str
     at: datetime  # when the gateway reported it (the event's time)
+    late: bool = False  # parked longer than the settled wait: a settled submission may take it
 
 
 # The submission a receipt belongs to, among those of its (gateway, id): gateways reuse ids (an
@@ -62,16 +64,19 @@ class ReceiptKey:
 # event is settled and skipped (that receipt is for a later submission, maybe not recorded yet).
 # Preferred: the most recent submission made before the receipt (``skew`` allowing for clocks and
 # publish delays); failing that, the earliest one recorded after it (a submission's event can be
-# published well after the submit_sm_resp). None: park the receipt.
+# published well after the submit_sm_resp). None: park the receipt. A receipt parked longer than
+# the settled wait (``late``) may go to a settled submission when no other is there: a second,
+# contradicting final receipt for one message is then kept in its timeline.
 _CANDIDATE = """
     SELECT g.message_id FROM gateway_refs g
-    WHERE g.gateway = {gw} AND g.gateway_message_id = {id} AND g.submitted_at >= {at} - $w::interval
-      AND NOT EXISTS (
+    CROSS JOIN LATERAL (SELECT EXISTS (
         SELECT 1 FROM message_events e
         WHERE e.message_id = g.message_id AND e.event_id <> {ev}
           AND e.detail->>'receipt' = ANY($f::text[])
-          AND e.detail->>'gateway' = {gw} AND e.detail->>'gateway_message_id' = {id})
-    ORDER BY (g.submitted_at <= {at} + $s::interval) DESC,
+          AND e.detail->>'gateway' = {gw} AND e.detail->>'gateway_message_id' = {id}) AS settled) st
+    WHERE g.gateway = {gw} AND g.gateway_message_id = {id} AND g.submitted_at >= {at} - $w::interval
+      AND ({late} OR NOT st.settled)
+    ORDER BY st.settled, (g.submitted_at <= {at} + $s::interval) DESC,
              CASE WHEN g.submitted_at <= {at} + $s::interval THEN g.submitted_at END DESC NULLS LAST,
              g.submitted_at, g.message_id
     LIMIT 1"""
@@ -79,15 +84,19 @@ _CANDIDATE = """
 
 def _sql(text: str, **names: str) -> str:
     """Fill the candidate subquery's column names and the $w / $s / $f parameter numbers."""
-    return text.replace("{CANDIDATE}", _CANDIDATE.format(**{k: v for k, v in names.items() if len(k) <= 2}))\
+    return text.replace("{CANDIDATE}", _CANDIDATE.format(**{k: v for k, v in names.items() if len(k) > 1}))\
         .replace("$w", names["w"]).replace("$s", names["s"]).replace("$f", names["f"])
 
 
 class ReportsRepository:
-    def __init__(self, conn: asyncpg.Connection, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW,
+        settled_wait: timedelta = DEFAULT_SETTLED_WAIT,
+    ) -> None:
         self.conn = conn
         self.window = window
         self.skew = skew
+        self.settled_wait = settled_wait
 
     async def add_refs(self, refs: list[tuple[str, str, uuid.UUID, datetime]]) -> None:
         """Record submissions: (gateway, gateway message id, message id, submitted at). Every
@@ -107,15 +116,15 @@ class ReportsRepository:
             return {}
         sql = _sql(
             "SELECT k.ev, c.message_id, m.tenant_id"
-            " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) AS k(ev, gw, id, at)"
+            " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $8::bool[]) AS k(ev, gw, id, at, late)"
             " CROSS JOIN LATERAL ({CANDIDATE}) c"
             " JOIN messages m ON m.message_id = c.message_id",
-            ev="k.ev", gw="k.gw", id="k.id", at="k.at", w="$5", s="$6", f="$7",
+            ev="k.ev", gw="k.gw", id="k.id", at="k.at", late="k.late", w="$5", s="$6", f="$7",
         )
         rows = await self.conn.fetch(
             sql,
             [k.event_id for k in keys], [k.gateway for k in keys], [k.gateway_message_id for k in keys],
-            [k.at for k in keys], self.window, self.skew, FINAL_RECEIPTS,
+            [k.at for k in keys], self.window, self.skew, FINAL_RECEIPTS, [k.late for k in keys],
         )
         return {r["ev"]: (r["message_id"], r["tenant_id"]) for r in rows}
 
@@ -150,23 +159,24 @@ class ReportsRepository:
         if refs is not None and not refs:
             return []
         where = ""
-        args: list[Any] = [limit, self.window, self.skew, FINAL_RECEIPTS]
+        args: list[Any] = [limit, self.window, self.skew, FINAL_RECEIPTS, self.settled_wait]
         if refs is not None:
             gateways, ids = (list(x) for x in zip(*refs, strict=True))
-            where = " AND (p.gateway, p.gateway_message_id) IN (SELECT * FROM unnest($5::text[], $6::text[]))"
+            where = " AND (p.gateway, p.gateway_message_id) IN (SELECT * FROM unnest($6::text[], $7::text[]))"
             args += [gateways, ids]
+        late = "(p.received_at < now() - $5::interval)"
         sql = _sql(
-            "SELECT p.event_id, p.gateway, p.gateway_message_id, coalesce(p.occurred_at, p.received_at) AS at"
-            " FROM pending_receipts p WHERE EXISTS ({CANDIDATE})" + where +
+            "SELECT p.event_id, p.gateway, p.gateway_message_id, coalesce(p.occurred_at, p.received_at) AS at,"
+            f" {late} AS late FROM pending_receipts p WHERE EXISTS ({{CANDIDATE}})" + where +
             " ORDER BY p.received_at LIMIT $1 FOR UPDATE OF p SKIP LOCKED",
             ev="p.event_id", gw="p.gateway", id="p.gateway_message_id",
-            at="coalesce(p.occurred_at, p.received_at)", w="$2", s="$3", f="$4",
+            at="coalesce(p.occurred_at, p.received_at)", late=late, w="$2", s="$3", f="$4",
         )
         rows = await self.conn.fetch(sql, *args)
         if not rows:
             return []
         found = await self.match_locked(
-            [ReceiptKey(r["event_id"], r["gateway"], r["gateway_message_id"], r["at"]) for r in rows]
+            [ReceiptKey(r["event_id"], r["gateway"], r["gateway_message_id"], r["at"], r["late"]) for r in rows]
         )
         if not found:
             return []

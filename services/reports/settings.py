@@ -19,6 +19,11 @@ class ReportsSettings(ConsumerSettings):
         description="A submission recorded up to this long after its receipt still counts as before it (clock and "
         "publish delays)",
     )
+    receipt_settled_wait_s: float = Field(
+        60.0, ge=0,
+        description="A receipt for a gateway id whose submissions all have a final receipt waits this long for a newer "
+        "submission of the id, then goes to the timeline of the most recent one",
+    )
     webhooks_enabled: bool = Field(
         True, description="Run the status webhook worker in this instance (changes are queued in the outbox either way)"
     )

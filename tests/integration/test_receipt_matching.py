@@ -2,7 +2,8 @@
 the real PostgreSQL): the most recent submission of the id within the window takes the receipt,
 a settled submission takes no other receipt (parked until the newer one is recorded), a late
 receipt for the older submission still reaches it, a submission whose event was published after
-its receipt still gets it, and a receipt older than the window matches nothing."""
+its receipt still gets it, a contradicting second final receipt for a settled message ends in its
+timeline after the settled wait, and a receipt older than the window matches nothing."""
 
 from __future__ import annotations
 
@@ -144,3 +145,19 @@ async def test_a_receipt_older_than_the_window_matches_nothing_and_expires(pool)
     await PendingSweeper(pool, 1.0, window=timedelta(hours=1)).sweep_once()
     assert await pool.fetchval("SELECT count(*) FROM pending_receipts WHERE gateway = $1", gw.name) == 0
     assert await states(pool, a) == ["submitted"]
+
+
+async def test_a_second_final_receipt_for_a_settled_message_waits_then_lands_in_its_timeline(pool) -> None:
+    gw = Gateway((await make_tenant(pool)).tenant_id)
+    handler = StatusHandler(pool, settled_wait=timedelta(seconds=30))
+    t0 = utcnow() - timedelta(minutes=5)
+    a, acc_a = gw.accepted(t0)
+    await handler([acc_a, gw.submitted(a, "3", t0), gw.receipt("3", ReceiptStatus.DELIVERED, t0 + timedelta(seconds=1), "f1")])
+    # the gateway then says undelivered: maybe for a newer submission of id 3, so it waits
+    await handler([gw.receipt("3", ReceiptStatus.UNDELIVERED, t0 + timedelta(minutes=1), "f2")])
+    assert await PendingSweeper(pool, 1.0, settled_wait=timedelta(seconds=30)).sweep_once() == 0
+    assert await finals(pool, a) == ["delivered"]
+    # none came within the settled wait: kept in the message's timeline, the first final status stays
+    assert await PendingSweeper(pool, 1.0, settled_wait=timedelta(0)).sweep_once() == 1
+    assert await finals(pool, a) == ["delivered", "undelivered"] and await states(pool, a) == ["delivered"]
+    assert await pool.fetchval("SELECT count(*) FROM pending_receipts WHERE gateway = $1", gw.name) == 0
