@@ -467,3 +467,39 @@ async def test_sink_failure_answers_a_temporary_error() -> None:
     assert (first.seq, first.status) == (5, c.ESME_RX_T_APPN)
     assert (second.seq, second.status) == (6, 0)
     assert [r.gateway_message_id for r in sink.receipts_got] == ["abc"]
+
+
+async def test_an_over_long_pdu_is_skipped_with_a_generic_nack_and_the_bind_kept() -> None:
+    sink = ListSink()
+    receipt = c.ShortMessage("34600000001", "Herald", b"id:xyz stat:DELIVRD", esm_class=4)
+    async with fake(lambda sm, n: 0) as smsc, gateway(smsc.port, sink) as gw:
+        assert smsc.writer is not None
+        smsc.writer.write(c.encode_pdu(c.DELIVER_SM, 9, b"\x00" * (c.MAX_PDU + 100)))  # framed, too long to be legal
+        nack = await asyncio.wait_for(smsc.responses.get(), 5)
+        assert (nack.command_id, nack.seq, nack.status) == (c.GENERIC_NACK, 9, 0x02)  # ESME_RINVCMDLEN
+        smsc.deliver(receipt, 10)  # the next PDU is read as usual, on the same bind
+        resp = await asyncio.wait_for(smsc.responses.get(), 5)
+        assert (resp.command_id, resp.seq, resp.status) == (c.DELIVER_SM | c.RESP, 10, 0)
+        assert gw.stats["binds"] == 1 and gw.stats["reconnects"] == 0
+    assert [r.gateway_message_id for r in sink.receipts_got] == ["xyz"]
+
+
+async def test_mo_parts_past_the_reassembly_bound_are_answered_queue_full() -> None:
+    sink = ListSink()
+
+    def part(ref: int, seq: int) -> c.ShortMessage:
+        return c.ShortMessage("34600000001", "12345", c.udh_concat(ref, 2, seq) + b"x" * 150, esm_class=c.ESM_UDHI)
+
+    async with fake(lambda sm, n: 0) as smsc, gateway(smsc.port, sink, mo_reassembly_max_bytes=1024) as gw:
+        answers = []
+        for ref in range(8):  # 8 first parts of 150 octets: the 7th would pass 1,024 bytes
+            smsc.deliver(part(ref, 1), 100 + ref)
+            answers.append((await asyncio.wait_for(smsc.responses.get(), 5)).status)
+        assert answers == [0] * 6 + [c.ESME_RMSGQFUL] * 2
+        smsc.deliver(part(0, 2), 200)  # completing a message frees its bytes
+        assert (await asyncio.wait_for(smsc.responses.get(), 5)).status == 0
+        await sink.wait(lambda: len(sink.inbound_got) == 1)
+        smsc.deliver(part(6, 1), 201)  # the SMSC sends a refused part again later: now it fits
+        assert (await asyncio.wait_for(smsc.responses.get(), 5)).status == 0
+        assert gw.stats["reconnects"] == 0
+    assert sink.inbound_got[0].body == "x" * 300

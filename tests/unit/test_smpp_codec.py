@@ -506,6 +506,15 @@ def test_reassembly_is_bounded_in_bytes() -> None:
     assert r.held_bytes == 0
 
 
+def test_a_part_that_completes_its_message_is_taken_even_at_the_bound() -> None:
+    r = c.Reassembler(timeout_s=10, max_bytes=500)
+    assert r.add("+1", "2", c.Concat(1, 2, 1), "a" * 300, 0.0) is None
+    with pytest.raises(c.ReassemblyFull):
+        r.add("+1", "2", c.Concat(2, 2, 1), "b" * 300, 0.0)
+    assert r.add("+1", "2", c.Concat(1, 2, 2), "c" * 300, 0.0) == "a" * 300 + "c" * 300
+    assert r.held_bytes == 0
+
+
 def test_unknown_vendor_statuses_share_one_metric_label() -> None:
     assert c.metric_label(0x401) == c.metric_label(0x4FF) == c.metric_label(0x12345678) == "vendor_or_unknown"
     assert c.metric_label(0x58) == "ESME_RTHROTTLED"

@@ -583,7 +583,9 @@ class Reassembler:
         asm = self._pending.get(key)
         size = _size(text)
         grows = size - (_size(asm.parts[concat.seq]) if asm is not None and concat.seq in asm.parts else 0)
-        if self.held_bytes + grows > self.max_bytes:
+        # a part that completes its message frees memory: never refused
+        completes = asm is not None and all(i in asm.parts or i == concat.seq for i in range(1, asm.total + 1))
+        if not completes and self.held_bytes + grows > self.max_bytes:
             raise ReassemblyFull(f"concatenated MO held in memory would exceed {self.max_bytes} bytes")
         if asm is None:
             if len(self._pending) >= self.max_pending:
