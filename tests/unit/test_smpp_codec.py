@@ -550,3 +550,28 @@ def test_a_malformed_deliver_sm_is_answered_with_an_error_and_raises_nothing(bod
     gw._on_deliver_sm(session, c.Pdu(c.DELIVER_SM, 0, 7, body))  # type: ignore[arg-type]
     assert session.answers == [(c.DELIVER_SM, 7, c.ESME_RX_P_APPN)]
     assert gw._inbox.qsize() == 0
+
+
+def test_receipt_fingerprint_tells_two_messages_with_one_reused_id_apart() -> None:
+    from shared.contracts import DeliveryReceipt
+    from shared.events import receipt_event
+
+    def receipt(handset: str, text: bytes) -> c.ShortMessage:
+        return c.ShortMessage(handset, "Herald", text, esm_class=c.ESM_RECEIPT)
+
+    a = receipt("34600000001", b"id:1 submit date:2512051000 done date:2512051000 stat:DELIVRD err:000 text:hello")
+    b = receipt("34600000002", b"id:1 submit date:2512051300 done date:2512051300 stat:DELIVRD err:000 text:other")
+    assert c.receipt_fingerprint(a) == c.receipt_fingerprint(receipt(a.source_addr, a.short_message))  # resent: same
+    assert c.receipt_fingerprint(a) != c.receipt_fingerprint(b)
+
+    def event_id(fingerprint: str | None):
+        r = DeliveryReceipt(gateway="smsc", gateway_message_id="1", status=ReceiptStatus.DELIVERED, error_code="000",
+                            fingerprint=fingerprint)
+        return receipt_event(r).event.event_id
+
+    assert event_id(c.receipt_fingerprint(a)) == event_id(c.receipt_fingerprint(a))
+    assert event_id(c.receipt_fingerprint(a)) != event_id(c.receipt_fingerprint(b))
+    # a receipt without a fingerprint (HTTP gateways) keeps the id it always had
+    from shared.contracts.envelope import derived_event_id
+
+    assert event_id(None) == derived_event_id("smsc", "1", ReceiptStatus.DELIVERED, "000")
