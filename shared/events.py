@@ -20,7 +20,10 @@ from shared.topics import INBOUND, RECEIPTS
 
 def receipt_event(receipt: DeliveryReceipt, trace_id: str | None = None) -> Outgoing:
     event = DeliveryReceiptEvent(
-        event_id=derived_event_id(receipt.gateway, receipt.gateway_message_id, receipt.status, receipt.error_code),
+        event_id=derived_event_id(
+            receipt.gateway, receipt.gateway_message_id, receipt.status, receipt.error_code,
+            *((receipt.fingerprint,) if receipt.fingerprint else ()),
+        ),
         tenant=SYSTEM_TENANT,
         payload=receipt,
         **({"trace_id": trace_id} if trace_id else {}),

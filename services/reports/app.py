@@ -17,7 +17,10 @@ from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, RECEI
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
     settings: ReportsSettings = ctx.settings
-    sweeper = PendingSweeper(ctx.pool, settings.pending_sweep_interval_s)
+    window = timedelta(hours=settings.receipt_match_window_h)
+    skew = timedelta(seconds=settings.receipt_match_skew_s)
+    settled_wait = timedelta(seconds=settings.receipt_settled_wait_s)
+    sweeper = PendingSweeper(ctx.pool, settings.pending_sweep_interval_s, window, skew, settled_wait)
     ctx.workers["pending-sweeper"] = sweeper.run()
     ctx.stoppers.append(sweeper.stop)
     if settings.webhooks_enabled:
@@ -35,7 +38,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     )
     # Ordinary replies to post to the tenants' reply webhooks: their own group (docs/replies.md).
     replies = Lane("replies", f"{settings.topic_prefix}reports.replies", [REPLIES], ReplyWebhookHandler(ctx.pool))
-    return Wiring(handler=StatusHandler(ctx.pool), app=create_app(ctx.pool, readiness, settings.ab_alpha),
+    return Wiring(handler=StatusHandler(ctx.pool, window, skew, settled_wait), app=create_app(ctx.pool, readiness, settings.ab_alpha),
                   lanes=[results, replies])
 
 

@@ -6,13 +6,20 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 
 from services.reports import metrics, webhooks
 from services.reports.domain import Change, Transition, fold, from_accepted, from_receipt, from_status
-from services.reports.repository import ReportsRepository
+from services.reports.repository import (
+    DEFAULT_SETTLED_WAIT,
+    DEFAULT_SKEW,
+    DEFAULT_WINDOW,
+    ReceiptKey,
+    ReportsRepository,
+)
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
 from shared.kafka import Incoming, Outgoing
 from shared.statuses import SETTLED, Status
@@ -20,11 +27,12 @@ from shared.statuses import SETTLED, Status
 log = logging.getLogger(__name__)
 
 
-def _parked_changes(rows: list[asyncpg.Record]) -> list[Change]:
+def _parked_changes(rows: list[dict[str, Any]]) -> list[Change]:
     changes = []
     for row in rows:
         receipt = DeliveryReceipt.model_validate(row["receipt"])
-        changes.append(from_receipt(row["event_id"], row["message_id"], row["tenant_id"], row["received_at"], receipt))
+        at = row["occurred_at"] or row["received_at"]
+        changes.append(from_receipt(row["event_id"], row["message_id"], row["tenant_id"], at, receipt))
     if changes:
         metrics.RECEIPTS_UNPARKED.inc(len(changes))
     return changes
@@ -85,12 +93,18 @@ def _message_ref(receipt: DeliveryReceipt) -> uuid.UUID | None:
 
 
 class StatusHandler:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW,
+        settled_wait: timedelta = DEFAULT_SETTLED_WAIT,
+    ) -> None:
         self.pool = pool
+        self.window = window
+        self.skew = skew
+        self.settled_wait = settled_wait
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         changes: list[Change] = []
-        refs: list[tuple[str, str, uuid.UUID]] = []
+        refs: list[tuple[str, str, uuid.UUID, datetime]] = []
         receipts: list[tuple[uuid.UUID, datetime, DeliveryReceipt]] = []
         for item in batch:
             event, payload = item.event, item.event.payload
@@ -100,39 +114,43 @@ class StatusHandler:
                 changes.append(from_status(event.event_id, event.tenant, event.occurred_at, payload))
                 if payload.gateway and payload.gateway_message_id:
                     for part_id in {payload.gateway_message_id, *payload.gateway_part_ids}:
-                        refs.append((payload.gateway, part_id, payload.message_id))
+                        refs.append((payload.gateway, part_id, payload.message_id, event.occurred_at))
             elif isinstance(payload, DeliveryReceipt):
                 receipts.append((event.event_id, event.occurred_at, payload))
         async with self.pool.acquire() as conn, conn.transaction():
-            repo = ReportsRepository(conn)
+            repo = ReportsRepository(conn, self.window, self.skew, self.settled_wait)
             await repo.add_refs(refs)
             # make sure messages exist before resolving receipts against them
             transitions = await record(repo, changes)
-            known = await repo.resolve_refs([(r.gateway, r.gateway_message_id) for _, _, r in receipts])
+            # each receipt to the submission of its gateway id it belongs to (ids are reused)
+            known = await repo.match_locked(
+                [ReceiptKey(event_id, r.gateway, r.gateway_message_id, at) for event_id, at, r in receipts]
+            )
             # A message whose outcome is unknown has no gateway id: a receipt that echoes
             # Herald's id (client_ref) for it, from the gateway it was sent to, settles it.
             by_reference = await repo.resolve_unknown([
-                (r.gateway, ref) for _, _, r in receipts
-                if (r.gateway, r.gateway_message_id) not in known and (ref := _message_ref(r)) is not None
+                (r.gateway, ref) for event_id, _, r in receipts
+                if event_id not in known and (ref := _message_ref(r)) is not None
             ])
             receipt_changes: list[Change] = []
             parked = []
-            late_refs: list[tuple[str, str, uuid.UUID]] = []
+            late_refs: list[tuple[str, str, uuid.UUID, datetime]] = []
             for event_id, occurred_at, receipt in receipts:
-                found = known.get((receipt.gateway, receipt.gateway_message_id))
+                found = known.get(event_id)
                 ref = _message_ref(receipt)
                 if found is None and ref is not None and ref in by_reference:
                     found = (ref, by_reference[ref])
-                    late_refs.append((receipt.gateway, receipt.gateway_message_id, ref))
+                    late_refs.append((receipt.gateway, receipt.gateway_message_id, ref, occurred_at))
                 if found is None:
-                    parked.append((event_id, receipt.gateway, receipt.gateway_message_id, receipt.model_dump_json()))
+                    parked.append((event_id, receipt.gateway, receipt.gateway_message_id, occurred_at, receipt.model_dump_json()))
                 else:
                     receipt_changes.append(from_receipt(event_id, found[0], found[1], occurred_at, receipt))
             await repo.park_receipts(parked)
-            receipt_changes += _parked_changes(await repo.take_matched_receipts([(g, i) for g, i, _ in refs]))
+            receipt_changes += _parked_changes(await repo.take_matched_receipts(sorted({(g, i) for g, i, _, _ in refs})))
             unknown_now = [t.message_id for t in transitions if t.new is Status.UNKNOWN]
             for row in await repo.take_parked_for_unknown(unknown_now):
-                late_refs.append((row["gateway"], row["gateway_message_id"], row["message_id"]))
+                at = row["occurred_at"] or row["received_at"]
+                late_refs.append((row["gateway"], row["gateway_message_id"], row["message_id"], at))
                 receipt_changes += _parked_changes([row])
             await repo.add_refs(late_refs)
             transitions += await record(repo, receipt_changes)
@@ -144,9 +162,15 @@ class StatusHandler:
 class PendingSweeper:
     """Applies parked receipts whose submission another instance recorded meanwhile."""
 
-    def __init__(self, pool: asyncpg.Pool, interval_s: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, interval_s: float, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW,
+        settled_wait: timedelta = DEFAULT_SETTLED_WAIT,
+    ) -> None:
         self.pool = pool
         self.interval_s = interval_s
+        self.window = window
+        self.skew = skew
+        self.settled_wait = settled_wait
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -154,10 +178,14 @@ class PendingSweeper:
 
     async def sweep_once(self) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
-            repo = ReportsRepository(conn)
+            repo = ReportsRepository(conn, self.window, self.skew, self.settled_wait)
             changes = _parked_changes(await repo.take_matched_receipts(None))
             transitions = await record(repo, changes)
+            expired = await repo.expire_parked()
         observe(transitions)
+        if expired:
+            metrics.RECEIPTS_EXPIRED.inc(expired)
+            log.warning("parked receipts dropped unmatched after the matching window", extra={"count": expired})
         return len(changes)
 
     async def run(self) -> None:

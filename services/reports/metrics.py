@@ -23,6 +23,9 @@ RECEIPTS_PARKED = Counter(
     "herald_receipts_parked_total", "Receipts that arrived before their submission was recorded"
 )
 RECEIPTS_UNPARKED = Counter("herald_receipts_unparked_total", "Parked receipts applied later")
+RECEIPTS_EXPIRED = Counter(
+    "herald_receipts_parked_expired_total", "Parked receipts dropped unmatched after the receipt matching window"
+)
 
 WEBHOOKS_DELIVERED = Counter("herald_webhooks_delivered_total", "Status webhooks the customer answered with 2xx")
 WEBHOOKS_FAILED_ATTEMPTS = Counter(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from services.reports.domain import DESCRIPTIVE, Change, MessageState
-from shared.statuses import Status
+from shared.statuses import RECEIPT_TO_STATUS, Status
 
 _COLUMNS = (
     "message_id, tenant_id, status, status_rank, reason_code, reason, gateway, gateway_message_id,"
@@ -36,31 +38,95 @@ def _state(row: asyncpg.Record) -> MessageState:
     )
 
 
-class ReportsRepository:
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
+#: receipt statuses that settle a submission: once one of them is applied to a submission of a
+#: gateway id, another receipt for that id (another event) belongs to a later submission of it
+FINAL_RECEIPTS = [r.value for r, status in RECEIPT_TO_STATUS.items() if status is not None]
 
-    async def add_refs(self, refs: list[tuple[str, str, uuid.UUID]]) -> None:
+DEFAULT_WINDOW = timedelta(hours=168)
+DEFAULT_SKEW = timedelta(seconds=10)
+DEFAULT_SETTLED_WAIT = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptKey:
+    """What places a receipt among the submissions of its gateway id."""
+
+    event_id: uuid.UUID
+    gateway: str
+    gateway_message_id: str
+    at: datetime  # when the gateway reported it (the event's time)
+    late: bool = False  # parked longer than the settled wait: a settled submission may take it
+
+
+# The submission a receipt belongs to, among those of its (gateway, id): gateways reuse ids (an
+# SMSC restarting or wrapping its counter), so not the first one. Candidates are the submissions
+# made at most ``window`` before the receipt; one that already has a final receipt of another
+# event is settled and skipped (that receipt is for a later submission, maybe not recorded yet).
+# Preferred: the most recent submission made before the receipt (``skew`` allowing for clocks and
+# publish delays); failing that, the earliest one recorded after it (a submission's event can be
+# published well after the submit_sm_resp). None: park the receipt. A receipt parked longer than
+# the settled wait (``late``) may go to a settled submission when no other is there: a second,
+# contradicting final receipt for one message is then kept in its timeline.
+_CANDIDATE = """
+    SELECT g.message_id FROM gateway_refs g
+    CROSS JOIN LATERAL (SELECT EXISTS (
+        SELECT 1 FROM message_events e
+        WHERE e.message_id = g.message_id AND e.event_id <> {ev}
+          AND e.detail->>'receipt' = ANY($f::text[])
+          AND e.detail->>'gateway' = {gw} AND e.detail->>'gateway_message_id' = {id}) AS settled) st
+    WHERE g.gateway = {gw} AND g.gateway_message_id = {id} AND g.submitted_at >= {at} - $w::interval
+      AND ({late} OR NOT st.settled)
+    ORDER BY st.settled, (g.submitted_at <= {at} + $s::interval) DESC,
+             CASE WHEN g.submitted_at <= {at} + $s::interval THEN g.submitted_at END DESC NULLS LAST,
+             g.submitted_at, g.message_id
+    LIMIT 1"""
+
+
+def _sql(text: str, **names: str) -> str:
+    """Fill the candidate subquery's column names and the $w / $s / $f parameter numbers."""
+    return text.replace("{CANDIDATE}", _CANDIDATE.format(**{k: v for k, v in names.items() if len(k) > 1}))\
+        .replace("$w", names["w"]).replace("$s", names["s"]).replace("$f", names["f"])
+
+
+class ReportsRepository:
+    def __init__(
+        self, conn: asyncpg.Connection, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW,
+        settled_wait: timedelta = DEFAULT_SETTLED_WAIT,
+    ) -> None:
+        self.conn = conn
+        self.window = window
+        self.skew = skew
+        self.settled_wait = settled_wait
+
+    async def add_refs(self, refs: list[tuple[str, str, uuid.UUID, datetime]]) -> None:
+        """Record submissions: (gateway, gateway message id, message id, submitted at). Every
+        submission of a reused id is kept; the same one recorded again keeps its first time."""
         if refs:
-            gateways, ids, messages = (list(x) for x in zip(*refs, strict=True))
+            gateways, ids, messages, times = (list(x) for x in zip(*refs, strict=True))
             await self.conn.execute(
-                "INSERT INTO gateway_refs (gateway, gateway_message_id, message_id)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING",
-                gateways, ids, messages,
+                "INSERT INTO gateway_refs (gateway, gateway_message_id, message_id, submitted_at)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
+                gateways, ids, messages, times,
             )
 
-    async def resolve_refs(self, refs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[uuid.UUID, str]]:
-        """(gateway, gateway message id) → (message id, tenant)."""
-        if not refs:
+    async def match_receipts(self, keys: list[ReceiptKey]) -> dict[uuid.UUID, tuple[uuid.UUID, str]]:
+        """Receipt event id -> (message id, tenant) of the submission it belongs to; receipts
+        with none are left out (to be parked)."""
+        if not keys:
             return {}
-        gateways, ids = (list(x) for x in zip(*refs, strict=True))
-        rows = await self.conn.fetch(
-            "SELECT g.gateway, g.gateway_message_id, g.message_id, m.tenant_id FROM gateway_refs g"
-            " JOIN unnest($1::text[], $2::text[]) AS k(gw, id) ON g.gateway = k.gw AND g.gateway_message_id = k.id"
-            " JOIN messages m ON m.message_id = g.message_id",
-            gateways, ids,
+        sql = _sql(
+            "SELECT k.ev, c.message_id, m.tenant_id"
+            " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $8::bool[]) AS k(ev, gw, id, at, late)"
+            " CROSS JOIN LATERAL ({CANDIDATE}) c"
+            " JOIN messages m ON m.message_id = c.message_id",
+            ev="k.ev", gw="k.gw", id="k.id", at="k.at", late="k.late", w="$5", s="$6", f="$7",
         )
-        return {(r["gateway"], r["gateway_message_id"]): (r["message_id"], r["tenant_id"]) for r in rows}
+        rows = await self.conn.fetch(
+            sql,
+            [k.event_id for k in keys], [k.gateway for k in keys], [k.gateway_message_id for k in keys],
+            [k.at for k in keys], self.window, self.skew, FINAL_RECEIPTS, [k.late for k in keys],
+        )
+        return {r["ev"]: (r["message_id"], r["tenant_id"]) for r in rows}
 
     async def resolve_unknown(self, items: list[tuple[str, uuid.UUID]]) -> dict[uuid.UUID, str]:
         """(gateway, Herald's message id echoed in a receipt) of messages whose outcome is
@@ -84,48 +150,78 @@ class ReportsRepository:
             "DELETE FROM pending_receipts p USING messages m"
             " WHERE p.receipt->>'client_ref' = ANY($1::text[]) AND m.message_id::text = p.receipt->>'client_ref'"
             " AND m.gateway = p.gateway AND m.status = 'unknown'"
-            " RETURNING p.event_id, p.receipt, p.received_at, m.message_id, m.tenant_id, p.gateway, p.gateway_message_id",
+            " RETURNING p.event_id, p.receipt, p.received_at, p.occurred_at, m.message_id, m.tenant_id, p.gateway,"
+            " p.gateway_message_id",
             [str(i) for i in message_ids],
         )
 
-    async def park_receipts(self, parked: list[tuple[uuid.UUID, str, str, str]]) -> None:
-        """Keep receipts whose submission is not recorded yet: (event id, gateway, id, receipt JSON)."""
+    async def match_locked(self, keys: list[ReceiptKey]) -> dict[uuid.UUID, tuple[uuid.UUID, str]]:
+        """:meth:`match_receipts`, decided with the candidate messages locked: whether a
+        submission already has its final receipt is then read after any transaction applying
+        one to it has committed. A match whose message changed meanwhile is left out (parked)."""
+        first = await self.match_receipts(keys)
+        if not first:
+            return {}
+        await self.lock_states(dict(first.values()))
+        again = await self.match_receipts([k for k in keys if k.event_id in first])
+        return {ev: found for ev, found in again.items() if first.get(ev) == found}
+
+    async def park_receipts(self, parked: list[tuple[uuid.UUID, str, str, datetime, str]]) -> None:
+        """Keep receipts that belong to no recorded submission yet: (event id, gateway, id, when
+        the gateway reported it, receipt JSON)."""
         if parked:
-            ids, gateways, gw_ids, bodies = (list(x) for x in zip(*parked, strict=True))
+            ids, gateways, gw_ids, times, bodies = (list(x) for x in zip(*parked, strict=True))
             await self.conn.execute(
-                "INSERT INTO pending_receipts (event_id, gateway, gateway_message_id, receipt)"
-                " SELECT e, g, i, r::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS t(e, g, i, r)"
-                " ON CONFLICT DO NOTHING",
-                ids, gateways, gw_ids, bodies,
+                "INSERT INTO pending_receipts (event_id, gateway, gateway_message_id, occurred_at, receipt)"
+                " SELECT e, g, i, o, r::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])"
+                " AS t(e, g, i, o, r) ON CONFLICT DO NOTHING",
+                ids, gateways, gw_ids, times, bodies,
             )
 
     async def take_matched_receipts(
         self, refs: list[tuple[str, str]] | None, limit: int = 5000
-    ) -> list[asyncpg.Record]:
-        """Remove and return parked receipts whose gateway id is now known (all, or among ``refs``)."""
+    ) -> list[dict[str, Any]]:
+        """Remove and return parked receipts that now belong to a recorded submission (all, or
+        those of ``refs``): event_id, receipt, received_at, occurred_at, message_id, tenant_id."""
+        if refs is not None and not refs:
+            return []
+        where = ""
+        args: list[Any] = [limit, self.window, self.skew, FINAL_RECEIPTS, self.settled_wait]
         if refs is not None:
-            if not refs:
-                return []
             gateways, ids = (list(x) for x in zip(*refs, strict=True))
-            return await self.conn.fetch(
-                "DELETE FROM pending_receipts p USING gateway_refs g, messages m,"
-                " unnest($1::text[], $2::text[]) AS k(gw, id)"
-                " WHERE p.gateway = k.gw AND p.gateway_message_id = k.id"
-                " AND g.gateway = p.gateway AND g.gateway_message_id = p.gateway_message_id"
-                " AND m.message_id = g.message_id"
-                " RETURNING p.event_id, p.receipt, p.received_at, g.message_id, m.tenant_id",
-                gateways, ids,
-            )
-        return await self.conn.fetch(
-            "DELETE FROM pending_receipts p USING gateway_refs g, messages m"
-            " WHERE p.event_id IN (SELECT p2.event_id FROM pending_receipts p2 JOIN gateway_refs g2"
-            "   ON g2.gateway = p2.gateway AND g2.gateway_message_id = p2.gateway_message_id"
-            "   LIMIT $1 FOR UPDATE OF p2 SKIP LOCKED)"
-            " AND g.gateway = p.gateway AND g.gateway_message_id = p.gateway_message_id"
-            " AND m.message_id = g.message_id"
-            " RETURNING p.event_id, p.receipt, p.received_at, g.message_id, m.tenant_id",
-            limit,
+            where = " AND (p.gateway, p.gateway_message_id) IN (SELECT * FROM unnest($6::text[], $7::text[]))"
+            args += [gateways, ids]
+        late = "(p.received_at < now() - $5::interval)"
+        sql = _sql(
+            "SELECT p.event_id, p.gateway, p.gateway_message_id, coalesce(p.occurred_at, p.received_at) AS at,"
+            f" {late} AS late FROM pending_receipts p WHERE EXISTS ({{CANDIDATE}})" + where +
+            " ORDER BY p.received_at LIMIT $1 FOR UPDATE OF p SKIP LOCKED",
+            ev="p.event_id", gw="p.gateway", id="p.gateway_message_id",
+            at="coalesce(p.occurred_at, p.received_at)", late=late, w="$2", s="$3", f="$4",
         )
+        rows = await self.conn.fetch(sql, *args)
+        if not rows:
+            return []
+        found = await self.match_locked(
+            [ReceiptKey(r["event_id"], r["gateway"], r["gateway_message_id"], r["at"], r["late"]) for r in rows]
+        )
+        if not found:
+            return []
+        taken = await self.conn.fetch(
+            "DELETE FROM pending_receipts WHERE event_id = ANY($1::uuid[])"
+            " RETURNING event_id, receipt, received_at, occurred_at",
+            list(found),
+        )
+        return [
+            {**dict(r), "message_id": found[r["event_id"]][0], "tenant_id": found[r["event_id"]][1]} for r in taken
+        ]
+
+    async def expire_parked(self) -> int:
+        """Drop receipts parked longer than the matching window: no submission can take them."""
+        status = await self.conn.execute(
+            "DELETE FROM pending_receipts WHERE received_at < now() - $1::interval", self.window
+        )
+        return int(status.split()[-1])
 
     async def lock_states(self, owners: dict[uuid.UUID, str]) -> dict[uuid.UUID, MessageState]:
         """Create missing rows as placeholders, then lock and read all (in id order: no deadlocks)."""

@@ -9,6 +9,21 @@ class ReportsSettings(ConsumerSettings):
     http_port: int = Field(38083, description="Port of the reports HTTP server")
     consumer_max_records: int = Field(2000, ge=1, description="Most events handled in one batch")
     pending_sweep_interval_s: float = Field(2.0, gt=0, description="How often parked receipts are matched again")
+    receipt_match_window_h: float = Field(
+        168.0, gt=0,
+        description="A receipt goes to the most recent submission of its gateway id made at most this long before it "
+        "(gateways reuse ids); a receipt parked this long is dropped",
+    )
+    receipt_match_skew_s: float = Field(
+        10.0, ge=0,
+        description="A submission recorded up to this long after its receipt still counts as before it (clock and "
+        "publish delays)",
+    )
+    receipt_settled_wait_s: float = Field(
+        60.0, ge=0,
+        description="A receipt for a gateway id whose submissions all have a final receipt waits this long for a newer "
+        "submission of the id, then goes to the timeline of the most recent one",
+    )
     webhooks_enabled: bool = Field(
         True, description="Run the status webhook worker in this instance (changes are queued in the outbox either way)"
     )

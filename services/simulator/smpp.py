@@ -18,6 +18,12 @@
   (GSM-7 or UCS-2, concatenated when long) for a bound receiver; ``GET /stats/smpp/messages
   ?client_ref=`` shows what arrived for a reference (text as joined, part ids, data_coding).
   ``/stats`` has the face's counters under ``smpp``.
+* Carrier faults for tests: ``POST /control/smpp/restart-ids`` makes submit_sm ids a decimal
+  counter restarted at 1 (an SMSC restarting, or wrapping, its ids: receipts then carry ids
+  already used); ``POST /control/smpp/malformed`` ``{"kind", "count"}`` queues deliver_sm that
+  cannot be read (:data:`MALFORMED`); an error answer is final for them, no answer (a dropped
+  bind) sends them again after ``smpp_redeliver_ms``, as a real SMSC would after the rebind.
+  ``GET /stats/smpp/outcomes`` gives each client reference's drawn outcomes and ids.
 * Failure modes: ``fail`` answers submit_sm with ESME_RTHROTTLED (status 429), ESME_RSYSERR
   (5xx) or ESME_RSUBMITFAIL (other 4xx); ``partial_fail`` the same per submit_sm; ``slow``
   delays each submit_sm_resp; ``refuse`` closes the listener and drops every bind.
@@ -90,6 +96,31 @@ RECEIPT_STATE: dict[Outcome, tuple[str, int, str]] = {
 
 MAX_PDU = 64 * 1024
 DELIVER_TIMEOUT_S = 10.0
+
+
+def _raw_deliver(sm: bytes, tlvs: bytes = b"", esm: int = 0) -> bytes:
+    """A deliver_sm body written by hand (smpp34 will not encode broken ones): MO from
+    34600000009 to 12345, data_coding 0."""
+    return (
+        b"\x00" + bytes([1, 1]) + b"34600000009\x00" + bytes([0, 0]) + b"12345\x00"
+        + bytes([esm, 0, 0]) + b"\x00\x00" + bytes([0, 0, 0, 0, len(sm)]) + sm + tlvs
+    )
+
+
+#: deliver_sm bodies a hostile or buggy SMSC sends, by name (POST /control/smpp/malformed).
+MALFORMED: dict[str, bytes] = {
+    # SAR TLVs with an empty sar_total_segments (must be 1 octet)
+    "empty_sar": _raw_deliver(b"part", struct.pack(">HH2sHHHHB", TLV_SAR_MSG_REF_NUM, 2, b"\x00\x07",
+                                                   TLV_SAR_TOTAL_SEGMENTS, 0, TLV_SAR_SEGMENT_SEQNUM, 1, 1)),
+    # a TLV whose length runs past the end of the PDU
+    "tlv_overrun": _raw_deliver(b"hello", struct.pack(">HH", TLV_MESSAGE_PAYLOAD, 200) + b"short"),
+    # a concatenation UDH naming part 4 of 3
+    "impossible_part": _raw_deliver(bytes.fromhex("050003070304") + b"text", esm=0x40),
+    # a receipt whose message_state TLV is empty
+    "empty_message_state": _raw_deliver(b"id:1 stat:DELIVRD", struct.pack(">HH", TLV_MESSAGE_STATE, 0), esm=0x04),
+    # the body stops in the middle of the addresses
+    "truncated": b"\x00\x01\x0134600",
+}
 
 
 def smpp_status(http_status: int) -> int:
@@ -317,6 +348,10 @@ class SmppFace:
         self.messages: dict[str, list[dict[str, Any]]] = {}
         #: Herald's message id (TLV 0x1400) -> ids of the parts accepted for it (query_sm)
         self.part_ids_by_ref: dict[str, list[str]] = {}
+        #: submit_sm ids: None: random (``smpp-`` + 16 hex); a counter after /control/smpp/restart-ids
+        self._ids: itertools.count[int] | None = None
+        #: command_status of each answered malformed deliver_sm (hex) -> how many
+        self.malformed_answers: dict[str, int] = {}
         sim.extra_stats["smpp"] = self.stats
 
     @staticmethod
@@ -336,6 +371,10 @@ class SmppFace:
             "mo_retried": 0,
             "query_sm": 0,
             "submit_sm_unanswered": 0,
+            "id_restarts": 0,
+            "malformed_sent": 0,
+            "malformed_answered": 0,
+            "malformed_retried": 0,
         }
 
     # -- listener ----------------------------------------------------------------------------
@@ -392,6 +431,7 @@ class SmppFace:
             "bound": {m: sum(1 for s in self.sessions.values() if s.mode == m) for m in BIND_MODES.values()},
             "incomplete_pending": len(self._assemblies),
             "deliver_pending": len(self._out),
+            "malformed_answers": dict(self.malformed_answers),
         }
 
     def _check_generation(self) -> None:
@@ -403,6 +443,7 @@ class SmppFace:
             self.counters = self._zero()
             self.messages = {}
             self.part_ids_by_ref = {}
+            self.malformed_answers = {}
 
     # -- submit_sm ---------------------------------------------------------------------------
 
@@ -478,7 +519,7 @@ class SmppFace:
             )
         text = decode_text(data, sm.data_coding)
         ref = tlvs[TLV_HERALD_MESSAGE_ID].rstrip(b"\x00").decode("utf-8", "replace") if TLV_HERALD_MESSAGE_ID in tlvs else None
-        part_id = "smpp-" + uuid.uuid4().hex[:16]
+        part_id = self.next_id()
         if answer:
             session.write(pdu(SUBMIT_SM | RESP, seq, part_id.encode() + b"\x00"))
         else:
@@ -501,6 +542,23 @@ class SmppFace:
             del self._assemblies[key]
             self._record(asm, now)
 
+    def next_id(self) -> str:
+        return "smpp-" + uuid.uuid4().hex[:16] if self._ids is None else str(next(self._ids))
+
+    def restart_ids(self) -> None:
+        """From now on submit_sm ids are 1, 2, 3, ...: ids handed out before come back."""
+        self._check_generation()
+        self._ids = itertools.count(1)
+        self.counters["id_restarts"] += 1
+        log.warning("SMPP message ids restart at 1")
+
+    def inject_malformed(self, kind: str, count: int) -> None:
+        self._check_generation()
+        body = MALFORMED[kind]
+        now = self.clock()
+        for _ in range(count):
+            self._push(_Out(now, next(self._out_seq), self.sim.generation, "malformed", lambda: body))
+
     def _record(self, asm: _Assembly, now: float, complete: bool = True) -> None:
         body = "".join(asm.parts[i] for i in sorted(asm.parts))
         ref = asm.client_ref or "smpp:" + hashlib.sha256(f"{asm.source}\x00{asm.destination}\x00{body}".encode()).hexdigest()[:24]
@@ -522,8 +580,10 @@ class SmppFace:
         submitted = datetime.fromtimestamp(now, UTC)
         done = datetime.fromtimestamp(sub.due_at, UTC)
         independent = self.settings.smpp_part_outcomes == "independent"
+        outcomes = self.messages[ref][-1]["outcomes"] = []
         for i, part_id in enumerate(asm.ids):
             outcome = self.sim.rates.choose(self.rng) if independent and i else sub.outcome
+            outcomes.append(outcome.value)
             make = _receipt_maker(part_id, outcome, asm.source, asm.destination, submitted, done, body, asm.total)
             self._push(_Out(sub.due_at, next(self._out_seq), self.sim.generation, "receipt", make, outcome))
         sub.done = True
@@ -611,6 +671,17 @@ class SmppFace:
                 status = None
             if item.generation != self.sim.generation:
                 return
+            if item.kind == "malformed":
+                if status is not None:  # any answer is final: an error is what Herald should say
+                    self.counters["malformed_answered"] += 1
+                    key = f"0x{status:08x}"
+                    self.malformed_answers[key] = self.malformed_answers.get(key, 0) + 1
+                    return
+                self.counters["malformed_retried"] += 1  # no answer (the bind dropped): again, like an SMSC
+                item.due = self.clock() + self.settings.smpp_redeliver_ms / 1000
+                item.seq = next(self._out_seq)
+                self._push(item)
+                return
             if status == ESME_ROK:
                 if item.kind == "receipt":
                     self.counters["receipts_sent"] += 1
@@ -683,5 +754,33 @@ def register_smpp_routes(app: web.Application, face: SmppFace) -> None:
             return web.json_response({"error": {"code": "invalid_request", "message": "client_ref is required"}}, status=400)
         return web.json_response({"messages": face.messages.get(ref, [])})
 
+    async def post_restart_ids(request: web.Request) -> web.Response:
+        face.restart_ids()
+        return web.json_response({"ids": "counter", "next": 1})
+
+    async def post_malformed(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        count = body.get("count", 1) if isinstance(body, dict) else None
+        if not isinstance(body, dict) or body.get("kind") not in MALFORMED or type(count) is not int or not 1 <= count <= 1000:
+            return web.json_response(
+                {"error": {"code": "invalid_request", "message": f'needs {{"kind": one of {sorted(MALFORMED)}, "count": 1-1000}}'}},
+                status=400,
+            )
+        face.inject_malformed(body["kind"], count)
+        return web.json_response({"queued": count}, status=202)
+
+    async def get_outcomes(request: web.Request) -> web.Response:
+        face._check_generation()
+        return web.json_response({
+            "messages": {ref: [{"ids": m["part_ids"], "outcomes": m.get("outcomes", [])} for m in ms]
+                         for ref, ms in face.messages.items()}
+        })
+
     app.router.add_post("/control/mo", post_mo)
+    app.router.add_post("/control/smpp/restart-ids", post_restart_ids)
+    app.router.add_post("/control/smpp/malformed", post_malformed)
     app.router.add_get("/stats/smpp/messages", get_messages)
+    app.router.add_get("/stats/smpp/outcomes", get_outcomes)

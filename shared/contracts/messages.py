@@ -106,6 +106,11 @@ class DeliveryReceipt(_Frozen):
     raw_status: str | None = Field(None, max_length=64)
     done_at: AwareDatetime | None = None
     client_ref: str | None = Field(None, max_length=128, description="Herald's message id when echoed back")
+    fingerprint: str | None = Field(
+        None, max_length=64,
+        description="Hash of the receipt as the gateway sent it (SMPP: addresses and text): part of the event id, so "
+        "receipts for two submissions of a reused gateway id differ while a resent receipt does not",
+    )
 
 
 class InboundMessage(_Frozen):

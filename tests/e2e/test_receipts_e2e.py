@@ -55,6 +55,8 @@ def receipts_stack(env, tmp_path_factory) -> Iterator[Stack]:
     routes = [{"name": "spain", "prefixes": ["+34"], "gateways": ["tw"]}, {"name": "rest", "gateways": ["sim"]}]
     stack = Stack(
         env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_CONSUMER_POLL_MS": "100",
+             # a second final receipt for a settled message waits this long for a newer submission of its id
+             "HERALD_RECEIPT_SETTLED_WAIT_S": "3",
              "HERALD_GATEWAYS": json.dumps(gateways), "HERALD_ROUTES": json.dumps(routes),
              "HERALD_TWILIO_AUTH_TOKENS": json.dumps({"tw": TWILIO_TOKEN}),
              "HERALD_PUBLIC_URL": f"http://127.0.0.1:{ports.ingest}",

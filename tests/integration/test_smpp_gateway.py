@@ -225,6 +225,33 @@ async def test_receipts_refused_by_the_sink_are_redelivered(sim: Sim) -> None:
     assert sim.get("/stats")["smpp"]["receipts_retried"] >= 1  # answered ESME_RX_T_APPN, sent again
 
 
+async def test_malformed_deliver_sm_is_answered_with_an_error_and_the_bind_kept(sim: Sim) -> None:
+    """A hostile or buggy SMSC: deliver_sm that cannot be read (an empty SAR TLV, a TLV running
+    past the PDU, part 4 of 3, an empty message_state, a truncated body) are each answered with
+    ESME_RX_P_APPN on the same bind, while submissions and their receipts go on."""
+    from services.simulator.smpp import MALFORMED
+
+    sink = ListSink()
+    messages = [message(f"hostile smsc {i}") for i in range(40)]
+    async with gateway(sim.smpp_port, sink) as gw:
+        (session,) = sessions_of(gw)
+        for kind in MALFORMED:
+            sim.post("/control/smpp/malformed", {"kind": kind, "count": 2})
+        outcomes = await gw.submit_many(messages)
+        want = 2 * len(MALFORMED)
+        async with asyncio.timeout(15):
+            while sim.get("/stats")["smpp"]["malformed_answered"] < want:
+                await asyncio.sleep(0.1)
+        ids = {o.gateway_message_id for o in outcomes if isinstance(o, Submitted)}
+        await sink.wait(lambda: {r.gateway_message_id for r in sink.receipts_got} >= ids)
+        stats = sim.get("/stats")["smpp"]
+        assert stats["malformed_answers"] == {f"0x{c.ESME_RX_P_APPN:08x}": want}
+        assert stats["malformed_retried"] == 0 and stats["binds"] == 1
+        assert gw.stats["reconnects"] == 0 and sessions_of(gw) == (session,)
+    assert all(isinstance(o, Submitted) for o in outcomes), outcomes
+    assert len(ids) == len(messages) and not sink.inbound_got
+
+
 async def test_transmitter_and_receiver_binds(sim: Sim) -> None:
     sink = ListSink()
     async with gateway(sim.smpp_port, sink, bound=2, bind_mode="transmitter+receiver", binds=2) as gw:
@@ -440,3 +467,39 @@ async def test_sink_failure_answers_a_temporary_error() -> None:
     assert (first.seq, first.status) == (5, c.ESME_RX_T_APPN)
     assert (second.seq, second.status) == (6, 0)
     assert [r.gateway_message_id for r in sink.receipts_got] == ["abc"]
+
+
+async def test_an_over_long_pdu_is_skipped_with_a_generic_nack_and_the_bind_kept() -> None:
+    sink = ListSink()
+    receipt = c.ShortMessage("34600000001", "Herald", b"id:xyz stat:DELIVRD", esm_class=4)
+    async with fake(lambda sm, n: 0) as smsc, gateway(smsc.port, sink) as gw:
+        assert smsc.writer is not None
+        smsc.writer.write(c.encode_pdu(c.DELIVER_SM, 9, b"\x00" * (c.MAX_PDU + 100)))  # framed, too long to be legal
+        nack = await asyncio.wait_for(smsc.responses.get(), 5)
+        assert (nack.command_id, nack.seq, nack.status) == (c.GENERIC_NACK, 9, 0x02)  # ESME_RINVCMDLEN
+        smsc.deliver(receipt, 10)  # the next PDU is read as usual, on the same bind
+        resp = await asyncio.wait_for(smsc.responses.get(), 5)
+        assert (resp.command_id, resp.seq, resp.status) == (c.DELIVER_SM | c.RESP, 10, 0)
+        assert gw.stats["binds"] == 1 and gw.stats["reconnects"] == 0
+    assert [r.gateway_message_id for r in sink.receipts_got] == ["xyz"]
+
+
+async def test_mo_parts_past_the_reassembly_bound_are_answered_queue_full() -> None:
+    sink = ListSink()
+
+    def part(ref: int, seq: int) -> c.ShortMessage:
+        return c.ShortMessage("34600000001", "12345", c.udh_concat(ref, 2, seq) + b"x" * 150, esm_class=c.ESM_UDHI)
+
+    async with fake(lambda sm, n: 0) as smsc, gateway(smsc.port, sink, mo_reassembly_max_bytes=1024) as gw:
+        answers = []
+        for ref in range(8):  # 8 first parts of 150 octets: the 7th would pass 1,024 bytes
+            smsc.deliver(part(ref, 1), 100 + ref)
+            answers.append((await asyncio.wait_for(smsc.responses.get(), 5)).status)
+        assert answers == [0] * 6 + [c.ESME_RMSGQFUL] * 2
+        smsc.deliver(part(0, 2), 200)  # completing a message frees its bytes
+        assert (await asyncio.wait_for(smsc.responses.get(), 5)).status == 0
+        await sink.wait(lambda: len(sink.inbound_got) == 1)
+        smsc.deliver(part(6, 1), 201)  # the SMSC sends a refused part again later: now it fits
+        assert (await asyncio.wait_for(smsc.responses.get(), 5)).status == 0
+        assert gw.stats["reconnects"] == 0
+    assert sink.inbound_got[0].body == "x" * 300

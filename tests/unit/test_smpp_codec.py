@@ -415,3 +415,163 @@ async def test_window_acquire_times_out_without_taking_a_slot() -> None:
     w.slow_down(1.0)  # paused longer than the timeout
     await w.release()
     assert not await w.acquire(0.05) and w.used == 0
+
+
+# -- hostile or buggy SMSCs: malformed deliver_sm ------------------------------------------
+
+
+def sar(ref: bytes, total: bytes, seq: bytes) -> dict[int, bytes]:
+    return {c.TLV_SAR_MSG_REF_NUM: ref, c.TLV_SAR_TOTAL_SEGMENTS: total, c.TLV_SAR_SEGMENT_SEQNUM: seq}
+
+
+@pytest.mark.parametrize(
+    "tlvs",
+    [
+        sar(b"\x01\x02", b"", b"\x01"),  # empty SAR total: was an IndexError that dropped the bind
+        sar(b"\x01\x02", b"\x02", b""),
+        sar(b"", b"\x02", b"\x01"),
+    ],
+)
+def test_empty_sar_tlvs_are_a_codec_error(tlvs: dict[int, bytes]) -> None:
+    with pytest.raises(c.CodecError):
+        c.concat_of(c.ShortMessage("1", "2", b"abc", tlvs=tlvs))
+
+
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [
+        (c.TLV_SAR_MSG_REF_NUM, b"\x01"),  # 2 octets by the spec
+        (c.TLV_SAR_TOTAL_SEGMENTS, b"\x02\x00"),  # 1 octet
+        (c.TLV_SAR_SEGMENT_SEQNUM, b""),
+        (c.TLV_MESSAGE_STATE, b""),  # 1 octet
+        (c.TLV_NETWORK_ERROR_CODE, b"\x03\x00"),  # 3 octets
+        (c.TLV_RECEIPTED_MESSAGE_ID, b"x" * 66),  # at most 65
+        (c.TLV_USER_MESSAGE_REFERENCE, b"\x01"),  # 2 octets
+    ],
+)
+def test_decode_checks_the_length_of_known_tlvs(tag: int, value: bytes) -> None:
+    body = c.ShortMessage("1", "2", b"abc", tlvs={tag: value}).encode()
+    with pytest.raises(c.CodecError):
+        c.ShortMessage.decode(body)
+
+
+def test_a_tlv_longer_than_the_pdu_is_a_codec_error() -> None:
+    body = c.ShortMessage("1", "2", b"abc").encode() + bytes.fromhex("04240010") + b"short"
+    with pytest.raises(c.CodecError):
+        c.ShortMessage.decode(body)
+
+
+@pytest.mark.parametrize(
+    "udh",
+    [
+        "050003070300",  # part 0
+        "050003070304",  # part 4 of 3
+        "050003070001",  # 0 parts
+        "0608040001020003",  # 16-bit reference, part 3 of 2
+    ],
+)
+def test_impossible_part_numbers_are_rejected(udh: str) -> None:
+    sm = c.ShortMessage("1", "2", bytes.fromhex(udh) + b"abc", esm_class=c.ESM_UDHI)
+    with pytest.raises(c.CodecError):
+        c.concat_of(sm)
+    with pytest.raises(c.CodecError):
+        c.concat_of(c.ShortMessage("1", "2", b"abc", tlvs=sar(b"\x00\x07", b"\x02", b"\x03")))
+
+
+def test_reassembler_rejects_impossible_parts_too() -> None:
+    r = c.Reassembler(timeout_s=10)
+    with pytest.raises(c.CodecError):
+        r.add("+1", "2", c.Concat(1, 3, 0), "x", 0.0)
+    with pytest.raises(c.CodecError):
+        r.add("+1", "2", c.Concat(1, 3, 4), "x", 0.0)
+    assert len(r) == 0
+
+
+def test_reassembly_is_bounded_in_bytes() -> None:
+    r = c.Reassembler(timeout_s=10, max_bytes=1000)
+    assert r.add("+1", "2", c.Concat(1, 3, 1), "a" * 400, 0.0) is None
+    assert r.add("+1", "2", c.Concat(2, 3, 1), "b" * 400, 0.0) is None
+    assert r.held_bytes == 800
+    with pytest.raises(c.ReassemblyFull):
+        r.add("+1", "2", c.Concat(3, 3, 1), "c" * 400, 0.0)
+    assert r.held_bytes == 800 and len(r) == 2  # nothing of the refused part is kept
+    # a repeated part replaces itself: counted once
+    assert r.add("+1", "2", c.Concat(1, 3, 1), "a" * 400, 0.1) is None
+    assert r.held_bytes == 800
+    # completing a message gives its bytes back
+    assert r.add("+1", "2", c.Concat(1, 3, 2), "x", 0.2) is None
+    assert r.add("+1", "2", c.Concat(1, 3, 3), "y", 0.3) == "a" * 400 + "xy"
+    assert r.held_bytes == 400
+    assert r.expire(20.0) == [("+1", "2", "b" * 400)]
+    assert r.held_bytes == 0
+
+
+def test_a_part_that_completes_its_message_is_taken_even_at_the_bound() -> None:
+    r = c.Reassembler(timeout_s=10, max_bytes=500)
+    assert r.add("+1", "2", c.Concat(1, 2, 1), "a" * 300, 0.0) is None
+    with pytest.raises(c.ReassemblyFull):
+        r.add("+1", "2", c.Concat(2, 2, 1), "b" * 300, 0.0)
+    assert r.add("+1", "2", c.Concat(1, 2, 2), "c" * 300, 0.0) == "a" * 300 + "c" * 300
+    assert r.held_bytes == 0
+
+
+def test_unknown_vendor_statuses_share_one_metric_label() -> None:
+    assert c.metric_label(0x401) == c.metric_label(0x4FF) == c.metric_label(0x12345678) == "vendor_or_unknown"
+    assert c.metric_label(0x58) == "ESME_RTHROTTLED"
+    assert c.metric_label(0x401) != c.classify(0x401).name  # the refusal itself still names the code
+
+
+class _FakeSession:
+    label = "fake"
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, int, int]] = []
+
+    def respond(self, command_id: int, seq: int, body: bytes = b"", status: int = 0) -> bool:
+        self.answers.append((command_id, seq, status))
+        return True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        c.ShortMessage("34600000001", "12345", b"abc", tlvs=sar(b"\x00\x07", b"", b"\x01")).encode(),
+        c.ShortMessage("34600000001", "12345", bytes.fromhex("050003070300") + b"abc", esm_class=c.ESM_UDHI).encode(),
+        c.ShortMessage("34600000001", "12345", b"id:1 stat:DELIVRD", esm_class=c.ESM_RECEIPT,
+                       tlvs={c.TLV_MESSAGE_STATE: b""}).encode(),
+        b"\x00\x01",  # truncated
+    ],
+)
+def test_a_malformed_deliver_sm_is_answered_with_an_error_and_raises_nothing(body: bytes) -> None:
+    from services.dispatcher.gateways.smpp import SmppGateway
+
+    gw = SmppGateway(SmppConfig(name="smsc", host="127.0.0.1", system_id="herald"))  # no loop: not started
+    session = _FakeSession()
+    gw._on_deliver_sm(session, c.Pdu(c.DELIVER_SM, 0, 7, body))  # type: ignore[arg-type]
+    assert session.answers == [(c.DELIVER_SM, 7, c.ESME_RX_P_APPN)]
+    assert gw._inbox.qsize() == 0
+
+
+def test_receipt_fingerprint_tells_two_messages_with_one_reused_id_apart() -> None:
+    from shared.contracts import DeliveryReceipt
+    from shared.events import receipt_event
+
+    def receipt(handset: str, text: bytes) -> c.ShortMessage:
+        return c.ShortMessage(handset, "Herald", text, esm_class=c.ESM_RECEIPT)
+
+    a = receipt("34600000001", b"id:1 submit date:2512051000 done date:2512051000 stat:DELIVRD err:000 text:hello")
+    b = receipt("34600000002", b"id:1 submit date:2512051300 done date:2512051300 stat:DELIVRD err:000 text:other")
+    assert c.receipt_fingerprint(a) == c.receipt_fingerprint(receipt(a.source_addr, a.short_message))  # resent: same
+    assert c.receipt_fingerprint(a) != c.receipt_fingerprint(b)
+
+    def event_id(fingerprint: str | None):
+        r = DeliveryReceipt(gateway="smsc", gateway_message_id="1", status=ReceiptStatus.DELIVERED, error_code="000",
+                            fingerprint=fingerprint)
+        return receipt_event(r).event.event_id
+
+    assert event_id(c.receipt_fingerprint(a)) == event_id(c.receipt_fingerprint(a))
+    assert event_id(c.receipt_fingerprint(a)) != event_id(c.receipt_fingerprint(b))
+    # a receipt without a fingerprint (HTTP gateways) keeps the id it always had
+    from shared.contracts.envelope import derived_event_id
+
+    assert event_id(None) == derived_event_id("smsc", "1", ReceiptStatus.DELIVERED, "000")

@@ -43,6 +43,7 @@ from services.dispatcher.gateways.smpp_codec import (
     ESM_RECEIPT,
     ESM_TYPE_MASK,
     ESME_RINVCMDID,
+    ESME_RINVCMDLEN,
     ESME_RMSGQFUL,
     ESME_ROK,
     ESME_RX_P_APPN,
@@ -57,6 +58,7 @@ from services.dispatcher.gateways.smpp_codec import (
     CodecError,
     IdConversion,
     Pdu,
+    ReassemblyFull,
     Reassembler,
     ShortMessage,
     address,
@@ -67,8 +69,10 @@ from services.dispatcher.gateways.smpp_codec import (
     decode_message_id,
     decode_text,
     encode_pdu,
+    metric_label,
     parse_receipt,
     plan_message,
+    receipt_fingerprint,
 )
 from shared.contracts import DeliveryReceipt, InboundMessage, MessageOutbound, utcnow
 
@@ -85,6 +89,9 @@ BindMode = Literal["transceiver", "transmitter+receiver"]
 QUERY_SM = 0x00000003
 ESME_RQUERYFAIL = 0x00000067  # query_sm: no such message
 QUERY_SM_TOTAL = Counter("herald_smpp_query_sm_total", "query_sm sent to resolve unknown outcomes, by answer", ["gateway", "answer"])
+#: A PDU longer than MAX_PDU but at most this long is read past and answered with a
+#: generic_nack (ESME_RINVCMDLEN); a longer command_length means the framing is lost: reconnect.
+MAX_SKIPPED_PDU = 1024 * 1024
 
 
 class SmppConfig(GatewayBase):
@@ -126,6 +133,9 @@ class SmppConfig(GatewayBase):
     receipt_timezone: str = Field("UTC", description="Time zone of the dates in receipt texts (IANA name)")
     mo_default_charset: str = Field("gsm03.38", description="Python codec of data_coding 0 in MO (gsm03.38, latin-1, ascii)")
     mo_reassembly_timeout_s: float = Field(60.0, gt=0, description="Incomplete concatenated MO is published after this")
+    mo_reassembly_max_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Text of incomplete concatenated MO held in memory, at most (then ESME_RMSGQFUL)"
+    )
     inbound_flush_ms: int = Field(50, ge=1, le=5000, description="Receipts/MO are handed to the sink every this many ms")
     inbound_batch: int = Field(200, ge=1, le=10_000, description="... or when this many are waiting")
     inbound_idle_ms: int = Field(5, ge=0, le=5000, description="... or when none came for this long (the SMSC's window is full)")
@@ -310,8 +320,20 @@ class Session:
             while True:
                 head = await self.reader.readexactly(HEADER.size)
                 length, command_id, status, seq = HEADER.unpack(head)
-                if not HEADER.size <= length <= MAX_PDU:
-                    raise CodecError(f"invalid command_length {length}")
+                if not HEADER.size <= length <= MAX_SKIPPED_PDU:
+                    raise CodecError(f"invalid command_length {length}")  # framing lost: only a reconnect helps
+                if length > MAX_PDU:
+                    # Framed but too long to be legal: read past it, answer, keep the bind.
+                    left = length - HEADER.size
+                    while left:
+                        left -= len(await self.reader.readexactly(min(left, 65536)))
+                    log.warning("SMPP %s: PDU 0x%08x of %d octets skipped", self.label, command_id, length)
+                    if not command_id & RESP:
+                        try:
+                            self.send(encode_pdu(GENERIC_NACK, seq, b"", ESME_RINVCMDLEN))
+                        except SessionClosed:
+                            pass
+                    continue
                 body = await self.reader.readexactly(length - HEADER.size) if length > HEADER.size else b""
                 pdu = Pdu(command_id, status, seq, body)
                 if pdu.is_response:  # generic_nack included: it carries the request's sequence number
@@ -321,6 +343,7 @@ class Session:
                 elif command_id == ENQUIRE_LINK:
                     self.respond(ENQUIRE_LINK, seq)
                 elif command_id == DELIVER_SM:
+                    # never raises: an undecodable deliver_sm is answered with an error, the bind kept
                     self.gateway._on_deliver_sm(self, pdu)
                 elif command_id == UNBIND:
                     self.respond(UNBIND, seq)
@@ -437,7 +460,7 @@ class SmppGateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue()
         self._ref = random.randrange(256)
-        self._reassembler = Reassembler(config.mo_reassembly_timeout_s)
+        self._reassembler = Reassembler(config.mo_reassembly_timeout_s, max_bytes=config.mo_reassembly_max_bytes)
         self._tz = ZoneInfo(config.receipt_timezone)
         self._closing = False
         self._draining = False
@@ -716,7 +739,7 @@ class SmppGateway:
             return _Accepted(message_id)
         status = resp.status or ESME_RINVCMDID  # a generic_nack with status 0 is still a refusal
         info = classify(status, self.config.retriable_statuses)
-        SUBMIT_SM_TOTAL.labels(self.name, info.name).inc()
+        SUBMIT_SM_TOTAL.labels(self.name, metric_label(status)).inc()
         if info.slow_down:
             self.stats["throttled"] += 1
             session.window.slow_down(self.config.throttle_pause_s)
@@ -786,7 +809,17 @@ class SmppGateway:
     # -- deliver_sm --------------------------------------------------------------------------
 
     def _on_deliver_sm(self, session: Session, pdu: Pdu) -> None:
-        """Called by the reader task: must not block. Answers at once only what needs no sink."""
+        """Called by the reader task: must not block, and never raises (an exception here would
+        drop the bind; the SMSC would send the same PDU after the rebind, and again). Answers at
+        once only what needs no sink, and any deliver_sm it cannot read with an error."""
+        try:
+            self._take_deliver_sm(session, pdu)
+        except Exception:  # noqa: BLE001 - a PDU no branch below foresaw: answer it, keep the bind
+            log.exception("SMPP %s: deliver_sm could not be handled; answered ESME_RX_P_APPN", session.label)
+            DELIVER_SM_TOTAL.labels(self.name, "unreadable", "permanent_error").inc()
+            session.respond(DELIVER_SM, pdu.seq, b"\x00", ESME_RX_P_APPN)
+
+    def _take_deliver_sm(self, session: Session, pdu: Pdu) -> None:
         try:
             sm = ShortMessage.decode(pdu.body)
         except CodecError as exc:
@@ -803,6 +836,11 @@ class SmppGateway:
                 item = self._receipt_item(session, pdu.seq, sm)
             else:
                 item = self._mo_item(session, pdu.seq, sm)
+        except ReassemblyFull as exc:
+            log.warning("SMPP %s: %s; answered ESME_RMSGQFUL", session.label, exc)
+            DELIVER_SM_TOTAL.labels(self.name, "mo_part", "queue_full").inc()
+            session.respond(DELIVER_SM, pdu.seq, b"\x00", ESME_RMSGQFUL)
+            return
         except (CodecError, ValidationError, ValueError) as exc:
             log.warning("SMPP %s: deliver_sm not understood (%s); answered ESME_RX_P_APPN", session.label, exc)
             DELIVER_SM_TOTAL.labels(self.name, "unreadable", "permanent_error").inc()
@@ -822,6 +860,7 @@ class SmppGateway:
             error_code=parsed.error_code,
             raw_status=parsed.raw_status,
             done_at=parsed.done_at,
+            fingerprint=receipt_fingerprint(sm),
         )
         return _Inbound(session, seq, receipt=receipt)
 

@@ -7,6 +7,7 @@ Wire layout references are to the SMPP v3.4 specification (Issue 1.2): section 4
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from collections.abc import Iterable
@@ -64,6 +65,17 @@ TLV_SAR_SEGMENT_SEQNUM = 0x020F
 #: simulator count "the same message sent twice" exactly. Real carriers ignore unknown vendor
 #: TLVs by the spec (5.3.1), but some reject them: keep it off for them.
 TLV_HERALD_MESSAGE_ID = 0x1400
+
+#: Octets each known TLV may have (5.3.2): (min, max). Other tags are taken as they come.
+TLV_LENGTHS: dict[int, tuple[int, int]] = {
+    TLV_NETWORK_ERROR_CODE: (3, 3),
+    TLV_MESSAGE_STATE: (1, 1),
+    TLV_RECEIPTED_MESSAGE_ID: (1, 65),
+    TLV_USER_MESSAGE_REFERENCE: (2, 2),
+    TLV_SAR_MSG_REF_NUM: (2, 2),
+    TLV_SAR_TOTAL_SEGMENTS: (1, 1),
+    TLV_SAR_SEGMENT_SEQNUM: (1, 1),
+}
 
 
 class CodecError(ValueError):
@@ -149,6 +161,17 @@ def status_name(status: int) -> str:
     return classify(status).name
 
 
+#: The metric label of every command_status not in :data:`COMMAND_STATUS` (vendor range or
+#: garbage): one label, so an SMSC answering with many distinct codes cannot grow a metric
+#: without bound. The refusal itself (reason code) still names the exact code.
+UNKNOWN_STATUS_LABEL = "vendor_or_unknown"
+
+
+def metric_label(status: int) -> str:
+    info = COMMAND_STATUS.get(status)
+    return info.name if info is not None else UNKNOWN_STATUS_LABEL
+
+
 # --------------------------------------------------------------------------------------------
 # PDU framing and fields
 
@@ -220,12 +243,19 @@ class Reader:
         return len(self.data) - self.pos
 
     def tlvs(self) -> dict[int, bytes]:
+        """The optional parameters; a TLV running past the PDU, or a known tag with a length the
+        specification does not allow (:data:`TLV_LENGTHS`), is a :class:`CodecError`."""
         out: dict[int, bytes] = {}
         while self.left:
             if self.left < 4:
                 raise CodecError("truncated TLV header")
             tag, length = struct.unpack_from(">HH", self.data, self.pos)
             self.pos += 4
+            if length > self.left:
+                raise CodecError(f"TLV 0x{tag:04x} of {length} octets runs past the PDU")
+            allowed = TLV_LENGTHS.get(tag)
+            if allowed is not None and not allowed[0] <= length <= allowed[1]:
+                raise CodecError(f"TLV 0x{tag:04x} has {length} octets, allowed {allowed[0]}-{allowed[1]}")
             out.setdefault(tag, self.octets(length))
         return out
 
@@ -436,6 +466,13 @@ class Concat:
     seq: int
 
 
+def checked(concat: Concat) -> Concat:
+    """``concat`` if its part number can exist (1 <= seq <= total, total >= 1), else CodecError."""
+    if concat.total < 1 or not 1 <= concat.seq <= concat.total:
+        raise CodecError(f"impossible part {concat.seq} of {concat.total}")
+    return concat
+
+
 def split_udh(data: bytes) -> tuple[Concat | None, bytes]:
     """Strip a User Data Header; return its concatenation element (8- or 16-bit ref) if any."""
     if not data:
@@ -454,7 +491,7 @@ def split_udh(data: bytes) -> tuple[Concat | None, bytes]:
         elif iei == 0x08 and iel == 4 and len(value) == 4:
             concat = Concat((value[0] << 8) | value[1], value[2], value[3])
         i += 2 + iel
-    return concat, rest
+    return (checked(concat) if concat is not None else None), rest
 
 
 #: data_coding values SMPP itself defines (5.2.19) -> Python codec; None: the SMSC default alphabet.
@@ -497,7 +534,11 @@ def concat_of(sm: ShortMessage) -> tuple[Concat | None, bytes]:
         return split_udh(data)
     t = sm.tlvs
     if TLV_SAR_MSG_REF_NUM in t and TLV_SAR_TOTAL_SEGMENTS in t and TLV_SAR_SEGMENT_SEQNUM in t:
-        return Concat(int.from_bytes(t[TLV_SAR_MSG_REF_NUM], "big"), t[TLV_SAR_TOTAL_SEGMENTS][0], t[TLV_SAR_SEGMENT_SEQNUM][0]), data
+        ref, total, seq = t[TLV_SAR_MSG_REF_NUM], t[TLV_SAR_TOTAL_SEGMENTS], t[TLV_SAR_SEGMENT_SEQNUM]
+        # A ShortMessage built by decode() has these checked already; one built otherwise may not.
+        if (len(ref), len(total), len(seq)) != (2, 1, 1):
+            raise CodecError("SAR TLVs of the wrong length")
+        return checked(Concat(int.from_bytes(ref, "big"), total[0], seq[0])), data
     return None, data
 
 
@@ -506,41 +547,69 @@ class _Assembly:
     total: int
     first_at: float
     parts: dict[int, str] = field(default_factory=dict)
+    size: int = 0  # bytes held (UTF-8 of the parts' text)
+
+
+class ReassemblyFull(CodecError):
+    """Holding this part would exceed the reassembly's byte bound: answer a temporary error
+    (the SMSC sends it again later) and keep nothing of it."""
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 class Reassembler:
-    """Joins concatenated MO parts by (source, destination, reference, total)."""
+    """Joins concatenated MO parts by (source, destination, reference, total). Bounded: at most
+    ``max_pending`` incomplete messages and ``max_bytes`` of text held over all of them."""
 
-    def __init__(self, timeout_s: float = 60.0, max_pending: int = 10_000) -> None:
+    def __init__(self, timeout_s: float = 60.0, max_pending: int = 10_000, max_bytes: int = 8 * 1024 * 1024) -> None:
         self.timeout_s = timeout_s
         self.max_pending = max_pending
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
         self._pending: dict[tuple[str, str, int, int], _Assembly] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def add(self, source: str, dest: str, concat: Concat, text: str, now: float) -> str | None:
-        """The whole text once every part has arrived, else None. A repeated part replaces itself."""
+        """The whole text once every part has arrived, else None. A repeated part replaces itself.
+        CodecError for a part number that cannot exist, :class:`ReassemblyFull` past the bounds."""
+        checked(concat)
         if concat.total <= 1:
             return text
         key = (source, dest, concat.ref, concat.total)
         asm = self._pending.get(key)
+        size = _size(text)
+        grows = size - (_size(asm.parts[concat.seq]) if asm is not None and concat.seq in asm.parts else 0)
+        # a part that completes its message frees memory: never refused
+        completes = asm is not None and all(i in asm.parts or i == concat.seq for i in range(1, asm.total + 1))
+        if not completes and self.held_bytes + grows > self.max_bytes:
+            raise ReassemblyFull(f"concatenated MO held in memory would exceed {self.max_bytes} bytes")
         if asm is None:
             if len(self._pending) >= self.max_pending:
-                raise CodecError("too many incomplete concatenated messages")
+                raise ReassemblyFull("too many incomplete concatenated messages")
             asm = self._pending[key] = _Assembly(concat.total, now)
         asm.parts[concat.seq] = text
+        asm.size += grows
+        self.held_bytes += grows
         if len(asm.parts) >= asm.total and all(i in asm.parts for i in range(1, asm.total + 1)):
-            del self._pending[key]
+            self._drop(key)
             return "".join(asm.parts[i] for i in range(1, asm.total + 1))
         return None
+
+    def _drop(self, key: tuple[str, str, int, int]) -> _Assembly:
+        asm = self._pending.pop(key)
+        self.held_bytes -= asm.size
+        return asm
 
     def expire(self, now: float) -> list[tuple[str, str, str]]:
         """(source, destination, text of the parts that came) of assemblies older than the timeout."""
         out = []
         for key, asm in list(self._pending.items()):
             if now - asm.first_at >= self.timeout_s:
-                del self._pending[key]
+                self._drop(key)
                 out.append((key[0], key[1], "".join(asm.parts[i] for i in sorted(asm.parts))))
         return out
 
@@ -679,6 +748,14 @@ def parse_receipt(sm: ShortMessage, *, id_conversion: IdConversion = "none", tz:
         net = sm.tlvs[TLV_NETWORK_ERROR_CODE]
         err = f"{net[0]}:{int.from_bytes(net[1:], 'big')}"
     return ParsedReceipt(message_id, status, raw[:64] or "UNKNOWN", err[:32] if err else None, parse_smpp_date(text_fields.done_date, tz))
+
+
+def receipt_fingerprint(sm: ShortMessage) -> str:
+    """A receipt's identity beyond its message id: its addresses (the handset) and text (submit
+    and done dates, the message's first characters). An SMSC that resends a receipt resends the
+    same; receipts for two messages that got the same id (a restarted or wrapped counter) differ."""
+    raw = b"\x00".join((sm.source_addr.encode("latin-1"), sm.destination_addr.encode("latin-1"), sm.payload))
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 def receipt_text(message_id: str, stat: str, err: str, submitted: datetime, done: datetime, text: str = "", parts: int = 1) -> str:
