@@ -40,6 +40,13 @@ def request_hash(request: MessageRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def batch_item_keys(batch_key: str, count: int) -> list[str]:
+    """The idempotency key of each message of a batch that carries none of its own: the
+    batch's key (its Idempotency-Key header, or one made for it) and the message's position.
+    A batch retried with the same key gives every message the id it got the first time."""
+    return [f"batch:{batch_key}:{index}" for index in range(count)]
+
+
 def accept(
     request: MessageRequest,
     *,
