@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -15,7 +16,13 @@ from pydantic import BaseModel, Field
 from services.ingest import metrics
 from services.ingest.audience import build_audience_router
 from services.ingest.campaigns.api import build_campaigns_router
-from services.ingest.domain import Rejection, batch_item_keys, parse_receipts, parse_request
+from services.ingest.domain import (
+    Rejection,
+    batch_item_fingerprint,
+    batch_message_ids,
+    parse_receipts,
+    parse_request,
+)
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
@@ -61,10 +68,10 @@ class BatchAnswer(BaseModel):
 
 BATCH_KEY_HEADER = "Idempotency-Key"
 BATCH_KEY_DESCRIPTION = (
-    "Makes the batch safe to retry: each message without an idempotency_key of its own gets one "
-    "derived from this key and its position, so a batch sent again with the same key (after a 503 "
-    "or a lost answer) gives every message the id it got the first time and sends none twice. "
-    "Without it ingest makes a key and returns it in this header and in the answer (also on a 503)."
+    "Makes the batch safe to retry: the same batch sent again with the same key (after a 503 or a "
+    "lost answer) gives every message the id it got the first time (duplicate: true) and sends none "
+    "twice; the key with another batch is 409 idempotency_conflict. Without it ingest makes a key "
+    "and returns it in this header and in the answer (also on a 503). Kept like message keys."
 )
 
 
@@ -166,6 +173,7 @@ def create_app(
         responses={
             401: {},
             403: {},
+            409: {},
             413: {},
             422: {},
             429: {},
@@ -209,20 +217,38 @@ def create_app(
 
     async def _send_batch(items: list[Any], principal: Principal, request: Request, key: str) -> JSONResponse:
         parsed: list[MessageRequest | Rejection] = []
+        fingerprint = hashlib.sha256()
         for index, item in enumerate(items):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a 10,000-message batch must not stall single requests (OTPs)
+            fingerprint.update(batch_item_fingerprint(item))
             try:
                 parsed.append(parse_request(item))
             except Rejection as rejection_:
                 parsed.append(rejection_)
+        # The whole batch is one idempotency key (one row): its value is the batch's id, and
+        # each message's id derives from it and the message's position.
+        batch_key = f"batch:{key}"
+        kept = (await repository.reserve_keys(principal.tenant_id, [(batch_key, fingerprint.hexdigest(), uuid.uuid4())]))[
+            batch_key
+        ]
+        if kept.request_hash != fingerprint.hexdigest():
+            metrics.REQUESTS_REJECTED.labels("idempotency_conflict").inc()
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                "this Idempotency-Key was already used with another batch",
+                [{"loc": f"header.{BATCH_KEY_HEADER}", "code": "idempotency_conflict", "msg": "key reused with another batch"}],
+                headers={BATCH_KEY_HEADER: key},
+            )
         results, outgoing = await acceptor.prepare(
             principal.tenant_id,
             parsed,
             source="api",
             now=utcnow(),
             trace_id=_trace_id(request),
-            default_keys=batch_item_keys(key, len(parsed)),
+            message_ids=batch_message_ids(kept.message_id, len(parsed)),
+            replayed=not kept.fresh,
         )
         answers: list[dict[str, Any]] = []
         accepted = 0
