@@ -211,12 +211,12 @@ def number(item: Incoming) -> int:
     return int(item.event.payload.body.rsplit("-", 1)[1])
 
 
-async def start_on(env, topic, handler, service: str, probe=None, **overrides):
+async def start_on(env, topic, handler, service: str, probe=None, group: str | None = None, **overrides):
     settings = ConsumerSettings(consumer_poll_ms=100, topic_prefix=env.prefix, **overrides)
     producer = make_producer(settings, "test")
     await producer.start()
     extra = {"probe": probe} if probe is not None else {}
-    consumer = BatchConsumer(settings, service, f"g-{uuid.uuid4().hex}", [topic], handler,
+    consumer = BatchConsumer(settings, service, group or f"g-{uuid.uuid4().hex}", [topic], handler,
                              Publisher(producer, env.prefix, service), **extra)
     await consumer.start()
     return consumer, asyncio.create_task(consumer.run()), producer
@@ -375,16 +375,24 @@ async def test_database_down_is_waited_out_without_rejecting_anything(env) -> No
         await conn.close()
 
     await produce_raw(env.bootstrap, topic.name(env.prefix), [(b"k", numbered(marker, n)) for n in range(1, 7)])
-    consumer, task, producer = await start_on(
-        env, topic, handler, service, probe, consumer_retry_attempts=2, consumer_retry_backoff_s=0.05,
-        consumer_retry_backoff_max_s=0.2,
-    )
+    group = f"g-{marker}"
+    options = {"consumer_retry_attempts": 2, "consumer_retry_backoff_s": 0.05, "consumer_retry_backoff_max_s": 0.2}
+    consumer, task, producer = await start_on(env, topic, handler, service, probe, group, **options)
     errors = lambda: REGISTRY.get_sample_value(  # noqa: E731
         "herald_consumer_handler_errors_total", {"service": service, "kind": "transient"}) or 0
     try:
         # Far more failures than the retry bound: the records are still not rejected.
         await wait_for(lambda: asyncio.sleep(0, result=errors() >= 12), timeout_s=40)
         assert REGISTRY.get_sample_value("herald_consumer_waiting_for_dependency", {"service": service}) == 1
+        assert handled == []
+        # Stopping while it waits returns at once and commits nothing: the next member of the
+        # group gets the same records.
+        started = asyncio.get_running_loop().time()
+        await stop(consumer, task, producer)
+        assert asyncio.get_running_loop().time() - started < 15
+        consumer, task, producer = await start_on(env, topic, handler, service, probe, group, **options)
+        before = errors()
+        await wait_for(lambda: asyncio.sleep(0, result=errors() >= before + 3), timeout_s=40)
         assert handled == []
         await gate.open()
         await wait_for(lambda: asyncio.sleep(0, result=sorted(handled) == [1, 2, 3, 4, 5, 6]), timeout_s=40)
