@@ -260,7 +260,7 @@ class BatchConsumer:
       others are handled.
     * ``transient`` (deadlock, lock or statement timeout): the batch is retried with
       backoff ``consumer_retry_attempts`` times, then split the same way; a record still
-      failing alone is rejected (``retries_exhausted``).
+      failing alone is rejected (``handler_retries_exhausted``).
     * ``unavailable`` (database or broker away): retried with backoff and without bound
       while ``probe`` (a ``SELECT 1`` on the service's database) fails too: the partition
       waits for its database and nothing is rejected. If the probe answers, the error is
@@ -383,17 +383,21 @@ class BatchConsumer:
                 attempts += 1
                 metrics.HANDLER_ERRORS.labels(self.service, "error" if kind == "permanent" else "transient").inc()
                 if kind == "permanent":
-                    log.exception("handler failed on %d records, isolating the failing one", len(items))
+                    if len(items) == 1:
+                        log.exception("handler failed on a record, rejecting it")
+                    else:
+                        log.warning("handler failed on %d records, splitting them", len(items), extra={"error": repr(exc)})
                     failure, code = exc, "handler_error"
                     break
                 bounded = kind == "transient" or await self._dependency_answers()
                 if bounded and attempts >= self.settings.consumer_retry_attempts:
                     log.warning(
-                        "handler keeps failing on %d records, isolating the failing one",
+                        "handler keeps failing on %d records, %s",
                         len(items),
+                        "rejecting it" if len(items) == 1 else "splitting them",
                         extra={"error": repr(exc), "attempts": attempts},
                     )
-                    failure, code = exc, "retries_exhausted"
+                    failure, code = exc, "handler_retries_exhausted"
                     break
                 waiting = not bounded
                 metrics.WAITING.labels(self.service).set(1 if waiting else 0)
@@ -411,7 +415,7 @@ class BatchConsumer:
         item = items[0]
         r = item.record
         reason = f"{type(failure).__name__}: {failure}"
-        if code == "retries_exhausted":
+        if code == "handler_retries_exhausted":
             reason = f"{reason} (still failing after {attempts} attempts)"
         rejected.append(
             rejection(

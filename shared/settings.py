@@ -81,7 +81,7 @@ class ConsumerSettings(ServiceSettings):
         ge=1,
         description="Attempts of a batch that fails with a transient error (deadlock, lock or statement timeout, or "
         "a connection error while the database answers its probe) before it is split to isolate the record that "
-        "fails; that record goes to the rejected topic (retries_exhausted). An outage is waited out without bound",
+        "fails; that record goes to the rejected topic (handler_retries_exhausted). An outage is waited out without bound",
     )
     consumer_retry_backoff_s: float = Field(0.2, gt=0, description="First delay before a failed batch is retried; doubles")
     consumer_retry_backoff_max_s: float = Field(10.0, gt=0, description="Longest delay between two retries of a batch")

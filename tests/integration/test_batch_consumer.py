@@ -408,7 +408,7 @@ async def test_database_down_is_waited_out_without_rejecting_anything(env) -> No
 async def test_a_record_failing_transiently_while_the_database_answers_is_isolated_after_a_bound(env, pool) -> None:
     """A lock that never frees (lock_timeout each time) and a record whose handling cannot
     connect while the database's probe answers: each is retried a bounded number of times,
-    then isolated with reason retries_exhausted; the records around them are handled."""
+    then isolated with reason handler_retries_exhausted; the records around them are handled."""
     import asyncpg
 
     marker = uuid.uuid4().hex[:8]
@@ -451,8 +451,8 @@ async def test_a_record_failing_transiently_while_the_database_answers_is_isolat
         await stop(consumer, task, producer)
     mine = {number_of(e.payload.original): e.payload for e in rejected_events(records) if marker in e.payload.original}
     assert sorted(mine) == [3, 5]
-    assert mine[3].reason_code == "retries_exhausted" and "LockNotAvailableError" in mine[3].reason
-    assert mine[5].reason_code == "retries_exhausted" and "ConnectionRefusedError" in mine[5].reason
+    assert mine[3].reason_code == "handler_retries_exhausted" and "LockNotAvailableError" in mine[3].reason
+    assert mine[5].reason_code == "handler_retries_exhausted" and "ConnectionRefusedError" in mine[5].reason
     assert {r["n"]: r["hits"] for r in hits} == {1: 1, 2: 1, 3: 0, 4: 1, 5: 0, 6: 1}
 
 
