@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError, KafkaTimeoutError
 from aiokafka.helpers import create_ssl_context
 from pydantic import ValidationError
 
@@ -243,30 +243,69 @@ def decode(topic: Topic, record: ConsumerRecord) -> Incoming | Outgoing:  # type
     return Incoming(topic, event, record)
 
 
-_TRANSIENT = (
-    OSError,
-    asyncio.TimeoutError,
-    KafkaError,
-    asyncpg.PostgresConnectionError,  # connection lost or refused
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, admin shutdown
-    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure: try again
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,
+ErrorKind = Literal["unavailable", "transient", "permanent"]
+
+# The database answered, but this work lost a race or ran out of time: trying again may
+# pass, yet the same record can fail this way every time (a lock it always waits for).
+_CONTENTION = (
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout (a subclass of OperatorIntervention)
+    asyncpg.exceptions.LockNotAvailableError,  # lock_timeout, NOWAIT
 )
+# The database or broker cannot be reached or refuses work: no record causes these.
+_UNAVAILABLE = (
+    OSError,  # connection refused or reset, network unreachable, TimeoutError (asyncio's too)
+    asyncpg.PostgresConnectionError,  # 08xxx: cannot connect, connection lost mid-query
+    asyncpg.exceptions.OperatorInterventionError,  # 57Pxx: shutting down, starting up (CannotConnectNow)
+    asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: too many connections, disk full, out of memory
+    KafkaConnectionError,
+    KafkaTimeoutError,
+)
+# asyncpg's InterfaceError is raised in the client: for a statement it will not send (too
+# many arguments, a value it cannot encode: asyncpg.exceptions._base.DataError) it is the
+# request's fault; only a closed connection or pool is the infrastructure's.
+_CLOSED = ("connection is closed", "pool is closing", "pool is closed")
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """``unavailable``: infrastructure away (retry without bound); ``transient``: contention
+    (retry, a bounded number of times); ``permanent``: bad data or a bug (never retry)."""
+    if isinstance(exc, _CONTENTION):
+        return "transient"
+    if isinstance(exc, _UNAVAILABLE):
+        return "unavailable"
+    if isinstance(exc, KafkaError):
+        return "unavailable" if exc.retriable else "permanent"
+    if isinstance(exc, asyncpg.InterfaceError) and any(text in str(exc) for text in _CLOSED):
+        return "unavailable"
+    return "permanent"
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Infrastructure errors worth retrying forever (broker or database away)."""
-    return isinstance(exc, _TRANSIENT)
+    """Infrastructure or contention errors worth retrying (broker or database away, a deadlock)."""
+    return error_kind(exc) != "permanent"
+
+
+class _Abandoned(Exception):
+    """The consumer was asked to stop while a batch waited: leave it uncommitted."""
 
 
 @dataclass
 class BatchConsumer:
     """Consume topics in batches: decode → handle → publish → commit, forever.
 
-    Bad records go to the rejected topic; a handler that raises a transient error gets
-    the same batch again after a backoff; one that keeps raising another error is run
-    record by record so only the poison record is rejected, never the others.
+    Bad records go to the rejected topic. When the handler raises (see ``error_kind``):
+
+    * ``permanent`` (bad data, a bug): the batch is split in halves at once, and halves
+      again, until the failing record is alone; it is rejected (``handler_error``), the
+      others are handled.
+    * ``transient`` (deadlock, lock or statement timeout): the batch is retried with
+      backoff ``consumer_retry_attempts`` times, then split the same way; a record still
+      failing alone is rejected (``handler_retries_exhausted``).
+    * ``unavailable`` (database or broker away): retried with backoff and without bound
+      while ``probe`` (a ``SELECT 1`` on the service's database) fails too: the partition
+      waits for its database and nothing is rejected. If the probe answers, the error is
+      this work's own and it is bounded like a transient one. Without a probe, always waits.
     """
 
     settings: ConsumerSettings
@@ -275,7 +314,7 @@ class BatchConsumer:
     topics: Sequence[Topic]
     handler: Handler
     publisher: Publisher
-    poison_retries: int = 3
+    probe: Callable[[], Awaitable[Any]] | None = None
     _consumer: AIOKafkaConsumer | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _by_name: dict[str, Topic] = field(default_factory=dict)
@@ -335,7 +374,13 @@ class BatchConsumer:
                 continue
             records = [r for part in batches.values() for r in part]
             started = time.perf_counter()
-            await self._process(records)
+            try:
+                await self._process(records)
+            except _Abandoned:
+                # Stopping while the batch waits for a dependency: not committed, so the
+                # next owner of these partitions handles it again.
+                log.warning("stopping with a batch not handled; it is delivered again")
+                break
             await self._commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
             metrics.BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
             try:
@@ -361,47 +406,92 @@ class BatchConsumer:
     async def _handle_resilient(self, incoming: list[Incoming], rejected: list[Outgoing]) -> list[Outgoing]:
         if not incoming:
             return []
-        failures = 0
-        delay = 0.2
+        try:
+            return await self._settle(incoming, rejected)
+        finally:
+            metrics.WAITING.labels(self.service).set(0)
+
+    async def _settle(self, items: list[Incoming], rejected: list[Outgoing]) -> list[Outgoing]:
+        """Handle ``items``; on errors retry, wait, or split them (see the class docstring).
+        Depth first, so what the handler returns stays in record order."""
+        attempts = 0
+        delay = self.settings.consumer_retry_backoff_s
         while True:
             try:
-                return await self.handler(incoming)
+                return await self.handler(items)
             except Exception as exc:
-                if is_transient(exc):
-                    metrics.HANDLER_ERRORS.labels(self.service, "transient").inc()
-                    log.warning("handler hit a transient error, retrying batch", extra={"error": repr(exc)})
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-                    continue
-                failures += 1
-                metrics.HANDLER_ERRORS.labels(self.service, "error").inc()
-                log.exception("handler failed on a batch of %d", len(incoming))
-                if failures >= self.poison_retries:
+                kind = error_kind(exc)
+                attempts += 1
+                metrics.HANDLER_ERRORS.labels(self.service, "error" if kind == "permanent" else "transient").inc()
+                if kind == "permanent":
+                    if len(items) == 1:
+                        log.exception("handler failed on a record, rejecting it")
+                    else:
+                        log.warning("handler failed on %d records, splitting them", len(items), extra={"error": repr(exc)})
+                    failure, code = exc, "handler_error"
                     break
-                await asyncio.sleep(delay)
-        # Isolate the poison records: run one by one, reject the ones that still fail.
-        outgoing: list[Outgoing] = []
-        for item in incoming:
-            try:
-                outgoing.extend(await self.handler([item]))
-            except Exception as exc:
-                if is_transient(exc):
-                    raise
-                r = item.record
-                rejected.append(
-                    rejection(
-                        r.topic,
-                        "handler_error",
-                        f"{type(exc).__name__}: {exc}"[:500],
-                        r.value,
-                        tenant=item.event.tenant,
-                        key=r.key,
-                        partition=r.partition,
-                        offset=r.offset,
-                        trace_id=item.event.trace_id,
+                bounded = kind == "transient" or await self._dependency_answers()
+                if bounded and attempts >= self.settings.consumer_retry_attempts:
+                    log.warning(
+                        "handler keeps failing on %d records, %s",
+                        len(items),
+                        "rejecting it" if len(items) == 1 else "splitting them",
+                        extra={"error": repr(exc), "attempts": attempts},
                     )
+                    failure, code = exc, "handler_retries_exhausted"
+                    break
+                waiting = not bounded
+                metrics.WAITING.labels(self.service).set(1 if waiting else 0)
+                log.warning(
+                    "waiting for the database or broker, retrying batch" if waiting
+                    else "handler hit a transient error, retrying batch",
+                    extra={"error": repr(exc), "attempts": attempts, "records": len(items)},
                 )
-        return outgoing
+                await self._sleep(delay)
+                delay = min(delay * 2, self.settings.consumer_retry_backoff_max_s)
+        metrics.WAITING.labels(self.service).set(0)
+        if len(items) > 1:
+            middle = len(items) // 2
+            return await self._settle(items[:middle], rejected) + await self._settle(items[middle:], rejected)
+        item = items[0]
+        r = item.record
+        reason = f"{type(failure).__name__}: {failure}"
+        if code == "handler_retries_exhausted":
+            reason = f"{reason} (still failing after {attempts} attempts)"
+        rejected.append(
+            rejection(
+                r.topic,
+                code,
+                reason[:500],
+                r.value,
+                tenant=item.event.tenant,
+                key=r.key,
+                partition=r.partition,
+                offset=r.offset,
+                trace_id=item.event.trace_id,
+            )
+        )
+        return []
+
+    async def _dependency_answers(self) -> bool:
+        """Whether the service's database answers now (then a failure is the work's own)."""
+        if self.probe is None:
+            return False
+        try:
+            await asyncio.wait_for(self.probe(), timeout=5)
+        except Exception:
+            return False
+        return True
+
+    async def _sleep(self, seconds: float) -> None:
+        """Back off, but give up the batch at once when asked to stop."""
+        if self._stopping.is_set():
+            raise _Abandoned
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            return
+        raise _Abandoned
 
     async def _publish_with_retry(self, items: list[Outgoing]) -> None:
         delay = 0.2

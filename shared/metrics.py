@@ -41,3 +41,8 @@ GC_PAUSE_SECONDS = Histogram(
     ["service", "generation"],
     buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+WAITING = Gauge(
+    "herald_consumer_waiting_for_dependency",
+    "1 while a consumer's batch waits for its database or broker to answer again (retried without bound), else 0",
+    ["service"],
+)

@@ -101,12 +101,18 @@ async def run_service(
             return checks
 
         wiring = await wire(ctx, readiness)
-        consumer = BatchConsumer(settings, name, group_id, topics, wiring.handler, publisher)
+
+        async def probe() -> None:
+            # Is the database there? A handler's connection error while it answers is the
+            # batch's own, and bounded (shared/kafka.py, BatchConsumer).
+            await pool.fetchval("SELECT 1", timeout=5)
+
+        consumer = BatchConsumer(settings, name, group_id, topics, wiring.handler, publisher, probe)
         consumer_ref.append(consumer)
         stack.push_async_callback(consumer.close)
         for lane in wiring.lanes:
             lane_publisher = publisher.for_bulk() if lane.bulk else publisher
-            extra = BatchConsumer(settings, name, lane.group_id, lane.topics, lane.handler, lane_publisher)
+            extra = BatchConsumer(settings, name, lane.group_id, lane.topics, lane.handler, lane_publisher, probe)
             stack.push_async_callback(extra.close)
             ctx.workers[f"consumer-{lane.name}"] = extra.run()
             ctx.stoppers.append(extra.stop_fetching)

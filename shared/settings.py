@@ -82,3 +82,12 @@ class ConsumerSettings(ServiceSettings):
     consumer_session_timeout_ms: int = Field(
         10_000, ge=6_000, description="A consumer without heartbeats this long is dropped"
     )
+    consumer_retry_attempts: int = Field(
+        5,
+        ge=1,
+        description="Attempts of a batch that fails with a transient error (deadlock, lock or statement timeout, or "
+        "a connection error while the database answers its probe) before it is split to isolate the record that "
+        "fails; that record goes to the rejected topic (handler_retries_exhausted). An outage is waited out without bound",
+    )
+    consumer_retry_backoff_s: float = Field(0.2, gt=0, description="First delay before a failed batch is retried; doubles")
+    consumer_retry_backoff_max_s: float = Field(10.0, gt=0, description="Longest delay between two retries of a batch")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import secrets
@@ -11,14 +12,20 @@ import uuid
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.ingest import metrics
 from services.ingest.audience import build_audience_router
 from services.ingest.campaigns.api import build_campaigns_router
-from services.ingest.domain import Rejection, parse_receipts, parse_request
+from services.ingest.domain import (
+    Rejection,
+    batch_item_fingerprint,
+    batch_message_ids,
+    parse_receipts,
+    parse_request,
+)
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
@@ -60,7 +67,19 @@ class BatchItemAnswer(BaseModel):
 class BatchAnswer(BaseModel):
     accepted: int
     rejected: int
+    idempotency_key: str = Field(
+        description="The batch's key (its Idempotency-Key header, or one made for it): retry with it"
+    )
     results: list[BatchItemAnswer]
+
+
+BATCH_KEY_HEADER = "Idempotency-Key"
+BATCH_KEY_DESCRIPTION = (
+    "Makes the batch safe to retry: the same batch sent again with the same key (after a 503 or a "
+    "lost answer) gives every message the id it got the first time (duplicate: true) and sends none "
+    "twice; the key with another batch is 409 idempotency_conflict. Without it ingest makes a key "
+    "and returns it in this header and in the answer (also on a 503). Kept like message keys."
+)
 
 
 class SuppressionBody(BaseModel):
@@ -182,11 +201,27 @@ def create_app(
         "/v1/messages/batch",
         status_code=202,
         response_model=BatchAnswer,
-        responses={401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+        responses={
+            401: {},
+            403: {},
+            409: {},
+            413: {},
+            422: {},
+            429: {},
+            503: {"description": "Not every message could be queued: retry the same batch with the same Idempotency-Key"},
+        },
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": batch_schema}}}},
     )
-    async def send_batch(request: Request, principal: Principal = writer) -> JSONResponse:
-        """Validate up to 10,000 messages. Good ones are queued; bad ones are listed with their reason."""
+    async def send_batch(
+        request: Request,
+        principal: Principal = writer,
+        idempotency_key: Annotated[
+            str | None, Header(alias=BATCH_KEY_HEADER, min_length=1, max_length=128, description=BATCH_KEY_DESCRIPTION)
+        ] = None,
+    ) -> JSONResponse:
+        """Validate up to 10,000 messages. Good ones are queued; bad ones are listed with their reason.
+
+        Retry safely with the same `Idempotency-Key` header (see the parameter)."""
         raw = await request.body()
         try:
             body = json.loads(raw)
@@ -207,20 +242,44 @@ def create_app(
                 413, "batch_too_large", f"{len(items)} messages, at most {settings.batch_max_messages} per batch"
             )
         await _limit(principal, len(items))
+        key = idempotency_key or uuid.uuid4().hex
         async with bulk_work:
-            return await _send_batch(items, principal, request)
+            return await _send_batch(items, principal, request, key)
 
-    async def _send_batch(items: list[Any], principal: Principal, request: Request) -> JSONResponse:
+    async def _send_batch(items: list[Any], principal: Principal, request: Request, key: str) -> JSONResponse:
         parsed: list[MessageRequest | Rejection] = []
+        fingerprint = hashlib.sha256()
         for index, item in enumerate(items):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a 10,000-message batch must not stall single requests (OTPs)
+            fingerprint.update(batch_item_fingerprint(item))
             try:
                 parsed.append(parse_request(item))
             except Rejection as rejection_:
                 parsed.append(rejection_)
+        # The whole batch is one idempotency key (one row): its value is the batch's id, and
+        # each message's id derives from it and the message's position.
+        batch_key = f"batch:{key}"
+        kept = (await repository.reserve_keys(principal.tenant_id, [(batch_key, fingerprint.hexdigest(), uuid.uuid4())]))[
+            batch_key
+        ]
+        if kept.request_hash != fingerprint.hexdigest():
+            metrics.REQUESTS_REJECTED.labels("idempotency_conflict").inc()
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                "this Idempotency-Key was already used with another batch",
+                [{"loc": f"header.{BATCH_KEY_HEADER}", "code": "idempotency_conflict", "msg": "key reused with another batch"}],
+                headers={BATCH_KEY_HEADER: key},
+            )
         results, outgoing = await acceptor.prepare(
-            principal.tenant_id, parsed, source="api", now=utcnow(), trace_id=_trace_id(request)
+            principal.tenant_id,
+            parsed,
+            source="api",
+            now=utcnow(),
+            trace_id=_trace_id(request),
+            message_ids=batch_message_ids(kept.message_id, len(parsed)),
+            replayed=not kept.fresh,
         )
         answers: list[dict[str, Any]] = []
         accepted = 0
@@ -241,13 +300,30 @@ def create_app(
             else:
                 metrics.REQUESTS_REJECTED.labels(result.code).inc()
                 answers.append({"index": index, "error": result.as_dict()})
+        echo = {BATCH_KEY_HEADER: key}
         if accepted == 0:
             raise ApiError(
-                422, "all_rejected", "no message in the batch is valid", [a["error"] | {"index": a["index"]} for a in answers[:100]]
+                422,
+                "all_rejected",
+                "no message in the batch is valid",
+                [a["error"] | {"index": a["index"]} for a in answers[:100]],
+                headers=echo,
             )
-        await _publish(outgoing)
+        try:
+            await publisher.publish(outgoing)
+        except Exception as exc:  # the broker failed, maybe after part of the batch
+            raise ApiError(
+                503,
+                "broker_unavailable",
+                "could not queue every message; retry the same batch with the same Idempotency-Key header "
+                "(every message keeps its id, none is sent twice)",
+                [{"loc": f"header.{BATCH_KEY_HEADER}", "code": "retry_with", "msg": key}],
+                headers={**echo, "Retry-After": "2"},
+            ) from exc
         return JSONResponse(
-            {"accepted": accepted, "rejected": len(results) - accepted, "results": answers}, status_code=202
+            {"accepted": accepted, "rejected": len(results) - accepted, "idempotency_key": key, "results": answers},
+            status_code=202,
+            headers=echo,
         )
 
     suppressor = Depends(principal_dependency("suppressions:write"))

@@ -40,6 +40,18 @@ def request_hash(request: MessageRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def batch_message_ids(batch_id: uuid.UUID, count: int) -> list[uuid.UUID]:
+    """The id of each message of a batch: derived from the batch's id (kept under its
+    Idempotency-Key) and the message's position, so a batch sent again with the same key
+    gives every message the id it got the first time."""
+    return [uuid.uuid5(batch_id, str(index)) for index in range(count)]
+
+
+def batch_item_fingerprint(item: Any) -> bytes:
+    """One item's share of a batch's fingerprint (the same key with another batch is a conflict)."""
+    return json.dumps(item, sort_keys=True, separators=(",", ":"), default=str).encode() + b"\n"
+
+
 def accept(
     request: MessageRequest,
     *,

@@ -68,11 +68,15 @@ class Acceptor:
         now: datetime,
         trace_id: str,
         default_keys: list[str | None] | None = None,
+        message_ids: list[uuid.UUID] | None = None,
+        replayed: bool = False,
     ) -> tuple[list[Result], list[Outgoing]]:
         """Validate, apply idempotency keys, and build the events to publish (in request order).
 
         ``default_keys`` gives an idempotency key for requests that carry none (the trigger
         consumer passes ``event:<event id>`` so a redelivered trigger is never sent twice).
+        ``message_ids`` gives each request its id (a batch's, derived from its key) and
+        ``replayed`` says that batch was seen before (its messages are duplicates).
         """
         results: list[Result] = []
         keyed: dict[str, list[int]] = {}
@@ -86,7 +90,7 @@ class Acceptor:
             try:
                 message = accept(
                     request,
-                    message_id=uuid.uuid4(),
+                    message_id=message_ids[index] if message_ids else uuid.uuid4(),
                     now=now,
                     source=source,
                     allowed_types=self.allowed_types,
@@ -95,7 +99,7 @@ class Acceptor:
             except Rejection as rejection:
                 results.append(rejection)
                 continue
-            results.append(Accepted(message, duplicate=False))
+            results.append(Accepted(message, duplicate=replayed))
             key = request.idempotency_key or (default_keys[index] if default_keys else None)
             if key is not None:
                 digest = request_hash(request)

@@ -178,3 +178,108 @@ async def test_receipts_need_a_valid_signature(client, env) -> None:
     rejected = await read_topic(env.bootstrap, REJECTED.name(env.prefix), lambda rs: any(b"weird" in r.value for r in rs))
     reason = next(e for e in rejected_events(rejected) if "weird" in e.payload.original)
     assert reason.payload.reason_code == "unknown_status" and reason.payload.source == "receipts:sim"
+
+
+class FailingAfter:
+    """The real publisher, except that its first publish sends only the first ``n`` events
+    to the broker and then fails the way an unreachable broker does."""
+
+    def __init__(self, inner: Publisher, n: int) -> None:
+        self.inner = inner
+        self.n = n
+        self.failed = False
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+    async def publish(self, items) -> None:  # type: ignore[no-untyped-def]
+        if not self.failed:
+            self.failed = True
+            await self.inner.publish(list(items)[: self.n])
+            from aiokafka.errors import KafkaConnectionError
+
+            raise KafkaConnectionError("broker went away in the middle of the batch")
+        await self.inner.publish(items)
+
+
+@pytest.fixture
+async def failing_once(env, pool) -> AsyncIterator[tuple[httpx.AsyncClient, FailingAfter]]:
+    settings = IngestSettings(batch_max_messages=50)
+    producer = make_producer(settings, "test-ingest-failing")
+    await producer.start()
+    repository = IngestRepository(pool)
+    publisher = FailingAfter(Publisher(producer, env.prefix, "ingest"), 3)
+
+    async def ready() -> dict[str, bool]:
+        return {"ok": True}
+
+    app = create_app(settings, pool, Acceptor(repository, settings), publisher, repository, ready)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as c:
+        yield c, publisher
+    await producer.stop()
+
+
+async def accepted_ids(env, marker: str, until) -> dict[str, set[str]]:
+    """message ids seen on the accepted topic per body, for this test's bodies."""
+    records = await read_topic(
+        env.bootstrap, ACCEPTED.name(env.prefix), lambda rs: until([r for r in rs if marker.encode() in r.value])
+    )
+    ids: dict[str, set[str]] = {}
+    for r in records:
+        if marker.encode() in r.value:
+            event = MessageAcceptedEvent.model_validate_json(r.value)
+            assert event.event_id == event.payload.message_id
+            ids.setdefault(event.payload.body, set()).add(str(event.payload.message_id))
+    return ids
+
+
+async def test_a_batch_retried_after_a_partial_publish_sends_no_message_twice(failing_once, tenant: Tenant, env) -> None:
+    """The broker fails after 3 of 6 events: the caller gets 503 and retries the same batch
+    with the same Idempotency-Key header; each message keeps the one id it got, so the first
+    three (already on the topic) are not queued again as new messages."""
+    client, publisher = failing_once
+    marker = uuid.uuid4().hex[:8]
+    batch = {"messages": [{**MSG, "body": f"{marker} item {i}"} for i in range(6)]}
+    key = f"order-{marker}"
+    headers = {**tenant.headers, "Idempotency-Key": key}
+    r = await client.post("/v1/messages/batch", json=batch, headers=headers)
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "broker_unavailable") and publisher.failed
+    first = await accepted_ids(env, marker, lambda rs: len(rs) >= 3)
+    assert sorted(first) == [f"{marker} item {i}" for i in range(3)]
+    again = await client.post("/v1/messages/batch", json=batch, headers=headers)
+    assert again.status_code == 202, again.text
+    answered = {f"{marker} item {a['index']}": a["message_id"] for a in again.json()["results"]}
+    ids = await accepted_ids(env, marker, lambda rs: len(rs) >= 9)
+    assert {body: len(found) for body, found in ids.items()} == {f"{marker} item {i}": 1 for i in range(6)}, (
+        "a message published twice under two ids would be sent twice"
+    )
+    assert {body: next(iter(found)) for body, found in ids.items()} == answered
+    for i in range(3):  # the retry publishes the same event (same id) again: consumers keep one
+        assert next(iter(first[f"{marker} item {i}"])) == answered[f"{marker} item {i}"]
+    assert r.headers["Idempotency-Key"] == key
+    assert again.json()["idempotency_key"] == key and again.headers["Idempotency-Key"] == key
+    assert all(a["duplicate"] for a in again.json()["results"])
+    # The same key with another batch is a conflict; nothing of it is queued.
+    changed = {"messages": [{**MSG, "body": f"{marker} other"}]}
+    r = await client.post("/v1/messages/batch", json=changed, headers=headers)
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "idempotency_conflict")
+
+
+async def test_a_batch_without_a_key_gets_one_to_retry_with(failing_once, tenant: Tenant, env) -> None:
+    """Without an Idempotency-Key header ingest makes one and returns it (also on the 503):
+    retrying with it is safe. A new request without a header is a new batch."""
+    client, _ = failing_once
+    marker = uuid.uuid4().hex[:8]
+    batch = {"messages": [{**MSG, "body": f"{marker} item {i}"} for i in range(5)]}
+    r = await client.post("/v1/messages/batch", json=batch, headers=tenant.headers)
+    assert r.status_code == 503
+    key = r.headers["Idempotency-Key"]
+    assert key and r.json()["error"]["details"][0]["loc"] == "header.Idempotency-Key"
+    again = await client.post("/v1/messages/batch", json=batch, headers={**tenant.headers, "Idempotency-Key": key})
+    assert again.status_code == 202 and again.json()["idempotency_key"] == key
+    ids = await accepted_ids(env, marker, lambda rs: len(rs) >= 8)
+    assert {body: len(found) for body, found in ids.items()} == {f"{marker} item {i}": 1 for i in range(5)}
+    fresh = await client.post("/v1/messages/batch", json=batch, headers=tenant.headers)
+    assert fresh.status_code == 202 and fresh.json()["idempotency_key"] != key
+    assert not any(a["duplicate"] for a in fresh.json()["results"])
+    assert {a["message_id"] for a in fresh.json()["results"]}.isdisjoint({a["message_id"] for a in again.json()["results"]})

@@ -55,3 +55,17 @@ def test_parse_receipts_splits_good_and_bad() -> None:
     assert [r.gateway_message_id for r in good] == ["g1"]
     assert good[0].status is ReceiptStatus.DELIVERED
     assert [(i, r.code) for i, r, _ in bad] == [(1, "unknown_status"), (2, "invalid_receipt"), (3, "malformed_receipt")]
+
+
+def test_batch_message_ids_derive_from_the_batch_id_and_position() -> None:
+    import uuid as _uuid
+
+    from services.ingest.domain import batch_item_fingerprint, batch_message_ids
+
+    batch = _uuid.uuid4()
+    ids = batch_message_ids(batch, 3)
+    assert ids == batch_message_ids(batch, 3) and len(set(ids)) == 3
+    assert set(ids).isdisjoint(batch_message_ids(_uuid.uuid4(), 3))
+    # Key order does not change an item's fingerprint; content does.
+    assert batch_item_fingerprint({"to": "+34600000001", "body": "x"}) == batch_item_fingerprint({"body": "x", "to": "+34600000001"})
+    assert batch_item_fingerprint({"body": "x"}) != batch_item_fingerprint({"body": "y"})
