@@ -200,7 +200,9 @@ class KeyCache:
         """
         try:
             await self._sync.submit(None)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # TimeoutError is an OSError
+        except Exception as exc:  # noqa: BLE001 - any failure of the listening connection: read the database instead
+            # (OSError and TimeoutError, PostgresError, InterfaceError, and asyncpg's
+            # InternalClientError when the session was terminated mid-operation.)
             log.warning("API key cache off: the listening connection failed", extra={"error": repr(exc)})
             conn = self._listener
             self._lost(None)
