@@ -30,3 +30,12 @@ ROUTE_DECISIONS = Counter(
     "herald_dispatcher_route_decisions_total", "Routing decisions by route, gateway and failover", ["route", "gateway", "failover"]
 )
 EXPIRED = Counter("herald_dispatcher_expired_total", "Messages not sent because their validity ended")
+OLDEST_CLAIM_AGE = Gauge(
+    "herald_dispatcher_oldest_claim_age_seconds",
+    "Age of the oldest unfinished claim (a message claimed but with no final outcome yet); refreshed by the reconciler",
+)
+RELEASED_CLAIMS = Counter(
+    "herald_dispatcher_released_claims_total",
+    "Claims handed to the reconciler because a batch failed after claiming or was redelivered with its claims open",
+    ["reason"],
+)
