@@ -512,6 +512,9 @@ class Reconciler:
 
     async def reconcile_once(self, limit: int = 200) -> int:
         rows = await self.claims.take_stale(self.ownership.owner, self.settings.claim_lease_s, limit)
+        # A lease that ran out while this process's own batch still works on the claim (the
+        # database was away longer than the lease): taking it renewed it; that batch finishes it.
+        rows = [r for r in rows if not self.ownership.holds(r["message_id"])]
         if not rows:
             return 0
         with self.ownership.holding(r["message_id"] for r in rows):
