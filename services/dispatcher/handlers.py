@@ -527,12 +527,14 @@ class Reconciler:
         for row in rows:
             message = MessageOutbound.model_validate(row["outbound"])
             job = Job(row["tenant_id"], uuid.uuid4().hex, message, row["attempts"])
-            asked = [g for g in gateways_to_ask(row["submit_attempts"], self.sender.router.route_for(message).gateways)
-                     if g in self.sender.gateways]
+            asked = gateways_to_ask(row["submit_attempts"], self.sender.router.route_for(message).gateways)
             found: tuple[str, str] | None = None
             unsupported: str | None = None
             pending = False
             for gateway_name in asked:
+                if gateway_name not in self.sender.gateways:  # no longer configured: it cannot be asked
+                    unsupported = unsupported or gateway_name
+                    continue
                 try:
                     gateway_id = await self.sender.gateways[gateway_name].lookup(message)
                 except LookupUnsupported:

@@ -228,9 +228,11 @@ async def test_dispatcher_restarted_under_the_same_instance_id_mid_batch(stack: 
 
 
 async def test_postgres_stopped_while_submissions_are_in_flight(stack: Stack, pool, env) -> None:
-    """The database goes away after batches were claimed, while their submissions are in flight:
-    the batches fail after claiming and are retried; no message may be left claimed for ever."""
+    """The database goes away after batches were claimed, while their submissions are in flight,
+    for less than a lease (a blip): the batches fail after claiming and the consumer retries them
+    in the same, living process; no message may be left claimed for ever."""
     control = stack.ports.simulator_control
+    blip = {"HERALD_CLAIM_LEASE_S": "30"}  # the outage is shorter than a lease
 
     async def stop_postgres_mid_send() -> None:
         sim_control(control, {"mode": "slow", "delay_ms": 1500})
@@ -238,13 +240,17 @@ async def test_postgres_stopped_while_submissions_are_in_flight(stack: Stack, po
             await submissions_in_flight(stack)
             await asyncio.sleep(0.5)
             await asyncio.to_thread(infra, "stop", "postgres")
-            await asyncio.sleep(8)
+            await asyncio.sleep(4)
         finally:
             sim_control(control, {"mode": "normal"})
             await asyncio.to_thread(infra, "start")
             await pool.expire_connections()
 
-    await run_scenario(stack, pool, env, "pg-mid-send", stop_postgres_mid_send, CLAIM_MESSAGES)
+    await asyncio.to_thread(stack.restart, stack.find("dispatcher"), hard=False, extra_env=blip)
+    try:
+        await run_scenario(stack, pool, env, "pg-mid-send", stop_postgres_mid_send, CLAIM_MESSAGES)
+    finally:
+        await asyncio.to_thread(stack.restart, stack.find("dispatcher"), hard=False)
 
 
 async def test_gateway_timing_out_until_its_breaker_opens_then_reconciliation(stack: Stack, pool, env) -> None:
