@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
 from services.dispatcher import metrics
 from services.dispatcher.domain.health import GatewayHealth, State, Thresholds
@@ -43,6 +45,63 @@ from shared.topics import ACCEPTED, ACCEPTED_BULK, STATUS
 
 log = logging.getLogger(__name__)
 UNKNOWN_RECHECK_S = 15.0
+RELEASE_TIMEOUT_S = 5.0  # a failed batch's claims are released within this, or left to expire
+
+
+class Ownership:
+    """Who this process is on claims, and which claims it is working on right now.
+
+    ``owner`` is the instance id plus a token new at every process start: a process restarted
+    under the same name (``<host>-1`` in a container, a pod name) is another owner, so it neither
+    renews nor mistakes for its own the claims of the process before it. Only the claims in
+    ``held`` (a batch or a reconcile pass in progress) have their leases renewed; a claim left
+    open by a failed batch expires and goes to the reconciler.
+    """
+
+    def __init__(self, instance_id: str) -> None:
+        self.owner = f"{instance_id}#{secrets.token_hex(6)}"
+        self._held: Counter[uuid.UUID] = Counter()
+
+    @contextlib.contextmanager
+    def holding(self, ids: Iterable[uuid.UUID]) -> Iterator[None]:
+        ids = list(ids)
+        self._held.update(ids)
+        try:
+            yield
+        finally:
+            self._held.subtract(ids)
+            for i in ids:
+                if self._held[i] <= 0:
+                    del self._held[i]
+
+    def holds(self, message_id: uuid.UUID) -> bool:
+        return message_id in self._held
+
+    def held(self) -> list[uuid.UUID]:
+        return list(self._held)
+
+
+def ownership_of(settings: DispatcherSettings) -> Ownership:
+    """The process's one Ownership (shared by its lanes and its reconciler through their settings)."""
+    if settings._ownership is None:
+        settings._ownership = Ownership(settings.instance_id)
+    return settings._ownership
+
+
+class AttemptJournal(Protocol):
+    """Where submission attempts are written down before they are made (the claims)."""
+
+    async def record_attempts(self, gateway: str, ids: list[uuid.UUID]) -> None: ...
+
+    async def record_outcomes(self, gateway: str, ids: list[uuid.UUID], outcomes: list[str]) -> None: ...
+
+
+def outcome_name(outcome: Outcome) -> str:
+    if isinstance(outcome, Submitted):
+        return "submitted"
+    if isinstance(outcome, Unknown):
+        return "unknown"
+    return f"refused:{outcome.code}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +177,12 @@ def _bad_for_health(outcome: Outcome) -> bool:
     return isinstance(outcome, Refused) and outcome.retriable and outcome.code not in THROTTLED_CODES
 
 
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first real error of a task group, so callers see (and classify) the error itself."""
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 class Sender:
     """Routes, throttles and submits jobs, retrying refusals that may pass later."""
 
@@ -129,8 +194,10 @@ class Sender:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], datetime] = utcnow,
+        journal: AttemptJournal | None = None,
     ) -> None:
         self.gateways = gateways
+        self.journal = journal  # every attempt is recorded there before it is made
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
@@ -178,27 +245,37 @@ class Sender:
             log.warning("gateway %s is now %s", gateway, health.state.value, extra={"reason": health.reason})
 
     async def _submit_chunk(self, gateway: str, chunk: list[Job]) -> list[Outcome]:
+        ids = [j.message.message_id for j in chunk]
+        if self.journal is not None:
+            await self.journal.record_attempts(gateway, ids)  # before: a crash after this is looked up on it
         started = self.clock()
         outcomes = await self.gateways[gateway].submit_many([j.message for j in chunk])
         latency = self.clock() - started
         metrics.SUBMIT_SECONDS.labels(gateway).observe(latency)
         self._record(gateway, outcomes, latency)
+        if self.journal is not None:
+            await self.journal.record_outcomes(gateway, ids, [outcome_name(o) for o in outcomes])
         return outcomes
 
     async def _throttled(self, gateway: str, jobs: list[Job], priority: bool) -> list[Outcome]:
         size = self.chunk[gateway]
         tasks = []
-        for i in range(0, len(jobs), size):
-            chunk = jobs[i : i + size]
-            if not priority:
-                await self.gate.wait_for_bulk_turn()
-            wait = await self.throttle.reserve(gateway, sum(j.message.segments for j in chunk))
-            if wait > 0:
-                metrics.THROTTLE_WAIT.labels(gateway).observe(wait)
-                await self.sleep(wait)
-            tasks.append(asyncio.ensure_future(self._submit_chunk(gateway, chunk)))
-        results = await asyncio.gather(*tasks)
-        return [o for r in results for o in r]
+        try:
+            # A failure (the database gone while recording, the throttle unreachable) cancels the
+            # chunks still in flight: none keeps submitting for a batch that has failed.
+            async with asyncio.TaskGroup() as group:
+                for i in range(0, len(jobs), size):
+                    chunk = jobs[i : i + size]
+                    if not priority:
+                        await self.gate.wait_for_bulk_turn()
+                    wait = await self.throttle.reserve(gateway, sum(j.message.segments for j in chunk))
+                    if wait > 0:
+                        metrics.THROTTLE_WAIT.labels(gateway).observe(wait)
+                        await self.sleep(wait)
+                    tasks.append(group.create_task(self._submit_chunk(gateway, chunk)))
+        except BaseExceptionGroup as failed:
+            raise _first_error(failed) from None
+        return [o for t in tasks for o in t.result()]
 
     async def send(self, jobs: list[Job], *, priority: bool = False) -> tuple[list[tuple[Job, Finish]], list[Job]]:
         """Returns (finished jobs with their record, jobs whose outcome is unknown)."""
@@ -270,13 +347,16 @@ class OutboundHandler:
 
     def __init__(
         self, claims: ClaimRepository, sender: Sender, settings: DispatcherSettings, *, priority: bool = True,
-        campaigns: CampaignStates | None = None,
+        campaigns: CampaignStates | None = None, ownership: Ownership | None = None,
     ) -> None:
         self.claims = claims
         self.sender = sender
         self.settings = settings
         self.priority = priority
         self.campaigns = campaigns
+        self.ownership = ownership or ownership_of(settings)
+        if sender.journal is None:
+            sender.journal = claims  # attempts are recorded on the claims they belong to
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         jobs = {}
@@ -294,12 +374,14 @@ class OutboundHandler:
             jobs.setdefault(message.message_id, Job(item.event.tenant, item.event.trace_id, message))
         if not jobs:
             return outgoing
+        owner = self.ownership.owner
         claims = await self.claims.claim(
-            self.settings.instance_id,
+            owner,
             self.settings.claim_lease_s,
             [(mid, j.tenant, j.message.model_dump_json()) for mid, j in jobs.items()],
         )
         fresh: list[Job] = []
+        orphaned: list[uuid.UUID] = []
         for mid, job in jobs.items():
             claim = claims[mid]
             if claim.fresh:
@@ -310,13 +392,39 @@ class OutboundHandler:
                 finish = Finish(mid, claim.state, claim.gateway, claim.gateway_message_id, claim.attempts,
                                 claim.reason_code, claim.reason, tuple(claim.gateway_part_ids or ()))
                 outgoing.append(status_event(job, finish))
+            elif claim.owner == owner and not self.ownership.holds(mid):
+                # Ours, left open when this batch failed before (the consumer retries it): its
+                # outcome is unknown, so it goes to the reconciler rather than being skipped.
+                orphaned.append(mid)
             else:
                 metrics.SKIPPED_CLAIMED.inc()  # another instance holds it, or the reconciler will
-        finished, unknown = await self.sender.send(fresh, priority=self.priority)
-        await self.claims.finish([f for _, f in finished])
-        await self.claims.release_for_reconcile([j.message.message_id for j in unknown], UNKNOWN_RECHECK_S)
+        if orphaned:
+            metrics.RELEASED_CLAIMS.labels("redelivered").inc(len(orphaned))
+            await self.claims.release_for_reconcile(orphaned, UNKNOWN_RECHECK_S)
+        ids = [j.message.message_id for j in fresh]
+        with self.ownership.holding(ids):
+            try:
+                finished, unknown = await self.sender.send(fresh, priority=self.priority)
+                await self.claims.finish([f for _, f in finished])
+                await self.claims.release_for_reconcile([j.message.message_id for j in unknown], UNKNOWN_RECHECK_S)
+            except BaseException:
+                await self._release_after_failure(ids)
+                raise
         outgoing += [status_event(job, finish) for job, finish in finished]
         return outgoing
+
+    async def _release_after_failure(self, ids: list[uuid.UUID]) -> None:
+        """The batch failed after claiming: what it did not finish goes to the reconciler (after the
+        recheck delay, so a submission cut off in flight has reached the gateway). If the database
+        is away, the claims are no longer renewed and expire instead."""
+        if not ids:
+            return
+        metrics.RELEASED_CLAIMS.labels("batch_failed").inc(len(ids))
+        try:
+            await asyncio.wait_for(self.claims.release_for_reconcile(ids, UNKNOWN_RECHECK_S), RELEASE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("claims of a failed batch not released; they expire within the lease",
+                        extra={"claims": len(ids), "error": repr(exc)})
 
 
     async def _held_campaigns(self, batch: list[Incoming]) -> set[uuid.UUID]:
@@ -337,8 +445,18 @@ def regate_event(tenant: str, trace_id: str, message: MessageOutbound) -> Outgoi
     return Outgoing(lane, message.to, event)
 
 
+def gateways_to_ask(attempts: list[dict] | None, route_gateways: Iterable[str]) -> list[str]:
+    """Which gateways may have a stale claim's message: every gateway that got an attempt, in
+    order. With no record of attempts (a claim older than the record) every gateway of its route."""
+    if attempts is None:
+        return list(dict.fromkeys(route_gateways))
+    return list(dict.fromkeys(str(a["gateway"]) for a in attempts if a.get("gateway")))
+
+
 class Reconciler:
-    """Resolves claims whose owner died or whose outcome is unknown, asking the gateway first."""
+    """Resolves claims whose owner died or whose outcome is unknown: it asks every gateway that
+    got an attempt, and resends only when none of them has the message. Its loop also renews the
+    leases of the claims this process is working on, and refreshes the oldest-open-claim gauge."""
 
     def __init__(
         self,
@@ -346,65 +464,109 @@ class Reconciler:
         sender: Sender,
         publisher: Publisher,
         settings: DispatcherSettings,
+        ownership: Ownership | None = None,
     ) -> None:
         self.claims = claims
         self.sender = sender
         self.publisher = publisher
         self.settings = settings
+        self.ownership = ownership or ownership_of(settings)
+        if sender.journal is None:
+            sender.journal = claims
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
     async def run(self) -> None:
-        next_renewal = 0.0
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._renew_loop())
+            group.create_task(self._reconcile_loop())
+
+    async def renew_once(self) -> int:
+        """Keep alive the claims this process is working on (and only those)."""
+        return await self.claims.renew(self.ownership.owner, self.settings.claim_lease_s, self.ownership.held())
+
+    async def _renew_loop(self) -> None:
+        # Its own task: a long reconcile pass (a resend that retries) must not delay renewals.
         while not self._stop.is_set():
             try:
-                if time.monotonic() >= next_renewal:
-                    # Keep our own claims alive; only a dead instance's claims go stale.
-                    await self.claims.renew(self.settings.instance_id, self.settings.claim_lease_s)
-                    next_renewal = time.monotonic() + self.settings.claim_lease_s / 3
+                await self.renew_once()
+            except Exception as exc:
+                log.warning("lease renewal failed", extra={"error": repr(exc)})
+            await self._pause(self.settings.claim_lease_s / 3)
+
+    async def _reconcile_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                metrics.OLDEST_CLAIM_AGE.set(await self.claims.oldest_open_age())
                 while await self.reconcile_once() and not self._stop.is_set():
                     pass
             except Exception:
                 log.exception("reconcile pass failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.settings.reconcile_interval_s)
-            except TimeoutError:
-                pass
+            await self._pause(self.settings.reconcile_interval_s)
 
     async def reconcile_once(self, limit: int = 200) -> int:
-        rows = await self.claims.take_stale(self.settings.instance_id, self.settings.claim_lease_s, limit)
+        rows = await self.claims.take_stale(self.ownership.owner, self.settings.claim_lease_s, limit)
+        # A lease that ran out while this process's own batch still works on the claim (the
+        # database was away longer than the lease): taking it renewed it; that batch finishes it.
+        rows = [r for r in rows if not self.ownership.holds(r["message_id"])]
         if not rows:
             return 0
+        with self.ownership.holding(r["message_id"] for r in rows):
+            return await self._resolve(rows)
+
+    async def _resolve(self, rows: list) -> int:
         finished: list[tuple[Job, Finish]] = []
         resend: list[Job] = []
         unreachable: list[uuid.UUID] = []
         for row in rows:
             message = MessageOutbound.model_validate(row["outbound"])
             job = Job(row["tenant_id"], uuid.uuid4().hex, message, row["attempts"])
-            gateway_name = self.sender.route(message)
-            try:
-                found = await self.sender.gateways[gateway_name].lookup(message)
-            except LookupUnsupported:
+            asked = gateways_to_ask(row["submit_attempts"], self.sender.router.route_for(message).gateways)
+            found: tuple[str, str] | None = None
+            unsupported: str | None = None
+            pending = False
+            for gateway_name in asked:
+                if gateway_name not in self.sender.gateways:  # no longer configured: it cannot be asked
+                    unsupported = unsupported or gateway_name
+                    continue
+                try:
+                    gateway_id = await self.sender.gateways[gateway_name].lookup(message)
+                except LookupUnsupported:
+                    unsupported = unsupported or gateway_name
+                    continue
+                except LookupPending:
+                    pending = True
+                    continue
+                except Exception as exc:  # gateway unreachable: ask again later, never guess
+                    log.warning("lookup failed", extra={"message_id": str(message.message_id), "gateway": gateway_name,
+                                                        "error": repr(exc)})
+                    pending = True
+                    continue
+                if gateway_id:
+                    found = (gateway_name, gateway_id)
+                    break
+            if found:
+                finished.append((job, Finish(message.message_id, "submitted", found[0], found[1], max(1, job.attempts))))
+            elif pending:
+                unreachable.append(message.message_id)  # one of them may have it: never resend on a guess
+            elif unsupported is not None:
                 # Not failed: the SMS may well have gone out. Status unknown, not resent; a
                 # receipt arriving later (on a new bind, say) still moves it on.
+                gateway_name = unsupported
                 metrics.OUTCOME_UNKNOWN.labels(gateway_name).inc()
                 finished.append((job, Finish(message.message_id, "unknown", gateway_name, None, job.attempts,
                                              "submit_outcome_unknown",
                                              "the gateway cannot confirm whether it received the message; not resent")))
-                continue
-            except LookupPending:
-                unreachable.append(message.message_id)
-                continue
-            except Exception as exc:  # gateway unreachable: ask again later, never guess
-                log.warning("lookup failed", extra={"message_id": str(message.message_id), "error": repr(exc)})
-                unreachable.append(message.message_id)
-                continue
-            if found:
-                finished.append((job, Finish(message.message_id, "submitted", gateway_name, found, max(1, job.attempts))))
             else:
-                resend.append(job)
+                resend.append(job)  # no gateway that got an attempt has it (or none got one)
         sent, unknown = await self.sender.send(resend)
         finished += sent
         await self.publisher.publish([status_event(job, finish) for job, finish in finished])

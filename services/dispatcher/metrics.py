@@ -35,3 +35,12 @@ OUTCOME_UNKNOWN = Counter(
     "Messages ended with status unknown: the gateway could not tell whether it received them",
     ["gateway"],
 )
+OLDEST_CLAIM_AGE = Gauge(
+    "herald_dispatcher_oldest_claim_age_seconds",
+    "Age of the oldest unfinished claim (a message claimed but with no final outcome yet); refreshed by the reconciler",
+)
+RELEASED_CLAIMS = Counter(
+    "herald_dispatcher_released_claims_total",
+    "Claims handed to the reconciler because a batch failed after claiming or was redelivered with its claims open",
+    ["reason"],
+)

@@ -45,6 +45,7 @@ class Claim:
     reason_code: str | None = None
     reason: str | None = None
     gateway_part_ids: list[str] | None = None
+    owner: str | None = None  # who holds it (an unfinished claim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +71,11 @@ WITH input AS (
     RETURNING message_id
 )
 SELECT message_id, true AS fresh, 'claimed' AS state, NULL AS gateway, NULL AS gateway_message_id,
-       0 AS attempts, NULL AS reason_code, NULL AS reason, NULL::text[] AS gateway_part_ids
+       0 AS attempts, NULL AS reason_code, NULL AS reason, NULL::text[] AS gateway_part_ids, $4 AS owner
 FROM ins
 UNION ALL
 SELECT c.message_id, false, c.state, c.gateway, c.gateway_message_id, c.attempts, c.reason_code, c.reason,
-       c.gateway_part_ids
+       c.gateway_part_ids, c.owner
 FROM dispatch_claims c JOIN input USING (message_id)
 """
 
@@ -97,7 +98,22 @@ WHERE c.message_id IN (
     ORDER BY lease_until LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
-RETURNING c.message_id, c.tenant_id, c.outbound, c.attempts
+RETURNING c.message_id, c.tenant_id, c.outbound, c.attempts, c.submit_attempts
+"""
+
+_RECORD_ATTEMPTS = """
+UPDATE dispatch_claims SET submit_attempts = coalesce(submit_attempts, '[]'::jsonb)
+    || jsonb_build_array(jsonb_build_object('gateway', $2::text, 'at', now(), 'outcome', 'sending')),
+    updated_at = now()
+WHERE message_id = ANY($1::uuid[]) AND state = 'claimed'
+"""
+
+_RECORD_OUTCOMES = """
+UPDATE dispatch_claims c SET submit_attempts = jsonb_set(
+    c.submit_attempts, ARRAY[(jsonb_array_length(c.submit_attempts) - 1)::text, 'outcome'], to_jsonb(o.outcome))
+FROM unnest($1::uuid[], $3::text[]) AS o(message_id, outcome)
+WHERE c.message_id = o.message_id AND c.state = 'claimed'
+  AND jsonb_array_length(c.submit_attempts) > 0 AND c.submit_attempts -> -1 ->> 'gateway' = $2
 """
 
 
@@ -144,15 +160,38 @@ class ClaimRepository:
                 after_s,
             )
 
-    async def renew(self, owner: str, lease_s: float) -> int:
-        """Extend every lease this instance holds (it is alive and still working on them)."""
+    async def renew(self, owner: str, lease_s: float, ids: list[uuid.UUID]) -> int:
+        """Extend the leases of the claims this process is working on right now (``ids``), and only
+        those: a claim it left open when a batch failed must expire and go to the reconciler."""
+        if not ids:
+            return 0
         status = await self.pool.execute(
             "UPDATE dispatch_claims SET lease_until = now() + make_interval(secs => $2)"
-            " WHERE owner = $1 AND state = 'claimed' AND lease_until > now()",
+            " WHERE owner = $1 AND state = 'claimed' AND lease_until > now() AND message_id = ANY($3::uuid[])",
             owner,
             lease_s,
+            ids,
         )
         return int(status.split()[-1])
 
     async def take_stale(self, owner: str, lease_s: float, limit: int) -> list[asyncpg.Record]:
         return await self.pool.fetch(_TAKE_STALE, owner, lease_s, limit)
+
+    async def record_attempts(self, gateway: str, ids: list[uuid.UUID]) -> None:
+        """Before a submission: note on each claim that ``gateway`` is about to get it, so the
+        reconciler knows every gateway that may have the message."""
+        if ids:
+            await self.pool.execute(_RECORD_ATTEMPTS, ids, gateway)
+
+    async def record_outcomes(self, gateway: str, ids: list[uuid.UUID], outcomes: list[str]) -> None:
+        """After a submission: the outcome of each claim's latest attempt (on ``gateway``)."""
+        if ids:
+            await self.pool.execute(_RECORD_OUTCOMES, ids, gateway, outcomes)
+
+    async def oldest_open_age(self) -> float:
+        """Seconds since the oldest unfinished claim was taken (0 when there is none)."""
+        age = await self.pool.fetchval(
+            "SELECT coalesce(extract(epoch FROM now() - min(claimed_at)), 0)::float8"
+            " FROM dispatch_claims WHERE state = 'claimed'"
+        )
+        return float(age or 0.0)

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from services.dispatcher.gateways.config import GatewayConfig, HeraldHttpConfig
 from shared.settings import ConsumerSettings
@@ -31,7 +31,9 @@ class DispatcherSettings(ConsumerSettings):
     consumer_max_records: int = Field(500, ge=1, description="Most messages handled in one batch")
     gateways: list[GatewayConfig] = Field(default_factory=_default_gateways, description="Gateways, JSON list")
     instance_id: str = Field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="Owner name on claims"
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="Instance name on claims; each process start adds a random token to it, so a restart under "
+        "the same name never holds (or renews) the claims of the process before it",
     )
     claim_lease_s: float = Field(
         30.0, ge=3, description="A claim's lease; renewed every third of it while its instance lives"
@@ -57,6 +59,8 @@ class DispatcherSettings(ConsumerSettings):
     bulk_consumer_group: str | None = Field(
         None, description="Consumer group of the bulk lane; default: the priority group + '.bulk'"
     )
+
+    _ownership: Any = PrivateAttr(default=None)  # handlers.Ownership of this process, made on first use
 
     @model_validator(mode="after")
     def _gateways_consistent(self) -> DispatcherSettings:

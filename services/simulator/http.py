@@ -176,6 +176,9 @@ def create_api_app(
             return resp
         gate = sim.gate()
         if gate.delay_s:
+            # The body is received before the delay: a slow gateway records a submission whose
+            # answer comes too late for a client that gave up waiting (a lost answer, not a lost message).
+            await request.read()
             await asyncio.sleep(gate.delay_s)
         if gate.reject is not None:
             return reject(request, gate.reject)

@@ -1,4 +1,5 @@
-"""Fault tests: 20,000 messages while a process, the broker, the database or the gateway fails.
+"""Fault tests: 20,000 messages while a process, the broker, the database or the gateway fails
+(a few thousand for the dispatcher's claim scenarios at the end).
 
 After each fault: every accepted message ends in exactly one final state, the simulator got
 each message id at most once (exactly once when Herald recorded a submission), no consumer
@@ -8,6 +9,7 @@ group is left behind (lag back to zero). Bounded: each scenario gives up after a
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from datetime import timedelta
@@ -20,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import SERVICES, Ports, Stack, infra
+from shared.devtools.stack import SERVICES, Ports, Stack, free_port, infra
 from shared.statuses import FINAL
 from shared.topics import ALL
 from tests.conftest import Tenant, make_tenant
@@ -28,6 +30,7 @@ from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 MESSAGES = 20_000
+CLAIM_MESSAGES = 3_000  # the dispatcher's claim scenarios: enough for batches in flight, short for CI
 FINAL_NAMES = [s.value for s in FINAL]
 
 
@@ -95,7 +98,13 @@ async def group_lag(env, group: str) -> int:
     return sum(max(0, ends[tp] - meta.offset) for tp, meta in committed.items())
 
 
-async def check_outcome(stack: Stack, pool, env, ids: list[str]) -> None:
+def client_refs(control_port: int) -> dict[str, int]:
+    return httpx.get(f"http://127.0.0.1:{control_port}/stats/client_refs", timeout=30).json()["client_refs"]
+
+
+async def check_outcome(stack: Stack, pool, env, ids: list[str], more_gateways: tuple[int, ...] = ()) -> None:
+    """``more_gateways``: control ports of other simulators the dispatcher submits to; a message
+    id counts once over all of them."""
     async def everything_final():
         n = await pool.fetchval(
             "SELECT count(*) FROM messages WHERE message_id = ANY($1::uuid[]) AND status = ANY($2::text[])", ids, FINAL_NAMES
@@ -109,7 +118,10 @@ async def check_outcome(stack: Stack, pool, env, ids: list[str]) -> None:
         ids, FINAL_NAMES,
     )
     assert len(per_message) == len(ids) and all(r["n"] == 1 for r in per_message), "a message has two final states"
-    refs = httpx.get(f"http://127.0.0.1:{stack.ports.simulator_control}/stats/client_refs", timeout=30).json()["client_refs"]
+    refs = client_refs(stack.ports.simulator_control)
+    for port in more_gateways:
+        for ref, n in client_refs(port).items():
+            refs[ref] = refs.get(ref, 0) + n
     assert all(refs.get(i, 0) <= 1 for i in ids), "the gateway got a message twice"
     submitted = await pool.fetch(
         "SELECT message_id::text AS id FROM messages WHERE message_id = ANY($1::uuid[]) AND gateway_message_id IS NOT NULL", ids
@@ -124,18 +136,17 @@ async def check_outcome(stack: Stack, pool, env, ids: list[str]) -> None:
     await wait_for(no_lag, timeout_s=60, interval_s=1)
 
 
-async def run_scenario(
-    stack: Stack, pool, env, name: str, fault: Callable[[], Awaitable[None]], messages: int = MESSAGES
-) -> list[str]:
+async def run_scenario(stack: Stack, pool, env, name: str, fault: Callable[[], Awaitable[None]],
+                       count: int = MESSAGES, more_gateways: tuple[int, ...] = ()) -> list[str]:
     tenant = await make_tenant(pool)
     run = f"{name}-{random.randrange(10**6)}"
     progress = [0]
-    sender = asyncio.create_task(send_resilient(stack, tenant, run, messages, progress))
-    await wait_for(lambda: asyncio.sleep(0, result=progress[0] >= messages // 4 or sender.done()), timeout_s=120)
+    sender = asyncio.create_task(send_resilient(stack, tenant, run, count, progress))
+    await wait_for(lambda: asyncio.sleep(0, result=progress[0] >= count // 4 or sender.done()), timeout_s=120)
     await fault()
     ids = await sender
-    assert len(ids) == messages
-    await check_outcome(stack, pool, env, ids)
+    assert len(ids) == count
+    await check_outcome(stack, pool, env, ids, more_gateways)
     return ids
 
 
@@ -190,7 +201,7 @@ async def test_provider_answers_504_after_accepting(stack: Stack, pool, env) -> 
         await asyncio.sleep(8)
         httpx.post(control, json={"mode": "normal"}, timeout=60).raise_for_status()
 
-    ids = await run_scenario(stack, pool, env, "timeout504", answer_504, messages=3000)
+    ids = await run_scenario(stack, pool, env, "timeout504", answer_504, count=3000)
     assert httpx.get(stats, timeout=30).json()["rejected"].get("gateway_timeout", 0) > 0, "no batch was answered 504"
     looked_up = await pool.fetchval(
         "SELECT count(DISTINCT message_id) FROM message_events WHERE message_id = ANY($1::uuid[])"
@@ -201,3 +212,110 @@ async def test_provider_answers_504_after_accepting(stack: Stack, pool, env) -> 
         "SELECT count(*) FROM messages WHERE message_id = ANY($1::uuid[]) AND status IN ('failed', 'unknown')"
         " AND reason_code IN ('retries_exhausted', 'submit_outcome_unknown')", ids,
     ) == 0
+
+
+# --- The dispatcher's claims: stranded claims and reconciliation ------------------------------
+
+
+def sim_control(port: int, body: dict) -> None:
+    httpx.post(f"http://127.0.0.1:{port}/control", json=body, timeout=60).raise_for_status()
+
+
+async def submissions_in_flight(stack: Stack) -> None:
+    """Wait until the dispatcher is submitting (the simulator's count moves)."""
+    url = f"http://127.0.0.1:{stack.ports.simulator_control}/stats"
+    start = httpx.get(url, timeout=30).json()["submissions"]
+    await wait_for(lambda: asyncio.sleep(0, result=httpx.get(url, timeout=30).json()["submissions"] > start),
+                   timeout_s=60, interval_s=0.2)
+
+
+async def test_dispatcher_restarted_under_the_same_instance_id_mid_batch(stack: Stack, pool, env) -> None:
+    """kill -9 while batches are being submitted, restart under the same HERALD_INSTANCE_ID (as
+    a container's `<host>-1` or a pod name): the new process must not keep the old claims alive
+    nor skip them, and nothing is submitted twice."""
+    control = stack.ports.simulator_control
+    same = {"HERALD_INSTANCE_ID": "dispatcher-0", "HERALD_CLAIM_LEASE_S": "20"}
+
+    async def restart_same_name() -> None:
+        await asyncio.to_thread(stack.restart, stack.find("dispatcher"), hard=True, extra_env=same)
+        sim_control(control, {"mode": "slow", "delay_ms": 800})  # every batch is in flight for a while
+        try:
+            await submissions_in_flight(stack)
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(stack.restart, stack.find("dispatcher"), hard=True, extra_env=same)
+        finally:
+            sim_control(control, {"mode": "normal"})
+
+    try:
+        await run_scenario(stack, pool, env, "same-id", restart_same_name, CLAIM_MESSAGES)
+    finally:
+        await asyncio.to_thread(stack.restart, stack.find("dispatcher"), hard=False)
+
+
+async def test_postgres_stopped_while_submissions_are_in_flight(stack: Stack, pool, env) -> None:
+    """The database goes away after batches were claimed, while their submissions are in flight,
+    for less than a lease (a blip): the batches fail after claiming and the consumer retries them
+    in the same, living process; no message may be left claimed for ever."""
+    control = stack.ports.simulator_control
+    blip = {"HERALD_CLAIM_LEASE_S": "30"}  # the outage is shorter than a lease
+
+    async def stop_postgres_mid_send() -> None:
+        sim_control(control, {"mode": "slow", "delay_ms": 1500})
+        try:
+            await submissions_in_flight(stack)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(infra, "stop", "postgres")
+            await asyncio.sleep(4)
+        finally:
+            sim_control(control, {"mode": "normal"})
+            await asyncio.to_thread(infra, "start")
+            await pool.expire_connections()
+
+    await asyncio.to_thread(stack.restart, stack.find("dispatcher"), hard=False, extra_env=blip)
+    try:
+        await run_scenario(stack, pool, env, "pg-mid-send", stop_postgres_mid_send, CLAIM_MESSAGES)
+    finally:
+        await asyncio.to_thread(stack.restart, stack.find("dispatcher"), hard=False)
+
+
+async def test_gateway_timing_out_until_its_breaker_opens_then_reconciliation(stack: Stack, pool, env) -> None:
+    """The route has two gateways. Gateway a (the stack's simulator) answers too late (the client
+    times out after sending: outcome unknown) until its breaker opens and traffic moves to b. The
+    reconciler must ask a, which has those messages, not resend them to b."""
+    a_control = stack.ports.simulator_control
+    b_port, b_control = free_port(), free_port()
+    b = stack.start("simulator", port=b_port, extra_env={
+        "HERALD_SIM_PORT": str(b_port), "HERALD_SIM_CONTROL_PORT": str(b_control),
+        "HERALD_SIM_RECEIPT_URL": f"http://127.0.0.1:{stack.ports.ingest}/v1/receipts/sim-b"})
+    gateways = [
+        {"name": "sim", "kind": "herald-http", "url": f"http://127.0.0.1:{stack.ports.simulator}",
+         "api_token": "sim-token", "rate_per_s": stack.gateway_rate, "timeout_s": 1},
+        {"name": "sim-b", "kind": "herald-http", "url": f"http://127.0.0.1:{b_port}", "api_token": "sim-token",
+         "rate_per_s": stack.gateway_rate},
+    ]
+    two = {"HERALD_GATEWAYS": json.dumps(gateways), "HERALD_ROUTES": json.dumps([{"name": "all", "gateways": ["sim", "sim-b"]}]),
+           "HERALD_FAILOVER_MIN_SAMPLES": "5", "HERALD_FAILOVER_COOLDOWN_S": "60"}
+    secrets = {"HERALD_RECEIPT_SECRETS": json.dumps({"sim": "sim-receipt-secret", "sim-b": "sim-receipt-secret"})}
+
+    async def a_times_out() -> None:
+        sim_control(a_control, {"mode": "slow", "delay_ms": 3000})
+        try:
+            async def a_is_open():
+                r = httpx.get(f"{stack.url('dispatcher')}/metrics", timeout=30).text
+                return 'herald_dispatcher_gateway_open{gateway="sim"} 1.0' in r or None
+
+            await wait_for(a_is_open, timeout_s=120, interval_s=0.5)
+            await asyncio.sleep(5)
+        finally:
+            sim_control(a_control, {"mode": "normal"})
+
+    try:
+        await asyncio.to_thread(stack.wait_ready, 30, [b])
+        await asyncio.to_thread(stack.restart, stack.find("ingest"), hard=False, extra_env=secrets)
+        await asyncio.to_thread(stack.restart, stack.find("dispatcher"), hard=False, extra_env=two)
+        await run_scenario(stack, pool, env, "a-times-out", a_times_out, CLAIM_MESSAGES, more_gateways=(b_control,))
+    finally:
+        await asyncio.to_thread(stack.restart, stack.find("dispatcher"), hard=False)
+        await asyncio.to_thread(stack.restart, stack.find("ingest"), hard=False)
+        stack.stop_process(b)
+        stack.processes.remove(b)

@@ -4,9 +4,12 @@ and a submission whose answer was lost is never blindly repeated."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -15,11 +18,14 @@ from services.dispatcher.gateways import build_gateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.repository import ClaimRepository
 from services.dispatcher.gateways.herald_http import HeraldHttpConfig
-from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.settings import DispatcherSettings, RouteConfig
 from shared.contracts import MessageOutbound, MessageOutboundEvent, MessageStatusEvent, utcnow
 from shared.devtools.stack import Ports, Stack
-from shared.kafka import Incoming, Outgoing
+from shared.db import create_pool
+from shared.kafka import Incoming, Outgoing, is_transient
+from shared.settings import ServiceSettings
 from shared.statuses import Status
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +50,8 @@ class ListPublisher:
 def settings_for(simulator: Stack, **overrides) -> DispatcherSettings:
     gateway = HeraldHttpConfig(name="sim", url=simulator.url("simulator"), api_token=SecretStr("sim-token"),
                             rate_per_s=5000, timeout_s=overrides.pop("timeout_s", 5.0))
-    return DispatcherSettings(gateways=[gateway], instance_id="test", retry_base_s=0.05, retry_cap_s=0.2, **overrides)
+    overrides.setdefault("instance_id", "test")
+    return DispatcherSettings(gateways=[gateway], retry_base_s=0.05, retry_cap_s=0.2, **overrides)
 
 
 def outbound(n: int) -> list[Incoming]:
@@ -99,8 +106,10 @@ async def test_stale_claims_are_resolved_by_asking_the_gateway(pool, simulator) 
     claims = ClaimRepository(pool)
     batch = outbound(2)
     got, lost = (i.event.payload for i in batch)
-    # A dispatcher claimed both, submitted the first, and died before recording anything.
+    # A dispatcher claimed both, recorded its attempt on the first, submitted it, and died before
+    # recording the outcome; the second it never got to.
     await claims.claim("dead-instance", 30, [(m.message_id, "acme", m.model_dump_json()) for m in (got, lost)])
+    await claims.record_attempts("sim", [got.message_id])
     await only_these_are_stale(pool, [got.message_id, lost.message_id])
     r = httpx.post(f"{simulator.url('simulator')}/v1/sms", headers={"Authorization": "Bearer sim-token"},
                    json={"to": got.to, "body": got.body, "client_ref": str(got.message_id)})
@@ -175,11 +184,12 @@ async def test_live_instances_renew_their_leases_and_dead_ones_expire(pool, simu
         m = item.event.payload
         await claims.claim(owner, 3, [(m.message_id, "acme", m.model_dump_json())])
     await claims.release_for_reconcile([], 1)
-    assert await claims.renew("alive", 3) == 1
-    import asyncio
+    working_on = [alive.event.payload.message_id]
+    assert await claims.renew("alive", 3, working_on) == 1
+    assert await claims.renew("alive", 3, [dead.event.payload.message_id]) == 0  # not its claim
 
     await asyncio.sleep(2)
-    assert await claims.renew("alive", 3) == 1  # renewed in time: still its own
+    assert await claims.renew("alive", 3, working_on) == 1  # renewed in time: still its own
     await asyncio.sleep(1.5)
     ours = [alive.event.payload.message_id, dead.event.payload.message_id]
     await pool.execute(  # other tests' claims are not this test's business
@@ -190,3 +200,241 @@ async def test_live_instances_renew_their_leases_and_dead_ones_expire(pool, simu
     stale = await claims.take_stale("reconciler-test", 30, 10)
     ids = {r["message_id"] for r in stale}
     assert dead.event.payload.message_id in ids and alive.event.payload.message_id not in ids
+
+
+class PgLink:
+    """A TCP relay between a dispatcher's pool and PostgreSQL that a test can cut: a real network
+    fault (open connections reset, new ones refused) for this pool only, not the session's."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.up = True
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        self.up = False
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+@contextlib.asynccontextmanager
+async def linked_pool(env) -> AsyncIterator[tuple[asyncpg.Pool, PgLink]]:
+    """A dispatcher pool reaching PostgreSQL through a link the test can cut."""
+    dsn = env.dsn
+    port = int(dsn.rsplit(":", 1)[1].split("/", 1)[0])
+    link = PgLink(port)
+    await link.start()
+    linked = dsn.replace(f":{port}/", f":{link.port}/")
+    pool = await create_pool(ServiceSettings(database_url=linked, db_pool_min=1, db_pool_max=4))
+    try:
+        yield pool, link
+    finally:
+        link.cut()
+        pool.terminate()
+        await link.close()
+
+
+@contextlib.asynccontextmanager
+async def running(reconciler: Reconciler) -> AsyncIterator[None]:
+    """The reconciler loop of one dispatcher process (renews that process's leases, resolves stale claims)."""
+    task = asyncio.create_task(reconciler.run())
+    try:
+        yield
+    finally:
+        reconciler.stop()
+        await asyncio.wait_for(task, 30)
+
+
+def final_statuses(items: list[Outgoing]) -> dict[uuid.UUID, set[uuid.UUID]]:
+    """message id → the distinct status event ids published for it (the same fact twice has one id)."""
+    by_id: dict[uuid.UUID, set[uuid.UUID]] = {}
+    for o in items:
+        by_id.setdefault(o.event.payload.message_id, set()).add(o.event.event_id)
+    return by_id
+
+
+async def keep_other_claims_out(pool, ids: list) -> None:
+    """The session database may hold other tests' claims: keep this test's reconcilers on ours."""
+    await pool.execute(
+        "UPDATE dispatch_claims SET lease_until = now() + interval '1 hour'"
+        " WHERE state = 'claimed' AND message_id <> ALL($1::uuid[])",
+        ids,
+    )
+
+
+async def fail_batch_while_sending(pool, simulator, handler: OutboundHandler, link: PgLink, batch: list[Incoming]) -> None:
+    """The handler claims the batch and submits (slowly); the database goes away while the
+    submissions are in flight, so the batch fails after claiming."""
+    ids = [i.event.payload.message_id for i in batch]
+    control(simulator, {"mode": "slow", "delay_ms": 1500})
+    task = asyncio.create_task(handler(batch))
+    try:
+        async def claimed():
+            n = await pool.fetchval("SELECT count(*) FROM dispatch_claims WHERE message_id = ANY($1::uuid[])", ids)
+            return n == len(ids) or None
+
+        await wait_for(claimed, timeout_s=20, interval_s=0.05)
+        await asyncio.sleep(0.3)  # the submissions are on their way
+        link.cut()
+        with pytest.raises(Exception) as failed:
+            await asyncio.wait_for(task, 30)
+        assert is_transient(failed.value), repr(failed.value)
+    finally:
+        control(simulator, {"mode": "normal"})
+    await asyncio.sleep(2)  # the slow answers are in: the gateway has every message once
+    link.restore()
+
+
+async def test_batch_failing_after_claiming_is_retried_and_every_message_ends_once(env, pool, simulator) -> None:
+    """The consumer retries a failed batch in the same process: claims it left open go to the
+    reconciler (not skipped, not renewed for ever) and every message gets one status."""
+    batch = outbound(40)
+    ids = [i.event.payload.message_id for i in batch]
+    async with linked_pool(env) as (dpool, link):
+        settings = settings_for(simulator, instance_id="dispatcher-1", claim_lease_s=6, reconcile_interval_s=0.5)
+        gateways = {"sim": build_gateway(settings.gateways[0])}
+        claims = ClaimRepository(dpool)
+        sender = Sender(gateways, settings)
+        handler = OutboundHandler(claims, sender, settings)
+        publisher = ListPublisher()
+        reconciler = Reconciler(claims, sender, publisher, settings)  # type: ignore[arg-type]
+        await keep_other_claims_out(pool, ids)
+        async with running(reconciler):
+            await fail_batch_while_sending(pool, simulator, handler, link, batch)
+            out = await handler(batch)  # the consumer retries the batch
+
+            async def all_resolved():
+                return len(final_statuses(out + publisher.items)) == len(ids) or None
+
+            try:
+                await wait_for(all_resolved, timeout_s=30, interval_s=0.5)
+            except AssertionError:
+                pass
+        await gateways["sim"].close()
+    statuses = final_statuses(out + publisher.items)
+    assert sorted(statuses) == sorted(ids), f"statuses for {len(statuses)} of {len(ids)} messages"
+    assert all(len(s) == 1 for s in statuses.values())
+    counts = sim_counts(simulator)
+    assert [counts.get(str(i)) for i in ids] == [1] * len(ids)
+    rows = await pool.fetch("SELECT state FROM dispatch_claims WHERE message_id = ANY($1::uuid[])", ids)
+    assert {r["state"] for r in rows} == {"submitted"}
+
+
+async def test_restart_with_the_same_instance_id_does_not_strand_claims(env, pool, simulator) -> None:
+    """A dispatcher restarts under the same name (<host>-1 in a container, the pod name): the new
+    process neither renews nor skips for ever the claims the old one left; the reconciler takes them."""
+    batch = outbound(40)
+    ids = [i.event.payload.message_id for i in batch]
+    publisher = ListPublisher()
+    await keep_other_claims_out(pool, ids)
+    async with linked_pool(env) as (dpool, link):
+        settings = settings_for(simulator, instance_id="dispatcher-1", claim_lease_s=6, reconcile_interval_s=0.5)
+        gateways = {"sim": build_gateway(settings.gateways[0])}
+        claims = ClaimRepository(dpool)
+        sender = Sender(gateways, settings)
+        async with running(Reconciler(claims, sender, publisher, settings)):  # type: ignore[arg-type]
+            await fail_batch_while_sending(pool, simulator, OutboundHandler(claims, sender, settings), link, batch)
+        await gateways["sim"].close()
+    # The process is gone; a new one starts with the same instance id and gets the batch again.
+    settings = settings_for(simulator, instance_id="dispatcher-1", claim_lease_s=6, reconcile_interval_s=0.5)
+    gateways = {"sim": build_gateway(settings.gateways[0])}
+    claims = ClaimRepository(pool)
+    sender = Sender(gateways, settings)
+    async with running(Reconciler(claims, sender, publisher, settings)):  # type: ignore[arg-type]
+        out = await OutboundHandler(claims, sender, settings)(batch)
+
+        async def all_resolved():
+            return len(final_statuses(out + publisher.items)) == len(ids) or None
+
+        try:
+            await wait_for(all_resolved, timeout_s=30, interval_s=0.5)
+        except AssertionError:
+            pass
+    await gateways["sim"].close()
+    statuses = final_statuses(out + publisher.items)
+    assert sorted(statuses) == sorted(ids), f"statuses for {len(statuses)} of {len(ids)} messages"
+    assert all(len(s) == 1 for s in statuses.values())
+    counts = sim_counts(simulator)
+    assert [counts.get(str(i)) for i in ids] == [1] * len(ids)
+
+
+@pytest.fixture(scope="module")
+def simulator_b(tmp_path_factory) -> Iterator[Stack]:
+    stack = Stack(env={}, ports=Ports.random(), log_dir=tmp_path_factory.mktemp("sim-b"))
+    stack.start("simulator", extra_env={"HERALD_SIM_RECEIPT_URL": "http://127.0.0.1:9/none"})
+    stack.wait_ready(30)
+    yield stack
+    stack.stop()
+
+
+async def test_reconciler_asks_the_gateway_that_timed_out_not_the_one_health_prefers(pool, simulator, simulator_b) -> None:
+    """Gateway a times out until its breaker opens; the route now prefers b. The reconciler must ask
+    a (which got the messages), not resend them to b because b never saw them."""
+    a = HeraldHttpConfig(name="a", url=simulator.url("simulator"), api_token=SecretStr("sim-token"), rate_per_s=5000,
+                         timeout_s=0.5)
+    b = HeraldHttpConfig(name="b", url=simulator_b.url("simulator"), api_token=SecretStr("sim-token"), rate_per_s=5000)
+    settings = DispatcherSettings(gateways=[a, b], routes=[RouteConfig(name="es", gateways=["a", "b"])],
+                                  instance_id="test", retry_base_s=0.05, retry_cap_s=0.2, failover_min_samples=3)
+    gateways = {g.name: build_gateway(g) for g in (a, b)}
+    claims = ClaimRepository(pool)
+    sender = Sender(gateways, settings)
+    batch = outbound(5)
+    ids = [i.event.payload.message_id for i in batch]
+    control(simulator, {"mode": "slow", "delay_ms": 1500})
+    try:
+        out = await OutboundHandler(claims, sender, settings)(batch)
+    finally:
+        control(simulator, {"mode": "normal"})
+    assert out == []  # a timed out: outcome unknown
+    assert not sender.available("a") and sender.route(batch[0].event.payload) == "b"  # a's breaker is open
+    await asyncio.sleep(2)  # a has answered by now
+    await only_these_are_stale(pool, ids)
+    publisher = ListPublisher()
+    await Reconciler(claims, sender, publisher, settings).reconcile_once()  # type: ignore[arg-type]
+    for g in gateways.values():
+        await g.close()
+    on_a, on_b = sim_counts(simulator), sim_counts(simulator_b)
+    assert [on_a.get(str(i), 0) + on_b.get(str(i), 0) for i in ids] == [1] * len(ids), "sent to a and b"
+    by_id = {o.event.payload.message_id: o.event.payload for o in publisher.items}
+    assert sorted(by_id) == sorted(ids) and {p.gateway for p in by_id.values()} == {"a"}
+    # Each claim records the one attempt, on a, made before it was sent.
+    rows = await pool.fetch("SELECT submit_attempts FROM dispatch_claims WHERE message_id = ANY($1::uuid[])", ids)
+    assert all([x["gateway"] for x in r["submit_attempts"]] == ["a"] for r in rows)

@@ -4,11 +4,12 @@ import asyncio
 import uuid
 from datetime import timedelta
 
+import pytest
 from pydantic import SecretStr
 
 from services.dispatcher.gateways.base import Outcome, Refused, Submitted
 from services.dispatcher.gateways.herald_http import HeraldHttpConfig
-from services.dispatcher.handlers import Job, Sender
+from services.dispatcher.handlers import Job, Sender, gateways_to_ask
 from services.dispatcher.settings import DispatcherSettings, RouteConfig
 from shared.contracts import MessageOutbound, utcnow
 
@@ -89,3 +90,55 @@ async def test_bulk_waits_while_priority_is_sending() -> None:
     bulk = asyncio.create_task(sender.send([job("marketing")], priority=False))
     await asyncio.gather(priority, bulk)
     assert order == ["transactional start", "transactional end", "marketing start", "marketing end"]
+
+
+class StuckGateway(FakeGateway):
+    """Holds every submission until released; records which were cancelled."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.started = 0
+        self.cancelled = 0
+        self.release = asyncio.Event()
+
+    async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
+        self.started += 1
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return await super().submit_many(messages)
+
+
+class FailingThrottle:
+    """Lets the first chunk through, then fails as an unreachable shared throttle (database) would."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def reserve(self, gateway: str, segments: float) -> float:
+        self.calls += 1
+        if self.calls > 1:
+            await asyncio.sleep(0.05)  # the first chunk is in flight by now
+            raise ConnectionResetError("database connection lost")
+        return 0.0
+
+
+async def test_a_failing_batch_cancels_its_submissions_in_flight() -> None:
+    a = StuckGateway("a")
+    sender = Sender({"a": a, "b": FakeGateway("b")}, settings(), throttle=FailingThrottle())
+    sender.chunk["a"] = 2
+    with pytest.raises(ConnectionResetError):  # the error itself, for the consumer to classify
+        await asyncio.wait_for(sender.send([job() for _ in range(4)]), 5)
+    assert a.started == 1 and a.cancelled == 1  # nothing keeps submitting for a failed batch
+    a.release.set()
+    await asyncio.sleep(0.05)
+    assert a.got == []
+
+
+def test_reconciliation_asks_every_gateway_that_got_an_attempt() -> None:
+    attempts = [{"gateway": "a", "outcome": "unknown"}, {"gateway": "b", "outcome": "refused:x"}, {"gateway": "a"}]
+    assert gateways_to_ask(attempts, ["b", "c"]) == ["a", "b"]  # not the route's (health) choice
+    assert gateways_to_ask([], ["a", "b"]) == []  # never attempted: nothing to ask, send it
+    assert gateways_to_ask(None, ["a", "b"]) == ["a", "b"]  # no record (older claim): every gateway of its route
