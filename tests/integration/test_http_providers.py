@@ -416,8 +416,9 @@ async def test_wrongly_signed_callbacks_are_refused(env, sim: Stack, ingest: str
         assert r.status_code == 204  # the same, as signed
         r = await client.post(path, data=dict(params))
         assert (r.status_code, r.json()["error"]["code"]) == (401, "signature_missing")
+        # An unknown gateway is answered as a wrong signature: the answer names no gateway.
         r = await client.post("/v1/callbacks/twilio/nope/status", data=dict(params), headers={"X-Twilio-Signature": good})
-        assert r.status_code == 404
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "signature_invalid")
     # The simulator signs with the account token; ingest holds another one for "tw-wrong".
     before = twilio_stats(sim)["callbacks"]["refused"]
     gateway = twilio(sim, name="tw-wrong", callback=f"{ingest}/v1/callbacks/twilio/tw-wrong/status")
