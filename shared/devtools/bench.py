@@ -11,6 +11,9 @@ the four services and the gateway simulator, then measures:
 - peak resident memory (VmHWM) of every process.
 
 Results are printed and written to docs/benchmarks.md with the machine, versions and command.
+
+``--webhooks ROWS`` measures the status webhook outbox and its worker alone instead
+(shared/devtools/webhook_bench.py; printed only).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from shared.devtools import webhook_bench
 from shared.devtools.demo import demo_numbers, marketing_countries, prepare
 from shared.devtools.stack import REPO, Ports, Stack, start_infra
 from shared.settings import ServiceSettings
@@ -529,7 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-s", type=float, default=120.0,
                         help="with --campaign: keep measuring this long after the fan-out (or until every message is final)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    webhook_bench.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.webhooks:  # the webhook outbox alone: printed, never written to docs/benchmarks.md
+        print(json.dumps(asyncio.run(webhook_bench.run(args))))
+        return 0
     results = Results(command=" ".join(["herald bench", *(argv if argv is not None else sys.argv[1:])]))
     started = datetime.now(UTC)
     asyncio.run(run(args, results))

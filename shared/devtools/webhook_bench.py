@@ -1,0 +1,219 @@
+"""``herald bench --webhooks ROWS``: the status webhook outbox in isolation.
+
+Starts (or reuses) the local PostgreSQL, makes a fresh database, queues ROWS outbox rows
+(``--webhook-events`` status changes per message, through ``enqueue()``, the path reports
+uses), starts an aiohttp receiver in a process of its own on a loopback port, runs the real
+``WebhookWorker`` in this process and reports rows posted per second from the worker's start
+to the last row recorded delivered, with the CPU seconds of the worker, the receiver and
+PostgreSQL. The receiver checks that each message's callbacks come in ``seq`` order.
+
+``--webhook-stuck PCT``: that share of the messages has a receiver answering 503 for ever
+(their first row retries, their later rows stay pending behind it), so the claim runs with a
+backlog of blocked rows; the figure is then for the other messages' rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from shared.devtools.stack import free_port, start_infra
+
+STATUSES = ("accepted", "scheduled", "queued", "submitted", "delivered")
+
+
+def stuck(message_id: str, pct: float) -> bool:
+    return pct > 0 and uuid.UUID(message_id).int % 10_000 < pct * 100
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu(port: int) -> float:
+    """CPU seconds of the postmaster listening on ``port`` and its children (so far)."""
+    total = 0.0
+    postmaster = None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if cmd and cmd[0].endswith(b"postgres") and str(port).encode() in b" ".join(cmd):
+                postmaster = int(proc.name)
+        except OSError:
+            continue
+    if postmaster is None:
+        return float("nan")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(proc.name) == postmaster or int(fields[1]) == postmaster:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            continue
+    return total
+
+
+def receiver_main(port: int, stuck_pct: float, ready: Any) -> None:
+    """The receiver process: 200 (503 for the stuck messages); GET /stats says what it saw."""
+    from aiohttp import web
+
+    last: dict[str, int] = {}
+    stats = {"ok": 0, "refused": 0, "out_of_order": 0}
+
+    async def hook(request: web.Request) -> web.Response:
+        payload = json.loads(await request.read())
+        mid, seq = payload["message_id"], payload["seq"]
+        if stuck(mid, stuck_pct):
+            stats["refused"] += 1
+            return web.Response(status=503)
+        if seq <= last.get(mid, 0):
+            stats["out_of_order"] += 1
+        last[mid] = seq
+        stats["ok"] += 1
+        return web.Response(status=200)
+
+    async def stats_view(request: web.Request) -> web.Response:
+        return web.json_response(stats)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    app.router.add_get("/stats", stats_view)
+    ready.set()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, backlog=1024)
+
+
+async def fill(pool: asyncpg.Pool, url: str, rows: int, events: int, tenant: str) -> dict[str, int]:
+    """Queue ``rows`` outbox rows, ``events`` per message, the way reports queues them."""
+    from services.reports.webhooks import Notification, enqueue
+    from shared.statuses import Status
+
+    statuses = [Status(s) for s in STATUSES[:events]]
+    messages = rows // events
+    per_message: dict[str, int] = defaultdict(int)
+    chunk = 2_000
+    for start in range(0, messages, chunk):
+        notes = []
+        for _ in range(min(chunk, messages - start)):
+            mid = uuid.uuid4()
+            previous = None
+            for status in statuses:
+                notes.append(Notification(
+                    message_id=mid, tenant_id=tenant, url=url, status=status, previous_status=previous,
+                    occurred_at=None, reason_code=None, reason=None, gateway="sim", segments=1,
+                    metadata={"order": mid.hex[:8]}, attempts=None))
+                previous = status
+            per_message[str(mid)] = len(statuses)
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue(conn, notes)
+    return per_message
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    from services.reports.settings import ReportsSettings
+    from services.reports.webhooks import WebhookWorker
+    from shared.db import create_pool, migrate
+    from shared.settings import ServiceSettings
+
+    start_infra()
+    base = ServiceSettings()
+    dsn_admin = base.database_url.get_secret_value()
+    pg_port = int(dsn_admin.rsplit(":", 1)[1].split("/", 1)[0])
+    db = f"herald_whbench_{uuid.uuid4().hex[:6]}"
+    conn = await asyncpg.connect(dsn_admin)
+    await conn.execute(f'CREATE DATABASE "{db}"')
+    await conn.close()
+    os.environ["HERALD_DATABASE_URL"] = dsn_admin.rsplit("/", 1)[0] + f"/{db}"
+    port = free_port()
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    receiver = ctx.Process(target=receiver_main, args=(port, args.webhook_stuck, ready), daemon=True)
+    receiver.start()
+    result: dict[str, Any] = {}
+    try:
+        overrides: dict[str, Any] = {"webhook_backoff_base_s": 60.0, "webhook_max_attempts": 100,
+                                     "webhook_poll_interval_s": 0.05}
+        if args.webhook_concurrency:
+            overrides["webhook_concurrency"] = args.webhook_concurrency
+        settings = ReportsSettings(**overrides)
+        pool = await create_pool(settings)
+        async with pool.acquire() as c:
+            await migrate(c)
+        ready.wait(30)
+        url = f"http://127.0.0.1:{port}/hook"
+        started = time.monotonic()
+        per_message = await fill(pool, url, args.webhooks, args.webhook_events, "bench")
+        total = sum(per_message.values())
+        expected = sum(n for mid, n in per_message.items() if not stuck(mid, args.webhook_stuck))
+        print(f"queued {total:,} rows for {len(per_message):,} messages in {time.monotonic() - started:.1f} s; "
+              f"{total - expected:,} of them behind a receiver that keeps answering 503", flush=True)
+        await pool.execute("ANALYZE webhook_outbox")
+        worker = WebhookWorker(pool, settings)
+        cpu = (cpu_seconds(os.getpid()), cpu_seconds(receiver.pid), postgres_cpu(pg_port))
+        started = time.monotonic()
+        task = asyncio.create_task(worker.run())
+        async with httpx.AsyncClient() as client:
+            while True:
+                stats = (await client.get(f"http://127.0.0.1:{port}/stats")).json()
+                if stats["ok"] >= expected:
+                    break
+                if task.done():
+                    raise RuntimeError(f"the worker stopped: {task.exception()!r}")
+                if time.monotonic() - started > args.webhook_timeout_s:
+                    raise RuntimeError(f"not done after {args.webhook_timeout_s} s: {stats}")
+                await asyncio.sleep(0.05)
+            # posted is not recorded: wait for the last rows to be marked delivered
+            while await pool.fetchval("SELECT count(*) FROM webhook_outbox WHERE state = 'delivered'") < expected:
+                await asyncio.sleep(0.01)
+            elapsed = time.monotonic() - started
+            stats = (await client.get(f"http://127.0.0.1:{port}/stats")).json()
+        used = (cpu_seconds(os.getpid()) - cpu[0], cpu_seconds(receiver.pid) - cpu[1], postgres_cpu(pg_port) - cpu[2])
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        await pool.close()
+        result = {
+            "rows": expected, "seconds": round(elapsed, 2), "rows_per_s": round(expected / elapsed),
+            "messages_per_s": round(expected / args.webhook_events / elapsed),
+            "cpu_s": {"worker": round(used[0], 1), "receiver": round(used[1], 1), "postgres": round(used[2], 1)},
+            "refused_posts": stats["refused"], "out_of_order": stats["out_of_order"],
+            "concurrency": settings.webhook_concurrency,
+        }
+        print(f"webhooks: {expected:,} rows posted and recorded in {elapsed:.2f} s: {expected / elapsed:,.0f} rows/s "
+              f"({expected / args.webhook_events / elapsed:,.0f} messages/s); CPU s: worker {used[0]:.1f}, "
+              f"receiver {used[1]:.1f}, PostgreSQL {used[2]:.1f}; 503 answers {stats['refused']:,}; "
+              f"out of order {stats['out_of_order']}", flush=True)
+        return result
+    finally:
+        receiver.terminate()
+        receiver.join(10)
+        conn = await asyncpg.connect(dsn_admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await conn.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--webhooks", type=int, default=0, metavar="ROWS",
+                        help="instead: fill the status webhook outbox with ROWS rows and measure the worker alone")
+    parser.add_argument("--webhook-events", type=int, default=3, choices=range(1, len(STATUSES) + 1),
+                        help="with --webhooks: status changes (outbox rows) per message")
+    parser.add_argument("--webhook-concurrency", type=int, default=0,
+                        help="with --webhooks: HERALD_WEBHOOK_CONCURRENCY for the worker (default: the setting's)")
+    parser.add_argument("--webhook-stuck", type=float, default=0.0, metavar="PCT",
+                        help="with --webhooks: share of messages (%%) whose receiver answers 503 for ever")
+    parser.add_argument("--webhook-timeout-s", type=float, default=600.0, help=argparse.SUPPRESS)
