@@ -2,10 +2,12 @@
 
 ``record()`` (handlers.py) calls :func:`notifications` and :func:`enqueue` in the transaction
 that writes the new states, so a status change and its webhook row commit together.
-:class:`WebhookWorker` claims due rows with ``FOR UPDATE SKIP LOCKED`` — only the lowest
-pending ``seq`` of each message, so a message's callbacks are posted in order — signs each
-body with the tenant's secret (shared/signatures.py), posts it, and marks it delivered,
-retries it later with exponential backoff, or dead-letters it. See docs/webhooks.md.
+:class:`WebhookWorker` claims due rows with ``FOR UPDATE SKIP LOCKED`` — only the head of
+each message (its lowest pending ``seq``, flagged ``head``), so a message's callbacks are posted
+in order and a claim reads only due heads — signs each body with the tenant's secret
+(shared/signatures.py), posts it through one pooled aiohttp client, and writes the results of
+the posts that ended back in one transaction: delivered, retried later with exponential backoff,
+or dead-lettered, and the next row of each finished message made its head. See docs/webhooks.md.
 
 Ordinary replies (``replies.v1`` with the tenant's reply webhook URL) go through the same
 outbox and worker (:class:`ReplyWebhookHandler`, :func:`enqueue_replies`): their ordering key

@@ -7,6 +7,10 @@ uses), starts an aiohttp receiver in a process of its own on a loopback port, ru
 to the last row recorded delivered, with the CPU seconds of the worker, the receiver and
 PostgreSQL. The receiver checks that each message's callbacks come in ``seq`` order.
 
+``--webhook-receiver-ms MS``: the receiver answers after MS milliseconds (a receiver across
+the internet rather than on loopback), so the posts in flight (``--webhook-concurrency``)
+bound the rate.
+
 ``--webhook-stuck PCT``: that share of the messages has a receiver answering 503 for ever
 (their first row retries, their later rows stay pending behind it), so the claim runs with a
 backlog of blocked rows; the figure is then for the other messages' rows.
@@ -68,7 +72,7 @@ def postgres_cpu(port: int) -> float:
     return total
 
 
-def receiver_main(port: int, stuck_pct: float, ready: Any) -> None:
+def receiver_main(port: int, stuck_pct: float, delay_ms: float, ready: Any) -> None:
     """The receiver process: 200 (503 for the stuck messages); GET /stats says what it saw."""
     from aiohttp import web
 
@@ -77,6 +81,8 @@ def receiver_main(port: int, stuck_pct: float, ready: Any) -> None:
 
     async def hook(request: web.Request) -> web.Response:
         payload = json.loads(await request.read())
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
         mid, seq = payload["message_id"], payload["seq"]
         if stuck(mid, stuck_pct):
             stats["refused"] += 1
@@ -143,7 +149,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
-    receiver = ctx.Process(target=receiver_main, args=(port, args.webhook_stuck, ready), daemon=True)
+    receiver = ctx.Process(target=receiver_main, args=(port, args.webhook_stuck, args.webhook_receiver_ms, ready), daemon=True)
     receiver.start()
     result: dict[str, Any] = {}
     try:
@@ -177,7 +183,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     raise RuntimeError(f"the worker stopped: {task.exception()!r}")
                 if time.monotonic() - started > args.webhook_timeout_s:
                     raise RuntimeError(f"not done after {args.webhook_timeout_s} s: {stats}")
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.1)
             # posted is not recorded: wait for the last rows to be marked delivered
             while await pool.fetchval("SELECT count(*) FROM webhook_outbox WHERE state = 'delivered'") < expected:
                 await asyncio.sleep(0.01)
@@ -192,7 +198,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "messages_per_s": round(expected / args.webhook_events / elapsed),
             "cpu_s": {"worker": round(used[0], 1), "receiver": round(used[1], 1), "postgres": round(used[2], 1)},
             "refused_posts": stats["refused"], "out_of_order": stats["out_of_order"],
-            "concurrency": settings.webhook_concurrency,
+            "concurrency": settings.webhook_concurrency, "receiver_ms": args.webhook_receiver_ms,
         }
         print(f"webhooks: {expected:,} rows posted and recorded in {elapsed:.2f} s: {expected / elapsed:,.0f} rows/s "
               f"({expected / args.webhook_events / elapsed:,.0f} messages/s); CPU s: worker {used[0]:.1f}, "
@@ -216,4 +222,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --webhooks: HERALD_WEBHOOK_CONCURRENCY for the worker (default: the setting's)")
     parser.add_argument("--webhook-stuck", type=float, default=0.0, metavar="PCT",
                         help="with --webhooks: share of messages (%%) whose receiver answers 503 for ever")
+    parser.add_argument("--webhook-receiver-ms", type=float, default=0.0, metavar="MS",
+                        help="with --webhooks: the receiver waits this long before answering (a distant receiver)")
     parser.add_argument("--webhook-timeout-s", type=float, default=600.0, help=argparse.SUPPRESS)
