@@ -571,10 +571,12 @@ class WebhookWorker:
         self.rand = rand
         self.housekeeping_s = housekeeping_s
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # a post ended, or stop
         self._secrets: dict[str, tuple[bytes, float]] = {}
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     @property
     def lease_s(self) -> float:
@@ -710,44 +712,48 @@ class WebhookWorker:
             inflight.discard(task)
             if not task.cancelled() and task.exception() is None and task.result() is not None:
                 ended.append(task.result())  # type: ignore[arg-type]
+            self._wake.set()
 
         def spawn(post: Any) -> None:
             task = asyncio.create_task(post)
             inflight.add(task)
             task.add_done_callback(collect)
 
-        stopping = asyncio.create_task(self._stop.wait())
         last_housekeeping = 0.0
         timed_out = True
         batch = max(1, self.s.webhook_concurrency // 4)
         try:
             while not self._stop.is_set():
+                self._wake.clear()
                 if time.monotonic() - last_housekeeping >= self.housekeeping_s:
                     last_housekeeping = time.monotonic()
                     await self._housekeeping()
-                free = self.s.webhook_concurrency - len(inflight)
-                # one write and one claim per round trip when busy: the posts that ended meanwhile
-                # are written together (their keys' next rows become claimable), then slots refilled
-                if free > 0 and (timed_out or free >= batch or not inflight):
-                    done, ended = ended, []
+                # the posts that ended since the last round trip, written together (their keys'
+                # next rows become claimable); more end meanwhile, so batches grow with the load
+                if ended:
+                    done, ended[:] = list(ended), []
                     await self.write(done)
+                free = self.s.webhook_concurrency - len(inflight)
+                # claim in batches when busy: one claim query per freed slot would cost more than the posts
+                if free > 0 and (timed_out or free >= batch or not inflight):
                     try:
-                        rows = await self.store.claim(self.s.webhook_concurrency - len(inflight), self.lease_s)
+                        rows = await self.store.claim(free, self.lease_s)
                     except Exception:
                         log.exception("claiming webhooks failed")
                         rows = []
                     await self._start(client, rows, spawn)
-                # wake when a post ends (its key's next seq may be due now), on stop, or to poll
-                done_now, _ = await asyncio.wait({*inflight, stopping}, timeout=self.s.webhook_poll_interval_s,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                timed_out = not done_now
+                # wake when a post ends (its result to write, its key's next seq to claim), on stop, or to poll
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.s.webhook_poll_interval_s)
+                    timed_out = False
+                except TimeoutError:
+                    timed_out = True
         finally:
-            stopping.cancel()
             if inflight:
                 await asyncio.wait(inflight, timeout=self.s.webhook_timeout_s + 1)
                 for task in list(inflight):
                     task.cancel()
-            await self.write(ended)  # what was posted is recorded before stopping
+            await self.write(list(ended))  # what was posted is recorded before stopping
             await client.close()
 
 
