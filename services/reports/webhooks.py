@@ -361,10 +361,11 @@ async def enqueue(conn: asyncpg.Connection, notes: Sequence[Notification]) -> in
 
 
 async def _lock_pending(conn: asyncpg.Connection, keys: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    """Lock the pending rows of ``keys`` (in id order, as :meth:`WebhookStore.finish` does) and
+    """Lock the pending rows of ``keys`` (in id order) and
     return the keys that still have one. A worker finishing one of them at the same time either
-    commits first (the row is then not pending here) or waits for this transaction and then
-    sees its new rows when it picks the key's next head: a key is never left without a head."""
+    commits first (the row is then not pending here) or skips the locked row and writes it once
+    this transaction has committed, then sees its new rows when it picks the key's next head: a
+    key is never left without a head."""
     if not keys:
         return set()
     rows = await conn.fetch(
@@ -485,17 +486,25 @@ class WebhookStore:
             limit, lease_s,
         )
 
-    async def finish(self, results: Sequence[Result]) -> int:
+    async def finish(self, results: Sequence[Result]) -> list[Result]:
         """Write a batch of results back in one transaction: delivered and dead rows finished,
         retries pushed to their next attempt (only if not claimed again meanwhile), then the
-        next pending row of every finished key made its head. Returns the rows written."""
+        next pending row of every finished key made its head.
+
+        Rows locked elsewhere are skipped and returned, to be written again shortly: reports
+        locks a key's pending rows while it queues more behind them (``enqueue()``, possibly
+        in several statements of one transaction), and a worker that waited for those locks
+        while holding others could deadlock with it. It never waits: once that transaction
+        commits, the row is written and its key's next head chosen among the new rows."""
         if not results:
-            return 0
-        columns = finish_columns(results)
+            return []
         async with self.pool.acquire() as conn, conn.transaction():
-            # rows locked in id order, as enqueue() locks them: the two never wait on each other in a cycle
-            await conn.execute("SELECT 1 FROM webhook_outbox WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
-                               columns[0])
+            locked = {r["id"] for r in await conn.fetch(
+                "SELECT id FROM webhook_outbox WHERE id = ANY($1::bigint[]) FOR UPDATE SKIP LOCKED",
+                [r.row["id"] for r in results])}
+            now = [r for r in results if r.row["id"] in locked]
+            if not now:
+                return list(results)
             written = await conn.fetch(
                 "UPDATE webhook_outbox o SET state = x.state, last_status = x.code, last_error = x.error,"
                 " finished_at = CASE WHEN x.state = 'pending' THEN NULL ELSE now() END,"
@@ -505,13 +514,12 @@ class WebhookStore:
                 "  AS x(id, attempts, state, code, error, delay)"
                 " WHERE o.id = x.id AND o.state = 'pending' AND (x.state <> 'pending' OR o.attempts = x.attempts)"
                 " RETURNING o.message_id, o.state",
-                *columns,
+                *finish_columns(now),
             )
             finished = sorted({r["message_id"] for r in written if r["state"] != "pending"})
             if finished:
-                # a statement of its own: its snapshot sees rows enqueued by a transaction this one waited for
                 await conn.execute(PROMOTE_SQL, finished)
-        return len(written)
+        return [r for r in results if r.row["id"] not in locked]
 
     async def secrets(self, tenants: Iterable[str]) -> dict[str, str]:
         """Each tenant's signing secret, created on first use."""
@@ -647,17 +655,21 @@ class WebhookWorker:
             log.exception("%s webhook delivery failed", _kind(row), extra={"event_id": str(row["event_id"])})
             return None
 
-    async def write(self, results: list[Result]) -> None:
-        """Write a batch of results back (one transaction), then count and log them."""
+    async def write(self, results: list[Result]) -> list[Result]:
+        """Write a batch of results back (one transaction), then count and log them. Returns
+        those whose rows were locked elsewhere, to write again."""
         if not results:
-            return
+            return []
         try:
-            await self.store.finish(results)
+            later = await self.store.finish(results)
         except Exception:
             # their leases run out and they are posted again (receivers deduplicate by event id)
             log.exception("recording webhook results failed", extra={"rows": len(results)})
-            return
+            return []
+        waiting = {id(r) for r in later}
         for r in results:
+            if id(r) in waiting:
+                continue
             if r.outcome is Outcome.DELIVERED:
                 metrics.WEBHOOKS_DELIVERED.inc()
             elif r.outcome is Outcome.DEAD:
@@ -668,6 +680,7 @@ class WebhookWorker:
                     "reason": r.reason, "error": r.error, "host": urlsplit(row["url"]).hostname,
                     "attempts": row["attempts"],
                 })
+        return later
 
     async def _start(self, client: aiohttp.ClientSession, rows: Sequence[Mapping[str, Any]],
                      spawn: Callable[[Any], None]) -> None:
@@ -689,8 +702,12 @@ class WebhookWorker:
             rows = await self.store.claim(self.s.webhook_concurrency, self.lease_s)
             posts: list[Any] = []
             await self._start(client, rows, posts.append)
-            results = await asyncio.gather(*posts)
-            await self.write([r for r in results if r is not None])
+            left = [r for r in await asyncio.gather(*posts) if r is not None]
+            deadline = time.monotonic() + self.lease_s
+            while left and time.monotonic() < deadline:
+                left = await self.write(left)
+                if left:
+                    await asyncio.sleep(0.01)
             return len(rows)
         finally:
             if own:
@@ -732,7 +749,7 @@ class WebhookWorker:
                 # next rows become claimable); more end meanwhile, so batches grow with the load
                 if ended:
                     done, ended[:] = list(ended), []
-                    await self.write(done)
+                    ended += await self.write(done)
                 free = self.s.webhook_concurrency - len(inflight)
                 # claim in batches when busy: one claim query per freed slot would cost more than the posts
                 if free > 0 and (timed_out or free >= batch or not inflight):
@@ -743,8 +760,9 @@ class WebhookWorker:
                         rows = []
                     await self._start(client, rows, spawn)
                 # wake when a post ends (its result to write, its key's next seq to claim), on stop, or to poll
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.s.webhook_poll_interval_s)
+                try:  # results left to write (rows locked elsewhere for a moment): look again soon
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(self.s.webhook_poll_interval_s, 0.02)
+                                           if ended else self.s.webhook_poll_interval_s)
                     timed_out = False
                 except TimeoutError:
                     timed_out = True
@@ -753,7 +771,11 @@ class WebhookWorker:
                 await asyncio.wait(inflight, timeout=self.s.webhook_timeout_s + 1)
                 for task in list(inflight):
                     task.cancel()
-            await self.write(list(ended))  # what was posted is recorded before stopping
+            left, deadline = list(ended), time.monotonic() + self.s.webhook_timeout_s
+            while left and time.monotonic() < deadline:  # what was posted is recorded before stopping
+                left = await self.write(left)
+                if left:
+                    await asyncio.sleep(0.01)
             await client.close()
 
 

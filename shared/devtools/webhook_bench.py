@@ -76,8 +76,11 @@ def receiver_main(port: int, stuck_pct: float, delay_ms: float, ready: Any) -> N
     """The receiver process: 200 (503 for the stuck messages); GET /stats says what it saw."""
     from aiohttp import web
 
+    from shared.statuses import FINAL
+
+    finals = {f.value for f in FINAL}
     last: dict[str, int] = {}
-    stats = {"ok": 0, "refused": 0, "out_of_order": 0}
+    stats = {"ok": 0, "refused": 0, "out_of_order": 0, "final": 0}
 
     async def hook(request: web.Request) -> web.Response:
         payload = json.loads(await request.read())
@@ -91,6 +94,7 @@ def receiver_main(port: int, stuck_pct: float, delay_ms: float, ready: Any) -> N
             stats["out_of_order"] += 1
         last[mid] = seq
         stats["ok"] += 1
+        stats["final"] += payload.get("status") in finals
         return web.Response(status=200)
 
     async def stats_view(request: web.Request) -> web.Response:
@@ -146,11 +150,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await conn.execute(f'CREATE DATABASE "{db}"')
     await conn.close()
     os.environ["HERALD_DATABASE_URL"] = dsn_admin.rsplit("/", 1)[0] + f"/{db}"
-    port = free_port()
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    receiver = ctx.Process(target=receiver_main, args=(port, args.webhook_stuck, args.webhook_receiver_ms, ready), daemon=True)
-    receiver.start()
+    receiver, base = start_receiver(args.webhook_stuck, args.webhook_receiver_ms)
     result: dict[str, Any] = {}
     try:
         overrides: dict[str, Any] = {"webhook_backoff_base_s": 60.0, "webhook_max_attempts": 100,
@@ -161,8 +161,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         pool = await create_pool(settings)
         async with pool.acquire() as c:
             await migrate(c)
-        ready.wait(30)
-        url = f"http://127.0.0.1:{port}/hook"
+        url = f"{base}/hook"
         started = time.monotonic()
         per_message = await fill(pool, url, args.webhooks, args.webhook_events, "bench")
         total = sum(per_message.values())
@@ -176,7 +175,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         task = asyncio.create_task(worker.run())
         async with httpx.AsyncClient() as client:
             while True:
-                stats = (await client.get(f"http://127.0.0.1:{port}/stats")).json()
+                stats = (await client.get(f"{base}/stats")).json()
                 if stats["ok"] >= expected:
                     break
                 if task.done():
@@ -188,7 +187,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             while await pool.fetchval("SELECT count(*) FROM webhook_outbox WHERE state = 'delivered'") < expected:
                 await asyncio.sleep(0.01)
             elapsed = time.monotonic() - started
-            stats = (await client.get(f"http://127.0.0.1:{port}/stats")).json()
+            stats = (await client.get(f"{base}/stats")).json()
         used = (cpu_seconds(os.getpid()) - cpu[0], cpu_seconds(receiver.pid) - cpu[1], postgres_cpu(pg_port) - cpu[2])
         worker.stop()
         await asyncio.wait_for(task, 30)
@@ -224,4 +223,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --webhooks: share of messages (%%) whose receiver answers 503 for ever")
     parser.add_argument("--webhook-receiver-ms", type=float, default=0.0, metavar="MS",
                         help="with --webhooks: the receiver waits this long before answering (a distant receiver)")
+    parser.add_argument("--webhook-sends", type=int, default=0, metavar="N",
+                        help="instead: start the stack, send N single messages with a status_callback_url, and "
+                             "time the last final-status webhook")
     parser.add_argument("--webhook-timeout-s", type=float, default=600.0, help=argparse.SUPPRESS)
+
+
+def start_receiver(stuck_pct: float = 0.0, delay_ms: float = 0.0) -> tuple[Any, str]:
+    """The receiver in a process of its own; returns (process, its base URL)."""
+    port = free_port()
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    receiver = ctx.Process(target=receiver_main, args=(port, stuck_pct, delay_ms, ready), daemon=True)
+    receiver.start()
+    ready.wait(30)
+    return receiver, f"http://127.0.0.1:{port}"
+
+
+async def end_to_end(ingest_url: str, key: str, dsn: str, sends: int, concurrency: int = 32) -> dict[str, Any]:
+    """``herald bench --webhook-sends N`` (the whole stack running): N single sends to ingest,
+    each with a status_callback_url; seconds from the first send to the last message final
+    (recorded by reports) and to the last final-status webhook received."""
+    import aiohttp
+
+    receiver, base = start_receiver()
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        counter = iter(range(sends))
+        ids: list[str] = []
+        async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+            async def sender() -> None:
+                for i in counter:
+                    body = {"to": f"+346{i % 10**8:08d}", "body": "Your code is 123456", "type": "transactional",
+                            "status_callback_url": f"{base}/hook"}
+                    async with session.post(f"{ingest_url}/v1/messages", json=body) as r:
+                        if r.status != 202:
+                            raise RuntimeError(f"ingest answered {r.status}: {await r.text()}")
+                        ids.append((await r.json())["message_id"])
+
+            started = time.monotonic()
+            await asyncio.gather(*(sender() for _ in range(concurrency)))
+            sent_s = time.monotonic() - started
+            conn = await asyncpg.connect(dsn)
+            final_s = None
+            try:
+                while True:
+                    if final_s is None and await conn.fetchval(
+                            "SELECT count(*) FROM messages WHERE message_id = ANY($1::uuid[]) AND status_rank = 100",
+                            ids) >= sends:
+                        final_s = time.monotonic() - started
+                    async with session.get(f"{base}/stats") as r:
+                        stats = await r.json()
+                    if stats["final"] >= sends and final_s is not None:
+                        break
+                    if time.monotonic() - started > max(600, sends / 10):
+                        raise RuntimeError(f"not done: {stats}")
+                    await asyncio.sleep(0.1)
+            finally:
+                await conn.close()
+            hooks_s = time.monotonic() - started
+    finally:
+        receiver.terminate()
+        receiver.join(10)
+    return {"sends": sends, "sent_s": round(sent_s, 1), "all_final_s": round(final_s, 1),
+            "last_final_webhook_s": round(hooks_s, 1), "msg_per_s_to_last_webhook": round(sends / hooks_s),
+            "webhooks_ok": stats["ok"], "out_of_order": stats["out_of_order"]}

@@ -408,12 +408,11 @@ async def test_a_change_recorded_while_its_head_is_being_finished_becomes_the_ne
         tx = conn.transaction()
         await tx.start()
         await record(ReportsRepository(conn), [submitted])  # seq 2 queued behind the head in flight
-        # the head's post ends now: its result waits for this transaction, then sees seq 2
-        writing = asyncio.create_task(worker.write([Result(head, Outcome.DELIVERED, 200, None)]))
-        await asyncio.sleep(0.5)
-        assert not writing.done()
+        # the head's post ends now: its row is locked by this transaction, so its result waits
+        left = await worker.write([Result(head, Outcome.DELIVERED, 200, None)])
+        assert [r.row["id"] for r in left] == [head["id"]]
         await tx.commit()
-    await asyncio.wait_for(writing, 10)
+    assert await worker.write(left) == []  # written now, and it sees seq 2
     assert [(r["seq"], r["state"], r["head"]) for r in await pool.fetch(
         "SELECT seq, state, head FROM webhook_outbox WHERE message_id = $1 ORDER BY seq", mid)] == [
         (1, "delivered", True), (2, "pending", True)]
@@ -453,3 +452,46 @@ async def test_changes_recorded_while_the_worker_runs_are_all_posted_in_order(po
     assert len(found) == 180 and all(r["state"] == "delivered" for r in found)
     for mid, hits in receiver.by_message(only_ok=True).items():
         assert [h.payload["status"] for h in hits] == ["accepted", "submitted", "delivered"], mid
+
+
+async def test_recording_changes_in_two_statements_while_results_are_written_never_deadlocks(
+        pool, receiver, cleanup) -> None:
+    """reports records a batch's status changes, then its receipts, in one transaction: it locks
+    one message's outbox rows, then another's. A worker writing both heads' results meanwhile
+    must not hold the second while it waits for the first."""
+    from services.reports.webhooks import Outcome, Result
+
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    first, second = uuid.uuid4(), uuid.uuid4()  # first queued first: its head has the lower id
+    cleanup += [first, second]
+    now = utcnow()
+
+    def accepted(mid: uuid.UUID):
+        return from_accepted(uuid.uuid4(), tenant, MessageAccepted(
+            message_id=mid, to="+34600123456", country="ES", body="hi", type="transactional", encoding="GSM-7",
+            segments=1, source="api", accepted_at=now, status_callback_url=receiver.url))
+
+    def submitted(mid: uuid.UUID):
+        return from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), MessageStatusChanged(
+            message_id=mid, status=Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1))
+
+    for mid in (first, second):
+        async with pool.acquire() as conn, conn.transaction():
+            await record(ReportsRepository(conn), [accepted(mid)])
+    worker = WebhookWorker(pool, settings())
+    heads = {r["message_id"]: r for r in await worker.store.claim(10, 60)}
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await record(ReportsRepository(conn), [submitted(second)])  # locks the second message's rows
+        writing = asyncio.create_task(worker.write([Result(heads[m], Outcome.DELIVERED, 200, None) for m in (first, second)]))
+        await asyncio.sleep(0.3)
+        await record(ReportsRepository(conn), [submitted(first)])  # then the first's
+        await tx.commit()
+    left = await asyncio.wait_for(writing, 10)
+    while left:
+        left = await worker.write(left)
+    found = await pool.fetch("SELECT message_id, seq, state, head FROM webhook_outbox WHERE message_id = ANY($1::uuid[])"
+                             " ORDER BY message_id, seq", [first, second])
+    assert sorted((r["message_id"] == first, r["seq"], r["state"], r["head"]) for r in found) == [
+        (False, 1, "delivered", True), (False, 2, "pending", True), (True, 1, "delivered", True), (True, 2, "pending", True)]
