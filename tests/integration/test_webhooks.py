@@ -353,10 +353,15 @@ async def test_a_claim_reads_no_row_waiting_behind_a_head_in_flight(pool, receiv
     store = WebhookWorker(pool, settings()).store
     in_flight = await store.claim(1000, 60)  # every message's first row is being posted
     assert sorted(r["message_id"] for r in in_flight) == sorted(ids) and {r["seq"] for r in in_flight} == {1}
+    # rows of other tests that are due and claimable may be read (each once, plus one probe)
+    others = await pool.fetchval(
+        "SELECT count(*) FROM webhook_outbox o WHERE o.state = 'pending' AND o.next_attempt_at <= now()"
+        " AND NOT EXISTS (SELECT 1 FROM webhook_outbox p WHERE p.message_id = o.message_id AND p.state = 'pending'"
+        " AND p.seq < o.seq)")
     explained = ExplainedPool(pool)
     await type(store)(explained).claim(32, 60)  # type: ignore[arg-type]  # the same SQL, on the stand-in
-    # 400 rows wait behind those 200 heads: none of them is read to find that nothing is due
-    assert outbox_rows_read(explained.plan) <= 10, json.dumps(explained.plan)[:3000]
+    # 400 rows wait behind those 200 heads: none of them is read to find that nothing (of ours) is due
+    assert outbox_rows_read(explained.plan) <= 2 * min(others, 32) + 10, json.dumps(explained.plan)[:3000]
 
 
 async def test_results_are_written_in_one_batch_and_the_next_rows_become_heads(pool, receiver, cleanup) -> None:
