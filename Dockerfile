@@ -8,7 +8,7 @@
 #
 # Dependencies come from a lock file with hashes (requirements/*.lock, `make lock`): the
 # production image installs requirements/runtime.lock, which leaves out the gateway
-# simulator's aiohttp and smpp34. docker-compose.yml builds with HERALD_LOCK=simulator, whose
+# simulator's SMPP codec (smpp34). docker-compose.yml builds with HERALD_LOCK=simulator, whose
 # image can also run `python -m services.simulator`.
 
 # --- build: a virtualenv with the locked dependencies (hash-checked), then Herald itself

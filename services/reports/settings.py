@@ -34,7 +34,9 @@ class ReportsSettings(ConsumerSettings):
         0.1, ge=0, le=1, description="Random share added to each webhook retry delay (0.1: up to +10%)"
     )
     webhook_timeout_s: float = Field(5.0, gt=0, description="Bound on one webhook POST (connect, write, read)")
-    webhook_concurrency: int = Field(32, ge=1, description="Webhook POSTs in flight per reports instance")
+    webhook_concurrency: int = Field(
+        128, ge=1, description="Webhook POSTs in flight per reports instance (the HTTP client's connection pool)"
+    )
     webhook_poll_interval_s: float = Field(0.5, gt=0, description="How often an idle webhook worker looks for due rows")
     webhook_lease_s: float = Field(
         60.0, gt=0, description="A claimed webhook is due again after this long if its worker died"

@@ -2,10 +2,12 @@
 
 ``record()`` (handlers.py) calls :func:`notifications` and :func:`enqueue` in the transaction
 that writes the new states, so a status change and its webhook row commit together.
-:class:`WebhookWorker` claims due rows with ``FOR UPDATE SKIP LOCKED`` — only the lowest
-pending ``seq`` of each message, so a message's callbacks are posted in order — signs each
-body with the tenant's secret (shared/signatures.py), posts it, and marks it delivered,
-retries it later with exponential backoff, or dead-letters it. See docs/webhooks.md.
+:class:`WebhookWorker` claims due rows with ``FOR UPDATE SKIP LOCKED`` — only the head of
+each message (its lowest pending ``seq``, flagged ``head``), so a message's callbacks are posted
+in order and a claim reads only due heads — signs each body with the tenant's secret
+(shared/signatures.py), posts it through one pooled aiohttp client, and writes the results of
+the posts that ended back in one transaction: delivered, retried later with exponential backoff,
+or dead-lettered, and the next row of each finished message made its head. See docs/webhooks.md.
 
 Ordinary replies (``replies.v1`` with the tenant's reply webhook URL) go through the same
 outbox and worker (:class:`ReplyWebhookHandler`, :func:`enqueue_replies`): their ordering key
@@ -34,8 +36,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
-import httpx
 
 from services.reports import metrics
 from services.reports.domain import Change, MessageState, Transition
@@ -52,6 +54,7 @@ ATTEMPT_HEADER = "X-Herald-Delivery-Attempt"
 USER_AGENT = "Herald-Webhooks/1"
 SECRET_PREFIX = "whsec_"
 SECRET_CACHE_S = 300.0
+MAX_ANSWER_BYTES = 64 * 1024  # a longer answer body is not read: its connection is closed instead
 
 
 # --- pure parts -------------------------------------------------------------------------------
@@ -275,6 +278,44 @@ def claimable(rows: Iterable[OutboxRow], now: float) -> list[OutboxRow]:
     return sorted((r for r in heads.values() if r.next_attempt_at <= now), key=lambda r: r.next_attempt_at)
 
 
+def head_flags(keys: Sequence[uuid.UUID], pending: Iterable[uuid.UUID]) -> list[bool]:
+    """``head`` of each new outbox row, given its key (in seq order per key) and the keys that
+    already have a pending row: only the first new row of a key with nothing pending is its
+    key's head (claimable); the others wait until the row before them is finished."""
+    busy = set(pending)
+    flags: list[bool] = []
+    for key in keys:
+        flags.append(key not in busy)
+        busy.add(key)
+    return flags
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one claimed row came to, written back with the others of its batch
+    (:meth:`WebhookStore.finish`). ``delay_s``: when to try again (``RETRY``); ``reason``: the
+    dead letter's reason (``DEAD``)."""
+
+    row: Mapping[str, Any]
+    outcome: Outcome
+    status_code: int | None
+    error: str | None
+    delay_s: float = 0.0
+    reason: str | None = None
+
+
+def finish_columns(results: Sequence[Result]) -> list[list[Any]]:
+    """The arrays of :meth:`WebhookStore.finish`'s one UPDATE: id, attempts, new state, HTTP
+    status, error, retry delay (a retry stays ``pending``; delivered clears the error)."""
+    columns: list[list[Any]] = [[], [], [], [], [], []]
+    for r in results:
+        state = "pending" if r.outcome is Outcome.RETRY else r.outcome.value
+        for column, value in zip(columns, (r.row["id"], r.row["attempts"], state, r.status_code,
+                                           None if r.outcome is Outcome.DELIVERED else r.error, r.delay_s)):
+            column.append(value)
+    return columns
+
+
 def _retry_after(value: str | None, cap: float) -> float | None:
     if value and value.strip().isdigit():
         return min(float(value.strip()), cap)
@@ -291,10 +332,12 @@ async def enqueue(conn: asyncpg.Connection, notes: Sequence[Notification]) -> in
         return 0
     ids = sorted({n.message_id for n in notes})
     rows = await conn.fetch(
-        "SELECT message_id, max(seq) AS seq FROM webhook_outbox WHERE message_id = ANY($1::uuid[]) GROUP BY message_id",
+        "SELECT message_id, max(seq) AS seq, bool_or(state = 'pending') AS pending FROM webhook_outbox"
+        " WHERE message_id = ANY($1::uuid[]) GROUP BY message_id",
         ids,
     )
     last = {r["message_id"]: r["seq"] for r in rows}
+    pending = await _lock_pending(conn, [r["message_id"] for r in rows if r["pending"]])
     columns: dict[str, list[Any]] = {k: [] for k in ("m", "s", "t", "e", "u", "p")}
     for note in notes:
         seq = last.get(note.message_id, 0) + 1
@@ -306,13 +349,45 @@ async def enqueue(conn: asyncpg.Connection, notes: Sequence[Notification]) -> in
         columns["e"].append(uuid.UUID(payload["event_id"]))
         columns["u"].append(note.url)
         columns["p"].append(json.dumps(payload))
-    await conn.execute(
-        "INSERT INTO webhook_outbox (message_id, seq, tenant_id, event_id, url, payload)"
-        " SELECT m, s, t, e, u, p::jsonb FROM unnest($1::uuid[], $2::int[], $3::text[], $4::uuid[], $5::text[], $6::text[])"
-        " AS x(m, s, t, e, u, p) ON CONFLICT DO NOTHING",
-        *columns.values(),
+    inserted = await conn.fetch(
+        "INSERT INTO webhook_outbox (message_id, seq, tenant_id, event_id, url, payload, head)"
+        " SELECT m, s, t, e, u, p::jsonb, h"
+        " FROM unnest($1::uuid[], $2::int[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::bool[])"
+        " AS x(m, s, t, e, u, p, h) ON CONFLICT DO NOTHING RETURNING message_id, head",
+        *columns.values(), head_flags(columns["m"], pending),
     )
+    await _headless(conn, inserted, pending)
     return len(notes)
+
+
+async def _lock_pending(conn: asyncpg.Connection, keys: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Lock the pending rows of ``keys`` (in id order) and
+    return the keys that still have one. A worker finishing one of them at the same time either
+    commits first (the row is then not pending here) or skips the locked row and writes it once
+    this transaction has committed, then sees its new rows when it picks the key's next head: a
+    key is never left without a head."""
+    if not keys:
+        return set()
+    rows = await conn.fetch(
+        "SELECT message_id FROM webhook_outbox WHERE message_id = ANY($1::uuid[]) AND state = 'pending'"
+        " ORDER BY id FOR UPDATE", sorted(set(keys)))
+    return {r["message_id"] for r in rows}
+
+
+PROMOTE_SQL = (
+    "UPDATE webhook_outbox o SET head = true FROM (SELECT DISTINCT ON (message_id) id, head"
+    "  FROM webhook_outbox WHERE message_id = ANY($1::uuid[]) AND state = 'pending'"
+    "  ORDER BY message_id, seq) h"
+    " WHERE o.id = h.id AND NOT h.head"
+)
+
+
+async def _headless(conn: asyncpg.Connection, inserted: Sequence[asyncpg.Record], pending: set[uuid.UUID]) -> None:
+    """A key's first new row was a conflict (already queued) and a later one went in without
+    being head: make the key's lowest pending row its head (rare; normally nothing to do)."""
+    keys = {r["message_id"] for r in inserted} - pending - {r["message_id"] for r in inserted if r["head"]}
+    if keys:
+        await conn.execute(PROMOTE_SQL, sorted(keys))
 
 
 async def enqueue_replies(conn: asyncpg.Connection, events: Sequence[ReplyForwardedEvent]) -> int:
@@ -342,6 +417,7 @@ async def enqueue_replies(conn: asyncpg.Connection, events: Sequence[ReplyForwar
         order, [counts[k] for k in order],
     )
     last = {r["message_id"]: r["seq"] - counts[r["message_id"]] for r in rows}  # the seq before this batch's
+    pending = await _lock_pending(conn, order)
     columns: dict[str, list[Any]] = {k: [] for k in ("m", "s", "t", "e", "u", "p")}
     for event, key in zip(fresh, keys, strict=True):
         last[key] += 1
@@ -352,12 +428,13 @@ async def enqueue_replies(conn: asyncpg.Connection, events: Sequence[ReplyForwar
         columns["u"].append(event.payload.webhook_url)
         columns["p"].append(json.dumps(build_reply_payload(event, last[key])))
     inserted = await conn.fetch(
-        "INSERT INTO webhook_outbox (message_id, seq, tenant_id, event_id, url, payload, kind)"
-        " SELECT m, s, t, e, u, p::jsonb, 'reply'"
-        " FROM unnest($1::uuid[], $2::int[], $3::text[], $4::uuid[], $5::text[], $6::text[]) AS x(m, s, t, e, u, p)"
-        " ON CONFLICT DO NOTHING RETURNING id",
-        *columns.values(),
+        "INSERT INTO webhook_outbox (message_id, seq, tenant_id, event_id, url, payload, kind, head)"
+        " SELECT m, s, t, e, u, p::jsonb, 'reply', h"
+        " FROM unnest($1::uuid[], $2::int[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::bool[])"
+        " AS x(m, s, t, e, u, p, h) ON CONFLICT DO NOTHING RETURNING message_id, head",
+        *columns.values(), head_flags(columns["m"], pending),
     )
+    await _headless(conn, inserted, pending)
     return len(inserted)
 
 
@@ -387,12 +464,17 @@ class WebhookStore:
         self.pool = pool
 
     async def claim(self, limit: int, lease_s: float) -> list[asyncpg.Record]:
-        """Take up to ``limit`` due rows, each the lowest pending seq of its message, and push
-        them one lease ahead (so no one else takes them while they are posted)."""
+        """Take up to ``limit`` due rows, each the lowest pending seq of its key, and push them
+        one lease ahead (so no one else takes them while they are posted).
+
+        Only heads are read (``webhook_outbox_head_due``: due heads in claim order), so the
+        scan stops after about ``limit`` entries, whatever waits behind heads in flight or
+        backing off; the NOT EXISTS probe (one index lookup per head) keeps the order even
+        where a row is marked head too early (docs/webhooks.md)."""
         return await self.pool.fetch(
             "WITH due AS ("
             " SELECT o.id FROM webhook_outbox o"
-            " WHERE o.state = 'pending' AND o.next_attempt_at <= now()"
+            " WHERE o.state = 'pending' AND o.head AND o.next_attempt_at <= now()"
             "  AND NOT EXISTS (SELECT 1 FROM webhook_outbox p"
             "   WHERE p.message_id = o.message_id AND p.state = 'pending' AND p.seq < o.seq)"
             " ORDER BY o.next_attempt_at, o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED)"
@@ -404,26 +486,40 @@ class WebhookStore:
             limit, lease_s,
         )
 
-    async def delivered(self, row_id: int, status_code: int) -> None:
-        await self.pool.execute(
-            "UPDATE webhook_outbox SET state = 'delivered', last_status = $2, last_error = NULL, finished_at = now()"
-            " WHERE id = $1 AND state = 'pending'",
-            row_id, status_code,
-        )
+    async def finish(self, results: Sequence[Result]) -> list[Result]:
+        """Write a batch of results back in one transaction: delivered and dead rows finished,
+        retries pushed to their next attempt (only if not claimed again meanwhile), then the
+        next pending row of every finished key made its head.
 
-    async def retry(self, row_id: int, attempts: int, delay_s: float, status_code: int | None, error: str) -> None:
-        await self.pool.execute(
-            "UPDATE webhook_outbox SET next_attempt_at = now() + make_interval(secs => $3), last_status = $4,"
-            " last_error = $5 WHERE id = $1 AND attempts = $2 AND state = 'pending'",
-            row_id, attempts, delay_s, status_code, error,
-        )
-
-    async def dead(self, row_id: int, status_code: int | None, error: str) -> None:
-        await self.pool.execute(
-            "UPDATE webhook_outbox SET state = 'dead', last_status = $2, last_error = $3, finished_at = now()"
-            " WHERE id = $1 AND state = 'pending'",
-            row_id, status_code, error,
-        )
+        Rows locked elsewhere are skipped and returned, to be written again shortly: reports
+        locks a key's pending rows while it queues more behind them (``enqueue()``, possibly
+        in several statements of one transaction), and a worker that waited for those locks
+        while holding others could deadlock with it. It never waits: once that transaction
+        commits, the row is written and its key's next head chosen among the new rows."""
+        if not results:
+            return []
+        async with self.pool.acquire() as conn, conn.transaction():
+            locked = {r["id"] for r in await conn.fetch(
+                "SELECT id FROM webhook_outbox WHERE id = ANY($1::bigint[]) FOR UPDATE SKIP LOCKED",
+                [r.row["id"] for r in results])}
+            now = [r for r in results if r.row["id"] in locked]
+            if not now:
+                return list(results)
+            written = await conn.fetch(
+                "UPDATE webhook_outbox o SET state = x.state, last_status = x.code, last_error = x.error,"
+                " finished_at = CASE WHEN x.state = 'pending' THEN NULL ELSE now() END,"
+                " next_attempt_at = CASE WHEN x.state = 'pending' THEN now() + make_interval(secs => x.delay)"
+                "  ELSE o.next_attempt_at END"
+                " FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::float8[])"
+                "  AS x(id, attempts, state, code, error, delay)"
+                " WHERE o.id = x.id AND o.state = 'pending' AND (x.state <> 'pending' OR o.attempts = x.attempts)"
+                " RETURNING o.message_id, o.state",
+                *finish_columns(now),
+            )
+            finished = sorted({r["message_id"] for r in written if r["state"] != "pending"})
+            if finished:
+                await conn.execute(PROMOTE_SQL, finished)
+        return [r for r in results if r.row["id"] not in locked]
 
     async def secrets(self, tenants: Iterable[str]) -> dict[str, str]:
         """Each tenant's signing secret, created on first use."""
@@ -458,18 +554,23 @@ def _kind(row: Mapping[str, Any]) -> str:
     return str(row.get("kind") or Kind.STATUS.value)
 
 
-def make_client(timeout_s: float, concurrency: int) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s),
-        follow_redirects=False,
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+def make_client(timeout_s: float, concurrency: int) -> aiohttp.ClientSession:
+    """The one HTTP client of a worker: a pool of keep-alive connections (``concurrency`` at
+    most, the posts in flight), each POST bounded as a whole by ``timeout_s``. Call it inside
+    the event loop that uses it."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
         headers={"User-Agent": USER_AGENT},
         trust_env=False,
+        auto_decompress=False,
     )
 
 
 class WebhookWorker:
-    """Claims due outbox rows and posts them, ``concurrency`` at a time, through one client."""
+    """Claims due outbox rows and posts them, ``concurrency`` at a time, through one pooled
+    client; the results of the posts that ended since the last round trip are written back in
+    one transaction (:meth:`WebhookStore.finish`) before the next claim."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Any, *, rand: Callable[[], float] = random.random,
                  housekeeping_s: float = 5.0) -> None:
@@ -478,100 +579,139 @@ class WebhookWorker:
         self.rand = rand
         self.housekeeping_s = housekeeping_s
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # a post ended, or stop
         self._secrets: dict[str, tuple[bytes, float]] = {}
-        self._client: httpx.AsyncClient | None = None
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     @property
     def lease_s(self) -> float:
         """Never shorter than a POST can take, or a slow post would be claimed twice."""
         return max(self.s.webhook_lease_s, 2 * self.s.webhook_timeout_s + 1)
 
-    async def _secret(self, tenant: str) -> bytes:
-        cached = self._secrets.get(tenant)
-        if cached and time.monotonic() - cached[1] < SECRET_CACHE_S:
-            return cached[0]
-        value = (await self.store.secrets([tenant]))[tenant].encode()
-        self._secrets[tenant] = (value, time.monotonic())
-        return value
+    async def _secrets_for(self, rows: Iterable[Mapping[str, Any]]) -> dict[str, bytes]:
+        """The signing secret of each tenant of ``rows``: cached, the missing ones in one query."""
+        now = time.monotonic()
+        wanted = {r["tenant_id"] for r in rows}
+        stale = [t for t in wanted if t not in self._secrets or now - self._secrets[t][1] >= SECRET_CACHE_S]
+        if stale:
+            for tenant, secret in (await self.store.secrets(stale)).items():
+                self._secrets[tenant] = (secret.encode(), now)
+        return {t: self._secrets[t][0] for t in wanted}
 
-    async def deliver(self, client: httpx.AsyncClient, row: Mapping[str, Any]) -> Outcome:
-        """Post one claimed row and record what happened."""
-        url, attempt = row["url"], row["attempts"]
+    async def post(self, client: aiohttp.ClientSession, row: Mapping[str, Any], secret: bytes) -> Result:
+        """Post one claimed row; say what to write back (nothing is written here)."""
+        url, attempt, kind = row["url"], row["attempts"], _kind(row)
+        if not url_allowed(url):
+            metrics.WEBHOOK_POSTS.labels(kind, Outcome.DEAD.value).inc()
+            return Result(row, Outcome.DEAD, None, "only http and https URLs with a host are posted", reason="invalid_url")
         payload = row["payload"] if isinstance(row["payload"], dict) else json.loads(row["payload"])
-        host = urlsplit(url).hostname if url_allowed(url) else None
-        if host is None:
-            metrics.WEBHOOK_POSTS.labels(_kind(row), Outcome.DEAD.value).inc()
-            await self._dead(row, None, "invalid_url", "only http and https URLs with a host are posted")
-            return Outcome.DEAD
         body = encode(payload)
-        headers = build_headers(await self._secret(row["tenant_id"]), body, str(row["event_id"]), attempt, int(time.time()))
+        headers = build_headers(secret, body, str(row["event_id"]), attempt, int(time.time()))
         started = time.monotonic()
         status_code: int | None = None
         retry_after: str | None = None
         try:
-            async with client.stream("POST", url, content=body, headers=headers) as response:
-                status_code = response.status_code
-                retry_after = response.headers.get("retry-after")
+            async with client.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                status_code = response.status
+                retry_after = response.headers.get("Retry-After")
+                if response.content_length is not None and response.content_length <= MAX_ANSWER_BYTES:
+                    await response.read()  # read to the end, so the connection goes back to the pool
             outcome = classify(status_code)
             reason = "ok" if outcome is Outcome.DELIVERED else f"http_{status_code}"
             error = None if outcome is Outcome.DELIVERED else f"HTTP {status_code}"
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:
             outcome, reason, error = Outcome.RETRY, "timeout", f"timeout ({type(exc).__name__})"
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientConnectorError as exc:
+            outcome, reason, error = Outcome.RETRY, "connection", f"ConnectError: {exc}"[:300]
+        except (aiohttp.ClientError, OSError) as exc:
             outcome, reason, error = Outcome.RETRY, "connection", f"{type(exc).__name__}: {exc}"[:300]
         metrics.WEBHOOK_SECONDS.labels(outcome.value).observe(time.monotonic() - started)
-        metrics.WEBHOOK_POSTS.labels(_kind(row), outcome.value).inc()
+        metrics.WEBHOOK_POSTS.labels(kind, outcome.value).inc()
         if outcome is Outcome.DELIVERED:
-            await self.store.delivered(row["id"], status_code or 0)
-            metrics.WEBHOOKS_DELIVERED.inc()
             occurred = payload.get("occurred_at") or payload.get("received_at")
             if occurred:
                 lag = time.time() - datetime.fromisoformat(occurred).timestamp()
                 metrics.WEBHOOK_LAG.observe(max(0.0, lag))
-            return outcome
+            return Result(row, outcome, status_code, None)
         if outcome is Outcome.DEAD:
-            await self._dead(row, status_code, "redirect" if status_code and status_code < 400 else "refused",
-                             error or "refused")
-            return outcome
+            return Result(row, outcome, status_code, error or "refused",
+                          reason="redirect" if status_code and status_code < 400 else "refused")
         metrics.WEBHOOKS_FAILED_ATTEMPTS.labels("http_5xx" if reason.startswith("http_5") else reason).inc()
         if attempt >= self.s.webhook_max_attempts:
-            await self._dead(row, status_code, "exhausted", f"{error} after {attempt} attempts")
-            return Outcome.DEAD
+            return Result(row, Outcome.DEAD, status_code, f"{error} after {attempt} attempts", reason="exhausted")
         delay = backoff_s(attempt, self.s.webhook_backoff_base_s, self.s.webhook_backoff_max_s,
                           self.s.webhook_backoff_jitter, self.rand)
         hinted = _retry_after(retry_after, self.s.webhook_backoff_max_s) if status_code in (429, 503) else None
-        await self.store.retry(row["id"], attempt, max(delay, hinted or 0.0), status_code, error or reason)
-        return outcome
+        return Result(row, outcome, status_code, error or reason, delay_s=max(delay, hinted or 0.0))
 
-    async def _dead(self, row: Mapping[str, Any], status_code: int | None, reason: str, error: str) -> None:
-        await self.store.dead(row["id"], status_code, error)
-        metrics.WEBHOOKS_DEAD_LETTERS.labels(reason).inc()
-        log.warning("%s webhook dead-lettered", _kind(row), extra={
-            "message_id": str(row["message_id"]), "event_id": str(row["event_id"]), "seq": row["seq"],
-            "reason": reason, "error": error, "host": urlsplit(row["url"]).hostname, "attempts": row["attempts"],
-        })
-
-    async def _deliver_logged(self, client: httpx.AsyncClient, row: Mapping[str, Any]) -> None:
+    async def _post_logged(self, client: aiohttp.ClientSession, row: Mapping[str, Any], secret: bytes) -> Result | None:
         try:
-            await self.deliver(client, row)
+            return await self.post(client, row, secret)
         except Exception:
             # the lease runs out and the row is posted again (receivers deduplicate by event id)
             log.exception("%s webhook delivery failed", _kind(row), extra={"event_id": str(row["event_id"])})
+            return None
 
-    async def run_once(self, client: httpx.AsyncClient | None = None) -> int:
-        """Claim what is due now and post it all (tests, and a manual drain)."""
+    async def write(self, results: list[Result]) -> list[Result]:
+        """Write a batch of results back (one transaction), then count and log them. Returns
+        those whose rows were locked elsewhere, to write again."""
+        if not results:
+            return []
+        try:
+            later = await self.store.finish(results)
+        except Exception:
+            # their leases run out and they are posted again (receivers deduplicate by event id)
+            log.exception("recording webhook results failed", extra={"rows": len(results)})
+            return []
+        waiting = {id(r) for r in later}
+        for r in results:
+            if id(r) in waiting:
+                continue
+            if r.outcome is Outcome.DELIVERED:
+                metrics.WEBHOOKS_DELIVERED.inc()
+            elif r.outcome is Outcome.DEAD:
+                metrics.WEBHOOKS_DEAD_LETTERS.labels(r.reason or "refused").inc()
+                row = r.row
+                log.warning("%s webhook dead-lettered", _kind(row), extra={
+                    "message_id": str(row["message_id"]), "event_id": str(row["event_id"]), "seq": row["seq"],
+                    "reason": r.reason, "error": r.error, "host": urlsplit(row["url"]).hostname,
+                    "attempts": row["attempts"],
+                })
+        return later
+
+    async def _start(self, client: aiohttp.ClientSession, rows: Sequence[Mapping[str, Any]],
+                     spawn: Callable[[Any], None]) -> None:
+        if not rows:
+            return
+        try:
+            secrets = await self._secrets_for(rows)
+        except Exception:
+            log.exception("reading webhook signing secrets failed")  # the claimed rows' leases run out
+            return
+        for row in rows:
+            spawn(self._post_logged(client, row, secrets[row["tenant_id"]]))
+
+    async def run_once(self, client: aiohttp.ClientSession | None = None) -> int:
+        """Claim what is due now, post it all and write the results (tests, and a manual drain)."""
         own = client is None
         client = client or make_client(self.s.webhook_timeout_s, self.s.webhook_concurrency)
         try:
             rows = await self.store.claim(self.s.webhook_concurrency, self.lease_s)
-            await asyncio.gather(*(self._deliver_logged(client, r) for r in rows))
+            posts: list[Any] = []
+            await self._start(client, rows, posts.append)
+            left = [r for r in await asyncio.gather(*posts) if r is not None]
+            deadline = time.monotonic() + self.lease_s
+            while left and time.monotonic() < deadline:
+                left = await self.write(left)
+                if left:
+                    await asyncio.sleep(0.01)
             return len(rows)
         finally:
             if own:
-                await client.aclose()
+                await client.close()
 
     async def _housekeeping(self) -> None:
         try:
@@ -582,38 +722,61 @@ class WebhookWorker:
 
     async def run(self) -> None:
         client = make_client(self.s.webhook_timeout_s, self.s.webhook_concurrency)
-        inflight: set[asyncio.Task[None]] = set()
-        stopping = asyncio.create_task(self._stop.wait())
+        inflight: set[asyncio.Task[Result | None]] = set()
+        ended: list[Result] = []  # posted, not written back yet
+
+        def collect(task: asyncio.Task[Result | None]) -> None:
+            inflight.discard(task)
+            if not task.cancelled() and task.exception() is None and task.result() is not None:
+                ended.append(task.result())  # type: ignore[arg-type]
+            self._wake.set()
+
+        def spawn(post: Any) -> None:
+            task = asyncio.create_task(post)
+            inflight.add(task)
+            task.add_done_callback(collect)
+
         last_housekeeping = 0.0
         timed_out = True
+        batch = max(1, self.s.webhook_concurrency // 4)
         try:
             while not self._stop.is_set():
+                self._wake.clear()
                 if time.monotonic() - last_housekeeping >= self.housekeeping_s:
                     last_housekeeping = time.monotonic()
                     await self._housekeeping()
+                # the posts that ended since the last round trip, written together (their keys'
+                # next rows become claimable); more end meanwhile, so batches grow with the load
+                if ended:
+                    done, ended[:] = list(ended), []
+                    ended += await self.write(done)
                 free = self.s.webhook_concurrency - len(inflight)
                 # claim in batches when busy: one claim query per freed slot would cost more than the posts
-                if free > 0 and (timed_out or free >= max(1, self.s.webhook_concurrency // 4)):
+                if free > 0 and (timed_out or free >= batch or not inflight):
                     try:
                         rows = await self.store.claim(free, self.lease_s)
                     except Exception:
-                        log.exception("claiming status webhooks failed")
+                        log.exception("claiming webhooks failed")
                         rows = []
-                    for row in rows:
-                        task = asyncio.create_task(self._deliver_logged(client, row))
-                        inflight.add(task)
-                        task.add_done_callback(inflight.discard)
-                # wake when a post ends (its message's next seq may be due now), on stop, or to poll
-                done, _ = await asyncio.wait({*inflight, stopping}, timeout=self.s.webhook_poll_interval_s,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                timed_out = not done
+                    await self._start(client, rows, spawn)
+                # wake when a post ends (its result to write, its key's next seq to claim), on stop, or to poll
+                try:  # results left to write (rows locked elsewhere for a moment): look again soon
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(self.s.webhook_poll_interval_s, 0.02)
+                                           if ended else self.s.webhook_poll_interval_s)
+                    timed_out = False
+                except TimeoutError:
+                    timed_out = True
         finally:
-            stopping.cancel()
             if inflight:
                 await asyncio.wait(inflight, timeout=self.s.webhook_timeout_s + 1)
-                for task in inflight:
+                for task in list(inflight):
                     task.cancel()
-            await client.aclose()
+            left, deadline = list(ended), time.monotonic() + self.s.webhook_timeout_s
+            while left and time.monotonic() < deadline:  # what was posted is recorded before stopping
+                left = await self.write(left)
+                if left:
+                    await asyncio.sleep(0.01)
+            await client.close()
 
 
 # --- python -m services.reports.webhooks secret TENANT ---------------------------------------

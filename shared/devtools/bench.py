@@ -13,6 +13,9 @@ the four services and the gateway simulator, then measures:
 - peak resident memory (VmHWM) of every process.
 
 Results are printed and written to docs/benchmarks.md with the machine, versions and command.
+
+``--webhooks ROWS`` measures the status webhook outbox and its worker alone instead
+(shared/devtools/webhook_bench.py; printed only).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from shared.devtools import webhook_bench
 from shared.devtools.demo import demo_numbers, marketing_countries, prepare
 from shared.devtools.stack import REPO, Ports, Stack, start_infra
 from shared.settings import ServiceSettings
@@ -532,6 +536,14 @@ async def run(args: argparse.Namespace, results: Results) -> None:
                 await asyncio.sleep(args.pause)
             await measure_single(stack, key, args, results)
             return
+        if args.webhook_sends:
+            found = await webhook_bench.end_to_end(stack.url("ingest"), key, dsn, args.webhook_sends)
+            results.add(f"{args.webhook_sends:,} single sends with a status webhook: to the last final-status webhook",
+                        f"{found['msg_per_s_to_last_webhook']:,} msg/s ({found['last_final_webhook_s']} s; "
+                        f"sent in {found['sent_s']} s, all final in {found['all_final_s']} s; "
+                        f"{found['webhooks_ok']:,} webhooks, {found['out_of_order']} out of order)",
+                        "≥ 1,000 msg/s")
+            return
         print(f"campaign throughput: {args.recipients:,} recipients", flush=True)
         count, accepted_s, total_s, cpu = await campaign(stack, key, dsn, args.recipients, 1, open_now)
         results.add(f"campaign, {count:,} recipients, {args.face.upper()} face: accept to every receipt recorded",
@@ -633,9 +645,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-s", type=float, default=120.0,
                         help="with --campaign: keep measuring this long after the fan-out (or until every message is final)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    webhook_bench.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.requests is None:
         args.requests = 10_000 if args.single else 3000
+    if args.webhooks:  # the webhook outbox alone: printed, never written to docs/benchmarks.md
+        print(json.dumps(asyncio.run(webhook_bench.run(args))))
+        return 0
+    if args.webhook_sends:
+        args.no_write = True
     results = Results(command=" ".join(["herald bench", *(argv if argv is not None else sys.argv[1:])]))
     started = datetime.now(UTC)
     asyncio.run(run(args, results))

@@ -313,3 +313,190 @@ async def test_unreachable_receiver_is_retried_then_dead(pool, cleanup) -> None:
         await stop([worker], tasks)
     assert [(r["state"], r["attempts"]) for r in found] == [("dead", 2)] * 3
     assert all(r["last_error"].startswith("ConnectError") for r in found)
+
+
+# --- the claim reads heads only; results are written back in batches -------------------------
+
+
+class ExplainedPool:
+    """Stands for the pool in a WebhookStore: runs the claim under EXPLAIN ANALYZE in a
+    transaction that is rolled back, and keeps the plan."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.plan: dict = {}
+
+    async def fetch(self, sql: str, *args):
+        async with self.pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                found = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+            finally:
+                await tx.rollback()
+        self.plan = (json.loads(found) if isinstance(found, str) else found)[0]["Plan"]
+        return []
+
+
+def outbox_rows_read(plan: dict) -> int:
+    """Rows the plan read from webhook_outbox, apart from the UPDATE's own lookups by id."""
+    read = 0
+    if plan.get("Relation Name") == "webhook_outbox" and plan.get("Index Name") != "webhook_outbox_pkey" \
+            and "Scan" in plan["Node Type"]:
+        read += plan["Actual Rows"] * plan["Actual Loops"]
+    return read + sum(outbox_rows_read(p) for p in plan.get("Plans", []))
+
+
+async def test_a_claim_reads_no_row_waiting_behind_a_head_in_flight(pool, receiver, cleanup) -> None:
+    _, ids = await seed(pool, receiver.url, n=200)
+    cleanup += ids
+    store = WebhookWorker(pool, settings()).store
+    in_flight = await store.claim(1000, 60)  # every message's first row is being posted
+    assert sorted(r["message_id"] for r in in_flight) == sorted(ids) and {r["seq"] for r in in_flight} == {1}
+    # rows of other tests that are due and claimable may be read (each once, plus one probe)
+    others = await pool.fetchval(
+        "SELECT count(*) FROM webhook_outbox o WHERE o.state = 'pending' AND o.next_attempt_at <= now()"
+        " AND NOT EXISTS (SELECT 1 FROM webhook_outbox p WHERE p.message_id = o.message_id AND p.state = 'pending'"
+        " AND p.seq < o.seq)")
+    explained = ExplainedPool(pool)
+    await type(store)(explained).claim(32, 60)  # type: ignore[arg-type]  # the same SQL, on the stand-in
+    # 400 rows wait behind those 200 heads: none of them is read to find that nothing (of ours) is due
+    assert outbox_rows_read(explained.plan) <= 2 * min(others, 32) + 10, json.dumps(explained.plan)[:3000]
+
+
+async def test_results_are_written_in_one_batch_and_the_next_rows_become_heads(pool, receiver, cleanup) -> None:
+    from services.reports.webhooks import Outcome, Result
+
+    _, ids = await seed(pool, receiver.url, n=4)
+    cleanup += ids
+    worker = WebhookWorker(pool, settings())
+    claimed = sorted(await worker.store.claim(10, 60), key=lambda r: ids.index(r["message_id"]))
+    assert [r["seq"] for r in claimed] == [1, 1, 1, 1]
+    stale = dict(claimed[3]) | {"attempts": 0}  # claimed again since (attempts moved on): left alone
+    await worker.write([
+        Result(claimed[0], Outcome.DELIVERED, 200, None),
+        Result(claimed[1], Outcome.RETRY, 503, "HTTP 503", delay_s=30),
+        Result(claimed[2], Outcome.DEAD, 410, "HTTP 410", reason="refused"),
+        Result(stale, Outcome.RETRY, 500, "HTTP 500", delay_s=30),
+    ])
+    found = await pool.fetch(
+        "SELECT message_id, seq, state, head, last_status, last_error, next_attempt_at - now() AS wait"
+        " FROM webhook_outbox WHERE message_id = ANY($1::uuid[]) ORDER BY message_id, seq", ids)
+    by = {(r["message_id"], r["seq"]): r for r in found}
+    assert (by[ids[0], 1]["state"], by[ids[0], 2]["head"], by[ids[0], 3]["head"]) == ("delivered", True, False)
+    assert (by[ids[1], 1]["state"], by[ids[1], 1]["last_status"], by[ids[1], 2]["head"]) == ("pending", 503, False)
+    assert timedelta(seconds=25) < by[ids[1], 1]["wait"] <= timedelta(seconds=30)
+    assert (by[ids[2], 1]["state"], by[ids[2], 1]["last_error"], by[ids[2], 2]["head"]) == ("dead", "HTTP 410", True)
+    assert (by[ids[3], 1]["last_status"], by[ids[3], 1]["wait"] > timedelta(seconds=50)) == (None, True)
+    # the next claim takes the new heads (seq 2 of the delivered and of the dead-lettered message)
+    again = await worker.store.claim(10, 60)
+    assert sorted((ids.index(r["message_id"]), r["seq"]) for r in again) == [(0, 2), (2, 2)]
+
+
+async def test_a_change_recorded_while_its_head_is_being_finished_becomes_the_next_head(pool, receiver, cleanup) -> None:
+    from services.reports.webhooks import Outcome, Result
+
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    mid = uuid.uuid4()
+    cleanup.append(mid)
+    now = utcnow()
+    accepted = from_accepted(uuid.uuid4(), tenant, MessageAccepted(
+        message_id=mid, to="+34600123456", country="ES", body="hi", type="transactional", encoding="GSM-7",
+        segments=1, source="api", accepted_at=now, status_callback_url=receiver.url))
+    async with pool.acquire() as conn, conn.transaction():
+        await record(ReportsRepository(conn), [accepted])
+    worker = WebhookWorker(pool, settings())
+    [head] = await worker.store.claim(10, 60)
+    submitted = from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), MessageStatusChanged(
+        message_id=mid, status=Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1))
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await record(ReportsRepository(conn), [submitted])  # seq 2 queued behind the head in flight
+        # the head's post ends now: its row is locked by this transaction, so its result waits
+        left = await worker.write([Result(head, Outcome.DELIVERED, 200, None)])
+        assert [r.row["id"] for r in left] == [head["id"]]
+        await tx.commit()
+    assert await worker.write(left) == []  # written now, and it sees seq 2
+    assert [(r["seq"], r["state"], r["head"]) for r in await pool.fetch(
+        "SELECT seq, state, head FROM webhook_outbox WHERE message_id = $1 ORDER BY seq", mid)] == [
+        (1, "delivered", True), (2, "pending", True)]
+    assert [r["seq"] for r in await worker.store.claim(10, 60)] == [2]
+
+
+async def test_changes_recorded_while_the_worker_runs_are_all_posted_in_order(pool, receiver, cleanup) -> None:
+    rng = random.Random(11)
+    receiver.behaviour = lambda payload, attempt: (200, rng.random() * 0.01)
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    ids = [uuid.uuid4() for _ in range(60)]
+    cleanup += ids
+    now = utcnow()
+    workers = [WebhookWorker(pool, settings()) for _ in range(2)]
+    tasks = await running(*workers)
+
+    async def lifecycle(mid: uuid.UUID) -> None:
+        steps = [
+            from_accepted(uuid.uuid4(), tenant, MessageAccepted(
+                message_id=mid, to="+34600123456", country="ES", body="hi", type="transactional", encoding="GSM-7",
+                segments=1, source="api", accepted_at=now, status_callback_url=receiver.url)),
+            from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), MessageStatusChanged(
+                message_id=mid, status=Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1)),
+            from_receipt(uuid.uuid4(), mid, tenant, now + timedelta(milliseconds=20), DeliveryReceipt(
+                gateway="sim", gateway_message_id=mid.hex, status=ReceiptStatus.DELIVERED)),
+        ]
+        for change in steps:  # each change its own transaction, racing the workers' results
+            async with pool.acquire() as conn, conn.transaction():
+                await record(ReportsRepository(conn), [change])
+            await asyncio.sleep(rng.random() * 0.02)
+
+    try:
+        await asyncio.gather(*(lifecycle(m) for m in ids))
+        found = await until_settled(pool, ids, timeout_s=60)
+    finally:
+        await stop(workers, tasks)
+    assert len(found) == 180 and all(r["state"] == "delivered" for r in found)
+    for mid, hits in receiver.by_message(only_ok=True).items():
+        assert [h.payload["status"] for h in hits] == ["accepted", "submitted", "delivered"], mid
+
+
+async def test_recording_changes_in_two_statements_while_results_are_written_never_deadlocks(
+        pool, receiver, cleanup) -> None:
+    """reports records a batch's status changes, then its receipts, in one transaction: it locks
+    one message's outbox rows, then another's. A worker writing both heads' results meanwhile
+    must not hold the second while it waits for the first."""
+    from services.reports.webhooks import Outcome, Result
+
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    first, second = uuid.uuid4(), uuid.uuid4()  # first queued first: its head has the lower id
+    cleanup += [first, second]
+    now = utcnow()
+
+    def accepted(mid: uuid.UUID):
+        return from_accepted(uuid.uuid4(), tenant, MessageAccepted(
+            message_id=mid, to="+34600123456", country="ES", body="hi", type="transactional", encoding="GSM-7",
+            segments=1, source="api", accepted_at=now, status_callback_url=receiver.url))
+
+    def submitted(mid: uuid.UUID):
+        return from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), MessageStatusChanged(
+            message_id=mid, status=Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1))
+
+    for mid in (first, second):
+        async with pool.acquire() as conn, conn.transaction():
+            await record(ReportsRepository(conn), [accepted(mid)])
+    worker = WebhookWorker(pool, settings())
+    heads = {r["message_id"]: r for r in await worker.store.claim(10, 60)}
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await record(ReportsRepository(conn), [submitted(second)])  # locks the second message's rows
+        writing = asyncio.create_task(worker.write([Result(heads[m], Outcome.DELIVERED, 200, None) for m in (first, second)]))
+        await asyncio.sleep(0.3)
+        await record(ReportsRepository(conn), [submitted(first)])  # then the first's
+        await tx.commit()
+    left = await asyncio.wait_for(writing, 10)
+    while left:
+        left = await worker.write(left)
+    found = await pool.fetch("SELECT message_id, seq, state, head FROM webhook_outbox WHERE message_id = ANY($1::uuid[])"
+                             " ORDER BY message_id, seq", [first, second])
+    assert sorted((r["message_id"] == first, r["seq"], r["state"], r["head"]) for r in found) == [
+        (False, 1, "delivered", True), (False, 2, "pending", True), (True, 1, "delivered", True), (True, 2, "pending", True)]

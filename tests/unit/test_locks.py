@@ -14,7 +14,7 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-SIMULATOR_ONLY = {"aiohttp", "smpp34"}
+SIMULATOR_ONLY = {"smpp34"}
 
 
 def pins(lock: str) -> dict[str, tuple[Version, list[str]]]:

@@ -15,6 +15,7 @@ from services.reports.webhooks import (
     EVENT_ID_HEADER,
     OutboxRow,
     Outcome,
+    Result,
     backoff_s,
     build_headers,
     build_payload,
@@ -22,6 +23,8 @@ from services.reports.webhooks import (
     classify,
     encode,
     event_id,
+    finish_columns,
+    head_flags,
     notifications,
     url_allowed,
 )
@@ -157,3 +160,24 @@ def test_ordering_rule_one_head_per_message_and_in_flight_blocks_successors() ->
     assert claimable(rows, now=10) == [OutboxRow(a, 3, "pending", 5)]
     assert claimable(rows, now=4) == []
     assert claimable(rows, now=60) == [OutboxRow(a, 3, "pending", 5), OutboxRow(b, 1, "pending", 50)]
+
+
+def test_head_flags_only_the_first_new_row_of_an_idle_key_is_its_head() -> None:
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    # a: nothing pending yet, two new rows; b: a row already pending (it stays the head); c: one new row
+    assert head_flags([a, a, b, b, c], pending={b}) == [True, False, False, False, True]
+    assert head_flags([], pending={a}) == []
+
+
+def test_finish_columns_one_array_per_column_in_result_order() -> None:
+    row = {"id": 7, "attempts": 2}
+    results = [
+        Result({"id": 5, "attempts": 1}, Outcome.DELIVERED, 200, None),
+        Result(row, Outcome.RETRY, 503, "HTTP 503", delay_s=10.0),
+        Result({"id": 9, "attempts": 8}, Outcome.DEAD, 500, "HTTP 500 after 8 attempts", reason="exhausted"),
+        Result({"id": 11, "attempts": 1}, Outcome.DELIVERED, 204, "ignored"),  # delivered clears the error
+    ]
+    assert finish_columns(results) == [
+        [5, 7, 9, 11], [1, 2, 8, 1], ["delivered", "pending", "dead", "delivered"], [200, 503, 500, 204],
+        [None, "HTTP 503", "HTTP 500 after 8 attempts", None], [0.0, 10.0, 0.0, 0.0],
+    ]
