@@ -323,6 +323,26 @@ async def fail_batch_while_sending(pool, simulator, handler: OutboundHandler, li
     link.restore()
 
 
+
+async def wait_resolved(out: list, publisher: ListPublisher, ids: list) -> None:
+    """Until every message has a status, published by the handler or the reconciler (or 30 s)."""
+
+    async def all_resolved():
+        return len(final_statuses(out + publisher.items)) == len(ids) or None
+
+    try:
+        await wait_for(all_resolved, timeout_s=30, interval_s=0.5)
+    except AssertionError:
+        pass  # the assertions that follow say what is missing
+
+
+def check_each_settled_once_and_sent_once(published: list, ids: list, simulator) -> None:
+    statuses = final_statuses(published)
+    assert sorted(statuses) == sorted(ids), f"statuses for {len(statuses)} of {len(ids)} messages"
+    assert all(len(s) == 1 for s in statuses.values())
+    counts = sim_counts(simulator)
+    assert [counts.get(str(i)) for i in ids] == [1] * len(ids)
+
 async def test_batch_failing_after_claiming_is_retried_and_every_message_ends_once(env, pool, simulator) -> None:
     """The consumer retries a failed batch in the same process: claims it left open go to the
     reconciler (not skipped, not renewed for ever) and every message gets one status."""
@@ -340,20 +360,9 @@ async def test_batch_failing_after_claiming_is_retried_and_every_message_ends_on
         async with running(reconciler):
             await fail_batch_while_sending(pool, simulator, handler, link, batch)
             out = await handler(batch)  # the consumer retries the batch
-
-            async def all_resolved():
-                return len(final_statuses(out + publisher.items)) == len(ids) or None
-
-            try:
-                await wait_for(all_resolved, timeout_s=30, interval_s=0.5)
-            except AssertionError:
-                pass
+            await wait_resolved(out, publisher, ids)
         await gateways["sim"].close()
-    statuses = final_statuses(out + publisher.items)
-    assert sorted(statuses) == sorted(ids), f"statuses for {len(statuses)} of {len(ids)} messages"
-    assert all(len(s) == 1 for s in statuses.values())
-    counts = sim_counts(simulator)
-    assert [counts.get(str(i)) for i in ids] == [1] * len(ids)
+    check_each_settled_once_and_sent_once(out + publisher.items, ids, simulator)
     rows = await pool.fetch("SELECT state FROM dispatch_claims WHERE message_id = ANY($1::uuid[])", ids)
     assert {r["state"] for r in rows} == {"submitted"}
 
@@ -380,20 +389,9 @@ async def test_restart_with_the_same_instance_id_does_not_strand_claims(env, poo
     sender = Sender(gateways, settings)
     async with running(Reconciler(claims, sender, publisher, settings)):  # type: ignore[arg-type]
         out = await OutboundHandler(claims, sender, settings)(batch)
-
-        async def all_resolved():
-            return len(final_statuses(out + publisher.items)) == len(ids) or None
-
-        try:
-            await wait_for(all_resolved, timeout_s=30, interval_s=0.5)
-        except AssertionError:
-            pass
+        await wait_resolved(out, publisher, ids)
     await gateways["sim"].close()
-    statuses = final_statuses(out + publisher.items)
-    assert sorted(statuses) == sorted(ids), f"statuses for {len(statuses)} of {len(ids)} messages"
-    assert all(len(s) == 1 for s in statuses.values())
-    counts = sim_counts(simulator)
-    assert [counts.get(str(i)) for i in ids] == [1] * len(ids)
+    check_each_settled_once_and_sent_once(out + publisher.items, ids, simulator)
 
 
 @pytest.fixture(scope="module")
