@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 import uuid
@@ -11,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from services.dispatcher import metrics
 from services.dispatcher.domain.health import GatewayHealth, State, Thresholds
@@ -25,7 +27,7 @@ from services.dispatcher.gateways.base import (
     Submitted,
     Unknown,
 )
-from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish
+from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish, ParkItem
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import LocalThrottle, Throttle
 from shared.contracts import (
@@ -40,6 +42,9 @@ from shared.contracts import (
 from shared.kafka import Incoming, Outgoing, Publisher
 from shared.statuses import MessageType, Status
 from shared.topics import ACCEPTED, ACCEPTED_BULK, STATUS
+
+if TYPE_CHECKING:
+    from services.dispatcher.parking import Parker
 
 log = logging.getLogger(__name__)
 UNKNOWN_RECHECK_S = 15.0
@@ -127,7 +132,9 @@ class Sender:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], datetime] = utcnow,
+        parker: Parker | None = None,
     ) -> None:
+        self.parker = parker  # None: a refusal past the retry budget fails (retries_exhausted)
         self.gateways = gateways
         self.settings = settings
         self.clock = clock
@@ -151,6 +158,13 @@ class Sender:
         self.gate = PriorityGate()
         for name in self.health:
             metrics.GATEWAY_OPEN.labels(name).set(0)
+
+    def one_shot(self) -> Sender:
+        """This sender (same gateways, throttle, health, parking) trying each message once: a
+        retriable refusal goes straight to the give-up branch (parked again, or failed)."""
+        twin = copy.copy(self)
+        twin.settings = self.settings.model_copy(update={"retry_max_attempts": 1})
+        return twin
 
     def available(self, gateway: str) -> bool:
         return self.health[gateway].available(self.clock())
@@ -206,6 +220,7 @@ class Sender:
     async def _send(self, jobs: list[Job], priority: bool) -> tuple[list[tuple[Job, Finish]], list[Job]]:
         finished: list[tuple[Job, Finish]] = []
         unknown: list[Job] = []
+        parked: list[ParkItem] = []
         deadline = self.clock() + self.settings.retry_budget_s
         pending = jobs
         round_ = 0
@@ -245,6 +260,12 @@ class Sender:
                         # Try another gateway of the route next time, if there is one.
                         retry.append(replace(job, attempts=attempts, avoid=job.avoid | {gateway}, skipped=skipped))
                     else:
+                        # Refused (never accepted) past the budget: park it to wait for the route, if allowed.
+                        held = self.parker.hold(job, gateway, outcome, attempts) if outcome.retriable and self.parker else None
+                        if held is not None:
+                            metrics.SUBMISSIONS.labels(gateway, "parked").inc()
+                            parked.append(held)
+                            continue
                         metrics.SUBMISSIONS.labels(gateway, "failed").inc()
                         if outcome.retriable:
                             code = "retries_exhausted"
@@ -260,6 +281,9 @@ class Sender:
                 delay = min(backoff(round_, self.settings.retry_base_s, self.settings.retry_cap_s), max(0.0, deadline - self.clock()))
                 log.info("retrying %d submissions in %.1fs", len(pending), delay)
                 await self.sleep(delay)
+        if parked:
+            assert self.parker is not None
+            await self.parker.park(parked)
         return finished, unknown
 
 

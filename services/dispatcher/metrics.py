@@ -30,3 +30,19 @@ ROUTE_DECISIONS = Counter(
     "herald_dispatcher_route_decisions_total", "Routing decisions by route, gateway and failover", ["route", "gateway", "failover"]
 )
 EXPIRED = Counter("herald_dispatcher_expired_total", "Messages not sent because their validity ended")
+PARKED = Gauge(
+    "herald_dispatcher_parked_messages",
+    "Messages parked because every gateway of their route refused them past the retry budget (all instances)",
+)
+PARKED_OLDEST = Gauge(
+    "herald_dispatcher_parked_oldest_seconds", "Time since the oldest parked message was first parked"
+)
+PARKINGS = Counter(
+    "herald_dispatcher_parkings_total", "Messages parked (or parked again) after retriable refusals, by the gateway that refused last",
+    ["gateway"],
+)
+UNPARKED = Counter(
+    "herald_dispatcher_unparked_total",
+    "Parked messages taken out of the parking, by what became of them (resent, expired, max_age)",
+    ["outcome"],
+)
