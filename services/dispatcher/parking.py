@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from services.dispatcher import metrics
+from services.dispatcher.domain.health import State
 from services.dispatcher.domain.parking import ParkingPolicy, end_at, on_refusal, woken
 from services.dispatcher.gateways.base import Refused
 from services.dispatcher.handlers import UNKNOWN_RECHECK_S, Job, Sender, status_event
@@ -40,7 +41,7 @@ def policy_from(settings: DispatcherSettings) -> ParkingPolicy:
             MessageType.TRANSACTIONAL.value: settings.parking_max_age_transactional_s,
             MessageType.MARKETING.value: settings.parking_max_age_marketing_s,
         },
-        tenant_max_age_s=dict(settings.parking_tenant_max_age_s),
+        tenant_max_age_s=dict(settings.parking_tenant_max_age_s or {}),
         retry_base_s=settings.parking_retry_base_s,
         retry_cap_s=settings.parking_retry_cap_s,
     )
@@ -140,6 +141,11 @@ class ParkingLoop:
             n = await self.parked.wake(sorted(back))
             if n:
                 log.info("gateways %s closed again: %d parked messages due now", sorted(back), n)
+        # A skipped gateway whose cooldown is over (half-open) gets one parked message as a probe:
+        # accepted, its circuit closes and the rest follow; refused, it stays skipped.
+        for name, health in self.sender.health.items():
+            if health.state is not State.CLOSED and self.sender.available(name):
+                await self.parked.wake([name], limit=1)
 
     async def resend_once(self, limit: int) -> int:
         rows = await self.parked.take_due(self.settings.instance_id, self.settings.claim_lease_s, limit)

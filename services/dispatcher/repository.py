@@ -221,14 +221,18 @@ class ParkingRepository:
         """Claim parked messages whose resend is due (any instance; rows locked by another are skipped)."""
         return await self.pool.fetch(_TAKE_PARKED, owner, lease_s, limit)
 
-    async def wake(self, gateways: list[str]) -> int:
-        """Make the messages parked on these gateways due now (their circuit closed again)."""
+    async def wake(self, gateways: list[str], limit: int | None = None) -> int:
+        """Make the messages parked on these gateways due now (their circuit closed again), or
+        only the ``limit`` next ones (a probe of a gateway that may be back)."""
         if not gateways:
             return 0
         status = await self.pool.execute(
-            "UPDATE dispatch_claims SET park_retry_at = now()"
-            " WHERE state = 'parked' AND gateway = ANY($1::text[]) AND park_retry_at > now()",
+            "UPDATE dispatch_claims SET park_retry_at = now() WHERE message_id IN ("
+            " SELECT message_id FROM dispatch_claims"
+            " WHERE state = 'parked' AND gateway = ANY($1::text[]) AND park_retry_at > now()"
+            " ORDER BY park_retry_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
             gateways,
+            limit,
         )
         return int(status.split()[-1])
 

@@ -8,6 +8,7 @@ group is left behind (lag back to zero). Bounded: each scenario gives up after a
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from datetime import timedelta
@@ -28,6 +29,10 @@ from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 MESSAGES = 20_000
+#: The stack's retry budget: a batch refused for longer than this was given up on before parking.
+RETRY_BUDGET_S = 100
+#: How long every gateway is down in the long-outage scenario (run it once by hand with 600).
+OUTAGE_S = float(os.environ.get("HERALD_FAULT_OUTAGE_S", "180"))
 FINAL_NAMES = [s.value for s in FINAL]
 
 
@@ -35,7 +40,7 @@ FINAL_NAMES = [s.value for s in FINAL]
 def stack(env, tmp_path_factory) -> Iterator[Stack]:
     s = Stack(
         env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_CONSUMER_POLL_MS": "100",
-             "HERALD_CLAIM_LEASE_S": "6", "HERALD_RECONCILE_INTERVAL_S": "1", "HERALD_RETRY_BUDGET_S": "100",
+             "HERALD_CLAIM_LEASE_S": "6", "HERALD_RECONCILE_INTERVAL_S": "1", "HERALD_RETRY_BUDGET_S": str(RETRY_BUDGET_S),
              "HERALD_RETRY_MAX_ATTEMPTS": "60", "HERALD_RETRY_CAP_S": "3",
              "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "300"},
         ports=Ports.random(),
@@ -124,7 +129,7 @@ async def check_outcome(stack: Stack, pool, env, ids: list[str]) -> None:
     await wait_for(no_lag, timeout_s=60, interval_s=1)
 
 
-async def run_scenario(stack: Stack, pool, env, name: str, fault: Callable[[], Awaitable[None]]) -> None:
+async def run_scenario(stack: Stack, pool, env, name: str, fault: Callable[[], Awaitable[None]]) -> list[str]:
     tenant = await make_tenant(pool)
     run = f"{name}-{random.randrange(10**6)}"
     progress = [0]
@@ -134,6 +139,7 @@ async def run_scenario(stack: Stack, pool, env, name: str, fault: Callable[[], A
     ids = await sender
     assert len(ids) == MESSAGES
     await check_outcome(stack, pool, env, ids)
+    return ids
 
 
 async def test_kill_each_service_in_turn(stack: Stack, pool, env) -> None:
@@ -174,3 +180,30 @@ async def test_gateway_refuses_connections_for_60_seconds(stack: Stack, pool, en
         httpx.post(control, json={"mode": "normal"}, timeout=60).raise_for_status()
 
     await run_scenario(stack, pool, env, "gateway", refuse)
+
+
+@pytest.mark.timeout(int(OUTAGE_S) + 900)
+async def test_every_gateway_down_longer_than_the_retry_budget(stack: Stack, pool, env) -> None:
+    """Refused for longer than the retry budget, messages are parked, not failed; once the
+    gateway listens again each is sent exactly once. HERALD_FAULT_OUTAGE_S sets the outage."""
+    assert OUTAGE_S > RETRY_BUDGET_S + 30, "the outage must clearly outlast the retry budget"
+    control = f"http://127.0.0.1:{stack.ports.simulator_control}/control"
+
+    async def refuse() -> None:
+        httpx.post(control, json={"mode": "refuse"}, timeout=60).raise_for_status()
+        await asyncio.sleep(OUTAGE_S)
+        httpx.post(control, json={"mode": "normal"}, timeout=60).raise_for_status()
+
+    ids = await run_scenario(stack, pool, env, "outage", refuse)
+    gave_up = await pool.fetch(
+        "SELECT reason_code, count(*) AS n FROM messages WHERE message_id = ANY($1::uuid[])"
+        " AND (gateway_message_id IS NULL OR reason_code = ANY($2::text[])) GROUP BY reason_code",
+        ids, ["retries_exhausted", "gateway_unavailable_max_age"],
+    )
+    assert not gave_up, f"messages were not sent after the gateway came back: {[dict(r) for r in gave_up]}"
+    refs = httpx.get(f"http://127.0.0.1:{stack.ports.simulator_control}/stats/client_refs", timeout=30).json()["client_refs"]
+    assert all(refs.get(i) == 1 for i in ids), "the gateway did not get every message exactly once"
+    parked = await pool.fetchval(
+        "SELECT count(*) FROM dispatch_claims WHERE message_id = ANY($1::uuid[]) AND parked_at IS NOT NULL", ids
+    )
+    assert parked > 0, "no message waited past the retry budget: the outage did not test parking"
