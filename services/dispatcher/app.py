@@ -31,7 +31,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     else:
         throttle = LocalThrottle(limits)
     parked = ParkingRepository(ctx.pool)
-    parker = Parker(parked, policy_from(settings))
+    parker = Parker(parked, policy_from(settings), settings.instance_id)
     sender = Sender(gateways, settings, throttle, parker=parker)
     parking = ParkingLoop(parked, claims, sender, parker, ctx.publisher, settings)
     ctx.workers["parking"] = parking.run()

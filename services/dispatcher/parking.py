@@ -16,6 +16,7 @@ which asks the gateway first, if the taker dies).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -51,9 +52,11 @@ class Parker:
     """Decides whether a refused message may wait, and parks it (batched, before the commit)."""
 
     def __init__(
-        self, repository: ParkingRepository, policy: ParkingPolicy, wall_clock: Callable[[], datetime] = utcnow
+        self, repository: ParkingRepository, policy: ParkingPolicy, owner: str,
+        wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.repository = repository
+        self.owner = owner  # this instance's claims are the ones it may park
         self.policy = policy
         self.wall_clock = wall_clock
         self._rounds: dict[uuid.UUID, int] = {}  # parks so far of the messages being resent
@@ -67,7 +70,7 @@ class Parker:
         return ParkItem(mid, park.retry_at, gateway, attempts, "parked", reason)
 
     async def park(self, items: list[ParkItem]) -> None:
-        parked = await self.repository.park(items)
+        parked = await self.repository.park(self.owner, items)
         for item in items:
             self._rounds.pop(item.message_id, None)
             metrics.PARKINGS.labels(item.gateway or "none").inc()
@@ -175,17 +178,25 @@ class ParkingLoop:
             self.parker.resending([(message.message_id, row["park_rounds"])])
         finished = list(ended)
         unknown: list[Job] = []
-        for priority in (True, False):
-            if resend[priority]:
-                sent, lost = await self.sender.send(resend[priority], priority=priority)
-                finished += sent
-                unknown += lost
-                metrics.UNPARKED.labels("resent").inc(len(resend[priority]))
-        self.parker.done(j.message.message_id for js in resend.values() for j in js)
-        await self.publisher.publish([status_event(job, finish) for job, finish in finished])
-        await self.claims.finish([f for _, f in finished])
-        await self.claims.release_for_reconcile([j.message.message_id for j in unknown], UNKNOWN_RECHECK_S)
-        await self.parked.park(waiting)
+        try:
+            for priority in (True, False):
+                if resend[priority]:
+                    sent, lost = await self.sender.send(resend[priority], priority=priority)
+                    finished += sent
+                    unknown += lost
+                    metrics.UNPARKED.labels("resent").inc(len(resend[priority]))
+            await self.publisher.publish([status_event(job, finish) for job, finish in finished])
+            await self.claims.finish([f for _, f in finished])
+            await self.claims.release_for_reconcile([j.message.message_id for j in unknown], UNKNOWN_RECHECK_S)
+            await self.parked.park(self.settings.instance_id, waiting)
+        except BaseException:
+            # Whatever is still claimed here may or may not have been sent: the reconciler asks the
+            # gateway before it resends anything.
+            with contextlib.suppress(Exception):
+                await self.claims.release_for_reconcile([r["message_id"] for r in rows], 0)
+            raise
+        finally:
+            self.parker.done(j.message.message_id for js in resend.values() for j in js)
         log.info("parking: %d taken, %d resent, %d ended, %d still waiting", len(rows),
                  len(resend[True]) + len(resend[False]), len(ended), len(waiting))
         return len(rows)

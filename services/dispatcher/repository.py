@@ -176,7 +176,7 @@ UPDATE dispatch_claims c SET
     reason_code = coalesce(f.reason_code, c.reason_code), reason = coalesce(f.reason, c.reason), updated_at = now()
 FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int[], $5::text[], $6::text[])
     AS f(message_id, retry_at, gateway, attempts, reason_code, reason)
-WHERE c.message_id = f.message_id AND c.state = 'claimed'
+WHERE c.message_id = f.message_id AND c.state = 'claimed' AND c.owner = $7
 """
 
 _TAKE_PARKED = """
@@ -202,8 +202,9 @@ class ParkingRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def park(self, items: list[ParkItem]) -> int:
-        """Park claimed messages (state 'claimed' -> 'parked'); returns how many were parked."""
+    async def park(self, owner: str, items: list[ParkItem]) -> int:
+        """Park messages ``owner`` holds a claim on (state 'claimed' -> 'parked'); returns how
+        many were parked. A claim another instance took over meanwhile is left alone."""
         if not items:
             return 0
         status = await self.pool.execute(
@@ -214,6 +215,7 @@ class ParkingRepository:
             [i.attempts for i in items],
             [i.reason_code for i in items],
             [i.reason for i in items],
+            owner,
         )
         return int(status.split()[-1])
 

@@ -169,3 +169,24 @@ async def test_parked_message_with_a_validity_expires_and_one_past_its_max_age_f
     }
     counts = gateway_counts(stack)
     assert not any(counts.get(str(i)) for i in ids)
+
+
+async def test_a_parked_message_is_taken_by_one_instance_and_only_its_holder_parks_it(pool) -> None:
+    from services.dispatcher.repository import ClaimRepository, ParkingRepository, ParkItem
+
+    claims, parked = ClaimRepository(pool), ParkingRepository(pool)
+    items = messages(40)
+    await claims.claim("i1", 30, [(m.message_id, "acme", m.model_dump_json()) for m in items])
+    ids = [m.message_id for m in items]
+    due = utcnow() - timedelta(seconds=1)
+    assert await parked.park("i2", [ParkItem(i, due, "sim", 8) for i in ids]) == 0  # not its claims
+    assert await parked.park("i1", [ParkItem(i, due, "sim", 8, "parked", "refused") for i in ids]) == 40
+    assert await claim_states(pool, ids) == {"parked": 40}
+    # Other tests' parked rows are not this test's business.
+    await pool.execute("UPDATE dispatch_claims SET park_retry_at = now() + interval '1 hour'"
+                       " WHERE state = 'parked' AND message_id <> ALL($1::uuid[])", ids)
+    takes = await asyncio.gather(*(parked.take_due(f"t{n}", 30, 7) for n in range(8)))
+    taken = [r["message_id"] for rows in takes for r in rows]
+    assert sorted(taken) == sorted(ids), "a parked message was taken twice, or not at all"
+    owners = await pool.fetch("SELECT DISTINCT owner, state FROM dispatch_claims WHERE message_id = ANY($1::uuid[])", ids)
+    assert {r["state"] for r in owners} == {"claimed"} and all(r["owner"].startswith("t") for r in owners)

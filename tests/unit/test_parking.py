@@ -83,7 +83,8 @@ class Recording:
     def __init__(self) -> None:
         self.parked: list[ParkItem] = []
 
-    async def park(self, items: list[ParkItem]) -> int:
+    async def park(self, owner: str, items: list[ParkItem]) -> int:
+        assert owner == "me"
         self.parked += items
         return len(items)
 
@@ -96,7 +97,7 @@ def sender(parker: Parker | None) -> Sender:
 
 async def test_refusals_past_the_budget_are_parked_not_failed() -> None:
     repo = Recording()
-    s = sender(Parker(repo, POLICY))  # type: ignore[arg-type]
+    s = sender(Parker(repo, POLICY, "me"))  # type: ignore[arg-type]
     now_released = datetime.now(timezone.utc)
     jobs = [Job("acme", "t", message(released=now_released)) for _ in range(3)]
     finished, unknown = await s.send(jobs)
@@ -110,13 +111,13 @@ async def test_without_a_parker_or_past_the_deadline_refusals_fail_as_before() -
     assert [(f.state, f.reason_code) for _, f in finished] == [("failed", "retries_exhausted")]
     repo = Recording()
     too_old = message(released=datetime.now(timezone.utc) - timedelta(hours=2))
-    finished, _ = await sender(Parker(repo, POLICY)).send([Job("acme", "t", too_old)])  # type: ignore[arg-type]
+    finished, _ = await sender(Parker(repo, POLICY, "me")).send([Job("acme", "t", too_old)])  # type: ignore[arg-type]
     assert [(f.state, f.reason_code) for _, f in finished] == [("failed", "retries_exhausted")] and repo.parked == []
 
 
 async def test_one_shot_tries_once_then_parks_and_shares_health() -> None:
     repo = Recording()
-    s = sender(Parker(repo, POLICY))  # type: ignore[arg-type]
+    s = sender(Parker(repo, POLICY, "me"))  # type: ignore[arg-type]
     once = s.one_shot()
     assert once.health is s.health and s.settings.retry_max_attempts == 3
     await once.send([Job("acme", "t", message(released=datetime.now(timezone.utc)), attempts=3)])
