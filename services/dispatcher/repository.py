@@ -207,8 +207,7 @@ class ParkingRepository:
         many were parked. A claim another instance took over meanwhile is left alone."""
         if not items:
             return 0
-        status = await self.pool.execute(
-            _PARK,
+        args = (
             [i.message_id for i in items],
             [i.retry_at for i in items],
             [i.gateway for i in items],
@@ -217,7 +216,15 @@ class ParkingRepository:
             [i.reason for i in items],
             owner,
         )
-        return int(status.split()[-1])
+        for attempt in range(3):
+            try:
+                status = await self.pool.execute(_PARK, *args)
+                return int(status.split()[-1])
+            except asyncpg.DeadlockDetectedError:
+                # The lease renewal updates the same claims; the statement was rolled back whole.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def take_due(self, owner: str, lease_s: float, limit: int) -> list[asyncpg.Record]:
         """Claim parked messages whose resend is due (any instance; rows locked by another are skipped)."""
