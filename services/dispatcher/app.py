@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from services.dispatcher.gateways import build_gateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
-from services.dispatcher.repository import CampaignStates, ClaimRepository
+from services.dispatcher.handlers import ownership_of
+from services.dispatcher.parking import Parker, ParkingLoop, policy_from
+from services.dispatcher.repository import CampaignStates, ClaimRepository, ParkingRepository
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.sink import KafkaSink
 from services.dispatcher.throttle import LocalThrottle, PostgresThrottle, Throttle
@@ -29,7 +31,13 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
         await throttle.setup()
     else:
         throttle = LocalThrottle(limits)
-    sender = Sender(gateways, settings, throttle)
+    parked = ParkingRepository(ctx.pool)
+    # Parking changes only claims this process start owns (the same owner as its lanes' claims).
+    parker = Parker(parked, policy_from(settings), ownership_of(settings).owner)
+    sender = Sender(gateways, settings, throttle, parker=parker)
+    parking = ParkingLoop(parked, claims, sender, parker, ctx.publisher, settings)
+    ctx.workers["parking"] = parking.run()
+    ctx.stoppers.append(parking.stop)
     reconciler = Reconciler(claims, sender, ctx.publisher, settings)
     ctx.workers["reconciler"] = reconciler.run()
     ctx.stoppers.append(reconciler.stop)

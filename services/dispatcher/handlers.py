@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import secrets
 import time
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
+from typing import TYPE_CHECKING
 
 from services.dispatcher import metrics
 from services.dispatcher.domain.health import GatewayHealth, State, Thresholds
@@ -27,7 +29,7 @@ from services.dispatcher.gateways.base import (
     Submitted,
     Unknown,
 )
-from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish
+from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish, ParkItem
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import LocalThrottle, Throttle
 from shared.contracts import (
@@ -42,6 +44,9 @@ from shared.contracts import (
 from shared.kafka import Incoming, Outgoing, Publisher
 from shared.statuses import MessageType, Status
 from shared.topics import ACCEPTED, ACCEPTED_BULK, STATUS
+
+if TYPE_CHECKING:
+    from services.dispatcher.parking import Parker
 
 log = logging.getLogger(__name__)
 UNKNOWN_RECHECK_S = 15.0
@@ -195,7 +200,9 @@ class Sender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], datetime] = utcnow,
         journal: AttemptJournal | None = None,
+        parker: Parker | None = None,
     ) -> None:
+        self.parker = parker  # None: a refusal past the retry budget fails (retries_exhausted)
         self.gateways = gateways
         self.journal = journal  # every attempt is recorded there before it is made
         self.settings = settings
@@ -220,6 +227,13 @@ class Sender:
         self.gate = PriorityGate()
         for name in self.health:
             metrics.GATEWAY_OPEN.labels(name).set(0)
+
+    def one_shot(self) -> Sender:
+        """This sender (same gateways, throttle, health, parking) trying each message once: a
+        retriable refusal goes straight to the give-up branch (parked again, or failed)."""
+        twin = copy.copy(self)
+        twin.settings = self.settings.model_copy(update={"retry_max_attempts": 1})
+        return twin
 
     def available(self, gateway: str) -> bool:
         return self.health[gateway].available(self.clock())
@@ -285,6 +299,7 @@ class Sender:
     async def _send(self, jobs: list[Job], priority: bool) -> tuple[list[tuple[Job, Finish]], list[Job]]:
         finished: list[tuple[Job, Finish]] = []
         unknown: list[Job] = []
+        parked: list[ParkItem] = []
         deadline = self.clock() + self.settings.retry_budget_s
         pending = jobs
         round_ = 0
@@ -324,6 +339,12 @@ class Sender:
                         # Try another gateway of the route next time, if there is one.
                         retry.append(replace(job, attempts=attempts, avoid=job.avoid | {gateway}, skipped=skipped))
                     else:
+                        # Refused (never accepted) past the budget: park it to wait for the route, if allowed.
+                        held = self.parker.hold(job, gateway, outcome, attempts) if outcome.retriable and self.parker else None
+                        if held is not None:
+                            metrics.SUBMISSIONS.labels(gateway, "parked").inc()
+                            parked.append(held)
+                            continue
                         metrics.SUBMISSIONS.labels(gateway, "failed").inc()
                         if outcome.retriable:
                             code = "retries_exhausted"
@@ -339,6 +360,9 @@ class Sender:
                 delay = min(backoff(round_, self.settings.retry_base_s, self.settings.retry_cap_s), max(0.0, deadline - self.clock()))
                 log.info("retrying %d submissions in %.1fs", len(pending), delay)
                 await self.sleep(delay)
+        if parked:
+            assert self.parker is not None
+            await self.parker.park(parked)
         return finished, unknown
 
 

@@ -44,3 +44,19 @@ RELEASED_CLAIMS = Counter(
     "Claims handed to the reconciler because a batch failed after claiming or was redelivered with its claims open",
     ["reason"],
 )
+PARKED = Gauge(
+    "herald_dispatcher_parked_messages",
+    "Messages parked because every gateway of their route refused them past the retry budget (all instances)",
+)
+PARKED_OLDEST = Gauge(
+    "herald_dispatcher_parked_oldest_seconds", "Time since the oldest parked message was first parked"
+)
+PARKINGS = Counter(
+    "herald_dispatcher_parkings_total", "Messages parked (or parked again) after retriable refusals, by the gateway that refused last",
+    ["gateway"],
+)
+UNPARKED = Counter(
+    "herald_dispatcher_unparked_total",
+    "Parked messages taken out of the parking, by what became of them (resent, expired, max_age)",
+    ["outcome"],
+)

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -195,3 +196,97 @@ class ClaimRepository:
             " FROM dispatch_claims WHERE state = 'claimed'"
         )
         return float(age or 0.0)
+
+@dataclass(frozen=True, slots=True)
+class ParkItem:
+    message_id: uuid.UUID
+    retry_at: datetime
+    gateway: str | None  # the gateway that refused last (None: keep the one recorded)
+    attempts: int
+    reason_code: str | None = None
+    reason: str | None = None
+
+
+_PARK = """
+UPDATE dispatch_claims c SET
+    state = 'parked', owner = 'parked', park_retry_at = f.retry_at, parked_at = coalesce(c.parked_at, now()),
+    park_rounds = c.park_rounds + 1, attempts = f.attempts, gateway = coalesce(f.gateway, c.gateway),
+    reason_code = coalesce(f.reason_code, c.reason_code), reason = coalesce(f.reason, c.reason), updated_at = now()
+FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int[], $5::text[], $6::text[])
+    AS f(message_id, retry_at, gateway, attempts, reason_code, reason)
+WHERE c.message_id = f.message_id AND c.state = 'claimed' AND c.owner = $7
+"""
+
+_TAKE_PARKED = """
+UPDATE dispatch_claims c SET state = 'claimed', owner = $1, lease_until = now() + make_interval(secs => $2),
+    updated_at = now()
+WHERE c.message_id IN (
+    SELECT message_id FROM dispatch_claims
+    WHERE state = 'parked' AND park_retry_at <= now()
+    ORDER BY park_retry_at LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING c.message_id, c.tenant_id, c.outbound, c.attempts, c.park_rounds, c.gateway, c.reason_code, c.reason
+"""
+
+
+class ParkingRepository:
+    """Parked messages: claim rows in state 'parked', waiting for their route to accept them.
+
+    A parked row has no owner: taking it turns it back into a claim of the taker (state
+    'claimed', with a lease), so a message is parked or in flight in one place, never both.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def park(self, owner: str, items: list[ParkItem]) -> int:
+        """Park messages ``owner`` holds a claim on (state 'claimed' -> 'parked'); returns how
+        many were parked. A claim another instance took over meanwhile is left alone."""
+        if not items:
+            return 0
+        args = (
+            [i.message_id for i in items],
+            [i.retry_at for i in items],
+            [i.gateway for i in items],
+            [i.attempts for i in items],
+            [i.reason_code for i in items],
+            [i.reason for i in items],
+            owner,
+        )
+        for attempt in range(3):
+            try:
+                status = await self.pool.execute(_PARK, *args)
+                return int(status.split()[-1])
+            except asyncpg.DeadlockDetectedError:
+                # The lease renewal updates the same claims; the statement was rolled back whole.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def take_due(self, owner: str, lease_s: float, limit: int) -> list[asyncpg.Record]:
+        """Claim parked messages whose resend is due (any instance; rows locked by another are skipped)."""
+        return await self.pool.fetch(_TAKE_PARKED, owner, lease_s, limit)
+
+    async def wake(self, gateways: list[str], limit: int | None = None) -> int:
+        """Make the messages parked on these gateways due now (their circuit closed again), or
+        only the ``limit`` next ones (a probe of a gateway that may be back)."""
+        if not gateways:
+            return 0
+        status = await self.pool.execute(
+            "UPDATE dispatch_claims SET park_retry_at = now() WHERE message_id IN ("
+            " SELECT message_id FROM dispatch_claims"
+            " WHERE state = 'parked' AND gateway = ANY($1::text[]) AND park_retry_at > now()"
+            " ORDER BY park_retry_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            gateways,
+            limit,
+        )
+        return int(status.split()[-1])
+
+    async def stats(self) -> tuple[int, float]:
+        """(parked messages, seconds since the oldest was first parked)."""
+        row = await self.pool.fetchrow(
+            "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(parked_at)), 0)::float8 AS oldest"
+            " FROM dispatch_claims WHERE state = 'parked'"
+        )
+        return int(row["n"]), float(row["oldest"])

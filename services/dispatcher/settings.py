@@ -56,6 +56,21 @@ class DispatcherSettings(ConsumerSettings):
     throttle_backend: Literal["postgres", "local"] = Field(
         "postgres", description="postgres: limits shared by all instances; local: per process"
     )
+    parking_max_age_transactional_s: float = Field(
+        6 * 3600.0, ge=0,
+        description="How long a transactional message without a validity waits (parked) for a refusing gateway,"
+        " counted from its release; 0: never park (it fails when the retry budget ends)",
+    )
+    parking_max_age_marketing_s: float = Field(
+        2 * 3600.0, ge=0, description="The same for marketing messages"
+    )
+    parking_tenant_max_age_s: dict[str, float] | None = Field(
+        None, description="Per-tenant maximum wait while parked (any type, instead of the two above), JSON map tenant -> seconds"
+    )
+    parking_interval_s: float = Field(5.0, gt=0, description="How often parked messages due for a resend are looked at")
+    parking_retry_base_s: float = Field(15.0, gt=0, description="First wait before a parked message is resent (doubles, with jitter)")
+    parking_retry_cap_s: float = Field(120.0, gt=0, description="Longest wait between resends of a parked message")
+    parking_batch_size: int = Field(500, ge=1, description="Parked messages taken for a resend at once")
     bulk_consumer_group: str | None = Field(
         None, description="Consumer group of the bulk lane; default: the priority group + '.bulk'"
     )

@@ -175,14 +175,19 @@ def create_api_app(
             resp.headers["WWW-Authenticate"] = "Bearer"
             return resp
         gate = sim.gate()
-        if gate.delay_s:
-            # The body is received before the delay: a slow gateway records a submission whose
-            # answer comes too late for a client that gave up waiting (a lost answer, not a lost message).
-            await request.read()
-            await asyncio.sleep(gate.delay_s)
         if gate.reject is not None:
+            if gate.delay_s:
+                await asyncio.sleep(gate.delay_s)
             return reject(request, gate.reject)
         return None
+
+    async def answer_late(request: web.Request, response: web.Response) -> web.Response:
+        """Slow mode: the submission is taken at once and only its answer waits, so a client that
+        gives up waiting has lost an answer, not a message (its lookup finds it)."""
+        delay = sim.gate().delay_s
+        if delay:
+            await asyncio.sleep(delay)
+        return response
 
     def accept_one(obj: Any) -> dict[str, Any]:
         req = parse_submit(obj)  # raises RequestError
@@ -203,7 +208,7 @@ def create_api_app(
         except RequestError as err:
             return reject(request, err)
         after = sim.gate().after_accept
-        return reject(request, after) if after is not None else web.json_response(answer)
+        return await answer_late(request, reject(request, after) if after is not None else web.json_response(answer))
 
     async def submit_batch(request: web.Request) -> web.Response:
         early = await admit(request)
@@ -222,8 +227,8 @@ def create_api_app(
                 results.append({"client_ref": client_ref_of(obj), "error": err.to_json()})
         after = sim.gate().after_accept
         if after is not None:  # fail_after_accept: every message was taken, the answer is lost
-            return reject(request, after)
-        return web.json_response({"results": results})
+            return await answer_late(request, reject(request, after))
+        return await answer_late(request, web.json_response({"results": results}))
 
     async def lookup(request: web.Request) -> web.Response:
         if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):

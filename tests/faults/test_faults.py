@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from datetime import timedelta
@@ -31,6 +32,10 @@ from tests.helpers import wait_for
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 MESSAGES = 20_000
 CLAIM_MESSAGES = 3_000  # the dispatcher's claim scenarios: enough for batches in flight, short for CI
+#: The stack's retry budget: a batch refused for longer than this was given up on before parking.
+RETRY_BUDGET_S = 100
+#: How long every gateway is down in the long-outage scenario (run it once by hand with 600).
+OUTAGE_S = float(os.environ.get("HERALD_FAULT_OUTAGE_S", "180"))
 FINAL_NAMES = [s.value for s in FINAL]
 
 
@@ -38,7 +43,7 @@ FINAL_NAMES = [s.value for s in FINAL]
 def stack(env, tmp_path_factory) -> Iterator[Stack]:
     s = Stack(
         env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_CONSUMER_POLL_MS": "100",
-             "HERALD_CLAIM_LEASE_S": "6", "HERALD_RECONCILE_INTERVAL_S": "1", "HERALD_RETRY_BUDGET_S": "100",
+             "HERALD_CLAIM_LEASE_S": "6", "HERALD_RECONCILE_INTERVAL_S": "1", "HERALD_RETRY_BUDGET_S": str(RETRY_BUDGET_S),
              "HERALD_RETRY_MAX_ATTEMPTS": "60", "HERALD_RETRY_CAP_S": "3",
              "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "300"},
         ports=Ports.random(),
@@ -295,7 +300,8 @@ async def test_gateway_timing_out_until_its_breaker_opens_then_reconciliation(st
     ]
     two = {"HERALD_GATEWAYS": json.dumps(gateways), "HERALD_ROUTES": json.dumps([{"name": "all", "gateways": ["sim", "sim-b"]}]),
            "HERALD_FAILOVER_MIN_SAMPLES": "5", "HERALD_FAILOVER_COOLDOWN_S": "60"}
-    secrets = {"HERALD_RECEIPT_SECRETS": json.dumps({"sim": "sim-receipt-secret", "sim-b": "sim-receipt-secret"})}
+    # Both simulators sign with the stack's secret, each receipt bound to its own gateway name.
+    secrets = {"HERALD_RECEIPT_SECRETS": json.dumps({"sim": stack.receipt_secret, "sim-b": stack.receipt_secret})}
 
     async def a_times_out() -> None:
         sim_control(a_control, {"mode": "slow", "delay_ms": 3000})
@@ -319,3 +325,28 @@ async def test_gateway_timing_out_until_its_breaker_opens_then_reconciliation(st
         await asyncio.to_thread(stack.restart, stack.find("ingest"), hard=False)
         stack.stop_process(b)
         stack.processes.remove(b)
+@pytest.mark.timeout(int(OUTAGE_S) + 900)
+async def test_every_gateway_down_longer_than_the_retry_budget(stack: Stack, pool, env) -> None:
+    """Refused for longer than the retry budget, messages are parked, not failed; once the
+    gateway listens again each is sent exactly once. HERALD_FAULT_OUTAGE_S sets the outage."""
+    assert OUTAGE_S > RETRY_BUDGET_S + 30, "the outage must clearly outlast the retry budget"
+    control = f"http://127.0.0.1:{stack.ports.simulator_control}/control"
+
+    async def refuse() -> None:
+        httpx.post(control, json={"mode": "refuse"}, timeout=60).raise_for_status()
+        await asyncio.sleep(OUTAGE_S)
+        httpx.post(control, json={"mode": "normal"}, timeout=60).raise_for_status()
+
+    ids = await run_scenario(stack, pool, env, "outage", refuse)
+    gave_up = await pool.fetch(
+        "SELECT reason_code, count(*) AS n FROM messages WHERE message_id = ANY($1::uuid[])"
+        " AND (gateway_message_id IS NULL OR reason_code = ANY($2::text[])) GROUP BY reason_code",
+        ids, ["retries_exhausted", "gateway_unavailable_max_age"],
+    )
+    assert not gave_up, f"messages were not sent after the gateway came back: {[dict(r) for r in gave_up]}"
+    refs = httpx.get(f"http://127.0.0.1:{stack.ports.simulator_control}/stats/client_refs", timeout=30).json()["client_refs"]
+    assert all(refs.get(i) == 1 for i in ids), "the gateway did not get every message exactly once"
+    parked = await pool.fetchval(
+        "SELECT count(*) FROM dispatch_claims WHERE message_id = ANY($1::uuid[]) AND parked_at IS NOT NULL", ids
+    )
+    assert parked > 0, "no message waited past the retry budget: the outage did not test parking"
