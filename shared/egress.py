@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -174,6 +175,28 @@ Resolve = Callable[[str], Awaitable[list[str]]]
 async def system_resolve(host: str) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
+
+
+class CachedResolve:
+    """A resolver that keeps each answer ``ttl_s`` (at most ``size`` names), so a stream of
+    messages with the same callback host costs one lookup a minute, not one per request.
+    Failures are not kept."""
+
+    def __init__(self, resolve: Resolve = system_resolve, ttl_s: float = 60.0, size: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.resolve, self.ttl_s, self.size, self.clock = resolve, ttl_s, size, clock
+        self.answers: dict[str, tuple[list[str], float]] = {}
+
+    async def __call__(self, host: str) -> list[str]:
+        now = self.clock()
+        kept = self.answers.get(host)
+        if kept is not None and kept[1] > now:
+            return kept[0]
+        addresses = await self.resolve(host)
+        if len(self.answers) >= self.size:
+            self.answers.clear()
+        self.answers[host] = (addresses, now + self.ttl_s)
+        return addresses
 
 
 async def check_urls(urls: Iterable[str], policy: EgressPolicy, *, resolve: Resolve = system_resolve,

@@ -18,7 +18,7 @@ from services.ingest.links_repo import LinksRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
 from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
-from shared.egress import MESSAGES, EgressPolicy, check_urls
+from shared.egress import MESSAGES, CachedResolve, EgressPolicy, check_urls
 from shared.kafka import YIELD_EVERY, Outgoing
 from shared.statuses import MessageType
 from shared.topics import ACCEPTED, ACCEPTED_BULK
@@ -60,6 +60,7 @@ class Acceptor:
         self.links = links if settings.link_tracking else None
         self.link_domain = settings.link_domain
         self.egress = EgressPolicy.of(settings)
+        self.resolve = CachedResolve()
 
     async def prepare(
         self,
@@ -85,7 +86,8 @@ class Acceptor:
         hashes: dict[str, str] = {}
         # status callbacks go to public destinations only (shared/egress.py): each host checked once
         refused = await check_urls({str(r.status_callback_url) for r in requests
-                                    if not isinstance(r, Rejection) and r.status_callback_url}, self.egress)
+                                    if not isinstance(r, Rejection) and r.status_callback_url}, self.egress,
+                                   resolve=self.resolve)
         for index, request in enumerate(requests):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a 10,000-message batch must not stall other requests

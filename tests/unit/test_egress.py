@@ -96,3 +96,27 @@ async def test_names_are_refused_by_what_they_resolve_to() -> None:
         "https://rebind.example.com/a": HOST_NOT_PUBLIC, "https://rebind.example.com/b": HOST_NOT_PUBLIC,
         "https://127.0.0.1/x": HOST_NOT_PUBLIC}
     assert sorted(looked_up) == ["gone.example.com", "ok.example.com", "rebind.example.com"]  # each name once
+
+
+async def test_answers_are_kept_for_their_ttl_and_failures_not_at_all() -> None:
+    from shared.egress import CachedResolve
+
+    calls: list[str] = []
+    now = [0.0]
+
+    async def resolve(host: str) -> list[str]:
+        calls.append(host)
+        if host == "bad.example.com":
+            raise OSError("no such name")
+        return ["93.184.216.34"]
+
+    cached = CachedResolve(resolve, ttl_s=60, clock=lambda: now[0])
+    assert await cached("a.example.com") == ["93.184.216.34"]
+    now[0] = 59
+    assert await cached("a.example.com") == ["93.184.216.34"] and calls == ["a.example.com"]
+    now[0] = 61
+    await cached("a.example.com")
+    for _ in range(2):
+        with pytest.raises(OSError):
+            await cached("bad.example.com")
+    assert calls == ["a.example.com", "a.example.com", "bad.example.com", "bad.example.com"]
