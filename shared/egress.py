@@ -179,12 +179,14 @@ async def system_resolve(host: str) -> list[str]:
 
 class CachedResolve:
     """A resolver that keeps each answer ``ttl_s`` (at most ``size`` names), so a stream of
-    messages with the same callback host costs one lookup a minute, not one per request.
-    Failures are not kept."""
+    messages with the same callback host costs one lookup a minute, not one per request. A
+    lookup that fails or takes longer than ``timeout_s`` answers no address (the name is not
+    refused for it) and is kept ``failed_ttl_s``, so a slow DNS does not slow every request."""
 
     def __init__(self, resolve: Resolve = system_resolve, ttl_s: float = 60.0, size: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, timeout_s: float = 2.0, failed_ttl_s: float = 10.0) -> None:
         self.resolve, self.ttl_s, self.size, self.clock = resolve, ttl_s, size, clock
+        self.timeout_s, self.failed_ttl_s = timeout_s, failed_ttl_s
         self.answers: dict[str, tuple[list[str], float]] = {}
 
     async def __call__(self, host: str) -> list[str]:
@@ -192,10 +194,13 @@ class CachedResolve:
         kept = self.answers.get(host)
         if kept is not None and kept[1] > now:
             return kept[0]
-        addresses = await self.resolve(host)
+        try:
+            addresses, ttl = await asyncio.wait_for(self.resolve(host), self.timeout_s), self.ttl_s
+        except (OSError, TimeoutError, UnicodeError):
+            addresses, ttl = [], self.failed_ttl_s
         if len(self.answers) >= self.size:
             self.answers.clear()
-        self.answers[host] = (addresses, now + self.ttl_s)
+        self.answers[host] = (addresses, now + ttl)
         return addresses
 
 
