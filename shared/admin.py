@@ -103,9 +103,36 @@ async def reply_webhook(conn: asyncpg.Connection, tenant_id: str) -> dict[str, A
     return None if row is None else {"tenant_id": tenant_id, "reply_webhook_url": row["reply_webhook_url"]}
 
 
-async def reply_webhook_set(conn: asyncpg.Connection, actor: str, tenant_id: str, url: str | None) -> dict[str, Any] | None:
-    """Where the tenant's ordinary replies are posted (docs/replies.md); None stops posting them."""
-    url = webhook_url(url) if url is not None else None
+class WebhookRefused(ValueError):
+    """A reply webhook URL that may not be posted to (shared/egress.py); ``code`` says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def checked_webhook_url(url: str, policy: Any = None) -> str:
+    """:func:`webhook_url`, then refused unless its destination is allowed (public, https by
+    default: shared/egress.py). ``policy``: an ``EgressPolicy``; default: from the environment."""
+    from shared.egress import MESSAGES, URL_INVALID, EgressPolicy, check_url
+    from shared.settings import WebhookEgressSettings
+
+    try:
+        normalised = webhook_url(url)
+    except ValueError as exc:
+        raise WebhookRefused(URL_INVALID, str(exc)) from None
+    policy = policy if policy is not None else EgressPolicy.of(WebhookEgressSettings())
+    reason = await check_url(normalised, policy)
+    if reason is not None:
+        raise WebhookRefused(reason, f"reply webhook URL refused: {MESSAGES.get(reason, reason)}")
+    return normalised
+
+
+async def reply_webhook_set(conn: asyncpg.Connection, actor: str, tenant_id: str, url: str | None,
+                            policy: Any = None) -> dict[str, Any] | None:
+    """Where the tenant's ordinary replies are posted (docs/replies.md); None stops posting them.
+    Raises :class:`WebhookRefused` (a ValueError) for a URL that may not be posted to."""
+    url = await checked_webhook_url(url, policy) if url is not None else None
     async with conn.transaction():
         done = await conn.fetchval(
             "UPDATE tenants SET reply_webhook_url = $2 WHERE tenant_id = $1 RETURNING tenant_id", tenant_id, url

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -91,3 +91,31 @@ class ConsumerSettings(ServiceSettings):
     )
     consumer_retry_backoff_s: float = Field(0.2, gt=0, description="First delay before a failed batch is retried; doubles")
     consumer_retry_backoff_max_s: float = Field(10.0, gt=0, description="Longest delay between two retries of a batch")
+
+
+class WebhookEgressSettings(HeraldSettings):
+    """Where webhooks may be posted (shared/egress.py, docs/webhooks.md): checked when a URL is
+    submitted (ingest, the admin command) and again when it is posted (reports)."""
+
+    webhook_allow_private: bool = Field(
+        False, description="Post webhooks to any address, private ones included (local development only; never "
+        "in production: it lets tenants reach the internal network)",
+    )
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list, description="Addresses (CIDRs, JSON list) webhooks may reach although not public, "
+        "e.g. [\"127.0.0.1/32\"] for a local receiver; everything else must be publicly routable",
+    )
+    webhook_require_https: bool = Field(True, description="Only https webhook URLs are accepted and posted")
+    webhook_proxy: str | None = Field(
+        None, description="Post webhooks through this HTTP proxy (egress filtering done by the proxy; Herald still "
+        "checks URLs as written, but no longer the addresses a name resolves to)",
+    )
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError: a clear settings error
+        return value

@@ -114,3 +114,16 @@ async def webhook_hit(request: Any) -> dict[str, Any]:
     return {"payload": json.loads(body), "body": body, "signature": request.headers.get(HEADER),
             "event_id": request.headers.get("X-Herald-Event-Id"),
             "attempt": int(request.headers.get("X-Herald-Delivery-Attempt", "0")), "status": 200}
+
+
+# A test's own webhook receivers listen on loopback over http: allowed explicitly (the default
+# settings refuse both); every other private address stays refused (docs/webhooks.md#destinations).
+LOOPBACK_WEBHOOKS: dict[str, Any] = {"webhook_allowed_networks": ["127.0.0.1/32"], "webhook_require_https": False}
+
+
+def loopback_policy() -> Any:
+    from types import SimpleNamespace
+
+    from shared.egress import EgressPolicy
+
+    return EgressPolicy.of(SimpleNamespace(**LOOPBACK_WEBHOOKS))

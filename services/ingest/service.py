@@ -18,6 +18,7 @@ from services.ingest.links_repo import LinksRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
 from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
+from shared.egress import MESSAGES, CachedResolve, EgressPolicy, check_urls
 from shared.kafka import YIELD_EVERY, Outgoing
 from shared.statuses import MessageType
 from shared.topics import ACCEPTED, ACCEPTED_BULK
@@ -58,6 +59,8 @@ class Acceptor:
         # Link tracking (services/ingest/links.py) needs somewhere to store the links.
         self.links = links if settings.link_tracking else None
         self.link_domain = settings.link_domain
+        self.egress = EgressPolicy.of(settings)
+        self.resolve = CachedResolve()
 
     async def prepare(
         self,
@@ -81,11 +84,18 @@ class Acceptor:
         results: list[Result] = []
         keyed: dict[str, list[int]] = {}
         hashes: dict[str, str] = {}
+        # status callbacks go to public destinations only (shared/egress.py): each host checked once
+        refused = await check_urls({str(r.status_callback_url) for r in requests
+                                    if not isinstance(r, Rejection) and r.status_callback_url}, self.egress,
+                                   resolve=self.resolve)
         for index, request in enumerate(requests):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a 10,000-message batch must not stall other requests
             if isinstance(request, Rejection):
                 results.append(request)
+                continue
+            if request.status_callback_url and str(request.status_callback_url) in refused:
+                results.append(callback_refused(refused[str(request.status_callback_url)]))
                 continue
             try:
                 message = accept(
@@ -158,6 +168,12 @@ class Acceptor:
                 results[index] = Accepted(message, result.duplicate)
                 rows += records(tenant, message, links)
         await self.links.store_many(rows)
+
+
+def callback_refused(reason: str) -> Rejection:
+    message = MESSAGES.get(reason, reason)
+    return Rejection(reason, f"status_callback_url refused: {message}",
+                     [{"loc": "body.status_callback_url", "code": reason, "msg": message}])
 
 
 def _conflict() -> Rejection:

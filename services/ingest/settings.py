@@ -3,10 +3,10 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 
 from shared.phones import SMS_CAPABLE
-from shared.settings import ConsumerSettings
+from shared.settings import ConsumerSettings, WebhookEgressSettings
 
 
-class IngestSettings(ConsumerSettings):
+class IngestSettings(ConsumerSettings, WebhookEgressSettings):
     http_port: int = Field(38080, description="Port of the ingest HTTP server")
     campaign_page_size: int = Field(1000, ge=10, le=10_000, description="Contacts a campaign launcher reads, renders and publishes per page")
     campaign_lease_s: float = Field(30.0, ge=5, description="How long a launcher keeps a campaign without progress before another instance takes it over")

@@ -60,3 +60,12 @@ REVENUE = Counter(
 AB_WINNERS = Counter(
     "herald_ab_winners_total", "A/B test winners picked, by how (significant, best_rate)", ["picked_by"]
 )
+WEBHOOKS_DEFERRED = Counter(
+    "herald_webhooks_deferred_total",
+    "Claimed webhooks put back without posting: tenant_cap, host_cap (posts in flight) or circuit_open",
+    ["reason"],
+)
+WEBHOOK_CIRCUITS_OPENED = Counter(
+    "herald_webhook_circuits_opened_total", "Times a webhook host's circuit opened (consecutive failures)"
+)
+WEBHOOK_CIRCUITS_OPEN = Gauge("herald_webhook_circuits_open", "Webhook hosts whose circuit is open now (this worker)")

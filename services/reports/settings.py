@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import ConsumerSettings
+from shared.settings import ConsumerSettings, WebhookEgressSettings
 
 
-class ReportsSettings(ConsumerSettings):
+class ReportsSettings(ConsumerSettings, WebhookEgressSettings):
     http_port: int = Field(38083, description="Port of the reports HTTP server")
     consumer_max_records: int = Field(2000, ge=1, description="Most events handled in one batch")
     pending_sweep_interval_s: float = Field(2.0, gt=0, description="How often parked receipts are matched again")
@@ -36,6 +36,19 @@ class ReportsSettings(ConsumerSettings):
     webhook_timeout_s: float = Field(5.0, gt=0, description="Bound on one webhook POST (connect, write, read)")
     webhook_concurrency: int = Field(
         128, ge=1, description="Webhook POSTs in flight per reports instance (the HTTP client's connection pool)"
+    )
+    webhook_tenant_concurrency: int = Field(
+        16, ge=1, description="Webhook POSTs in flight per tenant in one reports instance (the rest wait their turn)"
+    )
+    webhook_host_concurrency: int = Field(
+        8, ge=1, description="Webhook POSTs in flight per receiver (host and port) in one reports instance"
+    )
+    webhook_circuit_failures: int = Field(
+        5, ge=1, description="Consecutive failed posts (timeouts, connection errors, 408/429/5xx) that open a "
+        "receiver's circuit: its webhooks wait, unposted, for the cooldown",
+    )
+    webhook_circuit_cooldown_s: float = Field(
+        30.0, gt=0, description="How long an open circuit holds a receiver's webhooks before one is tried again"
     )
     webhook_poll_interval_s: float = Field(0.5, gt=0, description="How often an idle webhook worker looks for due rows")
     webhook_lease_s: float = Field(

@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import secrets as secrets_module
+import socket
 import sys
 import time
 import uuid
@@ -38,10 +39,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
+from aiohttp.abc import AbstractResolver
 
 from services.reports import metrics
 from services.reports.domain import Change, MessageState, Transition
 from shared.contracts import ReplyForwardedEvent, derived_event_id
+from shared.egress import URL_INVALID, EgressPolicy, addresses_refusal, url_refusal
 from shared.kafka import Incoming, Outgoing
 from shared.signatures import HEADER as SIGNATURE_HEADER
 from shared.signatures import sign
@@ -55,6 +58,7 @@ USER_AGENT = "Herald-Webhooks/1"
 SECRET_PREFIX = "whsec_"
 SECRET_CACHE_S = 300.0
 MAX_ANSWER_BYTES = 64 * 1024  # a longer answer body is not read: its connection is closed instead
+DEFER_S = 1.0  # a row put back because its tenant or receiver is at its cap is due again after this
 
 
 # --- pure parts -------------------------------------------------------------------------------
@@ -238,6 +242,7 @@ class Outcome(StrEnum):
     DELIVERED = "delivered"
     RETRY = "retry"
     DEAD = "dead"
+    DEFER = "defer"  # not posted (caps, open circuit): pending again later, the attempt not counted
 
 
 def classify(status_code: int) -> Outcome:
@@ -256,6 +261,69 @@ def url_allowed(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def host_key(url: str) -> str:
+    """The receiver a URL posts to, for the per-host caps and circuits: host and port."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return ""
+    return f"{(parts.hostname or '').rstrip('.')}:{port}"
+
+
+class Gate:
+    """Which claimed rows may be posted now (pure; the worker holds one).
+
+    Caps the posts in flight per tenant and per receiver (host and port), so one tenant or one
+    slow receiver never holds every slot, and keeps a circuit per receiver: after
+    ``failures`` consecutive failed posts it opens, and the receiver's rows wait (unposted) for
+    ``cooldown_s``; then posts are tried again — one success closes it, one failure opens it
+    again for another cooldown."""
+
+    def __init__(self, tenant_cap: int, host_cap: int, failures: int, cooldown_s: float) -> None:
+        self.tenant_cap, self.host_cap = tenant_cap, host_cap
+        self.failures, self.cooldown_s = failures, cooldown_s
+        self.tenants: dict[str, int] = defaultdict(int)
+        self.hosts: dict[str, int] = defaultdict(int)
+        self.failed: dict[str, int] = defaultdict(int)
+        self.open_until: dict[str, float] = {}
+
+    def admit(self, tenant: str, host: str, now: float) -> tuple[str, float] | None:
+        """None: post it (counted in flight until :meth:`done`); else why not and how long to wait."""
+        until = self.open_until.get(host)
+        if until is not None and now < until:
+            return "circuit_open", until - now
+        if self.tenants[tenant] >= self.tenant_cap:
+            return "tenant_cap", 0.0
+        if self.hosts[host] >= self.host_cap:
+            return "host_cap", 0.0
+        self.tenants[tenant] += 1
+        self.hosts[host] += 1
+        return None
+
+    def done(self, tenant: str, host: str, failed: bool | None, now: float) -> bool:
+        """A post admitted earlier ended: ``failed`` True (timeout, connection, 408/429/5xx),
+        False (answered), None (not counted). Returns True if this opened the host's circuit."""
+        for counts, key in ((self.tenants, tenant), (self.hosts, host)):
+            counts[key] -= 1
+            if counts[key] <= 0:
+                del counts[key]
+        if failed is None:
+            return False
+        if not failed:
+            self.failed.pop(host, None)
+            self.open_until.pop(host, None)
+            return False
+        self.failed[host] += 1
+        if self.failed[host] >= self.failures and not (host in self.open_until and now < self.open_until[host]):
+            self.open_until[host] = now + self.cooldown_s
+            return True
+        return False
+
+    def open_circuits(self, now: float) -> int:
+        return sum(1 for until in self.open_until.values() if until > now)
 
 
 @dataclass(frozen=True)
@@ -306,12 +374,15 @@ class Result:
 
 def finish_columns(results: Sequence[Result]) -> list[list[Any]]:
     """The arrays of :meth:`WebhookStore.finish`'s one UPDATE: id, attempts, new state, HTTP
-    status, error, retry delay (a retry stays ``pending``; delivered clears the error)."""
-    columns: list[list[Any]] = [[], [], [], [], [], []]
+    status, error, retry delay, attempts given back (a retry stays ``pending``; delivered clears
+    the error; a deferred row stays ``pending`` with its claim's attempt given back and its
+    last status and error kept)."""
+    columns: list[list[Any]] = [[], [], [], [], [], [], []]
     for r in results:
-        state = "pending" if r.outcome is Outcome.RETRY else r.outcome.value
+        state = "pending" if r.outcome in (Outcome.RETRY, Outcome.DEFER) else r.outcome.value
         for column, value in zip(columns, (r.row["id"], r.row["attempts"], state, r.status_code,
-                                           None if r.outcome is Outcome.DELIVERED else r.error, r.delay_s)):
+                                           None if r.outcome is Outcome.DELIVERED else r.error, r.delay_s,
+                                           1 if r.outcome is Outcome.DEFER else 0)):
             column.append(value)
     return columns
 
@@ -506,12 +577,14 @@ class WebhookStore:
             if not now:
                 return list(results)
             written = await conn.fetch(
-                "UPDATE webhook_outbox o SET state = x.state, last_status = x.code, last_error = x.error,"
+                "UPDATE webhook_outbox o SET state = x.state, attempts = o.attempts - x.undo,"
+                " last_status = CASE WHEN x.undo = 1 THEN o.last_status ELSE x.code END,"
+                " last_error = CASE WHEN x.undo = 1 THEN o.last_error ELSE x.error END,"
                 " finished_at = CASE WHEN x.state = 'pending' THEN NULL ELSE now() END,"
                 " next_attempt_at = CASE WHEN x.state = 'pending' THEN now() + make_interval(secs => x.delay)"
                 "  ELSE o.next_attempt_at END"
-                " FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::float8[])"
-                "  AS x(id, attempts, state, code, error, delay)"
+                " FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::int[])"
+                "  AS x(id, attempts, state, code, error, delay, undo)"
                 " WHERE o.id = x.id AND o.state = 'pending' AND (x.state <> 'pending' OR o.attempts = x.attempts)"
                 " RETURNING o.message_id, o.state",
                 *finish_columns(now),
@@ -554,12 +627,46 @@ def _kind(row: Mapping[str, Any]) -> str:
     return str(row.get("kind") or Kind.STATUS.value)
 
 
-def make_client(timeout_s: float, concurrency: int) -> aiohttp.ClientSession:
+class EgressRefused(OSError):
+    """A webhook's host resolved to an address webhooks may not reach (shared/egress.py)."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"{host} resolves to an address webhooks may not reach ({reason})")
+        self.reason = reason
+
+
+class CheckedResolver(AbstractResolver):
+    """The worker client's resolver: resolves a name once and refuses the answer if any of its
+    addresses may not be reached. The connector connects to exactly the addresses returned
+    here (no second lookup, so a name cannot pass the check and then resolve elsewhere),
+    with the URL's host name kept for the Host header and TLS SNI. Address literals never
+    reach a resolver: :meth:`WebhookWorker.post` checks them first (:func:`url_refusal`)."""
+
+    def __init__(self, policy: EgressPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self.inner = inner or aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> Any:
+        infos = await self.inner.resolve(host, port, family)  # type: ignore[arg-type]
+        reason = addresses_refusal([info["host"] for info in infos], self.policy)
+        if reason is not None:
+            raise EgressRefused(host, reason)
+        return infos
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def make_client(timeout_s: float, concurrency: int, policy: EgressPolicy | None = None,
+                proxy: str | None = None) -> aiohttp.ClientSession:
     """The one HTTP client of a worker: a pool of keep-alive connections (``concurrency`` at
-    most, the posts in flight), each POST bounded as a whole by ``timeout_s``. Call it inside
-    the event loop that uses it."""
+    most, the posts in flight), each POST bounded as a whole by ``timeout_s`` (connect, write
+    and every read together: a receiver trickling its answer cannot hold a slot longer).
+    Names are resolved through :class:`CheckedResolver` (unless posts go through ``proxy``,
+    which then does the egress filtering). Call it inside the event loop that uses it."""
+    resolver = CheckedResolver(policy) if policy is not None and not proxy else None
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ttl_dns_cache=300),
+        connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ttl_dns_cache=300, resolver=resolver),
         timeout=aiohttp.ClientTimeout(total=timeout_s),
         headers={"User-Agent": USER_AGENT},
         trust_env=False,
@@ -581,6 +688,15 @@ class WebhookWorker:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # a post ended, or stop
         self._secrets: dict[str, tuple[bytes, float]] = {}
+        self.policy = EgressPolicy.of(settings)
+        self.proxy: str | None = getattr(settings, "webhook_proxy", None)
+        self.gate = Gate(getattr(settings, "webhook_tenant_concurrency", settings.webhook_concurrency),
+                         getattr(settings, "webhook_host_concurrency", settings.webhook_concurrency),
+                         getattr(settings, "webhook_circuit_failures", 5),
+                         getattr(settings, "webhook_circuit_cooldown_s", 30.0))
+
+    def client(self) -> aiohttp.ClientSession:
+        return make_client(self.s.webhook_timeout_s, self.s.webhook_concurrency, self.policy, self.proxy)
 
     def stop(self) -> None:
         self._stop.set()
@@ -604,9 +720,13 @@ class WebhookWorker:
     async def post(self, client: aiohttp.ClientSession, row: Mapping[str, Any], secret: bytes) -> Result:
         """Post one claimed row; say what to write back (nothing is written here)."""
         url, attempt, kind = row["url"], row["attempts"], _kind(row)
-        if not url_allowed(url):
+        refusal = url_refusal(url, self.policy)
+        if refusal == URL_INVALID:
             metrics.WEBHOOK_POSTS.labels(kind, Outcome.DEAD.value).inc()
             return Result(row, Outcome.DEAD, None, "only http and https URLs with a host are posted", reason="invalid_url")
+        if refusal is not None:  # queued before the rule, or under other settings: never posted
+            metrics.WEBHOOK_POSTS.labels(kind, Outcome.DEAD.value).inc()
+            return Result(row, Outcome.DEAD, None, f"destination refused: {refusal}", reason=refusal)
         payload = row["payload"] if isinstance(row["payload"], dict) else json.loads(row["payload"])
         body = encode(payload)
         headers = build_headers(secret, body, str(row["event_id"]), attempt, int(time.time()))
@@ -614,7 +734,8 @@ class WebhookWorker:
         status_code: int | None = None
         retry_after: str | None = None
         try:
-            async with client.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            async with client.post(url, data=body, headers=headers, allow_redirects=False,
+                                   proxy=self.proxy) as response:
                 status_code = response.status
                 retry_after = response.headers.get("Retry-After")
                 if response.content_length is not None and response.content_length <= MAX_ANSWER_BYTES:
@@ -625,6 +746,10 @@ class WebhookWorker:
         except TimeoutError as exc:
             outcome, reason, error = Outcome.RETRY, "timeout", f"timeout ({type(exc).__name__})"
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, EgressRefused):  # the name resolved to a refused address
+                metrics.WEBHOOK_POSTS.labels(kind, Outcome.DEAD.value).inc()
+                return Result(row, Outcome.DEAD, None, f"destination refused: {exc.os_error}"[:300],
+                              reason=exc.os_error.reason)
             outcome, reason, error = Outcome.RETRY, "connection", f"ConnectError: {exc}"[:300]
         except (aiohttp.ClientError, OSError) as exc:
             outcome, reason, error = Outcome.RETRY, "connection", f"{type(exc).__name__}: {exc}"[:300]
@@ -648,12 +773,48 @@ class WebhookWorker:
         return Result(row, outcome, status_code, error or reason, delay_s=max(delay, hinted or 0.0))
 
     async def _post_logged(self, client: aiohttp.ClientSession, row: Mapping[str, Any], secret: bytes) -> Result | None:
+        result: Result | None = None
         try:
-            return await self.post(client, row, secret)
+            result = await self.post(client, row, secret)
+            return result
         except Exception:
             # the lease runs out and the row is posted again (receivers deduplicate by event id)
             log.exception("%s webhook delivery failed", _kind(row), extra={"event_id": str(row["event_id"])})
             return None
+        finally:
+            self._ended(row, result)
+
+    def _ended(self, row: Mapping[str, Any], result: Result | None) -> None:
+        """Give the post's slots back and feed the receiver's circuit."""
+        failed: bool | None = None
+        if result is not None:
+            if result.outcome is Outcome.RETRY or result.reason == "exhausted":
+                failed = True
+            elif result.status_code is not None:
+                failed = False  # it answered (2xx, or a refusal: the receiver is up)
+        now = time.monotonic()
+        host = host_key(row["url"])
+        if self.gate.done(row["tenant_id"], host, failed, now):
+            metrics.WEBHOOK_CIRCUITS_OPENED.inc()
+            log.warning("webhook circuit opened", extra={"host": host.rsplit(":", 1)[0],
+                                                          "cooldown_s": self.gate.cooldown_s})
+        metrics.WEBHOOK_CIRCUITS_OPEN.set(self.gate.open_circuits(now))
+
+    def _admit(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[Result]]:
+        """Split claimed rows into those to post now and those put back unposted (tenant or
+        receiver at its cap of posts in flight, or the receiver's circuit open)."""
+        now = time.monotonic()
+        go: list[Mapping[str, Any]] = []
+        later: list[Result] = []
+        for row in rows:
+            verdict = self.gate.admit(row["tenant_id"], host_key(row["url"]), now)
+            if verdict is None:
+                go.append(row)
+                continue
+            why, wait = verdict
+            metrics.WEBHOOKS_DEFERRED.labels(why).inc()
+            later.append(Result(row, Outcome.DEFER, None, why, delay_s=max(wait, DEFER_S)))
+        return go, later
 
     async def write(self, results: list[Result]) -> list[Result]:
         """Write a batch of results back (one transaction), then count and log them. Returns
@@ -683,26 +844,29 @@ class WebhookWorker:
         return later
 
     async def _start(self, client: aiohttp.ClientSession, rows: Sequence[Mapping[str, Any]],
-                     spawn: Callable[[Any], None]) -> None:
+                     spawn: Callable[[Any], None]) -> list[Result]:
+        """Start posting the claimed rows that may go now; return the others (deferred), to write."""
         if not rows:
-            return
+            return []
         try:
             secrets = await self._secrets_for(rows)
         except Exception:
             log.exception("reading webhook signing secrets failed")  # the claimed rows' leases run out
-            return
-        for row in rows:
+            return []
+        go, later = self._admit(rows)
+        for row in go:
             spawn(self._post_logged(client, row, secrets[row["tenant_id"]]))
+        return later
 
     async def run_once(self, client: aiohttp.ClientSession | None = None) -> int:
         """Claim what is due now, post it all and write the results (tests, and a manual drain)."""
         own = client is None
-        client = client or make_client(self.s.webhook_timeout_s, self.s.webhook_concurrency)
+        client = client or self.client()
         try:
             rows = await self.store.claim(self.s.webhook_concurrency, self.lease_s)
             posts: list[Any] = []
-            await self._start(client, rows, posts.append)
-            left = [r for r in await asyncio.gather(*posts) if r is not None]
+            deferred = await self._start(client, rows, posts.append)
+            left = [r for r in await asyncio.gather(*posts) if r is not None] + deferred
             deadline = time.monotonic() + self.lease_s
             while left and time.monotonic() < deadline:
                 left = await self.write(left)
@@ -721,7 +885,7 @@ class WebhookWorker:
             log.exception("webhook outbox housekeeping failed")
 
     async def run(self) -> None:
-        client = make_client(self.s.webhook_timeout_s, self.s.webhook_concurrency)
+        client = self.client()
         inflight: set[asyncio.Task[Result | None]] = set()
         ended: list[Result] = []  # posted, not written back yet
 
@@ -758,7 +922,7 @@ class WebhookWorker:
                     except Exception:
                         log.exception("claiming webhooks failed")
                         rows = []
-                    await self._start(client, rows, spawn)
+                    ended += await self._start(client, rows, spawn)
                 # wake when a post ends (its result to write, its key's next seq to claim), on stop, or to poll
                 try:  # results left to write (rows locked elsewhere for a moment): look again soon
                     await asyncio.wait_for(self._wake.wait(), timeout=min(self.s.webhook_poll_interval_s, 0.02)

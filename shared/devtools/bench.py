@@ -510,7 +510,9 @@ async def run(args: argparse.Namespace, results: Results) -> None:
     dsn = dsn_admin.rsplit("/", 1)[0] + f"/{db}"
     env = {"HERALD_DATABASE_URL": dsn, "HERALD_TOPIC_PREFIX": f"bench{tag}.", "HERALD_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
            "HERALD_LOG_LEVEL": "WARNING", "HERALD_RATE_LIMIT_MESSAGES_PER_MINUTE": "100000000",
-           "HERALD_RATE_LIMIT_REQUESTS_PER_MINUTE": "10000000", "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "200"}
+           "HERALD_RATE_LIMIT_REQUESTS_PER_MINUTE": "10000000", "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "200",
+           # one tenant and one loopback receiver take every webhook: no per-tenant or per-host cap below the pool
+           "HERALD_WEBHOOK_TENANT_CONCURRENCY": "100000", "HERALD_WEBHOOK_HOST_CONCURRENCY": "100000"}
     os.environ.update(env)
     key = await prepare(ServiceSettings(), "bench")
     if args.face == "smpp":  # the dispatcher binds to the simulator's SMSC face instead of its HTTP API

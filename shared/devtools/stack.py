@@ -113,6 +113,10 @@ class Stack:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
         env["HERALD_SIM_PORT"] = str(self.ports.simulator)
         env["HERALD_SIM_CONTROL_PORT"] = str(self.ports.simulator_control)
+        # the local stack's webhook receivers (demo, tests) listen on loopback over http: allowed
+        # explicitly here; the defaults refuse both (docs/webhooks.md#destinations)
+        env.setdefault("HERALD_WEBHOOK_ALLOWED_NETWORKS", json.dumps(["127.0.0.0/8", "::1/128"]))
+        env.setdefault("HERALD_WEBHOOK_REQUIRE_HTTPS", "false")
         env.setdefault("HERALD_SIM_SMPP_PORT", "0")  # the SMPP face only where a test or the demo asks for it
         env["HERALD_SIM_RECEIPT_URL"] = f"http://127.0.0.1:{self.ports.ingest}/v1/receipts/sim"
         env.setdefault("HERALD_SIM_RECEIPT_SECRET", self.receipt_secret)

@@ -157,6 +157,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                      "webhook_poll_interval_s": 0.05}
         if args.webhook_concurrency:
             overrides["webhook_concurrency"] = args.webhook_concurrency
+        # one loopback receiver for everything: allowed explicitly, and no per-host or per-tenant
+        # cap below the pool (the bench measures the outbox, not the fairness rules)
+        concurrency = overrides.get("webhook_concurrency", ReportsSettings.model_fields["webhook_concurrency"].default)
+        overrides.update(webhook_allowed_networks=["127.0.0.1/32"], webhook_require_https=False,
+                         webhook_host_concurrency=concurrency, webhook_tenant_concurrency=concurrency,
+                         webhook_circuit_failures=1_000_000)
         settings = ReportsSettings(**overrides)
         pool = await create_pool(settings)
         async with pool.acquire() as c:

@@ -33,7 +33,7 @@ from shared.signatures import verify
 from shared.topics import ACCEPTED, INBOUND, REPLIES
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_pipeline import scrape
-from tests.helpers import http_receiver, produce_raw, read_topic, wait_for, webhook_hit
+from tests.helpers import http_receiver, loopback_policy, produce_raw, read_topic, wait_for, webhook_hit
 
 pytestmark = pytest.mark.e2e
 
@@ -290,7 +290,7 @@ async def test_ordinary_replies_reach_the_reply_webhook_signed_in_order_after_a_
         number, quiet_number, handset = our_number(), our_number(), a_handset()
         async with pool.acquire() as conn:
             await admin.number_add(conn, "e2e", tenant.tenant_id, number)
-            await admin.reply_webhook_set(conn, "e2e", tenant.tenant_id, url)
+            await admin.reply_webhook_set(conn, "e2e", tenant.tenant_id, url, loopback_policy())
             await admin.number_add(conn, "e2e", quiet.tenant_id, quiet_number)  # no reply webhook
         code = await send(stack, tenant, handset, "transactional", sender=number)
         assert await status_of(pool, code) != "suppressed"

@@ -45,7 +45,7 @@ from shared.kafka import Incoming
 from shared.signatures import HEADER, verify
 from shared.topics import INBOUND, REPLIES
 from tests.conftest import make_tenant
-from tests.helpers import http_receiver
+from tests.helpers import LOOPBACK_WEBHOOKS, http_receiver, loopback_policy
 from tests.integration.test_campaigns import client, publisher  # noqa: F401 (fixtures: the ingest API)
 
 pytestmark = pytest.mark.integration
@@ -103,7 +103,7 @@ async def test_the_replies_lane_puts_the_tenants_url_in_the_forwarded_event(pool
     async with pool.acquire() as conn:
         await admin.number_add(conn, "test", with_url.tenant_id, numbers[0])
         await admin.number_add(conn, "test", without.tenant_id, numbers[1])
-        await admin.reply_webhook_set(conn, "test", with_url.tenant_id, url)
+        await admin.reply_webhook_set(conn, "test", with_url.tenant_id, url, loopback_policy())
     handler = RepliesHandler(Acceptor(IngestRepository(pool), IngestSettings()), RepliesRepository(pool))
     phone = handset()
     batch = [Incoming(INBOUND, InboundMessageEvent(tenant=SYSTEM_TENANT, payload=InboundMessage(
@@ -186,7 +186,8 @@ async def test_the_worker_posts_replies_signed_in_order_and_retries_a_503(pool, 
     cleanup += keys
     posted = metrics.WEBHOOK_POSTS.labels("reply", "delivered")._value.get()
     worker = WebhookWorker(pool, ReportsSettings(
-        webhook_backoff_base_s=0.3, webhook_backoff_jitter=0, webhook_poll_interval_s=0.05, webhook_timeout_s=2))
+        webhook_backoff_base_s=0.3, webhook_backoff_jitter=0, webhook_poll_interval_s=0.05, webhook_timeout_s=2,
+        **LOOPBACK_WEBHOOKS))
     async with http_receiver("/replies", hook) as url:
         task = asyncio.create_task(worker.run())
         try:

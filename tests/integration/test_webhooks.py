@@ -28,6 +28,7 @@ from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChan
 from shared.devtools.stack import free_port
 from shared.signatures import HEADER, verify
 from shared.statuses import ReceiptStatus, Status
+from tests.helpers import LOOPBACK_WEBHOOKS
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +94,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 def settings(**overrides) -> ReportsSettings:
     base = dict(webhook_backoff_base_s=0.3, webhook_backoff_max_s=5, webhook_backoff_jitter=0,
-                webhook_poll_interval_s=0.05, webhook_timeout_s=2, webhook_concurrency=8, webhook_max_attempts=8)
+                webhook_poll_interval_s=0.05, webhook_timeout_s=2, webhook_concurrency=8, webhook_max_attempts=8,
+                webhook_circuit_failures=1000,  # these tests fail receivers on purpose; the circuit has its own
+                **LOOPBACK_WEBHOOKS)
     return ReportsSettings(**(base | overrides))
 
 

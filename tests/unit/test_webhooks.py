@@ -23,7 +23,9 @@ from services.reports.webhooks import (
     classify,
     encode,
     event_id,
+    Gate,
     finish_columns,
+    host_key,
     head_flags,
     notifications,
     url_allowed,
@@ -176,8 +178,46 @@ def test_finish_columns_one_array_per_column_in_result_order() -> None:
         Result(row, Outcome.RETRY, 503, "HTTP 503", delay_s=10.0),
         Result({"id": 9, "attempts": 8}, Outcome.DEAD, 500, "HTTP 500 after 8 attempts", reason="exhausted"),
         Result({"id": 11, "attempts": 1}, Outcome.DELIVERED, 204, "ignored"),  # delivered clears the error
+        Result({"id": 12, "attempts": 3}, Outcome.DEFER, None, "host_cap", delay_s=1.0),  # not posted: attempt given back
     ]
     assert finish_columns(results) == [
-        [5, 7, 9, 11], [1, 2, 8, 1], ["delivered", "pending", "dead", "delivered"], [200, 503, 500, 204],
-        [None, "HTTP 503", "HTTP 500 after 8 attempts", None], [0.0, 10.0, 0.0, 0.0],
+        [5, 7, 9, 11, 12], [1, 2, 8, 1, 3], ["delivered", "pending", "dead", "delivered", "pending"],
+        [200, 503, 500, 204, None], [None, "HTTP 503", "HTTP 500 after 8 attempts", None, "host_cap"],
+        [0.0, 10.0, 0.0, 0.0, 1.0], [0, 0, 0, 0, 1],
     ]
+
+
+def test_host_key_is_host_and_port() -> None:
+    assert host_key("https://Hooks.Example.com./x") == "hooks.example.com:443"
+    assert host_key("http://127.0.0.1:8080/a") == "127.0.0.1:8080" and host_key("http://h.example/") == "h.example:80"
+
+
+def test_gate_caps_posts_in_flight_per_tenant_and_per_host() -> None:
+    gate = Gate(tenant_cap=2, host_cap=3, failures=5, cooldown_s=10)
+    assert gate.admit("a", "slow:443", 0) is None and gate.admit("a", "slow:443", 0) is None
+    assert gate.admit("a", "other:443", 0) == ("tenant_cap", 0.0)  # tenant a has 2 in flight
+    assert gate.admit("b", "slow:443", 0) is None
+    assert gate.admit("c", "slow:443", 0) == ("host_cap", 0.0)  # slow:443 has 3 in flight
+    assert gate.admit("c", "fast:443", 0) is None  # another tenant, another host: goes
+    gate.done("a", "slow:443", False, 1)
+    assert gate.admit("a", "other:443", 1) is None and gate.admit("c", "slow:443", 1) is None
+
+
+def test_gate_circuit_opens_after_consecutive_failures_and_closes_after_a_success() -> None:
+    gate = Gate(tenant_cap=100, host_cap=100, failures=3, cooldown_s=10)
+    for _ in range(2):
+        assert gate.admit("t", "h:443", 0) is None
+        assert not gate.done("t", "h:443", True, 0)
+    assert gate.admit("t", "h:443", 0) is None and not gate.done("t", "h:443", False, 0)  # a success resets
+    for i in range(3):
+        assert gate.admit("t", "h:443", 1) is None
+        opened = gate.done("t", "h:443", True, 1)
+    assert opened and gate.open_circuits(1) == 1
+    assert gate.admit("t", "h:443", 5) == ("circuit_open", 6.0)  # held, unposted, for the cooldown
+    assert gate.admit("t", "other:443", 5) is None  # other hosts go on
+    assert gate.admit("t", "h:443", 11) is None  # cooldown over: tried again
+    assert gate.done("t", "h:443", True, 11)  # and failing again: open again at once
+    assert gate.admit("t", "h:443", 12) == ("circuit_open", 9.0)
+    assert gate.admit("t", "h:443", 21) is None and not gate.done("t", "h:443", False, 21)  # a success closes it
+    assert gate.open_circuits(21) == 0 and gate.admit("t", "h:443", 21) is None
+    assert not gate.done("t", "h:443", None, 21)  # not counted (refused before posting)

@@ -25,6 +25,7 @@ from shared import admin
 from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
 from shared.contracts import MessageRequest, utcnow
+from shared.egress import URL_INVALID, EgressPolicy
 from shared.kafka import Publisher
 
 MAX_PAGE = 200
@@ -102,6 +103,7 @@ def _member(r: Any) -> AudienceMember:
 
 def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> APIRouter:
     router = APIRouter()
+    egress = EgressPolicy.of(settings)
     reader = Depends(principal_dependency("campaigns:read"))
     writer = Depends(principal_dependency("campaigns:write"))
     errors: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 409: {}, 422: {}}
@@ -279,10 +281,14 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
         async with request.app.state.pool.acquire() as conn:
             if "reply_webhook_url" in body.model_fields_set:
                 try:
-                    done = await admin.reply_webhook_set(conn, actor, principal.tenant_id, body.reply_webhook_url)
-                except ValueError as exc:
-                    raise ApiError(422, "validation_failed", str(exc),
-                                   [{"loc": "body.reply_webhook_url", "code": "url_invalid", "msg": str(exc)}]) from None
+                    done = await admin.reply_webhook_set(conn, actor, principal.tenant_id, body.reply_webhook_url,
+                                                         egress)
+                except admin.WebhookRefused as exc:
+                    # an unreadable URL keeps its old answer; a refused destination says why
+                    code = "validation_failed" if exc.code == URL_INVALID else exc.code
+                    detail = "url_invalid" if exc.code == URL_INVALID else exc.code
+                    raise ApiError(422, code, str(exc),
+                                   [{"loc": "body.reply_webhook_url", "code": detail, "msg": str(exc)}]) from None
                 if done is None:
                     raise ApiError(404, "tenant_not_found", "no such tenant")
             if body.marketing_consent is not None or caps is not None or "reply_webhook_url" not in body.model_fields_set:
