@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import time
@@ -171,7 +172,7 @@ def submissions(sim: Stack, client_ref: str) -> list[dict[str, Any]]:
 async def test_validity_period_is_the_time_left_clamped_to_twilios_range(sim: Stack) -> None:
     """ValidityPeriod: what is left of the message's validity at submission (not the original),
     at most 36,000 s; a message without validity sends none (Twilio's default)."""
-    gateway = twilio(sim, callback="http://127.0.0.1:9/status")  # ?ref=<message id>: the simulator's client_ref
+    gateway = twilio(sim)  # no StatusCallback: the simulator names each message by To + Body
     now = utcnow()
     otp = message().model_copy(update={"accepted_at": now - timedelta(seconds=100),
                                        "expires_at": now + timedelta(seconds=200)})
@@ -182,11 +183,15 @@ async def test_validity_period_is_the_time_left_clamped_to_twilios_range(sim: St
     finally:
         await gateway.close()
     assert all(isinstance(o, Submitted) for o in outcomes), outcomes
-    (got,) = submissions(sim, str(otp.message_id))
+
+    def ref(m: MessageOutbound) -> str:
+        return "to+body:" + hashlib.sha256(f"{m.to}\n{m.body}".encode()).hexdigest()[:32]
+
+    (got,) = submissions(sim, ref(otp))
     assert 185 <= got["validity_s"] <= 199, got
-    (got,) = submissions(sim, str(far.message_id))
+    (got,) = submissions(sim, ref(far))
     assert got["validity_s"] == 36_000, got
-    (got,) = submissions(sim, str(plain.message_id))
+    (got,) = submissions(sim, ref(plain))
     assert "validity_s" not in got, got
 
 
