@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from shared.coalesce import Coalescer
+from shared.geo import GeoPolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Principal:
     scopes: frozenset[str]
     requests_per_minute: int | None = None  # None: the service default
     messages_per_minute: int | None = None
+    geo: GeoPolicy = GeoPolicy()  # the tenant's geo permissions (loaded with the key: no extra query)
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -112,7 +114,7 @@ async def revoke_key(conn: asyncpg.Connection, key_id: str) -> bool:
 _KEY_ROW = (
     "SELECT k.tenant_id, k.secret_hash, k.scopes, k.revoked_at, t.disabled_at, k.expires_at,"
     " k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,"
-    " k.requests_per_minute, k.messages_per_minute"
+    " k.requests_per_minute, k.messages_per_minute, t.country, t.allowed_countries"
     " FROM api_keys k JOIN tenants t USING (tenant_id) WHERE k.key_id = $1"
 )
 
@@ -128,7 +130,8 @@ def _check(row: Any, key_id: str, secret: str, expired: bool) -> Principal:
     if row["disabled_at"] is not None:
         raise AuthError(403, "tenant_disabled", "tenant is disabled")
     return Principal(
-        row["tenant_id"], key_id, frozenset(row["scopes"]), row["requests_per_minute"], row["messages_per_minute"]
+        row["tenant_id"], key_id, frozenset(row["scopes"]), row["requests_per_minute"], row["messages_per_minute"],
+        GeoPolicy.of(row["country"], row["allowed_countries"]),
     )
 
 

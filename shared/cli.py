@@ -69,13 +69,20 @@ def _admin_parser(sub: Any) -> None:
     c.add_argument("--name", default=None)
     c.add_argument("--scopes", type=scopes_arg, default=DEFAULT_SCOPES, help=scopes_help)
     tenant.add_parser("list", help="every tenant, with its state")
-    pol = tenant.add_parser("policy", help="show or change a tenant's marketing consent mode and frequency caps")
+    pol = tenant.add_parser(
+        "policy", help="show or change a tenant's marketing consent mode, frequency caps and geo permissions")
     pol.add_argument("tenant_id")
     pol.add_argument("--marketing-consent", choices=("required", "opt_out"), default=None,
                      help="required: marketing only to contacts with consent; opt_out: only a refusal blocks it")
     pol.add_argument("--cap", action="append", default=None, metavar="COUNT/WINDOW",
                      help="frequency cap per contact, e.g. 1/24h (repeat: --cap 1/24h --cap 4/7d)")
     pol.add_argument("--no-caps", action="store_true", help="remove every frequency cap")
+    pol.add_argument("--country", default=None, metavar="CC",
+                     help="the tenant's own country (ISO 3166-1 alpha-2), its only destination without "
+                          "--allowed-countries; '' clears it")
+    pol.add_argument("--allowed-countries", default=None, metavar="CC,CC",
+                     help="the only destination countries allowed, e.g. ES,FR (high-cost ones must be named); "
+                          "'' clears the list (docs/senders.md)")
     rw = tenant.add_parser("reply-webhook", help="show or set where the tenant's ordinary replies are posted, signed")
     rw.add_argument("tenant_id")
     rw.add_argument("url", nargs="?", default=None, help="http or https URL (docs/replies.md)")
@@ -127,6 +134,7 @@ def _admin_parser(sub: Any) -> None:
 
 def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from shared import admin
+    from shared.geo import country_code, parse_country_list
     from shared.contracts.envelope import TENANT_PATTERN
 
     actor = args.actor or admin.default_actor()
@@ -145,11 +153,20 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             caps = [] if args.no_caps else ([admin.parse_cap(c) for c in args.cap] if args.cap else None)
         except ValueError as exc:
             parser.error(str(exc))
-        if args.marketing_consent is None and caps is None:
+        geo: dict[str, Any] = {}
+        try:
+            if args.country is not None:
+                geo["country"] = country_code(args.country) if args.country.strip() else None
+            if args.allowed_countries is not None:
+                geo["allowed_countries"] = (parse_country_list(args.allowed_countries)
+                                            if args.allowed_countries.strip() else None)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.marketing_consent is None and caps is None and not geo:
             result = asyncio.run(_with_db(lambda c: admin.tenant_policy(c, args.tenant_id)))
         else:
             result = asyncio.run(_with_db(lambda c: admin.tenant_policy_set(
-                c, actor, args.tenant_id, marketing_consent=args.marketing_consent, caps=caps)))
+                c, actor, args.tenant_id, marketing_consent=args.marketing_consent, caps=caps, **geo)))
         if result is None:
             print(f"no tenant {args.tenant_id}", file=sys.stderr)
             return 1

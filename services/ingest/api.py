@@ -169,7 +169,7 @@ def create_app(
         """Validate one message and queue it. Answers 202 with its id."""
         await _limit(principal, 1)
         results, outgoing = await acceptor.prepare(
-            principal.tenant_id, [body], source="api", now=utcnow(), trace_id=_trace_id(request)
+            principal.tenant_id, [body], source="api", now=utcnow(), trace_id=_trace_id(request), geo=principal.geo
         )
         result = results[0]
         if isinstance(result, Rejection):
@@ -280,6 +280,7 @@ def create_app(
             trace_id=_trace_id(request),
             message_ids=batch_message_ids(kept.message_id, len(parsed)),
             replayed=not kept.fresh,
+            geo=principal.geo,
         )
         answers: list[dict[str, Any]] = []
         accepted = 0

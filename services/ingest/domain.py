@@ -13,6 +13,9 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from shared.errors import field_errors
+from shared.geo import REFUSAL as GEO_REFUSAL
+from shared.geo import GeoPolicy, GeoRules
+from shared.geo import refusal as geo_refusal
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageRequest
 from shared.phones import PhoneError, parse_e164
 from shared.sms.encoding import analyse
@@ -60,8 +63,14 @@ def accept(
     source: Literal["api", "kafka"],
     allowed_types: Iterable[str],
     smart_encoding: bool,
+    geo: GeoPolicy | None = None,
+    geo_rules: GeoRules | None = None,
 ) -> MessageAccepted:
-    """Validate the recipient and measure the text; raise :class:`Rejection` if it cannot be sent."""
+    """Validate the recipient and measure the text; raise :class:`Rejection` if it cannot be sent.
+
+    ``geo``: the tenant's geo permissions (shared/geo.py), checked against the number's country
+    with ``geo_rules``; None skips the check.
+    """
     if request.send_at is not None and request.send_at > now + MAX_SCHEDULE_AHEAD:
         raise Rejection(
             "send_at_too_far",
@@ -72,6 +81,10 @@ def accept(
         phone = parse_e164(request.to, allowed_types)
     except PhoneError as exc:
         raise Rejection(exc.code, str(exc), [{"loc": "to", "code": exc.code, "msg": str(exc)}]) from None
+    if geo is not None:
+        reason = geo_refusal(geo, phone.country, geo_rules or GeoRules())
+        if reason is not None:
+            raise Rejection(GEO_REFUSAL, reason, [{"loc": "to", "code": GEO_REFUSAL, "msg": reason}])
     info = analyse(request.body, smart=smart_encoding)
     # Every field is validated (the request) or computed here: skip a second validation.
     return MessageAccepted.model_construct(

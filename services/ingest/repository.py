@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from shared.coalesce import Coalescer
+from shared.geo import GeoPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +115,14 @@ class IngestRepository:
             results.append(record)
         return results
 
-    async def active_tenants(self, tenant_ids: set[str]) -> set[str]:
+    async def active_tenants(self, tenant_ids: set[str]) -> dict[str, GeoPolicy]:
+        """The tenants that exist and are not disabled, each with its geo permissions."""
         rows = await self.pool.fetch(
-            "SELECT tenant_id FROM tenants WHERE tenant_id = ANY($1::text[]) AND disabled_at IS NULL",
+            "SELECT tenant_id, country, allowed_countries FROM tenants"
+            " WHERE tenant_id = ANY($1::text[]) AND disabled_at IS NULL",
             list(tenant_ids),
         )
-        return {r["tenant_id"] for r in rows}
+        return {r["tenant_id"]: GeoPolicy.of(r["country"], r["allowed_countries"]) for r in rows}
 
     async def suppress(self, tenant_id: str, phone: str, reason: str, source: str) -> None:
         await self.pool.execute(

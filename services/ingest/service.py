@@ -19,6 +19,7 @@ from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
 from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
 from shared.egress import MESSAGES, CachedResolve, EgressPolicy, check_urls
+from shared.geo import GeoPolicy, GeoRules
 from shared.kafka import YIELD_EVERY, Outgoing
 from shared.statuses import MessageType
 from shared.topics import ACCEPTED, ACCEPTED_BULK
@@ -61,6 +62,7 @@ class Acceptor:
         self.link_domain = settings.link_domain
         self.egress = EgressPolicy.of(settings)
         self.resolve = CachedResolve()
+        self.geo_rules = GeoRules(settings.geo_default, frozenset(settings.geo_high_cost_countries))
 
     async def prepare(
         self,
@@ -73,13 +75,16 @@ class Acceptor:
         default_keys: list[str | None] | None = None,
         message_ids: list[uuid.UUID] | None = None,
         replayed: bool = False,
+        geo: GeoPolicy | None = None,
     ) -> tuple[list[Result], list[Outgoing]]:
         """Validate, apply idempotency keys, and build the events to publish (in request order).
 
         ``default_keys`` gives an idempotency key for requests that carry none (the trigger
         consumer passes ``event:<event id>`` so a redelivered trigger is never sent twice).
         ``message_ids`` gives each request its id (a batch's, derived from its key) and
-        ``replayed`` says that batch was seen before (its messages are duplicates).
+        ``replayed`` says that batch was seen before (its messages are duplicates). ``geo``: the
+        tenant's geo permissions; a destination they refuse is a ``destination_not_allowed``
+        rejection (None: not checked, e.g. a reply to a number that wrote in).
         """
         results: list[Result] = []
         keyed: dict[str, list[int]] = {}
@@ -105,6 +110,8 @@ class Acceptor:
                     source=source,
                     allowed_types=self.allowed_types,
                     smart_encoding=self.smart_encoding,
+                    geo=geo,
+                    geo_rules=self.geo_rules,
                 )
             except Rejection as rejection:
                 results.append(rejection)

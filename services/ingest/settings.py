@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
+from shared.geo import DEFAULT_HIGH_COST, GeoDefault, country_codes
 from shared.phones import SMS_CAPABLE
 from shared.settings import ConsumerSettings, WebhookEgressSettings
 
@@ -36,6 +37,16 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings):
     import_body_timeout_s: float = Field(900.0, gt=0, description="Longest a contacts import may take to upload")
     events_batch_max: int = Field(1000, ge=1, le=10_000, description="Most contact events in one POST /v1/events/batch")
     smart_encoding: bool = Field(True, description="Replace typographic characters so texts stay GSM-7")
+    geo_default: GeoDefault = Field(
+        "all",
+        description="Destinations of a tenant with neither country nor allowed_countries (tenants from before geo "
+        "permissions): all (as before) or none",
+    )
+    geo_high_cost_countries: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_HIGH_COST),
+        description="High-cost destinations (ISO 3166-1 alpha-2), refused unless a tenant's allowed_countries names "
+        "them; [] turns the check off",
+    )
     receipt_secrets: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="Per-gateway HMAC secrets for receipt callbacks, as JSON: {\"gateway\": \"secret\"}; none by "
@@ -80,6 +91,11 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings):
     click_buffer_max: int = Field(
         50_000, ge=1, description="Clicks buffered for publishing at most; beyond it clicks are dropped (and counted)"
     )
+
+    @field_validator("geo_high_cost_countries")
+    @classmethod
+    def _high_cost(cls, value: list[str]) -> list[str]:
+        return country_codes(value)
 
     @field_validator("link_domain")
     @classmethod

@@ -8,6 +8,7 @@ from services.ingest.kafka_input import by_known_tenant, reject
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from shared.contracts import MessageRequest, TriggerEvent, utcnow
+from shared.geo import GeoPolicy
 from shared.kafka import Incoming, Outgoing
 
 
@@ -17,7 +18,8 @@ class TriggerHandler:
         self.repository = repository
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
-        by_tenant, outgoing = await by_known_tenant(batch, self.repository)
+        policies: dict[str, GeoPolicy] = {}
+        by_tenant, outgoing = await by_known_tenant(batch, self.repository, policies)
         now = utcnow()
         for tenant, items in by_tenant.items():
             events: list[TriggerEvent] = [i.event for i in items]  # type: ignore[misc]
@@ -25,7 +27,8 @@ class TriggerHandler:
             # Each trigger is its own idempotency scope: a redelivered event never sends twice.
             defaults: list[str | None] = [f"event:{e.event_id}" for e in events]
             results, accepted = await self.acceptor.prepare(
-                tenant, requests, source="kafka", now=now, trace_id=events[0].trace_id, default_keys=defaults
+                tenant, requests, source="kafka", now=now, trace_id=events[0].trace_id, default_keys=defaults,
+                geo=policies[tenant],
             )
             outgoing += accepted
             for item, result in zip(items, results, strict=True):

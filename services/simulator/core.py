@@ -29,6 +29,7 @@ MAX_CLIENT_REF = 255
 MAX_BODY = 10_000
 MAX_SENDER = 16
 MAX_SEGMENTS = 255
+MAX_VALIDITY_S = 36_000
 INVALID_DESTINATION_PREFIX = "+999"
 
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
@@ -83,6 +84,7 @@ class SubmitRequest:
     client_ref: str
     sender: str | None = None
     segments: int = 1
+    validity_s: int | None = None  # seconds of validity the sender gave (None: the gateway's default)
 
 
 def _invalid(message: str) -> RequestError:
@@ -93,7 +95,7 @@ def parse_submit(obj: Any) -> SubmitRequest:
     """Validate one message object. Raise :class:`RequestError` (always a permanent 400)."""
     if not isinstance(obj, dict):
         raise _invalid("a message must be a JSON object")
-    unknown = obj.keys() - {"to", "from", "body", "client_ref", "segments"}
+    unknown = obj.keys() - {"to", "from", "body", "client_ref", "segments", "validity_s"}
     if unknown:
         raise _invalid(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
 
@@ -121,11 +123,15 @@ def parse_submit(obj: Any) -> SubmitRequest:
     if type(segments) is not int or not 1 <= segments <= MAX_SEGMENTS:
         raise _invalid(f"segments must be an integer from 1 to {MAX_SEGMENTS}")
 
+    validity_s = obj.get("validity_s")
+    if validity_s is not None and (type(validity_s) is not int or not 1 <= validity_s <= MAX_VALIDITY_S):
+        raise _invalid(f"validity_s must be an integer from 1 to {MAX_VALIDITY_S}")
+
     # Checked last, so that only a well-formed request gets the permanent destination error.
     if to.startswith(INVALID_DESTINATION_PREFIX):
         raise RequestError("invalid_destination", f"destination {mask_phone(to)} is not reachable")
 
-    return SubmitRequest(to=to, body=body, client_ref=client_ref, sender=sender, segments=segments)
+    return SubmitRequest(to=to, body=body, client_ref=client_ref, sender=sender, segments=segments, validity_s=validity_s)
 
 
 def client_ref_of(obj: Any) -> str | None:
@@ -309,6 +315,7 @@ class Submission:
     outcome: Outcome
     due_at: float
     done: bool = False  # the receipt has left the schedule (it is being or has been posted)
+    validity_s: int | None = None  # the validity it came with (None: none given)
 
     @property
     def status(self) -> str:
@@ -321,6 +328,7 @@ class Submission:
             "to": self.to,
             "status": self.status,
             "submitted_at": iso_utc(self.submitted_at),
+            **({"validity_s": self.validity_s} if self.validity_s is not None else {}),
         }
 
     def receipt_json(self) -> dict[str, str]:
@@ -489,6 +497,7 @@ class Simulator:
             submitted_at=now,
             outcome=outcome,
             due_at=due,
+            validity_s=req.validity_s,
         )
         same = self._by_ref.get(req.client_ref)
         if same is None:

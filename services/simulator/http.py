@@ -297,6 +297,13 @@ def create_control_app(
     async def client_refs(request: web.Request) -> web.Response:
         return web.json_response({"client_refs": sim.client_ref_counts()})
 
+    async def submissions(request: web.Request) -> web.Response:
+        """Every face's submissions for one client_ref, with the validity each came with."""
+        client_ref = request.query.get("client_ref")
+        if not client_ref:
+            return error_response(400, "invalid_request", "the client_ref query parameter is required")
+        return web.json_response({"messages": [s.to_json() for s in sim.lookup(client_ref)]})
+
     async def timeline(request: web.Request) -> web.Response:
         per_second = sim.timeline()
         return web.json_response(
@@ -316,6 +323,7 @@ def create_control_app(
     app.router.add_post("/control", post_control)
     app.router.add_get("/stats", stats)
     app.router.add_get("/stats/client_refs", client_refs)
+    app.router.add_get("/stats/submissions", submissions)
     app.router.add_get("/stats/timeline", timeline)
     app.router.add_post("/stats/reset", reset)
     _common_routes(app, registry)

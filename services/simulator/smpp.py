@@ -16,7 +16,9 @@
   ``smpp_redeliver_ms`` as long as the simulator runs (like an SMSC's retry queue).
 * ``POST /control/mo`` ``{"from", "to", "text"}`` on the control port queues an MO message
   (GSM-7 or UCS-2, concatenated when long) for a bound receiver; ``GET /stats/smpp/messages
-  ?client_ref=`` shows what arrived for a reference (text as joined, part ids, data_coding).
+  ?client_ref=`` shows what arrived for a reference (text as joined, part ids, data_coding,
+  the first part's ``validity_period`` as sent; its seconds, relative or absolute, are the
+  submission's ``validity_s`` in ``GET /stats/submissions?client_ref=``).
   ``/stats`` has the face's counters under ``smpp``.
 * Carrier faults for tests: ``POST /control/smpp/restart-ids`` makes submit_sm ids a decimal
   counter restarted at 1 (an SMSC restarting, or wrapping, its ids: receipts then carry ids
@@ -123,6 +125,27 @@ MALFORMED: dict[str, bytes] = {
 }
 
 
+def validity_seconds(value: str, at: float) -> int | None:
+    """Seconds a submit_sm's validity_period gives (SMPP 3.4 7.1.1), None when empty or unreadable.
+
+    Relative ``YYMMDDhhmmss000R`` (a year 365 days, a month 30) or absolute ``YYMMDDhhmmsstnnp``
+    (``nn`` quarter hours ahead of (+) or behind (-) UTC), counted from ``at`` (unix seconds).
+    """
+    if len(value) != 16 or not value[:15].isdigit():
+        return None
+    yy, mo, dd, hh, mi, ss = (int(value[i:i + 2]) for i in range(0, 12, 2))
+    if value[15] == "R":
+        return ((yy * 365 + mo * 30 + dd) * 24 + hh) * 3600 + mi * 60 + ss
+    if value[15] not in "+-":
+        return None
+    try:
+        local = datetime(2000 + yy, mo, dd, hh, mi, ss, int(value[12]) * 100_000, tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+    offset = 900 * int(value[13:15])
+    return max(0, int(local - offset if value[15] == "+" else local + offset) - int(at))
+
+
 def smpp_status(http_status: int) -> int:
     """The submit_sm_resp status a failure mode answers with, from its HTTP status."""
     if http_status == 429:
@@ -182,6 +205,7 @@ class _Assembly:
     parts: dict[int, str] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)
     data_codings: list[int] = field(default_factory=list)
+    validity_period: str = ""  # as the first part that arrived gave it
 
 
 @dataclass(order=True, slots=True)
@@ -532,7 +556,8 @@ class SmppFace:
         key = (sm.source_addr, destination, ref, concat[0] if concat else -1, total)
         asm = self._assemblies.get(key)
         if asm is None:
-            asm = self._assemblies[key] = _Assembly(sm.source_addr, destination, ref, total, now)
+            asm = self._assemblies[key] = _Assembly(sm.source_addr, destination, ref, total, now,
+                                                    validity_period=sm.validity_period or "")
         if number in asm.parts:
             self.counters["duplicate_parts"] += 1
         asm.parts.setdefault(number, text)
@@ -564,14 +589,15 @@ class SmppFace:
         ref = asm.client_ref or "smpp:" + hashlib.sha256(f"{asm.source}\x00{asm.destination}\x00{body}".encode()).hexdigest()[:24]
         to = "+" + asm.destination if asm.destination.isdigit() else asm.destination
         sub = self.sim.submit(
-            SubmitRequest(to=to, body=body, client_ref=ref, sender=asm.source or None, segments=asm.total),
+            SubmitRequest(to=to, body=body, client_ref=ref, sender=asm.source or None, segments=asm.total,
+                          validity_s=validity_seconds(asm.validity_period, asm.first_at)),
             now,
             schedule_receipt=False,
         )
         self.counters["messages"] += 1
         self.messages.setdefault(ref, []).append(
             {"id": sub.id, "to": to, "from": asm.source, "body": body, "segments": asm.total, "part_ids": list(asm.ids),
-             "data_codings": asm.data_codings, "complete": complete}
+             "data_codings": asm.data_codings, "complete": complete, "validity_period": asm.validity_period}
         )
         if not complete:
             self.counters["incomplete_messages"] += 1

@@ -20,6 +20,8 @@ Twilio has no client reference, so a message is identified for the duplicate cou
 Herald's message id when the StatusCallback URL carries it (``?ref=<id>``, what Herald's
 adapter sends), else by ``to+body:`` + sha256(To, Body): the same text to the same number
 twice counts as a duplicate, which is what a double send looks like to the recipient.
+``ValidityPeriod`` (1..36,000 s) is recorded with the message: ``GET /stats/submissions?client_ref=``
+on the control port shows it as ``validity_s``.
 
 When its receipt falls due, the message goes ``sent`` then ``delivered`` / ``undelivered``
 (error 30003), or straight to ``failed`` (error 30008), and each change is posted, form-encoded
@@ -282,6 +284,7 @@ class TwilioFace:
             return self._reject(failure_error(gate.reject))
         try:
             to, body, sender, service, callback = self._validate(form)
+            validity = self._validity(form)
         except TwilioError as err:
             return self._reject(err)
         failure = self.sim.roll_partial_failure()
@@ -292,7 +295,7 @@ class TwilioFace:
         client_ref = ref or "to+body:" + hashlib.sha256(f"{to}\n{body}".encode()).hexdigest()[:32]
         segments = analyse(body).segments
         now = self._clock()
-        sub = self.sim.submit(SubmitRequest(to, body, client_ref, sender, segments), now, schedule_receipt=False)
+        sub = self.sim.submit(SubmitRequest(to, body, client_ref, sender, segments, validity), now, schedule_receipt=False)
         sid = sub.id = new_sid()  # Twilio's sid, also in the store (GET /v1/sms?client_ref= shows it)
         msg = TwilioMessage(
             sid=sid,
@@ -313,6 +316,16 @@ class TwilioFace:
         if gate.after_accept is not None:  # fail_after_accept: created, but the answer is an error
             return self._reject(failure_error(gate.after_accept))
         return web.json_response(msg.resource(self.account_sid), status=201)
+
+    @staticmethod
+    def _validity(form: Any) -> int | None:
+        """ValidityPeriod: whole seconds, 1 to 36,000 (Twilio's range); absent: Twilio's default."""
+        value = form.get("ValidityPeriod")
+        if value is None:
+            return None
+        if not value.isdigit() or not 1 <= int(value) <= 36_000:
+            raise TwilioError(400, 20001, "The ValidityPeriod must be an integer from 1 to 36000 seconds.")
+        return int(value)
 
     @staticmethod
     def _validate(form: Any) -> tuple[str, str, str | None, str | None, str | None]:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 
 import asyncpg
 import httpx
@@ -83,6 +84,28 @@ async def only_these_are_stale(pool, ids: list) -> None:
     await pool.execute(
         "UPDATE dispatch_claims SET lease_until = now() - interval '1 second' WHERE message_id = ANY($1::uuid[])", ids
     )
+
+
+async def test_the_validity_left_reaches_the_gateway_as_validity_s(pool, simulator) -> None:
+    """Through the dispatcher to the simulator's HTTP face: a message with validity carries the
+    seconds it has left when submitted (not its original validity); one without carries none."""
+    settings = settings_for(simulator)
+    gateways = {"sim": build_gateway(settings.gateways[0])}
+    handler = OutboundHandler(ClaimRepository(pool), Sender(gateways, settings), settings)
+    batch = outbound(2)
+    otp = batch[0].event.payload
+    batch[0] = Incoming(None, MessageOutboundEvent(tenant="acme", payload=otp.model_copy(update={
+        "accepted_at": utcnow() - timedelta(seconds=60), "expires_at": utcnow() + timedelta(seconds=240)})), None)  # type: ignore[arg-type]
+    await handler(batch)
+    await gateways["sim"].close()
+
+    def recorded(ref: str) -> dict:
+        r = httpx.get(f"http://127.0.0.1:{simulator.ports.simulator_control}/stats/submissions", params={"client_ref": ref})
+        (only,) = r.json()["messages"]
+        return only
+
+    assert 225 <= recorded(str(otp.message_id))["validity_s"] <= 239
+    assert "validity_s" not in recorded(str(batch[1].event.payload.message_id))
 
 
 async def test_redelivered_batch_is_not_sent_again(pool, simulator) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import time
@@ -159,6 +160,39 @@ async def test_each_message_is_one_twilio_message(sim: Stack) -> None:
     listed = httpx.get(f"{sim.url('simulator')}/2010-04-01/Accounts/{ACCOUNT}/Messages.json",
                        params={"To": messages[0].to}, auth=(ACCOUNT, TOKEN)).json()["messages"]
     assert [(m["sid"], m["body"], m["from"]) for m in listed] == [(outcomes[0].gateway_message_id, messages[0].body, FROM)]  # type: ignore[union-attr]
+
+
+def submissions(sim: Stack, client_ref: str) -> list[dict[str, Any]]:
+    """What the simulator recorded for one client_ref (every face), with the validity it got."""
+    r = httpx.get(f"http://127.0.0.1:{sim.ports.simulator_control}/stats/submissions", params={"client_ref": client_ref})
+    r.raise_for_status()
+    return r.json()["messages"]
+
+
+async def test_validity_period_is_the_time_left_clamped_to_twilios_range(sim: Stack) -> None:
+    """ValidityPeriod: what is left of the message's validity at submission (not the original),
+    at most 36,000 s; a message without validity sends none (Twilio's default)."""
+    gateway = twilio(sim)  # no StatusCallback: the simulator names each message by To + Body
+    now = utcnow()
+    otp = message().model_copy(update={"accepted_at": now - timedelta(seconds=100),
+                                       "expires_at": now + timedelta(seconds=200)})
+    far = message().model_copy(update={"expires_at": now + timedelta(hours=20)})
+    plain = message()
+    try:
+        outcomes = await gateway.submit_many([otp, far, plain])
+    finally:
+        await gateway.close()
+    assert all(isinstance(o, Submitted) for o in outcomes), outcomes
+
+    def ref(m: MessageOutbound) -> str:
+        return "to+body:" + hashlib.sha256(f"{m.to}\n{m.body}".encode()).hexdigest()[:32]
+
+    (got,) = submissions(sim, ref(otp))
+    assert 185 <= got["validity_s"] <= 199, got
+    (got,) = submissions(sim, ref(far))
+    assert got["validity_s"] == 36_000, got
+    (got,) = submissions(sim, ref(plain))
+    assert "validity_s" not in got, got
 
 
 @pytest.mark.parametrize(
@@ -570,6 +604,22 @@ async def test_webhook_maps_the_body_signs_it_and_reads_the_id(provider: Provide
         verify(b"hmac-secret", raw.replace(b"Herald", b"Heralt"), headers["X-Herald-Signature"], now=time.time())
     for secret in ("bearer-secret", "hmac-secret", "acct-9"):
         assert secret not in repr(gateway) and secret not in repr(gateway.config)
+
+
+async def test_webhook_sends_the_validity_left_only_where_its_template_names_it(provider: Provider) -> None:
+    m = message().model_copy(update={"expires_at": utcnow() + timedelta(seconds=120)})
+    plain = message()
+    named = webhook(provider, template={"to": "to", "body": "text", "reference": "client_ref", "validity": "ttl.seconds"})
+    unnamed = webhook(provider)  # the template has no validity field: never sent
+    try:
+        outcomes = [*await named.submit_many([m, plain]), *await unnamed.submit_many([m])]
+    finally:
+        await named.close()
+        await unnamed.close()
+    assert all(isinstance(o, Submitted) for o in outcomes), outcomes
+    first, second, third = (json.loads(raw) for _, _, raw in provider.requests)
+    assert 110 <= first["ttl"]["seconds"] <= 119, first
+    assert "ttl" not in second and "ttl" not in third and "validity" not in json.dumps(third)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -168,6 +169,39 @@ async def test_long_gsm7_and_ucs2_arrive_as_concatenated_parts(sim: Sim) -> None
     counts = sim.get("/stats/client_refs")["client_refs"]
     assert [counts[str(m.message_id)] for m in messages] == [1, 1, 1]
     assert sim.get("/stats")["smpp"]["parts"] == 3 + 4 + 1
+
+
+async def test_the_validity_left_reaches_the_smsc_in_submit_sm(sim: Sim) -> None:
+    """validity_period is the time a message still has at submission, not its original validity;
+    a message without validity sends none (the SMSC's default)."""
+    otp = message("Your code is 123456").model_copy(
+        update={"accepted_at": utcnow() - timedelta(seconds=100), "expires_at": utcnow() + timedelta(seconds=200)}
+    )
+    long_one = message(LONG_GSM).model_copy(update={"expires_at": utcnow() + timedelta(hours=2, seconds=5)})
+    plain = message("no validity")
+    async with gateway(sim.smpp_port) as gw:
+        outcomes = await gw.submit_many([otp, long_one, plain])
+    assert all(isinstance(o, Submitted) for o in outcomes), outcomes
+    (seen,) = sim.get("/stats/smpp/messages", client_ref=str(otp.message_id))["messages"]
+    (sub,) = sim.get("/stats/submissions", client_ref=str(otp.message_id))["messages"]
+    assert 185 <= sub["validity_s"] <= 199  # what was left of it, not 300
+    assert seen["validity_period"] == f"00000000{sub['validity_s'] // 60:02d}{sub['validity_s'] % 60:02d}000R"  # relative
+    (seen,) = sim.get("/stats/smpp/messages", client_ref=str(long_one.message_id))["messages"]
+    assert seen["validity_period"].startswith("00000002000") and seen["validity_period"].endswith("000R")
+    (seen,) = sim.get("/stats/smpp/messages", client_ref=str(plain.message_id))["messages"]
+    assert seen["validity_period"] == ""
+    assert "validity_s" not in sim.get("/stats/submissions", client_ref=str(plain.message_id))["messages"][0]
+
+
+async def test_absolute_validity_period_when_configured(sim: Sim) -> None:
+    m = message("Your code is 654321").model_copy(update={"expires_at": utcnow() + timedelta(seconds=600)})
+    async with gateway(sim.smpp_port, validity_period="absolute") as gw:
+        (outcome,) = await gw.submit_many([m])
+    assert isinstance(outcome, Submitted), outcome
+    (seen,) = sim.get("/stats/smpp/messages", client_ref=str(m.message_id))["messages"]
+    assert seen["validity_period"].endswith("00+") and len(seen["validity_period"]) == 16
+    (sub,) = sim.get("/stats/submissions", client_ref=str(m.message_id))["messages"]
+    assert 590 <= sub["validity_s"] <= 600
 
 
 async def test_message_payload_sends_a_long_text_in_one_pdu(sim: Sim) -> None:

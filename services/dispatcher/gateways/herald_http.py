@@ -1,7 +1,8 @@
 """The generic JSON HTTP gateway API (what Herald's gateway simulator speaks).
 
-``POST {url}/v1/sms/batch`` with ``{"messages": [{to, from, body, client_ref, segments}]}``
-answers one result per message; ``GET {url}/v1/sms?client_ref=`` finds earlier submissions.
+``POST {url}/v1/sms/batch`` with ``{"messages": [{to, from, body, client_ref, segments, validity_s}]}``
+answers one result per message (``validity_s``: seconds left at submission, only for a message
+with validity, 1..36,000); ``GET {url}/v1/sms?client_ref=`` finds earlier submissions.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import httpx
 from pydantic import Field, SecretStr
 
 from services.dispatcher.gateways.base import GatewayBase, Outcome, Refused, Submitted, Unknown, http_error_outcome
-from shared.contracts import MessageOutbound
+from services.dispatcher.gateways.validity import clamp_http, remaining_s
+from shared.contracts import MessageOutbound, utcnow
 
 
 class HeraldHttpConfig(GatewayBase):
@@ -43,6 +45,9 @@ class HeraldHttpGateway:
         item: dict[str, Any] = {"to": m.to, "body": m.body, "client_ref": str(m.message_id), "segments": m.segments}
         if m.sender:
             item["from"] = m.sender
+        left = remaining_s(m.expires_at, utcnow())
+        if left is not None:  # the time left (1..36,000 s, what Herald's API takes); none: no validity
+            item["validity_s"] = clamp_http(left)
         return item
 
     async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:

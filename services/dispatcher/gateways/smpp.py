@@ -74,6 +74,7 @@ from services.dispatcher.gateways.smpp_codec import (
     plan_message,
     receipt_fingerprint,
 )
+from services.dispatcher.gateways.validity import smpp_validity_period
 from shared.contracts import DeliveryReceipt, InboundMessage, MessageOutbound, utcnow
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ DELIVER_SM_TOTAL = Counter("herald_smpp_deliver_sm_total", "deliver_sm received 
 RECONNECTS = Counter("herald_smpp_reconnects_total", "Bind attempts that failed or sessions that dropped", ["gateway", "reason"])
 
 BindMode = Literal["transceiver", "transmitter+receiver"]
+ValidityForm = Literal["relative", "absolute", "off"]
 
 QUERY_SM = 0x00000003
 ESME_RQUERYFAIL = 0x00000067  # query_sm: no such message
@@ -121,6 +123,9 @@ class SmppConfig(GatewayBase):
     registered_delivery: int = Field(1, ge=0, le=255, description="1: a receipt for every final state")
     use_message_payload: bool = Field(False, description="Long texts in one PDU (message_payload TLV) instead of UDH parts")
     send_message_id_tlv: bool = Field(False, description="Send Herald's message id in TLV 0x1400 (the simulator reads it)")
+    validity_period: ValidityForm = Field(
+        "relative", description="validity_period of a message with validity: relative (time left), absolute (UTC) or off"
+    )
     retriable_statuses: list[int] = Field(default_factory=list, description="Extra command_status values to retry (vendor codes)")
     query_sm: bool = Field(
         False,
@@ -657,6 +662,7 @@ class SmppGateway:
             m.body, ref=self._next_ref(), use_message_payload=config.use_message_payload, force_ucs2=m.encoding == "UCS-2"
         )
         source, s_ton, s_npi = address(m.sender or config.default_sender, config.source_addr_ton, config.source_addr_npi)
+        validity = smpp_validity_period(m.expires_at, utcnow(), config.validity_period)
         extra: dict[int, bytes] = {}
         if config.send_message_id_tlv:
             extra[TLV_HERALD_MESSAGE_ID] = cstring(str(m.message_id), 65, "message id")
@@ -672,6 +678,7 @@ class SmppGateway:
                 dest_addr_npi=config.dest_addr_npi,
                 esm_class=part.esm_class,
                 registered_delivery=config.registered_delivery,
+                validity_period=validity,
                 data_coding=part.data_coding,
                 tlvs={**dict(part.tlvs), **extra},
             ).encode()

@@ -36,6 +36,7 @@ from services.dispatcher.gateways.base import (
     Unknown,
     http_error_outcome,
 )
+from services.dispatcher.gateways.validity import clamp_http, remaining_s
 from shared.contracts import MessageOutbound, utcnow
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class TwilioGateway:
         await self._client.aclose()
 
     def form(self, m: MessageOutbound) -> dict[str, str]:
-        """The form fields of one message (To, Body, From / MessagingServiceSid, StatusCallback)."""
+        """The form fields of one message (To, Body, From / MessagingServiceSid, StatusCallback, ValidityPeriod)."""
         c = self.config
         fields = {"To": m.to, "Body": m.body}
         sender = m.sender or c.from_number
@@ -126,6 +127,9 @@ class TwilioGateway:
             fields["MessagingServiceSid"] = c.messaging_service_sid
         if c.status_callback_url:
             fields["StatusCallback"] = with_ref(c.status_callback_url, str(m.message_id))
+        left = remaining_s(m.expires_at, utcnow())
+        if left is not None:  # the time left, in Twilio's range (1..36,000 s); none: Twilio's default
+            fields["ValidityPeriod"] = str(clamp_http(left))
         return fields
 
     async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:

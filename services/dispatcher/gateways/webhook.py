@@ -31,7 +31,8 @@ from services.dispatcher.gateways.base import (
     Unknown,
     http_error_outcome,
 )
-from shared.contracts import MessageOutbound
+from services.dispatcher.gateways.validity import remaining_s
+from shared.contracts import MessageOutbound, utcnow
 from shared.signatures import HEADER as SIGNATURE_HEADER
 from shared.signatures import sign
 
@@ -49,9 +50,13 @@ class WebhookTemplate(BaseModel):
     body: str = Field("body", min_length=1)
     reference: str | None = Field("reference", min_length=1, description="Herald's message id")
     segments: str | None = Field(None, min_length=1)
+    validity: str | None = Field(
+        None, min_length=1,
+        description="Seconds of validity left at submission (left out when the message has none); None: never sent",
+    )
 
     def names(self) -> list[str]:
-        return [n for n in (self.to, self.sender, self.body, self.reference, self.segments) if n]
+        return [n for n in (self.to, self.sender, self.body, self.reference, self.segments, self.validity) if n]
 
 
 class WebhookConfig(GatewayBase):
@@ -134,6 +139,9 @@ class WebhookGateway:
             _put(out, t.reference, str(m.message_id))
         if t.segments:
             _put(out, t.segments, m.segments)
+        left = remaining_s(m.expires_at, utcnow())
+        if t.validity and left is not None:
+            _put(out, t.validity, left)
         return out
 
     def body_and_headers(self, m: MessageOutbound) -> tuple[bytes, dict[str, str]]:

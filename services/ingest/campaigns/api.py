@@ -87,6 +87,16 @@ class PolicyBody(BaseModel):
         None, max_length=admin.MAX_URL_LENGTH,
         description="Where ordinary replies are posted, signed (docs/replies.md); null stops it, absent leaves it",
     )
+    country: str | None = Field(
+        None, min_length=2, max_length=2,
+        description="The tenant's own country (ISO 3166-1 alpha-2): the only destination when allowed_countries is "
+        "not set; null clears it, absent leaves it",
+    )
+    allowed_countries: list[Annotated[str, Field(min_length=2, max_length=2)]] | None = Field(
+        None, max_length=300,
+        description="The only destination countries allowed (high-cost ones must be named here); null clears it "
+        "(the tenant's country, else the service default, applies), absent leaves it",
+    )
 
 
 def _campaign_id(raw: str) -> uuid.UUID:
@@ -266,8 +276,8 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
 
     @router.get("/v1/policy", tags=["policy"], responses=errors)
     async def get_policy(request: Request, principal: Principal = reader) -> dict[str, Any]:
-        """The tenant's marketing consent mode and frequency caps (the scheduler applies them) and its reply
-        webhook URL."""
+        """The tenant's marketing consent mode and frequency caps (the scheduler applies them), its reply
+        webhook URL and its geo permissions (country, allowed_countries: docs/senders.md)."""
         async with request.app.state.pool.acquire() as conn:
             policy = await admin.tenant_policy(conn, principal.tenant_id)
         if policy is None:
@@ -291,9 +301,16 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
                                    [{"loc": "body.reply_webhook_url", "code": detail, "msg": str(exc)}]) from None
                 if done is None:
                     raise ApiError(404, "tenant_not_found", "no such tenant")
-            if body.marketing_consent is not None or caps is not None or "reply_webhook_url" not in body.model_fields_set:
-                policy = await admin.tenant_policy_set(conn, actor, principal.tenant_id,
-                                                       marketing_consent=body.marketing_consent, caps=caps)
+            geo: dict[str, Any] = {f: getattr(body, f) for f in ("country", "allowed_countries") if f in body.model_fields_set}
+            if (body.marketing_consent is not None or caps is not None or geo
+                    or "reply_webhook_url" not in body.model_fields_set):
+                try:
+                    policy = await admin.tenant_policy_set(conn, actor, principal.tenant_id,
+                                                           marketing_consent=body.marketing_consent, caps=caps, **geo)
+                except ValueError as exc:
+                    loc = "body.allowed_countries" if "allowed_countries" in geo else "body.country"
+                    raise ApiError(422, "validation_failed", str(exc),
+                                   [{"loc": loc, "code": "country_invalid", "msg": str(exc)}]) from None
             else:
                 policy = await admin.tenant_policy(conn, principal.tenant_id)
         if policy is None:
