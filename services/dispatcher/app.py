@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.dispatcher.gateways import build_gateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
-from services.dispatcher.repository import CampaignStates, ClaimRepository
+from services.dispatcher.repository import CampaignStates, ClaimRepository, TenantStates
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.sink import KafkaSink
 from services.dispatcher.throttle import LocalThrottle, PostgresThrottle, Throttle
@@ -35,8 +35,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     ctx.stoppers.append(reconciler.stop)
     bulk_group = settings.bulk_consumer_group or f"{settings.consumer_group or settings.topic_prefix + 'dispatcher'}.bulk"
     bulk = Lane("bulk", bulk_group, [OUTBOUND_BULK], OutboundHandler(claims, sender, settings, priority=False,
-                                                                       campaigns=CampaignStates(ctx.pool)), bulk=True)
-    return Wiring(handler=OutboundHandler(claims, sender, settings, priority=True, campaigns=CampaignStates(ctx.pool)), lanes=[bulk])
+                                                                       campaigns=CampaignStates(ctx.pool),
+                                                                       tenants=TenantStates(ctx.pool)), bulk=True)
+    return Wiring(handler=OutboundHandler(claims, sender, settings, priority=True, campaigns=CampaignStates(ctx.pool),
+                                          tenants=TenantStates(ctx.pool)), lanes=[bulk])
 
 
 async def main(settings: DispatcherSettings | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Each policy looks at a message and the facts loaded for its batch and may return a
 :class:`Decision` that stops or holds the message; the first one that does wins. The order
-is the order of precedence: a cancelled or paused campaign stops its messages first; an
+is the order of precedence: a disabled tenant sends nothing at all; a cancelled or paused
+campaign stops its messages next; an
 opted-out number is suppressed before any timing question, and so is a marketing message
 without consent; a message scheduled for later is held until then; quiet hours are judged
 at the moment it would go out; frequency caps count only messages that really go out, so
@@ -131,6 +132,7 @@ class Facts:
     policies: Mapping[str, TenantPolicy] = field(default_factory=dict)  # missing: TenantPolicy()
     campaigns: Mapping[uuid.UUID, CampaignState] = field(default_factory=dict)
     releases: Releases = field(default_factory=Releases)
+    disabled_tenants: frozenset[str] = frozenset()  # tenants disabled by an operator (tenants.disabled_at)
 
     def policy(self, tenant: str) -> TenantPolicy:
         return self.policies.get(tenant) or DEFAULT_POLICY
@@ -153,6 +155,13 @@ def suppression_policy(tenant: str, message: MessageAccepted, facts: Facts, now:
             return None
         return Decision(Verdict.SUPPRESS, "suppressed", f"number opted out of this sender's scope ({scoped})")
     return Decision(Verdict.SUPPRESS, "suppressed", f"number is on the suppression list ({reason})")
+
+
+def tenant_policy(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision | None:
+    """A disabled tenant sends nothing: every message of it still on its way ends suppressed."""
+    if tenant in facts.disabled_tenants:
+        return Decision(Verdict.SUPPRESS, "tenant_disabled", "the tenant was disabled before this message went out")
+    return None
 
 
 def campaign_policy(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision | None:
@@ -283,6 +292,7 @@ def quiet_hours_policy(tenant: str, message: MessageAccepted, facts: Facts, now:
 
 
 POLICIES: tuple[Policy, ...] = (
+    tenant_policy,
     campaign_policy,
     suppression_policy,
     consent_policy,
