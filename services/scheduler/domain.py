@@ -86,6 +86,7 @@ class Contact:
 class CampaignState:
     state: str  # campaigns.state
     caps: tuple[Cap, ...] = ()
+    cancel_reason: str | None = None  # campaigns.cancel_reason: 'tenant_disabled', or None (cancelled by its tenant)
 
 
 # A paused campaign's messages are held this long; a resume re-decides them at once.
@@ -159,9 +160,11 @@ def suppression_policy(tenant: str, message: MessageAccepted, facts: Facts, now:
 
 def tenant_policy(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision | None:
     """A disabled tenant sends nothing: every message of it still on its way ends suppressed."""
-    if tenant in facts.disabled_tenants:
-        return Decision(Verdict.SUPPRESS, "tenant_disabled", "the tenant was disabled before this message went out")
-    return None
+    return tenant_disabled() if tenant in facts.disabled_tenants else None
+
+
+def tenant_disabled() -> Decision:
+    return Decision(Verdict.SUPPRESS, "tenant_disabled", "the tenant was disabled before this message went out")
 
 
 def campaign_policy(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision | None:
@@ -171,6 +174,8 @@ def campaign_policy(tenant: str, message: MessageAccepted, facts: Facts, now: da
     campaign = facts.campaigns.get(message.campaign_id)
     if campaign is None:
         return None
+    if campaign.state == "cancelled" and campaign.cancel_reason == "tenant_disabled":
+        return tenant_disabled()  # whichever the scheduler notices first, the reason is the same
     if campaign.state == "cancelled":
         return Decision(Verdict.SUPPRESS, "campaign_cancelled", "the campaign was cancelled before this message went out")
     if campaign.state == "paused":

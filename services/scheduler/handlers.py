@@ -150,8 +150,10 @@ class FactsRepository:
         # Not cached: a pause must take effect within a batch or two.
         if not ids:
             return {}
-        rows = await db.fetch("SELECT campaign_id, state, frequency_caps FROM campaigns WHERE campaign_id = ANY($1::uuid[])", ids)
-        return {r["campaign_id"]: CampaignState(r["state"], parse_caps(r["frequency_caps"])) for r in rows}
+        rows = await db.fetch(
+            "SELECT campaign_id, state, frequency_caps, cancel_reason FROM campaigns WHERE campaign_id = ANY($1::uuid[])", ids
+        )
+        return {r["campaign_id"]: CampaignState(r["state"], parse_caps(r["frequency_caps"]), r["cancel_reason"]) for r in rows}
 
     async def _tenant_policies(self, db: asyncpg.Connection | asyncpg.Pool, tenants: set[str]) -> dict[str, TenantPolicy]:
         clock = time.monotonic()

@@ -121,6 +121,10 @@ def test_a_disabled_tenant_sends_nothing_whatever_else_holds() -> None:
         decision = decide("acme", message, facts, NOON_MADRID)
         assert (decision.verdict, decision.reason_code) == (Verdict.SUPPRESS, "tenant_disabled")
     assert not facts.releases.added  # a suppressed message does not count against caps
+    # A campaign cancelled because its tenant was disabled says so, even before the tenant's state is seen.
+    stopped = uuid.uuid4()
+    facts = _facts(campaigns={stopped: CampaignState("cancelled", cancel_reason="tenant_disabled")})
+    assert decide("acme", _message(campaign=stopped), facts, NOON_MADRID).reason_code == "tenant_disabled"
     # Another tenant's messages are not touched.
     assert decide("other", _message("transactional"), facts, NOON_MADRID).verdict is Verdict.RELEASE
     assert decide("other", later, facts, NOON_MADRID).reason_code == "scheduled"
