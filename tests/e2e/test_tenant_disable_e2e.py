@@ -22,6 +22,7 @@ from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.stack import Ports, Stack
 from tests.conftest import make_tenant
 from tests.e2e.test_campaigns_e2e import contact_ids, simulator_refs
+from tests.e2e.test_journeys_e2e import PROOF, example, journey_messages, runs
 from tests.e2e.test_pipeline import all_final
 from tests.helpers import wait_for
 
@@ -78,10 +79,22 @@ async def test_a_disabled_tenant_sends_nothing_more_and_others_are_unaffected(st
     hostile, other = await make_tenant(pool), await make_tenant(pool)
     numbers = list(dict.fromkeys(demo_numbers(400, seed=61, countries=marketing_countries(True))))
     held_number = demo_numbers(1, seed=62, countries=quiet)[0]
+    journey_phone, numbers = numbers[-1], numbers[:-1]
     later = (datetime.now(UTC) + timedelta(seconds=8)).isoformat()
     h = httpx.AsyncClient(base_url=stack.url("ingest"), headers=hostile.headers, timeout=60)
     o = httpx.AsyncClient(base_url=stack.url("ingest"), headers=other.headers, timeout=60)
     async with h, o:
+        # A journey run waits (2 h, here 10 s) and then sends a nudge: after the tenant is disabled.
+        r = await h.post("/v1/journeys", json=example("abandoned-cart", longest_s=120))
+        assert r.status_code == 201, r.text
+        journey_id = r.json()["journey_id"]
+        r = await h.post("/v1/contacts", json={"phone": journey_phone, "first_name": "Carla"})
+        assert r.status_code == 201, r.text
+        r = await h.post(f"/v1/contacts/{r.json()['contact_id']}/consents",
+                         json={"purpose": "marketing", "granted": True, "source": "web_form", "proof": PROOF})
+        assert r.status_code == 201, r.text
+        r = await h.post("/v1/events", json={"name": "cart.updated", "phone": journey_phone, "properties": {"items": 2}})
+        assert r.status_code == 202, r.text
         cid = await ab_campaign(h, numbers, "hostile")
         ids = await contact_ids(pool, hostile, numbers)
         campaign_messages = {str(message_id_for(uuid.UUID(cid), c)) for c in ids.values()}
@@ -101,6 +114,7 @@ async def test_a_disabled_tenant_sends_nothing_more_and_others_are_unaffected(st
         await wait_for(started, timeout_s=60)
         held = await pool.fetchval("SELECT reason_code FROM scheduled_messages WHERE message_id = $1", uuid.UUID(quiet_held))
         assert held == "quiet_hours"
+        assert [(r["state"], r["sends"]) for r in await runs(pool, journey_id)] == [("active", 0)], "still waiting"
         async with pool.acquire() as conn:
             assert await admin.tenant_set_disabled(conn, "e2e", hostile.tenant_id, True)
         await asyncio.sleep(4)  # what was already at the gateway's door finishes
@@ -111,6 +125,13 @@ async def test_a_disabled_tenant_sends_nothing_more_and_others_are_unaffected(st
         assert sent() == at_disable, "nothing more of the campaign reaches the gateway"
         assert scheduled not in refs and quiet_held not in refs
 
+        async def journey_done():
+            return all(r["state"] != "active" for r in await runs(pool, journey_id)) or None
+
+        await wait_for(journey_done, timeout_s=30)
+        [nudge] = await journey_messages(pool, journey_id, 1)
+        assert nudge["step"] == "nudge" and nudge["id"] not in simulator_refs(stack)
+
         async def settled():
             rows = await pool.fetch("SELECT message_id::text AS id, status, reason_code FROM messages"
                                     " WHERE tenant_id = $1", hostile.tenant_id)
@@ -119,6 +140,7 @@ async def test_a_disabled_tenant_sends_nothing_more_and_others_are_unaffected(st
         statuses = {r["id"]: (r["status"], r["reason_code"]) for r in await wait_for(settled, timeout_s=30)}
         assert statuses[scheduled] == ("suppressed", "tenant_disabled")
         assert statuses[quiet_held] == ("suppressed", "tenant_disabled")
+        assert statuses[nudge["id"]] == ("suppressed", "tenant_disabled")
         unsent = {m for m in campaign_messages if m in statuses} - at_disable
         assert unsent, "some of the campaign's queued messages were never sent"
         assert {statuses[m] for m in unsent} == {("suppressed", "tenant_disabled")}
