@@ -183,15 +183,35 @@ async def tenant_list(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+# Campaign states that may still send; disabling the tenant cancels them.
+ACTIVE_CAMPAIGN_STATES = ("scheduled", "running", "testing", "paused")
+
+
 async def tenant_set_disabled(conn: asyncpg.Connection, actor: str, tenant_id: str, disabled: bool) -> bool:
+    """Disable (or enable) a tenant. Disabling refuses its keys and stops its traffic: its active
+    campaigns are cancelled here (``cancel_reason`` ``tenant_disabled``); the scheduler and the
+    dispatcher see ``disabled_at`` within about a second and suppress whatever of it is still on
+    its way (``suppressed``, reason ``tenant_disabled``). Enabling lets new messages through;
+    what was suppressed or cancelled stays so."""
     async with conn.transaction():
         status = await conn.execute(
-            "UPDATE tenants SET disabled_at = CASE WHEN $2 THEN now() ELSE NULL END WHERE tenant_id = $1",
+            "UPDATE tenants SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) ELSE NULL END"
+            " WHERE tenant_id = $1",
             tenant_id, disabled,
         )
         if status.endswith(" 0"):
             return False
-        await audit(conn, actor, "tenant.disable" if disabled else "tenant.enable", tenant_id)
+        cancelled: list[str] = []
+        if disabled:
+            rows = await conn.fetch(
+                "UPDATE campaigns SET state = 'cancelled', cancel_reason = 'tenant_disabled', cancelled_at = now(),"
+                " updated_at = now(), lease_until = NULL WHERE tenant_id = $1 AND state = ANY($2::text[])"
+                " RETURNING campaign_id",
+                tenant_id, list(ACTIVE_CAMPAIGN_STATES),
+            )
+            cancelled = [str(r["campaign_id"]) for r in rows]
+        await audit(conn, actor, "tenant.disable" if disabled else "tenant.enable", tenant_id,
+                    **({"cancelled_campaigns": cancelled} if disabled else {}))
     return True
 
 

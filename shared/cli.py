@@ -87,7 +87,8 @@ def _admin_parser(sub: Any) -> None:
     rw.add_argument("tenant_id")
     rw.add_argument("url", nargs="?", default=None, help="http or https URL (docs/replies.md)")
     rw.add_argument("--clear", action="store_true", help="stop posting replies (they stay on the replies topic)")
-    for verb, what in (("disable", "refuse the tenant's keys"), ("enable", "accept the tenant's keys again")):
+    for verb, what in (("disable", "refuse the tenant's keys, cancel its campaigns, suppress what it has not sent"),
+                      ("enable", "accept the tenant's keys and send its new messages again")):
         tenant.add_parser(verb, help=what).add_argument("tenant_id")
 
     key = objects.add_parser("key", help="API keys: create, list, revoke, rotate").add_subparsers(

@@ -6,7 +6,7 @@ from services.dispatcher.gateways import build_gateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.handlers import ownership_of
 from services.dispatcher.parking import Parker, ParkingLoop, policy_from
-from services.dispatcher.repository import CampaignStates, ClaimRepository, ParkingRepository
+from services.dispatcher.repository import CampaignStates, ClaimRepository, ParkingRepository, TenantStates
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.sink import KafkaSink
 from services.dispatcher.throttle import LocalThrottle, PostgresThrottle, Throttle
@@ -43,8 +43,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     ctx.stoppers.append(reconciler.stop)
     bulk_group = settings.bulk_consumer_group or f"{settings.consumer_group or settings.topic_prefix + 'dispatcher'}.bulk"
     bulk = Lane("bulk", bulk_group, [OUTBOUND_BULK], OutboundHandler(claims, sender, settings, priority=False,
-                                                                       campaigns=CampaignStates(ctx.pool)), bulk=True)
-    return Wiring(handler=OutboundHandler(claims, sender, settings, priority=True, campaigns=CampaignStates(ctx.pool)), lanes=[bulk])
+                                                                       campaigns=CampaignStates(ctx.pool),
+                                                                       tenants=TenantStates(ctx.pool)), bulk=True)
+    return Wiring(handler=OutboundHandler(claims, sender, settings, priority=True, campaigns=CampaignStates(ctx.pool),
+                                          tenants=TenantStates(ctx.pool)), lanes=[bulk])
 
 
 async def main(settings: DispatcherSettings | None = None) -> int:

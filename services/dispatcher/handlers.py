@@ -29,7 +29,7 @@ from services.dispatcher.gateways.base import (
     Submitted,
     Unknown,
 )
-from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish, ParkItem
+from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish, ParkItem, TenantStates
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import LocalThrottle, Throttle
 from shared.contracts import (
@@ -372,12 +372,14 @@ class OutboundHandler:
     def __init__(
         self, claims: ClaimRepository, sender: Sender, settings: DispatcherSettings, *, priority: bool = True,
         campaigns: CampaignStates | None = None, ownership: Ownership | None = None,
+        tenants: TenantStates | None = None,
     ) -> None:
         self.claims = claims
         self.sender = sender
         self.settings = settings
         self.priority = priority
         self.campaigns = campaigns
+        self.tenants = tenants
         self.ownership = ownership or ownership_of(settings)
         if sender.journal is None:
             sender.journal = claims  # attempts are recorded on the claims they belong to
@@ -386,12 +388,14 @@ class OutboundHandler:
         jobs = {}
         outgoing: list[Outgoing] = []
         held = await self._held_campaigns(batch)
+        disabled = await self.tenants.disabled({i.event.tenant for i in batch}) if self.tenants else set()
         for item in batch:
             message = item.event.payload
             assert isinstance(message, MessageOutbound)
-            if message.campaign_id in held:
-                # Paused or cancelled after the scheduler released it: back to the scheduler,
-                # which holds it until resumed (or suppresses it). Nothing is claimed or sent.
+            if message.campaign_id in held or item.event.tenant in disabled:
+                # Paused or cancelled after the scheduler released it, or its tenant disabled: back
+                # to the scheduler, which holds it until resumed or suppresses it (campaign_cancelled,
+                # tenant_disabled: one final status, from one place). Nothing is claimed or sent.
                 outgoing.append(regate_event(item.event.tenant, item.event.trace_id, message))
                 metrics.REGATED.inc()
                 continue

@@ -35,6 +35,30 @@ class CampaignStates:
         return {c for c in ids if self._cache[c][1] in HELD_CAMPAIGN_STATES}
 
 
+class TenantStates:
+    """Which tenants an operator disabled, cached for ``ttl_s`` (a disable acts within about a second)."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 1.0) -> None:
+        self.pool = pool
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, bool]] = {}
+
+    async def disabled(self, tenants: Iterable[str]) -> set[str]:
+        now = time.monotonic()
+        ids = set(tenants)
+        stale = [t for t in ids if t not in self._cache or self._cache[t][0] < now]
+        if stale:
+            rows = await self.pool.fetch(
+                "SELECT tenant_id FROM tenants WHERE tenant_id = ANY($1::text[]) AND disabled_at IS NOT NULL", stale
+            )
+            found = {r["tenant_id"] for r in rows}
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            for t in stale:
+                self._cache[t] = (now + self.ttl_s, t in found)
+        return {t for t in ids if self._cache[t][1]}
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     message_id: uuid.UUID

@@ -2,7 +2,8 @@
 
 Each policy looks at a message and the facts loaded for its batch and may return a
 :class:`Decision` that stops or holds the message; the first one that does wins. The order
-is the order of precedence: a cancelled or paused campaign stops its messages first; an
+is the order of precedence: a disabled tenant sends nothing at all; a cancelled or paused
+campaign stops its messages next; an
 opted-out number is suppressed before any timing question, and so is a marketing message
 without consent; a message scheduled for later is held until then; quiet hours are judged
 at the moment it would go out; frequency caps count only messages that really go out, so
@@ -85,6 +86,7 @@ class Contact:
 class CampaignState:
     state: str  # campaigns.state
     caps: tuple[Cap, ...] = ()
+    cancel_reason: str | None = None  # campaigns.cancel_reason: 'tenant_disabled', or None (cancelled by its tenant)
 
 
 # A paused campaign's messages are held this long; a resume re-decides them at once.
@@ -131,6 +133,7 @@ class Facts:
     policies: Mapping[str, TenantPolicy] = field(default_factory=dict)  # missing: TenantPolicy()
     campaigns: Mapping[uuid.UUID, CampaignState] = field(default_factory=dict)
     releases: Releases = field(default_factory=Releases)
+    disabled_tenants: frozenset[str] = frozenset()  # tenants disabled by an operator (tenants.disabled_at)
 
     def policy(self, tenant: str) -> TenantPolicy:
         return self.policies.get(tenant) or DEFAULT_POLICY
@@ -155,6 +158,15 @@ def suppression_policy(tenant: str, message: MessageAccepted, facts: Facts, now:
     return Decision(Verdict.SUPPRESS, "suppressed", f"number is on the suppression list ({reason})")
 
 
+def tenant_policy(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision | None:
+    """A disabled tenant sends nothing: every message of it still on its way ends suppressed."""
+    return tenant_disabled() if tenant in facts.disabled_tenants else None
+
+
+def tenant_disabled() -> Decision:
+    return Decision(Verdict.SUPPRESS, "tenant_disabled", "the tenant was disabled before this message went out")
+
+
 def campaign_policy(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Decision | None:
     """A cancelled campaign sends nothing more; a paused one holds its messages until resumed."""
     if message.campaign_id is None:
@@ -162,6 +174,8 @@ def campaign_policy(tenant: str, message: MessageAccepted, facts: Facts, now: da
     campaign = facts.campaigns.get(message.campaign_id)
     if campaign is None:
         return None
+    if campaign.state == "cancelled" and campaign.cancel_reason == "tenant_disabled":
+        return tenant_disabled()  # whichever the scheduler notices first, the reason is the same
     if campaign.state == "cancelled":
         return Decision(Verdict.SUPPRESS, "campaign_cancelled", "the campaign was cancelled before this message went out")
     if campaign.state == "paused":
@@ -283,6 +297,7 @@ def quiet_hours_policy(tenant: str, message: MessageAccepted, facts: Facts, now:
 
 
 POLICIES: tuple[Policy, ...] = (
+    tenant_policy,
     campaign_policy,
     suppression_policy,
     consent_policy,

@@ -53,21 +53,25 @@ RELEASES_KEPT = timedelta(days=35)  # longer than the longest cap window the API
 class FactsRepository:
     """Loads what the policies need for one batch: a few queries per batch, never one per message."""
 
-    def __init__(self, pool: asyncpg.Pool, policy_ttl_s: float = 5.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, policy_ttl_s: float = 5.0, tenant_ttl_s: float = 1.0) -> None:
         self.pool = pool
         self.policy_ttl_s = policy_ttl_s
+        self.tenant_ttl_s = tenant_ttl_s
         self._policies: dict[str, tuple[float, TenantPolicy]] = {}
+        self._disabled: dict[str, tuple[float, bool]] = {}
 
     async def load(self, items: list[tuple[str, MessageAccepted]], conn: asyncpg.Connection | None = None,
                    now: datetime | None = None) -> Facts:
         db = conn or self.pool
+        disabled = await self._disabled_tenants(db, {t for t, _ in items})
+        items = [(t, m) for t, m in items if t not in disabled]  # suppressed whatever else holds
         keys = _fact_keys(items)
         campaign_ids = list({m.campaign_id for _, m in items if m.campaign_id is not None})
         if not keys and not campaign_ids:
-            return Facts()
+            return Facts(disabled_tenants=disabled)
         campaigns = await self._campaigns(db, campaign_ids)
         if not keys:
-            return Facts(campaigns=campaigns)
+            return Facts(campaigns=campaigns, disabled_tenants=disabled)
         tenants, phones = (list(x) for x in zip(*keys, strict=True))
         # Global opt-outs (via NULL), and scoped ones (docs/replies.md) keyed by every sender of that scope.
         rows = await db.fetch(
@@ -116,14 +120,40 @@ class FactsRepository:
             policies=policies,
             campaigns=campaigns,
             releases=releases,
+            disabled_tenants=disabled,
         )
+
+    async def _disabled_tenants(self, db: asyncpg.Connection | asyncpg.Pool, tenants: set[str]) -> frozenset[str]:
+        """Which of ``tenants`` an operator disabled, cached for ``tenant_ttl_s`` (a disable acts within about a second)."""
+        clock = time.monotonic()
+        stale = [t for t in tenants if t not in self._disabled or self._disabled[t][0] < clock]
+        if stale:
+            rows = await db.fetch(
+                "SELECT tenant_id FROM tenants WHERE tenant_id = ANY($1::text[]) AND disabled_at IS NOT NULL", stale
+            )
+            found = {r["tenant_id"] for r in rows}
+            if len(self._disabled) > 10_000:
+                self._disabled.clear()
+            for t in stale:
+                self._disabled[t] = (clock + self.tenant_ttl_s, t in found)
+        return frozenset(t for t in tenants if self._disabled[t][1])
+
+    async def wake_disabled_tenants(self) -> int:
+        """Re-decide at once the held messages of disabled tenants (they end suppressed)."""
+        result = await self.pool.execute(
+            "UPDATE scheduled_messages s SET due_at = now() FROM tenants t"
+            " WHERE t.disabled_at IS NOT NULL AND s.tenant_id = t.tenant_id AND s.due_at > now()"
+        )
+        return int(result.split()[-1])
 
     async def _campaigns(self, db: asyncpg.Connection | asyncpg.Pool, ids: list[uuid.UUID]) -> dict[uuid.UUID, CampaignState]:
         # Not cached: a pause must take effect within a batch or two.
         if not ids:
             return {}
-        rows = await db.fetch("SELECT campaign_id, state, frequency_caps FROM campaigns WHERE campaign_id = ANY($1::uuid[])", ids)
-        return {r["campaign_id"]: CampaignState(r["state"], parse_caps(r["frequency_caps"])) for r in rows}
+        rows = await db.fetch(
+            "SELECT campaign_id, state, frequency_caps, cancel_reason FROM campaigns WHERE campaign_id = ANY($1::uuid[])", ids
+        )
+        return {r["campaign_id"]: CampaignState(r["state"], parse_caps(r["frequency_caps"]), r["cancel_reason"]) for r in rows}
 
     async def _tenant_policies(self, db: asyncpg.Connection | asyncpg.Pool, tenants: set[str]) -> dict[str, TenantPolicy]:
         clock = time.monotonic()
@@ -297,10 +327,13 @@ class Timer:
                 pass
 
     async def housekeeping(self) -> None:
-        """Wake the held messages of resumed or cancelled campaigns; forget old cap releases."""
+        """Wake the held messages of resumed or cancelled campaigns and of disabled tenants; forget old cap releases."""
         self._campaigns_since, woke = await self.facts.wake_campaigns(self._campaigns_since)
         if woke:
             log.info("campaign resumed or cancelled: %d held messages decided again", woke)
+        woke = await self.facts.wake_disabled_tenants()
+        if woke:
+            log.info("tenant disabled: %d held messages decided again", woke)
         if time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + 600
             await self.facts.forget_releases(self.clock())

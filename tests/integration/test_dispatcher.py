@@ -17,10 +17,10 @@ from pydantic import SecretStr
 
 from services.dispatcher.gateways import build_gateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
-from services.dispatcher.repository import ClaimRepository
+from services.dispatcher.repository import ClaimRepository, TenantStates
 from services.dispatcher.gateways.herald_http import HeraldHttpConfig
 from services.dispatcher.settings import DispatcherSettings, RouteConfig
-from shared.contracts import MessageOutbound, MessageOutboundEvent, MessageStatusEvent, utcnow
+from shared.contracts import MessageAcceptedEvent, MessageOutbound, MessageOutboundEvent, MessageStatusEvent, utcnow
 from shared.devtools.stack import Ports, Stack
 from shared.db import create_pool
 from shared.kafka import Incoming, Outgoing, is_transient
@@ -121,6 +121,26 @@ async def test_redelivered_batch_is_not_sent_again(pool, simulator) -> None:
     assert [counts.get(i) for i in ids] == [1] * 120
     assert {o.event.event_id for o in first} == {o.event.event_id for o in second}  # same facts, same event ids
     assert all(isinstance(o.event, MessageStatusEvent) and o.event.payload.status is Status.SUBMITTED for o in first)
+
+
+async def test_a_disabled_tenants_messages_go_back_to_the_scheduler_unsent(pool, simulator) -> None:
+    hostile, other = (f"t{uuid.uuid4().hex[:8]}" for _ in range(2))
+    await pool.execute("INSERT INTO tenants (tenant_id, name, disabled_at) VALUES ($1, $1, now()), ($2, $2, NULL)",
+                       hostile, other)
+    settings = settings_for(simulator)
+    gateways = {"sim": build_gateway(settings.gateways[0])}
+    handler = OutboundHandler(ClaimRepository(pool), Sender(gateways, settings), settings, tenants=TenantStates(pool))
+    batch = [Incoming(None, i.event.model_copy(update={"tenant": hostile if n % 2 else other}), None)  # type: ignore[arg-type]
+             for n, i in enumerate(outbound(6))]
+    out = await handler(batch)
+    await gateways["sim"].close()
+    counts = sim_counts(simulator)
+    theirs = {i.event.payload.message_id for i in batch if i.event.tenant == hostile}
+    ours = {i.event.payload.message_id for i in batch if i.event.tenant == other}
+    assert {o.event.payload.message_id for o in out if isinstance(o.event, MessageAcceptedEvent)} == theirs
+    assert {o.event.payload.message_id for o in out if isinstance(o.event, MessageStatusEvent)} == ours
+    assert not any(str(m) in counts for m in theirs) and all(counts.get(str(m)) == 1 for m in ours)
+    assert await pool.fetchval("SELECT count(*) FROM dispatch_claims WHERE message_id = ANY($1::uuid[])", list(theirs)) == 0
 
 
 async def test_stale_claims_are_resolved_by_asking_the_gateway(pool, simulator) -> None:

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.scheduler.domain import Decision, Verdict
+from services.scheduler.domain import Decision, Verdict, decide
 from services.scheduler.handlers import FactsRepository, Timer
+from shared import admin
 from shared.contracts import MessageAccepted, MessageOutboundEvent, MessageStatusEvent, utcnow
 from shared.kafka import Outgoing
 from shared.statuses import Status
@@ -114,3 +115,38 @@ async def test_erased_numbers_stay_suppressed_by_their_hash(pool) -> None:
     )
     facts = await FactsRepository(pool).load(marketing_to((tenant, phone), (tenant, "+34600000078")))
     assert facts.suppressions == {(tenant, phone): "erased"}
+
+
+async def test_a_disabled_tenants_held_messages_are_woken_and_suppressed_and_its_campaigns_cancelled(pool) -> None:
+    facts = FactsRepository(pool)
+    hostile, other = await opt_out_tenant(pool), await opt_out_tenant(pool)
+    campaign = await pool.fetchval(
+        "INSERT INTO campaigns (tenant_id, name, segment_filter, variants, state) VALUES ($1, 'c', 'true', '[]', 'running')"
+        " RETURNING campaign_id", hostile)
+    weeks_ahead = utcnow() + timedelta(days=30)
+    theirs, ours = [message() for _ in range(3)], [message()]
+    await hold(facts, theirs, weeks_ahead, hostile)
+    await hold(facts, ours, weeks_ahead, other)
+    async with pool.acquire() as conn:
+        assert await admin.tenant_set_disabled(conn, "test", hostile, True)
+    assert await pool.fetchval("SELECT state || '/' || cancel_reason FROM campaigns WHERE campaign_id = $1",
+                               campaign) == "cancelled/tenant_disabled"
+    audit = await pool.fetchval("SELECT detail FROM audit_log WHERE target = $1 AND action = 'tenant.disable'", hostile)
+    assert audit["cancelled_campaigns"] == [str(campaign)]
+    publisher = ListPublisher()
+    timer = Timer(facts, publisher, 0.05, 100)
+    await timer.housekeeping()
+    while await timer.release_due():
+        pass
+    decided = {o.event.payload.message_id: o.event.payload for o in publisher.items}
+    assert {m.message_id for m in theirs} <= decided.keys() and ours[0].message_id not in decided
+    for m in theirs:
+        assert (decided[m.message_id].status, decided[m.message_id].reason_code) == (Status.SUPPRESSED, "tenant_disabled")
+    assert await pool.fetchval("SELECT count(*) FROM scheduled_messages WHERE tenant_id = $1", hostile) == 0
+    assert await pool.fetchval("SELECT count(*) FROM scheduled_messages WHERE tenant_id = $1", other) == 1
+    # Enabled again: new messages pass; nothing cancelled comes back.
+    async with pool.acquire() as conn:
+        assert await admin.tenant_set_disabled(conn, "test", hostile, False)
+    assert await pool.fetchval("SELECT state FROM campaigns WHERE campaign_id = $1", campaign) == "cancelled"
+    fresh = await FactsRepository(pool).load([(hostile, m := message())])  # past the 1 s cache
+    assert decide(hostile, m, fresh, utcnow()).verdict is Verdict.RELEASE

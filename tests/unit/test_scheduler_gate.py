@@ -113,6 +113,23 @@ def test_paused_campaign_holds_and_cancelled_campaign_suppresses() -> None:
     assert decide("acme", _message("transactional", campaign=cancelled), facts, NOON_MADRID).verdict is Verdict.SUPPRESS
 
 
+def test_a_disabled_tenant_sends_nothing_whatever_else_holds() -> None:
+    running = uuid.uuid4()
+    facts = _facts(campaigns={running: CampaignState("running")}, disabled_tenants=frozenset({"acme"}))
+    later = _message("transactional").model_copy(update={"send_at": NOON_MADRID + DAY})
+    for message in (_message(campaign=running), _message("transactional"), later):
+        decision = decide("acme", message, facts, NOON_MADRID)
+        assert (decision.verdict, decision.reason_code) == (Verdict.SUPPRESS, "tenant_disabled")
+    assert not facts.releases.added  # a suppressed message does not count against caps
+    # A campaign cancelled because its tenant was disabled says so, even before the tenant's state is seen.
+    stopped = uuid.uuid4()
+    facts = _facts(campaigns={stopped: CampaignState("cancelled", cancel_reason="tenant_disabled")})
+    assert decide("acme", _message(campaign=stopped), facts, NOON_MADRID).reason_code == "tenant_disabled"
+    # Another tenant's messages are not touched.
+    assert decide("other", _message("transactional"), facts, NOON_MADRID).verdict is Verdict.RELEASE
+    assert decide("other", later, facts, NOON_MADRID).reason_code == "scheduled"
+
+
 def test_contact_time_zone_feeds_quiet_hours() -> None:
     # The number says New York; the contact says Honolulu, where it is still before 8:00.
     us = "+12125550123"  # New York area code

@@ -18,7 +18,7 @@ import asyncpg
 COLUMNS = (
     "campaign_id, name, segment_id, segment_filter, sender, variants, frequency_caps, test_numbers, send_at, state,"
     " ab_test, phase, decide_at, winner, winner_detail, cursor, fanned_out_at, published, created_at, updated_at,"
-    " launched_at, paused_at, paused_from, cancelled_at"
+    " launched_at, paused_at, paused_from, cancelled_at, cancel_reason"
 )
 
 
@@ -48,6 +48,7 @@ def campaign_dict(r: asyncpg.Record) -> dict[str, Any]:
         "launched_at": iso(r["launched_at"]),
         "paused_at": iso(r["paused_at"]),
         "cancelled_at": iso(r["cancelled_at"]),
+        "cancel_reason": r["cancel_reason"],
     }
 
 
