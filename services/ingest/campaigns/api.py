@@ -9,12 +9,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
+import asyncpg
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_api import decode_cursor, encode_cursor
 from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
+from services.ingest.audience.preview_gate import gate_for
 from services.ingest.audience.templates import SAMPLE_CONTACT, Template, TemplateError, render
 from services.ingest.campaigns.domain import CampaignError, Variant, check_variants, transition
 from services.ingest.campaigns.repository import CampaignRepository, campaign_dict
@@ -143,6 +145,9 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
                              "msg": "every variant's template has the same purpose (marketing or transactional)"})
         if body.send_at is not None and body.send_at > utcnow() + MAX_SCHEDULE_AHEAD:
             problems.append({"loc": "body.send_at", "code": "send_at_too_far", "msg": "at most 35 days ahead"})
+        if body.send_at is not None and body.send_at <= utcnow():
+            problems.append({"loc": "body.send_at", "code": "send_at_in_past",
+                             "msg": "send_at is in the past; leave it out to send when launched"})
         if body.ab_test is not None and len(variants) < 2:
             problems.append({"loc": "body.ab_test", "code": "ab_test_needs_variants", "msg": "an A/B test needs two variants or more"})
         if problems:
@@ -177,12 +182,22 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
                            principal: Principal = reader) -> dict[str, Any]:
         return campaign_dict(await load(request, principal, campaign_id))
 
-    @router.get("/v1/campaigns/{campaign_id}/audience", tags=["campaigns"], responses=errors)
+    @router.get("/v1/campaigns/{campaign_id}/audience", tags=["campaigns"], responses={**errors, 429: {}, 503: {}})
     async def campaign_audience(campaign_id: Annotated[str, Path(max_length=64)], request: Request,
                                 principal: Principal = reader) -> dict[str, Any]:
-        """How many contacts the segment matches now, and a sample (consent is checked at send time)."""
+        """How many contacts the segment matches now, and a sample (consent is checked at send time).
+        Capped like segment previews (429 with Retry-After)."""
         row = await load(request, principal, campaign_id)
-        count, sample = await AudienceRepository(request.app.state.pool).preview(principal.tenant_id, seg.parse(row["segment_filter"]))
+        try:
+            node = seg.parse(row["segment_filter"])
+        except seg.SegmentError as exc:  # stored before the filter rules it breaks
+            raise ApiError(422, "segment_invalid", str(exc), [exc.detail()]) from None
+        gate = gate_for(request.app, settings.segment_preview_concurrency, settings.segment_preview_per_tenant)
+        try:
+            async with gate.slot(principal.tenant_id):
+                count, sample = await AudienceRepository(request.app.state.pool).preview(principal.tenant_id, node)
+        except asyncpg.QueryCanceledError:  # the statement timeout
+            raise ApiError(503, "segment_timeout", "the filter took too long to evaluate; narrow it") from None
         return {"campaign_id": str(row["campaign_id"]), "count": count, "sample": sample}
 
     @router.post("/v1/campaigns/{campaign_id}/test", tags=["campaigns"], responses={**errors, 503: {}})
