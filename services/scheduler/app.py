@@ -22,7 +22,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     bulk = Lane("bulk", bulk_group, [ACCEPTED_BULK], AcceptedHandler(facts), bulk=True)
     # Journeys (docs/journeys.md): a lane on contact events and a timer that advances due runs.
     journeys = JourneyRepository(ctx.pool)
-    journey_timer = JourneyTimer(journeys, ctx.publisher, settings.journey_timer_interval_s, settings.journey_timer_batch)
+    journey_timer = JourneyTimer(journeys, ctx.publisher, settings.journey_timer_interval_s, settings.journey_timer_batch,
+                                 allowed_number_types=settings.allowed_number_types)
     ctx.workers["journey-timer"] = journey_timer.run()
     ctx.stoppers.append(journey_timer.stop)
     base_group = settings.consumer_group or settings.topic_prefix + "scheduler"

@@ -230,7 +230,10 @@ async def test_test_sends_render_each_variant_for_the_test_numbers(client, env, 
     assert bad.json()["sent"] == 0 and bad.json()["results"][0]["error"]["code"]
 
 
-async def test_tenant_policy_api(client, pool, tenant: Tenant) -> None:
+async def test_tenant_policy_api(client, pool) -> None:
+    from shared.auth import DEFAULT_SCOPES
+
+    tenant = await make_tenant(pool, scopes=(*DEFAULT_SCOPES, "policy:write"))
     r = await client.put("/v1/policy", json={"marketing_consent": "required",
                                               "frequency_caps": [{"max": 1, "window_s": 86400}, {"max": 4, "window_s": 604800}]},
                          headers=tenant.headers)
@@ -381,3 +384,38 @@ async def test_an_audience_page_has_a_statement_timeout(client, pool, publisher,
     assert await launcher.run_once()
     done = await state_of(client, tenant, cid)
     assert done["state"] == "completed" and done["progress"]["published"] == 30
+
+
+# scopes and limits ------------------------------------------------------------------------------
+
+
+async def test_tenant_policy_needs_its_own_scope(client, pool) -> None:
+    from shared.auth import DEFAULT_SCOPES
+
+    plain = await make_tenant(pool)  # the default scopes, campaigns:write among them
+    r = await client.put("/v1/policy", json={"marketing_consent": "opt_out"}, headers=plain.headers)
+    assert error(r) == (403, "insufficient_scope"), r.text
+    assert (await client.get("/v1/policy", headers=plain.headers)).status_code == 200  # reading stays campaigns:read
+    admin = await make_tenant(pool, scopes=("policy:write",))
+    r = await client.put("/v1/policy", json={"marketing_consent": "required"}, headers=admin.headers)
+    assert r.status_code == 200 and r.json()["marketing_consent"] == "required"
+    assert "policy:write" not in DEFAULT_SCOPES
+
+
+async def test_test_sends_obey_the_keys_message_limit_and_number_types(client, pool, env) -> None:
+    limited = await make_tenant(pool)
+    await seed(client, limited, 2)
+    c = await campaign(client, limited, test_numbers=["+34600000000", "+34600000001"])
+    key_id = limited.key.split("_")[1]
+    await pool.execute("UPDATE api_keys SET messages_per_minute = 3 WHERE key_id = $1", key_id)
+    r = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", headers=limited.headers)  # 2 numbers x 2 variants
+    assert error(r) == (429, "rate_limited"), r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    r = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", json={"numbers": ["+34600000000"]}, headers=limited.headers)
+    assert r.status_code == 200 and r.json()["sent"] == 2, r.text
+    premium = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", json={"numbers": ["+34806123456"]},
+                                headers=(await make_tenant(pool)).headers)
+    assert premium.status_code == 404  # another tenant's campaign
+    premium = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", json={"numbers": ["+34806123456"]},
+                                headers=limited.headers)
+    assert error(premium) == (429, "rate_limited") or {x["error"]["code"] for x in premium.json()["results"]} == {"unsupported_number_type"}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from services.scheduler.journeys import metrics
@@ -23,6 +23,7 @@ from services.scheduler.journeys.repository import JourneyRepository
 from shared.contracts import ContactEventAccepted, utcnow
 from shared.kafka import Incoming, Outgoing, Publisher
 from shared.logging import mask_phone
+from shared.phones import SMS_CAPABLE
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,10 @@ class JourneyTimer:
         batch: int,
         clock: Callable[[], datetime] = utcnow,
         smart_encoding: bool = True,
+        allowed_number_types: Iterable[str] = SMS_CAPABLE,
     ) -> None:
         self.repository = repository
+        self.allowed_number_types = frozenset(allowed_number_types)
         self.publisher = publisher
         self.interval_s = interval_s
         self.batch = batch
@@ -137,7 +140,8 @@ class JourneyTimer:
                 contact = contacts.get((run.tenant, run.phone))
                 template = templates.get((run.tenant, send.step.template_id)) if send.step.template_id else None
                 try:
-                    message = build_message(send, run, contact, template, now, smart=self.smart_encoding)
+                    message = build_message(send, run, contact, template, now, smart=self.smart_encoding,
+                                            allowed_types=self.allowed_number_types)
                 except SendError as exc:
                     metrics.SENDS.labels(exc.code, "").inc()
                     log.warning(
