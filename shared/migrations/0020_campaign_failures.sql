@@ -10,3 +10,7 @@ ALTER TABLE campaigns ADD COLUMN last_error text;                      -- why th
 ALTER TABLE campaigns ADD COLUMN failed_at timestamptz;
 ALTER TABLE campaigns ADD COLUMN claimed_at timestamptz;               -- the last claim by a launcher
 CREATE INDEX campaigns_tenant_claimed ON campaigns (tenant_id, claimed_at);
+
+-- Journeys send without a request of their own: the API key that wrote the current version is
+-- kept, and its per-minute message limit applies to the journey's sends (docs/journeys.md).
+ALTER TABLE journeys ADD COLUMN key_id text;

@@ -301,3 +301,24 @@ async def test_journey_sends_obey_the_allowed_number_types(pool, env, publisher)
     assert not [r for r in records if r.key == premium.encode()], "a premium-rate number gets nothing"
     states = {r["phone_e164"]: r["state"] for r in await runs_of(pool, journey_id)}
     assert states == {premium: "completed", mobile: "completed"}
+
+
+async def test_journey_sends_count_against_the_message_limit_of_the_key_that_wrote_it(client, pool, env, publisher) -> None:
+    tenant = await make_tenant(pool)
+    await pool.execute("UPDATE api_keys SET messages_per_minute = 2 WHERE key_id = $1", tenant.key.split("_")[1])
+    r = await client.post("/v1/journeys", json={**SENDS, "trigger": {"event": "limited.ping"}}, headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    journey_id = uuid.UUID(r.json()["journey_id"])
+    clock = FakeClock(utcnow())
+    repo = JourneyRepository(pool)
+    phones = ["+34600555001", "+34600555002", "+34600555003"]
+    await JourneyEventsHandler(repo, clock.now)([incoming(tenant.tenant_id, "limited.ping", p, clock) for p in phones])
+    await JourneyTimer(repo, publisher, 0.1, 100, clock.now, limiter=RateLimiter(pool, 6000, 600000, lease=False)).advance_due()
+    runs = await runs_of(pool, journey_id)
+    sent = [r for r in runs if r["sends"] == 1]
+    waiting = [r for r in runs if r["sends"] == 0]
+    assert len(sent) == 2 and len(waiting) == 1, [dict(r) for r in runs]
+    assert waiting[0]["state"] == "active" and waiting[0]["due_at"] > clock.now(), "over the limit: it waits, not lost"
+    records = await read_topic(env.bootstrap, ACCEPTED.name(env.prefix),
+                               lambda rs: sum(1 for x in rs if x.key in {p.encode() for p in phones}) >= 2)
+    assert sum(1 for x in records if x.key in {p.encode() for p in phones}) == 2

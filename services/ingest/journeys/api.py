@@ -58,7 +58,7 @@ def build_journeys_router() -> APIRouter:
     async def create_journey(body: JourneyDefinition, request: Request, principal: Principal = writer) -> dict[str, Any]:
         """Create a journey (version 1, active): contacts enter it on its trigger event."""
         raw = await checked(request, principal, body)
-        return await repo(request).create(principal.tenant_id, body, raw)
+        return await repo(request).create(principal.tenant_id, body, raw, principal.key_id)
 
     @router.get("/v1/journeys", responses=ERRORS)
     async def list_journeys(
@@ -101,7 +101,7 @@ def build_journeys_router() -> APIRouter:
                 raise ApiError(422, "invalid_if_match", "If-Match is the journey's version number") from None
         raw = await checked(request, principal, body)
         try:
-            updated = await repo(request).update(principal.tenant_id, _id(journey_id), body, raw, expected)
+            updated = await repo(request).update(principal.tenant_id, _id(journey_id), body, raw, expected, principal.key_id)
         except VersionConflict as exc:
             raise ApiError(409, "version_conflict", f"the journey changed: it is at version {exc.current}") from None
         except Archived:
