@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 PREFIX = "hk"
 SCOPES = (
     "messages:write", "messages:read", "suppressions:write", "receipts:write", "contacts:write", "contacts:read",
-    "campaigns:write", "campaigns:read",
+    "campaigns:write", "campaigns:read", "policy:write",
 )
+# policy:write (PUT /v1/policy: consent mode, frequency caps, reply webhook) is not a default:
+# switching a tenant to opt_out consent is a decision a key must be given explicitly.
 DEFAULT_SCOPES = (
     "messages:write", "messages:read", "suppressions:write", "contacts:write", "contacts:read",
     "campaigns:write", "campaigns:read",

@@ -26,7 +26,7 @@ from services.ingest.domain import (
     parse_receipts,
     parse_request,
 )
-from services.ingest.ratelimit import RateLimiter
+from shared.ratelimit import RateLimiter
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings

@@ -11,7 +11,7 @@ from services.ingest.events.api import build_events_router
 from services.ingest.events.consumer import ContactEventsHandler
 from services.ingest.events.service import ContactsLookup, EventAcceptor
 from services.ingest.journeys.api import build_journeys_router
-from services.ingest.ratelimit import RateLimiter
+from shared.ratelimit import RateLimiter
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
@@ -34,7 +34,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     if settings.campaign_launcher:
         launcher = Launcher(ctx.pool, ctx.publisher, page_size=settings.campaign_page_size,
                             lease_s=settings.campaign_lease_s, smart_encoding=settings.smart_encoding,
-                            link_domain=settings.link_domain if settings.link_tracking else None)
+                            link_domain=settings.link_domain if settings.link_tracking else None,
+                            page_timeout_s=settings.campaign_page_timeout_s, slice_s=settings.campaign_slice_s,
+                            max_attempts=settings.campaign_max_attempts, retry_base_s=settings.campaign_retry_base_s,
+                            retry_max_s=settings.campaign_retry_max_s)
         ctx.workers["campaign-launcher"] = launcher.run()
         ctx.stoppers.append(launcher.stop)
     # Short-link redirect (docs/results.md): clicks are published in batches by a worker.

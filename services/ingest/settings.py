@@ -12,6 +12,28 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings):
     campaign_page_size: int = Field(1000, ge=10, le=10_000, description="Contacts a campaign launcher reads, renders and publishes per page")
     campaign_lease_s: float = Field(30.0, ge=5, description="How long a launcher keeps a campaign without progress before another instance takes it over")
     campaign_launcher: bool = Field(True, description="Run a campaign launcher in this ingest instance")
+    campaign_page_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Statement timeout of each page query of a campaign's audience (a failed attempt past it)"
+    )
+    campaign_slice_s: float = Field(
+        10.0, ge=0,
+        description="How long a launcher fans out one campaign before it goes back in line, so every tenant's due campaigns get turns",
+    )
+    campaign_max_attempts: int = Field(
+        5, ge=1, le=100, description="Failed attempts in a row after which a campaign ends failed (with the reason)"
+    )
+    campaign_retry_base_s: float = Field(
+        30.0, ge=0, description="Wait after a campaign's first failed attempt; doubled after each further one"
+    )
+    campaign_retry_max_s: float = Field(1800.0, ge=0, description="Longest wait between a campaign's attempts")
+    segment_preview_concurrency: int = Field(
+        4, ge=1, le=64,
+        description="Segment previews (POST /v1/segments/preview, GET /v1/campaigns/{id}/audience) running at once per"
+        " process; more answer 429 with Retry-After",
+    )
+    segment_preview_per_tenant: int = Field(
+        2, ge=1, le=64, description="Segment previews one tenant may have running at once per process; more answer 429"
+    )
     allowed_number_types: list[str] = Field(
         default_factory=lambda: sorted(SMS_CAPABLE),
         description="phonenumbers types accepted as recipients (e.g. add VOIP, UNKNOWN)",

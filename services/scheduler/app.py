@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.ratelimit import RateLimiter
 from services.scheduler.handlers import AcceptedHandler, FactsRepository, Timer
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
 from services.scheduler.journeys.repository import JourneyRepository
@@ -22,7 +23,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     bulk = Lane("bulk", bulk_group, [ACCEPTED_BULK], AcceptedHandler(facts), bulk=True)
     # Journeys (docs/journeys.md): a lane on contact events and a timer that advances due runs.
     journeys = JourneyRepository(ctx.pool)
-    journey_timer = JourneyTimer(journeys, ctx.publisher, settings.journey_timer_interval_s, settings.journey_timer_batch)
+    journey_timer = JourneyTimer(journeys, ctx.publisher, settings.journey_timer_interval_s, settings.journey_timer_batch,
+                                 allowed_number_types=settings.allowed_number_types,
+                                 limiter=RateLimiter(ctx.pool, settings.rate_limit_requests_per_minute,
+                                                     settings.rate_limit_messages_per_minute, lease=False))
     ctx.workers["journey-timer"] = journey_timer.run()
     ctx.stoppers.append(journey_timer.stop)
     base_group = settings.consumer_group or settings.topic_prefix + "scheduler"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from shared.phones import SMS_CAPABLE
 from shared.settings import ConsumerSettings
 
 
@@ -11,3 +12,14 @@ class SchedulerSettings(ConsumerSettings):
     http_port: int = Field(38081, description="Port of the scheduler HTTP server")
     journey_timer_interval_s: float = Field(0.5, gt=0, description="How often journey runs are checked for due steps")
     journey_timer_batch: int = Field(200, ge=1, description="Most journey runs advanced in one transaction")
+    allowed_number_types: list[str] = Field(
+        default_factory=lambda: sorted(SMS_CAPABLE),
+        description="phonenumbers types a journey may send to (as ingest's setting of the same name for the API);"
+        " a send step to another type (e.g. PREMIUM_RATE) is skipped",
+    )
+    rate_limit_requests_per_minute: int = Field(
+        300_000, ge=1, description="Default requests per minute per API key, as ingest's (journey sends count against the key that wrote the journey)"
+    )
+    rate_limit_messages_per_minute: int = Field(
+        600_000, ge=1, description="Default messages per minute per API key, as ingest's (journey sends count against the key that wrote the journey)"
+    )

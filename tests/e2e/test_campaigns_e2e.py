@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from services.ingest.campaigns.domain import message_id_for
+from shared.auth import DEFAULT_SCOPES
 from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.stack import Ports, Stack
 from tests.conftest import Tenant, make_tenant
@@ -65,7 +66,7 @@ def simulator_refs(stack: Stack) -> dict[str, int]:
 
 
 async def test_the_gate_skips_contacts_without_consent_or_over_the_cap_with_reasons(stack: Stack, pool) -> None:
-    tenant = await make_tenant(pool, marketing_consent="required")
+    tenant = await make_tenant(pool, scopes=(*DEFAULT_SCOPES, "policy:write"), marketing_consent="required")
     numbers = list(dict.fromkeys(demo_numbers(120, seed=41, countries=marketing_countries(True))))
     consenting, refused, capped = numbers[:80], numbers[80:100], numbers[:10]  # numbers[100:] never answered
     async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=tenant.headers, timeout=60) as client:

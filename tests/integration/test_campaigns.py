@@ -230,7 +230,10 @@ async def test_test_sends_render_each_variant_for_the_test_numbers(client, env, 
     assert bad.json()["sent"] == 0 and bad.json()["results"][0]["error"]["code"]
 
 
-async def test_tenant_policy_api(client, pool, tenant: Tenant) -> None:
+async def test_tenant_policy_api(client, pool) -> None:
+    from shared.auth import DEFAULT_SCOPES
+
+    tenant = await make_tenant(pool, scopes=(*DEFAULT_SCOPES, "policy:write"))
     r = await client.put("/v1/policy", json={"marketing_consent": "required",
                                               "frequency_caps": [{"max": 1, "window_s": 86400}, {"max": 4, "window_s": 604800}]},
                          headers=tenant.headers)
@@ -258,3 +261,161 @@ async def test_campaign_links_become_tracked_short_links_counted_in_segments(cli
     stored = await pool.fetch("SELECT message_id, campaign_id, variant, url FROM links WHERE campaign_id = $1", uuid.UUID(cid))
     assert len(stored) == 20 and {r["variant"] for r in stored} == {"A"}
     assert stored[0]["url"].startswith("https://shop.example.com/black-friday")
+
+
+# hostile tenants ----------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        from shared.contracts import utcnow
+
+        self.now = utcnow()
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        from datetime import timedelta
+
+        self.now += timedelta(seconds=seconds)
+
+
+async def state_of(client: httpx.AsyncClient, tenant: Tenant, cid: str) -> dict:
+    r = await client.get(f"/v1/campaigns/{cid}", headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_a_past_send_at_is_refused(client, tenant: Tenant) -> None:
+    t = await template(client, tenant, "past", "Hello")
+    body = {"name": "x", "segment": "all", "variants": [{"name": "A", "template_id": t, "percent": 100}],
+            "send_at": "2020-01-01T00:00:00Z"}
+    r = await client.post("/v1/campaigns", json=body, headers=tenant.headers)
+    assert error(r) == (422, "send_at_in_past"), r.text
+    assert r.json()["error"]["details"][0]["loc"] == "body.send_at"
+
+
+async def test_a_permanently_failing_campaign_does_not_stall_other_tenants_and_ends_failed(client, pool, env, publisher) -> None:
+    hostile, other = await make_tenant(pool), await make_tenant(pool)
+    await seed(client, hostile, 5)
+    await seed(client, other, 50)
+    t = await template(client, hostile, "h", "Hello")
+    # The API refuses this filter now; a campaign stored before that (or written around the API) still has it.
+    bad = await pool.fetchval(
+        "INSERT INTO campaigns (tenant_id, name, segment_filter, variants, state, send_at, launched_at)"
+        " VALUES ($1, 'stuck', $2, $3, 'scheduled', now() - interval '1 day', now() - interval '1 day')"
+        " RETURNING campaign_id",
+        hostile.tenant_id, "last_activity_at < now() - interval '9999 years'",
+        [{"name": "A", "template_id": t, "percent": 100}],
+    )
+    good = (await campaign(client, other))["campaign_id"]
+    assert (await client.post(f"/v1/campaigns/{good}/launch", headers=other.headers)).json()["state"] == "running"
+    clock = Clock()
+    launcher = Launcher(pool, publisher, page_size=20, clock=clock)
+    for _ in range(3):  # no time passes: the failed one waits for its retry, the other goes
+        await launcher.run_once()
+        if (await state_of(client, other, good))["state"] == "completed":
+            break
+    assert (await state_of(client, other, good))["state"] == "completed"
+    assert len({e.payload.message_id for e in await campaign_events(env, good, 50)}) == 50
+    first = await state_of(client, hostile, str(bad))
+    assert first["state"] != "failed" and first["failure"]["attempts"] == 1
+    assert first["failure"]["next_attempt_at"] is not None and "interval" in first["failure"]["reason"]
+    attempts = [1]
+    for _ in range(20):
+        clock.advance(3600)
+        await launcher.run_once()
+        seen = await state_of(client, hostile, str(bad))
+        attempts.append(seen["failure"]["attempts"])
+        if seen["state"] == "failed":
+            break
+    assert seen["state"] == "failed", seen
+    assert seen["failure"]["attempts"] == launcher.max_attempts and attempts == sorted(attempts)
+    assert "interval" in seen["failure"]["reason"] and seen["failure"]["next_attempt_at"] is None
+    clock.advance(86400)
+    assert not await launcher.run_once(), "a failed campaign is not claimed again"
+
+
+async def test_claims_go_round_robin_by_tenant(client, pool, publisher) -> None:
+    """A tenant with a huge campaign and another queued behind it does not keep the launcher: each
+    claim works a slice, and the next claim goes to the tenant claimed longest ago."""
+    big, small = await make_tenant(pool), await make_tenant(pool)
+    await seed(client, big, 600)
+    await seed(client, small, 10)
+    first = (await campaign(client, big))["campaign_id"]
+    second = (await campaign(client, big))["campaign_id"]
+    for cid in (first, second):
+        await client.post(f"/v1/campaigns/{cid}/launch", headers=big.headers)
+    late = (await campaign(client, small))["campaign_id"]
+    await client.post(f"/v1/campaigns/{late}/launch", headers=small.headers)
+    launcher = Launcher(pool, publisher, page_size=100)
+    launcher.slice_s = 0  # one page per claim
+    assert await launcher.run_once()
+    assert await launcher.run_once()
+    assert (await state_of(client, small, late))["state"] == "completed", "the second claim goes to the other tenant"
+    for _ in range(40):
+        if not await launcher.run_once():
+            break
+    assert [(await state_of(client, big, c))["state"] for c in (first, second)] == ["completed", "completed"]
+    assert (await state_of(client, big, first))["progress"]["published"] == 600
+
+
+async def test_an_audience_page_has_a_statement_timeout(client, pool, publisher, tenant: Tenant) -> None:
+    await seed(client, tenant, 30)
+    cid = (await campaign(client, tenant))["campaign_id"]
+    await client.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)
+    clock = Clock()
+    launcher = Launcher(pool, publisher, page_size=100, clock=clock)
+    launcher.page_timeout_s = 0.5
+    async with pool.acquire() as locker:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE contacts IN ACCESS EXCLUSIVE MODE")
+        try:
+            assert await asyncio.wait_for(launcher.run_once(), 10)
+        finally:
+            await tx.rollback()
+    seen = await state_of(client, tenant, cid)
+    assert seen["state"] == "running" and seen["failure"]["attempts"] == 1
+    assert "timeout" in seen["failure"]["reason"]
+    assert not await launcher.run_once(), "it waits for its retry"
+    clock.advance(3600)
+    assert await launcher.run_once()
+    done = await state_of(client, tenant, cid)
+    assert done["state"] == "completed" and done["progress"]["published"] == 30
+
+
+# scopes and limits ------------------------------------------------------------------------------
+
+
+async def test_tenant_policy_needs_its_own_scope(client, pool) -> None:
+    from shared.auth import DEFAULT_SCOPES
+
+    plain = await make_tenant(pool)  # the default scopes, campaigns:write among them
+    r = await client.put("/v1/policy", json={"marketing_consent": "opt_out"}, headers=plain.headers)
+    assert error(r) == (403, "insufficient_scope"), r.text
+    assert (await client.get("/v1/policy", headers=plain.headers)).status_code == 200  # reading stays campaigns:read
+    admin = await make_tenant(pool, scopes=("policy:write",))
+    r = await client.put("/v1/policy", json={"marketing_consent": "required"}, headers=admin.headers)
+    assert r.status_code == 200 and r.json()["marketing_consent"] == "required"
+    assert "policy:write" not in DEFAULT_SCOPES
+
+
+async def test_test_sends_obey_the_keys_message_limit_and_number_types(client, pool, env) -> None:
+    limited = await make_tenant(pool)
+    await seed(client, limited, 2)
+    c = await campaign(client, limited, test_numbers=["+34600000000", "+34600000001"])
+    key_id = limited.key.split("_")[1]
+    await pool.execute("UPDATE api_keys SET messages_per_minute = 3 WHERE key_id = $1", key_id)
+    r = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", headers=limited.headers)  # 2 numbers x 2 variants
+    assert error(r) == (429, "rate_limited"), r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    r = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", json={"numbers": ["+34600000000"]}, headers=limited.headers)
+    assert r.status_code == 200 and r.json()["sent"] == 2, r.text
+    premium = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", json={"numbers": ["+34806123456"]},
+                                headers=(await make_tenant(pool)).headers)
+    assert premium.status_code == 404  # another tenant's campaign
+    premium = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", json={"numbers": ["+34806123456"]},
+                                headers=limited.headers)
+    assert error(premium) == (429, "rate_limited") or {x["error"]["code"] for x in premium.json()["results"]} == {"unsupported_number_type"}

@@ -743,3 +743,49 @@ def test_random_tags_roundtrip() -> None:
         checked, errors = importer.check_contact({"phone": phone(1), "tags": tags}, allowed_types=None)
         assert not errors
         assert importer.TAG_SEPARATOR not in "".join(checked.values["tags"])
+
+
+# hostile filters and previews ----------------------------------------------------------------------
+
+
+async def test_out_of_range_intervals_and_dates_are_refused_with_a_reason(client, tenant: Tenant) -> None:
+    for text, code in [("last_activity_at < now() - interval '9999 years'", "interval_out_of_range"),
+                       ('created_at > "0001-01-01"', "date_out_of_range")]:
+        r = await client.post("/v1/segments/preview", json={"filter": text}, headers=tenant.headers)
+        assert error(r) == (422, "segment_invalid"), r.text
+        assert r.json()["error"]["details"][0]["code"] == code
+        r = await client.post("/v1/segments", json={"name": f"bad-{code}", "filter": text}, headers=tenant.headers)
+        assert error(r) == (422, "segment_invalid"), r.text
+        assert r.json()["error"]["details"][0]["code"] == code
+
+
+async def test_expensive_previews_are_limited_per_tenant_and_per_instance(env, pool) -> None:
+    """With the contacts table locked, previews hang: a tenant gets at most its in-flight cap and
+    the instance its semaphore; the rest answer 429 at once with Retry-After."""
+    app = FastAPI()
+    app.state.pool = pool
+    install_error_handlers(app)
+    app.include_router(build_audience_router(IngestSettings(segment_preview_concurrency=3, segment_preview_per_tenant=2)))
+    a, b, c = await make_tenant(pool), await make_tenant(pool), await make_tenant(pool)
+    body = {"filter": 'country = "ES"'}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=60) as http:
+        async with pool.acquire() as locker:
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("LOCK TABLE contacts IN ACCESS EXCLUSIVE MODE")
+            held = [asyncio.ensure_future(http.post("/v1/segments/preview", json=body, headers=t.headers)) for t in (a, a)]
+            await asyncio.sleep(0.5)
+            assert not any(h.done() for h in held), "both previews of tenant a are waiting on the lock"
+            over = await asyncio.wait_for(http.post("/v1/segments/preview", json=body, headers=a.headers), 5)
+            assert error(over) == (429, "too_many_previews"), over.text
+            assert int(over.headers["Retry-After"]) >= 1
+            held.append(asyncio.ensure_future(http.post("/v1/segments/preview", json=body, headers=b.headers)))
+            await asyncio.sleep(0.3)
+            full = await asyncio.wait_for(http.post("/v1/segments/preview", json=body, headers=c.headers), 5)
+            assert error(full) == (429, "too_many_previews"), full.text
+            assert "Retry-After" in full.headers
+            await tx.rollback()
+        done = await asyncio.gather(*held)
+        assert [r.status_code for r in done] == [200, 200, 200]
+        # the slots are given back
+        assert (await http.post("/v1/segments/preview", json=body, headers=c.headers)).status_code == 200

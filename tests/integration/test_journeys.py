@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from services.ingest.events.api import build_events_router
 from services.ingest.events.service import ContactsLookup, EventAcceptor
 from services.ingest.journeys.api import build_journeys_router
-from services.ingest.ratelimit import RateLimiter
+from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
 from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.quiet_hours.clock import FakeClock
@@ -265,3 +265,60 @@ async def test_two_lanes_on_the_same_contact_keep_the_reentry_rule(pool) -> None
     await asyncio.gather(*(lane([incoming(tenant, "user.signed_up", p, clock) for p in phones]) for lane in lanes))
     rows = await runs_of(pool, journey_id)
     assert sorted(r["phone_e164"] for r in rows) == sorted(phones)
+
+
+# scopes and number types ----------------------------------------------------------------------------
+
+WAIT_ONLY = {"name": "quiet", "trigger": {"event": "ping"}, "steps": [{"type": "wait", "duration": "1h"}]}
+SENDS = {"name": "ping", "trigger": {"event": "ping"}, "reentry": {"mode": "always"},
+         "steps": [{"type": "send", "purpose": "transactional", "body": "Your code is 1234"}]}
+
+
+async def test_a_journey_that_sends_needs_the_sending_scope(client, pool) -> None:
+    contacts_only = await make_tenant(pool, scopes=("contacts:write", "contacts:read"))
+    r = await client.post("/v1/journeys", json=SENDS, headers=contacts_only.headers)
+    assert error(r) == (403, "insufficient_scope"), r.text
+    assert "messages:write" in r.json()["error"]["message"]
+    r = await client.post("/v1/journeys", json=WAIT_ONLY, headers=contacts_only.headers)
+    assert r.status_code == 201, r.text
+    r = await client.put(f"/v1/journeys/{r.json()['journey_id']}", json=SENDS, headers=contacts_only.headers)
+    assert error(r) == (403, "insufficient_scope"), r.text
+    sender = await make_tenant(pool, scopes=("contacts:write", "contacts:read", "messages:write"))
+    assert (await client.post("/v1/journeys", json=SENDS, headers=sender.headers)).status_code == 201
+
+
+async def test_journey_sends_obey_the_allowed_number_types(pool, env, publisher) -> None:
+    tenant = (await make_tenant(pool)).tenant_id
+    journey_id = await create_journey(pool, tenant, SENDS)
+    clock = FakeClock(utcnow())
+    repo = JourneyRepository(pool)
+    premium, mobile = "+34806123456", "+34600333001"
+    await JourneyEventsHandler(repo, clock.now)([incoming(tenant, "ping", premium, clock), incoming(tenant, "ping", mobile, clock)])
+    await JourneyTimer(repo, publisher, 0.1, 100, clock.now).advance_due()
+    [sent] = await sent_to(env, ACCEPTED, mobile, 1)
+    assert sent.payload.journey_id == journey_id
+    records = await read_topic(env.bootstrap, ACCEPTED.name(env.prefix), lambda rs: any(r.key == mobile.encode() for r in rs))
+    assert not [r for r in records if r.key == premium.encode()], "a premium-rate number gets nothing"
+    states = {r["phone_e164"]: r["state"] for r in await runs_of(pool, journey_id)}
+    assert states == {premium: "completed", mobile: "completed"}
+
+
+async def test_journey_sends_count_against_the_message_limit_of_the_key_that_wrote_it(client, pool, env, publisher) -> None:
+    tenant = await make_tenant(pool)
+    await pool.execute("UPDATE api_keys SET messages_per_minute = 2 WHERE key_id = $1", tenant.key.split("_")[1])
+    r = await client.post("/v1/journeys", json={**SENDS, "trigger": {"event": "limited.ping"}}, headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    journey_id = uuid.UUID(r.json()["journey_id"])
+    clock = FakeClock(utcnow())
+    repo = JourneyRepository(pool)
+    phones = ["+34600555001", "+34600555002", "+34600555003"]
+    await JourneyEventsHandler(repo, clock.now)([incoming(tenant.tenant_id, "limited.ping", p, clock) for p in phones])
+    await JourneyTimer(repo, publisher, 0.1, 100, clock.now, limiter=RateLimiter(pool, 6000, 600000, lease=False)).advance_due()
+    runs = await runs_of(pool, journey_id)
+    sent = [r for r in runs if r["sends"] == 1]
+    waiting = [r for r in runs if r["sends"] == 0]
+    assert len(sent) == 2 and len(waiting) == 1, [dict(r) for r in runs]
+    assert waiting[0]["state"] == "active" and waiting[0]["due_at"] > clock.now(), "over the limit: it waits, not lost"
+    records = await read_topic(env.bootstrap, ACCEPTED.name(env.prefix),
+                               lambda rs: sum(1 for x in rs if x.key in {p.encode() for p in phones}) >= 2)
+    assert sum(1 for x in records if x.key in {p.encode() for p in phones}) == 2

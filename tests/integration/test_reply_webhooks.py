@@ -232,7 +232,9 @@ async def test_the_admin_command(pool, capsys) -> None:
 
 
 async def test_the_policy_api_sets_and_clears_the_reply_webhook(client, pool) -> None:  # noqa: F811
-    tenant = await make_tenant(pool)
+    from shared.auth import DEFAULT_SCOPES
+
+    tenant = await make_tenant(pool, scopes=(*DEFAULT_SCOPES, "policy:write"))  # PUT /v1/policy needs policy:write
     url = "https://crm.example.com/herald/replies"
     r = await client.put("/v1/policy", json={"reply_webhook_url": url}, headers=tenant.headers)
     assert r.status_code == 200, r.text

@@ -95,3 +95,15 @@ def test_message_is_rendered_for_the_contact_with_a_stable_id() -> None:
     assert (message.campaign_id, message.contact_id, message.variant) == (CAMPAIGN, member.contact_id, "A")
     assert message.message_id == message_id_for(CAMPAIGN, member.contact_id)
     assert message.segments == 1 and message.encoding == "GSM-7"
+
+
+def test_failed_attempts_back_off_and_give_up() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from services.ingest.campaigns.domain import next_attempt_at
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    delays = [next_attempt_at(n, now, max_attempts=5, base_s=10, max_s=60) for n in range(5)]
+    assert delays[:4] == [now + timedelta(seconds=s) for s in (10, 20, 40, 60)]
+    assert delays[4] is None  # the fifth failure is the last
+    assert next_attempt_at(0, now, max_attempts=1, base_s=10, max_s=60) is None

@@ -1,4 +1,4 @@
-from services.ingest.ratelimit import estimate, judge, wait_until_below
+from shared.ratelimit import estimate, judge, wait_until_below
 
 
 def row(requests: int, messages: int = 0, prev_requests: int = 0, prev_messages: int = 0, elapsed: float = 30.0) -> dict:
@@ -28,7 +28,7 @@ def test_retry_after_is_when_the_estimate_drops() -> None:
 
 
 def test_lease_size_is_half_a_percent_of_the_limit_within_bounds() -> None:
-    from services.ingest.ratelimit import LEASE_MAX, lease_size
+    from shared.ratelimit import LEASE_MAX, lease_size
 
     assert lease_size(100) == 1  # small limits: counted request by request
     assert lease_size(399) == 1 and lease_size(400) == 2
@@ -37,7 +37,7 @@ def test_lease_size_is_half_a_percent_of_the_limit_within_bounds() -> None:
 
 
 def test_grant_gives_the_part_of_a_lease_that_fits_under_both_limits() -> None:
-    from services.ingest.ratelimit import grant
+    from shared.ratelimit import grant
 
     # The row already counts the chunk of 10: 0 before it.
     assert grant(row(10, messages=10), 10, rpm=1000, mpm=1000) == 10

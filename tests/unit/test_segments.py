@@ -264,3 +264,38 @@ def test_parsing_reuses_one_lalr_parser(monkeypatch) -> None:
     for _ in range(3):
         assert compile_filter(text).sql
     assert segments._PARSER.options.parser == "lalr"
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("last_activity_at < now() - interval '9999 years'", "interval_out_of_range"),
+        ("last_activity_at > now() + interval '300 years'", "interval_out_of_range"),
+        ("last_activity_at < now() - interval '99999 days'", "interval_out_of_range"),
+        ("last_activity_at < now() - interval '5000 months'", "interval_out_of_range"),
+        ("signup_at < now() - interval '9999 years'", "interval_out_of_range"),
+        ('created_at > "0001-01-01"', "date_out_of_range"),
+        ('created_at < "9999-12-31T00:00:00Z"', "date_out_of_range"),
+        ('birthday < "1700-01-01"', "date_out_of_range"),
+    ],
+)
+def test_intervals_and_dates_are_bounded(text, code) -> None:
+    """A filter whose time lies outside what a date column can hold is refused when it is written,
+    not found out by PostgreSQL on every page of a campaign."""
+    with pytest.raises(SegmentError) as exc:
+        parse(text)
+    assert exc.value.code == code
+    assert exc.value.detail()["code"] == code and exc.value.position is not None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "last_activity_at < now() - interval '100 years'",
+        "last_activity_at < now() - interval '36500 days 12 hours'",
+        'created_at > "1900-01-01"',
+        'created_at < "2199-12-31"',
+    ],
+)
+def test_intervals_and_dates_within_the_bounds_parse(text) -> None:
+    parse(text)

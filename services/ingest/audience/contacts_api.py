@@ -24,6 +24,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_repo import AudienceRepository, ContactExists
 from services.ingest.audience.importer import RowError, check_contact, run_import
+from services.ingest.audience.preview_gate import gate_for
 from services.ingest.audience.templates import SAMPLE_CONTACT, Template, TemplateError, render, validate
 from services.ingest.settings import IngestSettings
 from shared.api import ApiError, error_body, principal_dependency
@@ -325,12 +326,15 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
 
     # segments ---------------------------------------------------------------------------------
 
-    @router.post("/v1/segments/preview", tags=["segments"], responses={**errors, 503: {}})
+    @router.post("/v1/segments/preview", tags=["segments"], responses={**errors, 429: {}, 503: {}})
     async def preview_segment(body: FilterBody, request: Request, principal: Principal = reader) -> dict[str, Any]:
-        """Check a filter and answer how many contacts match it, with a sample of 10."""
+        """Check a filter and answer how many contacts match it, with a sample of 10. Previews are
+        capped per tenant and per instance (429 with Retry-After over the cap)."""
         node = _parse_filter(body.filter)
+        gate = gate_for(request.app, settings.segment_preview_concurrency, settings.segment_preview_per_tenant)
         try:
-            count, sample = await repo(request).preview(principal.tenant_id, node)
+            async with gate.slot(principal.tenant_id):
+                count, sample = await repo(request).preview(principal.tenant_id, node)
         except asyncpg.QueryCanceledError:  # the statement timeout
             raise ApiError(503, "segment_timeout", "the filter took too long to evaluate; narrow it") from None
         return {"count": count, "sample": sample, "normalized": seg.normalize(node), "fields": seg.fields_used(node)}

@@ -439,13 +439,15 @@ class AudienceRepository:
         return count, [contact_dict(r) for r in records]
 
     async def iter_audience(
-        self, tenant_id: str, node: Node, *, batch_size: int = 1000, after: uuid.UUID | None = None
+        self, tenant_id: str, node: Node, *, batch_size: int = 1000, after: uuid.UUID | None = None,
+        timeout_ms: int = 30_000,
     ) -> AsyncIterator[list[AudienceMember]]:
         """The contacts matching ``node``, in contact id order, a page at a time.
 
         Each page is one query (no transaction held between pages), so a campaign can stop
         after any page and resume later with ``after`` = the last contact id it handled.
-        Contacts added while it runs are included when their id sorts after the cursor.
+        Contacts added while it runs are included when their id sorts after the cursor. Each
+        page's query runs in a short transaction with ``statement_timeout`` = ``timeout_ms``.
         """
         compiled = compile_sql(node, first_param=4)
         query = (
@@ -455,7 +457,9 @@ class AudienceRepository:
         )
         cursor = after or uuid.UUID(int=0)
         while True:
-            records = await self.pool.fetch(query, tenant_id, cursor, batch_size, *compiled.params)
+            async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+                await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+                records = await conn.fetch(query, tenant_id, cursor, batch_size, *compiled.params)
             if not records:
                 return
             yield [

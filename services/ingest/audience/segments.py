@@ -16,6 +16,7 @@ Grammar (keywords are case-insensitive)::
                 | "exists" field
                 | field                          a boolean field alone: suppressed
     value      := literal | now() [("+" | "-") interval '<n> <unit>']
+                                              intervals up to 200 years; dates 1800 to 2199
     literal    := "string" | 'string' | number | true | false
 
 Fields:
@@ -55,6 +56,14 @@ MAX_LIST = 500
 MAX_ATTRIBUTE_LIST = 100  # "in" on an attribute is one containment test per item (GIN index)
 MAX_STRING = 500
 MAX_ABS_NUMBER = Decimal("1e15")
+# Times a filter may name: far enough for any real audience, near enough that PostgreSQL can
+# always compute them (now() - interval '9999 years' is out of a timestamp's range and would
+# fail every query the filter is used in).
+MAX_INTERVAL_YEARS = 200
+MIN_DATE = datetime(1800, 1, 1, tzinfo=UTC)
+MAX_DATE = datetime(2200, 1, 1, tzinfo=UTC)
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400,
+                 "month": 30 * 86400, "year": 365 * 86400}
 
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 INTERVAL = re.compile(
@@ -381,6 +390,8 @@ class _Builder:
         if not INTERVAL.match(interval):
             raise self.fail("invalid_interval", "an interval is like '30 days', '2 hours' or '1 month 15 days'", interval_tok)
         interval = " ".join(interval.split()).lower()
+        if interval_seconds(interval) > MAX_INTERVAL_YEARS * _UNIT_SECONDS["year"]:
+            raise self.fail("interval_out_of_range", f"an interval is at most {MAX_INTERVAL_YEARS} years", interval_tok)
         return Value("now", None, f"now() {sign} interval '{interval}'", shift=(str(sign), interval))
 
     def timestamp(self, v: Value, at: Tree) -> Value:
@@ -395,6 +406,8 @@ class _Builder:
             raise self.fail("invalid_value", f"{v.value!r} is not a real date", at) from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
+        if not MIN_DATE <= parsed < MAX_DATE:
+            raise self.fail("date_out_of_range", f"a date is from {MIN_DATE.year} to {MAX_DATE.year - 1}", at)
         return Value("timestamp", parsed, v.raw)
 
     def column_value(self, f: Field, v: Value, at: Tree) -> Value:
@@ -488,6 +501,14 @@ class _Builder:
         if f.type != "bool":
             raise self.fail("incomplete_condition", f"{f.name} needs a comparison (for example {f.name} = \"…\")", t)
         return Compare(f, "=", Value("bool", True, "true"))
+
+
+def interval_seconds(interval: str) -> int:
+    """The length of a checked interval text ('1 month 15 days'), months as 30 days, years as 365."""
+    total = 0
+    for number, unit in re.findall(r"(\d+)\s*([a-z]+)", interval.lower()):
+        total += int(number) * _UNIT_SECONDS[unit.rstrip("s")]
+    return total
 
 
 def _language(raw: str) -> str | None:

@@ -1,7 +1,8 @@
 """The campaigns HTTP API (ingest): create, test, launch, pause, resume, cancel; tenant policy.
 
-Scopes: ``campaigns:read`` for reads, ``campaigns:write`` for changes. Another tenant's
-campaign answers 404 like an unknown id. docs/campaigns.md has the flow and the states.
+Scopes: ``campaigns:read`` for reads, ``campaigns:write`` for changes, ``policy:write`` for
+PUT /v1/policy. Test sends count against the key's message limit. Another tenant's campaign
+answers 404 like an unknown id. docs/campaigns.md has the flow and the states.
 """
 
 from __future__ import annotations
@@ -9,16 +10,20 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
+import asyncpg
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_api import decode_cursor, encode_cursor
 from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
+from services.ingest.audience.preview_gate import gate_for
 from services.ingest.audience.templates import SAMPLE_CONTACT, Template, TemplateError, render
 from services.ingest.campaigns.domain import CampaignError, Variant, check_variants, transition
 from services.ingest.campaigns.repository import CampaignRepository, campaign_dict
 from services.ingest.domain import MAX_SCHEDULE_AHEAD, Rejection, accept
+from services.ingest.metrics import RATE_LIMITED
+from shared.ratelimit import RateLimiter
 from services.ingest.service import accepted_event
 from services.ingest.settings import IngestSettings
 from shared import admin
@@ -116,6 +121,7 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
     egress = EgressPolicy.of(settings)
     reader = Depends(principal_dependency("campaigns:read"))
     writer = Depends(principal_dependency("campaigns:write"))
+    policy_writer = Depends(principal_dependency("policy:write"))
     errors: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 409: {}, 422: {}}
 
     def repo(request: Request) -> CampaignRepository:
@@ -155,6 +161,9 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
                              "msg": "every variant's template has the same purpose (marketing or transactional)"})
         if body.send_at is not None and body.send_at > utcnow() + MAX_SCHEDULE_AHEAD:
             problems.append({"loc": "body.send_at", "code": "send_at_too_far", "msg": "at most 35 days ahead"})
+        if body.send_at is not None and body.send_at <= utcnow():
+            problems.append({"loc": "body.send_at", "code": "send_at_in_past",
+                             "msg": "send_at is in the past; leave it out to send when launched"})
         if body.ab_test is not None and len(variants) < 2:
             problems.append({"loc": "body.ab_test", "code": "ab_test_needs_variants", "msg": "an A/B test needs two variants or more"})
         if problems:
@@ -189,24 +198,52 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
                            principal: Principal = reader) -> dict[str, Any]:
         return campaign_dict(await load(request, principal, campaign_id))
 
-    @router.get("/v1/campaigns/{campaign_id}/audience", tags=["campaigns"], responses=errors)
+    @router.get("/v1/campaigns/{campaign_id}/audience", tags=["campaigns"], responses={**errors, 429: {}, 503: {}})
     async def campaign_audience(campaign_id: Annotated[str, Path(max_length=64)], request: Request,
                                 principal: Principal = reader) -> dict[str, Any]:
-        """How many contacts the segment matches now, and a sample (consent is checked at send time)."""
+        """How many contacts the segment matches now, and a sample (consent is checked at send time).
+        Capped like segment previews (429 with Retry-After)."""
         row = await load(request, principal, campaign_id)
-        count, sample = await AudienceRepository(request.app.state.pool).preview(principal.tenant_id, seg.parse(row["segment_filter"]))
+        try:
+            node = seg.parse(row["segment_filter"])
+        except seg.SegmentError as exc:  # stored before the filter rules it breaks
+            raise ApiError(422, "segment_invalid", str(exc), [exc.detail()]) from None
+        gate = gate_for(request.app, settings.segment_preview_concurrency, settings.segment_preview_per_tenant)
+        try:
+            async with gate.slot(principal.tenant_id):
+                count, sample = await AudienceRepository(request.app.state.pool).preview(principal.tenant_id, node)
+        except asyncpg.QueryCanceledError:  # the statement timeout
+            raise ApiError(503, "segment_timeout", "the filter took too long to evaluate; narrow it") from None
         return {"campaign_id": str(row["campaign_id"]), "count": count, "sample": sample}
 
-    @router.post("/v1/campaigns/{campaign_id}/test", tags=["campaigns"], responses={**errors, 503: {}})
+    def limiter(request: Request) -> RateLimiter:
+        found = getattr(request.app.state, "campaign_test_limiter", None)
+        if found is None:
+            found = request.app.state.campaign_test_limiter = RateLimiter(
+                request.app.state.pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute,
+                lease=False,
+            )
+        return found
+
+    @router.post("/v1/campaigns/{campaign_id}/test", tags=["campaigns"], responses={**errors, 429: {}, 503: {}})
     async def send_test(campaign_id: Annotated[str, Path(max_length=64)], request: Request,
                         body: TestBody | None = None, principal: Principal = writer) -> dict[str, Any]:
         """Send every variant to the test numbers now, rendered for the contact with that number
         (or sample fields). Test sends are transactional, so consent, caps and quiet hours do not
-        hold them, and they are not counted in the campaign's report."""
+        hold them, and they are not counted in the campaign's report. Every message counts against
+        the key's message limit (429 with Retry-After over it), and the numbers must be of the
+        allowed number types."""
         row = await load(request, principal, campaign_id)
         numbers = (body.numbers if body and body.numbers is not None else list(row["test_numbers"]))
         if not numbers:
             raise ApiError(422, "no_test_numbers", "give numbers, or store test_numbers on the campaign")
+        verdict = await limiter(request).check(principal.key_id, len(numbers) * len(row["variants"]),
+                                               principal.requests_per_minute, principal.messages_per_minute)
+        if not verdict.allowed:
+            RATE_LIMITED.labels(verdict.limit).inc()
+            raise ApiError(429, "rate_limited",
+                           f"this API key is over its {verdict.limit} per minute limit; retry in {verdict.retry_after_s}s",
+                           headers={"Retry-After": str(verdict.retry_after_s)})
         r = repo(request)
         stored = await r.templates(principal.tenant_id, [uuid.UUID(v["template_id"]) for v in row["variants"]])
         contacts = await r.contacts_by_phone(principal.tenant_id, numbers)
@@ -285,7 +322,8 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
         return policy
 
     @router.put("/v1/policy", tags=["policy"], responses=errors)
-    async def put_policy(body: PolicyBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
+    async def put_policy(body: PolicyBody, request: Request, principal: Principal = policy_writer) -> dict[str, Any]:
+        """Change the consent mode, frequency caps or reply webhook URL (scope ``policy:write``)."""
         caps = [c.model_dump() for c in body.frequency_caps] if body.frequency_caps is not None else None
         actor = f"api:{principal.key_id}"
         async with request.app.state.pool.acquire() as conn:

@@ -12,7 +12,7 @@ import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from services.ingest.audience.contacts_repo import AudienceMember
@@ -23,7 +23,7 @@ from shared.statuses import MessageType
 BUCKETS = 10_000  # split percentages have two decimals
 MESSAGE_NAMESPACE = uuid.UUID("6f1c5d0e-8a47-4a59-9d47-2b1f3f0c9a11")
 
-State = Literal["draft", "scheduled", "running", "testing", "paused", "completed", "cancelled"]
+State = Literal["draft", "scheduled", "running", "testing", "paused", "completed", "cancelled", "failed"]
 Action = Literal["launch", "pause", "resume", "cancel"]
 
 
@@ -90,6 +90,16 @@ def transition(state: str, action: Action, *, send_at: datetime | None, now: dat
     if action == "resume":
         return paused_from or "running"
     return "cancelled"
+
+
+def next_attempt_at(failed_before: int, now: datetime, *, max_attempts: int, base_s: float, max_s: float) -> datetime | None:
+    """When a campaign that just failed (``failed_before`` failed attempts in a row before this
+    one) is tried again: exponential backoff from ``base_s``, at most ``max_s``; None once
+    ``max_attempts`` attempts have failed (the campaign ends ``failed``)."""
+    failed = failed_before + 1
+    if failed >= max_attempts:
+        return None
+    return now + timedelta(seconds=min(max_s, base_s * 2 ** (failed - 1)))
 
 
 _PAST = {"launch": "launched", "pause": "paused", "resume": "resumed", "cancel": "cancelled"}

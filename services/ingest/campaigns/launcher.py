@@ -8,6 +8,12 @@ Every page renews the lease and re-reads the state, so a pause or cancel stops t
 within one page; the scheduler holds (pause) or suppresses (cancel) what was already
 published. A launcher that dies is replaced by another after the lease runs out; it
 re-publishes at most one page, with the same message ids.
+
+One tenant cannot stall the others: claims go to the tenant claimed longest ago (then its
+campaign claimed longest ago), a claim works at most ``slice_s`` before letting the campaign
+go back in line, every page query has a statement timeout, and a campaign whose attempt fails
+is retried with backoff and, after ``max_attempts`` failures in a row, ends ``failed`` with
+the reason (an outage of PostgreSQL or Kafka is not counted against it).
 """
 
 from __future__ import annotations
@@ -29,13 +35,13 @@ from prometheus_client import Counter, Histogram
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
 from services.ingest.audience.templates import Template, TemplateError, render
-from services.ingest.campaigns.domain import AbTest, Variant, assign, build_message
+from services.ingest.campaigns.domain import AbTest, Variant, assign, build_message, next_attempt_at
 from services.ingest.campaigns.repository import CampaignRepository
 from services.ingest.links import LinkRecord, records, track_message
 from services.ingest.links_repo import LinksRepository
 from services.ingest.service import accepted_event
 from shared.contracts import utcnow
-from shared.kafka import Outgoing, Publisher
+from shared.kafka import Outgoing, Publisher, error_kind
 from shared.phones import region_of_e164
 from shared.statuses import MessageType
 
@@ -43,6 +49,9 @@ log = logging.getLogger(__name__)
 
 FANNED_OUT = Counter("herald_campaign_messages_published_total", "Campaign messages published by the launcher")
 RENDER_FAILED = Counter("herald_campaign_render_failures_total", "Contacts skipped because their text could not be rendered")
+FAILED_ATTEMPTS = Counter(
+    "herald_campaign_failed_attempts_total", "Failed attempts to fan a campaign out, by outcome (retry or failed)", ["outcome"]
+)
 PAGE_SECONDS = Histogram(
     "herald_campaign_page_seconds", "Time to read, render and publish one page of a campaign's audience",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -89,6 +98,11 @@ class Launcher:
         link_domain: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         owner: str | None = None,
+        page_timeout_s: float = 30.0,
+        slice_s: float = 10.0,
+        max_attempts: int = 5,
+        retry_base_s: float = 30.0,
+        retry_max_s: float = 1800.0,
     ) -> None:
         self.campaigns = CampaignRepository(pool)
         self.audience = AudienceRepository(pool)
@@ -101,6 +115,11 @@ class Launcher:
         self.links = LinksRepository(pool)
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.page_timeout_s = page_timeout_s  # each audience page's statement timeout
+        self.slice_s = slice_s  # a claim publishes pages this long at most, then the campaign goes back in line
+        self.max_attempts = max_attempts
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -120,18 +139,43 @@ class Launcher:
                     pass
 
     async def run_once(self) -> bool:
-        """Claim one due campaign and fan out as much of it as this launcher keeps; False if none."""
+        """Claim one due campaign and fan out a slice of it; False if none was due."""
         row = await self.campaigns.claim(self.owner, self.lease_s, self.clock())
         if row is None:
             return False
-        plan = await self._plan(row)
-        if plan is None:
-            return True
+        tenant_id, campaign_id = row["tenant_id"], row["campaign_id"]
         try:
-            await self.fan_out(plan)
-        finally:
-            await self.campaigns.release(plan.tenant_id, plan.campaign_id, self.owner)
+            plan = await self._plan(row)
+            if plan is not None:
+                await self.fan_out(plan)
+        except Exception as exc:
+            if error_kind(exc) == "unavailable":  # PostgreSQL or Kafka away: not this campaign's fault
+                await self._release_quietly(tenant_id, campaign_id)
+                raise
+            await self._failed(row, exc)
+            return True
+        await self.campaigns.release(tenant_id, campaign_id, self.owner)
         return True
+
+    async def _failed(self, row: asyncpg.Record, exc: Exception) -> None:
+        reason = failure_reason(exc, self.page_timeout_s)
+        retry_at = next_attempt_at(row["attempts"], self.clock(), max_attempts=self.max_attempts,
+                                   base_s=self.retry_base_s, max_s=self.retry_max_s)
+        state = await self.campaigns.failed_attempt(row["tenant_id"], row["campaign_id"], self.owner, reason, retry_at)
+        FAILED_ATTEMPTS.labels("failed" if retry_at is None else "retry").inc()
+        log.warning(
+            "campaign %s (tenant %s): attempt %d failed: %s; %s", row["campaign_id"], row["tenant_id"],
+            row["attempts"] + 1, reason, "giving up" if retry_at is None else f"retrying at {retry_at.isoformat()}",
+            exc_info=not isinstance(exc, (seg.SegmentError, asyncpg.QueryCanceledError, asyncpg.DataError)),
+        )
+        if state is None:
+            await self._release_quietly(row["tenant_id"], row["campaign_id"])
+
+    async def _release_quietly(self, tenant_id: str, campaign_id: uuid.UUID) -> None:
+        try:
+            await self.campaigns.release(tenant_id, campaign_id, self.owner)
+        except Exception:  # noqa: BLE001 - the lease runs out by itself
+            log.warning("campaign %s: could not release the lease; it runs out in %.0f s", campaign_id, self.lease_s)
 
     async def _plan(self, row: asyncpg.Record) -> Plan | None:
         variants = parse_variants(row["variants"])
@@ -162,7 +206,8 @@ class Launcher:
         published = 0
         started = time.monotonic()
         page_started = time.monotonic()
-        pages = self.audience.iter_audience(plan.tenant_id, plan.node, batch_size=self.page_size, after=plan.cursor)
+        pages = self.audience.iter_audience(plan.tenant_id, plan.node, batch_size=self.page_size, after=plan.cursor,
+                                            timeout_ms=int(self.page_timeout_s * 1000))
         # The next page is read while this one is rendered and published: one page of read-ahead.
         upcoming: asyncio.Task[list[AudienceMember]] | None = asyncio.ensure_future(anext(pages, []))
         while upcoming is not None:
@@ -186,6 +231,9 @@ class Launcher:
             if state is None:
                 upcoming.cancel()
                 log.info("campaign %s stopped (paused, cancelled or taken over) after %d messages", plan.campaign_id, published)
+                return
+            if len(page) == self.page_size and time.monotonic() - started >= self.slice_s:
+                upcoming.cancel()  # its turn is over: the next claim may go to another tenant
                 return
         testing_until = None
         if plan.ab_test is not None and plan.phase == "test":
@@ -223,3 +271,14 @@ class Launcher:
                 links += records(plan.tenant_id, message, found)
             outgoing.append(accepted_event(plan.tenant_id, message, trace_id=plan.campaign_id.hex))
         return outgoing, links
+
+
+def failure_reason(exc: Exception, page_timeout_s: float) -> str:
+    """What the tenant reads in GET /v1/campaigns/{id} (``failure.reason``): never internals."""
+    if isinstance(exc, seg.SegmentError):
+        return f"segment_invalid: {exc}"
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return f"audience_timeout: a page of the audience took longer than {page_timeout_s:g} s (statement timeout); narrow the segment"
+    if isinstance(exc, asyncpg.DataError):
+        return f"audience_query_failed: {exc}"
+    return "internal_error: the campaign could not be fanned out; the operators have the details in the logs"

@@ -18,7 +18,7 @@ import asyncpg
 COLUMNS = (
     "campaign_id, name, segment_id, segment_filter, sender, variants, frequency_caps, test_numbers, send_at, state,"
     " ab_test, phase, decide_at, winner, winner_detail, cursor, fanned_out_at, published, created_at, updated_at,"
-    " launched_at, paused_at, paused_from, cancelled_at, cancel_reason"
+    " launched_at, paused_at, paused_from, cancelled_at, cancel_reason, attempts, next_attempt_at, last_error, failed_at"
 )
 
 
@@ -49,6 +49,12 @@ def campaign_dict(r: asyncpg.Record) -> dict[str, Any]:
         "paused_at": iso(r["paused_at"]),
         "cancelled_at": iso(r["cancelled_at"]),
         "cancel_reason": r["cancel_reason"],
+        # Why fanning it out failed (null: it never did): the last reason, failed attempts in a
+        # row, when the next one is due (null once it succeeded or gave up), when it gave up.
+        "failure": None if r["last_error"] is None else {
+            "reason": r["last_error"], "attempts": r["attempts"], "next_attempt_at": iso(r["next_attempt_at"]),
+            "failed_at": iso(r["failed_at"]),
+        },
     }
 
 
@@ -94,16 +100,34 @@ class CampaignRepository:
     # launcher -----------------------------------------------------------------------------------
 
     async def claim(self, owner: str, lease_s: float, now: datetime) -> asyncpg.Record | None:
-        """Take one campaign to fan out: a running one not fanned out, or a scheduled one now due."""
+        """Take one campaign to fan out: a running one not fanned out, or a scheduled one now due,
+        not waiting for a retry. Fair across tenants: the tenant whose last claim is oldest goes
+        first, then that tenant's campaign claimed longest ago, then the earliest due."""
         return await self.pool.fetchrow(
             "UPDATE campaigns c SET launcher = $1, lease_until = $2::timestamptz + make_interval(secs => $3),"
-            " state = 'running', updated_at = CASE WHEN c.state = 'scheduled' THEN now() ELSE c.updated_at END"
-            " FROM (SELECT tenant_id, campaign_id FROM campaigns"
-            "       WHERE ((state = 'running' AND fanned_out_at IS NULL) OR (state = 'scheduled' AND send_at <= $2))"
-            "         AND (lease_until IS NULL OR lease_until < $2)"
-            "       ORDER BY coalesce(send_at, launched_at) LIMIT 1 FOR UPDATE SKIP LOCKED) due"
+            " claimed_at = $2, state = 'running',"
+            " updated_at = CASE WHEN c.state = 'scheduled' THEN now() ELSE c.updated_at END"
+            " FROM (SELECT d.tenant_id, d.campaign_id FROM campaigns d"
+            "       WHERE ((d.state = 'running' AND d.fanned_out_at IS NULL) OR (d.state = 'scheduled' AND d.send_at <= $2))"
+            "         AND (d.lease_until IS NULL OR d.lease_until < $2)"
+            "         AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $2)"
+            "       ORDER BY (SELECT max(t.claimed_at) FROM campaigns t WHERE t.tenant_id = d.tenant_id) NULLS FIRST,"
+            "                d.claimed_at NULLS FIRST, coalesce(d.send_at, d.launched_at)"
+            "       LIMIT 1 FOR UPDATE SKIP LOCKED) due"
             " WHERE c.tenant_id = due.tenant_id AND c.campaign_id = due.campaign_id RETURNING c.*",
             owner, now, lease_s,
+        )
+
+    async def failed_attempt(self, tenant_id: str, campaign_id: uuid.UUID, owner: str, reason: str,
+                             next_attempt_at: datetime | None) -> str | None:
+        """Record a failed attempt: retry at ``next_attempt_at``, or (None) give up: state failed.
+        The campaign's state after it, or None when this launcher no longer holds it."""
+        return await self.pool.fetchval(
+            "UPDATE campaigns SET attempts = attempts + 1, last_error = $4, next_attempt_at = $5, lease_until = NULL,"
+            " state = CASE WHEN $5::timestamptz IS NULL THEN 'failed' ELSE state END,"
+            " failed_at = CASE WHEN $5::timestamptz IS NULL THEN now() ELSE failed_at END, updated_at = now()"
+            " WHERE tenant_id = $1 AND campaign_id = $2 AND launcher = $3 AND state = 'running' RETURNING state",
+            tenant_id, campaign_id, owner, reason[:1000], next_attempt_at,
         )
 
     async def advance(self, tenant_id: str, campaign_id: uuid.UUID, owner: str, cursor: uuid.UUID,
@@ -111,7 +135,7 @@ class CampaignRepository:
         """Store a published page's cursor and renew the lease; the campaign's state, or None
         when this launcher lost it (paused, cancelled, lease taken over)."""
         return await self.pool.fetchval(
-            "UPDATE campaigns SET cursor = $4, published = published + $5,"
+            "UPDATE campaigns SET cursor = $4, published = published + $5, attempts = 0, next_attempt_at = NULL,"
             " lease_until = $7::timestamptz + make_interval(secs => $6)"
             " WHERE tenant_id = $1 AND campaign_id = $2 AND launcher = $3 AND state = 'running' RETURNING state",
             tenant_id, campaign_id, owner, cursor, published, lease_s, now,
@@ -131,7 +155,8 @@ class CampaignRepository:
                    " updated_at = now()")
             args: tuple[Any, ...] = (testing_until,)
         else:
-            sql = "UPDATE campaigns SET state = 'completed', fanned_out_at = now(), lease_until = NULL, updated_at = now()"
+            sql = ("UPDATE campaigns SET state = 'completed', fanned_out_at = now(), lease_until = NULL, updated_at = now(),"
+                   " attempts = 0, next_attempt_at = NULL")
             args = ()
         done = await self.pool.fetchval(
             sql + " WHERE tenant_id = $1 AND campaign_id = $2 AND launcher = $3 AND state = 'running' RETURNING 1",

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from services.ingest.domain import Rejection
 from services.ingest.events.domain import parse_event
 from services.ingest.events.service import EventAccepted, EventAcceptor
-from services.ingest.ratelimit import RateLimiter
+from shared.ratelimit import RateLimiter
 from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
 from shared.contracts import ContactEventRequest, utcnow

@@ -1,4 +1,6 @@
-"""The journeys HTTP API: scope ``contacts:write`` to change, ``contacts:read`` to read."""
+"""The journeys HTTP API: scope ``contacts:write`` to change, ``contacts:read`` to read; a
+journey with a send step also needs ``messages:write`` to be created or changed, since its
+sends go out without any other request."""
 
 from __future__ import annotations
 
@@ -34,8 +36,11 @@ def build_journeys_router() -> APIRouter:
     def repo(request: Request) -> JourneysRepository:
         return JourneysRepository(request.app.state.pool)
 
-    async def checked(request: Request, tenant: str, body: JourneyDefinition) -> dict[str, Any]:
-        """What pydantic cannot check: every template exists for this tenant."""
+    async def checked(request: Request, principal: Principal, body: JourneyDefinition) -> dict[str, Any]:
+        """What pydantic cannot check: a sending journey's key may send; every template exists for this tenant."""
+        tenant = principal.tenant_id
+        if any(isinstance(s, SendStep) for s in body.steps):
+            principal.require("messages:write")
         wanted = body.template_ids
         missing = await repo(request).missing_templates(tenant, wanted)
         if missing:
@@ -52,8 +57,8 @@ def build_journeys_router() -> APIRouter:
     @router.post("/v1/journeys", status_code=201, responses=ERRORS)
     async def create_journey(body: JourneyDefinition, request: Request, principal: Principal = writer) -> dict[str, Any]:
         """Create a journey (version 1, active): contacts enter it on its trigger event."""
-        raw = await checked(request, principal.tenant_id, body)
-        return await repo(request).create(principal.tenant_id, body, raw)
+        raw = await checked(request, principal, body)
+        return await repo(request).create(principal.tenant_id, body, raw, principal.key_id)
 
     @router.get("/v1/journeys", responses=ERRORS)
     async def list_journeys(
@@ -94,9 +99,9 @@ def build_journeys_router() -> APIRouter:
                 expected = int(if_match.strip().strip('"').removeprefix("W/").strip('"'))
             except ValueError:
                 raise ApiError(422, "invalid_if_match", "If-Match is the journey's version number") from None
-        raw = await checked(request, principal.tenant_id, body)
+        raw = await checked(request, principal, body)
         try:
-            updated = await repo(request).update(principal.tenant_id, _id(journey_id), body, raw, expected)
+            updated = await repo(request).update(principal.tenant_id, _id(journey_id), body, raw, expected, principal.key_id)
         except VersionConflict as exc:
             raise ApiError(409, "version_conflict", f"the journey changed: it is at version {exc.current}") from None
         except Archived:

@@ -55,11 +55,11 @@ class JourneysRepository:
         )
         return ids - {r["template_id"] for r in rows}
 
-    async def create(self, tenant: str, definition: JourneyDefinition, raw: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, tenant: str, definition: JourneyDefinition, raw: dict[str, Any], key_id: str | None = None) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction():
             journey_id = await conn.fetchval(
-                "INSERT INTO journeys (tenant_id, name, trigger_events) VALUES ($1, $2, $3) RETURNING journey_id",
-                tenant, definition.name, _triggers(definition),
+                "INSERT INTO journeys (tenant_id, name, trigger_events, key_id) VALUES ($1, $2, $3, $4) RETURNING journey_id",
+                tenant, definition.name, _triggers(definition), key_id,
             )
             await conn.execute(
                 "INSERT INTO journey_versions (journey_id, version, definition) VALUES ($1, 1, $2)", journey_id, raw
@@ -93,7 +93,8 @@ class JourneysRepository:
         return [_view(r) for r in rows]
 
     async def update(
-        self, tenant: str, journey_id: uuid.UUID, definition: JourneyDefinition, raw: dict[str, Any], expected: int | None
+        self, tenant: str, journey_id: uuid.UUID, definition: JourneyDefinition, raw: dict[str, Any], expected: int | None,
+        key_id: str | None = None,
     ) -> dict[str, Any] | None:
         """A new version; runs already under way finish on theirs. ``expected``: If-Match."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -111,9 +112,9 @@ class JourneysRepository:
                 "INSERT INTO journey_versions (journey_id, version, definition) VALUES ($1, $2, $3)", journey_id, version, raw
             )
             await conn.execute(
-                "UPDATE journeys SET version = $3, name = $4, trigger_events = $5, updated_at = now()"
+                "UPDATE journeys SET version = $3, name = $4, trigger_events = $5, key_id = $6, updated_at = now()"
                 " WHERE tenant_id = $1 AND journey_id = $2",
-                tenant, journey_id, version, definition.name, _triggers(definition),
+                tenant, journey_id, version, definition.name, _triggers(definition), key_id,
             )
             return await self._get(conn, tenant, journey_id, None)
 

@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
 
 from services.scheduler.journeys import metrics
-from services.scheduler.journeys.engine import ACTIVE, EventFact, LaneResult, Run, advance, on_event
+from services.scheduler.journeys.engine import ACTIVE, EventFact, LaneResult, Run, Send, advance, on_event
 from services.scheduler.journeys.messages import SendError, accepted_event, build_message
+from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.repository import JourneyRepository
 from shared.contracts import ContactEventAccepted, utcnow
 from shared.kafka import Incoming, Outgoing, Publisher
 from shared.logging import mask_phone
+from shared.phones import SMS_CAPABLE
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,12 @@ class JourneyTimer:
         batch: int,
         clock: Callable[[], datetime] = utcnow,
         smart_encoding: bool = True,
+        allowed_number_types: Iterable[str] = SMS_CAPABLE,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.repository = repository
+        self.limiter = limiter  # the per-key message limits (None: not limited)
+        self.allowed_number_types = frozenset(allowed_number_types)
         self.publisher = publisher
         self.interval_s = interval_s
         self.batch = batch
@@ -129,6 +136,8 @@ class JourneyTimer:
                 after, steps = advance(run, journey, contacts.get((run.tenant, run.phone)), now)
                 moved.append(after)
                 sends += [(after, s) for s in steps]
+            if self.limiter is not None and sends:
+                moved, sends = await self._within_limits(conn, runs, moved, sends, now)
             templates = await repo.templates(
                 conn, {(r.tenant, s.step.template_id) for r, s in sends if s.step.template_id is not None}
             )
@@ -137,7 +146,8 @@ class JourneyTimer:
                 contact = contacts.get((run.tenant, run.phone))
                 template = templates.get((run.tenant, send.step.template_id)) if send.step.template_id else None
                 try:
-                    message = build_message(send, run, contact, template, now, smart=self.smart_encoding)
+                    message = build_message(send, run, contact, template, now, smart=self.smart_encoding,
+                                            allowed_types=self.allowed_number_types)
                 except SendError as exc:
                     metrics.SENDS.labels(exc.code, "").inc()
                     log.warning(
@@ -156,3 +166,47 @@ class JourneyTimer:
             if run.state != ACTIVE:
                 metrics.RUNS_ENDED.labels(run.state, (run.exit_reason or "").split(":", 1)[0]).inc()
         return len(runs)
+
+    async def _within_limits(
+        self, conn: Any, before: list[Run], moved: list[Run], sends: list[tuple[Run, Send]], now: datetime
+    ) -> tuple[list[Run], list[tuple[Run, Send]]]:
+        """Hold back the runs whose sends are over the message limit of the key that wrote their
+        journey: such a run keeps its state and is due again when the limit allows (its sends
+        wait, as an API client told 429 would). One check per key for the whole batch; only a
+        key over its limit is then checked run by run, to send what still fits."""
+        assert self.limiter is not None
+        keys = await self.repository.sending_keys(conn, {r.journey_id for r, _ in sends})
+        per_run: dict[Any, list[tuple[Run, Send]]] = defaultdict(list)
+        for run, send in sends:
+            per_run[run.run_id].append((run, send))
+        by_key: dict[str, list[Any]] = defaultdict(list)
+        for run_id, items in per_run.items():
+            limits = keys.get(items[0][0].journey_id)
+            if limits is not None:
+                by_key[limits.key_id].append(run_id)
+        held: dict[Any, int] = {}  # run id -> seconds to wait
+        for key_id, run_ids in by_key.items():
+            limits = next(keys[per_run[r][0][0].journey_id] for r in run_ids)
+            rpm, mpm = limits.requests_per_minute, limits.messages_per_minute
+            verdict = await self.limiter.check(key_id, sum(len(per_run[r]) for r in run_ids), rpm, mpm)
+            if verdict.allowed:
+                continue
+            for i, run_id in enumerate(run_ids):  # over the limit: send what fits, hold the rest
+                one = await self.limiter.check(key_id, len(per_run[run_id]), rpm, mpm)
+                if not one.allowed:
+                    held.update((r, one.retry_after_s) for r in run_ids[i:])
+                    break
+        if not held:
+            return moved, sends
+        originals = {r.run_id: r for r in before}
+        kept: list[Run] = []
+        for run in moved:
+            if run.run_id in held:
+                wait = originals[run.run_id].copy()
+                wait.due_at = now + timedelta(seconds=max(1, held[run.run_id]))
+                kept.append(wait)
+                metrics.SENDS.labels("rate_limited", "").inc(len(per_run[run.run_id]))
+            else:
+                kept.append(run)
+        log.info("journey sends over their key's message limit held back", extra={"runs": len(held)})
+        return kept, [(r, s) for r, s in sends if r.run_id not in held]

@@ -6,14 +6,14 @@ scheduler's normal gate (consent, suppression, frequency caps, quiet hours) like
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from services.scheduler.journeys.engine import Run, Send
 from shared.contracts import MessageAccepted, MessageAcceptedEvent
 from shared.kafka import Outgoing
-from shared.phones import PhoneError, parse_e164
+from shared.phones import SMS_CAPABLE, PhoneError, parse_e164
 from shared.statuses import MessageType
 from shared.templates import Template, TemplateError, render
 from shared.topics import ACCEPTED, ACCEPTED_BULK
@@ -35,8 +35,11 @@ def render_fields(run: Run, contact: Mapping[str, Any] | None) -> dict[str, Any]
 
 
 def build_message(
-    send: Send, run: Run, contact: Mapping[str, Any] | None, template: Template | None, now: datetime, *, smart: bool = True
+    send: Send, run: Run, contact: Mapping[str, Any] | None, template: Template | None, now: datetime, *, smart: bool = True,
+    allowed_types: Iterable[str] | None = SMS_CAPABLE,
 ) -> MessageAccepted:
+    """The message of one send step; :class:`SendError` when it cannot go (no template, text too
+    long, a number of a type not allowed, e.g. premium rate, as ingest refuses it for the API)."""
     step = send.step
     if step.template_id is not None:
         if template is None:
@@ -48,7 +51,7 @@ def build_message(
         chosen = Template(step.purpose, "en", {"en": step.body}, step.sender)
     try:
         rendered = render(chosen, render_fields(run, contact), smart=smart)
-        phone = parse_e164(run.phone, allowed_types=None)
+        phone = parse_e164(run.phone, allowed_types=allowed_types)
     except TemplateError as exc:
         raise SendError(exc.code, str(exc)) from None
     except PhoneError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -50,6 +51,13 @@ def _run(row: asyncpg.Record) -> Run:
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    key_id: str
+    requests_per_minute: int | None
+    messages_per_minute: int | None
 
 
 class JourneyRepository:
@@ -101,6 +109,16 @@ class JourneyRepository:
             for j, n in keys
             if j in states and (j, n) in self._definitions
         }
+
+    async def sending_keys(self, conn: asyncpg.Connection, journey_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, KeyLimits]:
+        """The API key that wrote each journey, with its own limits (None: the default); journeys
+        written before keys were recorded have none and are not limited."""
+        rows = await conn.fetch(
+            "SELECT j.journey_id, k.key_id, k.requests_per_minute, k.messages_per_minute FROM journeys j"
+            " JOIN api_keys k ON k.key_id = j.key_id WHERE j.journey_id = ANY($1::uuid[])",
+            list(set(journey_ids)),
+        )
+        return {r["journey_id"]: KeyLimits(r["key_id"], r["requests_per_minute"], r["messages_per_minute"]) for r in rows}
 
     async def lock_active_runs(self, conn: asyncpg.Connection, contacts: set[tuple[str, str]]) -> list[Run]:
         """Active runs of these (tenant, phone) contacts, locked until the transaction ends."""
