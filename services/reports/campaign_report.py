@@ -201,9 +201,14 @@ def build(
         metric = settings.get("metric") if settings.get("metric") in METRICS else "click_rate"
         min_sample = int(settings.get("min_sample") or 0)
         decision = decide(samples(list(ab), metric, named), alpha=alpha, min_sample=min_sample, metric=metric)
+        configured = bool(ab_test)
         ab_section = {
             **decision.detail,
-            "winner": decision.winner,
+            # only a configured A/B test with a significant result has a winner; the best
+            # variant so far is the leader (none while no variant has any trials)
+            "configured": configured,
+            "winner": decision.winner if configured and decision.significant else None,
+            "leader": decision.winner,
             "significant": decision.significant,
             "reason": decision.reason,
             "decided": (
