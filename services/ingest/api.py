@@ -31,7 +31,7 @@ from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
 from services.ingest.twilio_callbacks import create_router as twilio_router
-from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
+from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency, require_json
 from shared.auth import KeyCache, Principal, authenticate
 from shared.contracts import MessageRequest, utcnow
 from shared.events import receipt_event
@@ -206,6 +206,7 @@ def create_app(
             403: {},
             409: {},
             413: {},
+            415: {},
             422: {},
             429: {},
             503: {"description": "Not every message could be queued: retry the same batch with the same Idempotency-Key"},
@@ -222,6 +223,7 @@ def create_app(
         """Validate up to 10,000 messages. Good ones are queued; bad ones are listed with their reason.
 
         Retry safely with the same `Idempotency-Key` header (see the parameter)."""
+        require_json(request)
         raw = await request.body()
         try:
             body = json.loads(raw)
