@@ -7,6 +7,7 @@ installed with ``pip install 'herald[charts]'``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 ROWS = (
-    ("targeted", "targeted"), ("skipped_total", "skipped"), ("sent", "sent"), ("delivered", "delivered"),
+    ("targeted", "targeted"), ("skipped_total", "skipped"), ("pending", "pending"), ("held", "  of which held"),
+    ("sent", "sent"), ("delivered", "delivered"),
     ("undelivered", "undelivered"), ("failed", "failed"), ("unknown", "unknown (not resent)"), ("delivery_rate", "delivery rate"),
     ("clicks_unique", "clicks (unique)"), ("clicks_total", "clicks (total)"), ("bot_clicks", "bot clicks"),
     ("click_rate", "click rate"), ("conversions", "conversions"), ("conversion_rate", "conversion rate"),
@@ -39,6 +41,23 @@ def _cell(key: str, value: Any) -> str:
 def _bar(rate: float | None, scale: float, colour: str) -> Text:
     width = 0 if not rate or not scale else max(1, round(BAR_WIDTH * rate / scale))
     return Text("█" * width, style=colour) + Text(f" {_cell('x_rate', rate)}")
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return "?"
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return value
+
+
+def held_line(h: dict[str, Any]) -> str:
+    """``quiet_hours 2 until 2026-12-07 08:00 UTC`` (with the first release when it differs)."""
+    line = f"{h['rule']} {h['count']:,} until {_when(h.get('until'))}"
+    if h.get("next_release") and h.get("next_release") != h.get("until"):
+        line += f" (first at {_when(h['next_release'])})"
+    return line
 
 
 NO_DATA = "no data yet: nothing sent or delivered"
@@ -74,6 +93,9 @@ def render(report: dict[str, Any]) -> Group:
     parts: list[Any] = [table]
     if skipped:
         parts.append(Text("skipped by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(skipped.items()))))
+    held = report["totals"].get("held_by") or []
+    if held:
+        parts.append(Text("held (scheduled) by rule: " + "; ".join(held_line(h) for h in held)))
     chart = Table.grid(padding=(0, 1))
     chart.add_column(justify="right")
     chart.add_column()
@@ -95,7 +117,9 @@ def render(report: dict[str, Any]) -> Group:
         lines.append(verdict(ab))
         if ab.get("decided"):
             lines.append(f"decided: {ab['decided']['winner']}")
-        parts.append(Panel("\n".join(lines), title="A/B test (two-proportion z-test)", expand=False))
+        title = ("A/B test (two-proportion z-test)" if ab.get("configured", True)
+                 else "variants compared (no A/B test; two-proportion z-test)")
+        parts.append(Panel("\n".join(lines), title=title, expand=False))
     return Group(*parts)
 
 
