@@ -55,6 +55,8 @@ Entry = tuple[str, str, str, uuid.UUID]  # tenant, key, request hash, message id
 class IngestRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        # Single requests in flight reserve their keys together: one statement for all of them.
+        self._singles: Coalescer[Entry, KeyRecord] = Coalescer(self._reserve_many, max_batch=1000)
 
     async def message_status(self, tenant_id: str, message_id: uuid.UUID) -> str | None:
         """The status reports has for one of the tenant's messages (read only; reports owns the
@@ -62,8 +64,6 @@ class IngestRepository:
         return await self.pool.fetchval(
             "SELECT status FROM messages WHERE message_id = $1 AND tenant_id = $2", message_id, tenant_id
         )
-        # Single requests in flight reserve their keys together: one statement for all of them.
-        self._singles: Coalescer[Entry, KeyRecord] = Coalescer(self._reserve_many, max_batch=1000)
 
     async def reserve_keys(
         self, tenant_id: str, entries: list[tuple[str, str, uuid.UUID]]
