@@ -158,7 +158,7 @@ MESSAGE_COMMANDS = Topic(
     MessageCommandEvent,
     key="message id",
     producers=("ingest",),
-    consumers=("scheduler",),
+    consumers=("scheduler (commands lane)",),
     description="A client cancels or reschedules a message the scheduler holds (DELETE or PATCH "
     "/v1/messages/{id}). The scheduler owns the held messages: it applies the command to its timer "
     "(a cancelled message becomes suppressed, reason cancelled_by_client; a rescheduled one is "
