@@ -63,7 +63,8 @@ def require_json(request: Request) -> None:
 
 def document_errors(app: FastAPI) -> None:
     """The OpenAPI document lists the error catalogue: ``components.schemas.Error`` with every
-    code (status and meaning in the description), and each operation's error answers refer to it."""
+    code (status and meaning in the description), and each operation's error answers refer to it,
+    with the codes of their status (a JSON body's route also documents its 415)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -108,8 +109,6 @@ def document_errors(app: FastAPI) -> None:
                 if body and all(is_json_media_type(m) for m in body):
                     responses.setdefault("415", {"description": "Error; `error.code` is `unsupported_media_type`",
                                                  "content": ref})
-                responses.setdefault("default", {"description": "Error: see the `Error` schema for the codes",
-                                                  "content": ref})
         app.openapi_schema = schema
         return schema
 

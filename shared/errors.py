@@ -81,7 +81,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "unsupported_media_type": _c(415, "the `Content-Type` is not one the route takes (JSON routes: `application/json`)"),
     # 422: the request
     "validation_failed": _c(422, "the body, query or parameters are not valid (each problem in `details`)"),
-    "malformed_json": _c(422, "the body is not valid JSON"),
+    "malformed_json": _c(422, "the body is not valid JSON (or a JSON contact import is not an array of objects)"),
     "malformed_form": _c(422, "the body is not UTF-8 form data"),
     "empty_batch": _c(422, "a batch without items"),
     "all_rejected": _c(422, "no item of the batch is valid (each item's error in `details`)"),
@@ -132,6 +132,16 @@ CATALOGUE: dict[str, ErrorCode] = {
     "invalid_language": _c(422, f"{_CONTACT_FIELD}; or a template variant's language"),
     "invalid_country": _c(422, _CONTACT_FIELD), "invalid_time_zone": _c(422, _CONTACT_FIELD),
     "invalid_bool": _c(422, _CONTACT_FIELD),
+    # contact imports that stop (the rows before were imported; `import` in the answer says how many)
+    "empty_import": _c(422, "a contact import without a header line"),
+    "invalid_encoding": _c(422, "a contact import that is not UTF-8"),
+    "row_too_large": _c(422, "a contact import line or record over the size limit (an unclosed quote?)"),
+    "invalid_header": _c(422, "a contact import's attribute column is not `attributes.<key>[:type]`"),
+    "unknown_column": _c(422, "a contact import's column is not a contact field"),
+    "duplicate_column": _c(422, "a contact import names a column twice"),
+    "missing_phone_column": _c(422, "a contact import's header has no phone column"),
+    "unclosed_quote": _c(422, "a contact import ends inside a quoted field"),
+    "import_too_large": _c(413, "a contact import with more rows than allowed"),
     "wrong_column_count": _c(422, "a CSV import row has another number of columns than the header (per row)"),
     "not_an_object": _c(422, "a JSON-lines import row is not an object (per row)"),
     # 429

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PATTERNS = [
     re.compile(r'\bApiError\(\s*[^,()]+,\s*f?"([a-z][a-z0-9_]*)"'),
     re.compile(r'\b(?:AuthError|CampaignError)\(\s*\d+,\s*"([a-z][a-z0-9_]*)"'),
-    re.compile(r'\b(?:PhoneError|SignatureError|Rejection|TemplateError)\(\s*"([a-z][a-z0-9_]*)"'),
+    re.compile(r'\b(?:PhoneError|SignatureError|Rejection|TemplateError|ImportAborted)\(\s*"([a-z][a-z0-9_]*)"'),
     re.compile(r'\bRowError\(\s*[^,()]+,\s*"([a-z][a-z0-9_]*)"'),
     re.compile(r'\b_answer\(\s*send,\s*\d+,\s*"([a-z][a-z0-9_]*)"'),
     re.compile(r'\berror_body\(\s*"([a-z][a-z0-9_]*)"'),
@@ -39,7 +39,8 @@ def raised_codes() -> dict[str, set[str]]:
 def test_the_scan_finds_the_codes() -> None:
     codes = raised_codes()
     for code in ("message_not_found", "not_suppressed", "version_conflict", "empty_batch", "unparseable_number",
-                 "signature_invalid", "missing_api_key", "bad_content_length", "unsupported_media_type"):
+                 "signature_invalid", "missing_api_key", "bad_content_length", "unsupported_media_type",
+                 "empty_import", "unclosed_quote"):
         assert code in codes, code
 
 
