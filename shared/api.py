@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import AuthError, Principal, authenticate
-from shared.errors import field_errors
+from shared.errors import CATALOGUE, codes_by_status, field_errors
 from shared.http_guard import principal_from_scope
 
 
@@ -38,7 +38,86 @@ def error_body(code: str, message: str, details: list[dict[str, Any]] | None = N
     return {"error": {"code": code, "message": message, "details": details or []}}
 
 
+def is_json_media_type(value: str) -> bool:
+    """``application/json`` or a ``+json`` type, any parameters (charset) aside."""
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def unsupported_media_type(request: Request) -> ApiError | None:
+    """The 415 for a JSON route whose request does not say ``application/json`` (missing or
+    another type), or None when it does."""
+    value = request.headers.get("content-type")
+    if value is not None and is_json_media_type(value):
+        return None
+    media = (value or "").split(";", 1)[0].strip()[:100] or "no Content-Type"
+    return ApiError(415, "unsupported_media_type", f"this route takes application/json, not {media!r}")
+
+
+def require_json(request: Request) -> None:
+    """For routes that read their JSON body themselves: raise the 415 unless it is JSON."""
+    error = unsupported_media_type(request)
+    if error is not None:
+        raise error
+
+
+def document_errors(app: FastAPI) -> None:
+    """The OpenAPI document lists the error catalogue: ``components.schemas.Error`` with every
+    code (status and meaning in the description), and each operation's error answers refer to it,
+    with the codes of their status (a JSON body's route also documents its 415)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        table = "\n".join(
+            f"- {status}: " + ", ".join(f"`{c}`" for c in codes) for status, codes in codes_by_status().items()
+        )
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Error"] = {
+            "type": "object",
+            "required": ["error"],
+            "description": "An error answer. Codes by HTTP status (meanings in docs/errors.md):\n" + table,
+            "properties": {"error": {
+                "type": "object",
+                "required": ["code", "message", "details"],
+                "properties": {
+                    "code": {"type": "string", "enum": sorted(CATALOGUE)},
+                    "message": {"type": "string"},
+                    "details": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {"loc": {"type": "string"}, "code": {"type": "string"}, "msg": {"type": "string"}},
+                    }},
+                },
+            }},
+        }
+        by_status = codes_by_status()
+        ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                responses = operation["responses"]
+                for status, answer in list(responses.items()):
+                    if status.isdigit() and int(status) >= 400:
+                        codes = by_status.get(int(status), [])
+                        answer["description"] = "Error; the codes this status carries: " + ", ".join(f"`{c}`" for c in codes) \
+                            if codes else answer.get("description", "Error")
+                        answer["content"] = ref
+                body = ((operation.get("requestBody") or {}).get("content") or {})
+                if body and all(is_json_media_type(m) for m in body):
+                    responses.setdefault("415", {"description": "Error; `error.code` is `unsupported_media_type`",
+                                                 "content": ref})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    document_errors(app)
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, str(exc), exc.details), status_code=exc.status, headers=exc.headers)
@@ -49,8 +128,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(exc.code, str(exc)), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = field_errors(exc.errors())
+        if request.method in ("POST", "PUT", "PATCH") and any(d["loc"].split(".")[0] == "body" for d in details):
+            # FastAPI reads a body as JSON only when it says so: another (or no) content type
+            # is a 415, not a confusing 422 about the body's shape
+            wrong_type = unsupported_media_type(request)
+            if wrong_type is not None:
+                return JSONResponse(error_body(wrong_type.code, str(wrong_type)), status_code=415)
         codes = {d["code"] for d in details}
         code = "malformed_json" if "json_invalid" in codes else "validation_failed"
         return JSONResponse(error_body(code, "request is not valid", details), status_code=422)

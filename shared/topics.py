@@ -15,6 +15,7 @@ from shared.contracts import (
     InboundMessageEvent,
     LinkClickedEvent,
     MessageAcceptedEvent,
+    MessageCommandEvent,
     MessageOutboundEvent,
     MessageStatusEvent,
     RejectedEventEnvelope,
@@ -152,9 +153,20 @@ REJECTED = Topic(
     description="Input that could not be accepted: the original payload and a machine-readable reason.",
     config={"retention.ms": str(14 * 24 * 3600 * 1000)},
 )
+MESSAGE_COMMANDS = Topic(
+    "messages.commands.v1",
+    MessageCommandEvent,
+    key="message id",
+    producers=("ingest",),
+    consumers=("scheduler (commands lane)",),
+    description="A client cancels or reschedules a message the scheduler holds (DELETE or PATCH "
+    "/v1/messages/{id}). The scheduler owns the held messages: it applies the command to its timer "
+    "(a cancelled message becomes suppressed, reason cancelled_by_client; a rescheduled one is "
+    "scheduled again with its new time). A message already released is left alone.",
+)
 
 ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES,
-                        CONTACT_EVENTS_IN, CONTACT_EVENTS, CLICKS, REJECTED)
+                        CONTACT_EVENTS_IN, CONTACT_EVENTS, CLICKS, REJECTED, MESSAGE_COMMANDS)
 
 
 def _type_name(annotation: object) -> str:

@@ -14,12 +14,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from services.ingest import metrics
 from services.ingest.audience import build_audience_router
 from services.ingest.campaigns.api import build_campaigns_router
 from services.ingest.domain import (
+    MAX_SCHEDULE_AHEAD,
     Rejection,
     batch_item_fingerprint,
     batch_message_ids,
@@ -30,10 +31,11 @@ from shared.ratelimit import RateLimiter
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
+from shared.topics import MESSAGE_COMMANDS
 from services.ingest.twilio_callbacks import create_router as twilio_router
-from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
+from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency, require_json
 from shared.auth import KeyCache, Principal, authenticate
-from shared.contracts import MessageRequest, utcnow
+from shared.contracts import MessageCommand, MessageCommandEvent, MessageRequest, utcnow
 from shared.events import receipt_event
 from shared.http_guard import BodyRule, GuardPolicy, RequestGuard
 from shared.kafka import YIELD_EVERY, Outgoing, Publisher, rejection
@@ -80,6 +82,22 @@ BATCH_KEY_DESCRIPTION = (
     "twice; the key with another batch is 409 idempotency_conflict. Without it ingest makes a key "
     "and returns it in this header and in the answer (also on a 503). Kept like message keys."
 )
+
+
+class RescheduleBody(BaseModel):
+    model_config = {"extra": "forbid"}
+    send_at: AwareDatetime = Field(description="The new time to send (at most 35 days ahead; quiet hours still apply)")
+
+
+class CommandAnswer(BaseModel):
+    message_id: uuid.UUID
+    status: str = Field(description="cancel_requested or reschedule_requested: the outcome shows in the message's status")
+    send_at: AwareDatetime | None = None
+
+
+# Statuses a held message can be cancelled or rescheduled in, and those that mean it is on its way.
+HELD_STATUSES = frozenset({"scheduled"})
+ON_ITS_WAY = frozenset({"queued", "submitted", "unknown", "delivered", "undelivered", "failed", "expired"})
 
 
 class SuppressionBody(BaseModel):
@@ -206,6 +224,7 @@ def create_app(
             403: {},
             409: {},
             413: {},
+            415: {},
             422: {},
             429: {},
             503: {"description": "Not every message could be queued: retry the same batch with the same Idempotency-Key"},
@@ -222,6 +241,7 @@ def create_app(
         """Validate up to 10,000 messages. Good ones are queued; bad ones are listed with their reason.
 
         Retry safely with the same `Idempotency-Key` header (see the parameter)."""
+        require_json(request)
         raw = await request.body()
         try:
             body = json.loads(raw)
@@ -353,6 +373,45 @@ def create_app(
         if not await repository.unsuppress(principal.tenant_id, _phone(phone)):
             raise ApiError(404, "not_suppressed", "this number is not on the suppression list")
         return Response(status_code=204)
+
+    async def _command(principal: Principal, message_id: uuid.UUID, command: MessageCommand, request: Request) -> None:
+        status = await repository.message_status(principal.tenant_id, message_id)
+        if status is None:
+            raise ApiError(404, "message_not_found", "no message with this id for your tenant (yet)")
+        if status in ON_ITS_WAY:
+            raise ApiError(409, "already_sent", f"the message is already on its way (status {status}): it cannot be "
+                           "cancelled or rescheduled")
+        if status not in HELD_STATUSES:
+            raise ApiError(409, "not_scheduled", f"the message is not held for later (status {status}); only a "
+                           "scheduled message (send_at, quiet hours) can be cancelled or rescheduled")
+        event = MessageCommandEvent(tenant=principal.tenant_id, trace_id=_trace_id(request), payload=command)
+        try:
+            await publisher.publish([Outgoing(MESSAGE_COMMANDS, str(message_id), event)])
+        except Exception as exc:
+            raise ApiError(503, "broker_unavailable", "could not publish, retry") from exc
+
+    @app.delete("/v1/messages/{message_id}", status_code=202, response_model=CommandAnswer,
+                responses={401: {}, 403: {}, 404: {}, 409: {}, 503: {}})
+    async def cancel_message(message_id: uuid.UUID, request: Request, principal: Principal = writer) -> dict[str, Any]:
+        """Cancel a message the scheduler still holds (``send_at`` or quiet hours). Answers 202
+        ``cancel_requested``; the message then becomes ``suppressed`` with reason
+        ``cancelled_by_client``. 409 ``already_sent`` when it is already on its way."""
+        await _command(principal, message_id, MessageCommand(message_id=message_id, action="cancel"), request)
+        return {"message_id": message_id, "status": "cancel_requested"}
+
+    @app.patch("/v1/messages/{message_id}", status_code=202, response_model=CommandAnswer,
+               responses={401: {}, 403: {}, 404: {}, 409: {}, 415: {}, 422: {}, 503: {}})
+    async def reschedule_message(
+        message_id: uuid.UUID, body: RescheduleBody, request: Request, principal: Principal = writer
+    ) -> dict[str, Any]:
+        """Move a held message to a new ``send_at``. Answers 202 ``reschedule_requested``; its
+        timeline then shows ``scheduled`` with the new time. 409 ``already_sent`` when it is on its way."""
+        if body.send_at > utcnow() + MAX_SCHEDULE_AHEAD:
+            raise ApiError(422, "send_at_too_far", "send_at is more than 35 days ahead",
+                           [{"loc": "body.send_at", "code": "send_at_too_far", "msg": "at most 35 days ahead"}])
+        command = MessageCommand(message_id=message_id, action="reschedule", send_at=body.send_at)
+        await _command(principal, message_id, command, request)
+        return {"message_id": message_id, "status": "reschedule_requested", "send_at": body.send_at}
 
     @app.post("/v1/receipts/{gateway}", responses={401: {}, 413: {}, 422: {}})
     async def receipts(gateway: Annotated[str, Path(max_length=64)], request: Request) -> dict[str, Any]:

@@ -59,6 +59,13 @@ class IngestRepository:
         # Single requests in flight reserve their keys together: one statement for all of them.
         self._singles: Coalescer[Entry, KeyRecord] = Coalescer(self._reserve_many, max_batch=1000)
 
+    async def message_status(self, tenant_id: str, message_id: uuid.UUID) -> str | None:
+        """The status reports has for one of the tenant's messages (read only; reports owns the
+        table), or None when it has none (yet)."""
+        return await self.pool.fetchval(
+            "SELECT status FROM messages WHERE message_id = $1 AND tenant_id = $2", message_id, tenant_id
+        )
+
     async def reserve_keys(
         self, tenant_id: str, entries: list[tuple[str, str, uuid.UUID]]
     ) -> dict[str, KeyRecord]:

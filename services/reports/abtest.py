@@ -5,7 +5,7 @@ delivered messages): p = x / n, the pooled rate p̂ = (x_A + x_B) / (n_A + n_B),
 standard error SE = sqrt(p̂ (1 − p̂) (1/n_A + 1/n_B)), z = (p_A − p_B) / SE, and the
 two-sided p-value = erfc(|z| / √2) (= 2 · (1 − Φ(|z|))).
 
-The winner is the variant with the best rate. It wins *significantly* when every variant
+The winner is the variant with the best rate; with no trials at all there is none (``no_data``). It wins *significantly* when every variant
 has at least ``min_sample`` trials and its test against every other variant has a p-value
 below ``alpha`` (Bonferroni-corrected: alpha / (k − 1) for k variants).
 """
@@ -52,7 +52,7 @@ def two_proportion_z(a: Sample, b: Sample) -> ZTest:
 class Decision:
     winner: str | None
     significant: bool
-    reason: str  # significant, not_significant, insufficient_sample, single_variant, no_variants
+    reason: str  # significant, not_significant, insufficient_sample, single_variant, no_variants, no_data
     detail: dict[str, Any]
 
 
@@ -69,6 +69,8 @@ def decide(samples: Sequence[Sample], *, alpha: float = 0.05, min_sample: int = 
     }
     if not ranked:
         return Decision(None, False, "no_variants", {**detail, "significant": False, "reason": "no_variants"})
+    if all(s.trials <= 0 for s in ranked):  # nothing sent or delivered yet: no variant leads
+        return Decision(None, False, "no_data", {**detail, "winner": None, "significant": False, "reason": "no_data"})
     best = ranked[0]
     if len(ranked) == 1:
         reason = "single_variant"

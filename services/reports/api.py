@@ -53,12 +53,21 @@ class MessageView(BaseModel):
     timeline: list[TimelineEntry]
 
 
+class HeldRule(BaseModel):
+    rule: str = Field(description="quiet_hours, scheduled (send_at), campaign_paused, frequency_capped…")
+    count: int
+    next_release: str | None = Field(description="When the first of them is due to go (ISO 8601, UTC)")
+    until: str | None = Field(description="When the last of them is due to go (ISO 8601, UTC)")
+
+
 class VariantResults(BaseModel):
     variant: str | None = Field(None, description="The variant's name (absent on the totals; '-' for no variant)")
     targeted: int = Field(description="Messages accepted for the campaign")
     skipped: dict[str, int] = Field(description="Messages not sent, by reason code (suppressed, consent, caps…)")
     skipped_total: int
     pending: int = Field(description="Messages without a final status yet (unknown ones excluded)")
+    held: int = Field(0, description="Of the pending, messages the scheduler holds (status scheduled)")
+    held_by: list[HeldRule] = Field(default_factory=list, description="The held messages by the rule that holds them")
     sent: int = Field(description="Messages submitted to a gateway")
     delivered: int
     undelivered: int
@@ -88,7 +97,8 @@ class CampaignReport(BaseModel):
     variants: list[VariantResults]
     ab_test: dict[str, Any] | None = Field(
         description="metric, alpha, min_sample, variants (successes, trials, rate), comparisons (z, p_value),"
-        " winner, significant, reason, decided (the stored decision)"
+        " configured (the campaign has an A/B test), winner (only a configured test's significant winner),"
+        " leader (the best so far; null without trials), significant, reason, decided (the stored decision)"
     )
 
 

@@ -1,6 +1,6 @@
 """A campaign's results per variant: counts from ``messages``, ``clicks`` and ``conversions``.
 
-``load`` runs five grouped queries (one round trip each, whatever the campaign's size) and
+``load`` runs six grouped queries (one round trip each, whatever the campaign's size) and
 ``build`` turns their rows into the report; ``build`` is pure and unit-tested. Field
 meanings are in docs/results.md.
 """
@@ -40,6 +40,19 @@ FROM messages WHERE campaign_id = $1 AND status_rank > 0 GROUP BY variant
 _SKIPPED = """
 SELECT variant, status, coalesce(reason_code, status) AS reason_code, count(*) AS n
 FROM messages WHERE campaign_id = $1 AND status IN ('suppressed', 'rejected') GROUP BY 1, 2, 3
+"""
+# Held messages (status ``scheduled``): the rule of their latest hold and when it releases them,
+# from the scheduler's status event in the timeline (reason_code and due_at in its detail).
+_HELD = """
+SELECT m.variant, coalesce(h.detail->>'reason_code', 'scheduled') AS rule, count(*) AS n,
+       min((h.detail->>'due_at')::timestamptz) AS next_release, max((h.detail->>'due_at')::timestamptz) AS until
+FROM messages m
+LEFT JOIN LATERAL (
+    SELECT e.detail FROM message_events e WHERE e.message_id = m.message_id AND e.status = 'scheduled'
+    ORDER BY e.occurred_at DESC, e.recorded_at DESC LIMIT 1
+) h ON true
+WHERE m.campaign_id = $1 AND m.status = 'scheduled'
+GROUP BY 1, 2
 """
 _CLICKS = """
 SELECT variant, count(*) FILTER (WHERE NOT bot) AS total,
@@ -92,6 +105,7 @@ async def load(
         await conn.fetch(_CONVERSIONS, campaign_id),
         await ab_rows(conn, campaign_id, cutoff),
         alpha=alpha,
+        held=await conn.fetch(_HELD, campaign_id),
     )
 
 
@@ -108,7 +122,8 @@ def _rate(part: int, whole: int) -> float | None:
 
 def _empty() -> dict[str, Any]:
     return {
-        "targeted": 0, "skipped": {}, "skipped_total": 0, "pending": 0, "sent": 0, "delivered": 0,
+        "targeted": 0, "skipped": {}, "skipped_total": 0, "pending": 0, "held": 0, "held_by": [], "sent": 0,
+        "delivered": 0,
         "undelivered": 0, "failed": 0, "expired": 0, "unknown": 0, "delivery_rate": None, "clicks_total": 0,
         "clicks_unique": 0, "bot_clicks": 0, "click_rate": None, "conversions": 0, "revenue": {},
         "conversion_rate": None, "segments": 0,
@@ -117,6 +132,25 @@ def _empty() -> dict[str, Any]:
 
 def _name(variant: str | None) -> str:
     return variant if variant is not None else NO_VARIANT
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _merge_held(into: list[dict[str, Any]], rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Held counts by rule: ``{rule, count, next_release, until}`` (the earliest and the latest
+    release), sorted by rule."""
+    by_rule = {h["rule"]: dict(h) for h in into}
+    for r in rows:
+        count = int(r["n"] if "n" in r else r["count"])
+        first, last = _iso(r["next_release"]), _iso(r["until"])
+        h = by_rule.setdefault(r["rule"], {"rule": r["rule"], "count": 0, "next_release": first, "until": last})
+        if h["count"]:
+            h["next_release"] = min(x for x in (h["next_release"], first) if x) if (h["next_release"] or first) else None
+            h["until"] = max(x for x in (h["until"], last) if x) if (h["until"] or last) else None
+        h["count"] += count
+    return [by_rule[k] for k in sorted(by_rule)]
 
 
 def samples(rows: Iterable[Mapping[str, Any]], metric: str, planned: Iterable[str] = ()) -> list[Sample]:
@@ -146,6 +180,7 @@ def build(
     ab: Iterable[Mapping[str, Any]],
     *,
     alpha: float,
+    held: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     planned = [v.get("name") for v in campaign.get("variants") or [] if isinstance(v, dict)]
     per: dict[str, dict[str, Any]] = {str(n): _empty() for n in planned if n}
@@ -162,6 +197,10 @@ def build(
         v = row_for(r["variant"])
         v["skipped"][r["reason_code"]] = v["skipped"].get(r["reason_code"], 0) + int(r["n"])
         v["skipped_total"] += int(r["n"])
+    for r in held:
+        v = row_for(r["variant"])
+        v["held"] += int(r["n"])
+        v["held_by"] = _merge_held(v["held_by"], [r])
     for r in clicks:
         v = row_for(r["variant"])
         v["clicks_total"] += int(r["total"])
@@ -183,6 +222,7 @@ def build(
                 totals[key] += value
         for reason, n in v["skipped"].items():
             totals["skipped"][reason] = totals["skipped"].get(reason, 0) + n
+        totals["held_by"] = _merge_held(totals["held_by"], v["held_by"])
     all_money: dict[str, Decimal] = {}
     for money in revenue.values():
         for currency, amount in money.items():
@@ -201,9 +241,14 @@ def build(
         metric = settings.get("metric") if settings.get("metric") in METRICS else "click_rate"
         min_sample = int(settings.get("min_sample") or 0)
         decision = decide(samples(list(ab), metric, named), alpha=alpha, min_sample=min_sample, metric=metric)
+        configured = bool(ab_test)
         ab_section = {
             **decision.detail,
-            "winner": decision.winner,
+            # only a configured A/B test with a significant result has a winner; the best
+            # variant so far is the leader (none while no variant has any trials)
+            "configured": configured,
+            "winner": decision.winner if configured and decision.significant else None,
+            "leader": decision.winner,
             "significant": decision.significant,
             "reason": decision.reason,
             "decided": (

@@ -58,7 +58,7 @@ REVENUE = Counter(
     "herald_conversion_revenue_total", "Value of attributed conversions, by currency", ["currency"]
 )
 AB_WINNERS = Counter(
-    "herald_ab_winners_total", "A/B test winners picked, by how (significant, best_rate)", ["picked_by"]
+    "herald_ab_winners_total", "A/B test winners picked, by how (significant, best_rate, no_data)", ["picked_by"]
 )
 WEBHOOKS_DEFERRED = Counter(
     "herald_webhooks_deferred_total",

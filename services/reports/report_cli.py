@@ -7,6 +7,7 @@ installed with ``pip install 'herald[charts]'``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 ROWS = (
-    ("targeted", "targeted"), ("skipped_total", "skipped"), ("sent", "sent"), ("delivered", "delivered"),
+    ("targeted", "targeted"), ("skipped_total", "skipped"), ("pending", "pending"), ("held", "  of which held"),
+    ("sent", "sent"), ("delivered", "delivered"),
     ("undelivered", "undelivered"), ("failed", "failed"), ("unknown", "unknown (not resent)"), ("delivery_rate", "delivery rate"),
     ("clicks_unique", "clicks (unique)"), ("clicks_total", "clicks (total)"), ("bot_clicks", "bot clicks"),
     ("click_rate", "click rate"), ("conversions", "conversions"), ("conversion_rate", "conversion rate"),
@@ -41,6 +43,44 @@ def _bar(rate: float | None, scale: float, colour: str) -> Text:
     return Text("█" * width, style=colour) + Text(f" {_cell('x_rate', rate)}")
 
 
+def _when(value: str | None) -> str:
+    if not value:
+        return "?"
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return value
+
+
+def held_line(h: dict[str, Any]) -> str:
+    """``quiet_hours 2 until 2026-12-07 08:00 UTC`` (with the first release when it differs)."""
+    line = f"{h['rule']} {h['count']:,} until {_when(h.get('until'))}"
+    if h.get("next_release") and h.get("next_release") != h.get("until"):
+        line += f" (first at {_when(h['next_release'])})"
+    return line
+
+
+NO_DATA = "no data yet: nothing sent or delivered"
+
+
+def has_rates(report: dict[str, Any]) -> bool:
+    """Whether any variant has a rate to draw (something sent)."""
+    return any(c.get(key) is not None for c in report["variants"] for key, _, _ in RATES)
+
+
+def verdict(ab: dict[str, Any]) -> str:
+    """One line on the A/B comparison: a winner only for a configured test with a significant result."""
+    if ab.get("reason") == "no_data" or ab.get("leader", ab.get("winner")) is None:
+        return f"{NO_DATA}: no winner"
+    leader = ab.get("leader", ab.get("winner"))
+    if ab.get("configured", True) is False:
+        quality = "significant" if ab.get("significant") else f"not significant, {ab.get('reason')}"
+        return f"no A/B test on this campaign: no winner; {leader} leads ({quality})"
+    if ab.get("winner"):
+        return f"winner {ab['winner']} (significant)"
+    return f"no significant winner ({ab.get('reason')}); {leader} leads so far"
+
+
 def render(report: dict[str, Any]) -> Group:
     columns = [*report["variants"], {"variant": "total", **report["totals"]}]
     table = Table(title=f"{report['name']}  ({report['state']}, phase {report.get('phase') or '-'})", show_lines=False)
@@ -53,14 +93,20 @@ def render(report: dict[str, Any]) -> Group:
     parts: list[Any] = [table]
     if skipped:
         parts.append(Text("skipped by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(skipped.items()))))
+    held = report["totals"].get("held_by") or []
+    if held:
+        parts.append(Text("held (scheduled) by rule: " + "; ".join(held_line(h) for h in held)))
     chart = Table.grid(padding=(0, 1))
     chart.add_column(justify="right")
     chart.add_column()
-    for key, label, colour in RATES:
-        scale = max((c.get(key) or 0) for c in report["variants"]) if report["variants"] else 0
-        for c in report["variants"]:
-            chart.add_row(f"{label} {c['variant']}", _bar(c.get(key), scale, colour))
-    parts.append(Panel(chart, title="rates by variant (bars scaled to the best)", expand=False))
+    if has_rates(report):
+        for key, label, colour in RATES:
+            scale = max((c.get(key) or 0) for c in report["variants"]) if report["variants"] else 0
+            for c in report["variants"]:
+                chart.add_row(f"{label} {c['variant']}", _bar(c.get(key), scale, colour))
+        parts.append(Panel(chart, title="rates by variant (bars scaled to the best)", expand=False))
+    else:
+        parts.append(Panel(Text(NO_DATA), title="rates by variant", expand=False))
     ab = report.get("ab_test")
     if ab:
         lines = [f"metric {ab['metric']}, alpha {ab['alpha']}, min sample {ab['min_sample']}"]
@@ -68,12 +114,12 @@ def render(report: dict[str, Any]) -> Group:
             lines.append(f"  {s['name']}: {s['successes']:,} / {s['trials']:,} = {s['rate'] * 100:.2f}%")
         for t in ab.get("comparisons", []):
             lines.append(f"  {t['a']} vs {t['b']}: z = {t['z']:.3f}, p = {t['p_value']:.4f}")
-        verdict = (f"winner {ab['winner']} (significant)" if ab.get("significant")
-                   else f"no significant winner ({ab.get('reason')}); best so far {ab.get('winner')}")
-        lines.append(verdict)
+        lines.append(verdict(ab))
         if ab.get("decided"):
             lines.append(f"decided: {ab['decided']['winner']}")
-        parts.append(Panel("\n".join(lines), title="A/B test (two-proportion z-test)", expand=False))
+        title = ("A/B test (two-proportion z-test)" if ab.get("configured", True)
+                 else "variants compared (no A/B test; two-proportion z-test)")
+        parts.append(Panel("\n".join(lines), title=title, expand=False))
     return Group(*parts)
 
 
@@ -111,8 +157,13 @@ def write_png(report: dict[str, Any], path: str | Path) -> Path:
     title = "rates per variant"
     if ab and ab.get("comparisons"):
         best = ab["comparisons"][0]
-        title += f"\n{ab['metric']}: {ab['winner']} vs {best['b']}, p = {best['p_value']:.4f}"
+        title += f"\n{ab['metric']}: {best['a']} vs {best['b']}, p = {best['p_value']:.4f}"
         title += " (significant)" if ab.get("significant") else " (not significant)"
+    if not any(c.get(key) for c in data for key in ("sent", "delivered", "clicks_unique", "conversions")):
+        for ax in (counts_ax, rates_ax):
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", fontsize=14, transform=ax.transAxes)
+    if not has_rates(report):
+        title = "rates per variant"
     rates_ax.set_title(title)
     rates_ax.legend()
     fig.suptitle(f"{report['name']} ({report['state']})")

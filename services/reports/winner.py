@@ -5,7 +5,9 @@ It writes ``winner``, ``winner_detail`` (the test's numbers and how the winner w
 ``phase = 'winner'`` and ``state = 'running'``; ingest's launcher then sends the winner to
 the rest of the audience. Every reports instance runs it; ``FOR UPDATE SKIP LOCKED`` makes
 one instance judge each campaign, once (the update only applies while still ``testing``).
-When no variant wins significantly, the best by the metric is picked and the detail says so.
+When no variant wins significantly, the best by the metric is picked and the detail says so;
+when no variant has any trials, none is picked (``picked_by: no_data``) and the launcher sends
+the rest of the audience the variants' split.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def judge(campaign: dict[str, Any], rows: list[Any], alpha: float) -> tuple[str 
     elif decision.winner is not None:
         detail["picked_by"] = "best_rate"
         detail["note"] = f"no variant won significantly ({decision.reason}); {decision.winner} has the best {metric}"
+    else:
+        detail["picked_by"] = "no_data"
+        detail["note"] = f"no variant has any {metric} trials yet; the rest of the audience gets the split"
     return decision.winner, detail
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from services.scheduler.handlers import AcceptedHandler, CommandHandler, FactsRepository, Timer
 from shared.ratelimit import RateLimiter
-from services.scheduler.handlers import AcceptedHandler, FactsRepository, Timer
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
 from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.settings import SchedulerSettings
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
-from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS
+from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS, MESSAGE_COMMANDS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -31,7 +31,9 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     ctx.stoppers.append(journey_timer.stop)
     base_group = settings.consumer_group or settings.topic_prefix + "scheduler"
     journey_lane = Lane("journeys", f"{base_group}.journeys", [CONTACT_EVENTS], JourneyEventsHandler(journeys))
-    return Wiring(handler=AcceptedHandler(facts), lanes=[bulk, journey_lane])
+    # Clients' cancel and reschedule commands for held messages (DELETE/PATCH /v1/messages/{id}).
+    commands = Lane("commands", f"{base_group}.commands", [MESSAGE_COMMANDS], CommandHandler(ctx.pool, ctx.publisher))
+    return Wiring(handler=AcceptedHandler(facts), lanes=[bulk, journey_lane, commands])
 
 
 async def main(settings: SchedulerSettings | None = None) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -333,3 +333,17 @@ def parse_caps(raw: Any) -> tuple[Cap, ...]:
         if cap.max >= 0 and cap.window.total_seconds() > 0:
             caps.append(cap)
     return tuple(caps)
+
+
+CANCELLED_BY_CLIENT = "cancelled_by_client"
+
+
+def command_decision(action: str, send_at: datetime | None) -> Decision:
+    """What a client's command does to a held message: a cancel suppresses it; a reschedule holds
+    it until ``send_at`` (decided again then: quiet hours, caps and consent still apply)."""
+    if action == "cancel":
+        return Decision(Verdict.SUPPRESS, CANCELLED_BY_CLIENT, "cancelled by the client (DELETE /v1/messages/{id})")
+    assert send_at is not None
+    due = send_at.astimezone(UTC)
+    return Decision(Verdict.DEFER, "scheduled", f"rescheduled by the client for {due.isoformat()}", due,
+                    {"send_at": due.isoformat(), "rescheduled": "true"})

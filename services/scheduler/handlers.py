@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -28,6 +29,7 @@ from services.scheduler.domain import (
     Releases,
     TenantPolicy,
     Verdict,
+    command_decision,
     decide,
     parse_caps,
 )
@@ -365,3 +367,54 @@ class Timer:
         metrics.RELEASE_LATENESS.observe(lateness)
         metrics.RELEASED.inc(len(released))
         return len(rows)
+
+
+class CommandHandler:
+    """Applies clients' commands (``messages.commands.v1``) to held messages: the scheduler owns
+    ``scheduled_messages``. A cancel deletes the row and publishes ``suppressed``
+    (``cancelled_by_client``); a reschedule moves ``due_at`` (and the stored ``send_at``) and
+    publishes ``scheduled`` with the new time. A message no longer held (released already, or not
+    decided yet) is left alone. The events are published before the change commits, so a crash
+    applies the command again (idempotent) rather than losing its event."""
+
+    def __init__(self, pool: asyncpg.Pool, publisher: Publisher, clock: Callable[[], datetime] = utcnow) -> None:
+        self.pool = pool
+        self.publisher = publisher
+        self.clock = clock
+
+    async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
+        now = self.clock()
+        last: dict[uuid.UUID, tuple[str, str, Any]] = {}  # the last command per message wins
+        for item in batch:
+            last[item.event.payload.message_id] = (item.event.tenant, item.event.trace_id, item.event.payload)
+        cancels = [(mid, t) for mid, (t, _, c) in last.items() if c.action == "cancel"]
+        moves = [(mid, t, c.send_at) for mid, (t, _, c) in last.items() if c.action == "reschedule" and c.send_at]
+        outgoing: list[Outgoing] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            cancelled = await conn.fetch(
+                "DELETE FROM scheduled_messages s USING unnest($1::uuid[], $2::text[]) AS c(id, tenant)"
+                " WHERE s.message_id = c.id AND s.tenant_id = c.tenant RETURNING s.message_id, s.tenant_id, s.accepted",
+                [m for m, _ in cancels], [t for _, t in cancels],
+            ) if cancels else []
+            moved = await conn.fetch(
+                "UPDATE scheduled_messages s SET due_at = c.due, reason_code = 'scheduled',"
+                " accepted = jsonb_set(s.accepted, '{send_at}', to_jsonb(c.due_text))"
+                " FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[]) AS c(id, tenant, due, due_text)"
+                " WHERE s.message_id = c.id AND s.tenant_id = c.tenant RETURNING s.message_id, s.tenant_id, s.accepted",
+                [m for m, _, _ in moves], [t for _, t, _ in moves], [d for *_, d in moves],
+                [d.astimezone(UTC).isoformat() for *_, d in moves],
+            ) if moves else []
+            for rows, status in ((cancelled, Status.SUPPRESSED), (moved, Status.SCHEDULED)):
+                for row in rows:
+                    tenant, trace, command = last[row["message_id"]]
+                    message = MessageAccepted.model_validate(row["accepted"])
+                    decision = command_decision(command.action, command.send_at)
+                    outgoing.append(_status(tenant, trace, message, status, decision, now))
+            await self.publisher.publish(outgoing)
+        applied = {row["message_id"] for row in [*cancelled, *moved]}
+        for mid, (tenant, _, command) in last.items():
+            outcome = "applied" if mid in applied else "not_held"
+            metrics.COMMANDS.labels(command.action, outcome).inc()
+            log.info("message command %s", outcome,
+                     extra={"message_id": str(mid), "tenant": tenant, "action": command.action})
+        return []

@@ -10,3 +10,8 @@ RELEASE_LATENESS = Histogram(
     "How late the oldest message of a released batch was",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
+COMMANDS = Counter(
+    "herald_scheduler_commands_total",
+    "Clients' cancel and reschedule commands, by outcome (applied, or not_held: already released or unknown)",
+    ["action", "outcome"],
+)

@@ -153,6 +153,19 @@ class MessageOutboundEvent(Envelope[MessageOutbound]):
     version: Literal[1] = 1
 
 
+class MessageCommand(_Frozen):
+    """A client's change to a message the scheduler still holds (``DELETE``/``PATCH /v1/messages/{id}``)."""
+
+    message_id: uuid.UUID
+    action: Literal["cancel", "reschedule"] = Field(description="cancel: never send it; reschedule: hold it until send_at")
+    send_at: AwareDatetime | None = Field(None, description="reschedule: the new time (quiet hours still apply then)")
+
+
+class MessageCommandEvent(Envelope[MessageCommand]):
+    type: Literal["message.command"] = "message.command"
+    version: Literal[1] = 1
+
+
 class MessageStatusEvent(Envelope[MessageStatusChanged]):
     type: Literal["message.status"] = "message.status"
     version: Literal[1] = 1

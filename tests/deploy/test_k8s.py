@@ -946,6 +946,8 @@ def consumed(service: str, settings: Any) -> set[tuple[str, str]]:
                 lane_group = f"{group}.replies"
             if consumer.startswith("scheduler (journeys"):  # services/scheduler/app.py: the journeys lane
                 lane_group = f"{group}.journeys"
+            if consumer.startswith("scheduler (commands"):  # services/scheduler/app.py: clients' commands
+                lane_group = f"{group}.commands"
             pairs.add((lane_group, topic.name(settings.topic_prefix)))
     return pairs
 

@@ -66,3 +66,31 @@ async def test_the_command(pool, tmp_path, capsys) -> None:
     assert "Autumn" in captured.out and "chart written" in captured.err
     assert await asyncio.to_thread(main, ["report", str(campaign), "--tenant", "someone-else"]) == 1
     assert await asyncio.to_thread(main, ["report", "nope"]) == 2
+
+
+async def test_no_winner_without_a_test_and_no_data_yet(pool, tmp_path) -> None:
+    """Two variants without an A/B test, nothing delivered yet: no winner and no empty chart."""
+    tenant = await make_tenant(pool)
+    campaign = uuid.uuid4()
+    variants = [{"name": "A", "template_id": str(uuid.uuid4()), "percent": 50},
+                {"name": "B", "template_id": str(uuid.uuid4()), "percent": 50}]
+    await pool.execute(
+        "INSERT INTO campaigns (tenant_id, campaign_id, name, segment_filter, variants, state)"
+        " VALUES ($1, $2, 'Plain', 'true', $3, 'running')", tenant.tenant_id, campaign, variants,
+    )
+    await pool.execute(
+        "INSERT INTO messages (message_id, tenant_id, status, status_rank, type, campaign_id, variant, segments,"
+        " accepted_at) SELECT gen_random_uuid(), $1, 'scheduled', 20, 'marketing', $2, v, 1, now()"
+        " FROM unnest(ARRAY['A', 'B']) AS t(v)", tenant.tenant_id, campaign,
+    )
+    async with pool.acquire() as conn:
+        report = await load(conn, campaign, tenant.tenant_id, 0.05)
+    ab = report["ab_test"]
+    assert ab["winner"] is None and ab["leader"] is None and ab["configured"] is False
+    assert ab["reason"] == "no_data" and report["winner"] is None
+    out = io.StringIO()
+    print_report(report, Console(file=out, width=120, color_system=None))
+    text = out.getvalue()
+    assert "no data yet" in text and "winner A" not in text and "best so far A" not in text
+    png = write_png(report, tmp_path / "empty.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -76,3 +76,9 @@ def test_three_variants_use_a_bonferroni_threshold() -> None:
 def test_no_or_one_variant() -> None:
     assert decide([], alpha=0.05).winner is None
     assert decide([A1], alpha=0.05).reason == "single_variant"
+
+
+def test_no_trials_no_winner() -> None:
+    d = decide([Sample("A", 0, 0), Sample("B", 0, 0)], alpha=0.05)
+    assert (d.winner, d.significant, d.reason) == (None, False, "no_data")
+    assert decide([Sample("A", 0, 0)], alpha=0.05).winner is None

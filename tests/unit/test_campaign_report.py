@@ -63,13 +63,21 @@ def test_ab_section_uses_the_campaigns_metric() -> None:
     assert ab["comparisons"][0]["z"] == pytest.approx(2.1883, abs=1e-4)
     campaign = {**CAMPAIGN, "ab_test": {**CAMPAIGN["ab_test"], "metric": "conversion_rate"}}
     ab = build(campaign, MESSAGES, SKIPPED, CLICKS, CONVERSIONS, AB, alpha=0.05)["ab_test"]
-    assert (ab["metric"], ab["winner"], ab["significant"]) == ("conversion_rate", "A", False)
+    # not significant: no winner, A only leads
+    assert (ab["metric"], ab["winner"], ab["leader"], ab["significant"]) == ("conversion_rate", None, "A", False)
 
 
 def test_an_empty_campaign_lists_its_variants_with_zeros() -> None:
     report = build(CAMPAIGN, [], [], [], [], [], alpha=0.05)
     assert [v["variant"] for v in report["variants"]] == ["A", "B"]
-    assert report["totals"]["delivery_rate"] is None and report["ab_test"]["reason"] == "insufficient_sample"
+    assert report["totals"]["delivery_rate"] is None and report["ab_test"]["reason"] == "no_data"
+    assert report["ab_test"]["winner"] is None and report["ab_test"]["leader"] is None
+
+
+def test_without_an_ab_test_variants_are_compared_but_none_wins() -> None:
+    plain = {**CAMPAIGN, "ab_test": None}
+    ab = build(plain, MESSAGES, SKIPPED, CLICKS, CONVERSIONS, AB, alpha=0.05)["ab_test"]
+    assert (ab["configured"], ab["significant"], ab["winner"], ab["leader"]) == (False, True, None, "A")
 
 
 def test_judge_picks_the_significant_winner_or_the_best_and_says_so() -> None:
@@ -80,5 +88,6 @@ def test_judge_picks_the_significant_winner_or_the_best_and_says_so() -> None:
     winner, detail = judge(CAMPAIGN, close, alpha=0.05)
     assert (winner, detail["picked_by"], detail["reason"]) == ("A", "best_rate", "not_significant")
     assert "no variant won significantly" in detail["note"]
-    winner, detail = judge(CAMPAIGN, [], alpha=0.05)
-    assert winner in ("A", "B") and detail["picked_by"] == "best_rate"
+    winner, detail = judge(CAMPAIGN, [], alpha=0.05)  # nothing to compare: no winner, the rest gets the split
+    assert (winner, detail["picked_by"], detail["reason"]) == (None, "no_data", "no_data")
+    assert "no variant has any" in detail["note"]

@@ -56,3 +56,16 @@ def test_send_at_holds_then_quiet_hours_judge_the_release_time() -> None:
     at_due = decide("other", m, FACTS, m.send_at)  # 22:00 in Madrid: quiet hours now
     assert (at_due.verdict, at_due.reason_code) == (Verdict.DEFER, "quiet_hours")
     assert decide("other", m, FACTS, datetime(2026, 11, 26, 9, 0, tzinfo=UTC)).verdict is Verdict.RELEASE
+
+
+def test_a_clients_command_suppresses_or_holds_again() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from services.scheduler.domain import CANCELLED_BY_CLIENT, Verdict, command_decision
+
+    cancel = command_decision("cancel", None)
+    assert (cancel.verdict, cancel.reason_code) == (Verdict.SUPPRESS, CANCELLED_BY_CLIENT)
+    local = datetime(2026, 12, 7, 10, 0, tzinfo=timezone(timedelta(hours=1)))
+    move = command_decision("reschedule", local)
+    assert (move.verdict, move.reason_code, move.due_at) == (Verdict.DEFER, "scheduled", datetime(2026, 12, 7, 9, 0, tzinfo=UTC))
+    assert move.detail == {"send_at": "2026-12-07T09:00:00+00:00", "rescheduled": "true"}

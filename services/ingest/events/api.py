@@ -14,8 +14,8 @@ from pydantic import BaseModel
 from services.ingest.domain import Rejection
 from services.ingest.events.domain import parse_event
 from services.ingest.events.service import EventAccepted, EventAcceptor
+from shared.api import ApiError, principal_dependency, require_json
 from shared.ratelimit import RateLimiter
-from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
 from shared.contracts import ContactEventRequest, utcnow
 from shared.kafka import Outgoing, Publisher
@@ -83,11 +83,12 @@ def build_events_router(acceptor: EventAcceptor, publisher: Publisher, limiter: 
     @router.post(
         "/v1/events/batch",
         status_code=202,
-        responses={401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+        responses={401: {}, 403: {}, 413: {}, 415: {}, 422: {}, 429: {}, 503: {}},
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": batch_schema}}}},
     )
     async def post_events(request: Request, principal: Principal = writer) -> JSONResponse:
         """Up to ``HERALD_EVENTS_BATCH_MAX`` events; good ones are accepted, bad ones listed with their reason."""
+        require_json(request)
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
