@@ -26,7 +26,7 @@ from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, send_batches
 from tests.helpers import running
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 FINAL_NAMES = [s.value for s in FINAL]
 #: the simulator's drawn outcome -> the status Herald must show (REJECTD is "failed")
 EXPECTED = {"delivered": "delivered", "undelivered": "undelivered", "failed": "failed"}
