@@ -14,6 +14,7 @@ import uuid
 import httpx
 import pytest
 
+from shared.auth import DEFAULT_SCOPES
 from shared.contracts import MessageRequest, TriggerEvent
 from shared.devtools.stack import Stack
 from shared.topics import REJECTED, TRIGGERS
@@ -32,7 +33,8 @@ def refused(r: httpx.Response) -> bool:
 
 
 async def test_geo_permissions_on_single_batch_and_trigger_input(stack: Stack, pool, env) -> None:
-    tenant = await make_tenant(pool)
+    # geo permissions are tenant policy: the key needs policy:write besides the default scopes
+    tenant = await make_tenant(pool, scopes=(*DEFAULT_SCOPES, "policy:write"))
     async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=tenant.headers, timeout=30) as c:
 
         async def send(to: str) -> httpx.Response:
