@@ -28,6 +28,7 @@ from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from services.reports import metrics
 from services.reports.webhooks import WebhookWorker
+from shared.auth import DEFAULT_SCOPES
 from shared.devtools.stack import free_port
 from shared.egress import HOST_NOT_PUBLIC, HTTPS_REQUIRED
 from shared.kafka import Publisher, make_producer
@@ -102,7 +103,7 @@ async def test_http_is_refused_and_public_https_accepted_and_a_batch_says_which(
 @pytest.mark.parametrize("url", ["https://169.254.169.254/latest/", "https://127.0.0.1:8443/replies",
                                  "https://10.0.0.5/replies", f"https://{HOSTNAME}/replies"])
 async def test_a_reply_webhook_to_a_non_public_destination_is_refused(api, pool, url: str) -> None:
-    tenant = await make_tenant(pool)
+    tenant = await make_tenant(pool, scopes=(*DEFAULT_SCOPES, "policy:write"))  # PUT /v1/policy needs policy:write
     r = await api.put("/v1/policy", json={"reply_webhook_url": url}, headers=tenant.headers)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == HOST_NOT_PUBLIC
