@@ -73,11 +73,12 @@ async def test_504_without_lookup_ends_unknown_and_a_receipt_still_moves_it_on(s
             control(stack, {"receipt_delay_ms": [3_600_000, 3_600_000]})
             stays = await send_batches(stack, tenant, batch("stays", 4))
             await wait_for(lambda: _taken(stack, stays), timeout_s=60)
-            control(stack, {"receipt_delay_ms": [50, 200]})
+            # every receipt of these says delivered (the simulator's default draws 10 % other outcomes)
+            control(stack, {"receipt_delay_ms": [50, 200], "outcome_rates": {"delivered": 1.0, "undelivered": 0.0, "failed": 0.0}})
             moves_on = await send_batches(stack, tenant, batch("moves", 4))
             await wait_for(lambda: _taken(stack, moves_on), timeout_s=60)
         finally:
-            control(stack, {"mode": "normal"})
+            control(stack, {"mode": "normal", "outcome_rates": {"delivered": 0.9, "undelivered": 0.07, "failed": 0.03}})
         ids = stays + moves_on
 
         async def settled():
