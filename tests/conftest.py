@@ -40,7 +40,7 @@ def infra_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-async def env(infra_env: dict[str, str]) -> AsyncIterator[Env]:
+async def session_env(infra_env: dict[str, str]) -> AsyncIterator[Env]:
     """A fresh database and topic prefix for this session, migrated, with topics created."""
     from shared.db import create_pool, migrate
     from shared.kafka import ensure_topics
@@ -74,7 +74,49 @@ async def env(infra_env: dict[str, str]) -> AsyncIterator[Env]:
 
 
 @pytest.fixture(scope="session")
-async def pool(env: Env) -> AsyncIterator[asyncpg.Pool]:
+def env(session_env: Env) -> Env:
+    """The session's database and topics; modules that run services override it (own_topics)."""
+    return session_env
+
+
+async def own_topics(env: Env) -> AsyncIterator[Env]:
+    """``env`` with a topic prefix of its own (topics created, deleted afterwards).
+
+    Override a module's ``env`` with it when the module runs services as processes: what an
+    earlier module left unconsumed on the shared topics (a stack stopped mid-campaign) never
+    reaches this module's gateways, and this module's consumer groups start at offset zero.
+    The database stays the session's.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from shared.kafka import client_options, ensure_topics
+    from shared.settings import KafkaSettings
+
+    own = Env(bootstrap=env.bootstrap, dsn=env.dsn, admin_dsn=env.admin_dsn,
+              prefix=f"{env.prefix}m{uuid.uuid4().hex[:6]}.")
+    settings = KafkaSettings(kafka_bootstrap=env.bootstrap, topic_prefix=own.prefix)
+    created = await ensure_topics(settings)
+    saved = os.environ.get("HERALD_TOPIC_PREFIX")
+    os.environ["HERALD_TOPIC_PREFIX"] = own.prefix
+    try:
+        yield own
+    finally:
+        if saved is None:
+            os.environ.pop("HERALD_TOPIC_PREFIX", None)
+        else:
+            os.environ["HERALD_TOPIC_PREFIX"] = saved
+        admin = AIOKafkaAdminClient(client_id="herald-test-admin", **client_options(settings))
+        await admin.start()
+        try:
+            await admin.delete_topics(created)
+        except Exception:  # best effort: the broker is the session's, and the prefix unique
+            pass
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def pool(session_env: Env) -> AsyncIterator[asyncpg.Pool]:
     from shared.db import create_pool
     from shared.settings import ServiceSettings
 

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from shared.devtools.stack import Ports, Stack
+from tests.conftest import Env, own_topics
+
+
+@pytest.fixture(scope="module")
+async def env(session_env: Env) -> AsyncIterator[Env]:
+    """The session's database with topics of this module's own (see own_topics)."""
+    async for own in own_topics(session_env):
+        yield own
 
 
 @pytest.fixture(scope="module")

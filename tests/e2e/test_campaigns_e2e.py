@@ -115,6 +115,7 @@ async def test_pause_stops_sending_within_seconds_and_resume_sends_the_rest_once
 
         await wait_for(started, timeout_s=60)
         r = await client.post(f"/v1/campaigns/{cid}/pause")
+        assert r.status_code == 200, r.text
         assert r.json()["state"] == "paused"
         await asyncio.sleep(4)  # what was already at the gateway's door finishes
         at_pause = sent()

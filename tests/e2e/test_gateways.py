@@ -73,9 +73,12 @@ async def measure_throttle(stack: Stack, pool, seed: int) -> None:
     body = "Two segments: " + "x" * 180  # 194 GSM-7 characters
     ids = await send_batches(stack, tenant, [{"to": n, "body": body, "type": "marketing"} for n in demo_numbers(1000, seed=seed, countries=marketing_countries(True))])
     await all_final(pool, ids, timeout_s=120)
+    refs = httpx.get(f"http://127.0.0.1:{a_control}/stats/client_refs", timeout=30).json()["client_refs"]
+    ours = {i: refs.get(i, 0) for i in ids}
+    assert {i: n for i, n in ours.items() if n != 1} == {}, "each message submitted once"
     seconds = timeline(a_control)
     segments = sum(s["segments"] for s in seconds)
-    assert segments == 2000
+    assert segments == 2000, f"{len(refs) - len(ours)} other messages reached the gateway"
     # Steady state: leave out the first second (the bucket starts full) and the last (partial).
     steady = seconds[1:-1]
     span = steady[-1]["second"] - steady[0]["second"] + 1

@@ -152,7 +152,8 @@ async def test_a_disabled_tenant_sends_nothing_more_and_others_are_unaffected(st
 
         # The other tenant: the scheduled message went out; the quiet-hours one is still held.
         other_final = await all_final(pool, others[:1], timeout_s=30)
-        assert other_final[others[0]] in ("delivered", "submitted", "undelivered")
+        # Any gateway outcome will do (the simulator draws some failures): it went out, once.
+        assert other_final[others[0]] in ("delivered", "submitted", "undelivered", "failed")
         assert simulator_refs(stack).get(others[0]) == 1
         assert await pool.fetchval("SELECT reason_code FROM scheduled_messages WHERE message_id = $1",
                                    uuid.UUID(others[1])) == "quiet_hours"

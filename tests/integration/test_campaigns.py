@@ -419,3 +419,31 @@ async def test_test_sends_obey_the_keys_message_limit_and_number_types(client, p
     premium = await client.post(f"/v1/campaigns/{c['campaign_id']}/test", json={"numbers": ["+34806123456"]},
                                 headers=limited.headers)
     assert error(premium) == (429, "rate_limited") or {x["error"]["code"] for x in premium.json()["results"]} == {"unsupported_number_type"}
+
+
+async def test_pause_racing_the_launcher_still_pauses(client, pool, tenant: Tenant, monkeypatch) -> None:
+    """The launcher moves a campaign on (testing -> running, running -> completed) while a pause
+    is being applied: the pause reads the campaign again and pauses it, rather than answering
+    409 state_changed to an operator who wants the sending stopped now."""
+    from services.ingest.campaigns import repository
+
+    c = await campaign(client, tenant)
+    cid = uuid.UUID(c["campaign_id"])
+    await pool.execute("UPDATE campaigns SET state = 'running' WHERE campaign_id = $1", cid)
+    real_get = repository.CampaignRepository.get
+    raced = []
+
+    async def get_then_launcher_moves_on(self, tenant_id, campaign_id):
+        row = await real_get(self, tenant_id, campaign_id)
+        if not raced:  # the launcher finishes the fan-out right after the API read the row
+            raced.append(True)
+            await pool.execute("UPDATE campaigns SET state = 'completed' WHERE campaign_id = $1", cid)
+        return row
+
+    monkeypatch.setattr(repository.CampaignRepository, "get", get_then_launcher_moves_on)
+    r = await client.post(f"/v1/campaigns/{cid}/pause", headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "paused"
+    assert raced
+    row = await pool.fetchrow("SELECT state, paused_from FROM campaigns WHERE campaign_id = $1", cid)
+    assert (row["state"], row["paused_from"]) == ("paused", "completed")

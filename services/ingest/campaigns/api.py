@@ -116,6 +116,9 @@ def _member(r: Any) -> AudienceMember:
                           r["time_zone"], r["attributes"], r["consent_marketing"])
 
 
+ACT_ATTEMPTS = 5  # reads of a campaign whose state the launcher keeps changing
+
+
 def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> APIRouter:
     router = APIRouter()
     egress = EgressPolicy.of(settings)
@@ -279,15 +282,19 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
         return {"campaign_id": str(row["campaign_id"]), "sent": len(outgoing), "results": results}
 
     async def act(request: Request, principal: Principal, campaign_id: str, action: Literal["launch", "pause", "resume", "cancel"]) -> dict[str, Any]:
-        row = await load(request, principal, campaign_id)
-        try:
-            new = transition(row["state"], action, send_at=row["send_at"], now=utcnow(), paused_from=row["paused_from"])
-        except CampaignError as exc:
-            raise ApiError(exc.status, exc.code, str(exc), [{"loc": "state", "code": exc.code, "msg": row["state"]}]) from None
-        changed = await repo(request).change_state(principal.tenant_id, row["campaign_id"], row["state"], new)
-        if changed is None:
-            raise ApiError(409, "state_changed", "the campaign changed meanwhile; read it and retry")
-        return campaign_dict(changed)
+        # The launcher moves a campaign on by itself (testing -> running -> completed): when it
+        # does so between the read and the write, the action is decided again on the new state
+        # rather than refused (an operator pausing a campaign wants it paused, not a 409).
+        for _ in range(ACT_ATTEMPTS):
+            row = await load(request, principal, campaign_id)
+            try:
+                new = transition(row["state"], action, send_at=row["send_at"], now=utcnow(), paused_from=row["paused_from"])
+            except CampaignError as exc:
+                raise ApiError(exc.status, exc.code, str(exc), [{"loc": "state", "code": exc.code, "msg": row["state"]}]) from None
+            changed = await repo(request).change_state(principal.tenant_id, row["campaign_id"], row["state"], new)
+            if changed is not None:
+                return campaign_dict(changed)
+        raise ApiError(409, "state_changed", "the campaign kept changing meanwhile; read it and retry")
 
     @router.post("/v1/campaigns/{campaign_id}/launch", tags=["campaigns"], responses=errors)
     async def launch(campaign_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer) -> dict[str, Any]:
