@@ -42,8 +42,8 @@ from shared.contracts import (
     utcnow,
 )
 from shared.kafka import Incoming, Outgoing, Publisher
-from shared.statuses import MessageType, Status
-from shared.topics import ACCEPTED, ACCEPTED_BULK, STATUS
+from shared.statuses import Status
+from shared.topics import STATUS, accepted_topic
 
 if TYPE_CHECKING:
     from services.dispatcher.parking import Parker
@@ -469,7 +469,7 @@ def regate_event(tenant: str, trace_id: str, message: MessageOutbound) -> Outgoi
         event_id=message.message_id, type="message.accepted", version=1, occurred_at=message.accepted_at,
         tenant=tenant, trace_id=trace_id, payload=accepted,
     )
-    lane = ACCEPTED_BULK if message.type is MessageType.MARKETING else ACCEPTED
+    lane = accepted_topic(message)
     return Outgoing(lane, message.to, event)
 
 
