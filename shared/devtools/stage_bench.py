@@ -118,11 +118,8 @@ async def end_offsets(settings: KafkaSettings, topic: str) -> int:
     consumer = AIOKafkaConsumer(**client_options(settings))
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not parts:
-            await consumer.topics()
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        ends = await consumer.end_offsets(parts)
+        # The topic is this run's own, created by ensure_topics with the configured partitions.
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(settings.topic_partitions)])
         return sum(ends.values())
     finally:
         await consumer.stop()
@@ -160,6 +157,9 @@ async def run_stage(stack_factory: Callable[[dict[str, str]], Stack], base: Kafk
                 raise TimeoutError(f"{stage} x{instances}: {done:,} of {total:,} committed")
             await asyncio.sleep(0.2)
         assert first_at is not None and first_done is not None
+        if total - first_done < total // 2:
+            raise RuntimeError(f"{stage} x{instances}: {first_done:,} of {total:,} events were done by the first look; "
+                               "give --stages more events (100,000 is a steady measure)")
         after = cpu_of(stack)
         seconds = time.monotonic() - first_at
         return StageRun(stage, instances, total - first_done, seconds,
