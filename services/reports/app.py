@@ -38,7 +38,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     )
     # Ordinary replies to post to the tenants' reply webhooks: their own group (docs/replies.md).
     replies = Lane("replies", f"{settings.topic_prefix}reports.replies", [REPLIES], ReplyWebhookHandler(ctx.pool))
-    return Wiring(handler=StatusHandler(ctx.pool, window, skew, settled_wait), app=create_app(ctx.pool, readiness, settings.ab_alpha),
+    return Wiring(handler=StatusHandler(ctx.pool, window, skew, settled_wait), app=create_app(ctx.pool, readiness, settings.ab_alpha, settings.search_timeout_ms),
                   lanes=[results, replies])
 
 
