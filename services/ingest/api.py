@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from services.ingest import metrics
 from services.ingest.audience import build_audience_router
 from services.ingest.campaigns.api import build_campaigns_router
+from services.ingest.replies.api import build_inbound_router
 from services.ingest.domain import (
     MAX_SCHEDULE_AHEAD,
     Rejection,
@@ -467,4 +468,5 @@ def create_app(
     app.include_router(twilio_router(settings, publisher))
     app.include_router(build_audience_router(settings))
     app.include_router(build_campaigns_router(settings, publisher))
+    app.include_router(build_inbound_router())
     return app

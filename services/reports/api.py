@@ -17,12 +17,12 @@ from services.reports import campaign_report
 from services.reports.repository import fetch_message, search_messages
 from services.reports.search import (
     MAX_PAGE,
-    Cursor,
     MessageQuery,
     SearchError,
     build_sql,
     check_range,
     csv_lines,
+    decode_cursor,
     ndjson_lines,
     next_cursor,
     parse_metadata,
@@ -31,6 +31,7 @@ from services.reports.search import (
 )
 from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
 from shared.auth import Principal
+from shared.pagination import Cursor
 
 
 class TimelineEntry(BaseModel):
@@ -142,7 +143,7 @@ def create_app(pool: asyncpg.Pool, readiness: Check, ab_alpha: float = 0.05, sea
             return MessageQuery(
                 tenant_id=principal.tenant_id, statuses=parse_statuses(status), since=since, until=until,
                 to=to, campaign_id=campaign_id, metadata=parse_metadata(metadata),
-                after=Cursor.decode(cursor) if cursor else None,
+                after=decode_cursor(cursor) if cursor else None,
             )
         except SearchError as exc:
             raise ApiError(422, exc.code, str(exc), [{"loc": exc.loc, "code": exc.code, "msg": str(exc)}]) from None

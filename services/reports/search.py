@@ -7,8 +7,6 @@ OFFSET), and messages accepted meanwhile never shift the pages already read.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import io
 import json
@@ -17,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from shared.pagination import Cursor, InvalidCursor
+from shared.pagination import next_cursor as _next_cursor
 from shared.statuses import Status
 
 MAX_PAGE = 1000
@@ -36,24 +36,6 @@ class SearchError(ValueError):
         super().__init__(message)
         self.code = code
         self.loc = loc
-
-
-@dataclass(frozen=True)
-class Cursor:
-    accepted_at: datetime
-    message_id: uuid.UUID
-
-    def encode(self) -> str:
-        raw = json.dumps({"a": self.accepted_at.isoformat(), "m": str(self.message_id)}, separators=(",", ":"))
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, text: str) -> Cursor:
-        try:
-            raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            return cls(datetime.fromisoformat(raw["a"]), uuid.UUID(raw["m"]))
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            raise SearchError("invalid_cursor", "the cursor is not one this API gave out", "query.cursor") from None
 
 
 @dataclass(frozen=True)
@@ -119,7 +101,7 @@ def build_sql(query: MessageQuery, limit: int) -> tuple[str, list[Any]]:
     if query.metadata:
         where.append(f"metadata @> {arg(dict(query.metadata))}::jsonb")  # the pool encodes jsonb
     if query.after is not None:
-        where.append(f"(accepted_at, message_id) < ({arg(query.after.accepted_at)}, {arg(query.after.message_id)})")
+        where.append(f"(accepted_at, message_id) < ({arg(query.after.at)}, {arg(query.after.id)})")
     sql = (f"SELECT {', '.join(LIST_COLUMNS)} FROM messages WHERE {' AND '.join(where)}"
            f" ORDER BY accepted_at DESC, message_id DESC LIMIT {arg(limit)}")
     return sql, args
@@ -141,10 +123,14 @@ def row_out(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def next_cursor(rows: list[dict[str, Any]], limit: int) -> str | None:
-    if len(rows) < limit:
-        return None
-    last = rows[-1]
-    return Cursor(last["accepted_at"], last["message_id"]).encode()
+    return _next_cursor(rows, limit, "accepted_at", "message_id")
+
+
+def decode_cursor(text: str) -> Cursor:
+    try:
+        return Cursor.decode(text)
+    except InvalidCursor as exc:
+        raise SearchError("invalid_cursor", str(exc), "query.cursor") from None
 
 
 def csv_lines(rows: list[dict[str, Any]], header: bool) -> str:
