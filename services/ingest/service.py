@@ -84,6 +84,7 @@ class Acceptor:
         message_ids: list[uuid.UUID] | None = None,
         replayed: bool = False,
         geo: GeoPolicy | None = None,
+        sandbox: bool = False,
     ) -> tuple[list[Result], list[Outgoing]]:
         """Validate, apply idempotency keys, and build the events to publish (in request order).
 
@@ -124,6 +125,8 @@ class Acceptor:
             except Rejection as rejection:
                 results.append(rejection)
                 continue
+            if sandbox:  # a test key's message: the dispatcher sends it to the sandbox gateway only
+                message = message.model_copy(update={"sandbox": True})
             results.append(Accepted(message, duplicate=replayed))
             key = request.idempotency_key or (default_keys[index] if default_keys else None)
             if key is not None:

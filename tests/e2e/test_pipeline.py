@@ -177,6 +177,34 @@ async def test_find_and_export_a_tenants_messages(stack: Stack, pool) -> None:
         assert r.status_code == 401
 
 
+async def test_a_test_key_runs_the_pipeline_but_never_reaches_a_carrier(stack: Stack, pool) -> None:
+    """Messages sent with a test key go through ingest, scheduler, dispatcher and reports, end in
+    the status their number asks for, and the gateway never sees them; the same tenant's live key
+    still reaches it."""
+    from shared.auth import create_key
+
+    tenant = await make_tenant(pool)
+    async with pool.acquire() as conn:
+        test_key = await create_key(conn, tenant.tenant_id, ("messages:write", "messages:read"), test=True)
+    test = Tenant(tenant.tenant_id, test_key)
+    numbers = {"+34600770123": "delivered", "+34600770001": "undelivered", "+34600770002": "failed",
+               "+34600770003": "failed"}
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=test.headers, timeout=30) as client:
+        r = await client.post("/v1/messages", json={"to": "+34600770123", "body": "Your code is 111111"})
+        assert r.status_code == 202 and r.json()["sandbox"] is True
+        single = r.json()["message_id"]
+    ids = [single] + await send_batches(stack, test, [{"to": n, "body": "sandbox"} for n in list(numbers)[1:]])
+    live = await send_batches(stack, tenant, [{"to": "+34600770123", "body": "live"}])
+    final = await all_final(pool, ids + live)
+    assert [final[i] for i in ids] == list(numbers.values())
+    rows = {str(r["message_id"]): r for r in await pool.fetch(
+        "SELECT message_id, gateway, reason_code FROM messages WHERE message_id = ANY($1::uuid[])", ids + live)}
+    assert {rows[i]["gateway"] for i in ids[:3]} == {"sandbox"} and rows[ids[3]]["reason_code"] == "sandbox_refused"
+    refs = httpx.get(f"http://127.0.0.1:{stack.ports.simulator_control}/stats/client_refs", timeout=30).json()["client_refs"]
+    assert not any(refs.get(i) for i in ids), "a test key's message reached the gateway"
+    assert refs.get(live[0]) == 1 and rows[live[0]]["gateway"] != "sandbox"
+
+
 async def test_trigger_topic(stack: Stack, pool, env) -> None:
     tenant = await make_tenant(pool)
     marker = uuid.uuid4().hex[:10]
