@@ -86,6 +86,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "empty_batch": _c(422, "a batch without items"),
     "all_rejected": _c(422, "no item of the batch is valid (each item's error in `details`)"),
     "send_at_too_far": _c(422, "`send_at` is more than 35 days ahead"),
+    "opt_out_missing": _c(422, "a marketing text without an opt-out instruction, for a tenant whose `marketing_opt_out` is `refuse`"),
     "send_at_in_past": _c(422, "a campaign's `send_at` is in the past"),
     "destination_not_allowed": _c(422, "the tenant may not send to this country (`allowed_countries`, high-cost destinations opt-in)"),
     "webhook_host_not_public": _c(422, "a webhook URL whose host is not publicly routable (loopback, private, link-local, cluster-internal)"),

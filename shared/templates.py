@@ -187,6 +187,22 @@ def opt_out_text(contact_language: str | None, variant_language: str) -> str:
     raise AssertionError("unreachable")
 
 
+# The language of an opt-out line for a number that is not a contact with a language: its
+# country's main language where OPT_OUT has it (else English).
+COUNTRY_LANGUAGE = {
+    "ES": "es", "MX": "es", "AR": "es", "CO": "es", "CL": "es", "PE": "es", "FR": "fr", "BE": "fr", "LU": "fr",
+    "DE": "de", "AT": "de", "CH": "de", "PT": "pt", "BR": "pt", "IT": "it", "NL": "nl", "AD": "ca",
+}
+
+
+def opt_out_line(text: str, contact_language: str | None, country: str | None) -> str | None:
+    """The opt-out instruction a raw marketing text needs (None: it has one already)."""
+    language = primary(contact_language) or COUNTRY_LANGUAGE.get(country or "", DEFAULT_OPT_OUT_LANGUAGE)
+    if has_opt_out(text, language):
+        return None
+    return opt_out_text(contact_language, language)
+
+
 def field_value(contact: Mapping[str, Any], name: str) -> str | None:
     """A placeholder's value; a dotted name other than ``attributes.x`` is looked up as written."""
     if name.startswith("attributes."):

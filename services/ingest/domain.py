@@ -19,7 +19,8 @@ from shared.geo import refusal as geo_refusal
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageRequest
 from shared.phones import PhoneError, parse_e164
 from shared.sms.encoding import analyse
-from shared.statuses import ReceiptStatus
+from shared.templates import opt_out_line
+from shared.statuses import MessageType, ReceiptStatus
 
 
 MAX_SCHEDULE_AHEAD = timedelta(days=35)
@@ -65,8 +66,12 @@ def accept(
     smart_encoding: bool,
     geo: GeoPolicy | None = None,
     geo_rules: GeoRules | None = None,
+    opt_out: OptOut | None = None,
 ) -> MessageAccepted:
     """Validate the recipient and measure the text; raise :class:`Rejection` if it cannot be sent.
+
+    ``opt_out``: for marketing, the tenant's mode and its contacts' languages; a text without an
+    opt-out instruction gets one in the recipient's language, or is refused (``opt_out_missing``).
 
     ``geo``: the tenant's geo permissions (shared/geo.py), checked against the number's country
     with ``geo_rules``; None skips the check.
@@ -85,7 +90,16 @@ def accept(
         reason = geo_refusal(geo, phone.country, geo_rules or GeoRules())
         if reason is not None:
             raise Rejection(GEO_REFUSAL, reason, [{"loc": "to", "code": GEO_REFUSAL, "msg": reason}])
-    info = analyse(request.body, smart=smart_encoding)
+    body = request.body
+    if opt_out is not None and request.type is MessageType.MARKETING:
+        line = opt_out_line(body, opt_out.languages.get(phone.e164), phone.country)
+        if line is not None:
+            if opt_out.mode == "refuse":
+                raise Rejection(OPT_OUT_MISSING, "a marketing message must tell how to opt out (e.g. 'Reply STOP to opt "
+                                "out'); this tenant refuses marketing without one",
+                                [{"loc": "body", "code": OPT_OUT_MISSING, "msg": f"add: {line}"}])
+            body = body.rstrip() + "\n" + line
+    info = analyse(body, smart=smart_encoding)
     # Every field is validated (the request) or computed here: skip a second validation.
     return MessageAccepted.model_construct(
         message_id=message_id,
@@ -104,6 +118,18 @@ def accept(
         expires_at=now + timedelta(seconds=request.validity_s) if request.validity_s else None,
         send_at=request.send_at,
     )
+
+
+OPT_OUT_MISSING = "opt_out_missing"
+
+
+@dataclass(frozen=True)
+class OptOut:
+    """How raw marketing texts get their opt-out line: ``mode`` 'append' or 'refuse', and the
+    language of each number that is a contact with one."""
+
+    mode: str
+    languages: dict[str, str] = field(default_factory=dict)
 
 
 def parse_request(item: Any) -> MessageRequest:

@@ -131,6 +131,18 @@ class IngestRepository:
         )
         return {r["tenant_id"]: GeoPolicy.of(r["country"], r["allowed_countries"]) for r in rows}
 
+    async def marketing_context(self, tenant_id: str, phones: list[str]) -> tuple[str, dict[str, str]]:
+        """The tenant's opt-out mode ('append' or 'refuse') and the language of each of these
+        numbers that is a contact with one, in one round trip."""
+        rows = await self.pool.fetch(
+            "SELECT t.marketing_opt_out, c.phone_e164, c.language FROM tenants t"
+            " LEFT JOIN contacts c ON c.tenant_id = t.tenant_id AND c.phone_e164 = ANY($2::text[]) AND c.language IS NOT NULL"
+            " WHERE t.tenant_id = $1",
+            tenant_id, phones,
+        )
+        mode = rows[0]["marketing_opt_out"] if rows else "append"
+        return mode, {r["phone_e164"]: r["language"] for r in rows if r["phone_e164"] is not None}
+
     async def suppress(self, tenant_id: str, phone: str, reason: str, source: str) -> None:
         await self.pool.execute(
             "INSERT INTO suppressions (tenant_id, phone_e164, reason, source) VALUES ($1, $2, $3, $4)"

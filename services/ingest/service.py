@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Literal
 
 from services.ingest import metrics
-from services.ingest.domain import Rejection, accept, request_hash
+from services.ingest.domain import OptOut, Rejection, accept, request_hash
 from services.ingest.fair_share import PriorityShare
 from services.ingest.links import LinkRecord, records, track_message
 from services.ingest.links_repo import LinksRepository
@@ -99,6 +99,7 @@ class Acceptor:
         keyed: dict[str, list[int]] = {}
         hashes: dict[str, str] = {}
         # status callbacks go to public destinations only (shared/egress.py): each host checked once
+        opt_out = await self._opt_out(tenant, requests)
         refused = await check_urls({str(r.status_callback_url) for r in requests
                                     if not isinstance(r, Rejection) and r.status_callback_url}, self.egress,
                                    resolve=self.resolve)
@@ -121,6 +122,7 @@ class Acceptor:
                     smart_encoding=self.smart_encoding,
                     geo=geo,
                     geo_rules=self.geo_rules,
+                    opt_out=opt_out,
                 )
             except Rejection as rejection:
                 results.append(rejection)
@@ -168,6 +170,15 @@ class Acceptor:
                 outgoing.append(accepted_event(tenant, result.message, trace_id))
         return results, outgoing
 
+
+    async def _opt_out(self, tenant: str, requests: list[MessageRequest | Rejection]) -> OptOut | None:
+        """The tenant's opt-out mode and its contacts' languages, when the batch has marketing
+        (one round trip; none for transactional traffic)."""
+        phones = sorted({r.to.strip() for r in requests if isinstance(r, MessageRequest) and r.type is MessageType.MARKETING})
+        if not phones:
+            return None
+        mode, languages = await self.repository.marketing_context(tenant, phones)
+        return OptOut(mode, languages)
 
     def _apply_share(self, tenant: str, results: list[Result]) -> None:
         """Transactional messages past the tenant's share of the priority lanes go on the

@@ -34,7 +34,11 @@ class MessageRequest(_Frozen):
     sender: Annotated[str, StringConstraints(pattern=r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")] | None = Field(
         None, description="Alphanumeric sender id (up to 11 characters) or a number"
     )
-    type: MessageType = Field(MessageType.TRANSACTIONAL, description="transactional or marketing")
+    type: MessageType = Field(
+        MessageType.TRANSACTIONAL,
+        description="transactional (the default) or marketing; marketing obeys consent, quiet hours and caps, and gets "
+        "an opt-out line in the recipient's language when its text has none (docs/audience.md)",
+    )
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
         None, description="The same key always returns the same message id and never sends twice"
     )

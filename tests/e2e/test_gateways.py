@@ -70,7 +70,7 @@ async def measure_throttle(stack: Stack, pool, seed: int) -> None:
     a_control = stack.ports.simulator_control
     httpx.post(f"http://127.0.0.1:{a_control}/stats/reset").raise_for_status()
     tenant = await make_tenant(pool)
-    body = "Two segments: " + "x" * 180  # 194 GSM-7 characters
+    body = "Two segments, reply STOP to opt out: " + "x" * 157  # 194 GSM-7 characters (with its opt-out: none appended)
     ids = await send_batches(stack, tenant, [{"to": n, "body": body, "type": "marketing"} for n in demo_numbers(1000, seed=seed, countries=marketing_countries(True))])
     await all_final(pool, ids, timeout_s=120)
     refs = httpx.get(f"http://127.0.0.1:{a_control}/stats/client_refs", timeout=30).json()["client_refs"]

@@ -87,6 +87,10 @@ class TestBody(BaseModel):
 class PolicyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     marketing_consent: Literal["required", "opt_out"] | None = None
+    marketing_opt_out: Literal["append", "refuse"] | None = Field(
+        None, description="Marketing sent through POST /v1/messages or the trigger topic without an opt-out "
+        "instruction: 'append' one in the recipient's language (the default), or 'refuse' it (422 opt_out_missing)",
+    )
     frequency_caps: list[CapBody] | None = Field(None, max_length=5)
     reply_webhook_url: str | None = Field(
         None, max_length=admin.MAX_URL_LENGTH,
@@ -347,11 +351,12 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
                 if done is None:
                     raise ApiError(404, "tenant_not_found", "no such tenant")
             geo: dict[str, Any] = {f: getattr(body, f) for f in ("country", "allowed_countries") if f in body.model_fields_set}
-            if (body.marketing_consent is not None or caps is not None or geo
+            if (body.marketing_consent is not None or caps is not None or geo or body.marketing_opt_out is not None
                     or "reply_webhook_url" not in body.model_fields_set):
                 try:
                     policy = await admin.tenant_policy_set(conn, actor, principal.tenant_id,
-                                                           marketing_consent=body.marketing_consent, caps=caps, **geo)
+                                                           marketing_consent=body.marketing_consent, caps=caps,
+                                                           marketing_opt_out=body.marketing_opt_out, **geo)
                 except ValueError as exc:
                     loc = "body.allowed_countries" if "allowed_countries" in geo else "body.country"
                     raise ApiError(422, "validation_failed", str(exc),
