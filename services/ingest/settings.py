@@ -8,7 +8,8 @@ from shared.settings import ConsumerSettings, WebhookEgressSettings
 
 
 class IngestSettings(ConsumerSettings, WebhookEgressSettings):
-    http_port: int = Field(38080, description="Port of the ingest HTTP server")
+    http_port: int = Field(38080, ge=1, le=65535, description="Port of the ingest API (public)")
+    ops_port: int = Field(38180, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
     campaign_page_size: int = Field(1000, ge=10, le=10_000, description="Contacts a campaign launcher reads, renders and publishes per page")
     campaign_lease_s: float = Field(30.0, ge=5, description="How long a launcher keeps a campaign without progress before another instance takes it over")
     campaign_launcher: bool = Field(True, description="Run a campaign launcher in this ingest instance")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from services.reports import campaign_report
 from services.reports.repository import fetch_message
-from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
+from shared.api import ApiError, docs_routes, install_error_handlers, principal_dependency
 from shared.auth import Principal
 
 
@@ -102,11 +102,13 @@ class CampaignReport(BaseModel):
     )
 
 
-def create_app(pool: asyncpg.Pool, readiness: Check, ab_alpha: float = 0.05) -> FastAPI:
-    app = FastAPI(title="Herald reports", version="1.0", description="Message status, timelines and metrics.")
+def create_app(pool: asyncpg.Pool, ab_alpha: float = 0.05, *, api_docs: bool = False) -> FastAPI:
+    """The public API. Health and metrics are on the ops port (shared/service.py), the docs only
+    with ``api_docs`` (``HERALD_API_DOCS``)."""
+    app = FastAPI(title="Herald reports", version="1.0", description="Message status, timelines and metrics.",
+                  **docs_routes(api_docs))
     app.state.pool = pool
     install_error_handlers(app)
-    add_ops_routes(app, readiness)
     reader = Depends(principal_dependency("messages:read"))
 
     @app.get("/v1/messages/{message_id}", response_model=MessageView, responses={401: {}, 403: {}, 404: {}, 422: {}})
