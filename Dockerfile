@@ -33,5 +33,6 @@ RUN groupadd --system --gid 10001 herald \
 COPY --from=build /opt/herald /opt/herald
 WORKDIR /app
 USER herald:herald
-# ingest, scheduler, dispatcher, reports (HERALD_HTTP_PORT); simulator API and control ports
-EXPOSE 38080 38081 38082 38083 38090 38091
+# ingest and reports APIs (HERALD_HTTP_PORT); the services' ops ports (HERALD_OPS_PORT: /healthz,
+# /readyz, /metrics); simulator API and control ports
+EXPOSE 38080 38083 38180 38181 38182 38183 38090 38091

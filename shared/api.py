@@ -1,4 +1,5 @@
-"""HTTP pieces every service shares: error format, auth dependency, health and metrics."""
+"""HTTP pieces every service shares: error format, auth dependency, the API docs switch, and
+the ops routes (health and metrics), which are served on a port of their own (shared/service.py)."""
 
 from __future__ import annotations
 
@@ -189,8 +190,24 @@ def principal_dependency(scope: str) -> Callable[[Request], Awaitable[Principal]
 Check = Callable[[], Awaitable[dict[str, bool]]]
 
 
+def docs_routes(enabled: bool) -> dict[str, Any]:
+    """``FastAPI(**docs_routes(settings.api_docs))``: /docs, /redoc and /openapi.json, or none of them.
+    ``app.openapi()`` still builds the document in-process either way."""
+    if enabled:
+        return {"docs_url": "/docs", "redoc_url": "/redoc", "openapi_url": "/openapi.json"}
+    return {"docs_url": None, "redoc_url": None, "openapi_url": None}
+
+
+def ops_app(name: str, readiness: Check) -> FastAPI:
+    """The app of the ops port: the ops routes and nothing else (no docs, no API)."""
+    app = FastAPI(title=f"Herald {name} ops", **docs_routes(False))
+    add_ops_routes(app, readiness)
+    return app
+
+
 def add_ops_routes(app: FastAPI, readiness: Check) -> None:
-    """``/healthz`` (alive), ``/readyz`` (dependencies reachable) and ``/metrics``."""
+    """``/healthz`` (alive), ``/readyz`` (dependencies reachable) and ``/metrics``: for the ops
+    port only (:func:`ops_app`); the metrics carry every tenant's volumes, never on the API port."""
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -1,8 +1,9 @@
 """The common shape of a Herald service process, used by every service's ``app.py``.
 
 Opens the database pool and the idempotent producer, starts one batch consumer, serves
-HTTP (the service's API if it has one, plus /healthz, /readyz and /metrics), runs any
-extra workers, and shuts down in reverse order on SIGTERM.
+HTTP (the service's API, if it has one, on ``HERALD_HTTP_PORT``; /healthz, /readyz and
+/metrics on ``HERALD_OPS_PORT``, apart from the public API), runs any extra workers, and
+shuts down in reverse order on SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import asyncpg
 from fastapi import FastAPI
 
 from shared import logging as herald_logging
-from shared.api import Check, add_ops_routes
+from shared.api import Check, ops_app
 from shared.db import create_pool
 from shared.kafka import BatchConsumer, Handler, Publisher, make_producer
 from shared.loopwatch import install_gc_timer, tune_gc, watch_loop
 from shared.runtime import http_server, run_until_stopped
 from shared.settings import ConsumerSettings
 from shared.topics import Topic
+
+OPS_MAX_CONCURRENCY = 64  # probes and scrapes: a few at a time
 
 
 @dataclass
@@ -70,7 +73,7 @@ def chosen_lanes(lanes: list[Lane], wanted: Sequence[str], service: str) -> list
 @dataclass
 class Wiring:
     handler: Handler
-    app: FastAPI | None = None  # the service's own API; ops routes are added to it
+    app: FastAPI | None = None  # the service's own API (HERALD_HTTP_PORT); the ops routes are not on it
     lanes: list[Lane] = field(default_factory=list)
 
 
@@ -141,18 +144,21 @@ async def run_service(
         loop_stop = asyncio.Event()
         ctx.workers["loop-watch"] = watch_loop(name, stop=loop_stop)
         ctx.stoppers.append(loop_stop.set)
-        app = wiring.app or FastAPI(title=f"Herald {name}", docs_url=None, redoc_url=None, openapi_url=None)
-        if wiring.app is None:
-            add_ops_routes(app, readiness)
-        server = http_server(app, settings.http_host, settings.http_port, settings.shutdown_timeout_s,
-                             settings.http_max_concurrency)
+        # The ops port answers probes and scrapes even while the API is at its concurrency limit.
+        servers = {"ops": http_server(ops_app(name, readiness), settings.http_host, settings.ops_port,
+                                      settings.shutdown_timeout_s, OPS_MAX_CONCURRENCY)}
+        if wiring.app is not None:
+            servers["http"] = http_server(wiring.app, settings.http_host, settings.http_port,
+                                          settings.shutdown_timeout_s, settings.http_max_concurrency)
 
         def stop_http() -> None:
-            server.should_exit = True
+            for server in servers.values():
+                server.should_exit = True
 
-        log.info("%s starting", name, extra={"port": settings.http_port, "group": group_id})
+        log.info("%s starting", name, extra={"port": settings.http_port if wiring.app is not None else None,
+                                             "ops_port": settings.ops_port, "group": group_id})
         return await run_until_stopped(
-            {"http": server.serve(), **consumers, **ctx.workers},
+            {**{k: server.serve() for k, server in servers.items()}, **consumers, **ctx.workers},
             [*stop_consumers, *ctx.stoppers, stop_http],
             settings.shutdown_timeout_s,
         )

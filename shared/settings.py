@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,7 +51,21 @@ class ServiceSettings(KafkaSettings, DatabaseSettings):
     """What every Herald service needs: Kafka, PostgreSQL, an HTTP port, logging."""
 
     http_host: str = Field("127.0.0.1", description="Address the HTTP server binds (0.0.0.0 in containers)")
-    http_port: int = Field(38080, description="Port of the API, /healthz, /readyz and /metrics")
+    http_port: int = Field(
+        38080, ge=1, le=65535,
+        description="Port of the public API (ingest, reports); a service without an API (scheduler, dispatcher) "
+        "does not open it",
+    )
+    ops_port: int = Field(
+        38180, ge=1, le=65535,
+        description="Port of /healthz, /readyz and /metrics, never the API's: probes and Prometheus use it, and it "
+        "stays off the public network (metrics carry every tenant's volumes and revenue)",
+    )
+    api_docs: bool = Field(
+        False,
+        description="Serve /docs, /redoc and /openapi.json on the API port: on in the local stack (`herald up`, "
+        "tests); off by default, so production does not map its API for anyone",
+    )
     http_max_concurrency: int = Field(
         1000, ge=1, description="Connections and requests handled at once; above it new ones get 503 at once"
     )
@@ -66,6 +80,12 @@ class ServiceSettings(KafkaSettings, DatabaseSettings):
         description="Allocations between young-generation collections (CPython's default is 700); with the "
         "start-up heap frozen out of the collector, this keeps GC pauses short and rare (shared/loopwatch.py)",
     )
+
+    @model_validator(mode="after")
+    def _ops_port_apart(self) -> ServiceSettings:
+        if self.ops_port == self.http_port:
+            raise ValueError(f"HERALD_OPS_PORT must differ from HERALD_HTTP_PORT ({self.http_port})")
+        return self
 
 
 class ConsumerSettings(ServiceSettings):

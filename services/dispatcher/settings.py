@@ -27,7 +27,7 @@ class RouteConfig(BaseModel):
 
 
 class DispatcherSettings(ConsumerSettings):
-    http_port: int = Field(38082, description="Port of the dispatcher HTTP server")
+    ops_port: int = Field(38182, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics: the dispatcher has no API")
     consumer_max_records: int = Field(500, ge=1, description="Most messages handled in one batch")
     gateways: list[GatewayConfig] = Field(default_factory=_default_gateways, description="Gateways, JSON list")
     instance_id: str = Field(

@@ -34,7 +34,7 @@ from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
 from shared.topics import MESSAGE_COMMANDS
 from services.ingest.twilio_callbacks import create_router as twilio_router
-from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency, require_json
+from shared.api import ApiError, docs_routes, install_error_handlers, principal_dependency, require_json
 from shared.auth import KeyCache, Principal, authenticate
 from shared.contracts import MessageCommand, MessageCommandEvent, MessageRequest, utcnow
 from shared.events import receipt_event
@@ -133,12 +133,14 @@ def create_app(
     acceptor: Acceptor,
     publisher: Publisher,
     repository: IngestRepository,
-    readiness: Check,
 ) -> FastAPI:
+    """The public API. Health and metrics are on the ops port (shared/service.py), the docs only
+    where ``HERALD_API_DOCS`` is on."""
     app = FastAPI(
         title="Herald ingest",
         version="1.0",
         description="Send SMS: single messages, batches, suppressions, and gateway receipt callbacks.",
+        **docs_routes(settings.api_docs),
     )
     app.state.pool = pool
     keys = None
@@ -148,7 +150,6 @@ def create_app(
                        authenticate=keys.authenticate if keys is not None else partial(authenticate, pool),
                        body_timeout_s=settings.http_body_timeout_s)
     install_error_handlers(app)
-    add_ops_routes(app, readiness)
     writer = Depends(principal_dependency("messages:write"))
     limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute,
                           lease=settings.rate_limit_lease)

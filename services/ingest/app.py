@@ -28,7 +28,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     repository = IngestRepository(ctx.pool)
     links = LinksRepository(ctx.pool)
     acceptor = Acceptor(repository, settings, links)
-    app = create_app(settings, ctx.pool, acceptor, ctx.publisher, repository, readiness)
+    app = create_app(settings, ctx.pool, acceptor, ctx.publisher, repository)
     if getattr(app.state, "keys", None) is not None:
         ctx.stack.push_async_callback(app.state.keys.close)
     if settings.campaign_launcher:

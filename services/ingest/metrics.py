@@ -20,6 +20,10 @@ LINK_LOOKUPS = Counter(
 CLICKS_DROPPED = Counter(
     "herald_link_clicks_dropped_total", "Click events dropped because the publish buffer was full"
 )
+BOT_CLICKS_FOLDED = Counter(
+    "herald_link_bot_clicks_folded_total",
+    "Bot clicks folded into an event already buffered for the same link, reason and day (no event of their own)",
+)
 REDIRECT_SECONDS = Histogram(
     "herald_link_redirect_seconds", "Time to answer a short-link request (lookup, bot check, buffering)",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),

@@ -8,7 +8,8 @@ from shared.settings import ConsumerSettings, WebhookEgressSettings
 
 
 class IngestSettings(ConsumerSettings, WebhookEgressSettings):
-    http_port: int = Field(38080, description="Port of the ingest HTTP server")
+    http_port: int = Field(38080, ge=1, le=65535, description="Port of the ingest API (public)")
+    ops_port: int = Field(38180, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
     priority_share_per_s: float = Field(
         200.0, ge=0,
         description="Each tenant's share of the transactional lanes, in messages a second per ingest instance; what a "

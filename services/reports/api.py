@@ -29,7 +29,7 @@ from services.reports.search import (
     parse_statuses,
     row_out,
 )
-from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
+from shared.api import ApiError, docs_routes, install_error_handlers, principal_dependency
 from shared.auth import Principal
 from shared.pagination import Cursor
 
@@ -129,11 +129,13 @@ class MessageList(BaseModel):
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page")
 
 
-def create_app(pool: asyncpg.Pool, readiness: Check, ab_alpha: float = 0.05, search_timeout_ms: int = 5000) -> FastAPI:
-    app = FastAPI(title="Herald reports", version="1.0", description="Message status, timelines and metrics.")
+def create_app(pool: asyncpg.Pool, ab_alpha: float = 0.05, *, api_docs: bool = False, search_timeout_ms: int = 5000) -> FastAPI:
+    """The public API. Health and metrics are on the ops port (shared/service.py), the docs only
+    with ``api_docs`` (``HERALD_API_DOCS``)."""
+    app = FastAPI(title="Herald reports", version="1.0", description="Message status, timelines and metrics.",
+                  **docs_routes(api_docs))
     app.state.pool = pool
     install_error_handlers(app)
-    add_ops_routes(app, readiness)
     reader = Depends(principal_dependency("messages:read"))
 
     def query_of(principal: Principal, status: list[str], since: datetime | None, until: datetime | None,

@@ -38,7 +38,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     )
     # Ordinary replies to post to the tenants' reply webhooks: their own group (docs/replies.md).
     replies = Lane("replies", f"{settings.topic_prefix}reports.replies", [REPLIES], ReplyWebhookHandler(ctx.pool))
-    return Wiring(handler=StatusHandler(ctx.pool, window, skew, settled_wait), app=create_app(ctx.pool, readiness, settings.ab_alpha, settings.search_timeout_ms),
+    # Unmatched receipts are parked at most receipt_parked_max_per_gateway per gateway (docs/results.md).
+    status = StatusHandler(ctx.pool, window, skew, settled_wait, settings.receipt_parked_max_per_gateway)
+    return Wiring(handler=status, app=create_app(ctx.pool, settings.ab_alpha, api_docs=settings.api_docs,
+                                                                   search_timeout_ms=settings.search_timeout_ms),
                   lanes=[results, replies])
 
 

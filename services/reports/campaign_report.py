@@ -54,11 +54,15 @@ LEFT JOIN LATERAL (
 WHERE m.campaign_id = $1 AND m.status = 'scheduled'
 GROUP BY 1, 2
 """
+# People's clicks are rows of ``clicks`` (rows flagged bot are from before bot clicks were
+# counted apart); bots' are counters in ``bot_clicks``. A variant may have a row of each.
 _CLICKS = """
 SELECT variant, count(*) FILTER (WHERE NOT bot) AS total,
        count(DISTINCT message_id) FILTER (WHERE NOT bot) AS unique_messages,
        count(*) FILTER (WHERE bot) AS bots
 FROM clicks WHERE campaign_id = $1 GROUP BY variant
+UNION ALL
+SELECT variant, 0, 0, sum(clicks) FROM bot_clicks WHERE campaign_id = $1 GROUP BY variant
 """
 _CONVERSIONS = """
 SELECT variant, currency, count(*) AS n, sum(value) AS revenue

@@ -14,6 +14,7 @@ import asyncpg
 from services.reports import metrics, webhooks
 from services.reports.domain import Change, Transition, fold, from_accepted, from_receipt, from_status
 from services.reports.repository import (
+    DEFAULT_PARKED_MAX,
     DEFAULT_SETTLED_WAIT,
     DEFAULT_SKEW,
     DEFAULT_WINDOW,
@@ -95,12 +96,13 @@ def _message_ref(receipt: DeliveryReceipt) -> uuid.UUID | None:
 class StatusHandler:
     def __init__(
         self, pool: asyncpg.Pool, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW,
-        settled_wait: timedelta = DEFAULT_SETTLED_WAIT,
+        settled_wait: timedelta = DEFAULT_SETTLED_WAIT, parked_max: int = DEFAULT_PARKED_MAX,
     ) -> None:
         self.pool = pool
         self.window = window
         self.skew = skew
         self.settled_wait = settled_wait
+        self.parked_max = parked_max
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         changes: list[Change] = []
@@ -118,7 +120,7 @@ class StatusHandler:
             elif isinstance(payload, DeliveryReceipt):
                 receipts.append((event.event_id, event.occurred_at, payload))
         async with self.pool.acquire() as conn, conn.transaction():
-            repo = ReportsRepository(conn, self.window, self.skew, self.settled_wait)
+            repo = ReportsRepository(conn, self.window, self.skew, self.settled_wait, self.parked_max)
             await repo.add_refs(refs)
             # make sure messages exist before resolving receipts against them
             transitions = await record(repo, changes)
@@ -145,7 +147,7 @@ class StatusHandler:
                     parked.append((event_id, receipt.gateway, receipt.gateway_message_id, occurred_at, receipt.model_dump_json()))
                 else:
                     receipt_changes.append(from_receipt(event_id, found[0], found[1], occurred_at, receipt))
-            await repo.park_receipts(parked)
+            dropped = await repo.park_receipts(parked)
             receipt_changes += _parked_changes(await repo.take_matched_receipts(sorted({(g, i) for g, i, _, _ in refs})))
             unknown_now = [t.message_id for t in transitions if t.new is Status.UNKNOWN]
             for row in await repo.take_parked_for_unknown(unknown_now):
@@ -154,7 +156,13 @@ class StatusHandler:
                 receipt_changes += _parked_changes([row])
             await repo.add_refs(late_refs)
             transitions += await record(repo, receipt_changes)
-        metrics.RECEIPTS_PARKED.inc(len(parked))
+        metrics.RECEIPTS_PARKED.inc(len(parked) - sum(dropped.values()))
+        for gateway, count in dropped.items():
+            # a gateway sending receipts for messages Herald never sent (or a flood of them): the
+            # receipts are dropped, never the batch
+            metrics.RECEIPTS_PARK_DROPPED.labels(gateway).inc(count)
+            log.warning("unmatched receipts dropped: the gateway has the most parked receipts allowed",
+                        extra={"gateway": gateway, "count": count, "parked_max": self.parked_max})
         observe(transitions)
         return []
 

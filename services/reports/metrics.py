@@ -26,6 +26,11 @@ RECEIPTS_UNPARKED = Counter("herald_receipts_unparked_total", "Parked receipts a
 RECEIPTS_EXPIRED = Counter(
     "herald_receipts_parked_expired_total", "Parked receipts dropped unmatched after the receipt matching window"
 )
+RECEIPTS_PARK_DROPPED = Counter(
+    "herald_receipts_parked_dropped_total",
+    "Unmatched receipts not parked because their gateway already has HERALD_RECEIPT_PARKED_MAX_PER_GATEWAY parked",
+    ["gateway"],
+)
 
 WEBHOOKS_DELIVERED = Counter("herald_webhooks_delivered_total", "Status webhooks the customer answered with 2xx")
 WEBHOOKS_FAILED_ATTEMPTS = Counter(

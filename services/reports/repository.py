@@ -45,6 +45,7 @@ FINAL_RECEIPTS = [r.value for r, status in RECEIPT_TO_STATUS.items() if status i
 DEFAULT_WINDOW = timedelta(hours=168)
 DEFAULT_SKEW = timedelta(seconds=10)
 DEFAULT_SETTLED_WAIT = timedelta(seconds=60)
+DEFAULT_PARKED_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +92,13 @@ def _sql(text: str, **names: str) -> str:
 class ReportsRepository:
     def __init__(
         self, conn: asyncpg.Connection, window: timedelta = DEFAULT_WINDOW, skew: timedelta = DEFAULT_SKEW,
-        settled_wait: timedelta = DEFAULT_SETTLED_WAIT,
+        settled_wait: timedelta = DEFAULT_SETTLED_WAIT, parked_max: int = DEFAULT_PARKED_MAX,
     ) -> None:
         self.conn = conn
         self.window = window
         self.skew = skew
         self.settled_wait = settled_wait
+        self.parked_max = parked_max
 
     async def add_refs(self, refs: list[tuple[str, str, uuid.UUID, datetime]]) -> None:
         """Record submissions: (gateway, gateway message id, message id, submitted at). Every
@@ -166,17 +168,42 @@ class ReportsRepository:
         again = await self.match_receipts([k for k in keys if k.event_id in first])
         return {ev: found for ev, found in again.items() if first.get(ev) == found}
 
-    async def park_receipts(self, parked: list[tuple[uuid.UUID, str, str, datetime, str]]) -> None:
+    async def park_receipts(self, parked: list[tuple[uuid.UUID, str, str, datetime, str]]) -> dict[str, int]:
         """Keep receipts that belong to no recorded submission yet: (event id, gateway, id, when
-        the gateway reported it, receipt JSON)."""
-        if parked:
-            ids, gateways, gw_ids, times, bodies = (list(x) for x in zip(*parked, strict=True))
+        the gateway reported it, receipt JSON), at most ``parked_max`` per gateway. Returns how
+        many were dropped per gateway for want of room (a receipt parked already is no new one)."""
+        if not parked:
+            return {}
+        gateways = sorted({p[1] for p in parked})
+        rows = await self.conn.fetch(
+            "SELECT gateway, count(*) AS n FROM pending_receipts WHERE gateway = ANY($1::text[]) GROUP BY gateway",
+            gateways,
+        )
+        already = {r["event_id"] for r in await self.conn.fetch(
+            "SELECT event_id FROM pending_receipts WHERE event_id = ANY($1::uuid[])", [p[0] for p in parked])}
+        room = {g: self.parked_max for g in gateways}
+        for r in rows:
+            room[r["gateway"]] = max(0, self.parked_max - r["n"])
+        kept: list[tuple[uuid.UUID, str, str, datetime, str]] = []
+        dropped: dict[str, int] = {}
+        for item in parked:
+            gateway = item[1]
+            if item[0] in already:
+                continue
+            if room[gateway] > 0:
+                room[gateway] -= 1
+                kept.append(item)
+            else:
+                dropped[gateway] = dropped.get(gateway, 0) + 1
+        if kept:
+            ids, gws, gw_ids, times, bodies = (list(x) for x in zip(*kept, strict=True))
             await self.conn.execute(
                 "INSERT INTO pending_receipts (event_id, gateway, gateway_message_id, occurred_at, receipt)"
                 " SELECT e, g, i, o, r::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])"
                 " AS t(e, g, i, o, r) ON CONFLICT DO NOTHING",
-                ids, gateways, gw_ids, times, bodies,
+                ids, gws, gw_ids, times, bodies,
             )
+        return dropped
 
     async def take_matched_receipts(
         self, refs: list[tuple[str, str]] | None, limit: int = 5000

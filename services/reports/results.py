@@ -1,14 +1,17 @@
 """reports' results lane: clicks (``clicks.v1``) and conversions (``contact-events.accepted.v1``).
 
 Its own consumer group, so a burst of clicks never delays statuses and receipts. Both are
-idempotent: a click is stored once by its event id, a conversion once per (tenant, event id),
-and counters move only for rows actually inserted. See docs/results.md.
+idempotent: a person's click is stored once by its event id, a conversion once per (tenant,
+event id), and counters move only for rows actually inserted. Bot clicks (previews, prefetches,
+crawlers, too fast) are no rows: they are counted per link, day and reason in ``bot_clicks``,
+and a per-partition offset mark, moved in the same transaction, keeps a redelivered record from
+being counted twice. See docs/results.md.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,11 +22,35 @@ from services.reports.attribution import Candidate, attribute
 from shared.contracts import ContactEventAccepted, LinkClicked
 from shared.kafka import Incoming, Outgoing
 
+#: where a record was read: (topic, partition, offset)
+Position = tuple[str, int, int]
+
 
 def too_fast(click: LinkClicked, submitted_at: datetime | None, min_delay_s: float) -> bool:
     """A click within ``min_delay_s`` of the submission came before anyone could read the text."""
     return submitted_at is not None and (click.clicked_at - submitted_at).total_seconds() < min_delay_s
 
+
+# Bot clicks, summed per (message, link, day, reason) in the batch, added to the counters.
+_ADD_BOT_CLICKS = """
+INSERT INTO bot_clicks (message_id, link_index, day, reason, tenant_id, campaign_id, variant, journey_id, clicks, last_at)
+SELECT * FROM unnest($1::uuid[], $2::smallint[], $3::date[], $4::text[], $5::text[], $6::uuid[], $7::text[],
+                     $8::uuid[], $9::bigint[], $10::timestamptz[])
+ON CONFLICT (message_id, link_index, day, reason)
+DO UPDATE SET clicks = bot_clicks.clicks + excluded.clicks, last_at = greatest(bot_clicks.last_at, excluded.last_at)
+"""
+
+# The offset marks of the batch's partitions: created if missing, then (another statement, so
+# that it sees rows another transaction just created) locked in key order and read.
+_CREATE_MARKS = """
+INSERT INTO bot_click_offsets (topic, partition, last_offset)
+SELECT t, p, -1 FROM unnest($1::text[], $2::int[]) AS k(t, p) ORDER BY t, p ON CONFLICT DO NOTHING
+"""
+_LOCK_MARKS = """
+SELECT o.topic, o.partition, o.last_offset FROM bot_click_offsets o
+JOIN unnest($1::text[], $2::int[]) AS k(t, p) ON o.topic = k.t AND o.partition = k.p
+ORDER BY o.topic, o.partition FOR UPDATE OF o
+"""
 
 _INSERT_CLICKS = """
 INSERT INTO clicks (event_id, tenant_id, code, message_id, link_index, url, contact_id, campaign_id, variant,
@@ -31,7 +58,7 @@ INSERT INTO clicks (event_id, tenant_id, code, message_id, link_index, url, cont
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::smallint[], $6::text[], $7::uuid[],
                      $8::uuid[], $9::text[], $10::uuid[], $11::timestamptz[], $12::bool[], $13::text[], $14::text[])
 ON CONFLICT (event_id) DO NOTHING
-RETURNING bot
+RETURNING event_id
 """
 
 # A contact's marketing messages that could have led to a conversion: by number or contact
@@ -70,21 +97,25 @@ class ResultsHandler:
         self.bot_min_delay_s = bot_min_delay_s
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
-        clicks: list[tuple[uuid.UUID, str, LinkClicked]] = []
+        clicks: list[tuple[uuid.UUID, str, LinkClicked, Position | None]] = []
         conversions: dict[tuple[str, uuid.UUID], ContactEventAccepted] = {}
         for item in batch:
             payload = item.event.payload
             if isinstance(payload, LinkClicked):
-                clicks.append((item.event.event_id, item.event.tenant, payload))
+                record = item.record
+                position = (record.topic, record.partition, record.offset) if record is not None else None
+                clicks.append((item.event.event_id, item.event.tenant, payload, position))
             elif isinstance(payload, ContactEventAccepted) and payload.value is not None:
                 conversions.setdefault((item.event.tenant, payload.event_id), payload)
         if not clicks and not conversions:
             return []
         async with self.pool.acquire() as conn, conn.transaction():
-            inserted_clicks = await self._store_clicks(conn, clicks) if clicks else []
+            inserted_clicks, bots = await self._store_clicks(conn, clicks) if clicks else ([], 0)
             inserted_conversions = await self._store_conversions(conn, conversions) if conversions else []
-        for row in inserted_clicks:
-            metrics.CLICKS_RECORDED.labels("bot" if row["bot"] else "human").inc()
+        if inserted_clicks:
+            metrics.CLICKS_RECORDED.labels("human").inc(len(inserted_clicks))
+        if bots:
+            metrics.CLICKS_RECORDED.labels("bot").inc(bots)
         for row in inserted_conversions:
             metrics.CONVERSIONS.labels(row["attribution"]).inc()
             if row["attribution"] != "none":
@@ -92,23 +123,73 @@ class ResultsHandler:
         return []
 
     async def _store_clicks(
-        self, conn: asyncpg.Connection, clicks: list[tuple[uuid.UUID, str, LinkClicked]]
-    ) -> list[asyncpg.Record]:
-        message_ids = list({c.message_id for _, _, c in clicks})
+        self, conn: asyncpg.Connection, clicks: list[tuple[uuid.UUID, str, LinkClicked, Position | None]]
+    ) -> tuple[list[asyncpg.Record], int]:
+        """People's clicks as rows (once per event id), bots' as counters; returns the rows
+        inserted and the bot clicks counted."""
+        message_ids = list({c.message_id for _, _, c, _ in clicks})
         rows = await conn.fetch(
             "SELECT message_id, submitted_at FROM messages WHERE message_id = ANY($1::uuid[])", message_ids
         )
         submitted = {r["message_id"]: r["submitted_at"] for r in rows}
         columns: list[list[Any]] = [[] for _ in range(14)]
-        for event_id, tenant, c in clicks:
-            bot, reason = c.bot, c.bot_reason
-            if not bot and too_fast(c, submitted.get(c.message_id), self.bot_min_delay_s):
-                bot, reason = True, "too_fast"
+        bots: list[tuple[str, LinkClicked, str, Position | None]] = []
+        for event_id, tenant, c, position in clicks:
+            if c.bot:
+                bots.append((tenant, c, c.bot_reason or "unknown", position))
+                continue
+            if too_fast(c, submitted.get(c.message_id), self.bot_min_delay_s):
+                bots.append((tenant, c, "too_fast", position))
+                continue
             values = (event_id, tenant, c.code, c.message_id, c.link_index, c.url, c.contact_id, c.campaign_id,
-                      c.variant, c.journey_id, c.clicked_at, bot, reason, c.user_agent)
+                      c.variant, c.journey_id, c.clicked_at, False, None, c.user_agent)
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        return await conn.fetch(_INSERT_CLICKS, *columns)
+        inserted = await conn.fetch(_INSERT_CLICKS, *columns) if columns[0] else []
+        return inserted, await self._count_bots(conn, bots) if bots else 0
+
+    async def _count_bots(
+        self, conn: asyncpg.Connection, bots: list[tuple[str, LinkClicked, str, Position | None]]
+    ) -> int:
+        """Add bot clicks to their counters, skipping records at or below their partition's mark
+        (counted by an earlier delivery), then move the marks; returns the clicks counted."""
+        marks: dict[tuple[str, int], int] = {}
+        for *_, position in bots:
+            if position is not None:
+                topic, partition, offset = position
+                marks[(topic, partition)] = max(offset, marks.get((topic, partition), -1))
+        done: dict[tuple[str, int], int] = {}
+        if marks:
+            keys = sorted(marks)
+            await conn.execute(_CREATE_MARKS, [t for t, _ in keys], [p for _, p in keys])
+            rows = await conn.fetch(_LOCK_MARKS, [t for t, _ in keys], [p for _, p in keys])
+            done = {(r["topic"], r["partition"]): r["last_offset"] for r in rows}
+        counts: dict[tuple[uuid.UUID, int, date, str], list[Any]] = {}
+        for tenant, c, reason, position in bots:
+            if position is not None and position[2] <= done.get((position[0], position[1]), -1):
+                continue  # counted already: the record came again
+            day = c.clicked_at.astimezone(UTC).date()
+            key = (c.message_id, c.link_index, day, reason)
+            found = counts.get(key)
+            if found is None:
+                counts[key] = [tenant, c.campaign_id, c.variant, c.journey_id, c.count, c.clicked_at]
+            else:
+                found[4] += c.count
+                found[5] = max(found[5], c.clicked_at)
+        if counts:
+            keys4 = sorted(counts)  # rows locked in one order by every writer
+            await conn.execute(
+                _ADD_BOT_CLICKS, [k[0] for k in keys4], [k[1] for k in keys4], [k[2] for k in keys4],
+                [k[3] for k in keys4], *([counts[k][i] for k in keys4] for i in range(6)),
+            )
+        if marks:
+            keys = sorted(marks)
+            await conn.execute(
+                "UPDATE bot_click_offsets o SET last_offset = greatest(o.last_offset, k.o)"
+                " FROM unnest($1::text[], $2::int[], $3::bigint[]) AS k(t, p, o) WHERE o.topic = k.t AND o.partition = k.p",
+                [t for t, _ in keys], [p for _, p in keys], [marks[k] for k in keys],
+            )
+        return sum(v[4] for v in counts.values())
 
     async def _store_conversions(
         self, conn: asyncpg.Connection, events: dict[tuple[str, uuid.UUID], ContactEventAccepted]

@@ -6,7 +6,8 @@ from shared.settings import ConsumerSettings, WebhookEgressSettings
 
 
 class ReportsSettings(ConsumerSettings, WebhookEgressSettings):
-    http_port: int = Field(38083, description="Port of the reports HTTP server")
+    http_port: int = Field(38083, ge=1, le=65535, description="Port of the reports API (public)")
+    ops_port: int = Field(38183, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
     consumer_max_records: int = Field(2000, ge=1, description="Most events handled in one batch")
     pending_sweep_interval_s: float = Field(2.0, gt=0, description="How often parked receipts are matched again")
     receipt_match_window_h: float = Field(
@@ -18,6 +19,13 @@ class ReportsSettings(ConsumerSettings, WebhookEgressSettings):
         10.0, ge=0,
         description="A submission recorded up to this long after its receipt still counts as before it (clock and "
         "publish delays)",
+    )
+    receipt_parked_max_per_gateway: int = Field(
+        100_000, ge=1,
+        description="Most receipts parked (waiting for their submission) per gateway; beyond it a new unmatched receipt "
+        "is dropped, counted in herald_receipts_parked_dropped_total{gateway} and logged, so a gateway sending receipts "
+        "for messages Herald never sent cannot fill the database. Approximate: concurrent batches may overshoot by one "
+        "batch each",
     )
     receipt_settled_wait_s: float = Field(
         60.0, ge=0,

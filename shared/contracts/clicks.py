@@ -30,6 +30,11 @@ class LinkClicked(BaseModel):
     )
     method: Literal["GET", "HEAD"] = "GET"
     user_agent: str | None = Field(None, max_length=512)
+    count: int = Field(
+        1, ge=1,
+        description="Clicks this event stands for: ingest folds the bot clicks of one link, reason and day within a "
+        "flush into one event (the first one's time and agent); a person's click is always 1",
+    )
 
 
 class LinkClickedEvent(Envelope[LinkClicked]):

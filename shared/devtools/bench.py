@@ -148,7 +148,7 @@ def histogram_buckets(stack: Stack, metric: str, labels: tuple[str, ...],
 
     out: Buckets = {}
     for name in services:
-        text = httpx.get(f"{stack.url(name)}/metrics", timeout=10).text
+        text = httpx.get(f"{stack.ops_url(name)}/metrics", timeout=10).text
         for family in text_string_to_metric_families(text):
             if family.name != metric:
                 continue

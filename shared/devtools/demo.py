@@ -217,7 +217,7 @@ def summary(counts: dict[str, int], accepted: int, rejected: dict[str, int], ela
                   f"({accepted} messages from the first request to the last final status in {elapsed:.1f} s)")
     console.print("\nAPI docs:    " + f"{stack.url('ingest')}/docs  (ingest)   {stack.url('reports')}/docs  (reports)")
     for name in ("ingest", "scheduler", "dispatcher", "reports"):
-        console.print(f"metrics:     {stack.url(name)}/metrics  ({name})")
+        console.print(f"metrics:     {stack.ops_url(name)}/metrics  ({name})")
     console.print(f"simulator:   http://127.0.0.1:{stack.ports.simulator_control}/stats")
     console.print(f"logs:        {stack.log_dir}")
 

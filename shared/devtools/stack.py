@@ -24,6 +24,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 INFRA_SCRIPT = REPO / "deploy" / "local" / "infra.py"
 SERVICES = ("ingest", "scheduler", "dispatcher", "reports")
+API_SERVICES = ("ingest", "reports")  # the others serve only their ops port
 
 
 def _pinned(cpus: set[int]) -> None:
@@ -76,19 +77,29 @@ def start_infra() -> subprocess.CompletedProcess[str]:
 
 @dataclass
 class Ports:
+    """API ports (ingest, reports; scheduler and dispatcher have no API and leave theirs closed),
+    the services' ops ports (/healthz, /readyz, /metrics) and the simulator's two."""
+
     ingest: int = 38080
     scheduler: int = 38081
     dispatcher: int = 38082
     reports: int = 38083
     simulator: int = 38090
     simulator_control: int = 38091
+    ingest_ops: int = 38180
+    scheduler_ops: int = 38181
+    dispatcher_ops: int = 38182
+    reports_ops: int = 38183
 
     @classmethod
     def random(cls) -> Ports:
-        return cls(*(free_port() for _ in range(6)))
+        return cls(*(free_port() for _ in range(10)))
 
     def of(self, name: str) -> int:
         return int(getattr(self, name))
+
+    def ops(self, name: str) -> int:
+        return int(getattr(self, f"{name}_ops"))
 
 
 @dataclass
@@ -98,6 +109,7 @@ class Process:
     popen: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    ops_port: int | None = None  # the services' /healthz, /readyz and /metrics (None: the simulator)
 
 
 @dataclass
@@ -122,6 +134,7 @@ class Stack:
         # explicitly here; the defaults refuse both (docs/webhooks.md#destinations)
         env.setdefault("HERALD_WEBHOOK_ALLOWED_NETWORKS", json.dumps(["127.0.0.0/8", "::1/128"]))
         env.setdefault("HERALD_WEBHOOK_REQUIRE_HTTPS", "false")
+        env.setdefault("HERALD_API_DOCS", "true")  # /docs and /openapi.json: a development stack
         env.setdefault("HERALD_SIM_SMPP_PORT", "0")  # the SMPP face only where a test or the demo asks for it
         env["HERALD_SIM_RECEIPT_URL"] = f"http://127.0.0.1:{self.ports.ingest}/v1/receipts/sim"
         env.setdefault("HERALD_SIM_RECEIPT_SECRET", self.receipt_secret)
@@ -142,15 +155,17 @@ class Stack:
         )
         return env
 
-    def start(self, name: str, *, port: int | None = None, extra_env: dict[str, str] | None = None,
-              cpus: set[int] | None = None) -> Process:
+    def start(self, name: str, *, port: int | None = None, ops_port: int | None = None,
+              extra_env: dict[str, str] | None = None, cpus: set[int] | None = None) -> Process:
         """Start one instance of a service (or ``simulator``); ``cpus`` pins it (and every thread it
         starts) to those cores, as ``taskset -c`` would."""
         instance = sum(1 for p in self.processes if p.name == name) + 1
         port = port or (self.ports.of(name) if instance == 1 else free_port())
         env = self.base_env()
         if name != "simulator":
+            ops_port = ops_port or (self.ports.ops(name) if instance == 1 else free_port())
             env["HERALD_HTTP_PORT"] = str(port)
+            env["HERALD_OPS_PORT"] = str(ops_port)
         env.update(extra_env or {})
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / (f"{name}.log" if instance == 1 else f"{name}-{instance}.log")
@@ -164,12 +179,13 @@ class Stack:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent if cpus is None else lambda: _pinned(cpus),
             )
-        process = Process(name, instance, popen, port, log_path)
+        process = Process(name, instance, popen, port, log_path, ops_port if name != "simulator" else None)
         self.processes.append(process)
         return process
 
     def start_all(self) -> None:
-        for port in (self.ports.simulator, self.ports.simulator_control, *(self.ports.of(s) for s in SERVICES)):
+        for port in (self.ports.simulator, self.ports.simulator_control, *(self.ports.of(s) for s in API_SERVICES),
+                     *(self.ports.ops(s) for s in SERVICES)):
             if not port_free(port):
                 raise RuntimeError(
                     f"port {port} is taken: is another Herald stack running? Stop it with `make stop`, "
@@ -182,8 +198,10 @@ class Stack:
     def wait_ready(self, timeout_s: float = 90, processes: list[Process] | None = None) -> None:
         deadline = time.monotonic() + timeout_s
         for process in processes or self.processes:
-            path = "/healthz" if process.name == "simulator" else "/readyz"
-            url = f"http://127.0.0.1:{process.port}{path}"
+            if process.ops_port is None:  # the simulator
+                url = f"http://127.0.0.1:{process.port}/healthz"
+            else:
+                url = f"http://127.0.0.1:{process.ops_port}/readyz"
             while True:
                 if process.popen.poll() is not None:
                     raise RuntimeError(f"{process.name} exited with {process.popen.returncode}:\n{self.tail(process)}")
@@ -221,14 +239,14 @@ class Stack:
 
     def restart(self, process: Process, *, hard: bool = True, extra_env: dict[str, str] | None = None,
                 down_s: float = 0.0) -> Process:
-        """kill -9 (``hard``) or SIGTERM a process, then start it again on the same port."""
+        """kill -9 (``hard``) or SIGTERM a process, then start it again on the same ports."""
         if hard:
             self.kill_process(process)
         else:
             self.stop_process(process)
         self.processes.remove(process)
         time.sleep(down_s)
-        again = self.start(process.name, port=process.port, extra_env=extra_env)
+        again = self.start(process.name, port=process.port, ops_port=process.ops_port, extra_env=extra_env)
         self.wait_ready(processes=[again])
         return again
 
@@ -250,4 +268,9 @@ class Stack:
         self.processes.clear()
 
     def url(self, name: str) -> str:
+        """The API of ingest or reports (the simulator's API too)."""
         return f"http://127.0.0.1:{self.ports.of(name)}"
+
+    def ops_url(self, name: str) -> str:
+        """A service's ops port: /healthz, /readyz and /metrics."""
+        return f"http://127.0.0.1:{self.ports.ops(name)}"

@@ -59,7 +59,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "reports": ReportsSettings,
     "simulator": SimulatorSettings,
 }
-CONSUMERS = tuple(SERVICES)  # ingest, scheduler, dispatcher, reports: HTTP on HERALD_HTTP_PORT
+CONSUMERS = tuple(SERVICES)  # ingest, scheduler, dispatcher, reports: ops on HERALD_OPS_PORT (APIs: ingest, reports)
 SCRAPED = (*CONSUMERS, "simulator")
 #: Series Prometheus makes itself for every target; not exported by Herald's code.
 PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
@@ -315,9 +315,11 @@ def test_services_listen_on_all_interfaces_on_their_ports(
     for name in CONSUMERS:
         settings = built[name]
         assert settings.http_host == "0.0.0.0", f"{name} must listen on 0.0.0.0 inside its container"
-        assert healthcheck_port(services_[name]) == settings.http_port, name
+        assert healthcheck_port(services_[name]) == settings.ops_port, name
         for published in services_[name].get("ports", []):
-            assert int(str(published).rsplit(":", 1)[1]) == settings.http_port, f"{name}: {published}"
+            # only APIs are published; the ops port (metrics of every tenant) stays on the compose network
+            assert int(str(published).rsplit(":", 1)[1]) == settings.http_port != settings.ops_port, f"{name}: {published}"
+    assert [bool(services_[name].get("ports")) for name in CONSUMERS] == [name in ("ingest", "reports") for name in CONSUMERS]
     sim = built["simulator"]
     assert sim.host == "0.0.0.0"
     assert is_loopback(sim.control_host)  # the simulator refuses anything else
@@ -437,7 +439,7 @@ def test_prometheus_in_compose_scrapes_every_service(services_: dict[str, dict[s
     jobs = scrape_targets(PROMETHEUS)
     assert set(jobs) == set(SCRAPED)
     for name in CONSUMERS:
-        assert jobs[name] == [f"{name}:{built[name].http_port}"], name
+        assert jobs[name] == [f"{name}:{built[name].ops_port}"], name
     # the simulator's control port is loopback-only in its container: its API port serves /metrics too
     assert jobs["simulator"] == [f"simulator:{built['simulator'].port}"]
     mounts = services_["prometheus"]["volumes"]
@@ -449,7 +451,7 @@ def test_prometheus_local_scrapes_the_local_stack() -> None:
     ports = Ports()
     assert set(jobs) == set(SCRAPED)
     for name in CONSUMERS:
-        assert jobs[name] == [f"127.0.0.1:{ports.of(name)}"], name
+        assert jobs[name] == [f"127.0.0.1:{ports.ops(name)}"], name
     # the control port serves /metrics and stays open in "refuse" mode
     assert jobs["simulator"] == [f"127.0.0.1:{ports.simulator_control}"]
 

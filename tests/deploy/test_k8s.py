@@ -68,6 +68,7 @@ PLACEHOLDER = "REPLACE_ME"
 LAG_SCALED = ("scheduler", "dispatcher", "reports")
 CPU_SCALED = ("ingest",)
 HERALD_SERVICES = ("ingest", "scheduler", "dispatcher", "reports")
+API_SERVICES = ("ingest", "reports")  # the others serve only their ops port (HERALD_OPS_PORT)
 #: PostgreSQL connections the services may open at most (docs/kubernetes.md: size the database
 #: or put a pooler in front).
 PG_CONNECTION_BUDGET = 200
@@ -684,10 +685,11 @@ def check_probes(r: Render) -> list[str]:
         c = w.container
         if w.service in HERALD_SERVICES:
             try:
-                port = settings_of(r, w).http_port
+                settings = settings_of(r, w)
             except Exception as error:
                 problems.append(f"{w.name}: {error}")
                 continue
+            port = settings.ops_port  # health and metrics: never on the API port
             want = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
             for kind, path in want.items():
                 probe = c.get(kind)
@@ -702,9 +704,11 @@ def check_probes(r: Render) -> list[str]:
                 if get.get("path") != path:
                     problems.append(f"{w.name}: {kind} GETs {get.get('path')}, not {path}")
                 if _port(c, get.get("port")) != port:
-                    problems.append(f"{w.name}: {kind} port {get.get('port')} is not HERALD_HTTP_PORT {port}")
-            if [p["containerPort"] for p in c.get("ports", [])] != [port]:
-                problems.append(f"{w.name}: containerPort should be HERALD_HTTP_PORT {port}")
+                    problems.append(f"{w.name}: {kind} port {get.get('port')} is not HERALD_OPS_PORT {port}")
+            ports = [settings.http_port, port] if w.service in API_SERVICES else [port]
+            if [p["containerPort"] for p in c.get("ports", [])] != ports:
+                what = "HERALD_HTTP_PORT and HERALD_OPS_PORT" if w.service in API_SERVICES else "HERALD_OPS_PORT"
+                problems.append(f"{w.name}: containerPorts should be {what} {ports}")
         elif w.service == "simulator":
             sim = settings_of(r, w)
             ready = (c.get("readinessProbe") or {}).get("httpGet") or {}
@@ -756,7 +760,9 @@ def check_services_and_pdbs(r: Render) -> list[str]:
         labels = d["spec"]["template"]["metadata"]["labels"]
         if not _selects(d["spec"]["selector"]["matchLabels"], labels):
             problems.append(f"Deployment/{d['metadata']['name']}: its selector does not select its own pods")
-        if not any(_selects(s["spec"].get("selector", {}), labels) for s in r.of("Service")):
+        component = labels.get("app.kubernetes.io/component")
+        has_api = component in API_SERVICES or component == "simulator"
+        if has_api and not any(_selects(s["spec"].get("selector", {}), labels) for s in r.of("Service")):
             problems.append(f"Deployment/{d['metadata']['name']}: no Service")
         pdbs = [p for p in r.of("PodDisruptionBudget") if _selects(p["spec"]["selector"].get("matchLabels", {}), labels)]
         if len(pdbs) != 1:
@@ -838,6 +844,25 @@ def check_images(r: Render) -> list[str]:
     return problems
 
 
+def check_ops_surfaces(r: Render) -> list[str]:
+    """/metrics (every tenant's volumes and revenue), health and the API docs stay off the public
+    surface: no Service reaches a service's ops port, and production serves no API docs."""
+    problems = []
+    for w in herald_workloads(r):
+        settings = settings_of(r, w)
+        labels = w.doc["spec"]["template"]["metadata"].get("labels", {})
+        for svc in r.of("Service"):
+            if not _selects(svc["spec"].get("selector", {}), labels):
+                continue
+            for port in svc["spec"]["ports"]:
+                if _port(w.container, port.get("targetPort", port["port"])) == settings.ops_port:
+                    problems.append(f"Service/{svc['metadata']['name']}: exposes the ops port {settings.ops_port} of "
+                                    f"{w.name}; probes and Prometheus reach it on the pod")
+        if r.name == "prod" and settings.api_docs:
+            problems.append(f"{w.name}: HERALD_API_DOCS is on in production (/docs and /openapi.json map the API for anyone)")
+    return problems
+
+
 def check_prometheus(r: Render) -> list[str]:
     problems = []
     for w in r.workloads():
@@ -845,7 +870,7 @@ def check_prometheus(r: Render) -> list[str]:
             continue
         notes = w.doc["spec"]["template"]["metadata"].get("annotations") or {}
         settings = settings_of(r, w)
-        port = settings.port if w.service == "simulator" else settings.http_port
+        port = settings.port if w.service == "simulator" else settings.ops_port
         want = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
         for key, value in want.items():
             if notes.get(key) != value:
@@ -1100,6 +1125,7 @@ CHECKS: dict[str, Callable[[Render], list[str]]] = {
         check_services_and_pdbs,
         check_resources_and_security,
         check_images,
+        check_ops_surfaces,
         check_prometheus,
         check_cross_service,
         check_keda,
@@ -1260,7 +1286,7 @@ MUTATIONS: list[tuple[str, str, str, Callable[[list[dict[str, Any]]], Any], str]
     ("probe-port", "base", "probes", lambda d: _set(_c(d, "herald-ingest")["readinessProbe"]["httpGet"], "port", 38081), "readinessProbe port 38081"),
     ("probe-path", "prod", "probes", lambda d: _set(_c(d, "herald-dispatcher")["livenessProbe"]["httpGet"], "path", "/readyz"), "livenessProbe GETs /readyz"),
     ("probe-missing", "dev", "probes", lambda d: _c(d, "herald-reports").pop("readinessProbe"), "no readinessProbe"),
-    ("probe-container-port", "base", "probes", lambda d: _set(_c(d, "herald-scheduler")["ports"][0], "containerPort", 8080), "HERALD_HTTP_PORT 38081"),
+    ("probe-container-port", "base", "probes", lambda d: _set(_c(d, "herald-scheduler")["ports"][0], "containerPort", 8080), "HERALD_OPS_PORT [38181]"),
     ("probe-simulator-control", "dev", "probes", lambda d: _set(_c(d, "herald-simulator")["livenessProbe"]["exec"], "command", ["python", "-c", "urlopen('http://127.0.0.1:38090/healthz')"]), "control port"),
     ("grace-period", "prod", "graceful_shutdown", lambda d: _set(_dep(d, "herald-ingest")["spec"]["template"]["spec"], "terminationGracePeriodSeconds", 15), "terminationGracePeriodSeconds 15"),
     ("service-target-port", "base", "services_and_pdbs", lambda d: _set(_get(d, "Service", "herald-reports")["spec"]["ports"][0], "targetPort", "metrics"), "targetPort metrics"),
@@ -1273,6 +1299,8 @@ MUTATIONS: list[tuple[str, str, str, Callable[[list[dict[str, Any]]], Any], str]
     ("namespace-missing", "prod", "resources_and_security", lambda d: _get(d, "Service", "herald-ingest")["metadata"].pop("namespace"), "not in the herald namespace"),
     ("image-mixed", "base", "images", lambda d: _set(_c(d, "herald-reports"), "image", "herald:old"), "one image"),
     ("image-prod-tag", "prod", "images", lambda d: [_set(w, "image", "registry.example.com/herald/herald:latest") for w in (c for doc in d for c in pod_containers(doc))], "release tag"),
+    ("ops-port-in-service", "base", "ops_surfaces", lambda d: _get(d, "Service", "herald-ingest")["spec"]["ports"].append({"name": "ops", "port": 38180, "targetPort": "ops"}), "exposes the ops port 38180"),
+    ("api-docs-in-prod", "prod", "ops_surfaces", lambda d: _set(_get(d, "ConfigMap", "herald-reports")["data"], "HERALD_API_DOCS", "true"), "HERALD_API_DOCS is on in production"),
     ("prometheus-port", "dev", "prometheus", lambda d: _set(_dep(d, "herald-dispatcher")["spec"]["template"]["metadata"]["annotations"], "prometheus.io/port", "38081"), "prometheus.io/port"),
     ("prometheus-keep", "base", "prometheus", lambda d: _set(_get(d, "ConfigMap", "herald-prometheus-scrape")["data"], "herald-scrape.yml", "scrape_configs: [{job_name: x, kubernetes_sd_configs: [{role: pod, namespaces: {names: [herald]}}]}]"), "keep only pods"),
     ("cross-receipt-secret", "dev", "cross_service", lambda d: _set(_get(d, "Secret", "herald-simulator")["stringData"], "HERALD_SIM_RECEIPT_SECRET", "REPLACE_ME-other"), "receipt secret"),

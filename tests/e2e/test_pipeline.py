@@ -105,7 +105,7 @@ async def test_thousand_messages_each_reach_exactly_one_final_state(stack: Stack
 
 def final_counts(stack: Stack) -> Counter:
     metric: Counter = Counter()
-    for (name, labels), value in scrape(f"{stack.url('reports')}/metrics").items():
+    for (name, labels), value in scrape(f"{stack.ops_url('reports')}/metrics").items():
         if name == "herald_messages_final_total":
             metric[dict(labels)["status"]] += int(value)
     return metric

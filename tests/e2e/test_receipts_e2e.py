@@ -105,7 +105,7 @@ async def status_is(pool, message_id: str, status: str, timeout_s: float) -> Non
 
 
 def unparked_total(stack: Stack) -> float:
-    text = httpx.get(f"{stack.url('reports')}/metrics").text
+    text = httpx.get(f"{stack.ops_url('reports')}/metrics").text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("herald_receipts_unparked_total"))
 
 

@@ -366,6 +366,6 @@ async def test_ordinary_replies_reach_the_reply_webhook_signed_in_order_after_a_
         rows = await pool.fetch("SELECT kind, state, attempts FROM webhook_outbox WHERE tenant_id = $1 ORDER BY seq",
                                 tenant.tenant_id)
         assert [tuple(r) for r in rows] == [("reply", "delivered", 2), ("reply", "delivered", 1)]
-        posts = scrape(f"{stack.url('reports')}/metrics")
+        posts = scrape(f"{stack.ops_url('reports')}/metrics")
         assert posts[("herald_webhook_posts_total", frozenset({("kind", "reply"), ("outcome", "delivered")}))] >= 2
         assert posts[("herald_webhook_posts_total", frozenset({("kind", "reply"), ("outcome", "retry")}))] >= 1

@@ -47,7 +47,7 @@ def control(stack: Stack, body: dict) -> None:
 
 
 def unknown_total(stack: Stack) -> float:
-    return sum(v for (name, labels), v in scrape(f"{stack.url('reports')}/metrics").items()
+    return sum(v for (name, labels), v in scrape(f"{stack.ops_url('reports')}/metrics").items()
                if name == "herald_messages_final_total" and dict(labels)["status"] == "unknown")
 
 

@@ -85,7 +85,7 @@ async def test_each_message_gets_signed_callbacks_in_order(stack: Stack, pool) -
             tries = [(h["attempt"], h["status"]) for h in hits if h["payload"]["event_id"] == event]
             assert tries == [(1, 503), (2, 200)], tries
 
-        metrics = scrape(f"{stack.url('reports')}/metrics")
+        metrics = scrape(f"{stack.ops_url('reports')}/metrics")
         delivered = sum(v for (name, _), v in metrics.items() if name == "herald_webhooks_delivered_total")
         assert delivered >= sum(len(v) for v in ok.values())
         failed = sum(v for (name, _), v in metrics.items() if name == "herald_webhooks_failed_attempts_total")

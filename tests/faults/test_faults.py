@@ -307,7 +307,7 @@ async def test_gateway_timing_out_until_its_breaker_opens_then_reconciliation(st
         sim_control(a_control, {"mode": "slow", "delay_ms": 3000})
         try:
             async def a_is_open():
-                r = httpx.get(f"{stack.url('dispatcher')}/metrics", timeout=30).text
+                r = httpx.get(f"{stack.ops_url('dispatcher')}/metrics", timeout=30).text
                 return 'herald_dispatcher_gateway_open{gateway="sim"} 1.0' in r or None
 
             await wait_for(a_is_open, timeout_s=120, interval_s=0.5)

@@ -42,8 +42,8 @@ def doubled(env, tmp_path_factory) -> Iterator[Stack]:
         s.stop()
 
 
-def assigned(process_port: int) -> dict[str, int]:
-    text = httpx.get(f"http://127.0.0.1:{process_port}/metrics").text
+def assigned(ops_port: int | None) -> dict[str, int]:
+    text = httpx.get(f"http://127.0.0.1:{ops_port}/metrics").text
     return {m.group(1): int(float(m.group(2)))
             for m in re.finditer(r'herald_consumer_assigned_partitions\{[^}]*topic="([^"]+)"[^}]*\} (\S+)', text)}
 
@@ -56,7 +56,7 @@ async def test_stop_one_instance_of_each_mid_run(doubled: Stack, pool, env) -> N
     # Both instances share the work before the stop.
     for name in CONSUMERS:
         a, b = doubled.find(name, 1), doubled.find(name, 2)
-        assert sum(assigned(a.port).values()) > 0 and sum(assigned(b.port).values()) > 0, name
+        assert sum(assigned(a.ops_port).values()) > 0 and sum(assigned(b.ops_port).values()) > 0, name
     graceful = {"scheduler": True, "dispatcher": False, "reports": True}  # SIGTERM, kill -9, SIGTERM
     codes = {}
     for name in CONSUMERS:
@@ -76,7 +76,7 @@ async def test_stop_one_instance_of_each_mid_run(doubled: Stack, pool, env) -> N
     for name in CONSUMERS:
         survivor = doubled.find(name, 1)
 
-        async def took_over(port=survivor.port, want=partitions[name]):
+        async def took_over(port=survivor.ops_port, want=partitions[name]):
             got = assigned(port)
             return {t: got.get(t) for t in want} == want or None
 

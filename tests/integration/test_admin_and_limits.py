@@ -26,12 +26,9 @@ async def two_ingests(env, pool):
     await producer.start()
     repository = IngestRepository(pool)
 
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
     clients = []
     for _ in range(2):  # two instances: separate apps, one shared database
-        app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository, ready)
+        app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository)
         clients.append(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest"))
     yield clients
     for c in clients:

@@ -727,10 +727,7 @@ async def test_invalid_templates(client, tenant: Tenant) -> None:
 async def test_ingest_app_mounts_the_audience_routes(env, pool) -> None:
     from services.ingest.api import create_app
 
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
-    app = create_app(IngestSettings(), pool, None, None, None, ready)  # type: ignore[arg-type]
+    app = create_app(IngestSettings(), pool, None, None, None)  # type: ignore[arg-type]
     paths = set(app.openapi()["paths"])
     assert {"/v1/contacts", "/v1/contacts/import", "/v1/segments/preview", "/v1/templates/{template_id}/preview"} <= paths
 

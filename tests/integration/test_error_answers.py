@@ -27,10 +27,7 @@ async def app_and_client(env, pool) -> AsyncIterator[tuple[object, httpx.AsyncCl
     await producer.start()
     repository = IngestRepository(pool)
 
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
-    app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository, ready)
+    app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as c:
         yield app, c
     await producer.stop()

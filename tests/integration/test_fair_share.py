@@ -30,11 +30,7 @@ async def client(env, pool) -> AsyncIterator[httpx.AsyncClient]:
     producer = make_producer(settings, "test-fair-share")
     await producer.start()
     repository = IngestRepository(pool)
-
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
-    app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository, ready)
+    app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=60) as c:
         yield c
     await producer.stop()

@@ -70,10 +70,7 @@ async def test_held_messages_show_their_rule_and_release_time(pool) -> None:
     text = out.getvalue()
     assert "held" in text and "quiet_hours" in text and release.strftime("%Y-%m-%d %H:%M") in text
 
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
-    app = create_app(pool, ready)
+    app = create_app(pool)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://reports") as client:
         r = await client.get(f"/v1/campaigns/{campaign}/report", headers=tenant.headers)
     assert r.status_code == 200, r.text

@@ -99,10 +99,7 @@ async def ingest(env, pool) -> AsyncIterator[str]:
     await producer.start()
     repository = IngestRepository(pool)
 
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
-    app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository, ready)
+    app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 10

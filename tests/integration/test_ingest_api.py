@@ -35,10 +35,7 @@ async def client(env, pool) -> AsyncIterator[httpx.AsyncClient]:
     await producer.start()
     repository = IngestRepository(pool)
 
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
-    app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository, ready)
+    app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as c:
         yield c
     await producer.stop()
@@ -210,10 +207,7 @@ async def failing_once(env, pool) -> AsyncIterator[tuple[httpx.AsyncClient, Fail
     repository = IngestRepository(pool)
     publisher = FailingAfter(Publisher(producer, env.prefix, "ingest"), 3)
 
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
-    app = create_app(settings, pool, Acceptor(repository, settings), publisher, repository, ready)  # type: ignore[arg-type]
+    app = create_app(settings, pool, Acceptor(repository, settings), publisher, repository)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as c:
         yield c, publisher
     await producer.stop()

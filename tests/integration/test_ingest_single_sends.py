@@ -32,14 +32,11 @@ async def instances(env, pool):
     producer = make_producer(settings, "test-single-sends")
     await producer.start()
 
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
     apps, clients = [], []
     for _ in range(2):  # two instances: their own caches, leases and coalescers
         repository = IngestRepository(pool)
         app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"),
-                         repository, ready)
+                         repository)
         apps.append(app)
         clients.append(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest"))
     yield apps, clients

@@ -39,10 +39,7 @@ async def stack(env, pool) -> AsyncIterator[tuple[httpx.AsyncClient, Publisher]]
     repository = IngestRepository(pool)
     publisher = Publisher(producer, env.prefix, "ingest")
 
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
-    app = create_app(settings, pool, Acceptor(repository, settings), publisher, repository, ready)
+    app = create_app(settings, pool, Acceptor(repository, settings), publisher, repository)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
         yield client, publisher
     await producer.stop()

@@ -3,7 +3,8 @@ the real PostgreSQL): the most recent submission of the id within the window tak
 a settled submission takes no other receipt (parked until the newer one is recorded), a late
 receipt for the older submission still reaches it, a submission whose event was published after
 its receipt still gets it, a contradicting second final receipt for a settled message ends in its
-timeline after the settled wait, and a receipt older than the window matches nothing."""
+timeline after the settled wait, a receipt older than the window matches nothing, and parked
+receipts are capped per gateway."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.reports.handlers import PendingSweeper, StatusHandler
 from shared.contracts import (
@@ -161,3 +163,37 @@ async def test_a_second_final_receipt_for_a_settled_message_waits_then_lands_in_
     assert await PendingSweeper(pool, 1.0, settled_wait=timedelta(0)).sweep_once() == 1
     assert await finals(pool, a) == ["delivered", "undelivered"] and await states(pool, a) == ["delivered"]
     assert await pool.fetchval("SELECT count(*) FROM pending_receipts WHERE gateway = $1", gw.name) == 0
+
+
+def dropped(gateway: str) -> float:
+    return REGISTRY.get_sample_value("herald_receipts_parked_dropped_total", {"gateway": gateway}) or 0.0
+
+
+async def test_parked_receipts_are_capped_per_gateway_and_the_rest_dropped_with_a_count(pool, caplog) -> None:
+    tenant = (await make_tenant(pool)).tenant_id
+    gw, other = Gateway(tenant), Gateway(tenant)
+    handler = StatusHandler(pool, parked_max=3)
+    t0 = utcnow() - timedelta(minutes=5)
+    # receipts for messages Herald never sent: each would be parked, and kept for the whole window
+    flood = [gw.receipt(f"never-{i}", ReceiptStatus.DELIVERED, t0, f"f{i}") for i in range(5)]
+    with caplog.at_level("WARNING", logger="services.reports.handlers"):
+        await handler(flood[:2])
+        await handler(flood[2:])  # the batch goes on: one parked, two dropped
+    parked = "SELECT count(*) FROM pending_receipts WHERE gateway = $1"
+    assert await pool.fetchval(parked, gw.name) == 3
+    assert dropped(gw.name) == 2
+    warning = next(r for r in caplog.records if "unmatched receipts dropped" in r.getMessage())
+    assert (warning.gateway, warning.count, warning.parked_max) == (gw.name, 2, 3)  # type: ignore[attr-defined]
+    # a redelivered batch of receipts parked already is neither parked twice nor counted as dropped
+    await handler(flood[:3])
+    assert (await pool.fetchval(parked, gw.name), dropped(gw.name)) == (3, 2)
+    # the cap is per gateway: another one still parks
+    await handler([other.receipt("x", ReceiptStatus.DELIVERED, t0, "fx")])
+    assert (await pool.fetchval(parked, other.name), dropped(other.name)) == (1, 0)
+    # a parked receipt that finds its submission leaves room for a new one
+    a, acc_a = gw.accepted(t0)
+    await handler([acc_a, gw.submitted(a, "never-0", t0 - timedelta(seconds=1))])
+    assert await states(pool, a) == ["delivered"]
+    assert await pool.fetchval(parked, gw.name) == 2
+    await handler([gw.receipt("later", ReceiptStatus.DELIVERED, t0, "fl")])
+    assert (await pool.fetchval(parked, gw.name), dropped(gw.name)) == (3, 2)

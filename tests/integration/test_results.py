@@ -132,21 +132,86 @@ async def test_redirect_clicks_reach_the_clicks_table_through_kafka(pool, kafka)
             assert r.status_code == 404 and "not a short link" in r.json()["error"]["message"]
         assert code in cache._hits  # the later redirects were answered from memory
 
-        async def four():
+        async def stored():
             rows = await pool.fetch("SELECT * FROM clicks WHERE message_id = $1 ORDER BY clicked_at", message.message_id)
-            return rows if len(rows) == 4 else None
+            bots = await pool.fetch("SELECT reason, clicks FROM bot_clicks WHERE message_id = $1 ORDER BY reason",
+                                    message.message_id)
+            return (rows, bots) if len(rows) == 2 and sum(b["clicks"] for b in bots) == 2 else None
 
-        rows = await wait_for(four, timeout_s=30)
+        rows, bots = await wait_for(stored, timeout_s=30)
     finally:
         clicks.stop()
         await flusher
         consumer.stop_fetching()
         await task
         await consumer.close()
-    assert [(r["bot"], r["bot_reason"]) for r in rows] == [
-        (False, None), (False, None), (True, "head_request"), (True, "preview_agent"),
-    ]
+    # people's clicks are rows; the HEAD and the preview fetch are counted, not stored
+    assert [(r["bot"], r["bot_reason"]) for r in rows] == [(False, None), (False, None)]
+    assert [(b["reason"], b["clicks"]) for b in bots] == [("head_request", 1), ("preview_agent", 1)]
     assert {r["tenant_id"] for r in rows} == {tenant.tenant_id} and rows[0]["url"] == "https://shop.example.com/x"
+
+
+async def test_bot_clicks_are_counted_per_link_and_reason_not_stored_and_never_counted_twice(pool, kafka) -> None:
+    """A preview fetcher or scanner hammering a link: one buffered event per link, reason and day,
+    counters in bot_clicks instead of a row a click, and a redelivered topic counts nothing again."""
+    publisher, settings = kafka
+    tenant = await make_tenant(pool)
+    (message,), _ = await accept_marketing(pool, tenant.tenant_id, ["Deal https://shop.example.com/bots"])
+    code = message.body.rsplit("/", 1)[1]
+    await pool.execute(
+        "INSERT INTO messages (message_id, tenant_id, status, status_rank, type, to_e164, submitted_at)"
+        " VALUES ($1, $2, 'submitted', 40, 'marketing', $3, now() - interval '1 minute')",
+        message.message_id, tenant.tenant_id, message.to,
+    )
+    clicks = ClickBuffer(publisher, 60_000, 1000)  # flushed by hand below
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(create_router(LinkCache(LinksRepository(pool), 100), clicks, bot_min_delay_s=0.0))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://links") as client:
+        for _ in range(40):
+            assert (await client.get(f"/l/{code}", headers={"user-agent": "WhatsApp/2.23.20.0"})).status_code == 302
+        for _ in range(10):
+            assert (await client.head(f"/l/{code}", headers={"user-agent": IPHONE})).status_code == 302
+        assert (await client.get(f"/l/{code}", headers={"user-agent": IPHONE})).status_code == 302
+        # 51 redirects, 3 events: the person's click, and one per bot reason with its count
+        assert len(clicks) == 3
+        assert await clicks.flush() == 3
+        consumer, task = await start_results_lane(pool, settings, publisher)
+
+        async def stored():
+            rows = await pool.fetch("SELECT bot FROM clicks WHERE message_id = $1", message.message_id)
+            bots = await pool.fetch("SELECT reason, clicks, tenant_id, day FROM bot_clicks WHERE message_id = $1"
+                                    " ORDER BY reason", message.message_id)
+            return (rows, bots) if len(rows) == 1 and sum(b["clicks"] for b in bots) == 50 else None
+
+        try:
+            rows, bots = await wait_for(stored, timeout_s=30)
+        finally:
+            consumer.stop_fetching()
+            await task
+            await consumer.close()
+        assert [r["bot"] for r in rows] == [False]
+        assert [(b["reason"], b["clicks"], b["tenant_id"]) for b in bots] == [
+            ("head_request", 10, tenant.tenant_id), ("preview_agent", 40, tenant.tenant_id)]
+        assert bots[0]["day"] == utcnow().date()
+
+        # Another consumer group reads the whole topic again (a redelivery of every record): people's
+        # clicks are kept once by event id, bot counts do not move. One more person's click (same
+        # key, so the same partition, after the others) says when the lane is through them.
+        assert (await client.get(f"/l/{code}", headers={"user-agent": IPHONE})).status_code == 302
+        assert await clicks.flush() == 1
+    consumer, task = await start_results_lane(pool, settings, publisher)
+    try:
+        async def two_people():
+            n = await pool.fetchval("SELECT count(*) FROM clicks WHERE message_id = $1", message.message_id)
+            return n if n == 2 else None
+
+        await wait_for(two_people, timeout_s=30)
+    finally:
+        consumer.stop_fetching()
+        await task
+        await consumer.close()
+    assert await pool.fetchval("SELECT sum(clicks) FROM bot_clicks WHERE message_id = $1", message.message_id) == 50
 
 
 async def test_conversions_are_attributed_once_to_the_clicked_else_delivered_message(pool, kafka, env) -> None:

@@ -49,10 +49,7 @@ async def api(env, pool) -> AsyncIterator[httpx.AsyncClient]:
     await producer.start()
     repository = IngestRepository(pool)
 
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
-    app = create_app(s, pool, Acceptor(repository, s), Publisher(producer, env.prefix, "ingest"), repository, ready)
+    app = create_app(s, pool, Acceptor(repository, s), Publisher(producer, env.prefix, "ingest"), repository)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as c:
         yield c
     await producer.stop()
