@@ -77,7 +77,7 @@ async def test_short_link_click_conversion_and_campaign_report(results_stack: St
     # 1. Through the API: the URL is rewritten before segments are counted.
     url = ("https://shop.example.com/spring-collection/womens/dresses?utm_source=sms&utm_medium=text"
            "&utm_campaign=spring-2026&utm_content=variant-a")
-    body = f"Spring sale, 20% off: {url} today"
+    body = f"Spring sale, 20% off: {url} today. STOP to opt out"
     assert analyse(body).segments == 2
     (api_id,) = await send_batches(results_stack, tenant, [{"to": number_api, "body": body, "type": "marketing"}])
 
@@ -116,7 +116,7 @@ async def test_short_link_click_conversion_and_campaign_report(results_stack: St
     assert all(r["status"] in ("delivered", "undelivered", "failed")
                and (r["reason_code"] is None or r["reason_code"].startswith("receipt_")) for r in rows), [dict(r) for r in rows]
     text = sent_text(results_stack, api_id)
-    assert re.fullmatch(rf"Spring sale, 20% off: https://{re.escape(DOMAIN)}/[0-9A-Za-z]{{10}} today", text), text
+    assert re.fullmatch(rf"Spring sale, 20% off: https://{re.escape(DOMAIN)}/[0-9A-Za-z]{{10}} today\. STOP to opt out", text), text
     row = await pool.fetchrow("SELECT segments FROM messages WHERE message_id = $1::uuid", api_id)
     assert row["segments"] == analyse(text).segments == 1  # measured after the rewrite: 2 before it
     code_a = sent_text(results_stack, str(launched[0].message_id)).rsplit("/", 1)[1]

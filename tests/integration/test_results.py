@@ -71,14 +71,16 @@ async def start_results_lane(pool, settings, publisher, window=timedelta(days=7)
 
 async def accept_marketing(pool, tenant_id: str, bodies: list[str], **extra) -> list:
     acceptor = Acceptor(IngestRepository(pool), IngestSettings(link_domain="go.example.test"), LinksRepository(pool))
-    requests = [MessageRequest(to=f"+3460012{i:04d}", body=b, type="marketing", **extra) for i, b in enumerate(bodies)]
+    # Each text tells how to opt out (else ingest appends the line, after the links: docs/audience.md).
+    requests = [MessageRequest(to=f"+3460012{i:04d}", body=f"Reply STOP to opt out. {b}", type="marketing", **extra)
+                for i, b in enumerate(bodies)]
     results, outgoing = await acceptor.prepare(tenant_id, requests, source="api", now=utcnow(), trace_id="t")
     return [r.message for r in results], outgoing
 
 
 async def test_links_are_stored_once_and_a_retry_gives_the_same_body(pool) -> None:
     tenant = await make_tenant(pool)
-    body = "Sale: https://shop.example.com/spring?utm_source=sms and www.example.org/stores"
+    body = "Sale: https://shop.example.com/spring?utm_source=sms and www.example.org/stores (STOP to opt out)"
     acceptor = Acceptor(IngestRepository(pool), IngestSettings(link_domain="go.example.test"), LinksRepository(pool))
     request = MessageRequest(to="+34600123456", body=body, type="marketing", idempotency_key="spring-1")
     (first,), _ = await acceptor.prepare(tenant.tenant_id, [request], source="api", now=utcnow(), trace_id="t")
