@@ -4,10 +4,10 @@ from pydantic import Field, SecretStr, field_validator
 
 from shared.geo import DEFAULT_HIGH_COST, GeoDefault, country_codes
 from shared.phones import SMS_CAPABLE
-from shared.settings import ConsumerSettings, WebhookEgressSettings
+from shared.settings import ConsumerSettings, ErasureSettings, WebhookEgressSettings
 
 
-class IngestSettings(ConsumerSettings, WebhookEgressSettings):
+class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
     http_port: int = Field(38080, description="Port of the ingest HTTP server")
     campaign_page_size: int = Field(1000, ge=10, le=10_000, description="Contacts a campaign launcher reads, renders and publishes per page")
     campaign_lease_s: float = Field(30.0, ge=5, description="How long a launcher keeps a campaign without progress before another instance takes it over")
@@ -138,4 +138,4 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings):
             why = unsafe_secret(secret.get_secret_value())
             if why:
                 problems.append(f"HERALD_RECEIPT_SECRETS[{gateway}]: {why}")
-        return problems
+        return problems + self.erasure_key_problems()

@@ -948,6 +948,8 @@ def consumed(service: str, settings: Any) -> set[tuple[str, str]]:
                 lane_group = f"{group}.journeys"
             if consumer.startswith("scheduler (commands"):  # services/scheduler/app.py: clients' commands
                 lane_group = f"{group}.commands"
+            if "(erasures lane)" in consumer:  # each service's app.py: the erasures lane (docs/data-map.md)
+                lane_group = f"{group}.erasures"
             pairs.add((lane_group, topic.name(settings.topic_prefix)))
     return pairs
 
