@@ -10,7 +10,6 @@ already the erasure was applied before (a redelivered event), and nothing else i
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,8 +45,8 @@ async def apply_erasure(conn: asyncpg.Connection, service: str, tenant_id: str, 
             return None
         counts = await eraser(conn, tenant_id, erasure)
         await conn.execute(
-            "UPDATE erasure_audit SET counts = $3::jsonb, applied_at = now() WHERE erasure_id = $1 AND service = $2",
-            erasure.erasure_id, service, json.dumps(counts, sort_keys=True),
+            "UPDATE erasure_audit SET counts = $3, applied_at = now() WHERE erasure_id = $1 AND service = $2",
+            erasure.erasure_id, service, dict(sorted(counts.items())),
         )
     log.info("erasure applied", extra={"erasure_id": str(erasure.erasure_id), "tenant": tenant_id,
                                         "service": service, "counts": counts})

@@ -17,7 +17,8 @@ import httpx
 import phonenumbers
 import pytest
 from aiohttp import web
-from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared import admin
 from shared.contracts import InboundMessage, InboundMessageEvent, SYSTEM_TENANT, utcnow

@@ -188,7 +188,7 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
         service = erasures(request)
         try:
             return await service.erase(principal.tenant_id, phone, requested_by=principal.key_id, now=utcnow(),
-                                       contact_id=contact_id, trace_id=request.headers.get("x-trace-id"))
+                                       contact_id=contact_id)
         except ErasureNotPublished as exc:  # nothing erased yet: a retry does it all
             raise ApiError(503, "broker_unavailable", "could not publish the erasure: retry") from exc
 
