@@ -92,3 +92,20 @@ async def test_each_service_erases_its_own_tables_once(env, pool) -> None:
                                lambda rs: any(str(held.message_id).encode() in r.value for r in rs))
     statuses = [MessageStatusEvent.model_validate_json(r.value) for r in records if str(held.message_id).encode() in r.value]
     assert [(s.payload.status.value, s.payload.reason_code) for s in statuses] == [("suppressed", "erased")]
+
+
+async def test_the_scheduler_refuses_to_start_without_a_key_for_every_stored_version(pool) -> None:
+    from services.scheduler.app import check_erasure_keys
+
+    tenant = (await make_tenant(pool)).tenant_id
+    k9 = build_keys({"k9": "lanes-test-erasure-key-nine-0123456789abc"}, None)
+    await check_erasure_keys(pool, KEYS)  # whatever else the session stored: versions it knows
+    await pool.execute("INSERT INTO suppression_hashes (tenant_id, phone_hash, reason, source) VALUES ($1, $2, 'erased', 'erasure')",
+                       tenant, k9.hash(tenant, "+34600000933"))
+    try:
+        with pytest.raises(SystemExit, match=r"versions \['k9'\]"):
+            await check_erasure_keys(pool, KEYS)
+        await check_erasure_keys(pool, build_keys({"k1": "lanes-test-erasure-key-0123456789abcdef",
+                                                   "k9": "lanes-test-erasure-key-nine-0123456789abc"}, "k1"))
+    finally:  # other modules of the session start schedulers on this database
+        await pool.execute("DELETE FROM suppression_hashes WHERE tenant_id = $1", tenant)
