@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from shared import metrics
 from shared.contracts import ErasureRequested, ErasureRequestedEvent
 from shared.kafka import Incoming, Outgoing
 
@@ -48,6 +49,9 @@ async def apply_erasure(conn: asyncpg.Connection, service: str, tenant_id: str, 
             "UPDATE erasure_audit SET counts = $3, applied_at = now() WHERE erasure_id = $1 AND service = $2",
             erasure.erasure_id, service, dict(sorted(counts.items())),
         )
+    metrics.ERASURES.labels(service).inc()
+    for table, rows in counts.items():
+        metrics.ERASED_ROWS.labels(service, table).inc(rows)
     log.info("erasure applied", extra={"erasure_id": str(erasure.erasure_id), "tenant": tenant_id,
                                         "service": service, "counts": counts})
     return counts

@@ -26,7 +26,7 @@ from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.stack import Stack
 from shared.topics import ALL, INBOUND, PERSONAL_DATA_RETENTION
 from tests.conftest import make_tenant
-from tests.e2e.test_pipeline import all_final
+from tests.e2e.test_pipeline import all_final, scrape
 from tests.helpers import http_receiver, loopback_policy, produce_raw, wait_for, webhook_hit
 
 pytestmark = pytest.mark.e2e
@@ -149,6 +149,9 @@ async def test_an_erased_number_leaves_nothing_but_its_keyed_hash(stack: Stack, 
         assert counts["scheduler"]["scheduled_messages"] == 1 and counts["scheduler"]["journey_runs"] == 1
         assert counts["dispatcher"]["dispatch_claims"] >= 2 and counts["reports"]["messages"] >= 3
         assert counts["reports"]["clicks"] == 1 and counts["reports"]["conversions"] == 1
+        for service in ("scheduler", "dispatcher", "reports", "ingest"):
+            samples = scrape(f"{stack.url(service)}/metrics")
+            assert samples[("herald_erasures_total", frozenset({("service", service)}))] >= 1, service
 
     # 6. nothing left of the number or its texts, in any table
     assert await scan(pool, needles) == {}
