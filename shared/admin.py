@@ -216,20 +216,21 @@ async def tenant_set_disabled(conn: asyncpg.Connection, actor: str, tenant_id: s
 
 
 async def key_create(conn: asyncpg.Connection, actor: str, tenant_id: str, scopes: Iterable[str], name: str,
-                     requests_per_minute: int | None = None, messages_per_minute: int | None = None) -> str:
+                     requests_per_minute: int | None = None, messages_per_minute: int | None = None,
+                     test: bool = False) -> str:
     scopes = tuple(scopes)
     unknown = set(scopes) - set(SCOPES)
     if unknown:
         raise ValueError(f"unknown scopes {sorted(unknown)}; known: {', '.join(SCOPES)}")
     async with conn.transaction():
-        key = await create_key(conn, tenant_id, scopes, name=name)
+        key = await create_key(conn, tenant_id, scopes, name=name, test=test)
         key_id = key.split("_")[1]
         await conn.execute(
             "UPDATE api_keys SET requests_per_minute = $2, messages_per_minute = $3 WHERE key_id = $1",
             key_id, requests_per_minute, messages_per_minute,
         )
         await audit(conn, actor, "key.create", key_id, tenant_id=tenant_id, scopes=list(scopes),
-                    requests_per_minute=requests_per_minute, messages_per_minute=messages_per_minute)
+                    requests_per_minute=requests_per_minute, messages_per_minute=messages_per_minute, test=test)
     return key
 
 

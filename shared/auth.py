@@ -55,6 +55,7 @@ class Principal:
     requests_per_minute: int | None = None  # None: the service default
     messages_per_minute: int | None = None
     geo: GeoPolicy = GeoPolicy()  # the tenant's geo permissions (loaded with the key: no extra query)
+    test: bool = False  # a test key: its messages go to the sandbox gateway, never to a carrier
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -89,19 +90,22 @@ async def create_tenant(conn: asyncpg.Connection, tenant_id: str, name: str, mar
 
 
 async def create_key(
-    conn: asyncpg.Connection, tenant_id: str, scopes: tuple[str, ...] = DEFAULT_SCOPES, name: str = ""
+    conn: asyncpg.Connection, tenant_id: str, scopes: tuple[str, ...] = DEFAULT_SCOPES, name: str = "", *,
+    test: bool = False,
 ) -> str:
+    """A new key (printed once). ``test``: a test key, whose messages never reach a carrier."""
     unknown = set(scopes) - set(SCOPES)
     if unknown:
         raise ValueError(f"unknown scopes: {sorted(unknown)}")
     key_id, key, secret_hash = new_key()
     await conn.execute(
-        "INSERT INTO api_keys (key_id, tenant_id, secret_hash, scopes, name) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO api_keys (key_id, tenant_id, secret_hash, scopes, name, test) VALUES ($1, $2, $3, $4, $5, $6)",
         key_id,
         tenant_id,
         secret_hash,
         list(scopes),
         name,
+        test,
     )
     return key
 
@@ -116,7 +120,7 @@ async def revoke_key(conn: asyncpg.Connection, key_id: str) -> bool:
 _KEY_ROW = (
     "SELECT k.tenant_id, k.secret_hash, k.scopes, k.revoked_at, t.disabled_at, k.expires_at,"
     " k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,"
-    " k.requests_per_minute, k.messages_per_minute, t.country, t.allowed_countries"
+    " k.requests_per_minute, k.messages_per_minute, t.country, t.allowed_countries, k.test"
     " FROM api_keys k JOIN tenants t USING (tenant_id) WHERE k.key_id = $1"
 )
 
@@ -133,7 +137,7 @@ def _check(row: Any, key_id: str, secret: str, expired: bool) -> Principal:
         raise AuthError(403, "tenant_disabled", "tenant is disabled")
     return Principal(
         row["tenant_id"], key_id, frozenset(row["scopes"]), row["requests_per_minute"], row["messages_per_minute"],
-        GeoPolicy.of(row["country"], row["allowed_countries"]),
+        GeoPolicy.of(row["country"], row["allowed_countries"]), bool(row["test"]),
     )
 
 

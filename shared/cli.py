@@ -99,6 +99,8 @@ def _admin_parser(sub: Any) -> None:
     c.add_argument("--name", default="", help="a label for the key")
     c.add_argument("--requests-per-minute", type=int, default=None, help="this key's request limit (default: the service's)")
     c.add_argument("--messages-per-minute", type=int, default=None, help="this key's message limit (default: the service's)")
+    c.add_argument("--test", action="store_true",
+                   help="a test key: its messages run through Herald but go to the sandbox gateway, never to a carrier")
     key.add_parser("list", help="a tenant's keys (never their secrets)").add_argument("tenant_id")
     key.add_parser("revoke", help="stops working at once, on every instance").add_argument("key_id")
     r = key.add_parser("rotate", help="a new key; the old one keeps working for the overlap")
@@ -196,8 +198,9 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         _print({"tenant_id": args.tenant_id, "disabled": action == "disable"})
     elif (obj, action) == ("key", "create"):
         key = asyncio.run(_with_db(lambda c: admin.key_create(
-            c, actor, args.tenant_id, scopes(), args.name, args.requests_per_minute, args.messages_per_minute)))
-        _print({"tenant_id": args.tenant_id, "api_key": key})
+            c, actor, args.tenant_id, scopes(), args.name, args.requests_per_minute, args.messages_per_minute,
+            args.test)))
+        _print({"tenant_id": args.tenant_id, "api_key": key, **({"test": True} if args.test else {})})
     elif (obj, action) == ("key", "list"):
         _print(asyncio.run(_with_db(lambda c: admin.key_list(c, args.tenant_id))))
     elif (obj, action) == ("key", "revoke"):

@@ -94,6 +94,13 @@ CATALOGUE: dict[str, ErrorCode] = {
     "webhook_url_invalid": _c(422, "a webhook URL that cannot be read"),
     "invalid_cursor": _c(422, "a `cursor` this API did not return"),
     "invalid_if_match": _c(422, "`If-Match` is not a version number"),
+    # 422: finding messages (GET /v1/messages, /v1/messages/export)
+    "unknown_status_filter": _c(422, "a `status` filter that is not a message status"),
+    "invalid_metadata_filter": _c(422, "a `metadata` filter that is not `key=value`"),
+    "too_many_filters": _c(422, "more than 5 `metadata` filters"),
+    "timezone_required": _c(422, "`since` or `until` without a time zone"),
+    "empty_range": _c(422, "`since` is not before `until`"),
+    "query_too_broad": _c(422, "a search that ran past its time budget: add filters or a shorter date range", retry=False),
     "occurred_in_future": _c(422, "`occurred_at` is in the future"),
     "proof_required": _c(422, "granting consent needs proof: `form_id` or `text_shown`"),
     # 422: contact events

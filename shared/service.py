@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,21 @@ class Lane:
     topics: Sequence[Topic]
     handler: Handler
     bulk: bool = False  # campaign traffic: publishes through the bulk producer
+
+
+MAIN_LANE = "main"  # the service's first consumer (the transactional lane where there are two)
+
+
+def chosen_lanes(lanes: list[Lane], wanted: Sequence[str], service: str) -> list[Lane]:
+    """The lanes this process runs: ``wanted`` by name (HERALD_LANES), or all when it is empty."""
+    if not wanted:
+        return lanes
+    names = [lane.name for lane in lanes]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise ValueError(f"HERALD_LANES names {', '.join(unknown)}, which {service} does not have "
+                         f"(its lanes: {', '.join(names)})")
+    return [lane for lane in lanes if lane.name in wanted]
 
 
 @dataclass
@@ -107,15 +123,18 @@ async def run_service(
             # batch's own, and bounded (shared/kafka.py, BatchConsumer).
             await pool.fetchval("SELECT 1", timeout=5)
 
-        consumer = BatchConsumer(settings, name, group_id, topics, wiring.handler, publisher, probe)
-        consumer_ref.append(consumer)
-        stack.push_async_callback(consumer.close)
-        for lane in wiring.lanes:
+        main = Lane(MAIN_LANE, group_id, topics, wiring.handler)
+        consumers: dict[str, Coroutine[Any, Any, None]] = {}
+        stop_consumers: list[Callable[[], None]] = []
+        for lane in chosen_lanes([main, *wiring.lanes], settings.lanes, name):
             lane_publisher = publisher.for_bulk() if lane.bulk else publisher
-            extra = BatchConsumer(settings, name, lane.group_id, lane.topics, lane.handler, lane_publisher, probe)
-            stack.push_async_callback(extra.close)
-            ctx.workers[f"consumer-{lane.name}"] = extra.run()
-            ctx.stoppers.append(extra.stop_fetching)
+            consumer = BatchConsumer(settings, name, lane.group_id, lane.topics, lane.handler, lane_publisher, probe)
+            consumer_ref.append(consumer)  # readiness: the first lane this process runs
+            stack.push_async_callback(consumer.close)
+            consumers["consumer" if lane is main else f"consumer-{lane.name}"] = consumer.run()
+            stop_consumers.append(consumer.stop_fetching)
+        if settings.nice:
+            os.nice(settings.nice)  # campaign-lane instances: the kernel runs transactional work first
         # Event-loop lag and GC pauses (shared/loopwatch.py), for every service.
         install_gc_timer(name)
         tune_gc(settings.gc_gen0_threshold)
@@ -133,8 +152,8 @@ async def run_service(
 
         log.info("%s starting", name, extra={"port": settings.http_port, "group": group_id})
         return await run_until_stopped(
-            {"http": server.serve(), "consumer": consumer.run(), **ctx.workers},
-            [consumer.stop_fetching, *ctx.stoppers, stop_http],
+            {"http": server.serve(), **consumers, **ctx.workers},
+            [*stop_consumers, *ctx.stoppers, stop_http],
             settings.shutdown_timeout_s,
         )
     return 0

@@ -15,6 +15,7 @@ from shared.contracts import (
     ErasureRequestedEvent,
     InboundMessageEvent,
     LinkClickedEvent,
+    MessageAccepted,
     MessageAcceptedEvent,
     MessageCommandEvent,
     MessageOutboundEvent,
@@ -23,6 +24,7 @@ from shared.contracts import (
     ReplyForwardedEvent,
     TriggerEvent,
 )
+from shared.statuses import MessageType
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ ACCEPTED_BULK = Topic(
     key="recipient E.164 number",
     producers=("ingest",),
     consumers=("scheduler (bulk lane)", "reports"),
-    description="Validated marketing messages (campaigns), same contract as messages.accepted.v1.",
+    description="Validated marketing messages (campaigns), same contract as messages.accepted.v1; also transactional "
+    "messages of a tenant past its share of the transactional lanes (payload bulk_lane: true).",
     bulk=True,
     config=dict(PERSONAL_DATA_RETENTION),
 )
@@ -91,7 +94,8 @@ OUTBOUND_BULK = Topic(
     key="recipient E.164 number",
     producers=("scheduler",),
     consumers=("dispatcher (bulk lane)",),
-    description="Marketing messages released for sending now; they use the gateway capacity the priority lane leaves.",
+    description="Marketing messages released for sending now (and transactional ones with bulk_lane: true); they "
+    "use the gateway capacity the priority lane leaves.",
     bulk=True,
     config=dict(PERSONAL_DATA_RETENTION),
 )
@@ -197,6 +201,20 @@ ERASURES = Topic(
 
 ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES,
                         CONTACT_EVENTS_IN, CONTACT_EVENTS, CLICKS, REJECTED, MESSAGE_COMMANDS, ERASURES)
+
+
+def on_bulk_lane(message: MessageAccepted) -> bool:
+    """Whether a message travels the campaign (bulk) lanes: marketing, or transactional from a
+    tenant that was past its share of the transactional lanes when it was accepted."""
+    return message.type is MessageType.MARKETING or message.bulk_lane
+
+
+def accepted_topic(message: MessageAccepted) -> Topic:
+    return ACCEPTED_BULK if on_bulk_lane(message) else ACCEPTED
+
+
+def outbound_topic(message: MessageAccepted) -> Topic:
+    return OUTBOUND_BULK if on_bulk_lane(message) else OUTBOUND
 
 
 def _type_name(annotation: object) -> str:

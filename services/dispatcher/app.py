@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.dispatcher.erasure import dispatcher_eraser
 from services.dispatcher.gateways import build_gateway
+from services.dispatcher.gateways.sandbox import SANDBOX, SandboxGateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.handlers import ownership_of
 from services.dispatcher.parking import Parker, ParkingLoop, policy_from
@@ -25,6 +26,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
         gateway = build_gateway(config, sink)
         ctx.stack.push_async_callback(gateway.close)
         gateways[config.name] = gateway
+    gateways[SANDBOX] = SandboxGateway(sink)  # test keys' messages (reachable by no configured route)
     claims = ClaimRepository(ctx.pool)
     limits = {g.name: (g.rate_per_s, g.burst) for g in settings.gateways}
     throttle: Throttle

@@ -20,6 +20,7 @@ from services.dispatcher import metrics
 from services.dispatcher.domain.health import GatewayHealth, State, Thresholds
 from services.dispatcher.domain.retry import backoff
 from services.dispatcher.domain.routing import Choice, Route, Router
+from services.dispatcher.gateways.sandbox import SANDBOX
 from services.dispatcher.gateways.base import (
     Gateway,
     LookupPending,
@@ -42,8 +43,8 @@ from shared.contracts import (
     utcnow,
 )
 from shared.kafka import Incoming, Outgoing, Publisher
-from shared.statuses import MessageType, Status
-from shared.topics import ACCEPTED, ACCEPTED_BULK, STATUS
+from shared.statuses import Status
+from shared.topics import STATUS, accepted_topic
 
 if TYPE_CHECKING:
     from services.dispatcher.parking import Parker
@@ -188,6 +189,14 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
     return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
+SANDBOX_BATCH = 500  # sandbox submissions per call
+
+
+@dataclass(frozen=True)
+class _SandboxName:
+    name: str = SANDBOX
+
+
 class Sender:
     """Routes, throttles and submits jobs, retrying refusals that may pass later."""
 
@@ -210,7 +219,7 @@ class Sender:
         self.sleep = sleep
         self.wall_clock = wall_clock
         self.throttle = throttle or LocalThrottle({g.name: (g.rate_per_s, g.burst) for g in settings.gateways}, clock)
-        self.chunk = {g.name: g.batch_size for g in settings.gateways}
+        self.chunk = {g.name: g.batch_size for g in settings.gateways} | {SANDBOX: SANDBOX_BATCH}
         self.router = Router(
             [Route(r.name, tuple(r.gateways), frozenset(r.countries), tuple(r.prefixes), frozenset(r.types))
              for r in settings.routes],
@@ -223,7 +232,7 @@ class Sender:
             slow_s=settings.failover_slow_s,
             cooldown_s=settings.failover_cooldown_s,
         )
-        self.health = {g.name: GatewayHealth(thresholds) for g in settings.gateways}
+        self.health = {g.name: GatewayHealth(thresholds) for g in [*settings.gateways, _SandboxName()]}
         self.gate = PriorityGate()
         for name in self.health:
             metrics.GATEWAY_OPEN.labels(name).set(0)
@@ -282,7 +291,9 @@ class Sender:
                     chunk = jobs[i : i + size]
                     if not priority:
                         await self.gate.wait_for_bulk_turn()
-                    wait = await self.throttle.reserve(gateway, sum(j.message.segments for j in chunk))
+                    # The sandbox sends nothing: no gateway capacity to share.
+                    wait = 0.0 if gateway == SANDBOX else await self.throttle.reserve(
+                        gateway, sum(j.message.segments for j in chunk))
                     if wait > 0:
                         metrics.THROTTLE_WAIT.labels(gateway).observe(wait)
                         await self.sleep(wait)
@@ -469,7 +480,7 @@ def regate_event(tenant: str, trace_id: str, message: MessageOutbound) -> Outgoi
         event_id=message.message_id, type="message.accepted", version=1, occurred_at=message.accepted_at,
         tenant=tenant, trace_id=trace_id, payload=accepted,
     )
-    lane = ACCEPTED_BULK if message.type is MessageType.MARKETING else ACCEPTED
+    lane = accepted_topic(message)
     return Outgoing(lane, message.to, event)
 
 

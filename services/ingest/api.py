@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from services.ingest import metrics
 from services.ingest.audience import build_audience_router
 from services.ingest.campaigns.api import build_campaigns_router
+from services.ingest.replies.api import build_inbound_router
 from services.ingest.domain import (
     MAX_SCHEDULE_AHEAD,
     Rejection,
@@ -55,6 +56,7 @@ class MessageAnswer(BaseModel):
     encoding: str
     segments: int
     duplicate: bool = Field(False, description="True when an idempotency key matched an earlier request")
+    sandbox: bool | None = Field(None, description="Present (true) when sent with a test key: it will not reach a carrier")
 
 
 class BatchItemAnswer(BaseModel):
@@ -188,7 +190,8 @@ def create_app(
         """Validate one message and queue it. Answers 202 with its id."""
         await _limit(principal, 1)
         results, outgoing = await acceptor.prepare(
-            principal.tenant_id, [body], source="api", now=utcnow(), trace_id=_trace_id(request), geo=principal.geo
+            principal.tenant_id, [body], source="api", now=utcnow(), trace_id=_trace_id(request), geo=principal.geo,
+            sandbox=principal.test,
         )
         result = results[0]
         if isinstance(result, Rejection):
@@ -199,8 +202,11 @@ def create_app(
         metrics.MESSAGES_ACCEPTED.labels(body.type.value, "api").inc()
         m = result.message
         # The answer as MessageAnswer documents it, written directly (no response-model pass).
-        return JSONResponse({"message_id": str(m.message_id), "status": "accepted", "encoding": m.encoding,
-                             "segments": m.segments, "duplicate": result.duplicate}, status_code=202)
+        answer = {"message_id": str(m.message_id), "status": "accepted", "encoding": m.encoding,
+                  "segments": m.segments, "duplicate": result.duplicate}
+        if principal.test:
+            answer["sandbox"] = True  # a test key: it will not reach a carrier
+        return JSONResponse(answer, status_code=202)
 
     batch_schema = {
         "type": "object",
@@ -302,6 +308,7 @@ def create_app(
             message_ids=batch_message_ids(kept.message_id, len(parsed)),
             replayed=not kept.fresh,
             geo=principal.geo,
+            sandbox=principal.test,
         )
         answers: list[dict[str, Any]] = []
         accepted = 0
@@ -468,4 +475,5 @@ def create_app(
     app.include_router(twilio_router(settings, publisher))
     app.include_router(build_audience_router(settings))
     app.include_router(build_campaigns_router(settings, publisher))
+    app.include_router(build_inbound_router())
     return app

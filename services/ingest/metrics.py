@@ -24,3 +24,7 @@ REDIRECT_SECONDS = Histogram(
     "herald_link_redirect_seconds", "Time to answer a short-link request (lookup, bot check, buffering)",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+PRIORITY_SHARE_EXCEEDED = Counter(
+    "herald_ingest_priority_share_exceeded_total",
+    "Transactional messages sent on the campaign lanes because their tenant was past its share of the transactional lanes",
+)

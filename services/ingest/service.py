@@ -6,13 +6,16 @@ Shared by the HTTP API and the trigger-topic consumer, so both paths validate al
 from __future__ import annotations
 
 import asyncio
-
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from services.ingest import metrics
 from services.ingest.domain import Rejection, accept, request_hash
+from services.ingest.fair_share import PriorityShare
 from services.ingest.links import LinkRecord, records, track_message
 from services.ingest.links_repo import LinksRepository
 from services.ingest.repository import IngestRepository
@@ -22,7 +25,9 @@ from shared.egress import MESSAGES, CachedResolve, EgressPolicy, check_urls
 from shared.geo import GeoPolicy, GeoRules
 from shared.kafka import YIELD_EVERY, Outgoing
 from shared.statuses import MessageType
-from shared.topics import ACCEPTED, ACCEPTED_BULK
+from shared.topics import accepted_topic
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +51,7 @@ def accepted_event(tenant: str, message: MessageAccepted, trace_id: str) -> Outg
         trace_id=trace_id,
         payload=message,
     )
-    lane = ACCEPTED_BULK if message.type is MessageType.MARKETING else ACCEPTED
+    lane = accepted_topic(message)
     return Outgoing(lane, message.to, event)
 
 
@@ -63,6 +68,9 @@ class Acceptor:
         self.egress = EgressPolicy.of(settings)
         self.resolve = CachedResolve()
         self.geo_rules = GeoRules(settings.geo_default, frozenset(settings.geo_high_cost_countries))
+        self.share = PriorityShare(settings.priority_share_per_s, settings.priority_share_burst,
+                                   dict(settings.priority_share_tenants))
+        self._share_warned: dict[str, float] = {}
 
     async def prepare(
         self,
@@ -76,6 +84,7 @@ class Acceptor:
         message_ids: list[uuid.UUID] | None = None,
         replayed: bool = False,
         geo: GeoPolicy | None = None,
+        sandbox: bool = False,
     ) -> tuple[list[Result], list[Outgoing]]:
         """Validate, apply idempotency keys, and build the events to publish (in request order).
 
@@ -116,6 +125,8 @@ class Acceptor:
             except Rejection as rejection:
                 results.append(rejection)
                 continue
+            if sandbox:  # a test key's message: the dispatcher sends it to the sandbox gateway only
+                message = message.model_copy(update={"sandbox": True})
             results.append(Accepted(message, duplicate=replayed))
             key = request.idempotency_key or (default_keys[index] if default_keys else None)
             if key is not None:
@@ -146,6 +157,7 @@ class Acceptor:
                         results[index] = Accepted(message, duplicate=True)
         if self.links is not None:
             await self._track_links(tenant, requests, results)
+        self._apply_share(tenant, results)
         outgoing: list[Outgoing] = []
         published: set[uuid.UUID] = set()
         for result in results:
@@ -156,6 +168,31 @@ class Acceptor:
                 outgoing.append(accepted_event(tenant, result.message, trace_id))
         return results, outgoing
 
+
+    def _apply_share(self, tenant: str, results: list[Result]) -> None:
+        """Transactional messages past the tenant's share of the priority lanes go on the
+        campaign lanes (services/ingest/fair_share.py). Duplicates count too: they are published
+        again (a replayed flood must not take the priority lanes either); whichever lane a
+        duplicate takes, the dispatcher's claim sends the message once."""
+        fresh = [i for i, r in enumerate(results) if isinstance(r, Accepted) and r.message.type is not MessageType.MARKETING]
+        if not fresh:
+            return
+        admitted = self.share.admit(tenant, len(fresh), time.monotonic())
+        over = fresh[admitted:]
+        for index in over:
+            result = results[index]
+            assert isinstance(result, Accepted)
+            results[index] = Accepted(result.message.model_copy(update={"bulk_lane": True}), result.duplicate)
+        if over:
+            metrics.PRIORITY_SHARE_EXCEEDED.inc(len(over))
+            now = time.monotonic()
+            if now - self._share_warned.get(tenant, -60.0) < 60:  # once a minute per tenant
+                return
+            if len(self._share_warned) > 10_000:
+                self._share_warned.clear()
+            self._share_warned[tenant] = now
+            log.warning("tenant past its share of the transactional lanes: messages sent on the campaign lanes",
+                        extra={"tenant": tenant, "messages": len(over)})
 
     async def _track_links(
         self, tenant: str, requests: list[MessageRequest | Rejection], results: list[Result]

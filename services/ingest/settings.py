@@ -9,6 +9,19 @@ from shared.settings import ConsumerSettings, ErasureSettings, WebhookEgressSett
 
 class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
     http_port: int = Field(38080, description="Port of the ingest HTTP server")
+    priority_share_per_s: float = Field(
+        200.0, ge=0,
+        description="Each tenant's share of the transactional lanes, in messages a second per ingest instance; what a "
+        "tenant sends beyond it (and its burst) travels the campaign lanes, so one tenant's flood never queues ahead "
+        "of the others' codes (docs/operations.md, fair share). 0: no limit",
+    )
+    priority_share_burst: int = Field(
+        5000, ge=1, description="Transactional messages a tenant may send at once above its share's rate"
+    )
+    priority_share_tenants: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-tenant shares that differ from the default, e.g. {\"bank\": 1000} (0: no limit for it)",
+    )
     campaign_page_size: int = Field(1000, ge=10, le=10_000, description="Contacts a campaign launcher reads, renders and publishes per page")
     campaign_lease_s: float = Field(30.0, ge=5, description="How long a launcher keeps a campaign without progress before another instance takes it over")
     campaign_launcher: bool = Field(True, description="Run a campaign launcher in this ingest instance")

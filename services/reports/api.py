@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from services.reports import campaign_report
-from services.reports.repository import fetch_message
+from services.reports.repository import fetch_message, search_messages
+from services.reports.search import (
+    MAX_PAGE,
+    MessageQuery,
+    SearchError,
+    build_sql,
+    check_range,
+    csv_lines,
+    decode_cursor,
+    ndjson_lines,
+    next_cursor,
+    parse_metadata,
+    parse_statuses,
+    row_out,
+)
 from shared.api import ApiError, Check, add_ops_routes, install_error_handlers, principal_dependency
 from shared.auth import Principal
+from shared.pagination import Cursor
 
 
 class TimelineEntry(BaseModel):
@@ -102,12 +120,90 @@ class CampaignReport(BaseModel):
     )
 
 
-def create_app(pool: asyncpg.Pool, readiness: Check, ab_alpha: float = 0.05) -> FastAPI:
+Statuses = Annotated[list[str], Query(description="Only these statuses (repeat the parameter)")]
+Metadata = Annotated[list[str], Query(description="key=value on metadata; all must match (at most 5)")]
+
+
+class MessageList(BaseModel):
+    messages: list[dict[str, Any]] = Field(description="The page's messages (as GET /v1/messages/{id}, without the timeline)")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page")
+
+
+def create_app(pool: asyncpg.Pool, readiness: Check, ab_alpha: float = 0.05, search_timeout_ms: int = 5000) -> FastAPI:
     app = FastAPI(title="Herald reports", version="1.0", description="Message status, timelines and metrics.")
     app.state.pool = pool
     install_error_handlers(app)
     add_ops_routes(app, readiness)
     reader = Depends(principal_dependency("messages:read"))
+
+    def query_of(principal: Principal, status: list[str], since: datetime | None, until: datetime | None,
+                 to: str | None, campaign_id: uuid.UUID | None, metadata: list[str], cursor: str | None) -> MessageQuery:
+        try:
+            check_range(since, until)
+            return MessageQuery(
+                tenant_id=principal.tenant_id, statuses=parse_statuses(status), since=since, until=until,
+                to=to, campaign_id=campaign_id, metadata=parse_metadata(metadata),
+                after=decode_cursor(cursor) if cursor else None,
+            )
+        except SearchError as exc:
+            raise ApiError(422, exc.code, str(exc), [{"loc": exc.loc, "code": exc.code, "msg": str(exc)}]) from None
+
+    async def page(query: MessageQuery, limit: int) -> list[dict[str, Any]]:
+        sql, args = build_sql(query, limit)
+        try:
+            return await search_messages(pool, sql, args, search_timeout_ms)
+        except asyncpg.QueryCanceledError:
+            raise ApiError(422, "query_too_broad", "the search took too long: narrow it (since/until, status, to)",
+                           [{"loc": "query", "code": "query_too_broad", "msg": "add filters or a shorter date range"}]) from None
+
+    @app.get("/v1/messages", response_model=MessageList, responses={401: {}, 403: {}, 422: {}})
+    async def list_messages(
+        principal: Principal = reader,
+        status: Statuses = [],  # noqa: B006 - FastAPI copies query defaults
+        since: Annotated[datetime | None, Query(description="Accepted at or after (ISO 8601 with zone)")] = None,
+        until: Annotated[datetime | None, Query(description="Accepted before (ISO 8601 with zone)")] = None,
+        to: Annotated[str | None, Query(max_length=32, description="Recipient, E.164")] = None,
+        campaign_id: uuid.UUID | None = None,
+        metadata: Metadata = [],  # noqa: B006
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")] = None,
+    ) -> dict[str, Any]:
+        """The tenant's messages, newest first, with filters; pages follow ``next_cursor``."""
+        query = query_of(principal, status, since, until, to, campaign_id, metadata, cursor)
+        rows = await page(query, limit)
+        return {"messages": [row_out(r) for r in rows], "next_cursor": next_cursor(rows, limit)}
+
+    @app.get("/v1/messages/export", responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}},
+                                               401: {}, 403: {}, 422: {}})
+    async def export_messages(
+        principal: Principal = reader,
+        format: Annotated[Literal["ndjson", "csv"], Query(description="ndjson (one JSON object a line) or csv")] = "ndjson",
+        status: Statuses = [],  # noqa: B006
+        since: Annotated[datetime | None, Query()] = None,
+        until: Annotated[datetime | None, Query()] = None,
+        to: Annotated[str | None, Query(max_length=32)] = None,
+        campaign_id: uuid.UUID | None = None,
+        metadata: Metadata = [],  # noqa: B006
+    ) -> StreamingResponse:
+        """Every message the filters match, streamed newest first (the same filters as the list)."""
+        query = query_of(principal, status, since, until, to, campaign_id, metadata, None)
+        first = await page(query, MAX_PAGE)  # errors (a too-broad search) answer before the stream starts
+
+        async def body() -> AsyncIterator[str]:
+            rows, header = first, True
+            while rows:
+                yield csv_lines(rows, header) if format == "csv" else ndjson_lines(rows)
+                header = False
+                if len(rows) < MAX_PAGE:
+                    return
+                last = rows[-1]
+                rows = await page(replace(query, after=Cursor(last["accepted_at"], last["message_id"])), MAX_PAGE)
+            if header and format == "csv":
+                yield csv_lines([], True)
+
+        media = "text/csv" if format == "csv" else "application/x-ndjson"
+        return StreamingResponse(body(), media_type=media,
+                                 headers={"Content-Disposition": f'attachment; filename="messages.{format}"'})
 
     @app.get("/v1/messages/{message_id}", response_model=MessageView, responses={401: {}, 403: {}, 404: {}, 422: {}})
     async def get_message(message_id: uuid.UUID, principal: Principal = reader) -> dict[str, Any]:

@@ -43,7 +43,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Erasures (docs/data-map.md): an erased number's messages, clicks, conversions and webhook rows.
     erasures = Lane("erasures", f"{settings.topic_prefix}reports.erasures", [ERASURES],
                     ErasureHandler(ctx.pool, "reports", reports_eraser))
-    return Wiring(handler=StatusHandler(ctx.pool, window, skew, settled_wait), app=create_app(ctx.pool, readiness, settings.ab_alpha),
+    return Wiring(handler=StatusHandler(ctx.pool, window, skew, settled_wait), app=create_app(ctx.pool, readiness, settings.ab_alpha, settings.search_timeout_ms),
                   lanes=[results, replies, erasures])
 
 

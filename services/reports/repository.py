@@ -309,3 +309,10 @@ async def fetch_message(pool: asyncpg.Pool, tenant_id: str, message_id: uuid.UUI
     result.pop("status_rank")
     result["timeline"] = [dict(e) for e in events]
     return result
+
+
+async def search_messages(pool: asyncpg.Pool, sql: str, args: list[Any], timeout_ms: int) -> list[dict[str, Any]]:
+    """One page of a message search (services/reports/search.py), under a statement timeout."""
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+        return [dict(r) for r in await conn.fetch(sql, *args)]

@@ -62,6 +62,10 @@ class ReportsSettings(ConsumerSettings, WebhookEgressSettings):
         1.0, ge=0, description="A click this soon after its message's submission is flagged as a bot (too_fast)"
     )
     ab_alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the A/B two-proportion test")
+    search_timeout_ms: int = Field(
+        5000, ge=100, le=120_000,
+        description="Longest a page of GET /v1/messages (or of its export) may run; past it the search is 422 query_too_broad",
+    )
     ab_winner_interval_s: float = Field(
         5.0, gt=0, description="How often campaigns in A/B testing are checked for a due decision"
     )

@@ -45,7 +45,7 @@ from shared.contracts import (
 from shared.erasure import NO_KEYS, ErasureKeys
 from shared.kafka import YIELD_EVERY, Incoming, Outgoing, Publisher
 from shared.statuses import MessageType, Status
-from shared.topics import OUTBOUND, OUTBOUND_BULK, STATUS
+from shared.topics import STATUS, outbound_topic
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def route(tenant: str, trace: str, message: MessageAccepted, decision: Decision,
         event = MessageOutboundEvent(
             event_id=derived_event_id(message.message_id, "outbound"), tenant=tenant, trace_id=trace, payload=outbound
         )
-        lane = OUTBOUND_BULK if message.type is MessageType.MARKETING else OUTBOUND
+        lane = outbound_topic(message)
         return [Outgoing(lane, message.to, event)]
     if decision.verdict is Verdict.DEFER:
         held.append((message, tenant, trace, decision))

@@ -72,6 +72,18 @@ class MessageAccepted(_Frozen):
     campaign_id: uuid.UUID | None = Field(None, description="The campaign that sent it")
     variant: str | None = Field(None, max_length=32, description="The campaign variant (A/B) it belongs to")
     journey_id: uuid.UUID | None = Field(None, description="The journey that sent it")
+    sandbox: bool = Field(
+        False,
+        description="Sent with a test key: the pipeline runs as for any message, but the dispatcher hands it to its "
+        "sandbox gateway, which never reaches a carrier and simulates the outcome. Left out of the event when false",
+        exclude_if=lambda v: not v,
+    )
+    bulk_lane: bool = Field(
+        False,
+        description="Sent on the campaign lanes although transactional: its tenant was past its share of the "
+        "transactional lanes when it was accepted (docs/operations.md, fair share). Left out of the event when false",
+        exclude_if=lambda v: not v,
+    )
 
 
 class MessageOutbound(MessageAccepted):

@@ -40,7 +40,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from shared.devtools import webhook_bench
+from shared.devtools import stage_bench, webhook_bench
 from shared.devtools.demo import demo_numbers, marketing_countries, prepare
 from shared.devtools.stack import REPO, Ports, Stack, start_infra
 from shared.settings import ServiceSettings
@@ -76,13 +76,14 @@ def cpu_by_service(stack: Stack) -> dict[str, float]:
     return usage
 
 
-async def campaign(stack: Stack, key: str, dsn: str, count: int, seed: int, countries: list[str]) -> tuple[int, float, float, dict[str, float]]:
+async def campaign(stack: Stack, key: str, dsn: str, count: int, seed: int, countries: list[str],
+                   url: str | None = None) -> tuple[int, float, float, dict[str, float]]:
     """Send ``count`` marketing messages in batches; return (accepted, seconds to accept, seconds to all final, CPU s by service)."""
     before = cpu_by_service(stack)
     messages = [{"to": n, "body": "Flash sale: 30% off until midnight", "type": "marketing"}
                 for n in demo_numbers(count, seed=seed, countries=countries)]
     started = time.monotonic()
-    ids = await post_batches(stack.url("ingest"), key, messages, 10_000)
+    ids = await post_batches(url or stack.url("ingest"), key, messages, 10_000)
     accepted_s = time.monotonic() - started
     await wait_final(dsn, ids, timeout_s=max(600, count / 50))
     total_s = time.monotonic() - started
@@ -341,18 +342,20 @@ INTRO = [
     "# Benchmarks",
     "",
     "Written by `herald bench` (shared/devtools/bench.py); rerun it to refresh this page. Each kind of",
-    "run (HTTP face, SMPP face, campaign launch, single sends) rewrites only its own section. Kafka, PostgreSQL, the",
+    "run (HTTP face, SMPP face, campaign launch, single sends, scale by stage) rewrites only its own section. Kafka, PostgreSQL, the",
     "four services and the gateway simulator all run on the same machine.",
     "",
 ]
 
 
 def section_name(args: argparse.Namespace) -> str:
+    if args.stages:
+        return "scale by stage"
     if args.campaign:
         return "campaign launch"
     if args.single:
         return "single sends"
-    return f"{args.face.upper()} face"
+    return f"{args.face.upper()} face" + (", lanes split" if args.split_lanes else "")
 
 
 def write_doc(results: Results, started: datetime, section: str) -> None:
@@ -376,7 +379,8 @@ def write_doc(results: Results, started: datetime, section: str) -> None:
     body.append(f"<!-- /bench:{section} -->")
     sections = read_sections(DOC.read_text() if DOC.exists() else "")
     sections[section] = "\n".join(body)
-    order = ["HTTP face", "SMPP face", "campaign launch", "single sends"]
+    order = ["HTTP face", "SMPP face", "HTTP face, lanes split", "SMPP face, lanes split", "campaign launch",
+             "single sends", "scale by stage"]
     names = sorted(sections, key=lambda n: order.index(n) if n in order else len(order))
     DOC.write_text("\n".join(INTRO) + "\n" + "\n\n".join(sections[n] for n in names) + "\n")
 
@@ -478,7 +482,7 @@ async def launch_campaign(stack: Stack, key: str, dsn: str, count: int, countrie
     total_s = time.monotonic() - started
     assert fanned_out_s is not None
     results.add(f"campaign launch to {seeded:,} contacts: audience streamed into Kafka (fan-out)",
-                f"{seeded / fanned_out_s:,.0f} msg/s ({fanned_out_s:.1f} s)")
+                f"{seeded / fanned_out_s:,.0f} msg/s ({fanned_out_s:.1f} s)", "≥ 10,000 msg/s")
     results.add("messages with a final status (receipt recorded)",
                 f"{final:,} of {seeded:,} after {total_s:.0f} s ({final / total_s:,.0f} msg/s end to end)")
     if waiting:
@@ -495,6 +499,52 @@ async def launch_campaign(stack: Stack, key: str, dsn: str, count: int, countrie
         "Contacts are written with COPY before the clock starts; the campaign is created and launched through the API. "
         "The fan-out is the launcher reading the segment a page at a time, rendering each contact's variant and "
         "publishing to the bulk lane while the scheduler, dispatcher and reports work on what it already published."
+    )
+
+
+SPLIT = {  # --split-lanes: (service, its environment) per process, as docs/operations.md deploys them
+    "ingest": [{"HERALD_CAMPAIGN_LAUNCHER": "false"},  # single sends (OTPs)
+               {"HERALD_NICE": "10"}],  # the batch endpoint and the campaign launcher
+    "scheduler": [{"HERALD_LANES": '["main", "journeys", "commands", "erasures"]'}, {"HERALD_LANES": '["bulk"]', "HERALD_NICE": "10"}],
+    "dispatcher": [{"HERALD_LANES": '["main", "erasures"]'}, {"HERALD_LANES": '["bulk"]', "HERALD_NICE": "10"}],
+    "reports": [{}],
+}
+
+
+def start_split(stack: Stack) -> str:
+    """Start the stack with the priority and campaign lanes in processes of their own, the
+    campaign ones at a lower CPU priority; return the URL campaign batches are posted to."""
+    stack.start("simulator")
+    bulk_url = ""
+    for name, variants in SPLIT.items():
+        for extra in variants:
+            process = stack.start(name, extra_env=extra)
+            if name == "ingest" and "HERALD_NICE" in extra:
+                bulk_url = f"http://127.0.0.1:{process.port}"
+    return bulk_url
+
+
+async def measure_stages(env: dict[str, str], count: int, results: Results) -> None:
+    """Each stage alone on a pre-filled topic, one instance then two pinned to cores (stage_bench)."""
+    from shared.settings import KafkaSettings
+
+    def stack_factory(extra: dict[str, str]) -> Stack:
+        return Stack(env={**env, **extra}, ports=Ports.random(), log_dir=REPO / ".herald" / "bench-logs",
+                     gateway_rate=1_000_000)
+
+    base = KafkaSettings(kafka_bootstrap=env["HERALD_KAFKA_BOOTSTRAP"], topic_prefix=env["HERALD_TOPIC_PREFIX"])
+    runs = []
+    for stage in stage_bench.STAGES:
+        for instances in (1, 2):
+            got = await stage_bench.run_stage(stack_factory, base, stage, instances, count, "bench", cpu_by_service)
+            print(f"  {stage} x{instances}: {got.rate:,.0f} msg/s", flush=True)
+            runs.append(got)
+    for row in stage_bench.scaling_rows(runs):
+        results.add(*row)
+    results.notes.append(
+        f"Each run: {count:,} events on the stage's input topic (a topic prefix of its own) before its instances "
+        "start; timed from the first committed offset to the last. Instance i is pinned to core i "
+        f"(of {os.cpu_count()}); Kafka, PostgreSQL and (for the dispatcher) the simulator share those cores."
     )
 
 
@@ -524,8 +574,18 @@ async def run(args: argparse.Namespace, results: Results) -> None:
             "name": "smsc", "kind": "smpp", "host": "127.0.0.1", "port": smpp_port, "system_id": "herald",
             "password": "sim-pass", "binds": 2, "window": 50, "rate_per_s": 1_000_000, "send_message_id_tlv": True,
         }])
+    if args.stages:
+        await measure_stages(env, args.stages, results)
+        conn = await asyncpg.connect(dsn_admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await conn.close()
+        return
     stack = Stack(env=env, ports=Ports.random(), log_dir=REPO / ".herald" / "bench-logs", gateway_rate=1_000_000)
-    stack.start_all()
+    if args.split_lanes:
+        bulk_url = start_split(stack)
+    else:
+        stack.start_all()
+        bulk_url = stack.url("ingest")
     try:
         await asyncio.to_thread(stack.wait_ready, 120)
         open_now = marketing_countries(True) or ["US"]
@@ -547,13 +607,17 @@ async def run(args: argparse.Namespace, results: Results) -> None:
                         "≥ 1,000 msg/s")
             return
         print(f"campaign throughput: {args.recipients:,} recipients", flush=True)
-        count, accepted_s, total_s, cpu = await campaign(stack, key, dsn, args.recipients, 1, open_now)
+        count, accepted_s, total_s, cpu = await campaign(stack, key, dsn, args.recipients, 1, open_now, bulk_url)
         results.add(f"campaign, {count:,} recipients, {args.face.upper()} face: accept to every receipt recorded",
                     f"{count / total_s:,.0f} msg/s ({total_s:.1f} s)", "≥ 5,000 msg/s (SMPP face)")
         results.add("batch ingest while the pipeline runs", f"{count / accepted_s:,.0f} recipients/s")
         busiest = max((n for n in cpu if n != "simulator"), key=cpu.get)
         results.add("CPU seconds per service during that campaign",
                     ", ".join(f"{n} {s:.1f}" for n, s in sorted(cpu.items(), key=lambda x: -x[1])))
+        herald_cpu = {n: s for n, s in cpu.items() if n != "simulator"}
+        results.add("CPU per message, per service",
+                    ", ".join(f"{n} {s / count * 1e6:,.0f} µs" for n, s in sorted(herald_cpu.items(), key=lambda x: -x[1]))
+                    + f"; the four together {sum(herald_cpu.values()) / count * 1e6:,.0f} µs", "≤ 150 µs together")
         results.notes.append(
             f"The busiest stage in the campaign was {busiest} ({cpu[busiest]:.1f} CPU s of {total_s:.1f} s wall); "
             f"the whole pipeline used {sum(cpu.values()) / total_s:.2f} of {os.cpu_count()} cores, Kafka and PostgreSQL not counted."
@@ -563,7 +627,7 @@ async def run(args: argparse.Namespace, results: Results) -> None:
             print(f"scale mode: a second {scaled}", flush=True)
             extra = stack.start(scaled)
             await asyncio.to_thread(stack.wait_ready, 120, [extra])
-            count2, _, total2, cpu2 = await campaign(stack, key, dsn, args.recipients, 7, open_now)
+            count2, _, total2, cpu2 = await campaign(stack, key, dsn, args.recipients, 7, open_now, bulk_url)
             results.add(f"scale: campaign with one {scaled}", f"{count / total_s:,.0f} msg/s")
             results.add(f"scale: campaign with two {scaled}", f"{count2 / total2:,.0f} msg/s")
             results.add("CPU seconds per service with two " + scaled,
@@ -572,7 +636,8 @@ async def run(args: argparse.Namespace, results: Results) -> None:
         print("OTP latency, alone", flush=True)
         alone = await otp_latencies(stack, key, args.otps, 0.02)
         results.add("OTP latency alone (API call → simulator), p50 / p99 / max",
-                    f"{statistics.median(alone) * 1000:.0f} / {percentile(alone, 99) * 1000:.0f} / {max(alone) * 1000:.0f} ms")
+                    f"{statistics.median(alone) * 1000:.0f} / {percentile(alone, 99) * 1000:.0f} / {max(alone) * 1000:.0f} ms",
+                    "p99 ≤ 100 ms")
 
         print("OTP latency while a campaign drains", flush=True)
         drain = [{"to": n, "body": "Second wave: 40% off", "type": "marketing"}
@@ -581,7 +646,7 @@ async def run(args: argparse.Namespace, results: Results) -> None:
         # event loop would stall the OTP client and count the benchmark's own pauses as latency.
         senders = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         sender = asyncio.get_running_loop().run_in_executor(
-            senders, post_batches_in_process, stack.url("ingest"), key, drain, 10_000)
+            senders, post_batches_in_process, bulk_url, key, drain, 10_000)
         await asyncio.sleep(2)
         age = ("herald_consumer_event_age_seconds", ("service", "topic"))
         lag = ("herald_event_loop_lag_seconds", ("service",))
@@ -595,7 +660,7 @@ async def run(args: argparse.Namespace, results: Results) -> None:
         await wait_final(dsn, drain_ids, timeout_s=max(600, args.recipients / 50))
         results.add("OTP latency while a campaign drains, p50 / p99 / max",
                     f"{statistics.median(during) * 1000:.0f} / {percentile(during, 99) * 1000:.0f} / {max(during) * 1000:.0f} ms",
-                    "p99 < 250 ms")
+                    "p99 ≤ 250 ms")
         results.add("  of which ingest's answer to the OTP request, p50 / p99",
                     f"{statistics.median(answered) * 1000:.0f} / {percentile(answered, 99) * 1000:.0f} ms")
         results.add("  event age per stage while the OTPs ran, p99 (priority lane)",
@@ -615,9 +680,9 @@ async def run(args: argparse.Namespace, results: Results) -> None:
         batch = [{"to": n, "body": "Batch", "type": "transactional"} for n in demo_numbers(10_000, seed=4)]
         started = time.monotonic()
         for _ in range(3):
-            await post_batches(stack.url("ingest"), key, batch, 10_000, concurrency=1)
+            await post_batches(bulk_url, key, batch, 10_000, concurrency=1)
         results.add("ingest, batch endpoint (10,000 per request)",
-                    f"{30_000 / (time.monotonic() - started):,.0f} recipients/s", "≥ 50,000 recipients/s")
+                    f"{30_000 / (time.monotonic() - started):,.0f} recipients/s", "≥ 25,000 recipients/s")
         for process in stack.processes:
             label = process.name if process.instance == 1 else f"{process.name} (instance {process.instance})"
             results.add(f"peak resident memory, {label}", f"{peak_rss_mb(process.popen.pid):.0f} MB", memory_target(process.name))
@@ -646,6 +711,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: launch a campaign to this many contacts (e.g. 1000000) and measure fan-out and memory")
     parser.add_argument("--drain-s", type=float, default=120.0,
                         help="with --campaign: keep measuring this long after the fan-out (or until every message is final)")
+    parser.add_argument("--split-lanes", action="store_true",
+                        help="run the transactional and campaign lanes in processes of their own, the campaign ones "
+                             "niced (the production layout of docs/operations.md)")
+    parser.add_argument("--stages", type=int, default=0, metavar="EVENTS",
+                        help="instead: each stage (scheduler, dispatcher, reports) alone on a pre-filled topic of "
+                             "EVENTS events (100000 gives a steady measure), one instance then two pinned to their own cores")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     webhook_bench.add_arguments(parser)
     args = parser.parse_args(argv)

@@ -26,6 +26,11 @@ INFRA_SCRIPT = REPO / "deploy" / "local" / "infra.py"
 SERVICES = ("ingest", "scheduler", "dispatcher", "reports")
 
 
+def _pinned(cpus: set[int]) -> None:
+    _die_with_parent()
+    os.sched_setaffinity(0, cpus)
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -141,8 +146,10 @@ class Stack:
         )
         return env
 
-    def start(self, name: str, *, port: int | None = None, extra_env: dict[str, str] | None = None) -> Process:
-        """Start one instance of a service (or ``simulator``)."""
+    def start(self, name: str, *, port: int | None = None, extra_env: dict[str, str] | None = None,
+              cpus: set[int] | None = None) -> Process:
+        """Start one instance of a service (or ``simulator``); ``cpus`` pins it (and every thread it
+        starts) to those cores, as ``taskset -c`` would."""
         instance = sum(1 for p in self.processes if p.name == name) + 1
         port = port or (self.ports.of(name) if instance == 1 else free_port())
         env = self.base_env()
@@ -159,7 +166,7 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent if cpus is None else lambda: _pinned(cpus),
             )
         process = Process(name, instance, popen, port, log_path)
         self.processes.append(process)

@@ -130,6 +130,81 @@ async def test_message_view_is_scoped_to_its_tenant(stack: Stack, pool) -> None:
         assert r.status_code == 401
 
 
+async def test_find_and_export_a_tenants_messages(stack: Stack, pool) -> None:
+    """GET /v1/messages (filters, cursor pages) and /v1/messages/export (NDJSON, CSV) on reports,
+    for messages sent through ingest: only the caller's tenant's, newest first, each once."""
+    import csv
+    import io
+    import json
+
+    owner, other = await make_tenant(pool), await make_tenant(pool)
+    sent = [{"to": f"+3460055{i:04d}", "body": f"order {i} shipped", "metadata": {"order": str(i), "shop": "web"}}
+            for i in range(7)]
+    ids = await send_batches(stack, owner, sent)
+    await send_batches(stack, other, [{"to": "+34600550000", "body": "not yours", "metadata": {"order": "0"}}])
+    await all_final(pool, ids)
+    async with httpx.AsyncClient(base_url=stack.url("reports"), headers=owner.headers, timeout=30) as client:
+        async def listed(**params) -> list[dict]:
+            out, cursor = [], None
+            while True:
+                r = await client.get("/v1/messages", params={**params, **({"cursor": cursor} if cursor else {})})
+                assert r.status_code == 200, r.text
+                out += r.json()["messages"]
+                cursor = r.json()["next_cursor"]
+                if cursor is None:
+                    return out
+
+        paged = await listed(limit=3)
+        assert sorted(m["message_id"] for m in paged) == sorted(ids), "every message once, none of the other tenant"
+        assert [(m["accepted_at"], m["message_id"]) for m in paged] == sorted(
+            ((m["accepted_at"], m["message_id"]) for m in paged), reverse=True)
+        assert [m["message_id"] for m in await listed(to="+34600550003")] == [ids[3]]
+        assert [m["message_id"] for m in await listed(metadata=["order=5", "shop=web"])] == [ids[5]]
+        assert await listed(metadata="shop=app") == []
+        statuses = {m["status"] for m in paged}
+        assert {m["message_id"] for m in await listed(status=sorted(statuses))} == set(ids)
+        r = await client.get("/v1/messages", params={"status": "bogus"})
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "unknown_status_filter")
+        r = await client.get("/v1/messages", params={"cursor": "forged"})
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_cursor")
+        r = await client.get("/v1/messages/export", params={"format": "ndjson", "metadata": "shop=web"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        assert sorted(json.loads(line)["message_id"] for line in r.text.splitlines()) == sorted(ids)
+        r = await client.get("/v1/messages/export", params={"format": "csv", "to": "+34600550001"})
+        rows = list(csv.DictReader(io.StringIO(r.text)))
+        assert [(x["message_id"], json.loads(x["metadata"])["order"]) for x in rows] == [(ids[1], "1")]
+        r = await client.get("/v1/messages", headers={"Authorization": ""})
+        assert r.status_code == 401
+
+
+async def test_a_test_key_runs_the_pipeline_but_never_reaches_a_carrier(stack: Stack, pool) -> None:
+    """Messages sent with a test key go through ingest, scheduler, dispatcher and reports, end in
+    the status their number asks for, and the gateway never sees them; the same tenant's live key
+    still reaches it."""
+    from shared.auth import create_key
+
+    tenant = await make_tenant(pool)
+    async with pool.acquire() as conn:
+        test_key = await create_key(conn, tenant.tenant_id, ("messages:write", "messages:read"), test=True)
+    test = Tenant(tenant.tenant_id, test_key)
+    numbers = {"+34600770123": "delivered", "+34600770001": "undelivered", "+34600770002": "failed",
+               "+34600770003": "failed"}
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=test.headers, timeout=30) as client:
+        r = await client.post("/v1/messages", json={"to": "+34600770123", "body": "Your code is 111111"})
+        assert r.status_code == 202 and r.json()["sandbox"] is True
+        single = r.json()["message_id"]
+    ids = [single] + await send_batches(stack, test, [{"to": n, "body": "sandbox"} for n in list(numbers)[1:]])
+    live = await send_batches(stack, tenant, [{"to": "+34600770123", "body": "live"}])
+    final = await all_final(pool, ids + live)
+    assert [final[i] for i in ids] == list(numbers.values())
+    rows = {str(r["message_id"]): r for r in await pool.fetch(
+        "SELECT message_id, gateway, reason_code FROM messages WHERE message_id = ANY($1::uuid[])", ids + live)}
+    assert {rows[i]["gateway"] for i in ids[:3]} == {"sandbox"} and rows[ids[3]]["reason_code"] == "sandbox_refused"
+    refs = httpx.get(f"http://127.0.0.1:{stack.ports.simulator_control}/stats/client_refs", timeout=30).json()["client_refs"]
+    assert not any(refs.get(i) for i in ids), "a test key's message reached the gateway"
+    assert refs.get(live[0]) == 1 and rows[live[0]]["gateway"] != "sandbox"
+
+
 async def test_trigger_topic(stack: Stack, pool, env) -> None:
     tenant = await make_tenant(pool)
     marker = uuid.uuid4().hex[:10]

@@ -128,6 +128,42 @@ async def test_stop_confirms_and_suppresses_then_start_resubscribes(stack: Stack
     assert await status_of(pool, await send(stack, tenant, handset)) != "suppressed"
 
 
+async def test_inbound_messages_are_listed_newest_first_with_filters(stack: Stack, pool) -> None:
+    """GET /v1/inbound (ingest): a tenant's received messages, filters and cursor pages; another
+    tenant sees none of them."""
+    tenant, other = await make_tenant(pool), await make_tenant(pool)
+    number, handset = our_number(), a_handset()
+    async with pool.acquire() as conn:
+        await admin.number_add(conn, "e2e", tenant.tenant_id, number)
+    sent = [await reply(stack, handset, number, text) for text in ("Is my order shipped?", "stop", "thanks")]
+
+    async def recorded():
+        return await pool.fetchval("SELECT count(*) FROM inbound_messages WHERE tenant_id = $1", tenant.tenant_id) == 3 or None
+
+    await wait_for(recorded, timeout_s=30)
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=tenant.headers, timeout=30) as client:
+        pages, cursor = [], None
+        while True:
+            r = await client.get("/v1/inbound", params={"phone": handset, "limit": 2, **({"cursor": cursor} if cursor else {})})
+            assert r.status_code == 200, r.text
+            pages.append(r.json()["inbound"])
+            cursor = r.json()["next_cursor"]
+            if cursor is None:
+                break
+        got = [m for p in pages for m in p]
+        assert [len(p) for p in pages] == [2, 1]
+        assert [m["event_id"] for m in got] == [str(e.event_id) for e in reversed(sent)]  # newest first
+        assert [m["body"] for m in got] == ["thanks", "stop", "Is my order shipped?"]
+        r = await client.get("/v1/inbound", params={"phone": handset, "keyword": "stop"})
+        assert [m["keyword_group"] for m in r.json()["inbound"]] == ["stop"]
+        r = await client.get("/v1/inbound", params={"phone": handset, "keyword": "none"})
+        assert {m["body"] for m in r.json()["inbound"]} == {"thanks", "Is my order shipped?"}
+        r = await client.get("/v1/inbound", params={"phone": "12345"})
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "not_e164")
+        r = await client.get("/v1/inbound", params={"phone": handset}, headers=other.headers)
+        assert r.status_code == 200 and r.json()["inbound"] == []
+
+
 async def test_accented_stop_to_a_brand_number_is_scoped(stack: Stack, pool) -> None:
     tenant = await make_tenant(pool)
     shoes, general, handset = our_number(), our_number(), a_handset()

@@ -54,10 +54,23 @@ async def test_dispatcher_killed_twice_while_sending_over_smpp(smpp_stack: Stack
     run = f"smpp-kill-{random.randrange(10**6)}"
     progress = [0]
     sender = asyncio.create_task(send_resilient(smpp_stack, tenant, run, MESSAGES, progress))
-    for share in (4, 2):
-        await wait_for(lambda s=share: asyncio.sleep(0, result=progress[0] >= MESSAGES // s or sender.done()), timeout_s=120)
-        await asyncio.to_thread(smpp_stack.restart, smpp_stack.find("dispatcher"), hard=True)
-        await asyncio.sleep(1)
+    control = f"http://127.0.0.1:{smpp_stack.ports.simulator_control}/control"
+    # The SMSC answers each submit_sm 300 ms late (it takes the message at once): every kill
+    # then finds submissions in flight, whose claims only query_sm can settle.
+    httpx.post(control, json={"mode": "slow", "delay_ms": 300}, timeout=30).raise_for_status()
+    try:
+        for share in (4, 2):
+            await wait_for(lambda s=share: asyncio.sleep(0, result=progress[0] >= MESSAGES // s or sender.done()),
+                           timeout_s=120)
+
+            async def claims_in_flight():  # kill it while it holds claims, not between two batches
+                return await pool.fetchval("SELECT count(*) FROM dispatch_claims WHERE state = 'claimed'") or None
+
+            await wait_for(claims_in_flight, timeout_s=30, interval_s=0.01)
+            await asyncio.to_thread(smpp_stack.restart, smpp_stack.find("dispatcher"), hard=True)
+            await asyncio.sleep(1)
+    finally:
+        httpx.post(control, json={"mode": "normal"}, timeout=30).raise_for_status()
     ids = await sender
     assert len(ids) == MESSAGES
     await check_outcome(smpp_stack, pool, env, ids)

@@ -47,17 +47,26 @@ class Choice:
         return detail
 
 
+SANDBOX_ROUTE = Route("sandbox", ("sandbox",))  # test-key messages, and only they (gateways/sandbox.py)
+
+
 class Router:
     def __init__(self, routes: Iterable[Route], default_gateways: tuple[str, ...]) -> None:
         self.routes = tuple(routes)
         self.default = Route("default", default_gateways)
         known = set(default_gateways)
+        if set(SANDBOX_ROUTE.gateways) & known:
+            raise ValueError("the gateway name 'sandbox' is reserved for test keys")
         for route in self.routes:
             unknown = set(route.gateways) - known
             if unknown:
                 raise ValueError(f"route {route.name!r} names unknown gateways {sorted(unknown)}")
 
     def route_for(self, message: MessageOutbound) -> Route:
+        # A test key's message goes to the sandbox whatever the rules say, failover and
+        # reconciliation included; no configured route can name the sandbox.
+        if message.sandbox:
+            return SANDBOX_ROUTE
         return next((r for r in self.routes if r.matches(message)), self.default)
 
     def choose(self, message: MessageOutbound, available: Callable[[str], bool], avoid: frozenset[str] = frozenset()) -> Choice:

@@ -16,7 +16,7 @@ from shared.kafka import Outgoing
 from shared.phones import SMS_CAPABLE, PhoneError, parse_e164
 from shared.statuses import MessageType
 from shared.templates import Template, TemplateError, render
-from shared.topics import ACCEPTED, ACCEPTED_BULK
+from shared.topics import accepted_topic
 
 
 class SendError(Exception):
@@ -79,5 +79,5 @@ def accepted_event(tenant: str, message: MessageAccepted, trace_id: str) -> Outg
     event = MessageAcceptedEvent(
         event_id=message.message_id, occurred_at=message.accepted_at, tenant=tenant, trace_id=trace_id, payload=message
     )
-    lane = ACCEPTED_BULK if message.type is MessageType.MARKETING else ACCEPTED
+    lane = accepted_topic(message)
     return Outgoing(lane, message.to, event)
