@@ -58,6 +58,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "segment_not_found": _c((404, 422), "no segment with this id (422 when a campaign's body names it)"),
     "template_not_found": _c((404, 422), "no template with this id (422 when a campaign's variant names it)"),
     "journey_not_found": _c(404, "no journey with this id"),
+    "erasure_not_found": _c(404, "no erasure with this id for your tenant"),
     "tenant_not_found": _c(404, "no such tenant"),
     "not_suppressed": _c(404, "this number is not on the suppression list"),
     "link_not_found": _c(404, "`GET /l/{code}`: no short link with this code"),
@@ -164,6 +165,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "internal_error": _c(500, "an unexpected error (logged)"),
     "service_unavailable": _c(503, "a dependency (database, broker) is unavailable: retry shortly", retry=True),
     "broker_unavailable": _c(503, "could not publish to Kafka: retry with the same idempotency key", retry=True),
+    "erasure_key_missing": _c(503, "no erasure key is configured (HERALD_ERASURE_KEYS): nothing was erased; an operator must set one"),
     "segment_timeout": _c(503, "the segment filter took too long to evaluate: narrow it"),
 }
 

@@ -46,3 +46,7 @@ WAITING = Gauge(
     "1 while a consumer's batch waits for its database or broker to answer again (retried without bound), else 0",
     ["service"],
 )
+
+# Erasures (shared/erasure_store.py, docs/data-map.md): applied once per service; a redelivered one is not counted.
+ERASURES = Counter("herald_erasures_total", "Erasures applied to a service's own tables", ["service"])
+ERASED_ROWS = Counter("herald_erased_rows_total", "Rows deleted or redacted by erasures, per table", ["service", "table"])

@@ -114,7 +114,7 @@ class ConsumerSettings(ServiceSettings):
     lanes: list[str] = Field(
         default_factory=list,
         description="Run only these consumer lanes of the service (main, the transactional lane, plus bulk, journeys, "
-        "commands, results or replies as the service has them); empty: every lane. Lets priority and campaign work "
+        "commands, results, replies or erasures as the service has them); empty: every lane. Lets priority and campaign work "
         "run in processes (Deployments) of their own, e.g. [\"main\"] and [\"bulk\"] (docs/operations.md)",
     )
     nice: int = Field(
@@ -150,3 +150,33 @@ class WebhookEgressSettings(HeraldSettings):
         for network in value:
             ipaddress.ip_network(network, strict=False)  # ValueError: a clear settings error
         return value
+
+
+class ErasureSettings(HeraldSettings):
+    """The key of the hash that keeps erased numbers suppressed (shared/erasure.py,
+    docs/data-map.md): ingest writes the hashes, the scheduler checks numbers against them."""
+
+    erasure_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="HMAC keys of erased numbers' hashes by version, as JSON {\"k1\": \"secret\"} (versions: 1-16 "
+        "lowercase letters or digits; secrets of 32+ characters, kept outside the database). None by default: "
+        "erasure answers 503 erasure_key_missing until one is set; a bad one stops the service at start",
+    )
+    erasure_key_current: str | None = Field(
+        None, description="The version of HERALD_ERASURE_KEYS new hashes use (required with several keys; rotation: "
+        "add a key, make it current, keep the old one while hashes under it are kept)",
+    )
+    erasure_match_legacy: bool = Field(
+        True, description="Also match the unkeyed sha256 hashes written before keyed hashes (they cannot be re-keyed)",
+    )
+
+    def erasure_key_problems(self) -> list[str]:
+        from shared.erasure import key_problems
+
+        return key_problems({v: s.get_secret_value() for v, s in self.erasure_keys.items()}, self.erasure_key_current)
+
+    def erasure_keyring(self):  # -> shared.erasure.ErasureKeys
+        from shared.erasure import build_keys
+
+        return build_keys({v: s.get_secret_value() for v, s in self.erasure_keys.items()}, self.erasure_key_current,
+                          self.erasure_match_legacy)

@@ -12,6 +12,7 @@ from shared.contracts import (
     ContactEventRequestEvent,
     DeliveryReceiptEvent,
     Envelope,
+    ErasureRequestedEvent,
     InboundMessageEvent,
     LinkClickedEvent,
     MessageAccepted,
@@ -41,6 +42,12 @@ class Topic:
         return f"{prefix}{self.suffix}"
 
 
+# Topics whose events carry numbers or message texts keep them a short time (docs/data-map.md):
+# a record is deleted with its segment, at most retention + segment.ms (4 days) after it was
+# written, so an erased number leaves Kafka within that time. Applied when `herald migrate`
+# creates a topic; an existing topic needs `kafka-configs --alter` (docs/data-map.md).
+PERSONAL_DATA_RETENTION = {"retention.ms": str(3 * 24 * 3600 * 1000), "segment.ms": str(24 * 3600 * 1000)}
+
 TRIGGERS = Topic(
     "triggers.v1",
     TriggerEvent,
@@ -48,6 +55,7 @@ TRIGGERS = Topic(
     producers=("upstream systems",),
     consumers=("ingest",),
     description="Message requests published by upstream systems; same payload as POST /v1/messages.",
+    config=dict(PERSONAL_DATA_RETENTION),
 )
 ACCEPTED = Topic(
     "messages.accepted.v1",
@@ -57,6 +65,7 @@ ACCEPTED = Topic(
     consumers=("scheduler (priority lane)", "reports"),
     description="Validated transactional messages with their id, encoding and segments. A lane of its own "
     "from ingest on, so a code never queues behind a campaign in any stage.",
+    config=dict(PERSONAL_DATA_RETENTION),
 )
 ACCEPTED_BULK = Topic(
     "messages.accepted.bulk.v1",
@@ -67,6 +76,7 @@ ACCEPTED_BULK = Topic(
     description="Validated marketing messages (campaigns), same contract as messages.accepted.v1; also transactional "
     "messages of a tenant past its share of the transactional lanes (payload bulk_lane: true).",
     bulk=True,
+    config=dict(PERSONAL_DATA_RETENTION),
 )
 OUTBOUND = Topic(
     "messages.outbound.priority.v1",
@@ -76,6 +86,7 @@ OUTBOUND = Topic(
     consumers=("dispatcher (priority lane)",),
     description="Transactional messages (codes, receipts, alerts) released for sending now. The dispatcher "
     "serves this lane first, so an OTP never waits behind a campaign.",
+    config=dict(PERSONAL_DATA_RETENTION),
 )
 OUTBOUND_BULK = Topic(
     "messages.outbound.bulk.v1",
@@ -86,6 +97,7 @@ OUTBOUND_BULK = Topic(
     description="Marketing messages released for sending now (and transactional ones with bulk_lane: true); they "
     "use the gateway capacity the priority lane leaves.",
     bulk=True,
+    config=dict(PERSONAL_DATA_RETENTION),
 )
 STATUS = Topic(
     "messages.status.v1",
@@ -110,6 +122,7 @@ INBOUND = Topic(
     producers=("dispatcher (SMPP deliver_sm)", "ingest (HTTP provider webhooks)"),
     consumers=("ingest (replies lane: STOP/START/HELP, forwarding)",),
     description="Messages handsets sent to our numbers (MO), normalised.",
+    config=dict(PERSONAL_DATA_RETENTION),
 )
 REPLIES = Topic(
     "replies.v1",
@@ -120,6 +133,7 @@ REPLIES = Topic(
     description="Ordinary replies (not STOP/START/HELP) from handsets, with the tenant found by the number they "
     "were sent to and the latest messages of the conversation. reports posts each one with a `webhook_url`, "
     "signed, to that URL. See docs/replies.md.",
+    config=dict(PERSONAL_DATA_RETENTION),
 )
 CONTACT_EVENTS_IN = Topic(
     "contact-events.v1",
@@ -129,6 +143,7 @@ CONTACT_EVENTS_IN = Topic(
     consumers=("ingest",),
     description="Contact events from upstream systems (form sent, cart updated, order completed); same payload as "
     "POST /v1/events.",
+    config=dict(PERSONAL_DATA_RETENTION),
 )
 CONTACT_EVENTS = Topic(
     "contact-events.accepted.v1",
@@ -138,6 +153,7 @@ CONTACT_EVENTS = Topic(
     consumers=("scheduler (journeys)", "reports (results lane: conversions)"),
     description="Validated contact events: journeys start, wait for and exit on them; one with a value is a "
     "conversion that reports attributes to the message that led to it.",
+    config=dict(PERSONAL_DATA_RETENTION),
 )
 CLICKS = Topic(
     "clicks.v1",
@@ -147,6 +163,7 @@ CLICKS = Topic(
     consumers=("reports (results lane)",),
     description="Requests on tracked short links, published in batches after the redirect answered; bots and link "
     "previews are flagged with a reason. See docs/results.md.",
+    config=dict(PERSONAL_DATA_RETENTION),
 )
 REJECTED = Topic(
     "rejected.v1",
@@ -155,7 +172,7 @@ REJECTED = Topic(
     producers=("ingest", "scheduler", "dispatcher", "reports"),
     consumers=("operators (dead letters)",),
     description="Input that could not be accepted: the original payload and a machine-readable reason.",
-    config={"retention.ms": str(14 * 24 * 3600 * 1000)},
+    config={"retention.ms": str(14 * 24 * 3600 * 1000), "segment.ms": str(24 * 3600 * 1000)},
 )
 MESSAGE_COMMANDS = Topic(
     "messages.commands.v1",
@@ -169,8 +186,21 @@ MESSAGE_COMMANDS = Topic(
     "scheduled again with its new time). A message already released is left alone.",
 )
 
+ERASURES = Topic(
+    "erasures.v1",
+    ErasureRequestedEvent,
+    key="tenant + the number's keyed hash (never the number)",
+    producers=("ingest (POST /v1/erasures, DELETE /v1/contacts/{id})",),
+    consumers=("scheduler (erasures lane)", "dispatcher (erasures lane)", "reports (erasures lane)"),
+    description="Erase a number: ingest applies its own tables in the request, every other service that holds "
+    "numbers or texts applies this event to its own tables in one transaction and writes its audit row "
+    "(erasure_audit). Idempotent: an erasure applied again finds nothing and keeps its first audit row. See "
+    "docs/data-map.md.",
+    config=dict(PERSONAL_DATA_RETENTION),
+)
+
 ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES,
-                        CONTACT_EVENTS_IN, CONTACT_EVENTS, CLICKS, REJECTED, MESSAGE_COMMANDS)
+                        CONTACT_EVENTS_IN, CONTACT_EVENTS, CLICKS, REJECTED, MESSAGE_COMMANDS, ERASURES)
 
 
 def on_bulk_lane(message: MessageAccepted) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.dispatcher.erasure import dispatcher_eraser
 from services.dispatcher.gateways import build_gateway
 from services.dispatcher.gateways.sandbox import SANDBOX, SandboxGateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
@@ -13,7 +14,8 @@ from services.dispatcher.sink import KafkaSink
 from services.dispatcher.throttle import LocalThrottle, PostgresThrottle, Throttle
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
-from shared.topics import OUTBOUND, OUTBOUND_BULK
+from shared.erasure_store import ErasureHandler
+from shared.topics import ERASURES, OUTBOUND, OUTBOUND_BULK
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -47,8 +49,11 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     bulk = Lane("bulk", bulk_group, [OUTBOUND_BULK], OutboundHandler(claims, sender, settings, priority=False,
                                                                        campaigns=CampaignStates(ctx.pool),
                                                                        tenants=TenantStates(ctx.pool)), bulk=True)
+    # Erasures (docs/data-map.md): the claims' copies of an erased number's messages.
+    base_group = settings.consumer_group or settings.topic_prefix + "dispatcher"
+    erasures = Lane("erasures", f"{base_group}.erasures", [ERASURES], ErasureHandler(ctx.pool, "dispatcher", dispatcher_eraser))
     return Wiring(handler=OutboundHandler(claims, sender, settings, priority=True, campaigns=CampaignStates(ctx.pool),
-                                          tenants=TenantStates(ctx.pool)), lanes=[bulk])
+                                          tenants=TenantStates(ctx.pool)), lanes=[bulk, erasures])
 
 
 async def main(settings: DispatcherSettings | None = None) -> int:

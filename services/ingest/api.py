@@ -143,6 +143,7 @@ def create_app(
         **docs_routes(settings.api_docs),
     )
     app.state.pool = pool
+    app.state.publisher = publisher
     keys = None
     if settings.auth_cache_ttl_s > 0:  # keys in memory, dropped on change (shared/auth.py)
         keys = app.state.keys = KeyCache(pool, settings.database_url.get_secret_value(), settings.auth_cache_ttl_s)

@@ -37,7 +37,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
                             link_domain=settings.link_domain if settings.link_tracking else None,
                             page_timeout_s=settings.campaign_page_timeout_s, slice_s=settings.campaign_slice_s,
                             max_attempts=settings.campaign_max_attempts, retry_base_s=settings.campaign_retry_base_s,
-                            retry_max_s=settings.campaign_retry_max_s)
+                            retry_max_s=settings.campaign_retry_max_s, erasure_keys=settings.erasure_keyring())
         ctx.workers["campaign-launcher"] = launcher.run()
         ctx.stoppers.append(launcher.stop)
     # Short-link redirect (docs/results.md): clicks are published in batches by a worker.

@@ -4,10 +4,10 @@ from pydantic import Field, SecretStr, field_validator
 
 from shared.geo import DEFAULT_HIGH_COST, GeoDefault, country_codes
 from shared.phones import SMS_CAPABLE
-from shared.settings import ConsumerSettings, WebhookEgressSettings
+from shared.settings import ConsumerSettings, ErasureSettings, WebhookEgressSettings
 
 
-class IngestSettings(ConsumerSettings, WebhookEgressSettings):
+class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
     http_port: int = Field(38080, ge=1, le=65535, description="Port of the ingest API (public)")
     ops_port: int = Field(38180, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
     priority_share_per_s: float = Field(
@@ -152,4 +152,4 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings):
             why = unsafe_secret(secret.get_secret_value())
             if why:
                 problems.append(f"HERALD_RECEIPT_SECRETS[{gateway}]: {why}")
-        return problems
+        return problems + self.erasure_key_problems()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from services.reports.api import create_app
+from services.reports.erasure import reports_eraser
 from services.reports.handlers import PendingSweeper, StatusHandler
 from services.reports.settings import ReportsSettings
 from services.reports.results import ResultsHandler
@@ -12,7 +13,8 @@ from services.reports.webhooks import ReplyWebhookHandler, WebhookWorker
 from services.reports.winner import WinnerWorker
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
-from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, RECEIPTS, REPLIES, STATUS
+from shared.erasure_store import ErasureHandler
+from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, ERASURES, RECEIPTS, REPLIES, STATUS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -40,9 +42,12 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     replies = Lane("replies", f"{settings.topic_prefix}reports.replies", [REPLIES], ReplyWebhookHandler(ctx.pool))
     # Unmatched receipts are parked at most receipt_parked_max_per_gateway per gateway (docs/results.md).
     status = StatusHandler(ctx.pool, window, skew, settled_wait, settings.receipt_parked_max_per_gateway)
+    # Erasures (docs/data-map.md): an erased number's messages, clicks, conversions and webhook rows.
+    erasures = Lane("erasures", f"{settings.topic_prefix}reports.erasures", [ERASURES],
+                    ErasureHandler(ctx.pool, "reports", reports_eraser))
     return Wiring(handler=status, app=create_app(ctx.pool, settings.ab_alpha, api_docs=settings.api_docs,
-                                                                   search_timeout_ms=settings.search_timeout_ms),
-                  lanes=[results, replies])
+                                                 search_timeout_ms=settings.search_timeout_ms),
+                  lanes=[results, replies, erasures])
 
 
 async def main(settings: ReportsSettings | None = None) -> int:

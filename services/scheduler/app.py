@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.scheduler.erasure import scheduler_eraser
 from services.scheduler.handlers import AcceptedHandler, CommandHandler, FactsRepository, Timer
 from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
@@ -9,12 +10,16 @@ from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.settings import SchedulerSettings
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
-from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS, MESSAGE_COMMANDS
+from shared.erasure import ErasureKeys
+from shared.erasure_store import ErasureHandler
+from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS, ERASURES, MESSAGE_COMMANDS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
     settings: SchedulerSettings = ctx.settings
-    facts = FactsRepository(ctx.pool)
+    keys = settings.erasure_keyring()
+    await check_erasure_keys(ctx.pool, keys)
+    facts = FactsRepository(ctx.pool, erasure_keys=keys)
     timer = Timer(facts, ctx.publisher, settings.timer_interval_s, settings.timer_batch)
     ctx.workers["timer"] = timer.run()
     ctx.stoppers.append(timer.stop)
@@ -33,9 +38,24 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     journey_lane = Lane("journeys", f"{base_group}.journeys", [CONTACT_EVENTS], JourneyEventsHandler(journeys))
     # Clients' cancel and reschedule commands for held messages (DELETE/PATCH /v1/messages/{id}).
     commands = Lane("commands", f"{base_group}.commands", [MESSAGE_COMMANDS], CommandHandler(ctx.pool, ctx.publisher))
-    return Wiring(handler=AcceptedHandler(facts), lanes=[bulk, journey_lane, commands])
+    # Erasures (docs/data-map.md): held messages, journey runs and releases of an erased number.
+    erasures = Lane("erasures", f"{base_group}.erasures", [ERASURES],
+                    ErasureHandler(ctx.pool, "scheduler", scheduler_eraser(ctx.publisher)))
+    return Wiring(handler=AcceptedHandler(facts), lanes=[bulk, journey_lane, commands, erasures])
+
+
+async def check_erasure_keys(pool, keys: ErasureKeys) -> None:
+    """Refuse to start without a key for every version of the stored hashes: the scheduler would
+    send marketing to erased numbers it can no longer recognise."""
+    versions = {r["v"] for r in await pool.fetch(
+        "SELECT DISTINCT split_part(phone_hash, ':', 1) AS v FROM suppression_hashes WHERE strpos(phone_hash, ':') > 0")}
+    if missing := sorted(v for v in versions if not keys.knows(v)):
+        raise SystemExit("scheduler: refusing to start: suppression_hashes holds hashes under erasure key versions "
+                         f"{missing} that HERALD_ERASURE_KEYS lacks (erased numbers would get marketing)")
 
 
 async def main(settings: SchedulerSettings | None = None) -> int:
     settings = settings or SchedulerSettings()
+    if problems := settings.erasure_key_problems():
+        raise SystemExit("scheduler: refusing to start: " + "; ".join(problems))
     return await run_service("scheduler", settings, [ACCEPTED], wire)

@@ -42,6 +42,7 @@ from shared.contracts import (
     derived_event_id,
     utcnow,
 )
+from shared.erasure import NO_KEYS, ErasureKeys
 from shared.kafka import YIELD_EVERY, Incoming, Outgoing, Publisher
 from shared.statuses import MessageType, Status
 from shared.topics import STATUS, outbound_topic
@@ -55,8 +56,10 @@ RELEASES_KEPT = timedelta(days=35)  # longer than the longest cap window the API
 class FactsRepository:
     """Loads what the policies need for one batch: a few queries per batch, never one per message."""
 
-    def __init__(self, pool: asyncpg.Pool, policy_ttl_s: float = 5.0, tenant_ttl_s: float = 1.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, policy_ttl_s: float = 5.0, tenant_ttl_s: float = 1.0,
+                 erasure_keys: ErasureKeys = NO_KEYS) -> None:
         self.pool = pool
+        self.erasure_keys = erasure_keys  # erased numbers' hashes are checked under every version
         self.policy_ttl_s = policy_ttl_s
         self.tenant_ttl_s = tenant_ttl_s
         self._policies: dict[str, tuple[float, TenantPolicy]] = {}
@@ -82,12 +85,14 @@ class FactsRepository:
             " UNION ALL SELECT s.tenant_id, s.phone_e164, n.number, s.reason FROM scoped_suppressions s"
             " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON s.tenant_id = k.t AND s.phone_e164 = k.p"
             " JOIN tenant_numbers n ON n.tenant_id = s.tenant_id AND n.scope = s.scope"
-            # Erased contacts stay suppressed by a hash of tenant and number (docs/audience.md).
-            " UNION ALL SELECT k.t, k.p, NULL, h.reason FROM unnest($1::text[], $2::text[]) AS k(t, p)"
-            " JOIN suppression_hashes h ON h.tenant_id = k.t AND h.phone_hash ="
-            " encode(sha256(convert_to('herald-erasure-v1:' || k.t || ':' || k.p, 'UTF8')), 'hex')",
+            # Erased numbers stay suppressed by a keyed hash of tenant and number (shared/erasure.py),
+            # computed here (the key never reaches the database) under every key version.
+            " UNION ALL SELECT DISTINCT ON (k.t, k.p) k.t, k.p, NULL, h.reason"
+            " FROM unnest($1::text[], $2::text[], $3::text[]) AS k(t, p, hashes)"
+            " JOIN suppression_hashes h ON h.tenant_id = k.t AND h.phone_hash = ANY(string_to_array(k.hashes, ','))",
             tenants,
             phones,
+            [",".join(self.erasure_keys.candidates(t, p)) for t, p in zip(tenants, phones, strict=True)],
         )
         contact_rows = await db.fetch(
             "SELECT c.tenant_id, c.phone_e164, c.contact_id, c.consent_marketing, c.time_zone,"

@@ -3,10 +3,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from shared.phones import SMS_CAPABLE
-from shared.settings import ConsumerSettings
+from shared.settings import ConsumerSettings, ErasureSettings
 
 
-class SchedulerSettings(ConsumerSettings):
+class SchedulerSettings(ConsumerSettings, ErasureSettings):
     timer_interval_s: float = Field(0.5, gt=0, description="How often held messages are checked for due ones")
     timer_batch: int = Field(500, ge=1, description="Most held messages released in one transaction")
     ops_port: int = Field(38181, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics: the scheduler has no API")

@@ -1,6 +1,7 @@
 """Event contracts: one versioned envelope model per topic. See docs/topics.md."""
 
 from shared.contracts.clicks import LinkClicked, LinkClickedEvent
+from shared.contracts.erasure import ErasureRequested, ErasureRequestedEvent
 from shared.contracts.envelope import SYSTEM_TENANT, Envelope, derived_event_id, utcnow
 from shared.contracts.messages import (
     InboundMessage,
@@ -37,6 +38,8 @@ __all__ = [
     "DeliveryReceipt",
     "DeliveryReceiptEvent",
     "Envelope",
+    "ErasureRequested",
+    "ErasureRequestedEvent",
     "InboundMessage",
     "InboundMessageEvent",
     "LinkClicked",

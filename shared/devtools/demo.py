@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import random
 import signal
 import sys
@@ -257,6 +258,24 @@ def _write_receipt_secret(stack: Stack) -> None:
         f.write(stack.receipt_secret + "\n")
 
 
+ERASURE_KEY_FILE = STATE / "erasure-key"
+
+
+def _erasure_key() -> str:
+    """The local stack's erasure key (shared/erasure.py), made once and kept in .herald/erasure-key
+    (owner-only): unlike the receipt secret it must outlive a run, or the hashes of numbers erased
+    in an earlier run would no longer be recognised."""
+    STATE.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(ERASURE_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return ERASURE_KEY_FILE.read_text().strip()
+    key = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
 def _write_pids(stack: Stack) -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     PID_FILE.write_text(json.dumps([p.popen.pid for p in stack.processes]))
@@ -308,7 +327,7 @@ def run_demo(count: int, *, wait: bool, keep_infra: bool) -> int:
         return 2
     console.print(proc.stdout.strip())
     settings = ServiceSettings()
-    stack = Stack(env={}, ports=Ports(), log_dir=STATE / "logs")
+    stack = Stack(env={}, ports=Ports(), log_dir=STATE / "logs", erasure_key=_erasure_key())
     _write_receipt_secret(stack)
     code = 1
     try:

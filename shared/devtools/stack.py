@@ -123,6 +123,9 @@ class Stack:
     processes: list[Process] = field(default_factory=list)
     # The simulator signs receipts with it and ingest checks them: fresh for every stack, never a published one.
     receipt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # The key of erased numbers' hashes (shared/erasure.py), for ingest and the scheduler. Fresh for
+    # every stack unless HERALD_ERASURE_KEYS is given (the demo keeps one in .herald/erasure-key).
+    erasure_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     def base_env(self) -> dict[str, str]:
         env = {**os.environ, **self.env}
@@ -139,6 +142,7 @@ class Stack:
         env["HERALD_SIM_RECEIPT_URL"] = f"http://127.0.0.1:{self.ports.ingest}/v1/receipts/sim"
         env.setdefault("HERALD_SIM_RECEIPT_SECRET", self.receipt_secret)
         env.setdefault("HERALD_RECEIPT_SECRETS", json.dumps({"sim": env["HERALD_SIM_RECEIPT_SECRET"]}))
+        env.setdefault("HERALD_ERASURE_KEYS", json.dumps({"k1": self.erasure_key}))
         env.setdefault(
             "HERALD_GATEWAYS",
             json.dumps(

@@ -73,7 +73,7 @@ TARGET_LABELS = {"job", "instance"}
 _INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?])([^}]*)\}")
 #: The only variables a user must set before `docker compose up` (``${VAR:?why}``): secrets,
 #: which no published file may default. The values stand for what a user generates.
-REQUIRED_SECRETS = {"HERALD_SIM_RECEIPT_SECRET": secrets.token_urlsafe(24)}
+REQUIRED_SECRETS = {"HERALD_SIM_RECEIPT_SECRET": secrets.token_urlsafe(24), "HERALD_ERASURE_KEY": secrets.token_urlsafe(32)}
 
 
 def _substitute(m: re.Match[str]) -> str:

@@ -922,6 +922,11 @@ def check_cross_service(r: Render) -> list[str]:
                             return w.service
         return None
 
+    scheduler = built.get("scheduler")
+    if built.get("ingest") is not None and scheduler is not None:
+        keys = {n: {v: k.get_secret_value() for v, k in built[n].erasure_keys.items()} for n in ("ingest", "scheduler")}
+        if keys["ingest"] != keys["scheduler"] or not keys["ingest"]:
+            problems.append("ingest and scheduler need the same HERALD_ERASURE_KEYS (docs/data-map.md)")
     sim, dispatcher, ingest = built.get("simulator"), built.get("dispatcher"), built.get("ingest")
     if sim is not None and dispatcher is not None and ingest is not None:
         if target(sim.receipt_url) != "ingest":
@@ -973,6 +978,8 @@ def consumed(service: str, settings: Any) -> set[tuple[str, str]]:
                 lane_group = f"{group}.journeys"
             if consumer.startswith("scheduler (commands"):  # services/scheduler/app.py: clients' commands
                 lane_group = f"{group}.commands"
+            if "(erasures lane)" in consumer:  # each service's app.py: the erasures lane (docs/data-map.md)
+                lane_group = f"{group}.erasures"
             pairs.add((lane_group, topic.name(settings.topic_prefix)))
     return pairs
 
@@ -1314,6 +1321,7 @@ MUTATIONS: list[tuple[str, str, str, Callable[[list[dict[str, Any]]], Any], str]
     ("keda-max-replicas", "prod", "keda", lambda d: _set(_get(d, "ScaledObject", "herald-scheduler")["spec"], "maxReplicaCount", 7), "> 6 partitions"),
     ("keda-partitions", "base", "keda", lambda d: _set(_get(d, "ConfigMap", "herald-common")["data"], "HERALD_TOPIC_PARTITIONS", "4"), "> 4 partitions"),
     ("keda-bootstrap", "prod", "keda", lambda d: _set(_trigger(d, "herald-dispatcher", 1)["metadata"], "bootstrapServers", "herald-kafka-kafka-bootstrap.kafka.svc:9092"), "bootstrapServers"),
+    ("erasure-keys", "dev", "cross_service", lambda d: _c(d, "herald-scheduler")["envFrom"].pop(), "HERALD_ERASURE_KEYS"),
     ("keda-sasl", "prod", "keda", lambda d: _trigger(d, "herald-scheduler", 0)["metadata"].pop("sasl"), "sasl"),
     ("keda-auth-env", "prod", "keda", lambda d: _set(_get(d, "TriggerAuthentication", "herald-kafka")["spec"]["env"][1], "name", "HERALD_KAFKA_PASSWORD"), "HERALD_KAFKA_PASSWORD is not in"),
     ("keda-auth-ref", "prod", "keda", lambda d: _trigger(d, "herald-reports", 0).pop("authenticationRef"), "authenticationRef"),

@@ -16,25 +16,36 @@ from fastapi import FastAPI
 
 from services.ingest.audience import build_audience_router
 from services.ingest.audience import importer
-from services.ingest.audience.contacts_repo import AudienceRepository, phone_hash
+from services.ingest.audience.contacts_repo import AudienceRepository
 from services.ingest.audience.segments import parse
 from services.ingest.settings import IngestSettings
 from services.scheduler.handlers import FactsRepository
 from shared.api import install_error_handlers
+from shared.erasure import build_keys
+from shared.kafka import Publisher, make_producer
 from tests.conftest import Tenant, make_tenant
 from tests.helpers import marketing_to
 
 pytestmark = pytest.mark.integration
 
 
+ERASURE_KEYS = {"k1": "contacts-test-erasure-key-0123456789abcdef"}
+KEYS = build_keys(ERASURE_KEYS, None)  # what the app below hashes erased numbers with
+
+
 @pytest.fixture(scope="module")
 async def client(env, pool) -> AsyncIterator[httpx.AsyncClient]:
+    settings = IngestSettings(erasure_keys=ERASURE_KEYS)
+    producer = make_producer(settings, "test-contacts")
+    await producer.start()
     app = FastAPI()
     app.state.pool = pool
+    app.state.publisher = Publisher(producer, env.prefix, "ingest")  # erasures go to herald.erasures.v1
     install_error_handlers(app)
-    app.include_router(build_audience_router(IngestSettings()))
+    app.include_router(build_audience_router(settings))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=120) as c:
         yield c
+    await producer.stop()
 
 
 def phone(i: int) -> str:
@@ -459,13 +470,15 @@ async def test_erasure_keeps_an_anonymous_suppression(client, pool, tenant: Tena
         rows = await pool.fetch(f"SELECT * FROM {table} WHERE tenant_id = $1", tenant.tenant_id)
         assert not any(number in json.dumps(dict(r), default=str) or "Eva" in json.dumps(dict(r), default=str) for r in rows), table
     hashed = await pool.fetchrow("SELECT * FROM suppression_hashes WHERE tenant_id = $1", tenant.tenant_id)
-    assert (hashed["phone_hash"], hashed["reason"], hashed["source"]) == (phone_hash(tenant.tenant_id, number), "opt_out", "erasure")
-    assert hashed["phone_hash"] == await pool.fetchval(  # the SQL spelling of the hash agrees
-        "SELECT encode(sha256(convert_to('herald-erasure-v1:' || $1 || ':' || $2, 'UTF8')), 'hex')", tenant.tenant_id, number
+    assert (hashed["phone_hash"], hashed["reason"], hashed["source"]) == (KEYS.hash(tenant.tenant_id, number), "opt_out", "erasure")
+    assert hashed["phone_hash"].startswith("k1:")  # keyed and versioned, not the unkeyed sha256 of before
+    assert hashed["phone_hash"] == await pool.fetchval(  # the SQL spelling of segments (pgcrypto, key as a parameter) agrees
+        "SELECT 'k1:' || encode(hmac(convert_to($1 || ':' || $2, 'UTF8'), $3::bytea, 'sha256'), 'hex')",
+        tenant.tenant_id, number, ERASURE_KEYS["k1"].encode(),
     )
 
     # the number stays suppressed for marketing, even when a CRM sync creates the contact again
-    repo = AudienceRepository(pool)
+    repo = AudienceRepository(pool, KEYS)
     assert (await repo.consent_states([key]))[key].reason_code == "suppressed"
     again = await create(client, tenant, phone=number)
     assert (await repo.consent_states([key]))[key].suppressed == "opt_out"
@@ -484,8 +497,88 @@ async def test_erasing_a_contact_never_suppressed_still_blocks_marketing(client,
     c = await create(client, tenant, phone=phone(8))
     assert (await client.delete(f"/v1/contacts/{c['contact_id']}", headers=tenant.headers)).status_code == 204
     key = (tenant.tenant_id, phone(8))
-    state = (await AudienceRepository(pool).consent_states([key]))[key]
+    state = (await AudienceRepository(pool, KEYS).consent_states([key]))[key]
     assert (state.suppressed, state.contact_id) == ("erased", None)
+
+
+async def test_erasure_by_number_clears_ingests_tables_publishes_the_event_and_rekeys_an_old_hash(
+    env, client, pool, tenant: Tenant
+) -> None:
+    """A number that is a contact, opted out, replied, is a campaign's test number, and was erased
+    once before (unkeyed legacy hash): one POST /v1/erasures leaves only the keyed hash in ingest's
+    tables, with ingest's audit row, and hands the number to the other services on Kafka."""
+    from shared.contracts import ErasureRequestedEvent
+    from shared.erasure import legacy_hash
+    from shared.topics import ERASURES
+    from tests.helpers import read_topic
+
+    t, number, other = tenant.tenant_id, phone(21), phone(22)
+    c = await create(client, tenant, phone=number, first_name="Nuria")
+    await client.post(f"/v1/contacts/{c['contact_id']}/consents", headers=tenant.headers,
+                      json={"purpose": "marketing", "granted": True, "source": "web", "proof": PROOF})
+    await pool.execute("INSERT INTO suppressions (tenant_id, phone_e164, reason, source) VALUES ($1, $2, 'replied STOP', 'api')", t, number)
+    await pool.execute("INSERT INTO scoped_suppressions (tenant_id, phone_e164, scope, reason, source)"
+                       " VALUES ($1, $2, 'shoes', 'opt_out', 'sms_keyword')", t, number)
+    await pool.execute("INSERT INTO inbound_messages (event_id, tenant_id, phone_e164, recipient, body, received_at)"
+                       " VALUES ($1, $2, $3, '+34910000000', 'mi secreto', now())", uuid.uuid4(), t, number)
+    await pool.execute("INSERT INTO suppression_hashes (tenant_id, phone_hash, reason, source) VALUES ($1, $2, 'erased', 'erasure')",
+                       t, legacy_hash(t, number))
+    await pool.execute("INSERT INTO links (code, tenant_id, message_id, link_index, url, contact_id) VALUES ($1, $2, $3, 0, 'https://shop.example/x', $4)",
+                       uuid.uuid4().hex[:12], t, uuid.uuid4(), uuid.UUID(c["contact_id"]))
+    campaign = await pool.fetchval("INSERT INTO campaigns (tenant_id, name, segment_filter, variants, test_numbers)"
+                                   " VALUES ($1, 'c', 'all', '[]', $2) RETURNING campaign_id", t, [number, other])
+
+    r = await client.post("/v1/erasures", json={"phone": number[:3] + " " + number[3:]}, headers=tenant.headers)
+    assert r.status_code == 202, r.text
+    answer = r.json()
+    assert answer["applied"]["ingest"] == {
+        "contacts": 1, "contact_consents": 1, "suppressions": 1, "suppression_hashes_rekeyed": 1, "scoped_suppressions": 1,
+        "inbound_messages": 1, "links": 1, "campaigns": 1}
+    assert answer["pending"] == ["dispatcher", "reports", "scheduler"]
+
+    for table in ("contacts", "contact_consents", "suppressions", "scoped_suppressions", "inbound_messages", "links",
+                  "campaigns", "suppression_hashes", "erasure_audit"):
+        for row in await pool.fetch(f"SELECT * FROM {table} WHERE tenant_id = $1", t):
+            text = json.dumps(dict(row), default=str)
+            assert number not in text and number[1:] not in text and "mi secreto" not in text and "Nuria" not in text, table
+    assert await pool.fetchval("SELECT test_numbers FROM campaigns WHERE campaign_id = $1", campaign) == [other]
+    hashes = await pool.fetch("SELECT phone_hash, reason FROM suppression_hashes WHERE tenant_id = $1", t)
+    assert [(h["phone_hash"], h["reason"]) for h in hashes] == [(KEYS.hash(t, number), "replied STOP")]  # re-keyed
+    key = (t, number)
+    assert (await AudienceRepository(pool, KEYS).consent_states([key]))[key].suppressed == "replied STOP"
+
+    records = await read_topic(env.bootstrap, ERASURES.name(env.prefix),
+                               lambda rs: any(answer["erasure_id"].encode() in x.value for x in rs))
+    (record,) = [x for x in records if answer["erasure_id"].encode() in x.value]
+    event = ErasureRequestedEvent.model_validate_json(record.value)
+    assert (event.tenant, event.payload.phone, event.payload.phone_hash) == (t, number, KEYS.hash(t, number))
+    assert number[1:].encode() not in record.key  # the record key carries the hash, not the number
+
+    status = (await client.get(f"/v1/erasures/{answer['erasure_id']}", headers=tenant.headers)).json()
+    assert (status["phone_hash"], list(status["applied"]), status["complete"]) == (KEYS.hash(t, number), ["ingest"], False)
+    assert status["applied"]["ingest"]["counts"] == answer["applied"]["ingest"]
+    assert error(await client.get(f"/v1/erasures/{uuid.uuid4()}", headers=tenant.headers)) == (404, "erasure_not_found")
+    stranger = await make_tenant(pool)
+    assert error(await client.get(f"/v1/erasures/{answer['erasure_id']}", headers=stranger.headers)) == (404, "erasure_not_found")
+
+    again = await client.post("/v1/erasures", json={"phone": number}, headers=tenant.headers)  # harmless
+    assert again.status_code == 202 and not any(again.json()["applied"]["ingest"].values())
+    assert await pool.fetchval("SELECT count(*) FROM suppression_hashes WHERE tenant_id = $1", t) == 1
+    assert error(await client.post("/v1/erasures", json={"phone": "+34123"}, headers=tenant.headers))[0] == 422
+
+
+async def test_erasure_without_a_key_is_refused_and_erases_nothing(env, pool, tenant: Tenant) -> None:
+    app = FastAPI()
+    app.state.pool = pool
+    app.state.publisher = None  # never reached
+    install_error_handlers(app)
+    app.include_router(build_audience_router(IngestSettings(erasure_keys={})))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as http:
+        c = await create(http, tenant, phone=phone(23))
+        assert error(await http.post("/v1/erasures", json={"phone": phone(23)}, headers=tenant.headers)) == (503, "erasure_key_missing")
+        assert error(await http.delete(f"/v1/contacts/{c['contact_id']}", headers=tenant.headers)) == (503, "erasure_key_missing")
+        assert (await http.get(f"/v1/contacts/{c['contact_id']}", headers=tenant.headers)).status_code == 200
+    assert await pool.fetchval("SELECT count(*) FROM suppression_hashes WHERE tenant_id = $1", tenant.tenant_id) == 0
 
 
 # segments -------------------------------------------------------------------------------------

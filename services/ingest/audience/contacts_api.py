@@ -23,12 +23,14 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_repo import AudienceRepository, ContactExists
+from services.ingest.audience.erasure import ERASING_SERVICES, ErasureAnswer, ErasureNotPublished, Erasures
 from services.ingest.audience.importer import RowError, check_contact, run_import
 from services.ingest.audience.preview_gate import gate_for
 from services.ingest.audience.templates import SAMPLE_CONTACT, Template, TemplateError, render, validate
 from services.ingest.settings import IngestSettings
 from shared.api import ApiError, error_body, principal_dependency
 from shared.auth import Principal
+from shared.contracts import utcnow
 from shared.phones import PhoneError, parse_e164
 
 IMPORT_ROWS = Counter("herald_contact_import_rows_total", "Rows of contact imports, by result", ["result"])
@@ -82,6 +84,12 @@ class ConsentBody(BaseModel):
     source: str = Field(min_length=1, max_length=64, description="web_form, sms_keyword, call_centre, import…")
     occurred_at: AwareDatetime | None = Field(None, description="When the person said so; default now")
     proof: Proof | None = Field(None, description="Required to grant: form_id or text_shown")
+
+
+class ErasureBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str = Field(max_length=40, description="The number to erase, E.164")
 
 
 class FilterBody(BaseModel):
@@ -165,8 +173,24 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
     writer = Depends(principal_dependency("contacts:write"))
     errors: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
 
+    keys = settings.erasure_keyring()  # erased numbers' hashes (shared/erasure.py)
+
     def repo(request: Request) -> AudienceRepository:
-        return AudienceRepository(request.app.state.pool)
+        return AudienceRepository(request.app.state.pool, keys)
+
+    def erasures(request: Request) -> Erasures:
+        if not keys.enabled:
+            raise ApiError(503, "erasure_key_missing",
+                           "erasure needs HERALD_ERASURE_KEYS (the key of the kept hash); nothing was erased")
+        return Erasures(request.app.state.pool, request.app.state.publisher, keys)
+
+    async def _erase(request: Request, principal: Principal, phone: str, contact_id: uuid.UUID | None) -> ErasureAnswer:
+        service = erasures(request)
+        try:
+            return await service.erase(principal.tenant_id, phone, requested_by=principal.key_id, now=utcnow(),
+                                       contact_id=contact_id)
+        except ErasureNotPublished as exc:  # nothing erased yet: a retry does it all
+            raise ApiError(503, "broker_unavailable", "could not publish the erasure: retry") from exc
 
     # contacts ---------------------------------------------------------------------------------
 
@@ -277,11 +301,48 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
     async def erase_contact(
         contact_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer
     ) -> Response:
-        """Erase the contact: its data and consent history are deleted; only a hash of the number is
-        kept, so the number is never sent marketing again unless it opts in anew."""
-        if not await repo(request).erase_contact(principal.tenant_id, _id(contact_id, "contact")):
+        """Erase the contact and its number everywhere (as ``POST /v1/erasures``): its data and consent
+        history are deleted at once; only a keyed hash of the number is kept, so the number is never
+        sent marketing again unless it opts in anew. Other services erase their rows shortly after."""
+        cid = _id(contact_id, "contact")
+        phone = await erasures(request).contact_phone(principal.tenant_id, cid)
+        if phone is None:
             raise ApiError(404, "contact_not_found", "no contact with this id")
+        await _erase(request, principal, phone, cid)
         return Response(status_code=204)
+
+    # erasure by number ------------------------------------------------------------------------
+
+    @router.post("/v1/erasures", status_code=202, tags=["contacts"], responses={**errors, 503: {}})
+    async def erase_number(body: ErasureBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
+        """Erase a number, contact or not, from every table that holds it or its texts (docs/data-map.md).
+
+        ingest's tables are erased before the answer (``applied.ingest``: rows per table); the
+        scheduler, dispatcher and reports erase theirs from ``herald.erasures.v1`` within seconds
+        (``GET /v1/erasures/{id}`` lists each service's audit row). Only a keyed hash of the
+        number is kept, as a marketing suppression. Erasing again is harmless."""
+        try:
+            phone = parse_e164(body.phone, allowed_types=None).e164
+        except PhoneError as exc:
+            raise ApiError(422, exc.code, str(exc), [{"loc": "body.phone", "code": exc.code, "msg": str(exc)}]) from None
+        answer = await _erase(request, principal, phone, None)
+        return {"erasure_id": str(answer.erasure_id), "status": "accepted", "applied": {"ingest": answer.counts},
+                "pending": list(ERASING_SERVICES)}
+
+    @router.get("/v1/erasures/{erasure_id}", tags=["contacts"], responses=errors)
+    async def erasure_status(
+        erasure_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = reader
+    ) -> dict[str, Any]:
+        """Which services applied an erasure, when, and how many rows of each table (never the number)."""
+        rows = await Erasures(request.app.state.pool, request.app.state.publisher, keys).status(
+            principal.tenant_id, _id(erasure_id, "erasure"))
+        if not rows:
+            raise ApiError(404, "erasure_not_found", "no erasure with this id")
+        applied = {r["service"]: {"applied_at": r["applied_at"].isoformat(), "counts": r["counts"]} for r in rows}
+        return {"erasure_id": erasure_id, "phone_hash": rows[0]["phone_hash"], "requested_by": rows[0]["requested_by"],
+                "requested_at": rows[0]["requested_at"].isoformat(), "applied": applied,
+                "pending": [s for s in ERASING_SERVICES if s not in applied],
+                "complete": all(s in applied for s in ("ingest", *ERASING_SERVICES))}
 
     # consent ----------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ package, so it can move to ``shared/`` when they arrive:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -24,20 +23,15 @@ import asyncpg
 
 from services.ingest.audience.importer import BIT, TAG_SEPARATOR, ContactInput
 from services.ingest.audience.segments import Node, compile_sql
+from shared.erasure import NO_KEYS, ErasureKeys
 
 PURPOSES = ("marketing", "transactional")
 _CONSENT_COLUMNS = {p: (f"consent_{p}", f"consent_{p}_at") for p in PURPOSES}  # SQL names from a fixed table
-ERASURE_SOURCE = "erasure"
 
 CONTACT_COLUMNS = (
     "contact_id, phone_e164, first_name, last_name, attributes, tags, language, country, time_zone, last_activity_at,"
     " consent_marketing, consent_marketing_at, consent_transactional, consent_transactional_at, created_at, updated_at"
 )
-
-
-def phone_hash(tenant_id: str, phone_e164: str) -> str:
-    """The erasure hash of a number (the same in SQL: segments.PHONE_HASH_SQL)."""
-    return hashlib.sha256(f"herald-erasure-v1:{tenant_id}:{phone_e164}".encode()).hexdigest()
 
 
 def contact_dict(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,10 +150,13 @@ SELECT 'created', phone_e164 FROM ins
 
 _CONSENT_STATES = """
 SELECT k.i, c.contact_id, c.consent_marketing, coalesce(s.reason, h.reason) AS suppressed
-FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(tenant_id, phone, phone_hash, i)
+FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(tenant_id, phone, hashes, i)
 LEFT JOIN contacts c ON c.tenant_id = k.tenant_id AND c.phone_e164 = k.phone
 LEFT JOIN suppressions s ON s.tenant_id = k.tenant_id AND s.phone_e164 = k.phone
-LEFT JOIN suppression_hashes h ON h.tenant_id = k.tenant_id AND h.phone_hash = k.phone_hash
+LEFT JOIN LATERAL (
+    SELECT h.reason FROM suppression_hashes h
+    WHERE h.tenant_id = k.tenant_id AND h.phone_hash = ANY(string_to_array(k.hashes, ',')) LIMIT 1
+) h ON true
 """
 
 
@@ -170,8 +167,11 @@ class ContactExists(Exception):
 
 
 class AudienceRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """``keys``: the erasure keys erased numbers' hashes are checked with (shared/erasure.py)."""
+
+    def __init__(self, pool: asyncpg.Pool, keys: ErasureKeys = NO_KEYS) -> None:
         self.pool = pool
+        self.keys = keys
 
     # contacts ---------------------------------------------------------------------------------
 
@@ -292,32 +292,6 @@ class AudienceRepository:
         )
         return [contact_dict(r) for r in records]
 
-    async def erase_contact(self, tenant_id: str, contact_id: uuid.UUID) -> bool:
-        """Delete the contact and its consent history; keep only a hash of its number as a suppression.
-
-        The number's clear-text suppression, if any, is replaced by the hash (its reason kept),
-        so the number stays suppressed for marketing without being stored.
-        """
-        async with self.pool.acquire() as conn, conn.transaction():
-            phone = await conn.fetchval(
-                "SELECT phone_e164 FROM contacts WHERE tenant_id = $1 AND contact_id = $2 FOR UPDATE", tenant_id, contact_id
-            )
-            if phone is None:
-                return False
-            reason = await conn.fetchval(
-                "DELETE FROM suppressions WHERE tenant_id = $1 AND phone_e164 = $2 RETURNING reason", tenant_id, phone
-            )
-            await conn.execute(
-                "INSERT INTO suppression_hashes (tenant_id, phone_hash, reason, source) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (tenant_id, phone_hash) DO NOTHING",
-                tenant_id,
-                phone_hash(tenant_id, phone),
-                reason or "erased",
-                ERASURE_SOURCE,
-            )
-            await conn.execute("DELETE FROM contacts WHERE tenant_id = $1 AND contact_id = $2", tenant_id, contact_id)
-        return True
-
     # consent ----------------------------------------------------------------------------------
 
     async def record_consent(
@@ -386,9 +360,9 @@ class AudienceRepository:
                         occurred_at,
                     )
                     await conn.execute(
-                        "DELETE FROM suppression_hashes WHERE tenant_id = $1 AND phone_hash = $2 AND created_at <= $3",
+                        "DELETE FROM suppression_hashes WHERE tenant_id = $1 AND phone_hash = ANY($2::text[]) AND created_at <= $3",
                         tenant_id,
-                        phone_hash(tenant_id, phone),
+                        self.keys.candidates(tenant_id, phone),
                         occurred_at,
                     )
         return _consent_dict(record) | {"current": current}
@@ -414,7 +388,8 @@ class AudienceRepository:
             return {}
         tenants = [t for t, _ in keys]
         phones = [p for _, p in keys]
-        records = await self.pool.fetch(_CONSENT_STATES, tenants, phones, [phone_hash(t, p) for t, p in keys])
+        records = await self.pool.fetch(_CONSENT_STATES, tenants, phones,
+                                       [",".join(self.keys.candidates(t, p)) for t, p in keys])
         return {
             keys[r["i"] - 1]: ConsentState(r["contact_id"], r["consent_marketing"], r["suppressed"]) for r in records
         }
@@ -428,7 +403,7 @@ class AudienceRepository:
         order. One query with ``count(*) OVER ()`` would build every matching row in full:
         ten times slower on a million contacts.
         """
-        compiled = compile_sql(node, first_param=2)
+        compiled = compile_sql(node, first_param=2, keys=self.keys)
         where = f"FROM contacts c WHERE c.tenant_id = $1 AND {compiled.sql}"
         async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
             await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
@@ -449,7 +424,7 @@ class AudienceRepository:
         Contacts added while it runs are included when their id sorts after the cursor. Each
         page's query runs in a short transaction with ``statement_timeout`` = ``timeout_ms``.
         """
-        compiled = compile_sql(node, first_param=4)
+        compiled = compile_sql(node, first_param=4, keys=self.keys)
         query = (
             "SELECT contact_id, phone_e164, first_name, last_name, language, country, time_zone, attributes, consent_marketing"
             f" FROM contacts c WHERE c.tenant_id = $1 AND c.contact_id > $2 AND {compiled.sql}"

@@ -49,6 +49,8 @@ from typing import Any, Union
 
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from shared.erasure import NO_KEYS, ErasureKeys
+
 MAX_LENGTH = 4000
 MAX_DEPTH = 16  # nested and/or/not groups
 MAX_CONDITIONS = 100
@@ -90,8 +92,14 @@ COLUMNS: dict[str, tuple[str, str]] = {
 CONSENT = {"marketing": "consent_marketing", "transactional": "consent_transactional"}
 RESERVED = frozenset(COLUMNS) | {"attributes", "consent", "all", "and", "or", "not", "in", "exists", "true", "false", "now", "interval"}
 
-# The hash that keeps an erased number suppressed (see contacts_repo.phone_hash), in SQL.
-PHONE_HASH_SQL = "encode(sha256(convert_to('herald-erasure-v1:' || {a}.tenant_id || ':' || {a}.phone_e164, 'UTF8')), 'hex')"
+# The hashes that keep an erased number suppressed (shared/erasure.py), in SQL: the keyed HMAC
+# under every configured key version (pgcrypto's hmac, the keys passed as parameters, never
+# stored), and the legacy unkeyed sha256 while it is matched.
+LEGACY_HASH_SQL = "encode(sha256(convert_to('herald-erasure-v1:' || {a}.tenant_id || ':' || {a}.phone_e164, 'UTF8')), 'hex')"
+KEYED_HASH_SQL = (
+    "SELECT k.v || ':' || encode(hmac(convert_to({a}.tenant_id || ':' || {a}.phone_e164, 'UTF8'), k.key, 'sha256'), 'hex')"
+    " FROM unnest({versions}, {keys}) AS k(v, key)"
+)
 
 GRAMMAR = r"""
 start: ALL -> everything
@@ -535,11 +543,12 @@ class CompiledFilter:
 
 
 class _Compiler:
-    def __init__(self, first_param: int, alias: str) -> None:
+    def __init__(self, first_param: int, alias: str, keys: ErasureKeys = NO_KEYS) -> None:
         if not re.match(r"^[a-z_][a-z0-9_]*$", alias):
             raise ValueError("alias must be a plain identifier")
         self.first = first_param
         self.a = alias
+        self.keys = keys
         self.params: list[Any] = []
 
     def p(self, value: Any, cast: str = "") -> str:
@@ -587,10 +596,19 @@ class _Compiler:
     def compare(self, n: Compare) -> str:
         f, op, v = n.field, n.op, n.value
         if f.kind == "suppressed":
-            hashed = PHONE_HASH_SQL.format(a=self.a)
+            ring = self.keys
+            versions = sorted(ring.keys)
+            forms = [KEYED_HASH_SQL.format(a=self.a, versions=self.p(versions, "text[]"),
+                                           keys=self.p([ring.keys[v] for v in versions], "bytea[]"))] if versions else []
+            if ring.match_legacy:
+                forms.append(f"SELECT {LEGACY_HASH_SQL.format(a=self.a)}")
+            hashed = (
+                f" OR EXISTS (SELECT 1 FROM suppression_hashes h WHERE h.tenant_id = {self.a}.tenant_id"
+                f" AND h.phone_hash IN ({' UNION ALL '.join(forms)}))" if forms else ""
+            )
             test = (
                 f"(EXISTS (SELECT 1 FROM suppressions s WHERE s.tenant_id = {self.a}.tenant_id AND s.phone_e164 = {self.a}.phone_e164)"
-                f" OR EXISTS (SELECT 1 FROM suppression_hashes h WHERE h.tenant_id = {self.a}.tenant_id AND h.phone_hash = {hashed}))"
+                f"{hashed})"
             )
             return test if _wants_true(op, v) else f"(NOT {test})"
         if f.kind == "consent":
@@ -640,12 +658,14 @@ def _json_value(v: Value) -> Any:
     return v.value
 
 
-def compile_sql(node: Node, first_param: int = 1, alias: str = "c") -> CompiledFilter:
+def compile_sql(node: Node, first_param: int = 1, alias: str = "c", keys: ErasureKeys = NO_KEYS) -> CompiledFilter:
     """SQL for ``node`` over ``contacts <alias>``, its placeholders numbered from ``first_param``.
 
     The expression does not filter on the tenant: callers add ``<alias>.tenant_id = $k``.
+    ``keys``: the erasure keys `suppressed` checks erased numbers' hashes with (passed as
+    parameters: never in the SQL text).
     """
-    compiler = _Compiler(first_param, alias)
+    compiler = _Compiler(first_param, alias, keys)
     sql = compiler.node(node)
     return CompiledFilter(sql, compiler.params)
 

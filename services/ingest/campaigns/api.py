@@ -126,6 +126,7 @@ ACT_ATTEMPTS = 5  # reads of a campaign whose state the launcher keeps changing
 def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> APIRouter:
     router = APIRouter()
     egress = EgressPolicy.of(settings)
+    erasure_keys = settings.erasure_keyring()  # `suppressed` in a previewed filter checks erased hashes
     reader = Depends(principal_dependency("campaigns:read"))
     writer = Depends(principal_dependency("campaigns:write"))
     policy_writer = Depends(principal_dependency("policy:write"))
@@ -218,7 +219,7 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
         gate = gate_for(request.app, settings.segment_preview_concurrency, settings.segment_preview_per_tenant)
         try:
             async with gate.slot(principal.tenant_id):
-                count, sample = await AudienceRepository(request.app.state.pool).preview(principal.tenant_id, node)
+                count, sample = await AudienceRepository(request.app.state.pool, erasure_keys).preview(principal.tenant_id, node)
         except asyncpg.QueryCanceledError:  # the statement timeout
             raise ApiError(503, "segment_timeout", "the filter took too long to evaluate; narrow it") from None
         return {"campaign_id": str(row["campaign_id"]), "count": count, "sample": sample}

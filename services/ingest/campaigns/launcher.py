@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter, Histogram
 
+from shared.erasure import NO_KEYS, ErasureKeys
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
 from services.ingest.audience.templates import Template, TemplateError, render
@@ -103,9 +104,10 @@ class Launcher:
         max_attempts: int = 5,
         retry_base_s: float = 30.0,
         retry_max_s: float = 1800.0,
+        erasure_keys: ErasureKeys = NO_KEYS,
     ) -> None:
         self.campaigns = CampaignRepository(pool)
-        self.audience = AudienceRepository(pool)
+        self.audience = AudienceRepository(pool, erasure_keys)  # `suppressed` in segments checks erased hashes
         self.publisher = publisher
         self.page_size = page_size
         self.lease_s = lease_s

@@ -1,0 +1,89 @@
+"""The tables and columns the migrations create, read from shared/migrations/*.sql.
+
+A small parser for the statements Herald's migrations use (CREATE TABLE, ALTER TABLE ... ADD /
+DROP COLUMN, DROP TABLE), good enough to list every table and its columns with their types;
+tests/unit/test_data_map.py checks docs/data-map.md against it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+_CONSTRAINTS = {"primary", "unique", "foreign", "check", "constraint", "exclude"}
+# Columns that can hold free text or structured data (numbers, texts, user agents, URLs...).
+TEXT_TYPES = re.compile(r"^(text|varchar|character|char|jsonb|json|bytea|inet|cidr|citext)\b", re.I)
+
+
+def _statements(sql: str) -> list[str]:
+    """Statements without comments; string literals and $$ bodies emptied (they may hold ; or --)."""
+    out, cur, i, n = [], [], 0, len(sql)
+    while i < n:
+        if sql.startswith("--", i):
+            i = sql.find("\n", i)
+            i = n if i < 0 else i
+        elif sql.startswith("$$", i):
+            end = sql.find("$$", i + 2)
+            cur.append("''")
+            i = n if end < 0 else end + 2
+        elif sql[i] == "'":
+            j = i + 1
+            while j < n and not (sql[j] == "'" and not sql.startswith("''", j)):
+                j += 2 if sql.startswith("''", j) else 1
+            cur.append("''")
+            i = j + 1
+        elif sql[i] == ";":
+            out.append("".join(cur).strip())
+            cur = []
+            i += 1
+        else:
+            cur.append(sql[i])
+            i += 1
+    out.append("".join(cur).strip())
+    return [s for s in out if s]
+
+
+def _split_top(body: str) -> list[str]:
+    items, depth, cur = [], 0, []
+    for ch in body:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    if "".join(cur).strip():
+        items.append("".join(cur).strip())
+    return items
+
+
+def tables(directory: Path = MIGRATIONS) -> dict[str, dict[str, str]]:
+    """{table: {column: type}} after every migration, in file-name order."""
+    out: dict[str, dict[str, str]] = {}
+    for path in sorted(directory.glob("*.sql")):
+        for stmt in _statements(path.read_text()):
+            flat = " ".join(stmt.split())
+            if m := re.match(r"(?i)^create table (?:if not exists )?(\w+) \((.*)\)$", flat):
+                cols = out.setdefault(m.group(1), {})
+                for item in _split_top(m.group(2)):
+                    words = item.split()
+                    if words and words[0].lower() not in _CONSTRAINTS:
+                        cols[words[0]] = " ".join(words[1:3]) if len(words) > 1 else ""
+            elif m := re.match(r"(?i)^alter table (?:if exists )?(?:only )?(\w+) (.*)$", flat):
+                cols = out.setdefault(m.group(1), {})
+                for item in _split_top(m.group(2)):
+                    if a := re.match(r"(?i)^add column (?:if not exists )?(\w+) (.*)$", item):
+                        cols[a.group(1)] = " ".join(a.group(2).split()[:2])
+                    elif d := re.match(r"(?i)^drop column (?:if exists )?(\w+)", item):
+                        cols.pop(d.group(1), None)
+            elif m := re.match(r"(?i)^drop table (?:if exists )?(\w+)", flat):
+                out.pop(m.group(1), None)
+    return out
+
+
+def is_text(column_type: str) -> bool:
+    return bool(TEXT_TYPES.match(column_type.strip()))
