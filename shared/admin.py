@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from shared.kafka_signing import new_kafka_key
 from shared.auth import DEFAULT_SCOPES, SCOPES, create_key, create_tenant, revoke_key
 from shared.geo import country_code, country_codes
 from shared.phones import PhoneError, parse_e164
@@ -252,6 +253,36 @@ async def key_revoke(conn: asyncpg.Connection, actor: str, key_id: str) -> bool:
         if not await revoke_key(conn, key_id):
             return False
         await audit(conn, actor, "key.revoke", key_id)
+    return True
+
+
+async def kafka_key_create(conn: asyncpg.Connection, actor: str, tenant_id: str, name: str = "") -> dict[str, str]:
+    """A Kafka input key for a tenant's producers (shared/kafka_signing.py): its id and secret,
+    shown once. LookupError if the tenant does not exist."""
+    key_id, secret = new_kafka_key()
+    async with conn.transaction():
+        if await conn.fetchval("SELECT 1 FROM tenants WHERE tenant_id = $1", tenant_id) is None:
+            raise LookupError(f"no tenant {tenant_id!r}")
+        await conn.execute("INSERT INTO kafka_input_keys (key_id, tenant_id, secret, name) VALUES ($1, $2, $3, $4)",
+                           key_id, tenant_id, secret, name)
+        await audit(conn, actor, "kafka_key.create", key_id, tenant_id=tenant_id)
+    return {"tenant_id": tenant_id, "key_id": key_id, "secret": secret}
+
+
+async def kafka_key_list(conn: asyncpg.Connection, tenant_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch("SELECT key_id, name, created_at, revoked_at FROM kafka_input_keys WHERE tenant_id = $1"
+                            " ORDER BY created_at", tenant_id)
+    return [dict(r) for r in rows]
+
+
+async def kafka_key_revoke(conn: asyncpg.Connection, actor: str, key_id: str) -> bool:
+    """Events signed with this key are refused from now on (each batch reads the keys afresh)."""
+    async with conn.transaction():
+        done = await conn.fetchval("UPDATE kafka_input_keys SET revoked_at = now() WHERE key_id = $1"
+                                   " AND revoked_at IS NULL RETURNING key_id", key_id)
+        if done is None:
+            return False
+        await audit(conn, actor, "kafka_key.revoke", key_id)
     return True
 
 

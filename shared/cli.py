@@ -107,6 +107,14 @@ def _admin_parser(sub: Any) -> None:
     r.add_argument("key_id")
     r.add_argument("--overlap-hours", type=float, default=24.0)
 
+    kk = objects.add_parser("kafka-key", help="keys a tenant's producers sign trigger and contact events with").add_subparsers(
+        dest="action", required=True)
+    c = kk.add_parser("create", help="a new key for a tenant's producers (id and secret, printed once)")
+    c.add_argument("tenant_id")
+    c.add_argument("--name", default="", help="a label (which system produces with it)")
+    kk.add_parser("list", help="a tenant's Kafka input keys (never their secrets)").add_argument("tenant_id")
+    kk.add_parser("revoke", help="events signed with it are refused from the next batch on").add_argument("key_id")
+
     supp = objects.add_parser("suppressions", help="import or export a tenant's opt-out list").add_subparsers(
         dest="action", required=True)
     i = supp.add_parser("import", help="CSV with a 'phone' column (E.164) and optional 'reason'")
@@ -206,6 +214,19 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif (obj, action) == ("key", "revoke"):
         if not asyncio.run(_with_db(lambda c: admin.key_revoke(c, actor, args.key_id))):
             print(f"no active key {args.key_id}", file=sys.stderr)
+            return 1
+        _print({"key_id": args.key_id, "revoked": True})
+    elif (obj, action) == ("kafka-key", "create"):
+        try:
+            _print(asyncio.run(_with_db(lambda c: admin.kafka_key_create(c, actor, args.tenant_id, args.name))))
+        except LookupError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+    elif (obj, action) == ("kafka-key", "list"):
+        _print(asyncio.run(_with_db(lambda c: admin.kafka_key_list(c, args.tenant_id))))
+    elif (obj, action) == ("kafka-key", "revoke"):
+        if not asyncio.run(_with_db(lambda c: admin.kafka_key_revoke(c, actor, args.key_id))):
+            print(f"no live Kafka input key {args.key_id}", file=sys.stderr)
             return 1
         _print({"key_id": args.key_id, "revoked": True})
     elif (obj, action) == ("key", "rotate"):

@@ -15,14 +15,26 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shared.contracts import RejectedEventEnvelope
 
 
-async def produce_raw(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> None:
+async def produce_raw(bootstrap: str, topic: str, values: list[tuple[Any, ...]]) -> None:
+    """Publish (key, value) or (key, value, headers) records."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
     await producer.start()
     try:
-        futures = [await producer.send(topic, value=v, key=k) for k, v in values]
+        futures = [await producer.send(topic, value=r[1], key=r[0], headers=r[2] if len(r) > 2 else None)
+                   for r in values]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def signed(pool: Any, tenant_id: str, records: list[tuple[bytes | None, bytes]]) -> list[tuple[Any, ...]]:
+    """The records with the headers of a new Kafka input key of ``tenant_id`` (shared/kafka_signing.py)."""
+    from shared import admin
+    from shared.kafka_signing import signed_headers
+
+    async with pool.acquire() as conn:
+        key = await admin.kafka_key_create(conn, "test", tenant_id)
+    return [(k, v, signed_headers(key["key_id"], key["secret"], v)) for k, v in records]
 
 
 async def read_topic(

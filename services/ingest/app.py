@@ -54,8 +54,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     app.include_router(build_events_router(events, ctx.publisher, limiter, settings.events_batch_max))
     app.include_router(build_journeys_router())
     contact_events = Lane("contact-events", f"{settings.topic_prefix}ingest.contact-events", [CONTACT_EVENTS_IN],
-                          ContactEventsHandler(events, repository))
-    return Wiring(handler=TriggerHandler(acceptor, repository), app=app, lanes=[replies, contact_events])
+                          ContactEventsHandler(events, repository, settings.kafka_input_signatures))
+    return Wiring(handler=TriggerHandler(acceptor, repository, settings.kafka_input_signatures), app=app, lanes=[replies, contact_events])
 
 
 async def main(settings: IngestSettings | None = None) -> int:

@@ -32,3 +32,8 @@ PRIORITY_SHARE_EXCEEDED = Counter(
     "herald_ingest_priority_share_exceeded_total",
     "Transactional messages sent on the campaign lanes because their tenant was past its share of the transactional lanes",
 )
+KAFKA_INPUT_REFUSED = Counter(
+    "herald_ingest_kafka_input_refused_total",
+    "Trigger and contact events refused for their signature (unsigned, unknown key, bad signature, another tenant)",
+    ["reason"],
+)

@@ -122,6 +122,14 @@ class IngestRepository:
             results.append(record)
         return results
 
+    async def kafka_input_keys(self, key_ids: set[str]) -> dict[str, tuple[str, str]]:
+        """key id -> (tenant, secret) of these Kafka input keys that are live (not revoked)."""
+        rows = await self.pool.fetch(
+            "SELECT key_id, tenant_id, secret FROM kafka_input_keys WHERE key_id = ANY($1::text[]) AND revoked_at IS NULL",
+            sorted(key_ids),
+        )
+        return {r["key_id"]: (r["tenant_id"], r["secret"]) for r in rows}
+
     async def active_tenants(self, tenant_ids: set[str]) -> dict[str, GeoPolicy]:
         """The tenants that exist and are not disabled, each with its geo permissions."""
         rows = await self.pool.fetch(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator
 
 from shared.geo import DEFAULT_HIGH_COST, GeoDefault, country_codes
@@ -10,6 +12,12 @@ from shared.settings import ConsumerSettings, ErasureSettings, WebhookEgressSett
 class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
     http_port: int = Field(38080, ge=1, le=65535, description="Port of the ingest API (public)")
     ops_port: int = Field(38180, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
+    kafka_input_signatures: Literal["required", "optional"] = Field(
+        "required",
+        description="Events on the triggers and contact-events topics must be signed by a Kafka input key of the "
+        "tenant they name (required), or may be unsigned (optional: only where every producer is trusted, e.g. a "
+        "single-tenant install); a signed event is always checked (docs/topics.md, signed input)",
+    )
     priority_share_per_s: float = Field(
         200.0, ge=0,
         description="Each tenant's share of the transactional lanes, in messages a second per ingest instance; what a "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.ingest import metrics
 from services.ingest.domain import Rejection
-from services.ingest.kafka_input import by_known_tenant, reject
+from services.ingest.kafka_input import SignatureMode, by_known_tenant, reject
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from shared.contracts import MessageRequest, TriggerEvent, utcnow
@@ -13,13 +13,14 @@ from shared.kafka import Incoming, Outgoing
 
 
 class TriggerHandler:
-    def __init__(self, acceptor: Acceptor, repository: IngestRepository) -> None:
+    def __init__(self, acceptor: Acceptor, repository: IngestRepository, signatures: SignatureMode = "required") -> None:
         self.acceptor = acceptor
         self.repository = repository
+        self.signatures = signatures
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         policies: dict[str, GeoPolicy] = {}
-        by_tenant, outgoing = await by_known_tenant(batch, self.repository, policies)
+        by_tenant, outgoing = await by_known_tenant(batch, self.repository, policies, self.signatures)
         now = utcnow()
         for tenant, items in by_tenant.items():
             events: list[TriggerEvent] = [i.event for i in items]  # type: ignore[misc]

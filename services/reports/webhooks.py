@@ -186,12 +186,14 @@ def conversation_key(tenant_id: str, phone: str) -> uuid.UUID:
     return derived_event_id("reply.conversation", tenant_id, phone)
 
 
-def reply_events(events: Iterable[ReplyForwardedEvent]) -> list[ReplyForwardedEvent]:
-    """The replies to post, in order: those with a webhook URL, each event id once."""
+def reply_events(events: Iterable[ReplyForwardedEvent], urls: Mapping[str, str]) -> list[ReplyForwardedEvent]:
+    """The replies to post, in order: those of tenants with a reply webhook (``urls``: tenant →
+    the URL on its record), each event id once. The URL an event carries is never used: anything
+    that can write to replies.v1 could name any URL (and have reports sign and post to it)."""
     seen: set[uuid.UUID] = set()
     out: list[ReplyForwardedEvent] = []
     for event in events:
-        if event.payload.webhook_url and event.event_id not in seen:
+        if event.tenant in urls and event.event_id not in seen:
             seen.add(event.event_id)
             out.append(event)
     return out
@@ -461,15 +463,24 @@ async def _headless(conn: asyncpg.Connection, inserted: Sequence[asyncpg.Record]
         await conn.execute(PROMOTE_SQL, sorted(keys))
 
 
+async def reply_urls(conn: asyncpg.Connection, tenants: set[str]) -> dict[str, str]:
+    """The reply webhook URL on each tenant's record (tenants without one, or disabled, are absent)."""
+    rows = await conn.fetch(
+        "SELECT tenant_id, reply_webhook_url FROM tenants WHERE tenant_id = ANY($1::text[])"
+        " AND reply_webhook_url IS NOT NULL AND disabled_at IS NULL", sorted(tenants))
+    return {r["tenant_id"]: r["reply_webhook_url"] for r in rows}
+
+
 async def enqueue_replies(conn: asyncpg.Connection, events: Sequence[ReplyForwardedEvent]) -> int:
-    """Insert one outbox row per reply with a webhook URL, in one statement, and return how
-    many are new. A redelivered reply (its event id already queued) adds nothing.
+    """Insert one outbox row per reply of a tenant with a reply webhook (the URL from its record,
+    never from the event), in one statement, and return how many are new. A redelivered reply (its event id already queued) adds nothing.
 
     Seqs come from ``webhook_sequences`` (one upsert for the batch, conversations in sorted
     order): its row locks hold a conversation until this transaction commits, so two
     instances never give out the same seq, and the seq goes on growing after the outbox's
     delivered rows are pruned."""
-    wanted = reply_events(events)
+    urls = await reply_urls(conn, {e.tenant for e in events})
+    wanted = reply_events(events, urls)
     if not wanted:
         return 0
     queued = {r["event_id"] for r in await conn.fetch(
@@ -496,7 +507,7 @@ async def enqueue_replies(conn: asyncpg.Connection, events: Sequence[ReplyForwar
         columns["s"].append(last[key])
         columns["t"].append(event.tenant)
         columns["e"].append(event.event_id)
-        columns["u"].append(event.payload.webhook_url)
+        columns["u"].append(urls[event.tenant])
         columns["p"].append(json.dumps(build_reply_payload(event, last[key])))
     inserted = await conn.fetch(
         "INSERT INTO webhook_outbox (message_id, seq, tenant_id, event_id, url, payload, kind, head)"
@@ -517,7 +528,7 @@ class ReplyWebhookHandler:
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         events = [i.event for i in batch if isinstance(i.event, ReplyForwardedEvent)]
-        if not reply_events(events):
+        if not events:
             return []
         async with self.pool.acquire() as conn, conn.transaction():
             queued = await enqueue_replies(conn, events)

@@ -150,7 +150,7 @@ async def test_an_erased_number_leaves_nothing_but_its_keyed_hash(stack: Stack, 
         assert counts["dispatcher"]["dispatch_claims"] >= 2 and counts["reports"]["messages"] >= 3
         assert counts["reports"]["clicks"] == 1 and counts["reports"]["conversions"] == 1
         for service in ("scheduler", "dispatcher", "reports", "ingest"):
-            samples = scrape(f"{stack.url(service)}/metrics")
+            samples = scrape(f"{stack.ops_url(service)}/metrics")
             assert samples[("herald_erasures_total", frozenset({("service", service)}))] >= 1, service
 
     # 6. nothing left of the number or its texts, in any table

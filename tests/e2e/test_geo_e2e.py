@@ -19,7 +19,7 @@ from shared.contracts import MessageRequest, TriggerEvent
 from shared.devtools.stack import Stack
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import make_tenant
-from tests.helpers import produce_raw, read_topic, rejected_events, wait_for
+from tests.helpers import signed, produce_raw, read_topic, rejected_events, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -73,8 +73,8 @@ async def test_geo_permissions_on_single_batch_and_trigger_input(stack: Stack, p
             request = MessageRequest(to=to, body="Your order has shipped", metadata={"marker": marker})
             return TriggerEvent(tenant=tenant.tenant_id, payload=request).model_dump_json().encode()
 
-        await produce_raw(env.bootstrap, TRIGGERS.name(env.prefix), [(marker.encode(), trigger(FR)),
-                                                                      (marker.encode(), trigger(ES))])
+        await produce_raw(env.bootstrap, TRIGGERS.name(env.prefix), await signed(pool, tenant.tenant_id, [
+            (marker.encode(), trigger(FR)), (marker.encode(), trigger(ES))]))
         rejected = await read_topic(
             env.bootstrap, REJECTED.name(env.prefix),
             lambda rs: any(e.payload.key == marker for e in rejected_events(rs)),

@@ -26,7 +26,7 @@ from shared.journeys.definition import parse_duration
 from shared.statuses import FINAL
 from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS_IN, REJECTED
 from tests.conftest import Tenant, make_tenant
-from tests.helpers import produce_raw, read_topic, rejected_events, wait_for
+from tests.helpers import signed, produce_raw, read_topic, rejected_events, wait_for
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "journeys"
@@ -137,12 +137,12 @@ async def test_lead_follow_up_from_the_kafka_topic(stack: Stack, pool, env) -> N
         return ContactEventRequestEvent(tenant=tenant.tenant_id, payload=ContactEventRequest(**payload)).model_dump_json().encode()
 
     good = record({"name": "form.submitted", "phone": phone, "properties": {"product": "solar panels"}})
-    await produce_raw(env.bootstrap, CONTACT_EVENTS_IN.name(env.prefix), [
+    await produce_raw(env.bootstrap, CONTACT_EVENTS_IN.name(env.prefix), await signed(pool, tenant.tenant_id, [
         (marker, good),
         (marker, good),  # the same record again: one run, one message
         (marker, record({"name": "form.submitted", "contact_id": str(uuid.uuid4())})),
         (marker, b'{"type": "contact.event.requested", "version": 1, "tenant": "x", "payload": {"name": "Bad"}}'),
-    ])
+    ]))
     [message] = await journey_messages(pool, journey_id, 1)
     assert message["to_e164"] == phone and message["step"] == "thanks" and message["type"] == "transactional"
     assert await bodies(env, ACCEPTED, journey_id, 1) == [

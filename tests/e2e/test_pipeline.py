@@ -16,7 +16,7 @@ from shared.devtools.stack import Stack
 from shared.statuses import FINAL
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import Tenant, make_tenant
-from tests.helpers import produce_raw, read_topic, rejected_events, wait_for
+from tests.helpers import signed, produce_raw, read_topic, rejected_events, wait_for
 
 pytestmark = pytest.mark.e2e
 FINAL_NAMES = [s.value for s in FINAL]
@@ -214,13 +214,20 @@ async def test_trigger_topic(stack: Stack, pool, env) -> None:
         return TriggerEvent(tenant=tenant_id, payload=request).model_dump_json().encode()
 
     good = [trigger(f"+3461234{i:04d}") for i in range(20)]
-    records = [
+    other = await make_tenant(pool)
+    records = await signed(pool, tenant.tenant_id, [
         *[(marker.encode(), g) for g in good[:10]],
         (marker.encode(), trigger("+34123")),  # impossible number
-        (marker.encode(), trigger("+34600000001", "nosuchtenant")),
+        (marker.encode(), trigger("+34600000001", other.tenant_id)),  # this tenant's key speaking for another
         (marker.encode(), b'{"type": "message.requested"'),  # broken JSON
         *[(marker.encode(), g) for g in good[10:]],
         (marker.encode(), good[0]),  # the same event again: must not send twice
+    ])
+    forged = trigger("+34600000002")
+    records += [
+        (marker.encode(), trigger("+34600000003")),  # unsigned
+        (marker.encode(), forged, [("herald-key", records[0][2][0][1]), ("herald-signature", b"v1=" + b"0" * 64)]),
+        (marker.encode(), trigger("+34600000004"), [("herald-key", b"kk_nosuchkey"), ("herald-signature", b"v1=00")]),
     ]
     await produce_raw(env.bootstrap, TRIGGERS.name(env.prefix), records)
 
@@ -236,10 +243,12 @@ async def test_trigger_topic(stack: Stack, pool, env) -> None:
     await all_final(pool, ids)
     rejected = await read_topic(
         env.bootstrap, REJECTED.name(env.prefix),
-        lambda rs: len([e for e in rejected_events(rs) if e.payload.key == marker]) >= 3,
+        lambda rs: len([e for e in rejected_events(rs) if e.payload.key == marker]) >= 6,
     )
     reasons = sorted(e.payload.reason_code for e in rejected_events(rejected) if e.payload.key == marker)
-    assert reasons == ["impossible_number", "malformed_json", "unknown_tenant"]
+    assert reasons == ["bad_signature", "impossible_number", "malformed_json", "tenant_mismatch", "unknown_signing_key",
+                       "unsigned_event"]
+    assert not await pool.fetchval("SELECT count(*) FROM messages WHERE tenant_id = $1", other.tenant_id)
 
 
 async def test_gateway_outage_is_retried_and_permanent_errors_fail(stack: Stack, pool) -> None:

@@ -62,6 +62,13 @@ def forwarded(tenant: str, phone: str, body: str, url: str | None, i: int = 0) -
         received_at=T0 + timedelta(seconds=i), webhook_url=url))
 
 
+async def hooked_tenant(pool, url: str | None) -> str:
+    """A tenant whose record holds this reply webhook URL (reports posts there, never to an event's URL)."""
+    tenant = (await make_tenant(pool)).tenant_id
+    await pool.execute("UPDATE tenants SET reply_webhook_url = $2 WHERE tenant_id = $1", tenant, url)
+    return tenant
+
+
 async def outbox(pool, keys: list[uuid.UUID]) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT message_id, seq, tenant_id, event_id, url, payload, kind, state FROM webhook_outbox"
@@ -116,12 +123,12 @@ async def test_the_replies_lane_puts_the_tenants_url_in_the_forwarded_event(pool
 
 
 async def test_a_batch_of_replies_is_queued_once_in_conversation_order(pool, cleanup) -> None:
-    tenant, a, b = f"t{uuid.uuid4().hex[:10]}", handset(), handset()
     url = "https://crm.example.com/replies"
+    tenant, no_hook, a, b = await hooked_tenant(pool, url), await hooked_tenant(pool, None), handset(), handset()
     ka, kb = conversation_key(tenant, a), conversation_key(tenant, b)
-    cleanup += [ka, kb]
+    cleanup += [ka, kb, conversation_key(no_hook, b)]
     events = [forwarded(tenant, a, "a1", url, 0), forwarded(tenant, b, "b1", url, 1), forwarded(tenant, a, "a2", url, 2),
-              forwarded(tenant, b, "no url", None, 3), forwarded(tenant, a, "a3", url, 4), forwarded(tenant, b, "b2", url, 5)]
+              forwarded(no_hook, b, "no url", url, 3), forwarded(tenant, a, "a3", url, 4), forwarded(tenant, b, "b2", url, 5)]
     async with pool.acquire() as conn, conn.transaction():
         assert await enqueue_replies(conn, events) == 5
     found = await outbox(pool, [ka, kb])
@@ -146,10 +153,10 @@ async def test_a_batch_of_replies_is_queued_once_in_conversation_order(pool, cle
 
 
 async def test_two_instances_queueing_one_conversation_never_share_a_seq(pool, cleanup) -> None:
-    tenant, phone = f"t{uuid.uuid4().hex[:10]}", handset()
+    url = "https://crm.example.com/replies"
+    tenant, phone = await hooked_tenant(pool, url), handset()
     key = conversation_key(tenant, phone)
     cleanup.append(key)
-    url = "https://crm.example.com/replies"
 
     async def instance(label: str) -> None:
         for i in range(5):
@@ -181,7 +188,7 @@ async def test_the_worker_posts_replies_signed_in_order_and_retries_a_503(pool, 
                      request.headers[EVENT_ID_HEADER]))
         return web.Response(status=status)
 
-    tenant, phones = f"t{uuid.uuid4().hex[:10]}", [handset(), handset()]
+    tenant, phones = await hooked_tenant(pool, None), [handset(), handset()]
     keys = [conversation_key(tenant, p) for p in phones]
     cleanup += keys
     posted = metrics.WEBHOOK_POSTS.labels("reply", "delivered")._value.get()
@@ -189,10 +196,11 @@ async def test_the_worker_posts_replies_signed_in_order_and_retries_a_503(pool, 
         webhook_backoff_base_s=0.3, webhook_backoff_jitter=0, webhook_poll_interval_s=0.05, webhook_timeout_s=2,
         **LOOPBACK_WEBHOOKS))
     async with http_receiver("/replies", hook) as url:
+        await pool.execute("UPDATE tenants SET reply_webhook_url = $2 WHERE tenant_id = $1", tenant, url)
         task = asyncio.create_task(worker.run())
         try:
             async with pool.acquire() as conn, conn.transaction():
-                await enqueue_replies(conn, [forwarded(tenant, p, f"{p} #{i}", url, i) for i in range(3) for p in phones])
+                await enqueue_replies(conn, [forwarded(tenant, p, f"{p} #{i}", None, i) for i in range(3) for p in phones])
             deadline = time.monotonic() + 20
             while len([h for h in hits if h[0] == 200]) < 6:
                 assert time.monotonic() < deadline, hits
@@ -251,3 +259,19 @@ async def test_the_policy_api_sets_and_clears_the_reply_webhook(client, pool) ->
     actors = await pool.fetch("SELECT actor FROM audit_log WHERE target = $1 AND action = 'tenant.reply_webhook'",
                               tenant.tenant_id)
     assert len(actors) == 2 and all(a["actor"].startswith("api:") for a in actors)
+
+
+async def test_a_reply_event_naming_another_url_is_posted_to_the_tenants_own_only(pool, cleanup) -> None:
+    """Anything that can write to replies.v1 could name any URL (an internal service, a
+    collector): reports posts a tenant's replies to the URL on the tenant's record, or nowhere."""
+    own = "https://crm.example.com/replies"
+    tenant, silent, phone = await hooked_tenant(pool, own), await hooked_tenant(pool, None), handset()
+    keys = [conversation_key(tenant, phone), conversation_key(silent, phone)]
+    cleanup += keys
+    forged = [forwarded(tenant, phone, "to the attacker?", "http://169.254.169.254/latest", 0),
+              forwarded(silent, phone, "and this one?", "https://collector.example.net/x", 1)]
+    handler = ReplyWebhookHandler(pool)
+    assert await handler([Incoming(REPLIES, e, None) for e in forged]) == []  # type: ignore[arg-type]
+    rows = await outbox(pool, keys)
+    assert [(r["tenant_id"], r["url"], r["payload"]["body"]) for r in rows] == [(tenant, own, "to the attacker?")]
+

@@ -44,10 +44,11 @@ def test_the_conversation_key_is_per_tenant_and_number_and_stable() -> None:
     assert key.version == 5
 
 
-def test_only_replies_with_a_url_are_posted_each_event_once_in_order() -> None:
+def test_only_replies_of_tenants_with_a_webhook_are_posted_each_event_once_in_order() -> None:
     a, b, c = reply("one"), reply("two", url=None), reply("three")
-    assert reply_events([a, b, c, a]) == [a, c]
-    assert reply_events([b]) == []
+    urls = {a.tenant: "https://crm.example.com/replies"}
+    assert reply_events([a, b, c, a], urls) == [a, b, c]  # the event's own URL plays no part
+    assert reply_events([a, b], {}) == []
 
 
 def test_the_payload_carries_the_reply_and_its_conversation() -> None:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from services.ingest.domain import Rejection
 from services.ingest.events.service import EventAccepted, EventAcceptor
-from services.ingest.kafka_input import by_known_tenant, reject
+from services.ingest.kafka_input import SignatureMode, by_known_tenant, reject
 from services.ingest.repository import IngestRepository
 from shared.contracts import ContactEventRequest, ContactEventRequestEvent, derived_event_id, utcnow
 from shared.kafka import Incoming, Outgoing
 
 
 class ContactEventsHandler:
-    def __init__(self, acceptor: EventAcceptor, repository: IngestRepository) -> None:
+    def __init__(self, acceptor: EventAcceptor, repository: IngestRepository, signatures: SignatureMode = "required") -> None:
         self.acceptor = acceptor
         self.repository = repository
+        self.signatures = signatures
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
-        by_tenant, outgoing = await by_known_tenant(batch, self.repository)
+        by_tenant, outgoing = await by_known_tenant(batch, self.repository, signatures=self.signatures)
         now = utcnow()
         for tenant, items in by_tenant.items():
             envelopes: list[ContactEventRequestEvent] = [i.event for i in items]  # type: ignore[misc]
