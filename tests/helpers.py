@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.contracts import RejectedEventEnvelope
@@ -35,6 +36,26 @@ async def signed(pool: Any, tenant_id: str, records: list[tuple[bytes | None, by
     async with pool.acquire() as conn:
         key = await admin.kafka_key_create(conn, "test", tenant_id)
     return [(k, v, signed_headers(key["key_id"], key["secret"], v)) for k, v in records]
+
+
+@contextlib.asynccontextmanager
+async def ingest_client(env: Any, pool: Any, settings: Any) -> Any:
+    """ingest's HTTP API in-process (real PostgreSQL and Kafka) with these settings, as an httpx client."""
+    from services.ingest.api import create_app
+    from services.ingest.repository import IngestRepository
+    from services.ingest.service import Acceptor
+    from shared.kafka import Publisher, make_producer
+
+    producer = make_producer(settings, f"test-ingest-{uuid.uuid4().hex[:6]}")
+    await producer.start()
+    try:
+        repository = IngestRepository(pool)
+        app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"),
+                         repository)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=60) as c:
+            yield c
+    finally:
+        await producer.stop()
 
 
 async def read_topic(

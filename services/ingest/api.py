@@ -139,7 +139,15 @@ def create_app(
     app = FastAPI(
         title="Herald ingest",
         version="1.0",
-        description="Send SMS: single messages, batches, suppressions, and gateway receipt callbacks.",
+        description=(
+            "Herald's public API: send SMS (single messages, batches; cancel or reschedule held ones), "
+            "suppressions, gateway receipt and provider status callbacks, contacts and their consents, "
+            "segments, templates, campaigns (test, launch, pause, resume, cancel), journeys and contact "
+            "events, received messages (`/v1/inbound`), erasures, tenant policy, and the short-link "
+            "redirect (`/l/{code}`). Message status, search and campaign reports are on the reports API. "
+            "Every error code is in docs/errors.md. This page loads Swagger UI's scripts from "
+            "cdn.jsdelivr.net; offline, read `/openapi.json` (the same document)."
+        ),
         **docs_routes(settings.api_docs),
     )
     app.state.pool = pool

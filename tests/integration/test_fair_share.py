@@ -9,16 +9,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.ingest.api import create_app
-from services.ingest.repository import IngestRepository
-from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from shared.contracts import MessageAcceptedEvent
-from shared.kafka import Publisher, make_producer
 from shared.statuses import MessageType
 from shared.topics import ACCEPTED, ACCEPTED_BULK
 from tests.conftest import make_tenant
-from tests.helpers import read_topic
+from tests.helpers import ingest_client, read_topic
 
 pytestmark = pytest.mark.integration
 BURST = 40
@@ -26,14 +22,8 @@ BURST = 40
 
 @pytest.fixture(scope="module")
 async def client(env, pool) -> AsyncIterator[httpx.AsyncClient]:
-    settings = IngestSettings(priority_share_per_s=1, priority_share_burst=BURST)
-    producer = make_producer(settings, "test-fair-share")
-    await producer.start()
-    repository = IngestRepository(pool)
-    app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=60) as c:
+    async with ingest_client(env, pool, IngestSettings(priority_share_per_s=1, priority_share_burst=BURST)) as c:
         yield c
-    await producer.stop()
 
 
 def events(records) -> dict[str, MessageAcceptedEvent]:

@@ -9,30 +9,20 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.ingest.api import create_app
-from services.ingest.repository import IngestRepository
-from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from shared import admin
 from shared.contracts import MessageAcceptedEvent
-from shared.kafka import Publisher, make_producer
 from shared.topics import ACCEPTED, ACCEPTED_BULK
 from tests.conftest import make_tenant
-from tests.helpers import read_topic
+from tests.helpers import ingest_client, read_topic
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 async def client(env, pool) -> AsyncIterator[httpx.AsyncClient]:
-    settings = IngestSettings(link_tracking=False)
-    producer = make_producer(settings, "test-opt-out")
-    await producer.start()
-    repository = IngestRepository(pool)
-    app = create_app(settings, pool, Acceptor(repository, settings), Publisher(producer, env.prefix, "ingest"), repository)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=60) as c:
+    async with ingest_client(env, pool, IngestSettings(link_tracking=False)) as c:
         yield c
-    await producer.stop()
 
 
 async def bodies(env, ids: dict[str, str]) -> dict[str, str]:
