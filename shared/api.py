@@ -116,7 +116,10 @@ def document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, on_invalid: Callable[[str], None] | None = None) -> None:
+    """The one error shape for every answer. ``on_invalid`` hears the code of each request refused
+    before a route ran (422 ``validation_failed`` / ``malformed_json``, 415): ingest counts them
+    with the rejections its routes count themselves."""
     document_errors(app)
 
     @app.exception_handler(ApiError)
@@ -136,9 +139,13 @@ def install_error_handlers(app: FastAPI) -> None:
             # is a 415, not a confusing 422 about the body's shape
             wrong_type = unsupported_media_type(request)
             if wrong_type is not None:
+                if on_invalid is not None:
+                    on_invalid(wrong_type.code)
                 return JSONResponse(error_body(wrong_type.code, str(wrong_type)), status_code=415)
         codes = {d["code"] for d in details}
         code = "malformed_json" if "json_invalid" in codes else "validation_failed"
+        if on_invalid is not None:
+            on_invalid(code)
         return JSONResponse(error_body(code, "request is not valid", details), status_code=422)
 
     @app.exception_handler(Exception)

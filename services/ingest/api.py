@@ -158,7 +158,8 @@ def create_app(
     app.add_middleware(RequestGuard, policy=guard_policy(settings),
                        authenticate=keys.authenticate if keys is not None else partial(authenticate, pool),
                        body_timeout_s=settings.http_body_timeout_s)
-    install_error_handlers(app)
+    # Requests refused before a route ran count with those the routes refuse (the demo's summary, dashboards).
+    install_error_handlers(app, on_invalid=lambda code: metrics.REQUESTS_REJECTED.labels(code).inc())
     writer = Depends(principal_dependency("messages:write"))
     limiter = RateLimiter(pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute,
                           lease=settings.rate_limit_lease)

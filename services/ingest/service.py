@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from shared.statuses import MessageType
 from shared.topics import accepted_topic
 
 log = logging.getLogger(__name__)
+_E164 = re.compile(r"\+[0-9]{4,15}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +176,10 @@ class Acceptor:
     async def _opt_out(self, tenant: str, requests: list[MessageRequest | Rejection]) -> OptOut | None:
         """The tenant's opt-out mode and its contacts' languages, when the batch has marketing
         (one round trip; none for transactional traffic)."""
-        phones = sorted({r.to.strip() for r in requests if isinstance(r, MessageRequest) and r.type is MessageType.MARKETING})
+        # Only what can be a number is looked up (anything else fails its parse with a reason; a
+        # NUL byte in a query parameter would fail the whole batch).
+        phones = sorted({to for r in requests if isinstance(r, MessageRequest) and r.type is MessageType.MARKETING
+                         and _E164.fullmatch(to := r.to.strip())})
         if not phones:
             return None
         mode, languages = await self.repository.marketing_context(tenant, phones)

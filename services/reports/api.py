@@ -120,6 +120,7 @@ class CampaignReport(BaseModel):
     )
 
 
+E164_PATTERN = r"^\+[0-9]{4,15}$"
 Statuses = Annotated[list[str], Query(description="Only these statuses (repeat the parameter)")]
 Metadata = Annotated[list[str], Query(description="key=value on metadata; all must match (at most 5)")]
 
@@ -166,7 +167,7 @@ def create_app(pool: asyncpg.Pool, ab_alpha: float = 0.05, *, api_docs: bool = F
         status: Statuses = [],  # noqa: B006 - FastAPI copies query defaults
         since: Annotated[datetime | None, Query(description="Accepted at or after (ISO 8601 with zone)")] = None,
         until: Annotated[datetime | None, Query(description="Accepted before (ISO 8601 with zone)")] = None,
-        to: Annotated[str | None, Query(max_length=32, description="Recipient, E.164")] = None,
+        to: Annotated[str | None, Query(pattern=E164_PATTERN, description="Recipient, E.164")] = None,
         campaign_id: uuid.UUID | None = None,
         metadata: Metadata = [],  # noqa: B006
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -185,7 +186,7 @@ def create_app(pool: asyncpg.Pool, ab_alpha: float = 0.05, *, api_docs: bool = F
         status: Statuses = [],  # noqa: B006
         since: Annotated[datetime | None, Query()] = None,
         until: Annotated[datetime | None, Query()] = None,
-        to: Annotated[str | None, Query(max_length=32)] = None,
+        to: Annotated[str | None, Query(pattern=E164_PATTERN)] = None,
         campaign_id: uuid.UUID | None = None,
         metadata: Metadata = [],  # noqa: B006
     ) -> StreamingResponse:

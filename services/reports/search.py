@@ -57,8 +57,9 @@ def parse_metadata(pairs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SearchError("invalid_metadata_filter", "a metadata filter is key=value", "query.metadata")
+        if not sep or not key or "\x00" in pair:
+            raise SearchError("invalid_metadata_filter", "a metadata filter is key=value (no NUL characters)",
+                              "query.metadata")
         out[key] = value
     return out
 

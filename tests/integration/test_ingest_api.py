@@ -277,3 +277,25 @@ async def test_a_batch_without_a_key_gets_one_to_retry_with(failing_once, tenant
     assert fresh.status_code == 202 and fresh.json()["idempotency_key"] != key
     assert not any(a["duplicate"] for a in fresh.json()["results"])
     assert {a["message_id"] for a in fresh.json()["results"]}.isdisjoint({a["message_id"] for a in again.json()["results"]})
+
+
+async def test_every_refused_send_is_counted_by_its_code(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    """herald_ingest_requests_rejected_total counts the requests refused before a route ran
+    (a body that fails the schema, JSON that does not parse, another content type) as well as
+    those the route refuses, as the demo's summary counts them."""
+    from services.ingest import metrics
+
+    def count(code: str) -> float:
+        return metrics.REQUESTS_REJECTED.labels(code)._value.get()
+
+    before = {c: count(c) for c in ("validation_failed", "malformed_json", "unsupported_media_type", "not_e164")}
+    answers = [
+        await client.post("/v1/messages", json={"to": "+34600000001"}, headers=tenant.headers),  # no body
+        await client.post("/v1/messages", content=b'{"to": ', headers={**tenant.headers, "content-type": "application/json"}),
+        await client.post("/v1/messages", content=b"to=+34600000001", headers={**tenant.headers, "content-type": "text/plain"}),
+        await client.post("/v1/messages", json={"to": "600000001", "body": "x"}, headers=tenant.headers),
+    ]
+    assert [(r.status_code, r.json()["error"]["code"]) for r in answers] == [
+        (422, "validation_failed"), (422, "malformed_json"), (415, "unsupported_media_type"), (422, "not_e164")]
+    assert {c: count(c) - before[c] for c in before} == {
+        "validation_failed": 1, "malformed_json": 1, "unsupported_media_type": 1, "not_e164": 1}

@@ -61,6 +61,11 @@ async def test_raw_marketing_gets_its_opt_out_line_or_is_refused(client, env, po
         r = await send(to, body, kind)
         assert r.status_code == 202, r.text
         ids[name] = r.json()["message_id"]
+    # what cannot be a number is refused for itself (a NUL byte must not fail the lookup for the batch)
+    r = await client.post("/v1/messages/batch", headers=tenant.headers, json={"messages": [
+        {"to": "+346\x00", "body": "Rebajas", "type": "marketing"}, {"to": "+34600880005", "body": "Rebajas", "type": "marketing"}]})
+    assert r.status_code == 202, r.text
+    assert r.json()["results"][0]["error"]["code"] in ("not_e164", "unparseable_number", "invalid_number", "impossible_number")
     got = await bodies(env, ids)
     assert got["contact_fr"] == "Soldes -30% aujourd'hui\nRépondez STOP pour vous désabonner"
     assert got["spanish_number"] == "Rebajas hoy\nResponde BAJA para darte de baja"

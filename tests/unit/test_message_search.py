@@ -74,6 +74,9 @@ def test_filter_errors_are_specific() -> None:
     assert err.value.code == "too_many_filters"
     assert parse_metadata(["a=1", "b=x=y"]) == {"a": "1", "b": "x=y"}
     with pytest.raises(SearchError) as err:
+        parse_metadata(["a=\x00"])  # PostgreSQL's jsonb cannot hold it: a 422, not a failed query
+    assert err.value.code == "invalid_metadata_filter"
+    with pytest.raises(SearchError) as err:
         check_range(T0, T0)
     assert err.value.code == "empty_range"
     with pytest.raises(SearchError) as err:
