@@ -192,11 +192,6 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 SANDBOX_BATCH = 500  # sandbox submissions per call
 
 
-@dataclass(frozen=True)
-class _SandboxName:
-    name: str = SANDBOX
-
-
 class Sender:
     """Routes, throttles and submits jobs, retrying refusals that may pass later."""
 
@@ -232,7 +227,7 @@ class Sender:
             slow_s=settings.failover_slow_s,
             cooldown_s=settings.failover_cooldown_s,
         )
-        self.health = {g.name: GatewayHealth(thresholds) for g in [*settings.gateways, _SandboxName()]}
+        self.health = {name: GatewayHealth(thresholds) for name in [*(g.name for g in settings.gateways), SANDBOX]}
         self.gate = PriorityGate()
         for name in self.health:
             metrics.GATEWAY_OPEN.labels(name).set(0)
