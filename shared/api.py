@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -197,17 +198,23 @@ def principal_dependency(scope: str) -> Callable[[Request], Awaitable[Principal]
 Check = Callable[[], Awaitable[dict[str, bool]]]
 
 
-def docs_routes(enabled: bool) -> dict[str, Any]:
-    """``FastAPI(**docs_routes(settings.api_docs))``: /docs, /redoc and /openapi.json, or none of them.
+def api_app(*, docs: bool, **kwargs: Any) -> FastAPI:
+    """A public API's app: with ``docs``, /docs (Swagger UI), /redoc and /openapi.json, their
+    scripts and styles served by the app itself from /docs/assets (fastapi-offline ships them),
+    so the pages work offline and load nothing from a CDN; without, none of them.
     ``app.openapi()`` still builds the document in-process either way."""
-    if enabled:
-        return {"docs_url": "/docs", "redoc_url": "/redoc", "openapi_url": "/openapi.json"}
-    return {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    if docs:
+        return FastAPIOffline(docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json",
+                              static_url=DOCS_ASSETS, **kwargs)
+    return FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **kwargs)
+
+
+DOCS_ASSETS = "/docs/assets"
 
 
 def ops_app(name: str, readiness: Check) -> FastAPI:
     """The app of the ops port: the ops routes and nothing else (no docs, no API)."""
-    app = FastAPI(title=f"Herald {name} ops", **docs_routes(False))
+    app = api_app(docs=False, title=f"Herald {name} ops")
     add_ops_routes(app, readiness)
     return app
 

@@ -34,7 +34,7 @@ from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
 from shared.topics import MESSAGE_COMMANDS
 from services.ingest.twilio_callbacks import create_router as twilio_router
-from shared.api import ApiError, docs_routes, install_error_handlers, principal_dependency, require_json
+from shared.api import ApiError, api_app, install_error_handlers, principal_dependency, require_json
 from shared.auth import KeyCache, Principal, authenticate
 from shared.contracts import MessageCommand, MessageCommandEvent, MessageRequest, utcnow
 from shared.events import receipt_event
@@ -136,7 +136,7 @@ def create_app(
 ) -> FastAPI:
     """The public API. Health and metrics are on the ops port (shared/service.py), the docs only
     where ``HERALD_API_DOCS`` is on."""
-    app = FastAPI(
+    app = api_app(
         title="Herald ingest",
         version="1.0",
         description=(
@@ -145,10 +145,10 @@ def create_app(
             "segments, templates, campaigns (test, launch, pause, resume, cancel), journeys and contact "
             "events, received messages (`/v1/inbound`), erasures, tenant policy, and the short-link "
             "redirect (`/l/{code}`). Message status, search and campaign reports are on the reports API. "
-            "Every error code is in docs/errors.md. This page loads Swagger UI's scripts from "
-            "cdn.jsdelivr.net; offline, read `/openapi.json` (the same document)."
+            "Every error code is in docs/errors.md. Swagger UI and ReDoc are served by ingest itself "
+            "(/docs/assets): the pages work offline."
         ),
-        **docs_routes(settings.api_docs),
+        docs=settings.api_docs,
     )
     app.state.pool = pool
     app.state.publisher = publisher

@@ -29,7 +29,7 @@ from services.reports.search import (
     parse_statuses,
     row_out,
 )
-from shared.api import ApiError, docs_routes, install_error_handlers, principal_dependency
+from shared.api import ApiError, api_app, install_error_handlers, principal_dependency
 from shared.auth import Principal
 from shared.pagination import Cursor
 
@@ -133,10 +133,10 @@ class MessageList(BaseModel):
 def create_app(pool: asyncpg.Pool, ab_alpha: float = 0.05, *, api_docs: bool = False, search_timeout_ms: int = 5000) -> FastAPI:
     """The public API. Health and metrics are on the ops port (shared/service.py), the docs only
     with ``api_docs`` (``HERALD_API_DOCS``)."""
-    app = FastAPI(title="Herald reports", version="1.0", description="Message status and timelines, finding and exporting messages, campaign reports with "
-                  "their A/B tests. Health and metrics are on the ops port. This page loads Swagger UI from "
-                  "cdn.jsdelivr.net; offline, read `/openapi.json`.",
-                  **docs_routes(api_docs))
+    app = api_app(title="Herald reports", version="1.0", description="Message status and timelines, finding and exporting messages, campaign reports with "
+                  "their A/B tests. Health and metrics are on the ops port. Swagger UI and ReDoc are served by "
+                  "reports itself (/docs/assets): the pages work offline.",
+                  docs=api_docs)
     app.state.pool = pool
     install_error_handlers(app)
     reader = Depends(principal_dependency("messages:read"))
