@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         from shared.auth import DEFAULT_SCOPES
 
         ns = argparse.Namespace(actor=None, object="tenant", action="create", tenant_id=args.tenant_id,
-                                name=args.name, scopes=",".join(DEFAULT_SCOPES))
+                                name=args.name, scopes=DEFAULT_SCOPES)
         return _admin(ns, parser)
     elif args.command == "admin":
         return _admin(args, parser)
