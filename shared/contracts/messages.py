@@ -48,7 +48,7 @@ class MessageRequest(_Frozen):
         "`values`; `type` defaults to the template's purpose (docs/audience.md, \"Sending by template\")",
     )
     template_version: int | None = Field(
-        None, ge=1, description="With `template_id`: render this version (default: the current one)"
+        None, ge=1, le=1_000_000, description="With `template_id`: render this version (default: the current one)"
     )
     values: TemplateValues | None = Field(
         None,

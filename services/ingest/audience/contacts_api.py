@@ -468,7 +468,7 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
         template_id: Annotated[str, Path(max_length=64)],
         request: Request,
         principal: Principal = reader,
-        version: Annotated[int | None, Query(ge=1, description="An earlier version (default: the current one)")] = None,
+        version: Annotated[int | None, Query(ge=1, le=1_000_000, description="An earlier version (default: the current one)")] = None,
     ) -> dict[str, Any]:
         """The template at its current version (``version``), or at an earlier one; archived ones too."""
         template = await repo(request).get_template(principal.tenant_id, _id(template_id, "template"), version)
