@@ -92,6 +92,9 @@ def accept(
         if reason is not None:
             raise Rejection(GEO_REFUSAL, reason, [{"loc": "to", "code": GEO_REFUSAL, "msg": reason}])
     body = request.body
+    if body is None:  # a template's request is rendered before (services/ingest/template_sends.py)
+        raise Rejection("template_or_body", "give a body or a template_id",
+                        [{"loc": "body", "code": "template_or_body", "msg": "no body"}])
     if opt_out is not None and request.type is MessageType.MARKETING:
         line = opt_out_line(body, opt_out.languages.get(phone.e164), phone.country)
         if line is not None:
