@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import AuthError, Principal, authenticate
-from shared.errors import CATALOGUE, codes_by_status, field_errors
+from shared.errors import CATALOGUE, codes_by_status, field_errors, top_level_code
 from shared.http_guard import principal_from_scope
 
 
@@ -144,7 +144,7 @@ def install_error_handlers(app: FastAPI, on_invalid: Callable[[str], None] | Non
                     on_invalid(wrong_type.code)
                 return JSONResponse(error_body(wrong_type.code, str(wrong_type)), status_code=415)
         codes = {d["code"] for d in details}
-        code = "malformed_json" if "json_invalid" in codes else "validation_failed"
+        code = "malformed_json" if "json_invalid" in codes else top_level_code(details)
         if on_invalid is not None:
             on_invalid(code)
         return JSONResponse(error_body(code, "request is not valid", details), status_code=422)

@@ -20,6 +20,17 @@ def field_errors(errors: Iterable[Any]) -> list[dict[str, str]]:
     return [{"loc": ".".join(str(p) for p in e["loc"]), "code": e["type"], "msg": e["msg"]} for e in errors]
 
 
+# Field-level codes that are the answer's code when they are the only problem of a request
+# (a more precise reason than ``validation_failed``).
+LIFTED = frozenset({"template_or_body"})
+
+
+def top_level_code(details: Iterable[dict[str, str]], default: str = "validation_failed") -> str:
+    """``details``' one code when it is one of :data:`LIFTED`, else ``default``."""
+    codes = {d["code"] for d in details}
+    return next(iter(codes)) if len(codes) == 1 and codes <= LIFTED else default
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorCode:
     statuses: tuple[int, ...]
@@ -56,7 +67,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "campaign_not_found": _c(404, "no campaign with this id for your tenant"),
     "contact_not_found": _c(404, "no contact with this id"),
     "segment_not_found": _c((404, 422), "no segment with this id (422 when a campaign's body names it)"),
-    "template_not_found": _c((404, 422), "no template with this id (422 when a campaign's variant names it)"),
+    "template_not_found": _c((404, 422), "no template with this id (422 when a campaign's variant or a message names it)"),
     "journey_not_found": _c(404, "no journey with this id"),
     "erasure_not_found": _c(404, "no erasure with this id for your tenant"),
     "tenant_not_found": _c(404, "no such tenant"),
@@ -67,7 +78,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "body_timeout": _c(408, "the body was still arriving after `HERALD_HTTP_BODY_TIMEOUT_S`", retry=True),
     # 409
     "idempotency_conflict": _c(409, "this idempotency key was used with a different request"),
-    "version_conflict": _c(409, "`If-Match` names an older version: read the journey and retry"),
+    "version_conflict": _c(409, "`If-Match` names an older version: read the journey (or template) and retry"),
     "journey_archived": _c(409, "an archived journey cannot change"),
     "invalid_state": _c(409, "the campaign's state does not allow this action"),
     "already_sent": _c(409, "the message is already on its way (queued, sent or final): it cannot be cancelled or rescheduled"),
@@ -76,6 +87,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "contact_exists": _c(409, "a contact with this phone exists"),
     "segment_exists": _c(409, "a segment with this name exists"),
     "template_exists": _c(409, "a template with this name exists"),
+    "template_archived": _c((409, 422), "the template is archived: it cannot change (409) and takes no new sends or campaigns (422)"),
     # 413, 415
     "body_too_large": _c(413, "the body is over the route's limit"),
     "batch_too_large": _c(413, "more items than a batch may hold"),
@@ -136,6 +148,11 @@ CATALOGUE: dict[str, ErrorCode] = {
     "empty_variant": _c(422, _TEMPLATE), "variant_too_long": _c(422, _TEMPLATE),
     "default_too_long": _c(422, _TEMPLATE), "invalid_placeholder": _c(422, _TEMPLATE),
     "rendered_too_long": _c(422, _TEMPLATE),
+    # 422: sending by template
+    "template_or_body": _c(422, "a message gives both or neither of `body` and `template_id` (or `values` / `template_version` without a `template_id`)"),
+    "template_variable_missing": _c(422, "the template's text has a `{{values.<key>}}` without a default that `values` does not give (each in `details`)"),
+    "template_version_not_found": _c(422, "`template_version` names a version the template does not have"),
+    "template_type_mismatch": _c(422, "`type` differs from the template's purpose (leave it out: it is the template's)"),
     # 422: contacts
     "unknown_field": _c(422, "an unknown contact field, or a template placeholder without a value"),
     "missing_phone": _c(422, _CONTACT_FIELD), "invalid_type": _c(422, _CONTACT_FIELD),

@@ -7,8 +7,10 @@ no loops, no attribute access on Python objects, so a template runs no code. A s
 value is never scanned again (a first name of ``{{last_name}}`` stays literal text), each
 value is cut at :data:`MAX_VALUE` characters and the rendered text at :data:`MAX_RENDERED`.
 
-Fields: ``first_name``, ``last_name``, ``country``, ``language``, ``time_zone`` and
-``attributes.<key>``. Unlike segment filters, bare attribute names are refused here: a typo
+Fields: ``first_name``, ``last_name``, ``country``, ``language``, ``time_zone``,
+``attributes.<key>`` and ``values.<key>`` (the per-send values of ``POST /v1/messages`` with a
+``template_id``; campaigns and journeys have none, so there a ``values`` placeholder renders its
+default). Unlike segment filters, bare attribute names are refused here: a typo
 (``{{frist_name|there}}``) would otherwise render the default to every contact unnoticed.
 """
 
@@ -50,6 +52,9 @@ OPT_OUT: dict[str, tuple[str, tuple[str, ...]]] = {
     "ca": ("Respon BAIXA per donar-te de baixa", ("BAIXA", "STOP")),
 }
 DEFAULT_OPT_OUT_LANGUAGE = "en"
+
+VALUES = "values"  # the prefix of per-send values: {{values.code}}
+VALUE_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Purpose = Literal["marketing", "transactional"]
 
@@ -127,7 +132,7 @@ def validate(template: Template) -> list[TemplateError]:
             continue
         if len(body) > MAX_BODY:
             errors.append(TemplateError("variant_too_long", f"a variant has at most {MAX_BODY} characters", loc))
-        errors.extend(placeholder_errors(body, loc))
+        errors.extend(placeholder_errors(body, loc, extra_prefixes=(VALUES,)))
     return errors
 
 
@@ -140,9 +145,11 @@ def placeholder_errors(body: str, loc: str, extra_prefixes: tuple[str, ...] = ()
         extra = any(name.startswith(f"{p}.") and name.count(".") == 1 for p in extra_prefixes)
         if name not in CONTACT_FIELDS and not extra and not (name.startswith("attributes.") and name.count(".") == 1):
             hint = f"; an attribute is {{{{attributes.{name}}}}}" if "." not in name else ""
+            more = "".join(f", {p}.<key>" for p in extra_prefixes)
             errors.append(
                 TemplateError(
-                    "unknown_field", f"unknown field {name!r} (fields: {', '.join(CONTACT_FIELDS)}, attributes.<key>){hint}", loc, m.start()
+                    "unknown_field", f"unknown field {name!r} (fields: {', '.join(CONTACT_FIELDS)}, attributes.<key>{more}){hint}",
+                    loc, m.start(),
                 )
             )
         if default is not None and len(default) > MAX_DEFAULT:
@@ -224,9 +231,28 @@ def field_value(contact: Mapping[str, Any], name: str) -> str | None:
     return text[:MAX_VALUE] or None
 
 
-def render(template: Template, contact: Mapping[str, Any], *, smart: bool = True) -> Rendered:
-    """Render the contact's variant; raise :class:`TemplateError` if the text grows too long."""
-    language = choose_language(template.variants, contact.get("language"), template.default_language)
+def required_values(body: str) -> list[str]:
+    """The per-send values ``body`` needs: its ``{{values.<key>}}`` placeholders without a default, in order."""
+    names = [m.group("name").split(".", 1)[1] for m in PLACEHOLDER.finditer(body)
+             if m.group("default") is None and m.group("name").startswith(f"{VALUES}.") and m.group("name").count(".") == 1]
+    return list(dict.fromkeys(names))
+
+
+def with_values(contact: Mapping[str, Any] | None, values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What placeholders read for one send: the contact's fields and ``values.<key>``."""
+    fields: dict[str, Any] = dict(contact or {})
+    for key, value in (values or {}).items():
+        fields[f"{VALUES}.{key}"] = value
+    return fields
+
+
+def render(template: Template, contact: Mapping[str, Any], *, smart: bool = True, language: str | None = None) -> Rendered:
+    """Render the contact's variant; raise :class:`TemplateError` if the text grows too long.
+
+    ``language``: the language to pick the variant (and the opt-out line) by, when it is not the
+    contact's own (a number that is not a contact: its country's language)."""
+    wanted = language if language is not None else contact.get("language")
+    language = choose_language(template.variants, wanted, template.default_language)
     body = template.variants[language]
     missing: list[str] = []
 
@@ -240,7 +266,7 @@ def render(template: Template, contact: Mapping[str, Any], *, smart: bool = True
     text = PLACEHOLDER.sub(substitute, body)
     appended = False
     if template.purpose == "marketing" and not has_opt_out(body, language):
-        text = text.rstrip() + "\n" + opt_out_text(contact.get("language"), language)
+        text = text.rstrip() + "\n" + opt_out_text(wanted, language)
         appended = True
     if len(text) > MAX_RENDERED:
         raise TemplateError("rendered_too_long", f"the rendered text has {len(text)} characters, at most {MAX_RENDERED}", "text")

@@ -197,7 +197,10 @@ def create_app(
         responses={401: {}, 403: {}, 409: {}, 422: {}, 429: {}, 503: {}},
     )
     async def send_message(body: MessageRequest, request: Request, principal: Principal = writer) -> JSONResponse:
-        """Validate one message and queue it. Answers 202 with its id."""
+        """Validate one message and queue it. Answers 202 with its id.
+
+        Give a ``body``, or a ``template_id`` (with ``values`` for its ``{{values.<key>}}``
+        placeholders): the template is rendered in the recipient's language, as campaigns render it."""
         await _limit(principal, 1)
         results, outgoing = await acceptor.prepare(
             principal.tenant_id, [body], source="api", now=utcnow(), trace_id=_trace_id(request), geo=principal.geo,
@@ -209,8 +212,8 @@ def create_app(
             status = 409 if result.code == "idempotency_conflict" else 422
             raise ApiError(status, result.code, result.message, result.details)
         await _publish(outgoing, joined=True)
-        metrics.MESSAGES_ACCEPTED.labels(body.type.value, "api").inc()
         m = result.message
+        metrics.MESSAGES_ACCEPTED.labels(m.type.value, "api").inc()
         # The answer as MessageAnswer documents it, written directly (no response-model pass).
         answer = {"message_id": str(m.message_id), "status": "accepted", "encoding": m.encoding,
                   "segments": m.segments, "duplicate": result.duplicate}

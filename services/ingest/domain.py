@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from shared.errors import field_errors
+from shared.errors import field_errors, top_level_code
 from shared.geo import REFUSAL as GEO_REFUSAL
 from shared.geo import GeoPolicy, GeoRules
 from shared.geo import refusal as geo_refusal
@@ -38,8 +38,9 @@ class Rejection(Exception):
 
 def request_hash(request: MessageRequest) -> str:
     """A stable fingerprint of a request: the same key with another payload is a conflict."""
-    # track_links is left out when unset, so hashes of requests that predate it do not change
-    exclude = {"idempotency_key"} | ({"track_links"} if request.track_links is None else set())
+    # Fields added later are left out when unset, so hashes of requests that predate them do not change.
+    later = ("track_links", "body", "template_id", "template_version", "values")
+    exclude = {"idempotency_key"} | {name for name in later if getattr(request, name) is None}
     canonical = json.dumps(request.model_dump(mode="json", exclude=exclude), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -91,6 +92,9 @@ def accept(
         if reason is not None:
             raise Rejection(GEO_REFUSAL, reason, [{"loc": "to", "code": GEO_REFUSAL, "msg": reason}])
     body = request.body
+    if body is None:  # a template's request is rendered before (services/ingest/template_sends.py)
+        raise Rejection("template_or_body", "give a body or a template_id",
+                        [{"loc": "body", "code": "template_or_body", "msg": "no body"}])
     if opt_out is not None and request.type is MessageType.MARKETING:
         line = opt_out_line(body, opt_out.languages.get(phone.e164), phone.country)
         if line is not None:
@@ -138,7 +142,7 @@ def parse_request(item: Any) -> MessageRequest:
         return MessageRequest.model_validate(item)
     except ValidationError as exc:
         details = field_errors(exc.errors(include_url=False, include_input=False))
-        raise Rejection("validation_failed", "message is not valid", details) from None
+        raise Rejection(top_level_code(details), "message is not valid", details) from None
 
 
 # --- gateway receipts (generic "herald-http" JSON format, used by the simulator) -------------

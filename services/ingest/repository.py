@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
+from services.ingest.template_sends import StoredTemplate
 from shared.coalesce import Coalescer
 from shared.geo import GeoPolicy
+from shared.templates import CONTACT_FIELDS, Template
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,41 @@ class IngestRepository:
         )
         mode = rows[0]["marketing_opt_out"] if rows else "append"
         return mode, {r["phone_e164"]: r["language"] for r in rows if r["phone_e164"] is not None}
+
+    async def templates_for_send(
+        self, tenant_id: str, keys: list[tuple[uuid.UUID, int | None]]
+    ) -> dict[tuple[uuid.UUID, int | None], StoredTemplate]:
+        """The templates (template id, version or None for the current one) a batch sends, in one
+        round trip. A key without an answer is a template this tenant does not have."""
+        if not keys:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT k.id, k.ver, t.version AS current_version, t.archived_at IS NOT NULL AS archived, v.version,"
+            " v.purpose, v.sender, v.default_language, v.variants"
+            " FROM unnest($2::uuid[], $3::int[]) AS k(id, ver)"
+            " JOIN templates t ON t.tenant_id = $1 AND t.template_id = k.id"
+            " LEFT JOIN template_versions v ON v.tenant_id = $1 AND v.template_id = k.id"
+            " AND v.version = coalesce(k.ver, t.version)",
+            tenant_id, [k[0] for k in keys], [k[1] for k in keys],
+        )
+        return {
+            (r["id"], r["ver"]): StoredTemplate(
+                r["id"], r["current_version"], r["archived"], r["version"],
+                Template(r["purpose"], r["default_language"], r["variants"], r["sender"]) if r["version"] else None,
+            )
+            for r in rows
+        }
+
+    async def contacts_for_send(self, tenant_id: str, phones: list[str]) -> dict[str, dict[str, Any]]:
+        """The fields templates read of each of these numbers that is a contact, in one round trip."""
+        if not phones:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT phone_e164, first_name, last_name, language, country, time_zone, attributes FROM contacts"
+            " WHERE tenant_id = $1 AND phone_e164 = ANY($2::text[])",
+            tenant_id, phones,
+        )
+        return {r["phone_e164"]: {k: r[k] for k in CONTACT_FIELDS + ("attributes",)} for r in rows}
 
     async def suppress(self, tenant_id: str, phone: str, reason: str, source: str) -> None:
         await self.pool.execute(

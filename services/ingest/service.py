@@ -21,10 +21,12 @@ from services.ingest.links import LinkRecord, records, track_message
 from services.ingest.links_repo import LinksRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
+from services.ingest.template_sends import render_send, template_key
 from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
 from shared.egress import MESSAGES, CachedResolve, EgressPolicy, check_urls
 from shared.geo import GeoPolicy, GeoRules
 from shared.kafka import YIELD_EVERY, Outgoing
+from shared.phones import PhoneError, parse_e164
 from shared.statuses import MessageType
 from shared.topics import accepted_topic
 
@@ -100,8 +102,10 @@ class Acceptor:
         results: list[Result] = []
         keyed: dict[str, list[int]] = {}
         hashes: dict[str, str] = {}
+        originals = requests  # idempotency keys fingerprint the request as sent, not as rendered
         # status callbacks go to public destinations only (shared/egress.py): each host checked once
         opt_out = await self._opt_out(tenant, requests)
+        requests, sent_by_template = await self._render_templates(tenant, requests)
         refused = await check_urls({str(r.status_callback_url) for r in requests
                                     if not isinstance(r, Rejection) and r.status_callback_url}, self.egress,
                                    resolve=self.resolve)
@@ -124,17 +128,23 @@ class Acceptor:
                     smart_encoding=self.smart_encoding,
                     geo=geo,
                     geo_rules=self.geo_rules,
-                    opt_out=opt_out,
+                    # a template's text has its opt-out line from the renderer, as in campaigns
+                    opt_out=None if index in sent_by_template else opt_out,
                 )
             except Rejection as rejection:
                 results.append(rejection)
                 continue
+            if index in sent_by_template:
+                template_id, version = sent_by_template[index]
+                message = message.model_copy(update={"template_id": template_id, "template_version": version})
             if sandbox:  # a test key's message: the dispatcher sends it to the sandbox gateway only
                 message = message.model_copy(update={"sandbox": True})
             results.append(Accepted(message, duplicate=replayed))
             key = request.idempotency_key or (default_keys[index] if default_keys else None)
             if key is not None:
-                digest = request_hash(request)
+                original = originals[index]
+                assert isinstance(original, MessageRequest)
+                digest = request_hash(original)
                 if key in keyed and hashes[key] != digest:
                     results[index] = _conflict()
                     continue
@@ -173,13 +183,45 @@ class Acceptor:
         return results, outgoing
 
 
+    async def _render_templates(
+        self, tenant: str, requests: list[MessageRequest | Rejection]
+    ) -> tuple[list[MessageRequest | Rejection], dict[int, tuple[uuid.UUID, int]]]:
+        """Requests with a ``template_id`` rendered for their recipients (services/ingest/template_sends.py),
+        or the reason they cannot be; and, per index rendered, the template id and version used.
+        The batch's templates are one query and its recipients' contacts another (none without templates)."""
+        wanted = [i for i, r in enumerate(requests) if isinstance(r, MessageRequest) and r.template_id is not None]
+        if not wanted:
+            return requests, {}
+        templated = [r for r in requests if isinstance(r, MessageRequest) and r.template_id is not None]
+        keys = list(dict.fromkeys(template_key(r) for r in templated))
+        numbers = {r.to: _e164(r.to) for r in templated}
+        stored = await self.repository.templates_for_send(tenant, keys)
+        phones = sorted({n for n in numbers.values() if n is not None})
+        contacts = await self.repository.contacts_for_send(tenant, phones) if stored else {}
+        out = list(requests)
+        used: dict[int, tuple[uuid.UUID, int]] = {}
+        for index in wanted:
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            request = requests[index]
+            assert isinstance(request, MessageRequest)
+            try:
+                sent = render_send(request, stored.get(template_key(request)), contacts.get(numbers[request.to] or ""),
+                                   allowed_types=self.allowed_types, smart_encoding=self.smart_encoding)
+            except Rejection as rejection:
+                out[index] = rejection
+                continue
+            out[index] = sent.request
+            used[index] = (sent.template_id, sent.version)
+        return out, used
+
     async def _opt_out(self, tenant: str, requests: list[MessageRequest | Rejection]) -> OptOut | None:
-        """The tenant's opt-out mode and its contacts' languages, when the batch has marketing
-        (one round trip; none for transactional traffic)."""
+        """The tenant's opt-out mode and its contacts' languages, when the batch has raw marketing
+        (one round trip; none for transactional traffic or templates, whose renderer adds the line)."""
         # Only what can be a number is looked up (anything else fails its parse with a reason; a
         # NUL byte in a query parameter would fail the whole batch).
         phones = sorted({to for r in requests if isinstance(r, MessageRequest) and r.type is MessageType.MARKETING
-                         and _E164.fullmatch(to := r.to.strip())})
+                         and r.template_id is None and _E164.fullmatch(to := r.to.strip())})
         if not phones:
             return None
         mode, languages = await self.repository.marketing_context(tenant, phones)
@@ -228,6 +270,14 @@ class Acceptor:
                 results[index] = Accepted(message, result.duplicate)
                 rows += records(tenant, message, links)
         await self.links.store_many(rows)
+
+
+def _e164(raw: str) -> str | None:
+    """The number in E.164 when it is one (looked up as a contact), else None (its send is refused later)."""
+    try:
+        return parse_e164(raw, allowed_types=None).e164
+    except PhoneError:
+        return None
 
 
 def callback_refused(reason: str) -> Rejection:

@@ -65,6 +65,8 @@ class MessageView(BaseModel):
     campaign_id: uuid.UUID | None = None
     variant: str | None = None
     journey_id: uuid.UUID | None = None
+    template_id: uuid.UUID | None = Field(None, description="The template it was rendered from (sent by template)")
+    template_version: int | None = Field(None, description="That template's version")
     part_status: dict[str, dict[str, str]] | None = Field(
         None, description="A concatenated message: each part's gateway id → status and time of its receipt"
     )

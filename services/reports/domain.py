@@ -28,7 +28,7 @@ from shared.statuses import FINAL, RANK, RECEIPT_TO_STATUS, SETTLED, Status
 DESCRIPTIVE = (
     "to_e164", "country", "type", "sender", "encoding", "segments", "source",
     "idempotency_key", "metadata", "status_callback_url",
-    "contact_id", "campaign_id", "variant", "journey_id",
+    "contact_id", "campaign_id", "variant", "journey_id", "template_id", "template_version",
 )
 
 
@@ -94,7 +94,7 @@ def from_accepted(event_id: uuid.UUID, tenant: str, m: MessageAccepted) -> Chang
             "idempotency_key": m.idempotency_key, "metadata": m.metadata,
             "status_callback_url": m.status_callback_url,
             "contact_id": m.contact_id, "campaign_id": m.campaign_id, "variant": m.variant,
-            "journey_id": m.journey_id,
+            "journey_id": m.journey_id, "template_id": m.template_id, "template_version": m.template_version,
         },
     )
 

@@ -290,6 +290,7 @@ class ReportsRepository:
             "message_id": "uuid", "status_rank": "smallint", "accepted_at": "timestamptz",
             "submitted_at": "timestamptz", "final_at": "timestamptz", "segments": "int", "metadata": "text",
             "contact_id": "uuid", "campaign_id": "uuid", "journey_id": "uuid",
+            "template_id": "uuid", "template_version": "int",
         }
         jsonb = ("metadata", "part_status")
         names = list(columns)

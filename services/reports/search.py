@@ -27,7 +27,7 @@ STATUSES = frozenset(s.value for s in Status)
 LIST_COLUMNS = (
     "message_id", "status", "reason_code", "reason", "to_e164", "country", "type", "sender", "encoding", "segments",
     "source", "idempotency_key", "metadata", "gateway", "gateway_message_id", "accepted_at", "submitted_at",
-    "final_at", "contact_id", "campaign_id", "variant", "journey_id",
+    "final_at", "contact_id", "campaign_id", "variant", "journey_id", "template_id", "template_version",
 )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 
 from shared.contracts.envelope import Envelope
 from shared.statuses import MessageType, ReceiptStatus, Status
@@ -15,6 +16,15 @@ MAX_BODY_CHARS = 1600
 Metadata = Annotated[
     dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], Annotated[str, StringConstraints(max_length=512)]],
     Field(max_length=32, description="Up to 32 string pairs, echoed in status callbacks and reports"),
+]
+
+
+TemplateValues = Annotated[
+    dict[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)],
+        Annotated[str, StringConstraints(max_length=200)] | int | float | bool,
+    ],
+    Field(max_length=50),
 ]
 
 
@@ -28,8 +38,23 @@ class MessageRequest(_Frozen):
     to: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(
         description="Recipient in E.164, e.g. +34600123456", examples=["+34600123456"]
     )
-    body: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY_CHARS)] = Field(
-        description="Text, 1 to 1,600 characters"
+    body: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY_CHARS)] | None = Field(
+        None, description="Text, 1 to 1,600 characters. Give `body` or `template_id`, not both"
+    )
+    template_id: uuid.UUID | None = Field(
+        None,
+        description="Send this template (`POST /v1/templates`) instead of a body: rendered in the recipient's language "
+        "(the contact's, else the number's country's, else the template's default) with the contact's fields and "
+        "`values`; `type` defaults to the template's purpose (docs/audience.md, \"Sending by template\")",
+    )
+    template_version: int | None = Field(
+        None, ge=1, le=1_000_000, description="With `template_id`: render this version (default: the current one)"
+    )
+    values: TemplateValues | None = Field(
+        None,
+        description="With `template_id`: the per-send values its `{{values.<key>}}` placeholders read (up to 50; "
+        "strings up to 200 characters, numbers, booleans)",
+        examples=[{"code": "482913"}],
     )
     sender: Annotated[str, StringConstraints(pattern=r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")] | None = Field(
         None, description="Alphanumeric sender id (up to 11 characters) or a number"
@@ -55,6 +80,14 @@ class MessageRequest(_Frozen):
         None, description="Marketing only: false leaves links as written (default: links become tracked short links)"
     )
 
+    @model_validator(mode="after")
+    def _body_or_template(self) -> MessageRequest:
+        if (self.body is None) == (self.template_id is None):
+            raise PydanticCustomError("template_or_body", "give a body or a template_id, not both")
+        if self.template_id is None and (self.values is not None or self.template_version is not None):
+            raise PydanticCustomError("template_or_body", "values and template_version go with a template_id")
+        return self
+
 
 class MessageAccepted(_Frozen):
     message_id: uuid.UUID
@@ -76,6 +109,13 @@ class MessageAccepted(_Frozen):
     campaign_id: uuid.UUID | None = Field(None, description="The campaign that sent it")
     variant: str | None = Field(None, max_length=32, description="The campaign variant (A/B) it belongs to")
     journey_id: uuid.UUID | None = Field(None, description="The journey that sent it")
+    template_id: uuid.UUID | None = Field(
+        None, description="The template it was rendered from (sent by template). Left out of the event when none",
+        exclude_if=lambda v: v is None,
+    )
+    template_version: int | None = Field(
+        None, description="That template's version. Left out of the event when none", exclude_if=lambda v: v is None
+    )
     sandbox: bool = Field(
         False,
         description="Sent with a test key: the pipeline runs as for any message, but the dispatcher hands it to its "

@@ -447,3 +447,32 @@ async def test_pause_racing_the_launcher_still_pauses(client, pool, tenant: Tena
     assert raced
     row = await pool.fetchrow("SELECT state, paused_from FROM campaigns WHERE campaign_id = $1", cid)
     assert (row["state"], row["paused_from"]) == ("paused", "completed")
+
+
+async def test_a_campaign_renders_the_template_version_it_was_created_with_even_once_archived(
+    client, pool, env, publisher, tenant: Tenant
+) -> None:
+    tag = f"v{uuid.uuid4().hex[:6]}"
+    lines = ["phone,first_name,language,tags", f"+34611000001,Ana,es,{tag}", f"+34611000002,Bo,en,{tag}"]
+    r = await client.post("/v1/contacts/import", content="\n".join(lines), headers={**tenant.headers, "Content-Type": "text/csv"})
+    assert r.status_code == 200, r.text
+    tid = await template(client, tenant, f"t-{tag}", "First text")
+    body = {"name": "pinned", "segment": f'"{tag}" in tags', "variants": [{"name": "A", "template_id": tid, "percent": 100}]}
+    r = await client.post("/v1/campaigns", json=body, headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    cid = r.json()["campaign_id"]
+    assert r.json()["variants"][0]["template_version"] == 1
+    update = {"name": f"t-{tag}", "purpose": "marketing", "default_language": "en",
+              "variants": {"en": "Second text", "es": "Segundo texto"}}
+    assert (await client.put(f"/v1/templates/{tid}", json=update, headers=tenant.headers)).json()["version"] == 2
+    assert (await client.post(f"/v1/templates/{tid}/archive", headers=tenant.headers)).status_code == 200
+    # archived after the campaign was created: the campaign goes on, with its version
+    assert (await client.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)).json()["state"] == "running"
+    launcher = Launcher(pool, publisher, page_size=100)
+    for _ in range(20):
+        if (await client.get(f"/v1/campaigns/{cid}", headers=tenant.headers)).json()["state"] == "completed":
+            break
+        await launcher.run_once()
+    events = await campaign_events(env, cid, 2)
+    assert sorted(e.payload.body.split("\n")[0] for e in events) == ["First text", "Hola Ana: First text"]
+    assert {(str(e.payload.template_id), e.payload.template_version) for e in events} == {(tid, 1)}

@@ -288,14 +288,16 @@ async def test_every_refused_send_is_counted_by_its_code(client: httpx.AsyncClie
     def count(code: str) -> float:
         return metrics.REQUESTS_REJECTED.labels(code)._value.get()
 
-    before = {c: count(c) for c in ("validation_failed", "malformed_json", "unsupported_media_type", "not_e164")}
+    codes = ("validation_failed", "template_or_body", "malformed_json", "unsupported_media_type", "not_e164")
+    before = {c: count(c) for c in codes}
     answers = [
-        await client.post("/v1/messages", json={"to": "+34600000001"}, headers=tenant.headers),  # no body
+        await client.post("/v1/messages", json={"to": "+34600000001", "body": ""}, headers=tenant.headers),  # empty body
+        await client.post("/v1/messages", json={"to": "+34600000001"}, headers=tenant.headers),  # no body nor template
         await client.post("/v1/messages", content=b'{"to": ', headers={**tenant.headers, "content-type": "application/json"}),
         await client.post("/v1/messages", content=b"to=+34600000001", headers={**tenant.headers, "content-type": "text/plain"}),
         await client.post("/v1/messages", json={"to": "600000001", "body": "x"}, headers=tenant.headers),
     ]
     assert [(r.status_code, r.json()["error"]["code"]) for r in answers] == [
-        (422, "validation_failed"), (422, "malformed_json"), (415, "unsupported_media_type"), (422, "not_e164")]
-    assert {c: count(c) - before[c] for c in before} == {
-        "validation_failed": 1, "malformed_json": 1, "unsupported_media_type": 1, "not_e164": 1}
+        (422, "validation_failed"), (422, "template_or_body"), (422, "malformed_json"), (415, "unsupported_media_type"),
+        (422, "not_e164")]
+    assert {c: count(c) - before[c] for c in before} == {c: 1 for c in codes}

@@ -16,13 +16,19 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.ingest.audience import segments as seg
-from services.ingest.audience.contacts_repo import AudienceRepository, ContactExists
+from services.ingest.audience.contacts_repo import (
+    AudienceRepository,
+    ContactExists,
+    TemplateArchived,
+    TemplateNameTaken,
+    TemplateVersionConflict,
+)
 from services.ingest.audience.erasure import ERASING_SERVICES, ErasureAnswer, ErasureNotPublished, Erasures
 from services.ingest.audience.importer import RowError, check_contact, run_import
 from services.ingest.audience.preview_gate import gate_for
@@ -430,13 +436,16 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
 
     # templates --------------------------------------------------------------------------------
 
-    @router.post("/v1/templates", status_code=201, tags=["templates"], responses={**errors, 409: {}})
-    async def create_template(body: TemplateBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
-        """Store a template: variants per language, placeholders with defaults, a sender."""
+    def _check_template(body: TemplateBody) -> None:
         problems = validate(Template(body.purpose, body.default_language, body.variants, body.sender))
         if problems:
             details = [p.detail() | {"loc": f"body.{p.loc}" if p.loc else "body"} for p in problems]
             raise ApiError(422, "template_invalid", str(problems[0]), details)
+
+    @router.post("/v1/templates", status_code=201, tags=["templates"], responses={**errors, 409: {}})
+    async def create_template(body: TemplateBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
+        """Store a template (version 1): variants per language, placeholders with defaults, a sender."""
+        _check_template(body)
         created = await repo(request).create_template(principal.tenant_id, body.model_dump())
         if created is None:
             raise ApiError(409, "template_exists", f"a template named {body.name!r} exists")
@@ -448,18 +457,78 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
         principal: Principal = reader,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         cursor: Annotated[str | None, Query(max_length=64)] = None,
+        archived: Annotated[bool | None, Query(description="true: archived ones only; false: live ones only")] = None,
     ) -> dict[str, Any]:
-        page = await repo(request).list_templates(principal.tenant_id, after=decode_cursor(cursor), limit=limit)
+        page = await repo(request).list_templates(principal.tenant_id, after=decode_cursor(cursor), limit=limit,
+                                                  archived=archived)
         return {"templates": page, "next_cursor": encode_cursor(page[-1]["template_id"]) if len(page) == limit else None}
 
     @router.get("/v1/templates/{template_id}", tags=["templates"], responses=errors)
     async def get_template(
-        template_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = reader
+        template_id: Annotated[str, Path(max_length=64)],
+        request: Request,
+        principal: Principal = reader,
+        version: Annotated[int | None, Query(ge=1, le=1_000_000, description="An earlier version (default: the current one)")] = None,
     ) -> dict[str, Any]:
-        template = await repo(request).get_template(principal.tenant_id, _id(template_id, "template"))
+        """The template at its current version (``version``), or at an earlier one; archived ones too."""
+        template = await repo(request).get_template(principal.tenant_id, _id(template_id, "template"), version)
         if template is None:
-            raise ApiError(404, "template_not_found", "no template with this id")
+            raise ApiError(404, "template_not_found", "no template with this id" + (" and version" if version else ""))
         return template
+
+    @router.get("/v1/templates/{template_id}/versions", tags=["templates"], responses=errors)
+    async def list_template_versions(
+        template_id: Annotated[str, Path(max_length=64)],
+        request: Request,
+        principal: Principal = reader,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    ) -> dict[str, Any]:
+        """Every version of the template, newest first (a message names the one it was rendered from)."""
+        versions = await repo(request).template_versions(principal.tenant_id, _id(template_id, "template"), limit)
+        if versions is None:
+            raise ApiError(404, "template_not_found", "no template with this id")
+        return {"template_id": template_id, "versions": versions}
+
+    @router.put("/v1/templates/{template_id}", tags=["templates"], responses={**errors, 409: {}})
+    async def update_template(
+        template_id: Annotated[str, Path(max_length=64)],
+        body: TemplateBody,
+        request: Request,
+        principal: Principal = writer,
+        if_match: Annotated[str | None, Header(description="The version you read: 409 if it changed since")] = None,
+    ) -> dict[str, Any]:
+        """Write the template's next version (the whole template, as created). New sends use it
+        (unless they name a ``template_version``); campaigns keep the version they were created with."""
+        expected = None
+        if if_match is not None:
+            try:
+                expected = int(if_match.strip().removeprefix("W/").strip('"'))
+            except ValueError:
+                raise ApiError(422, "invalid_if_match", "If-Match is the template's version number") from None
+        _check_template(body)
+        try:
+            updated = await repo(request).update_template(principal.tenant_id, _id(template_id, "template"),
+                                                          body.model_dump(), expected)
+        except TemplateArchived:
+            raise ApiError(409, "template_archived", "an archived template cannot change") from None
+        except TemplateVersionConflict as exc:
+            raise ApiError(409, "version_conflict", f"the template changed: it is at version {exc.current}") from None
+        except TemplateNameTaken:
+            raise ApiError(409, "template_exists", f"a template named {body.name!r} exists") from None
+        if updated is None:
+            raise ApiError(404, "template_not_found", "no template with this id")
+        return updated
+
+    @router.post("/v1/templates/{template_id}/archive", tags=["templates"], responses=errors)
+    async def archive_template(
+        template_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer
+    ) -> dict[str, Any]:
+        """Archive the template: it stays readable, takes no new sends or campaigns, and cannot
+        change; campaigns already created with it go on with their version."""
+        archived = await repo(request).archive_template(principal.tenant_id, _id(template_id, "template"))
+        if archived is None:
+            raise ApiError(404, "template_not_found", "no template with this id")
+        return archived
 
     @router.post("/v1/templates/{template_id}/preview", tags=["templates"], responses=errors)
     async def preview_template(

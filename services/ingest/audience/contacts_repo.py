@@ -481,9 +481,14 @@ class AudienceRepository:
     # templates ------------------------------------------------------------------------------
 
     async def create_template(self, tenant_id: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Version 1 of a new template (None: the name is taken)."""
         record = await self.pool.fetchrow(
-            f"INSERT INTO templates (tenant_id, name, purpose, sender, default_language, variants)"
-            f" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, name) DO NOTHING RETURNING {_TEMPLATE_COLUMNS}",
+            f"WITH t AS (INSERT INTO templates (tenant_id, name, purpose, sender, default_language, variants)"
+            f" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, name) DO NOTHING RETURNING *),"
+            f" v AS (INSERT INTO template_versions (tenant_id, template_id, version, name, purpose, sender, default_language,"
+            f" variants, created_at) SELECT tenant_id, template_id, version, name, purpose, sender, default_language, variants,"
+            f" created_at FROM t)"
+            f" SELECT {_TEMPLATE_COLUMNS} FROM t",
             tenant_id,
             body["name"],
             body["purpose"],
@@ -493,24 +498,114 @@ class AudienceRepository:
         )
         return _template_dict(record) if record else None
 
-    async def get_template(self, tenant_id: str, template_id: uuid.UUID) -> dict[str, Any] | None:
+    async def update_template(
+        self, tenant_id: str, template_id: uuid.UUID, body: Mapping[str, Any], expected: int | None = None
+    ) -> dict[str, Any] | None:
+        """Write the next version (None: no such template). Raises :class:`TemplateArchived`,
+        :class:`TemplateVersionConflict` (``expected`` is not the current version) and
+        :class:`TemplateNameTaken`."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchrow(
+                "SELECT version, archived_at FROM templates WHERE tenant_id = $1 AND template_id = $2 FOR UPDATE",
+                tenant_id, template_id,
+            )
+            if current is None:
+                return None
+            if current["archived_at"] is not None:
+                raise TemplateArchived()
+            if expected is not None and expected != current["version"]:
+                raise TemplateVersionConflict(current["version"])
+            try:
+                record = await conn.fetchrow(
+                    f"UPDATE templates SET name = $3, purpose = $4, sender = $5, default_language = $6, variants = $7,"
+                    f" version = version + 1, updated_at = now() WHERE tenant_id = $1 AND template_id = $2"
+                    f" RETURNING {_TEMPLATE_COLUMNS}",
+                    tenant_id, template_id, body["name"], body["purpose"], body.get("sender"), body["default_language"],
+                    dict(body["variants"]),
+                )
+            except asyncpg.UniqueViolationError:
+                raise TemplateNameTaken() from None
+            await conn.execute(
+                "INSERT INTO template_versions (tenant_id, template_id, version, name, purpose, sender, default_language,"
+                " variants, created_at) SELECT tenant_id, template_id, version, name, purpose, sender, default_language,"
+                " variants, updated_at FROM templates WHERE tenant_id = $1 AND template_id = $2",
+                tenant_id, template_id,
+            )
+        return _template_dict(record)
+
+    async def archive_template(self, tenant_id: str, template_id: uuid.UUID) -> dict[str, Any] | None:
+        """Archive the template (again: unchanged). None: no such template."""
         record = await self.pool.fetchrow(
-            f"SELECT {_TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1 AND template_id = $2", tenant_id, template_id
+            f"UPDATE templates SET archived_at = coalesce(archived_at, now()) WHERE tenant_id = $1 AND template_id = $2"
+            f" RETURNING {_TEMPLATE_COLUMNS}",
+            tenant_id, template_id,
         )
         return _template_dict(record) if record else None
 
-    async def list_templates(self, tenant_id: str, *, after: uuid.UUID | None, limit: int) -> list[dict[str, Any]]:
+    async def get_template(self, tenant_id: str, template_id: uuid.UUID, version: int | None = None) -> dict[str, Any] | None:
+        """The template (``version``: as it was at that version; its ``archived_at`` is the template's)."""
+        if version is None:
+            record = await self.pool.fetchrow(
+                f"SELECT {_TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1 AND template_id = $2", tenant_id, template_id
+            )
+        else:
+            record = await self.pool.fetchrow(
+                "SELECT v.template_id, v.version, v.name, v.purpose, v.sender, v.default_language, v.variants,"
+                " t.created_at, v.created_at AS updated_at, t.archived_at"
+                " FROM template_versions v JOIN templates t USING (tenant_id, template_id)"
+                " WHERE v.tenant_id = $1 AND v.template_id = $2 AND v.version = $3",
+                tenant_id, template_id, version,
+            )
+        return _template_dict(record) if record else None
+
+    async def template_versions(self, tenant_id: str, template_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]] | None:
+        """The template's versions, newest first (None: no such template)."""
+        records = await self.pool.fetch(
+            "SELECT v.version, v.name, v.purpose, v.sender, v.default_language, v.variants, v.created_at"
+            " FROM templates t LEFT JOIN template_versions v USING (tenant_id, template_id)"
+            " WHERE t.tenant_id = $1 AND t.template_id = $2 ORDER BY v.version DESC LIMIT $3",
+            tenant_id, template_id, limit,
+        )
+        if not records:
+            return None
+        return [
+            {"version": r["version"], "name": r["name"], "purpose": r["purpose"], "sender": r["sender"],
+             "default_language": r["default_language"], "variants": r["variants"], "created_at": _iso(r["created_at"])}
+            for r in records if r["version"] is not None
+        ]
+
+    async def list_templates(
+        self, tenant_id: str, *, after: uuid.UUID | None, limit: int, archived: bool | None = None
+    ) -> list[dict[str, Any]]:
         records = await self.pool.fetch(
             f"SELECT {_TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1 AND ($2::uuid IS NULL OR template_id > $2)"
+            " AND ($4::bool IS NULL OR (archived_at IS NOT NULL) = $4)"
             " ORDER BY template_id LIMIT $3",
             tenant_id,
             after,
             limit,
+            archived,
         )
         return [_template_dict(r) for r in records]
 
 
-_TEMPLATE_COLUMNS = "template_id, name, purpose, sender, default_language, variants, created_at, updated_at"
+class TemplateArchived(Exception):
+    pass
+
+
+class TemplateNameTaken(Exception):
+    pass
+
+
+class TemplateVersionConflict(Exception):
+    def __init__(self, current: int) -> None:
+        super().__init__(f"the template is at version {current}")
+        self.current = current
+
+
+_TEMPLATE_COLUMNS = (
+    "template_id, version, name, purpose, sender, default_language, variants, created_at, updated_at, archived_at"
+)
 
 
 def _columns(rows: Sequence[ContactInput]) -> list[list[Any]]:
@@ -570,6 +665,9 @@ def _template_dict(r: Mapping[str, Any]) -> dict[str, Any]:
         "sender": r["sender"],
         "default_language": r["default_language"],
         "variants": r["variants"],
+        "version": r["version"],
+        "archived": r["archived_at"] is not None,
+        "archived_at": _iso(r["archived_at"]),
         "created_at": _iso(r["created_at"]),
         "updated_at": _iso(r["updated_at"]),
     }

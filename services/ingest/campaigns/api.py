@@ -19,7 +19,7 @@ from services.ingest.audience.contacts_api import decode_cursor, encode_cursor
 from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
 from services.ingest.audience.preview_gate import gate_for
 from services.ingest.audience.templates import SAMPLE_CONTACT, Template, TemplateError, render
-from services.ingest.campaigns.domain import CampaignError, Variant, check_variants, transition
+from services.ingest.campaigns.domain import CampaignError, Variant, check_variants, pinned_versions, transition
 from services.ingest.campaigns.repository import CampaignRepository, campaign_dict
 from services.ingest.domain import MAX_SCHEDULE_AHEAD, Rejection, accept
 from services.ingest.metrics import RATE_LIMITED
@@ -164,6 +164,9 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
         for i, v in enumerate(variants):
             if v.template_id not in templates:
                 problems.append({"loc": f"body.variants.{i}.template_id", "code": "template_not_found", "msg": "unknown template"})
+            elif templates[v.template_id]["archived"]:
+                problems.append({"loc": f"body.variants.{i}.template_id", "code": "template_archived",
+                                 "msg": "the template is archived: it takes no new campaigns"})
         if len({templates[v.template_id]["purpose"] for v in variants if v.template_id in templates}) > 1:
             problems.append({"loc": "body.variants", "code": "mixed_purposes",
                              "msg": "every variant's template has the same purpose (marketing or transactional)"})
@@ -182,7 +185,9 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
             "segment_id": body.segment_id,
             "segment_filter": normalized,
             "sender": body.sender,
-            "variants": [{"name": v.name, "template_id": str(v.template_id), "percent": v.percent} for v in variants],
+            # each variant renders the template's version of now, whatever later updates do
+            "variants": [{"name": v.name, "template_id": str(v.template_id), "percent": v.percent,
+                          "template_version": templates[v.template_id]["version"]} for v in variants],
             "frequency_caps": [c.model_dump() for c in body.frequency_caps],
             "test_numbers": body.test_numbers,
             "send_at": body.send_at,
@@ -253,7 +258,8 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
                            f"this API key is over its {verdict.limit} per minute limit; retry in {verdict.retry_after_s}s",
                            headers={"Retry-After": str(verdict.retry_after_s)})
         r = repo(request)
-        stored = await r.templates(principal.tenant_id, [uuid.UUID(v["template_id"]) for v in row["variants"]])
+        stored = await r.templates(principal.tenant_id, [uuid.UUID(v["template_id"]) for v in row["variants"]],
+                                   pinned_versions(row["variants"]))
         contacts = await r.contacts_by_phone(principal.tenant_id, numbers)
         now, results, outgoing = utcnow(), [], []
         for number in numbers:

@@ -149,6 +149,12 @@ def assign(
     return chosen or pick_variant(variants, split)
 
 
+def pinned_versions(raw: list[dict[str, Any]]) -> dict[uuid.UUID, int | None]:
+    """The template version each of a campaign's variants renders (stored at its creation; a
+    campaign created before templates had versions renders the current one: None)."""
+    return {uuid.UUID(str(v["template_id"])): v.get("template_version") for v in raw}
+
+
 def message_id_for(campaign_id: uuid.UUID, contact_id: uuid.UUID) -> uuid.UUID:
     """One message per contact per campaign, whatever happens to the launcher."""
     return uuid.uuid5(MESSAGE_NAMESPACE, f"{campaign_id}:{contact_id}")
@@ -166,6 +172,7 @@ def build_message(
     smart_encoding: bool,
     metadata: Mapping[str, str] | None = None,
     rendered: Rendered | None = None,
+    template_version: int | None = None,
 ) -> MessageAccepted:
     """The accepted message for one contact (rendered with the contact's fields and language)."""
     rendered = rendered or render(template, member.template_fields(), smart=smart_encoding)
@@ -190,4 +197,6 @@ def build_message(
         campaign_id=campaign_id,
         variant=variant.name,
         journey_id=None,
+        template_id=variant.template_id if template_version is not None else None,
+        template_version=template_version,
     )

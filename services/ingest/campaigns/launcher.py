@@ -25,7 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,7 +36,7 @@ from shared.erasure import NO_KEYS, ErasureKeys
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
 from services.ingest.audience.templates import Template, TemplateError, render
-from services.ingest.campaigns.domain import AbTest, Variant, assign, build_message, next_attempt_at
+from services.ingest.campaigns.domain import AbTest, Variant, assign, build_message, next_attempt_at, pinned_versions
 from services.ingest.campaigns.repository import CampaignRepository
 from services.ingest.links import LinkRecord, records, track_message
 from services.ingest.links_repo import LinksRepository
@@ -73,6 +73,7 @@ class Plan:
     phase: str
     winner: str | None
     cursor: uuid.UUID | None
+    versions: dict[uuid.UUID, int] = field(default_factory=dict)  # the version of each template rendered
 
 
 def parse_variants(raw: list[dict[str, Any]]) -> tuple[Variant, ...]:
@@ -181,7 +182,8 @@ class Launcher:
 
     async def _plan(self, row: asyncpg.Record) -> Plan | None:
         variants = parse_variants(row["variants"])
-        stored = await self.campaigns.templates(row["tenant_id"], [v.template_id for v in variants])
+        stored = await self.campaigns.templates(row["tenant_id"], [v.template_id for v in variants],
+                                                pinned_versions(row["variants"]))
         missing = [str(v.template_id) for v in variants if v.template_id not in stored]
         if missing:
             # A template deleted after creation: the campaign cannot go on. Cancel it visibly.
@@ -202,6 +204,7 @@ class Launcher:
             phase=row["phase"],
             winner=row["winner"],
             cursor=row["cursor"],
+            versions={tid: r["version"] for tid, r in stored.items()},
         )
 
     async def fan_out(self, plan: Plan) -> None:
@@ -266,7 +269,7 @@ class Launcher:
             message = build_message(
                 campaign_id=plan.campaign_id, member=member, variant=variant, template=template,
                 region=region_of_e164(member.phone), sender=plan.sender, now=now, smart_encoding=self.smart_encoding,
-                rendered=rendered,
+                rendered=rendered, template_version=plan.versions.get(variant.template_id),
             )
             if self.link_domain and message.type is MessageType.MARKETING:
                 message, found = track_message(message, self.link_domain, smart=self.smart_encoding)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -170,11 +171,20 @@ class CampaignRepository:
             tenant_id, campaign_id, owner,
         )
 
-    async def templates(self, tenant_id: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+    async def templates(
+        self, tenant_id: str, ids: list[uuid.UUID], versions: Mapping[uuid.UUID, int | None] | None = None
+    ) -> dict[uuid.UUID, asyncpg.Record]:
+        """The templates by id, each at the version ``versions`` pins (a campaign's, from its
+        creation) or its current one, with ``version`` and ``archived``; one round trip."""
+        ids = list(dict.fromkeys(ids))
+        pinned = [(versions or {}).get(i) for i in ids]
         rows = await self.pool.fetch(
-            "SELECT template_id, purpose, sender, default_language, variants FROM templates"
-            " WHERE tenant_id = $1 AND template_id = ANY($2::uuid[])",
-            tenant_id, ids,
+            "SELECT t.template_id, v.version, v.purpose, v.sender, v.default_language, v.variants,"
+            " t.archived_at IS NOT NULL AS archived"
+            " FROM unnest($2::uuid[], $3::int[]) AS k(id, ver)"
+            " JOIN templates t ON t.tenant_id = $1 AND t.template_id = k.id"
+            " JOIN template_versions v ON v.tenant_id = $1 AND v.template_id = k.id AND v.version = coalesce(k.ver, t.version)",
+            tenant_id, ids, pinned,
         )
         return {r["template_id"]: r for r in rows}
 
