@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 PREFIX = "hk"
 SCOPES = (
     "messages:write", "messages:read", "suppressions:write", "receipts:write", "contacts:write", "contacts:read",
-    "campaigns:write", "campaigns:read", "policy:write",
+    "campaigns:write", "campaigns:read", "policy:write", "contacts:export",
 )
 # policy:write (PUT /v1/policy: consent mode, frequency caps, reply webhook) is not a default:
-# switching a tenant to opt_out consent is a decision a key must be given explicitly.
+# switching a tenant to opt_out consent is a decision a key must be given explicitly. contacts:export
+# (POST/GET /v1/subject-access: everything Herald holds about a number, texts and codes included)
+# is not a default either: a key that answers subject-access requests is given it on purpose.
 DEFAULT_SCOPES = (
     "messages:write", "messages:read", "suppressions:write", "contacts:write", "contacts:read",
     "campaigns:write", "campaigns:read",

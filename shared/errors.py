@@ -70,6 +70,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "template_not_found": _c((404, 422), "no template with this id (422 when a campaign's variant or a message names it)"),
     "journey_not_found": _c(404, "no journey with this id"),
     "erasure_not_found": _c(404, "no erasure with this id for your tenant"),
+    "export_not_found": _c(404, "no subject-access export with this id for your tenant"),
     "tenant_not_found": _c(404, "no such tenant"),
     "not_suppressed": _c(404, "this number is not on the suppression list"),
     "link_not_found": _c(404, "`GET /l/{code}`: no short link with this code"),

@@ -50,3 +50,8 @@ WAITING = Gauge(
 # Erasures (shared/erasure_store.py, docs/data-map.md): applied once per service; a redelivered one is not counted.
 ERASURES = Counter("herald_erasures_total", "Erasures applied to a service's own tables", ["service"])
 ERASED_ROWS = Counter("herald_erased_rows_total", "Rows deleted or redacted by erasures, per table", ["service", "table"])
+# Subject-access exports (shared/subject_access_store.py, docs/data-map.md): each service's parts, and ingest's exports.
+SUBJECT_ACCESS_PARTS = Counter("herald_subject_access_parts_total", "Subject-access parts a service gathered and published", ["service"])
+SUBJECT_ACCESS_ROWS = Counter("herald_subject_access_rows_total", "Rows a service put into subject-access parts, per table",
+                              ["service", "table"])
+SUBJECT_ACCESS_EXPORTS = Counter("herald_subject_access_exports_total", "Subject-access exports requested (ingest)")

@@ -114,8 +114,13 @@ class ConsumerSettings(ServiceSettings):
     lanes: list[str] = Field(
         default_factory=list,
         description="Run only these consumer lanes of the service (main, the transactional lane, plus bulk, journeys, "
-        "commands, results, replies or erasures as the service has them); empty: every lane. Lets priority and campaign work "
+        "commands, results, replies, erasures, subject-access or subject-access-parts as the service has them); empty: every lane. Lets priority and campaign work "
         "run in processes (Deployments) of their own, e.g. [\"main\"] and [\"bulk\"] (docs/operations.md)",
+    )
+    subject_access_part_bytes: int = Field(
+        256 * 1024, ge=16 * 1024, le=900 * 1024,
+        description="Largest chunk, in bytes of JSON, of a service's part of a subject-access export: a bigger part is "
+        "published in several events, each under the broker's message size limit (about 1 MB by default; docs/data-map.md)",
     )
     nice: int = Field(
         0, ge=0, le=19,

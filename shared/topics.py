@@ -22,6 +22,8 @@ from shared.contracts import (
     MessageStatusEvent,
     RejectedEventEnvelope,
     ReplyForwardedEvent,
+    SubjectAccessPartEvent,
+    SubjectAccessRequestedEvent,
     TriggerEvent,
 )
 from shared.statuses import MessageType
@@ -199,8 +201,33 @@ ERASURES = Topic(
     config=dict(PERSONAL_DATA_RETENTION),
 )
 
+SUBJECT_ACCESS = Topic(
+    "subject-access.v1",
+    SubjectAccessRequestedEvent,
+    key="tenant + export id (never the number)",
+    producers=("ingest (POST /v1/subject-access)",),
+    consumers=("ingest (subject-access lane)", "scheduler (subject-access lane)", "dispatcher (subject-access lane)",
+               "reports (subject-access lane)"),
+    description="Export what Herald holds about a number: every service that holds numbers or texts reads its own "
+    "tables about the number (one snapshot) and publishes its rows to subject-access.parts.v1. A redelivered request "
+    "gathers again; ingest keeps one complete gathering per service. See docs/data-map.md.",
+    config=dict(PERSONAL_DATA_RETENTION),
+)
+SUBJECT_ACCESS_PARTS = Topic(
+    "subject-access.parts.v1",
+    SubjectAccessPartEvent,
+    key="export id",
+    producers=("ingest", "scheduler", "dispatcher", "reports"),
+    consumers=("ingest (subject-access-parts lane)",),
+    description="One service's rows about the number of an export, by table, in chunks of at most "
+    "HERALD_SUBJECT_ACCESS_PART_BYTES of JSON (well under the broker's message size limit). ingest stores them in "
+    "subject_access_parts (once per chunk) and assembles the document when every service's chunks are in.",
+    config=dict(PERSONAL_DATA_RETENTION),
+)
+
 ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES,
-                        CONTACT_EVENTS_IN, CONTACT_EVENTS, CLICKS, REJECTED, MESSAGE_COMMANDS, ERASURES)
+                        CONTACT_EVENTS_IN, CONTACT_EVENTS, CLICKS, REJECTED, MESSAGE_COMMANDS, ERASURES,
+                        SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS)
 
 
 def on_bulk_lane(message: MessageAccepted) -> bool:

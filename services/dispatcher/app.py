@@ -10,12 +10,14 @@ from services.dispatcher.handlers import ownership_of
 from services.dispatcher.parking import Parker, ParkingLoop, policy_from
 from services.dispatcher.repository import CampaignStates, ClaimRepository, ParkingRepository, TenantStates
 from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.subject_access import dispatcher_gatherer
 from services.dispatcher.sink import KafkaSink
 from services.dispatcher.throttle import LocalThrottle, PostgresThrottle, Throttle
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure_store import ErasureHandler
-from shared.topics import ERASURES, OUTBOUND, OUTBOUND_BULK
+from shared.subject_access_store import GatherHandler
+from shared.topics import ERASURES, OUTBOUND, OUTBOUND_BULK, SUBJECT_ACCESS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -52,8 +54,11 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Erasures (docs/data-map.md): the claims' copies of an erased number's messages.
     base_group = settings.consumer_group or settings.topic_prefix + "dispatcher"
     erasures = Lane("erasures", f"{base_group}.erasures", [ERASURES], ErasureHandler(ctx.pool, "dispatcher", dispatcher_eraser))
+    # Subject-access exports (docs/data-map.md): the claims of a number's messages.
+    subject_access = Lane("subject-access", f"{base_group}.subject-access", [SUBJECT_ACCESS],
+                          GatherHandler(ctx.pool, "dispatcher", dispatcher_gatherer, settings.subject_access_part_bytes))
     return Wiring(handler=OutboundHandler(claims, sender, settings, priority=True, campaigns=CampaignStates(ctx.pool),
-                                          tenants=TenantStates(ctx.pool)), lanes=[bulk, erasures])
+                                          tenants=TenantStates(ctx.pool)), lanes=[bulk, erasures, subject_access])
 
 
 async def main(settings: DispatcherSettings | None = None) -> int:

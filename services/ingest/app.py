@@ -20,7 +20,9 @@ from services.ingest.settings import IngestSettings
 from services.ingest.triggers import TriggerHandler
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
-from shared.topics import CONTACT_EVENTS_IN, INBOUND, TRIGGERS
+from services.ingest.audience.subject_access import PartsHandler, ingest_gatherer
+from shared.subject_access_store import GatherHandler
+from shared.topics import CONTACT_EVENTS_IN, INBOUND, SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS, TRIGGERS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -55,7 +57,14 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     app.include_router(build_journeys_router())
     contact_events = Lane("contact-events", f"{settings.topic_prefix}ingest.contact-events", [CONTACT_EVENTS_IN],
                           ContactEventsHandler(events, repository, settings.kafka_input_signatures))
-    return Wiring(handler=TriggerHandler(acceptor, repository, settings.kafka_input_signatures), app=app, lanes=[replies, contact_events])
+    # Subject-access exports (docs/data-map.md): ingest's own part, and every service's parts stored.
+    subject_access = Lane("subject-access", f"{settings.topic_prefix}ingest.subject-access", [SUBJECT_ACCESS],
+                          GatherHandler(ctx.pool, "ingest", ingest_gatherer(settings.erasure_keyring()),
+                                        settings.subject_access_part_bytes))
+    parts = Lane("subject-access-parts", f"{settings.topic_prefix}ingest.subject-access-parts", [SUBJECT_ACCESS_PARTS],
+                 PartsHandler(ctx.pool))
+    return Wiring(handler=TriggerHandler(acceptor, repository, settings.kafka_input_signatures), app=app,
+                  lanes=[replies, contact_events, subject_access, parts])
 
 
 async def main(settings: IngestSettings | None = None) -> int:

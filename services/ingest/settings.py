@@ -31,6 +31,11 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
         default_factory=dict,
         description="Per-tenant shares that differ from the default, e.g. {\"bank\": 1000} (0: no limit for it)",
     )
+    subject_access_export_days: int = Field(
+        7, ge=1, le=90,
+        description="Days a subject-access export's document is kept (POST /v1/subject-access); then its rows go and only "
+        "the audit (who asked, when) stays (docs/data-map.md)",
+    )
     campaign_page_size: int = Field(1000, ge=10, le=10_000, description="Contacts a campaign launcher reads, renders and publishes per page")
     campaign_lease_s: float = Field(30.0, ge=5, description="How long a launcher keeps a campaign without progress before another instance takes it over")
     campaign_launcher: bool = Field(True, description="Run a campaign launcher in this ingest instance")

@@ -8,13 +8,15 @@ from services.reports.api import create_app
 from services.reports.erasure import reports_eraser
 from services.reports.handlers import PendingSweeper, StatusHandler
 from services.reports.settings import ReportsSettings
+from services.reports.subject_access import reports_gatherer
 from services.reports.results import ResultsHandler
 from services.reports.webhooks import ReplyWebhookHandler, WebhookWorker
 from services.reports.winner import WinnerWorker
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure_store import ErasureHandler
-from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, ERASURES, RECEIPTS, REPLIES, STATUS
+from shared.subject_access_store import GatherHandler
+from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, ERASURES, RECEIPTS, REPLIES, STATUS, SUBJECT_ACCESS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -45,9 +47,12 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Erasures (docs/data-map.md): an erased number's messages, clicks, conversions and webhook rows.
     erasures = Lane("erasures", f"{settings.topic_prefix}reports.erasures", [ERASURES],
                     ErasureHandler(ctx.pool, "reports", reports_eraser))
+    # Subject-access exports (docs/data-map.md): a number's messages, timeline, clicks, conversions, webhook rows.
+    subject_access = Lane("subject-access", f"{settings.topic_prefix}reports.subject-access", [SUBJECT_ACCESS],
+                          GatherHandler(ctx.pool, "reports", reports_gatherer, settings.subject_access_part_bytes))
     return Wiring(handler=status, app=create_app(ctx.pool, settings.ab_alpha, api_docs=settings.api_docs,
                                                  search_timeout_ms=settings.search_timeout_ms),
-                  lanes=[results, replies, erasures])
+                  lanes=[results, replies, erasures, subject_access])
 
 
 async def main(settings: ReportsSettings | None = None) -> int:

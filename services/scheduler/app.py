@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.scheduler.erasure import scheduler_eraser
+from services.scheduler.subject_access import scheduler_gatherer
 from services.scheduler.handlers import AcceptedHandler, CommandHandler, FactsRepository, Timer
 from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
@@ -12,7 +13,8 @@ from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure import ErasureKeys
 from shared.erasure_store import ErasureHandler
-from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS, ERASURES, MESSAGE_COMMANDS
+from shared.subject_access_store import GatherHandler
+from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS, ERASURES, MESSAGE_COMMANDS, SUBJECT_ACCESS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -41,7 +43,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Erasures (docs/data-map.md): held messages, journey runs and releases of an erased number.
     erasures = Lane("erasures", f"{base_group}.erasures", [ERASURES],
                     ErasureHandler(ctx.pool, "scheduler", scheduler_eraser(ctx.publisher)))
-    return Wiring(handler=AcceptedHandler(facts), lanes=[bulk, journey_lane, commands, erasures])
+    # Subject-access exports (docs/data-map.md): held messages, journey runs and releases of a number.
+    subject_access = Lane("subject-access", f"{base_group}.subject-access", [SUBJECT_ACCESS],
+                          GatherHandler(ctx.pool, "scheduler", scheduler_gatherer, settings.subject_access_part_bytes))
+    return Wiring(handler=AcceptedHandler(facts), lanes=[bulk, journey_lane, commands, erasures, subject_access])
 
 
 async def check_erasure_keys(pool, keys: ErasureKeys) -> None:

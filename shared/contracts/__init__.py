@@ -28,6 +28,12 @@ from shared.contracts.events import (
     ContactEventRequestEvent,
 )
 from shared.contracts.replies import ConversationEntry, ReplyForwarded, ReplyForwardedEvent
+from shared.contracts.subject_access import (
+    SubjectAccessPart,
+    SubjectAccessPartEvent,
+    SubjectAccessRequested,
+    SubjectAccessRequestedEvent,
+)
 
 __all__ = [
     "ContactEventAccepted",
@@ -58,6 +64,10 @@ __all__ = [
     "ConversationEntry",
     "ReplyForwarded",
     "ReplyForwardedEvent",
+    "SubjectAccessPart",
+    "SubjectAccessPartEvent",
+    "SubjectAccessRequested",
+    "SubjectAccessRequestedEvent",
     "TriggerEvent",
     "derived_event_id",
     "utcnow",

@@ -505,8 +505,8 @@ async def launch_campaign(stack: Stack, key: str, dsn: str, count: int, countrie
 SPLIT = {  # --split-lanes: (service, its environment) per process, as docs/operations.md deploys them
     "ingest": [{"HERALD_CAMPAIGN_LAUNCHER": "false"},  # single sends (OTPs)
                {"HERALD_NICE": "10"}],  # the batch endpoint and the campaign launcher
-    "scheduler": [{"HERALD_LANES": '["main", "journeys", "commands", "erasures"]'}, {"HERALD_LANES": '["bulk"]', "HERALD_NICE": "10"}],
-    "dispatcher": [{"HERALD_LANES": '["main", "erasures"]'}, {"HERALD_LANES": '["bulk"]', "HERALD_NICE": "10"}],
+    "scheduler": [{"HERALD_LANES": '["main", "journeys", "commands", "erasures", "subject-access"]'}, {"HERALD_LANES": '["bulk"]', "HERALD_NICE": "10"}],
+    "dispatcher": [{"HERALD_LANES": '["main", "erasures", "subject-access"]'}, {"HERALD_LANES": '["bulk"]', "HERALD_NICE": "10"}],
     "reports": [{}],
 }
 

@@ -980,6 +980,8 @@ def consumed(service: str, settings: Any) -> set[tuple[str, str]]:
                 lane_group = f"{group}.commands"
             if "(erasures lane)" in consumer:  # each service's app.py: the erasures lane (docs/data-map.md)
                 lane_group = f"{group}.erasures"
+            if "(subject-access lane)" in consumer:  # each service's app.py: subject-access exports (docs/data-map.md)
+                lane_group = f"{group}.subject-access"
             pairs.add((lane_group, topic.name(settings.topic_prefix)))
     return pairs
 

@@ -4,7 +4,9 @@ converts and starts a journey, and is a contact; then it is erased. Every table 
 is scanned, every column as text: neither the number (E.164, without '+', national) nor any of
 its texts, its name or its browser is left anywhere; what is left is the keyed hash in
 suppression_hashes and each service's audit row. Kafka keeps what it carried for its short
-retention (docs/data-map.md); the topics' configuration on the real broker is checked too."""
+retention (docs/data-map.md): every record of every topic is read too, and each topic that holds
+the number or its texts must be one whose configuration on the real broker deletes it within
+days (a topic kept at the broker's default retention must hold none of it)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import httpx
 import phonenumbers
 import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -173,8 +176,41 @@ async def test_an_erased_number_leaves_nothing_but_its_keyed_hash(stack: Stack, 
     await wait_for(lambda: pool.fetchval("SELECT status = 'suppressed' FROM messages WHERE message_id = $1::uuid", again),
                    timeout_s=60)
 
-    # 7. Kafka: the topics that carry numbers and texts keep them a short time
+    # 7. Kafka: the topics that carry numbers and texts keep them a short time, and no other topic carries them
     await check_topic_retention(stack)
+    on_topics = await scan_topics(stack.env["HERALD_KAFKA_BOOTSTRAP"], stack.env["HERALD_TOPIC_PREFIX"], needles)
+    for suffix in ("messages.accepted.v1", "messages.outbound.bulk.v1", "inbound.v1", "replies.v1", "erasures.v1"):
+        assert suffix in on_topics, f"{suffix} should have carried the number or its texts ({on_topics})"
+    short = {t.suffix for t in ALL if t.config == PERSONAL_DATA_RETENTION}
+    assert {suffix: hits for suffix, hits in on_topics.items() if suffix not in short} == {}
+
+
+async def scan_topics(bootstrap: str, prefix: str, needles: list[str]) -> dict[str, list[str]]:
+    """Every record of every topic of ``prefix`` (key and value, as text) read from the start to
+    the end offsets: {topic suffix: [the needles found]}."""
+    found: dict[str, list[str]] = {}
+    for topic in ALL:
+        name = topic.name(prefix)
+        consumer = AIOKafkaConsumer(name, bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                    auto_offset_reset="earliest", client_id=f"test-scan-{uuid.uuid4().hex[:6]}")
+        await consumer.start()
+        try:
+            partitions = await wait_for(lambda: _assigned(consumer), timeout_s=30)
+            ends = await consumer.end_offsets(partitions)
+            text: list[str] = []
+            while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+                for records in (await consumer.getmany(*partitions, timeout_ms=1000)).values():
+                    text += [(r.key or b"").decode(errors="replace") + (r.value or b"").decode(errors="replace")
+                             for r in records]
+        finally:
+            await consumer.stop()
+        if hits := [n for n in needles if any(n in t for t in text)]:
+            found[topic.suffix] = hits
+    return found
+
+
+async def _assigned(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    return sorted(consumer.assignment())
 
 
 async def check_topic_retention(stack: Stack) -> None:

@@ -527,17 +527,23 @@ async def test_erasure_by_number_clears_ingests_tables_publishes_the_event_and_r
                        uuid.uuid4().hex[:12], t, uuid.uuid4(), uuid.UUID(c["contact_id"]))
     campaign = await pool.fetchval("INSERT INTO campaigns (tenant_id, name, segment_filter, variants, test_numbers)"
                                    " VALUES ($1, 'c', 'all', '[]', $2) RETURNING campaign_id", t, [number, other])
+    export_id = uuid.uuid4()  # a subject-access export of the number, with a part
+    await pool.execute("INSERT INTO subject_access_exports (export_id, tenant_id, phone_e164, requested_by, requested_at, expires_at)"
+                       " VALUES ($1, $2, $3, 'k', now(), now() + interval '1 day')", export_id, t, number)
+    await pool.execute("INSERT INTO subject_access_parts (export_id, service, attempt, chunk, chunks, tables)"
+                       " VALUES ($1, 'ingest', $2, 0, 1, $3)", export_id, uuid.uuid4(), {"inbound_messages": [{"body": "mi secreto"}]})
 
     r = await client.post("/v1/erasures", json={"phone": number[:3] + " " + number[3:]}, headers=tenant.headers)
     assert r.status_code == 202, r.text
     answer = r.json()
     assert answer["applied"]["ingest"] == {
         "contacts": 1, "contact_consents": 1, "suppressions": 1, "suppression_hashes_rekeyed": 1, "scoped_suppressions": 1,
-        "inbound_messages": 1, "links": 1, "campaigns": 1}
+        "inbound_messages": 1, "links": 1, "campaigns": 1, "subject_access_exports": 1}
     assert answer["pending"] == ["dispatcher", "reports", "scheduler"]
+    assert await pool.fetchval("SELECT count(*) FROM subject_access_parts WHERE export_id = $1", export_id) == 0
 
     for table in ("contacts", "contact_consents", "suppressions", "scoped_suppressions", "inbound_messages", "links",
-                  "campaigns", "suppression_hashes", "erasure_audit"):
+                  "campaigns", "suppression_hashes", "erasure_audit", "subject_access_exports"):
         for row in await pool.fetch(f"SELECT * FROM {table} WHERE tenant_id = $1", t):
             text = json.dumps(dict(row), default=str)
             assert number not in text and number[1:] not in text and "mi secreto" not in text and "Nuria" not in text, table
@@ -879,3 +885,45 @@ async def test_expensive_previews_are_limited_per_tenant_and_per_instance(env, p
         assert [r.status_code for r in done] == [200, 200, 200]
         # the slots are given back
         assert (await http.post("/v1/segments/preview", json=body, headers=c.headers)).status_code == 200
+
+
+async def test_a_subject_access_request_is_stored_published_and_scoped(env, client, pool) -> None:
+    """POST /v1/subject-access: contacts:export only; by number or contact; the request travels on
+    herald.subject-access.v1 keyed by tenant and export id (never the number); the export is its
+    tenant's alone and pending until the services' parts are in."""
+    from shared.auth import DEFAULT_SCOPES
+    from shared.contracts import SubjectAccessRequestedEvent
+    from shared.topics import SUBJECT_ACCESS
+    from tests.helpers import read_topic
+
+    tenant = await make_tenant(pool, scopes=(*DEFAULT_SCOPES, "contacts:export"))
+    plain = await make_tenant(pool)
+    number = phone(31)
+    c = await create(client, tenant, phone=number)
+    assert error(await client.post("/v1/subject-access", json={"phone": number}, headers=plain.headers)) == (
+        403, "insufficient_scope")
+    assert error(await client.post("/v1/subject-access", json={}, headers=tenant.headers)) == (422, "validation_failed")
+    assert error(await client.post("/v1/subject-access", json={"phone": number, "contact_id": c["contact_id"]},
+                                   headers=tenant.headers)) == (422, "validation_failed")
+    assert error(await client.post("/v1/subject-access", json={"contact_id": str(uuid.uuid4())},
+                                   headers=tenant.headers)) == (404, "contact_not_found")
+    assert error(await client.post("/v1/subject-access", json={"phone": "+34123"}, headers=tenant.headers))[0] == 422
+
+    r = await client.post("/v1/subject-access", json={"contact_id": c["contact_id"]}, headers=tenant.headers)
+    assert r.status_code == 202, r.text
+    export_id = r.json()["export_id"]
+    records = await read_topic(env.bootstrap, SUBJECT_ACCESS.name(env.prefix), lambda rs: any(export_id.encode() in x.value for x in rs))
+    (record,) = [x for x in records if export_id.encode() in x.value]
+    event = SubjectAccessRequestedEvent.model_validate_json(record.value)
+    assert (event.tenant, event.payload.phone, str(event.payload.contact_id)) == (tenant.tenant_id, number, c["contact_id"])
+    assert number[1:].encode() not in record.key
+    row = await pool.fetchrow("SELECT * FROM subject_access_exports WHERE export_id = $1::uuid", export_id)
+    assert (row["tenant_id"], row["phone_e164"], row["requested_by"]) == (tenant.tenant_id, number, tenant.key.split("_")[1])
+    assert row["phone_hash"] == KEYS.hash(tenant.tenant_id, number)
+
+    status = (await client.get(f"/v1/subject-access/{export_id}", headers=tenant.headers)).json()
+    assert (status["status"], status["pending"], "document" in status) == (
+        "pending", ["dispatcher", "ingest", "reports", "scheduler"], False)
+    other = await make_tenant(pool, scopes=(*DEFAULT_SCOPES, "contacts:export"))
+    assert error(await client.get(f"/v1/subject-access/{export_id}", headers=other.headers)) == (404, "export_not_found")
+    assert error(await client.get("/v1/subject-access/not-an-id", headers=tenant.headers)) == (404, "export_not_found")

@@ -30,6 +30,7 @@ from services.ingest.audience.contacts_repo import (
     TemplateVersionConflict,
 )
 from services.ingest.audience.erasure import ERASING_SERVICES, ErasureAnswer, ErasureNotPublished, Erasures
+from services.ingest.audience.subject_access import ExportNotPublished, Exports, ExportStatus
 from services.ingest.audience.importer import RowError, check_contact, run_import
 from services.ingest.audience.preview_gate import gate_for
 from services.ingest.audience.templates import SAMPLE_CONTACT, Template, TemplateError, render, validate
@@ -96,6 +97,13 @@ class ErasureBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     phone: str = Field(max_length=40, description="The number to erase, E.164")
+
+
+class SubjectAccessBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str | None = Field(None, max_length=40, description="The number whose data to export, E.164")
+    contact_id: str | None = Field(None, max_length=64, description="...or the contact whose number it is")
 
 
 class FilterBody(BaseModel):
@@ -349,6 +357,73 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
                 "requested_at": rows[0]["requested_at"].isoformat(), "applied": applied,
                 "pending": [s for s in ERASING_SERVICES if s not in applied],
                 "complete": all(s in applied for s in ("ingest", *ERASING_SERVICES))}
+
+    # subject-access export ---------------------------------------------------------------------
+
+    exporter = Depends(principal_dependency("contacts:export"))
+
+    def exports(request: Request) -> Exports:
+        return Exports(request.app.state.pool, request.app.state.publisher, keys, settings.subject_access_export_days)
+
+    def export_body(export_id: str, status: ExportStatus) -> dict[str, Any]:
+        row = status.row
+        out: dict[str, Any] = {
+            "export_id": export_id, "status": status.state, "requested_by": row["requested_by"],
+            "requested_at": row["requested_at"].isoformat(), "expires_at": row["expires_at"].isoformat(),
+            "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
+        }
+        if status.assembly is not None:
+            out["pending"] = status.assembly.pending
+            out["received"] = sorted(status.assembly.services)
+            if status.assembly.document is not None:
+                out["document"] = status.assembly.document
+        else:
+            out["removed_at"] = row["removed_at"].isoformat() if row["removed_at"] else None
+        return out
+
+    @router.post("/v1/subject-access", status_code=202, tags=["contacts"], responses={**errors, 503: {}})
+    async def request_export(body: SubjectAccessBody, request: Request, principal: Principal = exporter) -> dict[str, Any]:
+        """Export everything Herald holds about a number (a subject-access request): contact and
+        consent history with proof, suppressions, messages with their statuses and timeline,
+        replies, clicks, conversions, journey runs, held messages and claims (docs/data-map.md).
+
+        Give ``phone`` or ``contact_id``. Every service gathers its own tables within seconds;
+        ``GET /v1/subject-access/{id}`` answers the document once all have. Needs the
+        ``contacts:export`` scope (not a default)."""
+        if (body.phone is None) == (body.contact_id is None):
+            raise ApiError(422, "validation_failed", "give phone or contact_id (one of them)",
+                           [{"loc": "body", "code": "validation_failed", "msg": "phone or contact_id"}])
+        service = exports(request)
+        if body.contact_id is not None:
+            contact_id: uuid.UUID | None = _id(body.contact_id, "contact")
+            phone = await service.contact_phone(principal.tenant_id, contact_id)
+            if phone is None:
+                raise ApiError(404, "contact_not_found", "no contact with this id")
+        else:
+            try:
+                phone = parse_e164(body.phone or "", allowed_types=None).e164
+            except PhoneError as exc:
+                raise ApiError(422, exc.code, str(exc), [{"loc": "body.phone", "code": exc.code, "msg": str(exc)}]) from None
+            contact_id = await service.contact_of(principal.tenant_id, phone)
+        try:
+            row = await service.request(principal.tenant_id, phone, requested_by=principal.key_id, now=utcnow(),
+                                        contact_id=contact_id)
+        except ExportNotPublished as exc:
+            raise ApiError(503, "broker_unavailable", "could not publish the subject-access request: retry") from exc
+        return {"export_id": str(row["export_id"]), "status": "pending", "requested_at": row["requested_at"].isoformat(),
+                "expires_at": row["expires_at"].isoformat()}
+
+    @router.get("/v1/subject-access/{export_id}", tags=["contacts"], responses=errors)
+    async def export_status(
+        export_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = exporter
+    ) -> dict[str, Any]:
+        """An export's state: ``pending`` (``pending`` lists the services still gathering),
+        ``complete`` (with ``document``), or ``expired`` / ``erased`` (the number and document were
+        removed; who asked and when stay)."""
+        status = await exports(request).status(principal.tenant_id, _id(export_id, "export"), utcnow())
+        if status is None:
+            raise ApiError(404, "export_not_found", "no subject-access export with this id")
+        return export_body(export_id, status)
 
     # consent ----------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from shared.erasure import ErasureKeys
 from shared.erasure_store import Eraser, apply_erasure, count
 from shared.kafka import Outgoing, Publisher
 from shared.topics import ERASURES
+from services.ingest.audience.subject_access import erase_exports
 
 SERVICE = "ingest"
 ERASURE_SOURCE = "erasure"
@@ -72,6 +73,8 @@ def ingest_eraser(keys: ErasureKeys) -> Eraser:
             "UPDATE campaigns SET test_numbers = array_remove(test_numbers, $2), updated_at = now()"
             " WHERE tenant_id = $1 AND $2 = ANY(test_numbers)", tenant_id, phone
         ))
+        # subject-access exports of the number: the number and the gathered parts go, the audit row stays
+        counts["subject_access_exports"] = await erase_exports(conn, tenant_id, phone)
         return counts
 
     return erase
