@@ -66,7 +66,7 @@ def test_the_readme_examples_run_as_written(stack: Stack, tmp_path: Path) -> Non
     assert n == 1, "the README sets API and REPORTS once, on one line"
     checks = "\n".join(
         f'[ -n "${{{var}:-}}" ] && [ "${{{var}}}" != null ] || {{ echo "{var} is empty or null" >&2; exit 3; }}'
-        for var in ("KEY", "POLICY_KEY", "MSG", "A", "B", "C", "J_ID")
+        for var in ("KEY", "POLICY_KEY", "OTP", "DPO_KEY", "EXPORT_ID", "MSG", "A", "B", "C", "J_ID")
     )
     work = tmp_path / "checkout"
     (work / ".herald").mkdir(parents=True)
