@@ -13,7 +13,7 @@ from shared.contracts.envelope import Envelope
 class LinkClicked(BaseModel):
     """One request on a short link, with what the link belongs to and whether a bot made it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")  # tolerant reader (docs/topics.md)
 
     code: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(description="The short link's code")
     message_id: uuid.UUID

@@ -29,7 +29,7 @@ def derived_event_id(*parts: object) -> uuid.UUID:
 class Envelope(BaseModel, Generic[P]):
     """Event id, type, version, occurred-at, tenant and trace id around a typed payload."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")  # tolerant reader (docs/topics.md)
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     type: str

@@ -14,7 +14,7 @@ class ErasureRequested(BaseModel):
     """One erasure, by contact or by number. Every service that holds the number applies it to
     its own tables in one transaction and writes its row of ``erasure_audit`` (docs/data-map.md)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")  # tolerant reader (docs/topics.md)
 
     erasure_id: uuid.UUID = Field(description="The erasure's id (audit rows are keyed by it and the service)")
     phone: Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")] = Field(

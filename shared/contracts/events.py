@@ -25,11 +25,19 @@ Properties = Annotated[
 ]
 
 
-class _Frozen(BaseModel):
+class _Input(BaseModel):
+    """What upstream systems send: unknown fields are refused (a misspelt field is reported)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class ContactEventRequest(_Frozen):
+class _Frozen(BaseModel):
+    """What Herald publishes: unknown fields are ignored (docs/topics.md, "Evolving a contract")."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class ContactEventRequest(_Input):
     """An event as an upstream system sends it (HTTP body and ``contact-events.v1`` payload)."""
 
     name: EventName = Field(description="Lower-case event name, e.g. cart.updated", examples=["order.completed"])

@@ -28,11 +28,22 @@ TemplateValues = Annotated[
 ]
 
 
-class _Frozen(BaseModel):
+class _Input(BaseModel):
+    """What upstream systems send (the trigger topic, the API): unknown fields are refused, so a
+    misspelt field is reported instead of silently dropped."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class MessageRequest(_Frozen):
+class _Frozen(BaseModel):
+    """What Herald's services publish to each other: a field this process does not know yet is
+    ignored (tolerant reader), so a producer deployed before its consumers may add optional
+    fields within a version (docs/topics.md, "Evolving a contract")."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class MessageRequest(_Input):
     """What an upstream system asks Herald to send (HTTP body and trigger-topic payload)."""
 
     to: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(

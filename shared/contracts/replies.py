@@ -11,7 +11,7 @@ from shared.contracts.envelope import Envelope
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")  # tolerant reader (docs/topics.md)
 
 
 class ConversationEntry(_Frozen):

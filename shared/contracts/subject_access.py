@@ -17,7 +17,7 @@ class SubjectAccessRequested(BaseModel):
     """One export, by number (and contact when asked by contact). Every service that holds numbers
     or texts gathers its own rows about the number and publishes them as parts."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")  # tolerant reader (docs/topics.md)
 
     export_id: uuid.UUID = Field(description="The export's id (ingest's subject_access_exports row)")
     phone: Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")] = Field(
@@ -40,7 +40,7 @@ class SubjectAccessPart(BaseModel):
     split into chunks so every event stays well under the broker's message size limit; ingest
     assembles the chunks of one gathering (``attempt``) once all ``chunks`` arrived."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")  # tolerant reader (docs/topics.md)
 
     export_id: uuid.UUID
     service: ExportService = Field(description="The service whose tables the rows come from")

@@ -1,9 +1,10 @@
+import json
 import uuid
 
 import pytest
 from pydantic import ValidationError
 
-from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest, TriggerEvent, derived_event_id, utcnow
+from shared.contracts import ContactEventRequest, MessageAccepted, MessageAcceptedEvent, MessageRequest, TriggerEvent, derived_event_id, utcnow
 from shared.topics import ALL
 
 
@@ -49,3 +50,26 @@ def test_derived_event_ids_are_stable() -> None:
     mid = uuid.uuid4()
     assert derived_event_id(mid, "accepted") == derived_event_id(mid, "accepted")
     assert derived_event_id(mid, "accepted") != derived_event_id(mid, "submitted")
+
+
+def test_events_between_services_ignore_fields_a_newer_producer_added() -> None:
+    """Rolling deploys: a producer upgraded first may add optional fields within a version; the
+    consumers still running the old code read the event and ignore what they do not know."""
+    message = MessageAccepted(
+        message_id=uuid.uuid4(), to="+34600000001", country="ES", body="hi", type="marketing",
+        encoding="GSM-7", segments=1, source="api", accepted_at=utcnow(),
+    )
+    raw = json.loads(MessageAcceptedEvent(tenant="acme", payload=message).model_dump_json())
+    raw["payload"]["added_in_a_later_release"] = {"x": 1}
+    raw["added_to_the_envelope_later"] = True
+    assert MessageAcceptedEvent.model_validate(raw).payload == message
+
+
+def test_input_from_upstream_still_refuses_unknown_fields() -> None:
+    raw = json.loads(TriggerEvent(tenant="acme", payload=MessageRequest(to="+34600000001", body="x")).model_dump_json())
+    raw["payload"]["bdoy"] = "typo"
+    with pytest.raises(ValidationError) as info:
+        TriggerEvent.model_validate(raw)
+    assert info.value.errors()[0]["type"] == "extra_forbidden"
+    with pytest.raises(ValidationError):
+        ContactEventRequest.model_validate({"name": "order.completed", "phone": "+34600000001", "colour": "red"})
