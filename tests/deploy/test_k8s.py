@@ -51,11 +51,19 @@ import yaml
 from pydantic import BaseModel, SecretStr
 
 from shared import topics as topic_table
+from shared.service import MAIN_LANE
 from tests.deploy.test_compose import SETTINGS, env_names, reads
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
-OVERLAYS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
+OVERLAYS = {
+    "base": K8S / "base",
+    "dev": K8S / "overlays" / "dev",
+    "prod": K8S / "overlays" / "prod",
+    "prod-split": K8S / "overlays" / "prod-split",  # prod, with the transactional and campaign lanes apart
+}
+#: Production overlays: a released image, no Secret manifests, no API docs.
+PRODUCTION = ("prod", "prod-split")
 KEDA_SCHEMA = K8S / "crds" / "keda-scaledobject.schema.json"
 DOCS = REPO / "docs" / "kubernetes.md"
 K8S_VERSION = "1.31"
@@ -535,7 +543,8 @@ def check_commands(r: Render) -> list[str]:
         if len(command) != 3:
             problems.append(f"{w.name}: {command} passes arguments the service does not read")
         expected = f"herald-{w.service}"
-        if (w.doc["kind"], w.doc["metadata"]["name"], w.container["name"]) != ("Deployment", expected, w.service):
+        name = w.doc["metadata"]["name"]
+        if (w.doc["kind"], w.container["name"]) != ("Deployment", w.service) or name not in (expected, f"{expected}-bulk"):
             problems.append(f"{w.name}: runs {module}: name it Deployment/{expected}, container {w.service}")
         labels = w.doc["spec"]["template"]["metadata"].get("labels", {})
         if labels.get("app.kubernetes.io/component") != w.service:
@@ -662,8 +671,8 @@ def check_secrets_come_from_secrets(r: Render) -> list[str]:
         for key, value in secret_data(secret).items():
             if PLACEHOLDER not in value:
                 problems.append(f"Secret/{secret['metadata']['name']}: {key} is not a {PLACEHOLDER} placeholder")
-    if r.name == "prod" and r.of("Secret"):
-        problems.append(f"prod renders Secrets {[s['metadata']['name'] for s in r.of('Secret')]}: the secret manager owns them")
+    if r.name in PRODUCTION and r.of("Secret"):
+        problems.append(f"{r.name} renders Secrets {[s['metadata']['name'] for s in r.of('Secret')]}: the secret manager owns them")
     return problems
 
 
@@ -839,8 +848,8 @@ def check_images(r: Render) -> list[str]:
         problems.append(f"one image for every Herald process, got {sorted(map(str, images))}")
     for image in images:
         tag = str(image).rsplit(":", 1)[-1] if ":" in str(image).rsplit("/", 1)[-1] else "latest"
-        if r.name == "prod" and ("/" not in str(image) or tag in {"latest", "dev"}):
-            problems.append(f"prod runs {image}: a registry image with a release tag")
+        if r.name in PRODUCTION and ("/" not in str(image) or tag in {"latest", "dev"}):
+            problems.append(f"{r.name} runs {image}: a registry image with a release tag")
     return problems
 
 
@@ -858,7 +867,7 @@ def check_ops_surfaces(r: Render) -> list[str]:
                 if _port(w.container, port.get("targetPort", port["port"])) == settings.ops_port:
                     problems.append(f"Service/{svc['metadata']['name']}: exposes the ops port {settings.ops_port} of "
                                     f"{w.name}; probes and Prometheus reach it on the pod")
-        if r.name == "prod" and settings.api_docs:
+        if r.name in PRODUCTION and settings.api_docs:
             problems.append(f"{w.name}: HERALD_API_DOCS is on in production (/docs and /openapi.json map the API for anyone)")
     return problems
 
@@ -897,8 +906,9 @@ def check_prometheus(r: Render) -> list[str]:
 def check_cross_service(r: Render) -> list[str]:
     """Shared Kafka, database and topics; the simulator, dispatcher and ingest agree."""
     problems = []
-    built = {w.service: settings_of(r, w) for w in r.workloads() if w.service in SETTINGS}
-    herald = [s for name, s in built.items() if name != "simulator"]
+    every = [(w.service, settings_of(r, w)) for w in r.workloads() if w.service in SETTINGS]
+    built = dict(every)  # one of each service (a split service's Deployments share its configuration)
+    herald = [s for name, s in every if name != "simulator"]
     for attr in ("kafka_bootstrap", "kafka_security_protocol", "topic_prefix", "topic_partitions"):
         if len({getattr(s, attr) for s in herald}) != 1:
             problems.append(f"every Herald process must share {attr}: {sorted({str(getattr(s, attr)) for s in herald})}")
@@ -924,17 +934,18 @@ def check_cross_service(r: Render) -> list[str]:
 
     scheduler = built.get("scheduler")
     if built.get("ingest") is not None and scheduler is not None:
-        keys = {n: {v: k.get_secret_value() for v, k in built[n].erasure_keys.items()} for n in ("ingest", "scheduler")}
-        if keys["ingest"] != keys["scheduler"] or not keys["ingest"]:
+        keys = [json.dumps({v: k.get_secret_value() for v, k in s.erasure_keys.items()}, sort_keys=True)
+                for name, s in every if name in ("ingest", "scheduler")]
+        if len(set(keys)) != 1 or keys[0] == "{}":
             problems.append("ingest and scheduler need the same HERALD_ERASURE_KEYS (docs/data-map.md)")
     sim, dispatcher, ingest = built.get("simulator"), built.get("dispatcher"), built.get("ingest")
     if sim is not None and dispatcher is not None and ingest is not None:
         if target(sim.receipt_url) != "ingest":
             problems.append(f"simulator receipts go to {sim.receipt_url}: not ingest's Service and port")
         gateway = urlsplit(sim.receipt_url).path.rsplit("/", 1)[-1]
-        secret = ingest.receipt_secrets.get(gateway)
-        if secret is None or secret.get_secret_value() != sim.receipt_secret.get_secret_value():
-            problems.append(f"ingest's HERALD_RECEIPT_SECRETS[{gateway}] differs from the simulator's receipt secret")
+        for secret in (s.receipt_secrets.get(gateway) for name, s in every if name == "ingest"):
+            if secret is None or secret.get_secret_value() != sim.receipt_secret.get_secret_value():
+                problems.append(f"ingest's HERALD_RECEIPT_SECRETS[{gateway}] differs from the simulator's receipt secret")
         for gw in dispatcher.gateways:
             if gw.kind == "herald-http" and (urlsplit(gw.url).hostname or "").startswith("herald-"):
                 if target(gw.url) != "simulator":
@@ -959,29 +970,37 @@ def consumer_offset_reset() -> str:
     return found[0]
 
 
-def consumed(service: str, settings: Any) -> set[tuple[str, str]]:
-    """(consumer group, topic) pairs a service reads, from shared/topics.py's table."""
+def consumed_by_lane(service: str, settings: Any) -> set[tuple[str, str, str]]:
+    """(lane, consumer group, topic) a service reads, from shared/topics.py's table (the lane
+    names are those of HERALD_LANES: shared/service.py and the services' app.py)."""
     group = settings.consumer_group or f"{settings.topic_prefix}{service}"
-    pairs = set()
+    out = set()
     for topic in topic_table.ALL:
         for consumer in topic.consumers:
             if consumer.split()[0] != service:
                 continue
-            lane_group = group
+            lane, lane_group = MAIN_LANE, group
             if "bulk lane" in consumer:  # services/dispatcher/app.py: the bulk lane's own group
-                lane_group = getattr(settings, "bulk_consumer_group", None) or f"{group}.bulk"
+                lane, lane_group = "bulk", getattr(settings, "bulk_consumer_group", None) or f"{group}.bulk"
             if "results lane" in consumer:  # services/reports/app.py: clicks and conversions
-                lane_group = f"{group}.results"
+                lane, lane_group = "results", f"{group}.results"
             if consumer.startswith("reports (replies lane"):  # services/reports/app.py: reply webhooks
-                lane_group = f"{group}.replies"
+                lane, lane_group = "replies", f"{group}.replies"
             if consumer.startswith("scheduler (journeys"):  # services/scheduler/app.py: the journeys lane
-                lane_group = f"{group}.journeys"
+                lane, lane_group = "journeys", f"{group}.journeys"
             if consumer.startswith("scheduler (commands"):  # services/scheduler/app.py: clients' commands
-                lane_group = f"{group}.commands"
+                lane, lane_group = "commands", f"{group}.commands"
             if "(erasures lane)" in consumer:  # each service's app.py: the erasures lane (docs/data-map.md)
-                lane_group = f"{group}.erasures"
-            pairs.add((lane_group, topic.name(settings.topic_prefix)))
-    return pairs
+                lane, lane_group = "erasures", f"{group}.erasures"
+            out.add((lane, lane_group, topic.name(settings.topic_prefix)))
+    return out
+
+
+def consumed(service: str, settings: Any) -> set[tuple[str, str]]:
+    """(consumer group, topic) pairs a process of a service reads: those of the lanes it runs
+    (HERALD_LANES; unset: every lane)."""
+    return {(group, topic) for lane, group, topic in consumed_by_lane(service, settings)
+            if settings.lanes is None or lane in settings.lanes}
 
 
 def max_replicas(r: Render, deployment: str) -> int:
@@ -1085,8 +1104,12 @@ def check_autoscaling(r: Render) -> list[str]:
     scaled = {so["spec"]["scaleTargetRef"]["name"] for so in r.of("ScaledObject")}
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in r.of("HorizontalPodAutoscaler")}
     autoscaled = scaled | set(hpas)
-    if autoscaled and autoscaled != {f"herald-{s}" for s in (*LAG_SCALED, *CPU_SCALED)}:
-        problems.append(f"autoscalers for {sorted(autoscaled)}: KEDA for {LAG_SCALED}, an HPA for {CPU_SCALED}")
+    services = {w.doc["metadata"]["name"]: w.service for w in herald_workloads(r) if w.doc["kind"] == "Deployment"}
+    want_keda = {name for name, service in services.items() if service in LAG_SCALED}
+    want_hpa = {name for name, service in services.items() if service in CPU_SCALED}
+    if autoscaled and (scaled != want_keda or set(hpas) != want_hpa):
+        problems.append(f"autoscalers for {sorted(autoscaled)}: KEDA for {sorted(want_keda)} {LAG_SCALED}, "
+                        f"an HPA for {sorted(want_hpa)} {CPU_SCALED}")
     if scaled & set(hpas):
         problems.append(f"{sorted(scaled & set(hpas))}: a ScaledObject and an HPA fight over the same Deployment")
     for name, hpa in hpas.items():
