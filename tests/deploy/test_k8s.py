@@ -1,4 +1,4 @@
-"""deploy/k8s (kustomize base, dev and prod overlays) checked offline against the code.
+"""deploy/k8s (kustomize base, dev, prod and prod-split overlays) checked offline against the code.
 
 No cluster, no network, and no kustomize needed: ``render()`` below builds an overlay with the
 subset of kustomize the overlays use (resources, namespace, images, replicas, and patches:
@@ -19,7 +19,10 @@ Every rendered manifest is then validated:
   the metrics port;
 - KEDA triggers name the real consumer groups and topics (shared/topics.py, default prefix),
   maxReplicaCount never exceeds the partitions, Kafka security matches the services';
-- secrets only come from Secrets, and committed Secrets hold placeholders only.
+- secrets only come from Secrets, and committed Secrets hold placeholders only;
+- each service's consumer lanes (HERALD_LANES) run in exactly one of its Deployments, and where a
+  service is split (prod-split) transactional and campaign work stay apart, with PriorityClasses,
+  Guaranteed resources and HERALD_NICE as docs/kubernetes.md describes.
 
 Each check is a function returning a list of problems; ``test_each_check_can_fail`` breaks
 the rendered manifests in one way per check and shows the check reports it.
@@ -784,7 +787,36 @@ def check_services_and_pdbs(r: Render) -> list[str]:
     for p in r.of("PodDisruptionBudget"):
         if not any(_selects(p["spec"]["selector"].get("matchLabels", {}), d["spec"]["template"]["metadata"]["labels"]) for d in deployments):
             problems.append(f"PodDisruptionBudget/{p['metadata']['name']} selects no Deployment")
+    for ing in r.of("Ingress"):
+        for rule in ing["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                backend = path["backend"]["service"]
+                svc = r.get("Service", backend["name"])
+                port = backend.get("port", {})
+                if svc is None:
+                    problems.append(f"Ingress/{ing['metadata']['name']}: {path['path']} goes to Service {backend['name']}, which is not in the render")
+                elif not any(p.get("name") == port.get("name") if "name" in port else p["port"] == port.get("number") for p in svc["spec"]["ports"]):
+                    problems.append(f"Ingress/{ing['metadata']['name']}: {path['path']} goes to a port {port} that Service {backend['name']} does not have")
     return problems
+
+
+def ingress_service(r: Render, host: str, path: str) -> str | None:
+    """The Service an Ingress of the render sends ``host`` + ``path`` to (networking.k8s.io/v1:
+    an Exact match first, then the longest Prefix match, element by element)."""
+    best: tuple[int, str] | None = None
+    for ing in r.of("Ingress"):
+        for rule in ing["spec"].get("rules", []):
+            if rule.get("host", host) != host:
+                continue
+            for p in rule.get("http", {}).get("paths", []):
+                target = p["backend"]["service"]["name"]
+                if p["pathType"] == "Exact" and p["path"] == path:
+                    return target
+                parts = [x for x in p["path"].split("/") if x]
+                if p["pathType"] == "Prefix" and [x for x in path.split("/") if x][: len(parts)] == parts:
+                    if best is None or len(parts) > best[0]:
+                        best = (len(parts), target)
+    return best[1] if best else None
 
 
 _CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
@@ -1142,6 +1174,102 @@ def check_autoscaling(r: Render) -> list[str]:
     return problems
 
 
+# --- lanes: transactional and campaign work ------------------------------------------------
+
+
+@functools.cache
+def service_lanes(service: str) -> tuple[str, ...]:
+    """The consumer lanes of a service, as HERALD_LANES names them: main (shared/service.py) and
+    each ``Lane("name", ...)`` of services/<service>/app.py."""
+    import ast
+
+    tree = ast.parse((REPO / "services" / service / "app.py").read_text())
+    names = [node.args[0].value for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Lane"
+             and node.args and isinstance(node.args[0], ast.Constant)]
+    return (MAIN_LANE, *names)
+
+
+def serves_without_lanes(service: str) -> bool:
+    """run_service(..., ready_needs_assignment=False): an instance may run no lane (ingest)."""
+    return "ready_needs_assignment=False" in (REPO / "services" / service / "app.py").read_text()
+
+
+#: Built-in PriorityClasses every cluster has.
+SYSTEM_PRIORITY_CLASSES = {"system-cluster-critical": 2000000000, "system-node-critical": 2000001000}
+
+
+def lanes_of(settings: Any, service: str) -> set[str]:
+    return set(service_lanes(service)) if settings.lanes is None else set(settings.lanes)
+
+
+def campaign_work(settings: Any, service: str) -> bool:
+    """The bulk lane, or ingest's campaign launcher."""
+    return "bulk" in lanes_of(settings, service) or bool(getattr(settings, "campaign_launcher", False))
+
+
+def check_lanes(r: Render) -> list[str]:
+    """Each service's consumer lanes run in exactly one of its Deployments (HERALD_LANES, shared/
+    service.py). Where a service is split over Deployments, transactional work (the main lane)
+    and campaign work (the bulk lane, ingest's launcher) never share one; the transactional
+    Deployments have a higher PriorityClass than the campaign ones, which never preempt, and
+    Guaranteed resources; the campaign ones run at HERALD_NICE > 0. Every PriorityClass a pod
+    names exists."""
+    problems = []
+    classes = {pc["metadata"]["name"]: pc for pc in r.of("PriorityClass")}
+    by_service: dict[str, list[tuple[Workload, Any]]] = {}
+    for w in herald_workloads(r):
+        if w.doc["kind"] == "Deployment":
+            by_service.setdefault(w.service, []).append((w, settings_of(r, w)))
+    for w in r.workloads():
+        name = w.pod.get("priorityClassName")
+        if name is not None and name not in classes and name not in SYSTEM_PRIORITY_CLASSES:
+            problems.append(f"{w.name}: priorityClassName {name} is no PriorityClass of this render")
+    for service, deployments in sorted(by_service.items()):
+        lanes = service_lanes(service)
+        runs: dict[str, list[str]] = {}
+        for w, settings in deployments:
+            chosen = lanes_of(settings, service)
+            for unknown in sorted(chosen - set(lanes)):
+                problems.append(f"{w.name}: HERALD_LANES names {unknown}, which {service} does not have (its lanes: {', '.join(lanes)})")
+            if not chosen and not serves_without_lanes(service):
+                problems.append(f"{w.name}: HERALD_LANES is empty: {service} needs at least one consumer lane")
+            for lane in chosen & set(lanes):
+                runs.setdefault(lane, []).append(w.name)
+        for lane in lanes:
+            who = runs.get(lane, [])
+            if len(who) != 1:
+                problems.append(f"{service} lane {lane}: run by {len(who)} Deployments {who}, not exactly one")
+        if service == "ingest" and sum(bool(s.campaign_launcher) for _, s in deployments) < 1:
+            problems.append("no ingest Deployment runs the campaign launcher (HERALD_CAMPAIGN_LAUNCHER): campaigns would never start")
+        if len(deployments) < 2:
+            continue
+        transactional = [(w, s) for w, s in deployments if MAIN_LANE in lanes_of(s, service) or not campaign_work(s, service)]
+        campaign = [(w, s) for w, s in deployments if campaign_work(s, service)]
+        for w, s in deployments:
+            if MAIN_LANE in lanes_of(s, service) and campaign_work(s, service):
+                problems.append(f"{w.name}: runs transactional and campaign work together; {service} is split: keep them apart")
+        for w, s in campaign:
+            pc = classes.get(w.pod.get("priorityClassName", ""))
+            if pc is None or pc.get("preemptionPolicy") != "Never":
+                problems.append(f"{w.name}: campaign work: a PriorityClass with preemptionPolicy Never")
+            if s.nice < 1:
+                problems.append(f"{w.name}: campaign work: HERALD_NICE > 0, as in the process layout")
+        lowest = max((classes[w.pod["priorityClassName"]]["value"] for w, _ in campaign if w.pod.get("priorityClassName") in classes), default=0)
+        for w, s in transactional:
+            if (w, s) in campaign:
+                continue
+            pc = classes.get(w.pod.get("priorityClassName", ""))
+            if pc is None or pc["value"] <= lowest:
+                problems.append(f"{w.name}: transactional work: a PriorityClass above the campaign Deployments' ({lowest})")
+            res = w.container.get("resources") or {}
+            if res.get("requests") != res.get("limits"):
+                problems.append(f"{w.name}: transactional work: requests = limits (Guaranteed QoS), got {res}")
+            if s.nice:
+                problems.append(f"{w.name}: transactional work at HERALD_NICE {s.nice}")
+    return problems
+
+
 CHECKS: dict[str, Callable[[Render], list[str]]] = {
     f.__name__.removeprefix("check_"): f
     for f in (
@@ -1160,6 +1288,7 @@ CHECKS: dict[str, Callable[[Render], list[str]]] = {
         check_cross_service,
         check_keda,
         check_autoscaling,
+        check_lanes,
     )
 }
 
@@ -1186,6 +1315,99 @@ def test_overlays_render_what_they_should() -> None:
     assert settings_of(prod, prod.workload("ingest")).kafka_security_protocol == "SASL_SSL"
     for so in prod.of("ScaledObject"):
         assert so["spec"]["minReplicaCount"] >= 2, "prod keeps two instances of each consumer"
+
+
+#: prod-split (docs/kubernetes.md): Deployment -> (HERALD_LANES, PriorityClass); None: every lane.
+SPLIT = {
+    "herald-ingest": (["main", "replies", "contact-events"], "herald-transactional"),
+    "herald-ingest-bulk": ([], "herald-campaign"),
+    "herald-scheduler": (["main", "journeys", "commands", "erasures"], "herald-transactional"),
+    "herald-scheduler-bulk": (["bulk"], "herald-campaign"),
+    "herald-dispatcher": (["main", "erasures"], "herald-transactional"),
+    "herald-dispatcher-bulk": (["bulk"], "herald-campaign"),
+    "herald-reports": (None, None),
+}
+
+
+def test_prod_split_runs_the_lanes_apart() -> None:
+    split, prod = make_render("prod-split"), make_render("prod")
+    deployments = {w.doc["metadata"]["name"]: w for w in herald_workloads(split) if w.doc["kind"] == "Deployment"}
+    assert set(deployments) == set(SPLIT)
+    for name, (lanes, priority_class) in SPLIT.items():
+        w = deployments[name]
+        settings = settings_of(split, w)
+        assert settings.lanes == lanes, name
+        assert w.pod.get("priorityClassName") == priority_class, name
+        assert settings.nice == (10 if priority_class == "herald-campaign" else 0), name
+    ingest = {name: settings_of(split, deployments[name]) for name in ("herald-ingest", "herald-ingest-bulk")}
+    assert not ingest["herald-ingest"].campaign_launcher and ingest["herald-ingest-bulk"].campaign_launcher
+    classes = {pc["metadata"]["name"]: pc for pc in split.of("PriorityClass")}
+    assert classes["herald-transactional"]["value"] > classes["herald-campaign"]["value"]
+    assert classes["herald-campaign"]["preemptionPolicy"] == "Never" and not any(pc.get("globalDefault") for pc in classes.values())
+    # what prod has, prod-split has (the -bulk Deployments, their budgets, autoscalers and Service added)
+    assert {res_id(d) for d in prod.docs} <= {res_id(d) for d in split.docs}
+    assert not split.of("Secret") and split.of("TriggerAuthentication")
+    for w in deployments.values():  # one PodDisruptionBudget each (check_services_and_pdbs: and only one)
+        assert split.get("PodDisruptionBudget", w.doc["metadata"]["name"]) is not None
+    for so in split.of("ScaledObject"):
+        transactional = not so["metadata"]["name"].endswith("-bulk")
+        assert so["spec"]["minReplicaCount"] >= (2 if transactional else 1)
+
+
+def test_prod_split_scales_each_deployment_on_its_own_groups() -> None:
+    """A campaign backlog (the bulk groups' lag) scales the -bulk Deployments, and only them."""
+    split = make_render("prod-split")
+
+    def watched(name: str) -> set[tuple[str, str]]:
+        so = split.get("ScaledObject", name)
+        assert so["spec"]["scaleTargetRef"]["name"] == name
+        return {(t["metadata"]["consumerGroup"], t["metadata"]["topic"]) for t in so["spec"]["triggers"]}
+
+    assert watched("herald-scheduler-bulk") == {("herald.scheduler.bulk", "herald.messages.accepted.bulk.v1")}
+    assert watched("herald-dispatcher-bulk") == {("herald.dispatcher.bulk", "herald.messages.outbound.bulk.v1")}
+    bulk_groups = {"herald.scheduler.bulk", "herald.dispatcher.bulk"}
+    for name in ("herald-scheduler", "herald-dispatcher"):
+        groups = {group for group, _ in watched(name)}
+        assert groups and not groups & bulk_groups, name
+    assert {g for g, _ in watched("herald-scheduler")} == {"herald.scheduler", "herald.scheduler.journeys", "herald.scheduler.commands", "herald.scheduler.erasures"}
+    assert {g for g, _ in watched("herald-dispatcher")} == {"herald.dispatcher", "herald.dispatcher.erasures"}
+    # ingest's two Deployments scale on CPU, each with its own HPA
+    hpas = {h["spec"]["scaleTargetRef"]["name"] for h in split.of("HorizontalPodAutoscaler")}
+    assert hpas == {"herald-ingest", "herald-ingest-bulk"}
+
+
+def test_prod_split_routes_campaign_work_to_ingest_bulk() -> None:
+    split = make_render("prod-split")
+    host = urlsplit(settings_of(split, split.workload("ingest")).public_url).hostname
+
+    def deployment(path: str) -> str | None:
+        service = split.get("Service", ingress_service(split, host, path) or "")
+        if service is None:
+            return None
+        chosen = [d["metadata"]["name"] for d in split.of("Deployment") if _selects(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
+        assert len(chosen) == 1, chosen
+        return chosen[0]
+
+    for path in ("/v1/messages/batch", "/v1/campaigns", "/v1/campaigns/c1/launch", "/v1/contacts/import"):
+        assert deployment(path) == "herald-ingest-bulk", path
+    for path in ("/v1/messages", "/v1/messages/m1", "/v1/messages/batchx", "/v1/campaignsx", "/v1/receipts/twilio",
+                 "/v1/callbacks/twilio/twilio/status", "/v1/inbound", "/l/abc", "/v1/contacts"):
+        assert deployment(path) == "herald-ingest", path
+    assert ingress_service(split, "other.example.com", "/v1/messages") is None
+    assert not make_render("prod").of("Ingress"), "the Ingress is prod-split's own (docs/kubernetes.md)"
+
+
+def test_lane_names_are_the_services_lanes() -> None:
+    """The lanes the KEDA checks know (consumed_by_lane, from shared/topics.py) are the lanes the
+    services run (their app.py), so a new lane fails here until the manifests handle it."""
+    assert service_lanes("scheduler") == ("main", "bulk", "journeys", "commands", "erasures")
+    assert service_lanes("ingest") == ("main", "replies", "contact-events") and serves_without_lanes("ingest")
+    assert not serves_without_lanes("scheduler")
+    for service in LAG_SCALED:
+        with environ({}):
+            settings = SETTINGS[service]()
+        known = {lane for lane, _, _ in consumed_by_lane(service, settings)}
+        assert known == set(service_lanes(service)), service
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -1288,6 +1510,14 @@ def _set(mapping: dict[str, Any], key: str, value: Any) -> None:
     mapping[key] = value
 
 
+def _env(docs: list[dict[str, Any]], deployment: str, name: str, value: str | None) -> None:
+    """Set (or, with None, remove) a literal variable of a Deployment's container."""
+    env = _c(docs, deployment).setdefault("env", [])
+    env[:] = [v for v in env if v["name"] != name]
+    if value is not None:
+        env.append({"name": name, "value": value})
+
+
 MUTATIONS: list[tuple[str, str, str, Callable[[list[dict[str, Any]]], Any], str]] = [
     # (id, overlay, check, mutate the rendered docs, text expected in a problem)
     ("k8s-unknown-field", "base", "schemas", lambda d: _set(_c(d, "herald-ingest"), "imagePullPolice", "Always"), "imagePullPolice"),
@@ -1356,6 +1586,26 @@ MUTATIONS: list[tuple[str, str, str, Callable[[list[dict[str, Any]]], Any], str]
     ("hpa-metric", "base", "autoscaling", lambda d: _set(_get(d, "HorizontalPodAutoscaler", "herald-ingest")["spec"]["metrics"][0]["resource"], "name", "memory"), "on CPU"),
     ("connection-budget", "prod", "autoscaling", lambda d: _set(_get(d, "ConfigMap", "herald-common")["data"], "HERALD_DB_POOL_MAX", "10"), "PostgreSQL connections"),
     ("throttle-local", "prod", "autoscaling", lambda d: _set(_get(d, "ConfigMap", "herald-dispatcher")["data"], "HERALD_THROTTLE_BACKEND", "local"), "HERALD_THROTTLE_BACKEND=postgres"),
+    # prod-split: the lanes apart
+    ("split-autoscaler-missing", "prod-split", "autoscaling", lambda d: d.remove(_get(d, "ScaledObject", "herald-scheduler-bulk")), "KEDA for"),
+    ("split-lane-left-out", "prod-split", "lanes", lambda d: _env(d, "herald-scheduler", "HERALD_LANES", '["main", "journeys", "commands"]'), "scheduler lane erasures: run by 0 Deployments"),
+    ("split-lane-run-twice", "prod-split", "lanes", lambda d: _env(d, "herald-dispatcher", "HERALD_LANES", '["main", "erasures", "bulk"]'), "dispatcher lane bulk: run by 2 Deployments"),
+    ("split-lane-unknown", "prod-split", "lanes", lambda d: _env(d, "herald-dispatcher-bulk", "HERALD_LANES", '["campaign"]'), "HERALD_LANES names campaign"),
+    ("split-lane-every", "prod-split", "lanes", lambda d: _env(d, "herald-scheduler-bulk", "HERALD_LANES", None), "scheduler lane main: run by 2 Deployments"),
+    ("split-consumer-no-lane", "prod-split", "lanes", lambda d: _env(d, "herald-scheduler-bulk", "HERALD_LANES", "[]"), "scheduler needs at least one consumer lane"),
+    ("split-launcher-transactional", "prod-split", "lanes", lambda d: _env(d, "herald-ingest", "HERALD_CAMPAIGN_LAUNCHER", "true"), "runs transactional and campaign work together"),
+    ("split-no-launcher", "prod-split", "lanes", lambda d: _env(d, "herald-ingest-bulk", "HERALD_CAMPAIGN_LAUNCHER", "false"), "campaigns would never start"),
+    ("split-priority-class-missing", "prod-split", "lanes", lambda d: d.remove(_get(d, "PriorityClass", "herald-transactional")), "herald-transactional is no PriorityClass"),
+    ("split-priority-order", "prod-split", "lanes", lambda d: _set(_get(d, "PriorityClass", "herald-transactional"), "value", 0), "a PriorityClass above the campaign"),
+    ("split-campaign-preempts", "prod-split", "lanes", lambda d: _get(d, "PriorityClass", "herald-campaign").pop("preemptionPolicy"), "preemptionPolicy Never"),
+    ("split-not-guaranteed", "prod-split", "lanes", lambda d: _set(_c(d, "herald-dispatcher")["resources"]["requests"], "cpu", "250m"), "requests = limits"),
+    ("split-campaign-nice", "prod-split", "lanes", lambda d: _env(d, "herald-dispatcher-bulk", "HERALD_NICE", None), "HERALD_NICE > 0"),
+    ("split-keda-bulk-group", "prod-split", "keda", lambda d: _set(_trigger(d, "herald-scheduler-bulk", 0)["metadata"], "consumerGroup", "herald.scheduler"), "(herald.scheduler, herald.messages.accepted.bulk.v1) is not a consumer group"),
+    ("split-keda-bulk-in-transactional", "prod-split", "keda", lambda d: _get(d, "ScaledObject", "herald-dispatcher")["spec"]["triggers"].append(copy.deepcopy(_trigger(d, "herald-dispatcher-bulk", 0))), "(herald.dispatcher.bulk, herald.messages.outbound.bulk.v1) is not a consumer group"),
+    ("split-ingress-backend", "prod-split", "services_and_pdbs", lambda d: _set(_get(d, "Ingress", "herald-api")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"], "name", "herald-ingest-bulkk"), "herald-ingest-bulkk, which is not in the render"),
+    ("split-ingress-port", "prod-split", "services_and_pdbs", lambda d: _set(_get(d, "Ingress", "herald-api")["spec"]["rules"][0]["http"]["paths"][1]["backend"]["service"], "port", {"name": "ops"}), "does not have"),
+    ("split-pdb-both", "prod-split", "services_and_pdbs", lambda d: _get(d, "PodDisruptionBudget", "herald-scheduler")["spec"]["selector"]["matchLabels"].pop("herald/lanes"), "2 PodDisruptionBudgets select it"),
+    ("split-budget", "prod-split", "autoscaling", lambda d: _set(_get(d, "ScaledObject", "herald-dispatcher-bulk")["spec"], "maxReplicaCount", 6), "PostgreSQL connections"),
 ]
 
 
