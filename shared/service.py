@@ -58,10 +58,15 @@ class Lane:
 MAIN_LANE = "main"  # the service's first consumer (the transactional lane where there are two)
 
 
-def chosen_lanes(lanes: list[Lane], wanted: Sequence[str], service: str) -> list[Lane]:
-    """The lanes this process runs: ``wanted`` by name (HERALD_LANES), or all when it is empty."""
-    if not wanted:
+def chosen_lanes(lanes: list[Lane], wanted: Sequence[str] | None, service: str, needs_one: bool = False) -> list[Lane]:
+    """The lanes this process runs: ``wanted`` by name (HERALD_LANES), all when it is unset (None),
+    none when it is empty (an ingest instance that only serves HTTP). ``needs_one``: a consumer
+    service, whose /readyz would wait for partitions forever without a lane."""
+    if wanted is None:
         return lanes
+    if not wanted and needs_one:
+        raise ValueError(f"HERALD_LANES is empty: {service} needs at least one consumer lane "
+                         f"(its lanes: {', '.join(lane.name for lane in lanes)})")
     names = [lane.name for lane in lanes]
     unknown = sorted(set(wanted) - set(names))
     if unknown:
@@ -129,7 +134,7 @@ async def run_service(
         main = Lane(MAIN_LANE, group_id, topics, wiring.handler)
         consumers: dict[str, Coroutine[Any, Any, None]] = {}
         stop_consumers: list[Callable[[], None]] = []
-        for lane in chosen_lanes([main, *wiring.lanes], settings.lanes, name):
+        for lane in chosen_lanes([main, *wiring.lanes], settings.lanes, name, needs_one=ready_needs_assignment):
             lane_publisher = publisher.for_bulk() if lane.bulk else publisher
             consumer = BatchConsumer(settings, name, lane.group_id, lane.topics, lane.handler, lane_publisher, probe)
             consumer_ref.append(consumer)  # readiness: the first lane this process runs

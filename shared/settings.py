@@ -111,11 +111,12 @@ class ConsumerSettings(ServiceSettings):
     )
     consumer_retry_backoff_s: float = Field(0.2, gt=0, description="First delay before a failed batch is retried; doubles")
     consumer_retry_backoff_max_s: float = Field(10.0, gt=0, description="Longest delay between two retries of a batch")
-    lanes: list[str] = Field(
-        default_factory=list,
+    lanes: list[str] | None = Field(
+        None,
         description="Run only these consumer lanes of the service (main, the transactional lane, plus bulk, journeys, "
-        "commands, results, replies, erasures, subject-access or subject-access-parts as the service has them); empty: every lane. Lets priority and campaign work "
-        "run in processes (Deployments) of their own, e.g. [\"main\"] and [\"bulk\"] (docs/operations.md)",
+        "commands, results, replies, erasures, subject-access or subject-access-parts as the service has them); unset: "
+        "every lane; [] none (ingest only: an instance that serves HTTP and consumes nothing). Lets priority and campaign "
+        "work run in processes (Deployments) of their own, e.g. [\"main\"] and [\"bulk\"] (docs/operations.md)",
     )
     subject_access_part_bytes: int = Field(
         256 * 1024, ge=16 * 1024, le=900 * 1024,

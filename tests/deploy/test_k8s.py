@@ -1,4 +1,4 @@
-"""deploy/k8s (kustomize base, dev and prod overlays) checked offline against the code.
+"""deploy/k8s (kustomize base, dev, prod and prod-split overlays) checked offline against the code.
 
 No cluster, no network, and no kustomize needed: ``render()`` below builds an overlay with the
 subset of kustomize the overlays use (resources, namespace, images, replicas, and patches:
@@ -19,7 +19,10 @@ Every rendered manifest is then validated:
   the metrics port;
 - KEDA triggers name the real consumer groups and topics (shared/topics.py, default prefix),
   maxReplicaCount never exceeds the partitions, Kafka security matches the services';
-- secrets only come from Secrets, and committed Secrets hold placeholders only.
+- secrets only come from Secrets, and committed Secrets hold placeholders only;
+- each service's consumer lanes (HERALD_LANES) run in exactly one of its Deployments, and where a
+  service is split (prod-split) transactional and campaign work stay apart, with PriorityClasses,
+  Guaranteed resources and HERALD_NICE as docs/kubernetes.md describes.
 
 Each check is a function returning a list of problems; ``test_each_check_can_fail`` breaks
 the rendered manifests in one way per check and shows the check reports it.
@@ -51,11 +54,19 @@ import yaml
 from pydantic import BaseModel, SecretStr
 
 from shared import topics as topic_table
+from shared.service import MAIN_LANE
 from tests.deploy.test_compose import SETTINGS, env_names, reads
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
-OVERLAYS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
+OVERLAYS = {
+    "base": K8S / "base",
+    "dev": K8S / "overlays" / "dev",
+    "prod": K8S / "overlays" / "prod",
+    "prod-split": K8S / "overlays" / "prod-split",  # prod, with the transactional and campaign lanes apart
+}
+#: Production overlays: a released image, no Secret manifests, no API docs.
+PRODUCTION = ("prod", "prod-split")
 KEDA_SCHEMA = K8S / "crds" / "keda-scaledobject.schema.json"
 DOCS = REPO / "docs" / "kubernetes.md"
 K8S_VERSION = "1.31"
@@ -535,7 +546,8 @@ def check_commands(r: Render) -> list[str]:
         if len(command) != 3:
             problems.append(f"{w.name}: {command} passes arguments the service does not read")
         expected = f"herald-{w.service}"
-        if (w.doc["kind"], w.doc["metadata"]["name"], w.container["name"]) != ("Deployment", expected, w.service):
+        name = w.doc["metadata"]["name"]
+        if (w.doc["kind"], w.container["name"]) != ("Deployment", w.service) or name not in (expected, f"{expected}-bulk"):
             problems.append(f"{w.name}: runs {module}: name it Deployment/{expected}, container {w.service}")
         labels = w.doc["spec"]["template"]["metadata"].get("labels", {})
         if labels.get("app.kubernetes.io/component") != w.service:
@@ -662,8 +674,8 @@ def check_secrets_come_from_secrets(r: Render) -> list[str]:
         for key, value in secret_data(secret).items():
             if PLACEHOLDER not in value:
                 problems.append(f"Secret/{secret['metadata']['name']}: {key} is not a {PLACEHOLDER} placeholder")
-    if r.name == "prod" and r.of("Secret"):
-        problems.append(f"prod renders Secrets {[s['metadata']['name'] for s in r.of('Secret')]}: the secret manager owns them")
+    if r.name in PRODUCTION and r.of("Secret"):
+        problems.append(f"{r.name} renders Secrets {[s['metadata']['name'] for s in r.of('Secret')]}: the secret manager owns them")
     return problems
 
 
@@ -775,7 +787,36 @@ def check_services_and_pdbs(r: Render) -> list[str]:
     for p in r.of("PodDisruptionBudget"):
         if not any(_selects(p["spec"]["selector"].get("matchLabels", {}), d["spec"]["template"]["metadata"]["labels"]) for d in deployments):
             problems.append(f"PodDisruptionBudget/{p['metadata']['name']} selects no Deployment")
+    for ing in r.of("Ingress"):
+        for rule in ing["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                backend = path["backend"]["service"]
+                svc = r.get("Service", backend["name"])
+                port = backend.get("port", {})
+                if svc is None:
+                    problems.append(f"Ingress/{ing['metadata']['name']}: {path['path']} goes to Service {backend['name']}, which is not in the render")
+                elif not any(p.get("name") == port.get("name") if "name" in port else p["port"] == port.get("number") for p in svc["spec"]["ports"]):
+                    problems.append(f"Ingress/{ing['metadata']['name']}: {path['path']} goes to a port {port} that Service {backend['name']} does not have")
     return problems
+
+
+def ingress_service(r: Render, host: str, path: str) -> str | None:
+    """The Service an Ingress of the render sends ``host`` + ``path`` to (networking.k8s.io/v1:
+    an Exact match first, then the longest Prefix match, element by element)."""
+    best: tuple[int, str] | None = None
+    for ing in r.of("Ingress"):
+        for rule in ing["spec"].get("rules", []):
+            if rule.get("host", host) != host:
+                continue
+            for p in rule.get("http", {}).get("paths", []):
+                target = p["backend"]["service"]["name"]
+                if p["pathType"] == "Exact" and p["path"] == path:
+                    return target
+                parts = [x for x in p["path"].split("/") if x]
+                if p["pathType"] == "Prefix" and [x for x in path.split("/") if x][: len(parts)] == parts:
+                    if best is None or len(parts) > best[0]:
+                        best = (len(parts), target)
+    return best[1] if best else None
 
 
 _CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
@@ -839,8 +880,8 @@ def check_images(r: Render) -> list[str]:
         problems.append(f"one image for every Herald process, got {sorted(map(str, images))}")
     for image in images:
         tag = str(image).rsplit(":", 1)[-1] if ":" in str(image).rsplit("/", 1)[-1] else "latest"
-        if r.name == "prod" and ("/" not in str(image) or tag in {"latest", "dev"}):
-            problems.append(f"prod runs {image}: a registry image with a release tag")
+        if r.name in PRODUCTION and ("/" not in str(image) or tag in {"latest", "dev"}):
+            problems.append(f"{r.name} runs {image}: a registry image with a release tag")
     return problems
 
 
@@ -858,7 +899,7 @@ def check_ops_surfaces(r: Render) -> list[str]:
                 if _port(w.container, port.get("targetPort", port["port"])) == settings.ops_port:
                     problems.append(f"Service/{svc['metadata']['name']}: exposes the ops port {settings.ops_port} of "
                                     f"{w.name}; probes and Prometheus reach it on the pod")
-        if r.name == "prod" and settings.api_docs:
+        if r.name in PRODUCTION and settings.api_docs:
             problems.append(f"{w.name}: HERALD_API_DOCS is on in production (/docs and /openapi.json map the API for anyone)")
     return problems
 
@@ -897,8 +938,9 @@ def check_prometheus(r: Render) -> list[str]:
 def check_cross_service(r: Render) -> list[str]:
     """Shared Kafka, database and topics; the simulator, dispatcher and ingest agree."""
     problems = []
-    built = {w.service: settings_of(r, w) for w in r.workloads() if w.service in SETTINGS}
-    herald = [s for name, s in built.items() if name != "simulator"]
+    every = [(w.service, settings_of(r, w)) for w in r.workloads() if w.service in SETTINGS]
+    built = dict(every)  # one of each service (a split service's Deployments share its configuration)
+    herald = [s for name, s in every if name != "simulator"]
     for attr in ("kafka_bootstrap", "kafka_security_protocol", "topic_prefix", "topic_partitions"):
         if len({getattr(s, attr) for s in herald}) != 1:
             problems.append(f"every Herald process must share {attr}: {sorted({str(getattr(s, attr)) for s in herald})}")
@@ -924,17 +966,18 @@ def check_cross_service(r: Render) -> list[str]:
 
     scheduler = built.get("scheduler")
     if built.get("ingest") is not None and scheduler is not None:
-        keys = {n: {v: k.get_secret_value() for v, k in built[n].erasure_keys.items()} for n in ("ingest", "scheduler")}
-        if keys["ingest"] != keys["scheduler"] or not keys["ingest"]:
+        keys = [json.dumps({v: k.get_secret_value() for v, k in s.erasure_keys.items()}, sort_keys=True)
+                for name, s in every if name in ("ingest", "scheduler")]
+        if len(set(keys)) != 1 or keys[0] == "{}":
             problems.append("ingest and scheduler need the same HERALD_ERASURE_KEYS (docs/data-map.md)")
     sim, dispatcher, ingest = built.get("simulator"), built.get("dispatcher"), built.get("ingest")
     if sim is not None and dispatcher is not None and ingest is not None:
         if target(sim.receipt_url) != "ingest":
             problems.append(f"simulator receipts go to {sim.receipt_url}: not ingest's Service and port")
         gateway = urlsplit(sim.receipt_url).path.rsplit("/", 1)[-1]
-        secret = ingest.receipt_secrets.get(gateway)
-        if secret is None or secret.get_secret_value() != sim.receipt_secret.get_secret_value():
-            problems.append(f"ingest's HERALD_RECEIPT_SECRETS[{gateway}] differs from the simulator's receipt secret")
+        for secret in (s.receipt_secrets.get(gateway) for name, s in every if name == "ingest"):
+            if secret is None or secret.get_secret_value() != sim.receipt_secret.get_secret_value():
+                problems.append(f"ingest's HERALD_RECEIPT_SECRETS[{gateway}] differs from the simulator's receipt secret")
         for gw in dispatcher.gateways:
             if gw.kind == "herald-http" and (urlsplit(gw.url).hostname or "").startswith("herald-"):
                 if target(gw.url) != "simulator":
@@ -959,31 +1002,39 @@ def consumer_offset_reset() -> str:
     return found[0]
 
 
-def consumed(service: str, settings: Any) -> set[tuple[str, str]]:
-    """(consumer group, topic) pairs a service reads, from shared/topics.py's table."""
+def consumed_by_lane(service: str, settings: Any) -> set[tuple[str, str, str]]:
+    """(lane, consumer group, topic) a service reads, from shared/topics.py's table (the lane
+    names are those of HERALD_LANES: shared/service.py and the services' app.py)."""
     group = settings.consumer_group or f"{settings.topic_prefix}{service}"
-    pairs = set()
+    out = set()
     for topic in topic_table.ALL:
         for consumer in topic.consumers:
             if consumer.split()[0] != service:
                 continue
-            lane_group = group
+            lane, lane_group = MAIN_LANE, group
             if "bulk lane" in consumer:  # services/dispatcher/app.py: the bulk lane's own group
-                lane_group = getattr(settings, "bulk_consumer_group", None) or f"{group}.bulk"
+                lane, lane_group = "bulk", getattr(settings, "bulk_consumer_group", None) or f"{group}.bulk"
             if "results lane" in consumer:  # services/reports/app.py: clicks and conversions
-                lane_group = f"{group}.results"
+                lane, lane_group = "results", f"{group}.results"
             if consumer.startswith("reports (replies lane"):  # services/reports/app.py: reply webhooks
-                lane_group = f"{group}.replies"
+                lane, lane_group = "replies", f"{group}.replies"
             if consumer.startswith("scheduler (journeys"):  # services/scheduler/app.py: the journeys lane
-                lane_group = f"{group}.journeys"
+                lane, lane_group = "journeys", f"{group}.journeys"
             if consumer.startswith("scheduler (commands"):  # services/scheduler/app.py: clients' commands
-                lane_group = f"{group}.commands"
+                lane, lane_group = "commands", f"{group}.commands"
             if "(erasures lane)" in consumer:  # each service's app.py: the erasures lane (docs/data-map.md)
-                lane_group = f"{group}.erasures"
+                lane, lane_group = "erasures", f"{group}.erasures"
             if "(subject-access lane)" in consumer:  # each service's app.py: subject-access exports (docs/data-map.md)
-                lane_group = f"{group}.subject-access"
-            pairs.add((lane_group, topic.name(settings.topic_prefix)))
-    return pairs
+                lane, lane_group = "subject-access", f"{group}.subject-access"
+            out.add((lane, lane_group, topic.name(settings.topic_prefix)))
+    return out
+
+
+def consumed(service: str, settings: Any) -> set[tuple[str, str]]:
+    """(consumer group, topic) pairs a process of a service reads: those of the lanes it runs
+    (HERALD_LANES; unset: every lane)."""
+    return {(group, topic) for lane, group, topic in consumed_by_lane(service, settings)
+            if settings.lanes is None or lane in settings.lanes}
 
 
 def max_replicas(r: Render, deployment: str) -> int:
@@ -1087,8 +1138,12 @@ def check_autoscaling(r: Render) -> list[str]:
     scaled = {so["spec"]["scaleTargetRef"]["name"] for so in r.of("ScaledObject")}
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in r.of("HorizontalPodAutoscaler")}
     autoscaled = scaled | set(hpas)
-    if autoscaled and autoscaled != {f"herald-{s}" for s in (*LAG_SCALED, *CPU_SCALED)}:
-        problems.append(f"autoscalers for {sorted(autoscaled)}: KEDA for {LAG_SCALED}, an HPA for {CPU_SCALED}")
+    services = {w.doc["metadata"]["name"]: w.service for w in herald_workloads(r) if w.doc["kind"] == "Deployment"}
+    want_keda = {name for name, service in services.items() if service in LAG_SCALED}
+    want_hpa = {name for name, service in services.items() if service in CPU_SCALED}
+    if autoscaled and (scaled != want_keda or set(hpas) != want_hpa):
+        problems.append(f"autoscalers for {sorted(autoscaled)}: KEDA for {sorted(want_keda)} {LAG_SCALED}, "
+                        f"an HPA for {sorted(want_hpa)} {CPU_SCALED}")
     if scaled & set(hpas):
         problems.append(f"{sorted(scaled & set(hpas))}: a ScaledObject and an HPA fight over the same Deployment")
     for name, hpa in hpas.items():
@@ -1121,6 +1176,102 @@ def check_autoscaling(r: Render) -> list[str]:
     return problems
 
 
+# --- lanes: transactional and campaign work ------------------------------------------------
+
+
+@functools.cache
+def service_lanes(service: str) -> tuple[str, ...]:
+    """The consumer lanes of a service, as HERALD_LANES names them: main (shared/service.py) and
+    each ``Lane("name", ...)`` of services/<service>/app.py."""
+    import ast
+
+    tree = ast.parse((REPO / "services" / service / "app.py").read_text())
+    names = [node.args[0].value for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Lane"
+             and node.args and isinstance(node.args[0], ast.Constant)]
+    return (MAIN_LANE, *names)
+
+
+def serves_without_lanes(service: str) -> bool:
+    """run_service(..., ready_needs_assignment=False): an instance may run no lane (ingest)."""
+    return "ready_needs_assignment=False" in (REPO / "services" / service / "app.py").read_text()
+
+
+#: Built-in PriorityClasses every cluster has.
+SYSTEM_PRIORITY_CLASSES = {"system-cluster-critical": 2000000000, "system-node-critical": 2000001000}
+
+
+def lanes_of(settings: Any, service: str) -> set[str]:
+    return set(service_lanes(service)) if settings.lanes is None else set(settings.lanes)
+
+
+def campaign_work(settings: Any, service: str) -> bool:
+    """The bulk lane, or ingest's campaign launcher."""
+    return "bulk" in lanes_of(settings, service) or bool(getattr(settings, "campaign_launcher", False))
+
+
+def check_lanes(r: Render) -> list[str]:
+    """Each service's consumer lanes run in exactly one of its Deployments (HERALD_LANES, shared/
+    service.py). Where a service is split over Deployments, transactional work (the main lane)
+    and campaign work (the bulk lane, ingest's launcher) never share one; the transactional
+    Deployments have a higher PriorityClass than the campaign ones, which never preempt, and
+    Guaranteed resources; the campaign ones run at HERALD_NICE > 0. Every PriorityClass a pod
+    names exists."""
+    problems = []
+    classes = {pc["metadata"]["name"]: pc for pc in r.of("PriorityClass")}
+    by_service: dict[str, list[tuple[Workload, Any]]] = {}
+    for w in herald_workloads(r):
+        if w.doc["kind"] == "Deployment":
+            by_service.setdefault(w.service, []).append((w, settings_of(r, w)))
+    for w in r.workloads():
+        name = w.pod.get("priorityClassName")
+        if name is not None and name not in classes and name not in SYSTEM_PRIORITY_CLASSES:
+            problems.append(f"{w.name}: priorityClassName {name} is no PriorityClass of this render")
+    for service, deployments in sorted(by_service.items()):
+        lanes = service_lanes(service)
+        runs: dict[str, list[str]] = {}
+        for w, settings in deployments:
+            chosen = lanes_of(settings, service)
+            for unknown in sorted(chosen - set(lanes)):
+                problems.append(f"{w.name}: HERALD_LANES names {unknown}, which {service} does not have (its lanes: {', '.join(lanes)})")
+            if not chosen and not serves_without_lanes(service):
+                problems.append(f"{w.name}: HERALD_LANES is empty: {service} needs at least one consumer lane")
+            for lane in chosen & set(lanes):
+                runs.setdefault(lane, []).append(w.name)
+        for lane in lanes:
+            who = runs.get(lane, [])
+            if len(who) != 1:
+                problems.append(f"{service} lane {lane}: run by {len(who)} Deployments {who}, not exactly one")
+        if service == "ingest" and sum(bool(s.campaign_launcher) for _, s in deployments) < 1:
+            problems.append("no ingest Deployment runs the campaign launcher (HERALD_CAMPAIGN_LAUNCHER): campaigns would never start")
+        if len(deployments) < 2:
+            continue
+        transactional = [(w, s) for w, s in deployments if MAIN_LANE in lanes_of(s, service) or not campaign_work(s, service)]
+        campaign = [(w, s) for w, s in deployments if campaign_work(s, service)]
+        for w, s in deployments:
+            if MAIN_LANE in lanes_of(s, service) and campaign_work(s, service):
+                problems.append(f"{w.name}: runs transactional and campaign work together; {service} is split: keep them apart")
+        for w, s in campaign:
+            pc = classes.get(w.pod.get("priorityClassName", ""))
+            if pc is None or pc.get("preemptionPolicy") != "Never":
+                problems.append(f"{w.name}: campaign work: a PriorityClass with preemptionPolicy Never")
+            if s.nice < 1:
+                problems.append(f"{w.name}: campaign work: HERALD_NICE > 0, as in the process layout")
+        lowest = max((classes[w.pod["priorityClassName"]]["value"] for w, _ in campaign if w.pod.get("priorityClassName") in classes), default=0)
+        for w, s in transactional:
+            if (w, s) in campaign:
+                continue
+            pc = classes.get(w.pod.get("priorityClassName", ""))
+            if pc is None or pc["value"] <= lowest:
+                problems.append(f"{w.name}: transactional work: a PriorityClass above the campaign Deployments' ({lowest})")
+            res = w.container.get("resources") or {}
+            if res.get("requests") != res.get("limits"):
+                problems.append(f"{w.name}: transactional work: requests = limits (Guaranteed QoS), got {res}")
+            if s.nice:
+                problems.append(f"{w.name}: transactional work at HERALD_NICE {s.nice}")
+    return problems
+
+
 CHECKS: dict[str, Callable[[Render], list[str]]] = {
     f.__name__.removeprefix("check_"): f
     for f in (
@@ -1139,6 +1290,7 @@ CHECKS: dict[str, Callable[[Render], list[str]]] = {
         check_cross_service,
         check_keda,
         check_autoscaling,
+        check_lanes,
     )
 }
 
@@ -1165,6 +1317,100 @@ def test_overlays_render_what_they_should() -> None:
     assert settings_of(prod, prod.workload("ingest")).kafka_security_protocol == "SASL_SSL"
     for so in prod.of("ScaledObject"):
         assert so["spec"]["minReplicaCount"] >= 2, "prod keeps two instances of each consumer"
+
+
+#: prod-split (docs/kubernetes.md): Deployment -> (HERALD_LANES, PriorityClass); None: every lane.
+SPLIT = {
+    "herald-ingest": (["main", "replies", "contact-events", "subject-access", "subject-access-parts"], "herald-transactional"),
+    "herald-ingest-bulk": ([], "herald-campaign"),
+    "herald-scheduler": (["main", "journeys", "commands", "erasures", "subject-access"], "herald-transactional"),
+    "herald-scheduler-bulk": (["bulk"], "herald-campaign"),
+    "herald-dispatcher": (["main", "erasures", "subject-access"], "herald-transactional"),
+    "herald-dispatcher-bulk": (["bulk"], "herald-campaign"),
+    "herald-reports": (None, None),
+}
+
+
+def test_prod_split_runs_the_lanes_apart() -> None:
+    split, prod = make_render("prod-split"), make_render("prod")
+    deployments = {w.doc["metadata"]["name"]: w for w in herald_workloads(split) if w.doc["kind"] == "Deployment"}
+    assert set(deployments) == set(SPLIT)
+    for name, (lanes, priority_class) in SPLIT.items():
+        w = deployments[name]
+        settings = settings_of(split, w)
+        assert settings.lanes == lanes, name
+        assert w.pod.get("priorityClassName") == priority_class, name
+        assert settings.nice == (10 if priority_class == "herald-campaign" else 0), name
+    ingest = {name: settings_of(split, deployments[name]) for name in ("herald-ingest", "herald-ingest-bulk")}
+    assert not ingest["herald-ingest"].campaign_launcher and ingest["herald-ingest-bulk"].campaign_launcher
+    classes = {pc["metadata"]["name"]: pc for pc in split.of("PriorityClass")}
+    assert classes["herald-transactional"]["value"] > classes["herald-campaign"]["value"]
+    assert classes["herald-campaign"]["preemptionPolicy"] == "Never" and not any(pc.get("globalDefault") for pc in classes.values())
+    # what prod has, prod-split has (the -bulk Deployments, their budgets, autoscalers and Service added)
+    assert {res_id(d) for d in prod.docs} <= {res_id(d) for d in split.docs}
+    assert not split.of("Secret") and split.of("TriggerAuthentication")
+    for w in deployments.values():  # one PodDisruptionBudget each (check_services_and_pdbs: and only one)
+        assert split.get("PodDisruptionBudget", w.doc["metadata"]["name"]) is not None
+    for so in split.of("ScaledObject"):
+        transactional = not so["metadata"]["name"].endswith("-bulk")
+        assert so["spec"]["minReplicaCount"] >= (2 if transactional else 1)
+
+
+def test_prod_split_scales_each_deployment_on_its_own_groups() -> None:
+    """A campaign backlog (the bulk groups' lag) scales the -bulk Deployments, and only them."""
+    split = make_render("prod-split")
+
+    def watched(name: str) -> set[tuple[str, str]]:
+        so = split.get("ScaledObject", name)
+        assert so["spec"]["scaleTargetRef"]["name"] == name
+        return {(t["metadata"]["consumerGroup"], t["metadata"]["topic"]) for t in so["spec"]["triggers"]}
+
+    assert watched("herald-scheduler-bulk") == {("herald.scheduler.bulk", "herald.messages.accepted.bulk.v1")}
+    assert watched("herald-dispatcher-bulk") == {("herald.dispatcher.bulk", "herald.messages.outbound.bulk.v1")}
+    bulk_groups = {"herald.scheduler.bulk", "herald.dispatcher.bulk"}
+    for name in ("herald-scheduler", "herald-dispatcher"):
+        groups = {group for group, _ in watched(name)}
+        assert groups and not groups & bulk_groups, name
+    assert {g for g, _ in watched("herald-scheduler")} == {"herald.scheduler", "herald.scheduler.journeys", "herald.scheduler.commands", "herald.scheduler.erasures",
+                                                              "herald.scheduler.subject-access"}
+    assert {g for g, _ in watched("herald-dispatcher")} == {"herald.dispatcher", "herald.dispatcher.erasures", "herald.dispatcher.subject-access"}
+    # ingest's two Deployments scale on CPU, each with its own HPA
+    hpas = {h["spec"]["scaleTargetRef"]["name"] for h in split.of("HorizontalPodAutoscaler")}
+    assert hpas == {"herald-ingest", "herald-ingest-bulk"}
+
+
+def test_prod_split_routes_campaign_work_to_ingest_bulk() -> None:
+    split = make_render("prod-split")
+    host = urlsplit(settings_of(split, split.workload("ingest")).public_url).hostname
+
+    def deployment(path: str) -> str | None:
+        service = split.get("Service", ingress_service(split, host, path) or "")
+        if service is None:
+            return None
+        chosen = [d["metadata"]["name"] for d in split.of("Deployment") if _selects(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
+        assert len(chosen) == 1, chosen
+        return chosen[0]
+
+    for path in ("/v1/messages/batch", "/v1/campaigns", "/v1/campaigns/c1/launch", "/v1/contacts/import"):
+        assert deployment(path) == "herald-ingest-bulk", path
+    for path in ("/v1/messages", "/v1/messages/m1", "/v1/messages/batchx", "/v1/campaignsx", "/v1/receipts/twilio",
+                 "/v1/callbacks/twilio/twilio/status", "/v1/inbound", "/l/abc", "/v1/contacts"):
+        assert deployment(path) == "herald-ingest", path
+    assert ingress_service(split, "other.example.com", "/v1/messages") is None
+    assert not make_render("prod").of("Ingress"), "the Ingress is prod-split's own (docs/kubernetes.md)"
+
+
+def test_lane_names_are_the_services_lanes() -> None:
+    """The lanes the KEDA checks know (consumed_by_lane, from shared/topics.py) are the lanes the
+    services run (their app.py), so a new lane fails here until the manifests handle it."""
+    assert service_lanes("scheduler") == ("main", "bulk", "journeys", "commands", "erasures", "subject-access")
+    assert service_lanes("ingest") == ("main", "replies", "contact-events", "subject-access", "subject-access-parts") and serves_without_lanes("ingest")
+    assert not serves_without_lanes("scheduler")
+    for service in LAG_SCALED:
+        with environ({}):
+            settings = SETTINGS[service]()
+        known = {lane for lane, _, _ in consumed_by_lane(service, settings)}
+        assert known == set(service_lanes(service)), service
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -1267,6 +1513,14 @@ def _set(mapping: dict[str, Any], key: str, value: Any) -> None:
     mapping[key] = value
 
 
+def _env(docs: list[dict[str, Any]], deployment: str, name: str, value: str | None) -> None:
+    """Set (or, with None, remove) a literal variable of a Deployment's container."""
+    env = _c(docs, deployment).setdefault("env", [])
+    env[:] = [v for v in env if v["name"] != name]
+    if value is not None:
+        env.append({"name": name, "value": value})
+
+
 MUTATIONS: list[tuple[str, str, str, Callable[[list[dict[str, Any]]], Any], str]] = [
     # (id, overlay, check, mutate the rendered docs, text expected in a problem)
     ("k8s-unknown-field", "base", "schemas", lambda d: _set(_c(d, "herald-ingest"), "imagePullPolice", "Always"), "imagePullPolice"),
@@ -1335,6 +1589,26 @@ MUTATIONS: list[tuple[str, str, str, Callable[[list[dict[str, Any]]], Any], str]
     ("hpa-metric", "base", "autoscaling", lambda d: _set(_get(d, "HorizontalPodAutoscaler", "herald-ingest")["spec"]["metrics"][0]["resource"], "name", "memory"), "on CPU"),
     ("connection-budget", "prod", "autoscaling", lambda d: _set(_get(d, "ConfigMap", "herald-common")["data"], "HERALD_DB_POOL_MAX", "10"), "PostgreSQL connections"),
     ("throttle-local", "prod", "autoscaling", lambda d: _set(_get(d, "ConfigMap", "herald-dispatcher")["data"], "HERALD_THROTTLE_BACKEND", "local"), "HERALD_THROTTLE_BACKEND=postgres"),
+    # prod-split: the lanes apart
+    ("split-autoscaler-missing", "prod-split", "autoscaling", lambda d: d.remove(_get(d, "ScaledObject", "herald-scheduler-bulk")), "KEDA for"),
+    ("split-lane-left-out", "prod-split", "lanes", lambda d: _env(d, "herald-scheduler", "HERALD_LANES", '["main", "journeys", "commands"]'), "scheduler lane erasures: run by 0 Deployments"),
+    ("split-lane-run-twice", "prod-split", "lanes", lambda d: _env(d, "herald-dispatcher", "HERALD_LANES", '["main", "erasures", "bulk"]'), "dispatcher lane bulk: run by 2 Deployments"),
+    ("split-lane-unknown", "prod-split", "lanes", lambda d: _env(d, "herald-dispatcher-bulk", "HERALD_LANES", '["campaign"]'), "HERALD_LANES names campaign"),
+    ("split-lane-every", "prod-split", "lanes", lambda d: _env(d, "herald-scheduler-bulk", "HERALD_LANES", None), "scheduler lane main: run by 2 Deployments"),
+    ("split-consumer-no-lane", "prod-split", "lanes", lambda d: _env(d, "herald-scheduler-bulk", "HERALD_LANES", "[]"), "scheduler needs at least one consumer lane"),
+    ("split-launcher-transactional", "prod-split", "lanes", lambda d: _env(d, "herald-ingest", "HERALD_CAMPAIGN_LAUNCHER", "true"), "runs transactional and campaign work together"),
+    ("split-no-launcher", "prod-split", "lanes", lambda d: _env(d, "herald-ingest-bulk", "HERALD_CAMPAIGN_LAUNCHER", "false"), "campaigns would never start"),
+    ("split-priority-class-missing", "prod-split", "lanes", lambda d: d.remove(_get(d, "PriorityClass", "herald-transactional")), "herald-transactional is no PriorityClass"),
+    ("split-priority-order", "prod-split", "lanes", lambda d: _set(_get(d, "PriorityClass", "herald-transactional"), "value", 0), "a PriorityClass above the campaign"),
+    ("split-campaign-preempts", "prod-split", "lanes", lambda d: _get(d, "PriorityClass", "herald-campaign").pop("preemptionPolicy"), "preemptionPolicy Never"),
+    ("split-not-guaranteed", "prod-split", "lanes", lambda d: _set(_c(d, "herald-dispatcher")["resources"]["requests"], "cpu", "250m"), "requests = limits"),
+    ("split-campaign-nice", "prod-split", "lanes", lambda d: _env(d, "herald-dispatcher-bulk", "HERALD_NICE", None), "HERALD_NICE > 0"),
+    ("split-keda-bulk-group", "prod-split", "keda", lambda d: _set(_trigger(d, "herald-scheduler-bulk", 0)["metadata"], "consumerGroup", "herald.scheduler"), "(herald.scheduler, herald.messages.accepted.bulk.v1) is not a consumer group"),
+    ("split-keda-bulk-in-transactional", "prod-split", "keda", lambda d: _get(d, "ScaledObject", "herald-dispatcher")["spec"]["triggers"].append(copy.deepcopy(_trigger(d, "herald-dispatcher-bulk", 0))), "(herald.dispatcher.bulk, herald.messages.outbound.bulk.v1) is not a consumer group"),
+    ("split-ingress-backend", "prod-split", "services_and_pdbs", lambda d: _set(_get(d, "Ingress", "herald-api")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"], "name", "herald-ingest-bulkk"), "herald-ingest-bulkk, which is not in the render"),
+    ("split-ingress-port", "prod-split", "services_and_pdbs", lambda d: _set(_get(d, "Ingress", "herald-api")["spec"]["rules"][0]["http"]["paths"][1]["backend"]["service"], "port", {"name": "ops"}), "does not have"),
+    ("split-pdb-both", "prod-split", "services_and_pdbs", lambda d: _get(d, "PodDisruptionBudget", "herald-scheduler")["spec"]["selector"]["matchLabels"].pop("herald/lanes"), "2 PodDisruptionBudgets select it"),
+    ("split-budget", "prod-split", "autoscaling", lambda d: _set(_get(d, "ScaledObject", "herald-dispatcher-bulk")["spec"], "maxReplicaCount", 6), "PostgreSQL connections"),
 ]
 
 

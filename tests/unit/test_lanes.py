@@ -17,7 +17,14 @@ LANES = [Lane(MAIN_LANE, "g", [ACCEPTED], _handler), Lane("bulk", "g.bulk", [ACC
 
 
 def test_every_lane_by_default() -> None:
-    assert [lane.name for lane in chosen_lanes(LANES, [], "scheduler")] == ["main", "bulk", "journeys"]
+    assert [lane.name for lane in chosen_lanes(LANES, None, "scheduler")] == ["main", "bulk", "journeys"]
+
+
+def test_an_empty_list_runs_no_lane_where_the_service_serves_without_one() -> None:
+    """ingest-bulk (docs/kubernetes.md): the batch endpoint and the campaign launcher, no consumer."""
+    assert chosen_lanes(LANES, [], "ingest") == []
+    with pytest.raises(ValueError, match=r"HERALD_LANES is empty: scheduler needs at least one consumer lane \(its lanes: main, bulk, journeys\)"):
+        chosen_lanes(LANES, [], "scheduler", needs_one=True)
 
 
 def test_only_the_lanes_named() -> None:
@@ -37,6 +44,10 @@ def test_the_settings_read_lanes_and_nice_from_the_environment(monkeypatch) -> N
     monkeypatch.setenv("HERALD_NICE", "10")
     settings = ConsumerSettings()
     assert settings.lanes == ["bulk"] and settings.nice == 10
+    monkeypatch.setenv("HERALD_LANES", "[]")
+    assert ConsumerSettings().lanes == []
+    monkeypatch.delenv("HERALD_LANES")
+    assert ConsumerSettings().lanes is None
     monkeypatch.setenv("HERALD_NICE", "25")
     with pytest.raises(ValueError):
         ConsumerSettings()
