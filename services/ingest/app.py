@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.ingest.api import create_app
 from services.ingest.campaigns.launcher import Launcher
+from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
 from services.ingest.redirect import ClickBuffer, LinkCache
 from services.ingest.redirect import create_router as links_router
@@ -20,7 +21,7 @@ from services.ingest.settings import IngestSettings
 from services.ingest.triggers import TriggerHandler
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
-from shared.topics import CONTACT_EVENTS_IN, INBOUND, TRIGGERS
+from shared.topics import CONTACT_EVENTS_IN, INBOUND, STATUS, TRIGGERS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -35,6 +36,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
         launcher = Launcher(ctx.pool, ctx.publisher, page_size=settings.campaign_page_size,
                             lease_s=settings.campaign_lease_s, smart_encoding=settings.smart_encoding,
                             link_domain=settings.link_domain if settings.link_tracking else None,
+                            link_ttl_s=settings.link_ttl_s,
                             page_timeout_s=settings.campaign_page_timeout_s, slice_s=settings.campaign_slice_s,
                             max_attempts=settings.campaign_max_attempts, retry_base_s=settings.campaign_retry_base_s,
                             retry_max_s=settings.campaign_retry_max_s, erasure_keys=settings.erasure_keyring())
@@ -44,7 +46,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     clicks = ClickBuffer(ctx.publisher, settings.click_flush_interval_ms, settings.click_buffer_max)
     ctx.workers["click-publisher"] = clicks.run()
     ctx.stoppers.append(clicks.stop)
-    app.include_router(links_router(LinkCache(links, settings.link_cache_size), clicks, settings.link_bot_min_delay_s))
+    app.include_router(links_router(LinkCache(links, settings.link_cache_size, settings.link_cache_ttl_s), clicks,
+                                    settings.link_bot_min_delay_s))
+    # Short links answer once their message is submitted: the links lane reads the statuses.
+    links_lane = Lane("links", f"{settings.topic_prefix}ingest.links", [STATUS], LinkActivationHandler(links))
     # Inbound replies (STOP/START/HELP, forwarding): their own consumer group, see docs/replies.md.
     replies = Lane("replies", f"{settings.topic_prefix}ingest.replies", [INBOUND],
                    RepliesHandler(acceptor, RepliesRepository(ctx.pool)))
@@ -55,7 +60,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     app.include_router(build_journeys_router())
     contact_events = Lane("contact-events", f"{settings.topic_prefix}ingest.contact-events", [CONTACT_EVENTS_IN],
                           ContactEventsHandler(events, repository, settings.kafka_input_signatures))
-    return Wiring(handler=TriggerHandler(acceptor, repository, settings.kafka_input_signatures), app=app, lanes=[replies, contact_events])
+    return Wiring(handler=TriggerHandler(acceptor, repository, settings.kafka_input_signatures), app=app, lanes=[replies, contact_events, links_lane])
 
 
 async def main(settings: IngestSettings | None = None) -> int:

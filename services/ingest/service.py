@@ -11,13 +11,13 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from services.ingest import metrics
 from services.ingest.domain import OptOut, Rejection, accept, request_hash
 from services.ingest.fair_share import PriorityShare
-from services.ingest.links import LinkRecord, records, track_message
+from services.ingest.links import LinkRecord, has_urls, records, swap_codes, track_message
 from services.ingest.links_repo import LinksRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
@@ -67,6 +67,7 @@ class Acceptor:
         # Link tracking (services/ingest/links.py) needs somewhere to store the links.
         self.links = links if settings.link_tracking else None
         self.link_domain = settings.link_domain
+        self.link_ttl_s = settings.link_ttl_s
         self.egress = EgressPolicy.of(settings)
         self.resolve = CachedResolve()
         self.geo_rules = GeoRules(settings.geo_default, frozenset(settings.geo_high_cost_countries))
@@ -213,21 +214,40 @@ class Acceptor:
     async def _track_links(
         self, tenant: str, requests: list[MessageRequest | Rejection], results: list[Result]
     ) -> None:
-        """Rewrite marketing messages' URLs to short links (with their final message id, so a
-        duplicate gets the same codes) and store the links, all in one round trip."""
+        """Rewrite marketing messages' URLs to short links on the tenant's link domain (its own,
+        else the shared one) and store the links, in one round trip (two when there are URLs: the
+        tenant's link policy is read first). Codes are drawn at random; a duplicate's message gets
+        the codes stored for it the first time (``store_many`` returns them), so its body is the
+        same."""
         assert self.links is not None
+        wanted = [
+            index for index, result in enumerate(results)
+            if isinstance(result, Accepted) and result.message.type is MessageType.MARKETING
+            and not (isinstance(requests[index], MessageRequest) and requests[index].track_links is False)  # type: ignore[union-attr]
+            and has_urls(result.message.body)
+        ]
+        if not wanted:
+            return
+        own_domain, ttl_s = await self.links.tenant_policy(tenant)
+        domain = own_domain or self.link_domain
+        ttl = timedelta(seconds=ttl_s or self.link_ttl_s)
         rows: list[LinkRecord] = []
-        for index, result in enumerate(results):
-            if not isinstance(result, Accepted) or result.message.type is not MessageType.MARKETING:
-                continue
-            request = requests[index]
-            if isinstance(request, MessageRequest) and request.track_links is False:
-                continue
-            message, links = track_message(result.message, self.link_domain, smart=self.smart_encoding)
-            if links:
-                results[index] = Accepted(message, result.duplicate)
-                rows += records(tenant, message, links)
-        await self.links.store_many(rows)
+        tracked: dict[uuid.UUID, MessageAccepted] = {}
+        for index in wanted:
+            result = results[index]
+            assert isinstance(result, Accepted)
+            message = tracked.get(result.message.message_id)
+            if message is None:  # a duplicate in the same batch shares the first's links
+                message, links = track_message(result.message, domain, smart=self.smart_encoding)
+                tracked[message.message_id] = message
+                rows += records(tenant, message, links, ttl=ttl, domain=own_domain)
+            results[index] = Accepted(message, result.duplicate)
+        replaced = await self.links.store_many(rows)
+        if replaced:
+            for index in wanted:
+                result = results[index]
+                assert isinstance(result, Accepted)
+                results[index] = Accepted(swap_codes(result.message, domain, replaced), result.duplicate)
 
 
 def callback_refused(reason: str) -> Rejection:
