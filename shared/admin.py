@@ -155,7 +155,7 @@ _LINK_COLUMNS = ("code, tenant_id, message_id, link_index, url, domain, created_
 _PREFIX = re.compile(r"https?://[^/\s?#]+", re.I)
 
 
-def _link_filter(target: str, tenant_id: str | None) -> tuple[str, list[Any]]:
+def link_filter(target: str, tenant_id: str | None) -> tuple[str, list[Any]]:
     """SQL condition and arguments for a code, or every link (of ``tenant_id``, if given) whose
     URL starts with an http(s) URL prefix naming at least a host (ValueError otherwise)."""
     from services.ingest.links import CODE_PATTERN
@@ -172,7 +172,7 @@ def _link_filter(target: str, tenant_id: str | None) -> tuple[str, list[Any]]:
 async def link_show(conn: asyncpg.Connection, target: str, tenant_id: str | None = None,
                     limit: int = 100) -> list[dict[str, Any]]:
     """The links a code or URL prefix names, with their state."""
-    where, args = _link_filter(target, tenant_id)
+    where, args = link_filter(target, tenant_id)
     rows = await conn.fetch(f"SELECT {_LINK_COLUMNS} FROM links WHERE {where} ORDER BY created_at LIMIT {int(limit)}",
                             *args)
     return [dict(r) for r in rows]
@@ -184,7 +184,7 @@ async def link_takedown(conn: asyncpg.Connection, actor: str, target: str, reaso
     of all: the redirect answers 410 link_taken_down (within HERALD_LINK_CACHE_TTL_S on every
     instance). Who, when and why are kept on each row and in the audit log. Links already taken
     down keep their first takedown."""
-    where, args = _link_filter(target, tenant_id)
+    where, args = link_filter(target, tenant_id)
     async with conn.transaction():
         rows = await conn.fetch(
             f"UPDATE links SET taken_down_at = now(), taken_down_by = $3, takedown_reason = $4"
@@ -200,7 +200,7 @@ async def link_takedown(conn: asyncpg.Connection, actor: str, target: str, reaso
 async def link_restore(conn: asyncpg.Connection, actor: str, target: str, tenant_id: str | None = None
                        ) -> dict[str, Any]:
     """Undo a takedown (the links answer again if active and not expired)."""
-    where, args = _link_filter(target, tenant_id)
+    where, args = link_filter(target, tenant_id)
     async with conn.transaction():
         rows = await conn.fetch(
             f"UPDATE links SET taken_down_at = NULL, taken_down_by = NULL, takedown_reason = NULL"

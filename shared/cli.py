@@ -193,9 +193,13 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(str(exc))
         try:
             if args.link_domain is not None:
-                geo["link_domain"] = args.link_domain.strip() or None
+                from services.ingest.links import check_domain
+
+                geo["link_domain"] = check_domain(args.link_domain) if args.link_domain.strip() else None
             if args.link_ttl is not None:
                 geo["link_ttl_s"] = admin.parse_duration(args.link_ttl) if args.link_ttl.strip() else None
+                if geo["link_ttl_s"] is not None and not 60 <= geo["link_ttl_s"] <= admin.LINK_TTL_MAX_S:
+                    raise ValueError("a link lifetime is between 1 minute and 3650 days")
         except ValueError as exc:
             parser.error(str(exc))
         if args.marketing_consent is None and caps is None and not geo:
@@ -294,6 +298,10 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         tenant_id = args.tenant
         if tenant_id is not None and not re.match(TENANT_PATTERN, tenant_id):
             parser.error(f"tenant id must match {TENANT_PATTERN}")
+        try:
+            admin.link_filter(args.target, tenant_id)
+        except ValueError as exc:
+            parser.error(str(exc))
         try:
             if action == "show":
                 _print(asyncio.run(_with_db(lambda c: admin.link_show(c, args.target, tenant_id))))

@@ -6,7 +6,7 @@ from services.ingest.api import create_app
 from services.ingest.campaigns.launcher import Launcher
 from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
-from services.ingest.redirect import ClickBuffer, LinkCache
+from services.ingest.redirect import ClickBuffer, LinkCache, TakedownWatcher
 from services.ingest.redirect import create_router as links_router
 from services.ingest.events.api import build_events_router
 from services.ingest.events.consumer import ContactEventsHandler
@@ -46,8 +46,11 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     clicks = ClickBuffer(ctx.publisher, settings.click_flush_interval_ms, settings.click_buffer_max)
     ctx.workers["click-publisher"] = clicks.run()
     ctx.stoppers.append(clicks.stop)
-    app.include_router(links_router(LinkCache(links, settings.link_cache_size, settings.link_cache_ttl_s), clicks,
-                                    settings.link_bot_min_delay_s))
+    link_cache = LinkCache(links, settings.link_cache_size, settings.link_cache_ttl_s)
+    app.include_router(links_router(link_cache, clicks, settings.link_bot_min_delay_s))
+    takedowns = TakedownWatcher(links, link_cache, settings.link_takedown_poll_s)
+    ctx.workers["link-takedowns"] = takedowns.run()
+    ctx.stoppers.append(takedowns.stop)
     # Short links answer once their message is submitted: the links lane reads the statuses.
     links_lane = Lane("links", f"{settings.topic_prefix}ingest.links", [STATUS], LinkActivationHandler(links))
     # Inbound replies (STOP/START/HELP, forwarding): their own consumer group, see docs/replies.md.

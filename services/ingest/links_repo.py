@@ -108,6 +108,14 @@ class LinksRepository:
     async def resolve(self, code: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow(_RESOLVE, code)
 
+    async def recent_takedowns(self, window_s: float) -> list[asyncpg.Record]:
+        """Links taken down in the last ``window_s`` seconds (code, when)."""
+        return await self.pool.fetch(
+            "SELECT code, taken_down_at FROM links WHERE taken_down_at > now() - make_interval(secs => $1)"
+            " ORDER BY taken_down_at LIMIT 100000",
+            window_s,
+        )
+
     async def tenant_policy(self, tenant_id: str) -> tuple[str | None, int | None]:
         """The tenant's own link domain and link lifetime in seconds (None: the defaults)."""
         row = await self.pool.fetchrow("SELECT link_domain, link_ttl_s FROM tenants WHERE tenant_id = $1", tenant_id)

@@ -22,6 +22,10 @@ LINK_REFUSED = Counter(
 LINKS_ACTIVATED = Counter(
     "herald_links_activated_total", "Short links activated because their message was submitted to a gateway"
 )
+LINK_TAKEDOWNS = Counter(
+    "herald_link_takedowns_total",
+    "Short links taken down by an operator, as this instance found them (and dropped them from its cache)",
+)
 LINK_LOOKUPS = Counter(
     "herald_link_lookups_total", "Short-link code lookups, by where they were answered", ["source"]
 )

@@ -100,6 +100,63 @@ class LinkCache:
         return target
 
 
+    def drop(self, code: str) -> None:
+        self._hits.pop(code, None)
+
+
+class TakedownWatcher:
+    """Every ``poll_s``, the links taken down lately are dropped from this instance's cache, so a
+    takedown answers 410 within seconds whatever ``HERALD_LINK_CACHE_TTL_S``, and counted
+    (``herald_link_takedowns_total``: each instance counts the takedowns it applied). A takedown
+    is looked for during ``WINDOW_S`` after its time, so one whose transaction commits late is
+    still seen; each is counted once."""
+
+    WINDOW_S = 120.0
+
+    def __init__(self, repository: LinksRepository, cache: LinkCache, poll_s: float) -> None:
+        self.repository = repository
+        self.cache = cache
+        self.poll_s = poll_s
+        self._seen: dict[tuple[str, datetime], float] = {}
+        self._stop = asyncio.Event()
+        self._started = False
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def check(self) -> int:
+        """One look; returns how many takedowns were new. The first look only learns what is there."""
+        rows = await self.repository.recent_takedowns(self.WINDOW_S + self.poll_s)
+        now = time.monotonic()
+        new = 0
+        for row in rows:
+            key = (row["code"], row["taken_down_at"])
+            if key in self._seen:
+                continue
+            self._seen[key] = now
+            self.cache.drop(row["code"])
+            new += 1
+        for key in [k for k, at in self._seen.items() if now - at > 2 * (self.WINDOW_S + self.poll_s)]:
+            del self._seen[key]
+        if not self._started:
+            self._started = True
+            return 0
+        if new:
+            metrics.LINK_TAKEDOWNS.inc(new)
+        return new
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.check()
+            except Exception:
+                log.warning("could not look for link takedowns; the cache TTL still applies", exc_info=True)
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.poll_s)
+            except TimeoutError:
+                pass
+
+
 class ClickBuffer:
     """Click events waiting to be published; ``run`` publishes them in batches. Bot clicks of
     one (tenant, message, link, reason, day) are folded into one event until the next flush."""

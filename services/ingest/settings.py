@@ -132,6 +132,10 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
         30.0, ge=0, le=3600,
         description="How long the redirect keeps a link in memory: a takedown reaches every instance within it",
     )
+    link_takedown_poll_s: float = Field(
+        5.0, gt=0, le=300,
+        description="How often each instance looks for new link takedowns (they answer 410 at once after it)",
+    )
     link_ttl_s: int = Field(
         90 * 86400, ge=60, le=3650 * 86400,
         description="How long a short link lives after its message was accepted (90 days); then it answers 410"

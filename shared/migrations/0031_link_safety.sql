@@ -23,3 +23,6 @@ ALTER TABLE links ADD COLUMN takedown_reason text;
 ALTER TABLE tenants ADD COLUMN link_domain text;
 ALTER TABLE tenants ADD COLUMN link_ttl_s integer CHECK (link_ttl_s BETWEEN 60 AND 3650 * 86400);
 CREATE UNIQUE INDEX tenants_link_domain ON tenants (lower(link_domain)) WHERE link_domain IS NOT NULL;
+
+-- Each ingest instance looks for new takedowns every few seconds (drops them from its cache).
+CREATE INDEX links_taken_down ON links (taken_down_at) WHERE taken_down_at IS NOT NULL;

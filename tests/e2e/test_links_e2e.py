@@ -196,8 +196,11 @@ async def test_an_operator_takes_links_down(links_stack: Stack, pool, capsys) ->
     capsys.readouterr()
     assert error_code(await answers(links_stack, elsewhere, 410)) == (410, "link_taken_down")
     assert await asyncio.to_thread(main, ["admin", "link", "restore", elsewhere]) == 0
+    assert json.loads(capsys.readouterr().out)["restored"] == 1
     await answers(links_stack, elsewhere, 302)
-    assert await asyncio.to_thread(main, ["admin", "link", "takedown", "phish"]) == 1  # neither a code nor a URL
+    assert await asyncio.to_thread(main, ["admin", "link", "show", one]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)
+    assert (shown["code"], shown["taken_down_by"], shown["takedown_reason"]) == (one, "ops-anna", "phishing report 4411")
 
 
 async def test_a_tenants_own_link_domain(links_stack: Stack, pool, capsys) -> None:

@@ -180,3 +180,32 @@ async def test_the_redirect_answers_by_the_links_state(pool) -> None:
         async with pool.acquire() as conn:
             await admin.link_restore(conn, "ops", rows[down.message.message_id]["code"])
         assert await get(down.message.message_id) == (302, "https://shop.example.com/3")
+
+
+async def test_a_takedown_reaches_the_cache_at_the_next_look_and_is_counted_once(pool) -> None:
+    from services.ingest import metrics
+    from services.ingest.redirect import TakedownWatcher
+
+    tenant = await make_tenant(pool)
+    (result,) = await accept(pool, tenant.tenant_id, [marketing("+34600300031", "Go https://shop.example.com/w")])
+    links = LinksRepository(pool)
+    await links.activate({result.message.message_id: utcnow() - timedelta(minutes=1)})
+    code = await pool.fetchval("SELECT code FROM links WHERE message_id = $1", result.message.message_id)
+    cache = LinkCache(links, 100, ttl_s=3600)  # without the watcher, a takedown would wait an hour here
+    clicks = ClickBuffer(None, 60_000, 1000)  # type: ignore[arg-type]  # never flushed
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(create_router(cache, clicks, bot_min_delay_s=0.0))
+    watcher = TakedownWatcher(links, cache, poll_s=1.0)
+    await watcher.check()  # the first look learns what was taken down before
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://links") as client:
+        assert (await client.get(f"/l/{code}", headers={"user-agent": IPHONE})).status_code == 302
+        async with pool.acquire() as conn:
+            await admin.link_takedown(conn, "ops", code, "spam")
+        assert (await client.get(f"/l/{code}", headers={"user-agent": IPHONE})).status_code == 302  # cached
+        before = metrics.LINK_TAKEDOWNS._value.get()
+        assert await watcher.check() >= 1
+        assert await watcher.check() == 0  # seen already
+        assert metrics.LINK_TAKEDOWNS._value.get() - before >= 1
+        r = await client.get(f"/l/{code}", headers={"user-agent": IPHONE})
+        assert (r.status_code, r.json()["error"]["code"]) == (410, "link_taken_down")
