@@ -108,19 +108,22 @@ async def tenant_policy_set(conn: asyncpg.Connection, actor: str, tenant_id: str
     ):
         raise ValueError(f"link domain {link_domain} belongs to another tenant")
     async with conn.transaction():
-        done = await conn.fetchval(
-            "UPDATE tenants SET marketing_consent = coalesce($2, marketing_consent),"
-            " frequency_caps = coalesce($3::jsonb, frequency_caps),"
-            " country = CASE WHEN $4 THEN $5 ELSE country END,"
-            " allowed_countries = CASE WHEN $6 THEN $7::text[] ELSE allowed_countries END,"
-            " marketing_opt_out = coalesce($8, marketing_opt_out),"
-            " link_domain = CASE WHEN $9 THEN $10 ELSE link_domain END,"
-            " link_ttl_s = CASE WHEN $11 THEN $12::integer ELSE link_ttl_s END"
-            " WHERE tenant_id = $1 RETURNING tenant_id",
-            tenant_id, marketing_consent, caps, set_country, country if set_country else None,
-            set_allowed, allowed_countries if set_allowed else None, marketing_opt_out,
-            set_domain, link_domain if set_domain else None, set_ttl, link_ttl_s if set_ttl else None,
-        )
+        try:
+            done = await conn.fetchval(
+                "UPDATE tenants SET marketing_consent = coalesce($2, marketing_consent),"
+                " frequency_caps = coalesce($3::jsonb, frequency_caps),"
+                " country = CASE WHEN $4 THEN $5 ELSE country END,"
+                " allowed_countries = CASE WHEN $6 THEN $7::text[] ELSE allowed_countries END,"
+                " marketing_opt_out = coalesce($8, marketing_opt_out),"
+                " link_domain = CASE WHEN $9 THEN $10 ELSE link_domain END,"
+                " link_ttl_s = CASE WHEN $11 THEN $12::integer ELSE link_ttl_s END"
+                " WHERE tenant_id = $1 RETURNING tenant_id",
+                tenant_id, marketing_consent, caps, set_country, country if set_country else None,
+                set_allowed, allowed_countries if set_allowed else None, marketing_opt_out,
+                set_domain, link_domain if set_domain else None, set_ttl, link_ttl_s if set_ttl else None,
+            )
+        except asyncpg.UniqueViolationError:  # another tenant took the domain meanwhile
+            raise ValueError(f"link domain {link_domain} belongs to another tenant") from None
         if done is None:
             return None
         changes: dict[str, Any] = {"marketing_consent": marketing_consent, "frequency_caps": caps,
@@ -181,7 +184,7 @@ async def link_show(conn: asyncpg.Connection, target: str, tenant_id: str | None
 async def link_takedown(conn: asyncpg.Connection, actor: str, target: str, reason: str,
                         tenant_id: str | None = None) -> dict[str, Any]:
     """Take down one link (by code) or every link to a destination (URL prefix), of one tenant or
-    of all: the redirect answers 410 link_taken_down (within HERALD_LINK_CACHE_TTL_S on every
+    of all: the redirect answers 410 link_taken_down (within HERALD_LINK_TAKEDOWN_POLL_S on every
     instance). Who, when and why are kept on each row and in the audit log. Links already taken
     down keep their first takedown."""
     where, args = link_filter(target, tenant_id)

@@ -2,10 +2,10 @@
 
 A link redirects only once its message was submitted, until it expires, on the domain it was
 minted for, unless an operator took it down (``links.refusal``; docs/results.md, "Link
-safety"). Links are cached (LRU) after a lookup for ``HERALD_LINK_CACHE_TTL_S`` (a takedown
-reaches every instance within it); one not active yet is looked up again after
-``INACTIVE_TTL_S`` (it activates when its message is submitted), and an unknown code is
-remembered for a while so a scanner cannot make every request a query.
+safety"). Links are cached (LRU) after a lookup for ``HERALD_LINK_CACHE_TTL_S``; a
+``TakedownWatcher`` drops taken-down links from the cache within seconds. A link not active yet
+is looked up again after ``INACTIVE_TTL_S`` (it activates when its message is submitted), and an
+unknown code is remembered for a while so a scanner cannot make every request a query.
 Each person's click becomes a ``link.clicked`` event in an in-memory buffer that a worker
 publishes in batches: the redirect never waits for Kafka. Bot clicks (previews, prefetches,
 crawlers, too fast) are folded in the buffer: one event per link, reason and day per flush,
@@ -98,7 +98,6 @@ class LinkCache:
             if len(self._hits) > self.size:
                 self._hits.popitem(last=False)
         return target
-
 
     def drop(self, code: str) -> None:
         self._hits.pop(code, None)

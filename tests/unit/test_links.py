@@ -191,3 +191,15 @@ def test_link_domains_and_durations_are_checked() -> None:
     assert (parse_duration("90d"), parse_duration("12h"), parse_duration(" 30m ")) == (90 * 86400, 43200, 1800)
     with pytest.raises(ValueError):
         parse_duration("1w")
+
+
+def test_a_resumed_campaign_page_publishes_the_stored_codes() -> None:
+    from services.ingest.campaigns.launcher import Launcher
+    from services.ingest.service import accepted_event
+
+    tracked, links = track_message(_accepted("Hi https://a.example/x"), DOMAIN, smart=True)
+    outgoing = accepted_event("acme", tracked, "trace")
+    swapped = Launcher._swap(outgoing, DOMAIN, {links[0].code: "StoredCode"})
+    assert swapped.event.payload.body == f"Hi https://{DOMAIN}/StoredCode"
+    assert (swapped.topic, swapped.key, swapped.event.event_id) == (outgoing.topic, outgoing.key, outgoing.event.event_id)
+    assert Launcher._swap(outgoing, DOMAIN, {"OtherCode0": "StoredCode"}) is outgoing
