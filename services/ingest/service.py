@@ -102,7 +102,7 @@ class Acceptor:
         keyed: dict[str, list[int]] = {}
         hashes: dict[str, str] = {}
         # status callbacks go to public destinations only (shared/egress.py): each host checked once
-        opt_out = await self._opt_out(tenant, requests)
+        opt_out, link_policy = await self._marketing_context(tenant, requests)
         refused = await check_urls({str(r.status_callback_url) for r in requests
                                     if not isinstance(r, Rejection) and r.status_callback_url}, self.egress,
                                    resolve=self.resolve)
@@ -161,7 +161,7 @@ class Acceptor:
                         message = current.message.model_copy(update={"message_id": record.message_id})
                         results[index] = Accepted(message, duplicate=True)
         if self.links is not None:
-            await self._track_links(tenant, requests, results)
+            await self._track_links(tenant, requests, results, link_policy)
         self._apply_share(tenant, results)
         outgoing: list[Outgoing] = []
         published: set[uuid.UUID] = set()
@@ -174,17 +174,20 @@ class Acceptor:
         return results, outgoing
 
 
-    async def _opt_out(self, tenant: str, requests: list[MessageRequest | Rejection]) -> OptOut | None:
-        """The tenant's opt-out mode and its contacts' languages, when the batch has marketing
-        (one round trip; none for transactional traffic)."""
+    async def _marketing_context(
+        self, tenant: str, requests: list[MessageRequest | Rejection]
+    ) -> tuple[OptOut | None, tuple[str | None, int | None] | None]:
+        """The tenant's opt-out mode and its contacts' languages, and its short-link policy (own
+        domain, link lifetime), when the batch has marketing (one round trip; none for
+        transactional traffic)."""
         # Only what can be a number is looked up (anything else fails its parse with a reason; a
         # NUL byte in a query parameter would fail the whole batch).
         phones = sorted({to for r in requests if isinstance(r, MessageRequest) and r.type is MessageType.MARKETING
                          and _E164.fullmatch(to := r.to.strip())})
         if not phones:
-            return None
-        mode, languages = await self.repository.marketing_context(tenant, phones)
-        return OptOut(mode, languages)
+            return None, None
+        mode, languages, link_policy = await self.repository.marketing_context(tenant, phones)
+        return OptOut(mode, languages), link_policy
 
     def _apply_share(self, tenant: str, results: list[Result]) -> None:
         """Transactional messages past the tenant's share of the priority lanes go on the
@@ -212,13 +215,14 @@ class Acceptor:
                         extra={"tenant": tenant, "messages": len(over)})
 
     async def _track_links(
-        self, tenant: str, requests: list[MessageRequest | Rejection], results: list[Result]
+        self, tenant: str, requests: list[MessageRequest | Rejection], results: list[Result],
+        link_policy: tuple[str | None, int | None] | None,
     ) -> None:
         """Rewrite marketing messages' URLs to short links on the tenant's link domain (its own,
-        else the shared one) and store the links, in one round trip (two when there are URLs: the
-        tenant's link policy is read first). Codes are drawn at random; a duplicate's message gets
-        the codes stored for it the first time (``store_many`` returns them), so its body is the
-        same."""
+        else the shared one) and store the links in one round trip. ``link_policy``: the tenant's
+        own domain and link lifetime, read with its marketing context (read here if it was not).
+        Codes are drawn at random; a duplicate's message gets the codes stored for it the first
+        time (``store_many`` returns them), so its body is the same."""
         assert self.links is not None
         wanted = [
             index for index, result in enumerate(results)
@@ -228,7 +232,7 @@ class Acceptor:
         ]
         if not wanted:
             return
-        own_domain, ttl_s = await self.links.tenant_policy(tenant)
+        own_domain, ttl_s = link_policy if link_policy is not None else await self.links.tenant_policy(tenant)
         domain = own_domain or self.link_domain
         ttl = timedelta(seconds=ttl_s or self.link_ttl_s)
         rows: list[LinkRecord] = []
