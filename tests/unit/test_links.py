@@ -203,3 +203,38 @@ def test_a_resumed_campaign_page_publishes_the_stored_codes() -> None:
     assert swapped.event.payload.body == f"Hi https://{DOMAIN}/StoredCode"
     assert (swapped.topic, swapped.key, swapped.event.event_id) == (outgoing.topic, outgoing.key, outgoing.event.event_id)
     assert Launcher._swap(outgoing, DOMAIN, {"OtherCode0": "StoredCode"}) is outgoing
+
+
+class _Rows:
+    """Stands in for the links table: the row of one code, changed by the test."""
+
+    def __init__(self, row: dict) -> None:
+        self.row = row
+        self.reads = 0
+
+    async def resolve(self, code: str):
+        self.reads += 1
+        return dict(self.row)
+
+
+async def test_the_cache_looks_again_soon_at_a_link_not_active_yet_and_later_at_an_active_one(monkeypatch) -> None:
+    from services.ingest import redirect
+
+    clock = [1000.0]
+    monkeypatch.setattr(redirect.time, "monotonic", lambda: clock[0])
+    row = {"code": "AbCdEfGhIj", "tenant_id": "acme", "message_id": MID, "link_index": 0, "url": "https://a.example/x",
+           "contact_id": None, "campaign_id": None, "variant": None, "journey_id": None, "created_at": NOW,
+           "activated_at": None, "expires_at": NOW + timedelta(days=90), "domain": None, "taken_down_at": None}
+    rows = _Rows(row)
+    cache = redirect.LinkCache(rows, size=10, ttl_s=30.0)  # type: ignore[arg-type]
+    assert (await cache.get("AbCdEfGhIj")).activated_at is None
+    await cache.get("AbCdEfGhIj")
+    assert rows.reads == 1  # within the second
+    rows.row["activated_at"] = NOW  # its message was submitted
+    clock[0] += redirect.INACTIVE_TTL_S + 0.01
+    assert (await cache.get("AbCdEfGhIj")).activated_at == NOW and rows.reads == 2
+    rows.row["taken_down_at"] = NOW
+    clock[0] += 29
+    assert (await cache.get("AbCdEfGhIj")).taken_down_at is None and rows.reads == 2  # cached while active
+    cache.drop("AbCdEfGhIj")  # what the takedown watcher does
+    assert (await cache.get("AbCdEfGhIj")).taken_down_at == NOW and rows.reads == 3
