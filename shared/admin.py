@@ -56,14 +56,15 @@ def parse_cap(text: str) -> dict[str, int]:
 
 async def tenant_policy(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any] | None:
     row = await conn.fetchrow(
-        "SELECT marketing_consent, frequency_caps, reply_webhook_url, country, allowed_countries, marketing_opt_out"
-        " FROM tenants WHERE tenant_id = $1", tenant_id
+        "SELECT marketing_consent, frequency_caps, reply_webhook_url, country, allowed_countries, marketing_opt_out,"
+        " link_domain, link_ttl_s FROM tenants WHERE tenant_id = $1", tenant_id
     )
     if row is None:
         return None
     return {"tenant_id": tenant_id, "marketing_consent": row["marketing_consent"], "frequency_caps": row["frequency_caps"],
             "reply_webhook_url": row["reply_webhook_url"], "country": row["country"],
-            "allowed_countries": row["allowed_countries"], "marketing_opt_out": row["marketing_opt_out"]}
+            "allowed_countries": row["allowed_countries"], "marketing_opt_out": row["marketing_opt_out"],
+            "link_domain": row["link_domain"], "link_ttl_s": row["link_ttl_s"]}
 
 
 class _Keep:
@@ -79,10 +80,13 @@ KEEP: Any = _Keep()
 async def tenant_policy_set(conn: asyncpg.Connection, actor: str, tenant_id: str, *,
                             marketing_consent: str | None = None, caps: list[dict[str, int]] | None = None,
                             country: str | None = KEEP, allowed_countries: list[str] | None = KEEP,
-                            marketing_opt_out: str | None = None) -> dict[str, Any] | None:
+                            marketing_opt_out: str | None = None, link_domain: str | None = KEEP,
+                            link_ttl_s: int | None = KEEP) -> dict[str, Any] | None:
     """Change a tenant's consent mode and/or frequency caps (None leaves a field as it is), and its
     geo permissions (shared/geo.py): ``country`` / ``allowed_countries`` left out keep their value,
-    None clears them, ISO 3166-1 alpha-2 codes set them (checked; ValueError otherwise)."""
+    None clears them, ISO 3166-1 alpha-2 codes set them (checked; ValueError otherwise). Likewise
+    its own short-link domain (``link_domain``, no two tenants share one) and link lifetime
+    (``link_ttl_s``, 60 s to 10 years): left out, kept; None, back to the service's."""
     if marketing_consent not in (None, "required", "opt_out"):
         raise ValueError("marketing_consent is 'required' or 'opt_out'")
     if marketing_opt_out not in (None, "append", "refuse"):
@@ -92,17 +96,34 @@ async def tenant_policy_set(conn: asyncpg.Connection, actor: str, tenant_id: str
         country = country_code(country)
     if set_allowed and allowed_countries is not None:
         allowed_countries = country_codes(allowed_countries)
+    set_domain, set_ttl = link_domain is not KEEP, link_ttl_s is not KEEP
+    if set_domain and link_domain is not None:
+        from services.ingest.links import check_domain
+
+        link_domain = check_domain(link_domain).lower()
+    if set_ttl and link_ttl_s is not None and not 60 <= link_ttl_s <= LINK_TTL_MAX_S:
+        raise ValueError("a link lifetime is between 1 minute and 3650 days")
+    if set_domain and link_domain is not None and await conn.fetchval(
+        "SELECT tenant_id FROM tenants WHERE lower(link_domain) = $1 AND tenant_id <> $2", link_domain, tenant_id
+    ):
+        raise ValueError(f"link domain {link_domain} belongs to another tenant")
     async with conn.transaction():
-        done = await conn.fetchval(
-            "UPDATE tenants SET marketing_consent = coalesce($2, marketing_consent),"
-            " frequency_caps = coalesce($3::jsonb, frequency_caps),"
-            " country = CASE WHEN $4 THEN $5 ELSE country END,"
-            " allowed_countries = CASE WHEN $6 THEN $7::text[] ELSE allowed_countries END,"
-            " marketing_opt_out = coalesce($8, marketing_opt_out)"
-            " WHERE tenant_id = $1 RETURNING tenant_id",
-            tenant_id, marketing_consent, caps, set_country, country if set_country else None,
-            set_allowed, allowed_countries if set_allowed else None, marketing_opt_out,
-        )
+        try:
+            done = await conn.fetchval(
+                "UPDATE tenants SET marketing_consent = coalesce($2, marketing_consent),"
+                " frequency_caps = coalesce($3::jsonb, frequency_caps),"
+                " country = CASE WHEN $4 THEN $5 ELSE country END,"
+                " allowed_countries = CASE WHEN $6 THEN $7::text[] ELSE allowed_countries END,"
+                " marketing_opt_out = coalesce($8, marketing_opt_out),"
+                " link_domain = CASE WHEN $9 THEN $10 ELSE link_domain END,"
+                " link_ttl_s = CASE WHEN $11 THEN $12::integer ELSE link_ttl_s END"
+                " WHERE tenant_id = $1 RETURNING tenant_id",
+                tenant_id, marketing_consent, caps, set_country, country if set_country else None,
+                set_allowed, allowed_countries if set_allowed else None, marketing_opt_out,
+                set_domain, link_domain if set_domain else None, set_ttl, link_ttl_s if set_ttl else None,
+            )
+        except asyncpg.UniqueViolationError:  # another tenant took the domain meanwhile
+            raise ValueError(f"link domain {link_domain} belongs to another tenant") from None
         if done is None:
             return None
         changes: dict[str, Any] = {"marketing_consent": marketing_consent, "frequency_caps": caps,
@@ -111,8 +132,86 @@ async def tenant_policy_set(conn: asyncpg.Connection, actor: str, tenant_id: str
             changes["country"] = country
         if set_allowed:
             changes["allowed_countries"] = allowed_countries
+        if set_domain:
+            changes["link_domain"] = link_domain
+        if set_ttl:
+            changes["link_ttl_s"] = link_ttl_s
         await audit(conn, actor, "tenant.policy", tenant_id, **changes)
     return await tenant_policy(conn, tenant_id)
+
+
+LINK_TTL_MAX_S = 3650 * 86400
+
+
+def parse_duration(text: str) -> int:
+    """'90d', '12h', '30m' → seconds."""
+    m = re.fullmatch(r"\s*(\d+)\s*([mhd])\s*", text)
+    if not m:
+        raise ValueError(f"a duration is a number with m, h or d, such as 30d or 12h: {text!r}")
+    return int(m[1]) * {"m": 60, "h": 3600, "d": 86400}[m[2]]
+
+
+# ---- short links (docs/results.md, "Link safety") ----
+
+_LINK_COLUMNS = ("code, tenant_id, message_id, link_index, url, domain, created_at, activated_at, expires_at,"
+                 " taken_down_at, taken_down_by, takedown_reason")
+_PREFIX = re.compile(r"https?://[^/\s?#]+", re.I)
+
+
+def link_filter(target: str, tenant_id: str | None) -> tuple[str, list[Any]]:
+    """SQL condition and arguments for a code, or every link (of ``tenant_id``, if given) whose
+    URL starts with an http(s) URL prefix naming at least a host (ValueError otherwise)."""
+    from services.ingest.links import CODE_PATTERN
+
+    target = target.strip()
+    if CODE_PATTERN.match(target):
+        return "code = $1 AND ($2::text IS NULL OR tenant_id = $2)", [target, tenant_id]
+    if not _PREFIX.match(target):
+        raise ValueError("give a link code (10 letters and digits) or a URL prefix with scheme and host,"
+                         " such as https://bad.example/ (a trailing / keeps it to that host)")
+    return "left(url, length($1)) = $1 AND ($2::text IS NULL OR tenant_id = $2)", [target, tenant_id]
+
+
+async def link_show(conn: asyncpg.Connection, target: str, tenant_id: str | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+    """The links a code or URL prefix names, with their state."""
+    where, args = link_filter(target, tenant_id)
+    rows = await conn.fetch(f"SELECT {_LINK_COLUMNS} FROM links WHERE {where} ORDER BY created_at LIMIT {int(limit)}",
+                            *args)
+    return [dict(r) for r in rows]
+
+
+async def link_takedown(conn: asyncpg.Connection, actor: str, target: str, reason: str,
+                        tenant_id: str | None = None) -> dict[str, Any]:
+    """Take down one link (by code) or every link to a destination (URL prefix), of one tenant or
+    of all: the redirect answers 410 link_taken_down (within HERALD_LINK_TAKEDOWN_POLL_S on every
+    instance). Who, when and why are kept on each row and in the audit log. Links already taken
+    down keep their first takedown."""
+    where, args = link_filter(target, tenant_id)
+    async with conn.transaction():
+        rows = await conn.fetch(
+            f"UPDATE links SET taken_down_at = now(), taken_down_by = $3, takedown_reason = $4"
+            f" WHERE {where} AND taken_down_at IS NULL RETURNING code, tenant_id",
+            *args, actor, reason,
+        )
+        await audit(conn, actor, "link.takedown", target, reason=reason, tenant_id=tenant_id, links=len(rows),
+                    tenants=sorted({r["tenant_id"] for r in rows}))
+    return {"target": target, "tenant_id": tenant_id, "reason": reason, "taken_down": len(rows),
+            "codes": [r["code"] for r in rows[:100]]}
+
+
+async def link_restore(conn: asyncpg.Connection, actor: str, target: str, tenant_id: str | None = None
+                       ) -> dict[str, Any]:
+    """Undo a takedown (the links answer again if active and not expired)."""
+    where, args = link_filter(target, tenant_id)
+    async with conn.transaction():
+        rows = await conn.fetch(
+            f"UPDATE links SET taken_down_at = NULL, taken_down_by = NULL, takedown_reason = NULL"
+            f" WHERE {where} AND taken_down_at IS NOT NULL RETURNING code",
+            *args,
+        )
+        await audit(conn, actor, "link.restore", target, tenant_id=tenant_id, links=len(rows))
+    return {"target": target, "tenant_id": tenant_id, "restored": len(rows), "codes": [r["code"] for r in rows[:100]]}
 
 
 MAX_URL_LENGTH = 2083

@@ -83,6 +83,12 @@ def _admin_parser(sub: Any) -> None:
     pol.add_argument("--allowed-countries", default=None, metavar="CC,CC",
                      help="the only destination countries allowed, e.g. ES,FR (high-cost ones must be named); "
                           "'' clears the list (docs/senders.md)")
+    pol.add_argument("--link-domain", default=None, metavar="HOST",
+                     help="the tenant's own short-link domain (host, optional :port and path), e.g. go.brand.example;"
+                          " its links answer only there; '' goes back to the shared domain (docs/results.md)")
+    pol.add_argument("--link-ttl", default=None, metavar="DURATION",
+                     help="how long the tenant's short links live, e.g. 30d or 12h; '' goes back to"
+                          " HERALD_LINK_TTL_S")
     rw = tenant.add_parser("reply-webhook", help="show or set where the tenant's ordinary replies are posted, signed")
     rw.add_argument("tenant_id")
     rw.add_argument("url", nargs="?", default=None, help="http or https URL (docs/replies.md)")
@@ -135,6 +141,18 @@ def _admin_parser(sub: Any) -> None:
     rm.add_argument("tenant_id")
     rm.add_argument("number")
 
+    link = objects.add_parser("link", help="short links: show, take down, restore (docs/results.md)").add_subparsers(
+        dest="action", required=True)
+    target_help = "a link code, or a URL prefix with scheme and host (every link to that destination)"
+    for verb, what in (("show", "the links a code or URL prefix names, with their state (100 at most)"),
+                       ("takedown", "the redirect answers 410 link_taken_down; who, when and why are kept"),
+                       ("restore", "undo a takedown")):
+        lp = link.add_parser(verb, help=what)
+        lp.add_argument("target", help=target_help)
+        lp.add_argument("--tenant", default=None, help="only this tenant's links")
+        if verb == "takedown":
+            lp.add_argument("--reason", default="operator takedown", help="why (kept on each link and in the audit log)")
+
     objects.add_parser("audit", help="the latest audit entries").add_argument("--limit", type=int, default=50)
 
     gw = objects.add_parser("gateways", help="gateways and routes (configuration: HERALD_GATEWAYS, HERALD_ROUTES)")
@@ -173,11 +191,26 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                             if args.allowed_countries.strip() else None)
         except ValueError as exc:
             parser.error(str(exc))
+        try:
+            if args.link_domain is not None:
+                from services.ingest.links import check_domain
+
+                geo["link_domain"] = check_domain(args.link_domain) if args.link_domain.strip() else None
+            if args.link_ttl is not None:
+                geo["link_ttl_s"] = admin.parse_duration(args.link_ttl) if args.link_ttl.strip() else None
+                if geo["link_ttl_s"] is not None and not 60 <= geo["link_ttl_s"] <= admin.LINK_TTL_MAX_S:
+                    raise ValueError("a link lifetime is between 1 minute and 3650 days")
+        except ValueError as exc:
+            parser.error(str(exc))
         if args.marketing_consent is None and caps is None and not geo:
             result = asyncio.run(_with_db(lambda c: admin.tenant_policy(c, args.tenant_id)))
         else:
-            result = asyncio.run(_with_db(lambda c: admin.tenant_policy_set(
-                c, actor, args.tenant_id, marketing_consent=args.marketing_consent, caps=caps, **geo)))
+            try:
+                result = asyncio.run(_with_db(lambda c: admin.tenant_policy_set(
+                    c, actor, args.tenant_id, marketing_consent=args.marketing_consent, caps=caps, **geo)))
+            except ValueError as exc:
+                print(str(exc), file=sys.stderr)
+                return 1
         if result is None:
             print(f"no tenant {args.tenant_id}", file=sys.stderr)
             return 1
@@ -261,6 +294,29 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"tenant {args.tenant_id} has no number {args.number}", file=sys.stderr)
             return 1
         _print({"number": args.number, "tenant_id": args.tenant_id, "removed": True})
+    elif obj == "link":
+        tenant_id = args.tenant
+        if tenant_id is not None and not re.match(TENANT_PATTERN, tenant_id):
+            parser.error(f"tenant id must match {TENANT_PATTERN}")
+        try:
+            admin.link_filter(args.target, tenant_id)
+        except ValueError as exc:
+            parser.error(str(exc))
+        try:
+            if action == "show":
+                _print(asyncio.run(_with_db(lambda c: admin.link_show(c, args.target, tenant_id))))
+                return 0
+            if action == "takedown":
+                result = asyncio.run(_with_db(lambda c: admin.link_takedown(c, actor, args.target, args.reason, tenant_id)))
+            else:
+                result = asyncio.run(_with_db(lambda c: admin.link_restore(c, actor, args.target, tenant_id)))
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        _print(result)
+        if not result.get("taken_down", result.get("restored")):
+            print(f"no link to {action.replace('takedown', 'take down')} for {args.target}", file=sys.stderr)
+            return 1
     elif (obj, action) == ("gateways", "list"):
         _print(asyncio.run(_with_db(admin.gateways_view)))
     elif obj == "audit":

@@ -73,7 +73,8 @@ CATALOGUE: dict[str, ErrorCode] = {
     "export_not_found": _c(404, "no subject-access export with this id for your tenant"),
     "tenant_not_found": _c(404, "no such tenant"),
     "not_suppressed": _c(404, "this number is not on the suppression list"),
-    "link_not_found": _c(404, "`GET /l/{code}`: no short link with this code"),
+    "link_not_found": _c(404, "`GET /l/{code}`: no short link with this code (also: its message was not submitted"
+                              " yet or never will be, or it was asked on another domain than its tenant's)"),
     # 405, 408
     "method_not_allowed": _c(405, "the route does not take this method"),
     "body_timeout": _c(408, "the body was still arriving after `HERALD_HTTP_BODY_TIMEOUT_S`", retry=True),
@@ -89,6 +90,10 @@ CATALOGUE: dict[str, ErrorCode] = {
     "segment_exists": _c(409, "a segment with this name exists"),
     "template_exists": _c(409, "a template with this name exists"),
     "template_archived": _c((409, 422), "the template is archived: it cannot change (409) and takes no new sends or campaigns (422)"),
+    # 410
+    "link_expired": _c(410, "`GET /l/{code}`: the short link is past its lifetime (`HERALD_LINK_TTL_S`, or the"
+                            " tenant's `link_ttl_s`)"),
+    "link_taken_down": _c(410, "`GET /l/{code}`: an operator took the short link down (`herald admin link takedown`)"),
     # 413, 415
     "body_too_large": _c(413, "the body is over the route's limit"),
     "batch_too_large": _c(413, "more items than a batch may hold"),

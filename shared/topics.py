@@ -106,7 +106,7 @@ STATUS = Topic(
     MessageStatusEvent,
     key="message id",
     producers=("scheduler", "dispatcher"),
-    consumers=("reports",),
+    consumers=("reports", "ingest (links lane: a submitted marketing message's short links start answering)"),
     description="Status changes: queued, suppressed, submitted, failed.",
 )
 RECEIPTS = Topic(

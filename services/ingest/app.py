@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from services.ingest.api import create_app
 from services.ingest.campaigns.launcher import Launcher
+from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
-from services.ingest.redirect import ClickBuffer, LinkCache
+from services.ingest.redirect import ClickBuffer, LinkCache, TakedownWatcher
 from services.ingest.redirect import create_router as links_router
 from services.ingest.events.api import build_events_router
 from services.ingest.events.consumer import ContactEventsHandler
@@ -22,7 +23,7 @@ from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
 from services.ingest.audience.subject_access import PartsHandler, ingest_gatherer
 from shared.subject_access_store import GatherHandler
-from shared.topics import CONTACT_EVENTS_IN, INBOUND, SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS, TRIGGERS
+from shared.topics import CONTACT_EVENTS_IN, INBOUND, STATUS, SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS, TRIGGERS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -37,6 +38,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
         launcher = Launcher(ctx.pool, ctx.publisher, page_size=settings.campaign_page_size,
                             lease_s=settings.campaign_lease_s, smart_encoding=settings.smart_encoding,
                             link_domain=settings.link_domain if settings.link_tracking else None,
+                            link_ttl_s=settings.link_ttl_s,
                             page_timeout_s=settings.campaign_page_timeout_s, slice_s=settings.campaign_slice_s,
                             max_attempts=settings.campaign_max_attempts, retry_base_s=settings.campaign_retry_base_s,
                             retry_max_s=settings.campaign_retry_max_s, erasure_keys=settings.erasure_keyring())
@@ -46,7 +48,13 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     clicks = ClickBuffer(ctx.publisher, settings.click_flush_interval_ms, settings.click_buffer_max)
     ctx.workers["click-publisher"] = clicks.run()
     ctx.stoppers.append(clicks.stop)
-    app.include_router(links_router(LinkCache(links, settings.link_cache_size), clicks, settings.link_bot_min_delay_s))
+    link_cache = LinkCache(links, settings.link_cache_size, settings.link_cache_ttl_s)
+    app.include_router(links_router(link_cache, clicks, settings.link_bot_min_delay_s))
+    takedowns = TakedownWatcher(links, link_cache, settings.link_takedown_poll_s)
+    ctx.workers["link-takedowns"] = takedowns.run()
+    ctx.stoppers.append(takedowns.stop)
+    # Short links answer once their message is submitted: the links lane reads the statuses.
+    links_lane = Lane("links", f"{settings.topic_prefix}ingest.links", [STATUS], LinkActivationHandler(links))
     # Inbound replies (STOP/START/HELP, forwarding): their own consumer group, see docs/replies.md.
     replies = Lane("replies", f"{settings.topic_prefix}ingest.replies", [INBOUND],
                    RepliesHandler(acceptor, RepliesRepository(ctx.pool)))
@@ -64,7 +72,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     parts = Lane("subject-access-parts", f"{settings.topic_prefix}ingest.subject-access-parts", [SUBJECT_ACCESS_PARTS],
                  PartsHandler(ctx.pool))
     return Wiring(handler=TriggerHandler(acceptor, repository, settings.kafka_input_signatures), app=app,
-                  lanes=[replies, contact_events, subject_access, parts])
+                  lanes=[replies, contact_events, subject_access, parts, links_lane])
 
 
 async def main(settings: IngestSettings | None = None) -> int:

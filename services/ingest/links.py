@@ -1,29 +1,38 @@
 """Link tracking, the pure part: find URLs in a body and replace each by a short tracked link.
 
-``rewrite(body, message_id, domain)`` returns the new body and one :class:`Link` per URL
-(in order). A link's code is derived from (message id, link index), so accepting the same
-message again (a retry, an idempotency-key duplicate) gives the same body and the same
-codes. The rewrite runs before the text is measured, so the short link's length is what
-counts in segments (``track_message``). Used by the Acceptor (API and trigger paths) and
-the campaign launcher; the rows are stored with :class:`services.ingest.links_repo.LinksRepository`.
+``rewrite(body, domain)`` returns the new body and one :class:`Link` per URL (in order). Each
+code is random (``secrets``): nothing a tenant knows (the message id, the body) gives it away
+before the message is sent. A retried accept or a resumed campaign page draws new codes, but the
+rows are stored insert-or-get on (message id, link index): the codes already stored win, and
+``swap_codes`` puts them back in the body (codes all have the same length, so the segments do
+not change). The rewrite runs before the text is measured, so the short link's length is what
+counts in segments (``track_message``). Used by the Acceptor (API and trigger paths) and the
+campaign launcher; the rows are stored with :class:`services.ingest.links_repo.LinksRepository`.
 
 Only explicit links are tracked: ``http://…``, ``https://…`` and ``www.…``. A bare domain
 (``shop.example/sale``) is left alone: too many false positives (``e.g.``, prices, times).
+
+Whether a stored link may redirect (``refusal``) is decided here too: only once its message was
+submitted, before it expires, on the domain it was minted for, and unless an operator took it
+down (docs/results.md, "Link safety").
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
+import secrets
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from shared.contracts import MessageAccepted
 from shared.sms.encoding import analyse
+from shared.statuses import MessageType, Status
 
 CODE_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-CODE_LENGTH = 10  # 62^10 ≈ 8.4e17: a billion links collide with probability ~6e-4
+CODE_LENGTH = 10  # 62^10 ≈ 8.4e17 (59.5 bits): a guess hits one of a billion live links with p ≈ 1.2e-9
+DEFAULT_TTL = timedelta(days=90)
 MAX_LINKS = 20
 MAX_URL_CHARS = 2048
 CODE_PATTERN = re.compile(rf"^[0-9A-Za-z]{{{CODE_LENGTH}}}$")
@@ -55,20 +64,13 @@ class LinkRecord:
     variant: str | None
     journey_id: uuid.UUID | None
     created_at: datetime
+    expires_at: datetime
+    domain: str | None  # the tenant's own link domain; None: the shared one
 
 
-def link_code(message_id: uuid.UUID, index: int, length: int = CODE_LENGTH) -> str:
-    """A short base62 code, a hash of (message id, index): the same inputs, the same code.
-
-    Message ids are random (UUIDv4, 122 bits), so a code cannot be guessed from anything
-    a stranger knows; 10 base62 characters carry 59 bits of the hash.
-    """
-    digest = int.from_bytes(hashlib.sha256(message_id.bytes + index.to_bytes(2, "big")).digest()[:12], "big")
-    chars = []
-    for _ in range(length):
-        digest, rest = divmod(digest, 62)
-        chars.append(CODE_ALPHABET[rest])
-    return "".join(chars)
+def new_code(length: int = CODE_LENGTH) -> str:
+    """A random base62 code (``secrets``: unpredictable, unrelated to the message)."""
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(length))
 
 
 def _trim(url: str) -> str:
@@ -95,14 +97,32 @@ def find_urls(body: str) -> list[tuple[int, int, str]]:
     return found
 
 
+_DOMAIN = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)*")
+
+
+def check_domain(value: str) -> str:
+    """A link domain as configured: a host name, optionally with :port and a path, no scheme
+    (ValueError otherwise); trailing slashes dropped."""
+    value = value.strip().rstrip("/")
+    if not _DOMAIN.fullmatch(value):
+        raise ValueError("a link domain is a host name, optionally with :port and a path, without scheme")
+    return value
+
+
+def has_urls(body: str) -> bool:
+    """Whether ``body`` may hold a URL to track (cheap: no trimming)."""
+    return _URL.search(body) is not None
+
+
 def short_link(domain: str, code: str) -> str:
     return f"https://{domain}/{code}"
 
 
-def rewrite(body: str, message_id: uuid.UUID, domain: str) -> tuple[str, list[Link]]:
+def rewrite(body: str, domain: str, codes: Sequence[str] | None = None) -> tuple[str, list[Link]]:
     """Replace each URL in ``body`` (up to ``MAX_LINKS``) by ``https://{domain}/{code}``.
 
-    URLs already on ``domain`` and URLs longer than ``MAX_URL_CHARS`` are left as they are.
+    ``codes``: the code of each link in order (default: new random ones). URLs already on
+    ``domain`` and URLs longer than ``MAX_URL_CHARS`` are left as they are.
     """
     own = (f"https://{domain}/".lower(), f"http://{domain}/".lower())
     pieces: list[str] = []
@@ -114,7 +134,7 @@ def rewrite(body: str, message_id: uuid.UUID, domain: str) -> tuple[str, list[Li
         if url.lower().startswith(own) or len(url) > MAX_URL_CHARS:
             continue
         target = url if "://" in url[:8] else f"https://{url}"
-        code = link_code(message_id, len(links))
+        code = codes[len(links)] if codes is not None else new_code()
         short = short_link(domain, code)
         links.append(Link(len(links), code, target, short))
         pieces += [body[position:start], short]
@@ -127,7 +147,7 @@ def rewrite(body: str, message_id: uuid.UUID, domain: str) -> tuple[str, list[Li
 
 def track_message(message: MessageAccepted, domain: str, *, smart: bool) -> tuple[MessageAccepted, list[Link]]:
     """``message`` with its links rewritten, its encoding and segments measured again."""
-    body, links = rewrite(message.body, message.message_id, domain)
+    body, links = rewrite(message.body, domain)
     if not links:
         return message, []
     info = analyse(body, smart=smart)
@@ -135,12 +155,100 @@ def track_message(message: MessageAccepted, domain: str, *, smart: bool) -> tupl
     return updated, links
 
 
-def records(tenant_id: str, message: MessageAccepted, links: list[Link]) -> list[LinkRecord]:
+def swap_codes(message: MessageAccepted, domain: str, replaced: Mapping[str, str]) -> MessageAccepted:
+    """``message`` with the short links whose code lost to a stored one (``replaced``: drawn code
+    → stored code, from ``LinksRepository.store_many``) pointing at the stored code. Codes all
+    have ``CODE_LENGTH`` base62 characters, so the encoding and segments stay as they are."""
+    body = message.body
+    for drawn, stored in replaced.items():
+        body = body.replace(short_link(domain, drawn), short_link(domain, stored))
+    return message if body == message.body else message.model_copy(update={"body": body})
+
+
+def records(
+    tenant_id: str,
+    message: MessageAccepted,
+    links: list[Link],
+    *,
+    ttl: timedelta = DEFAULT_TTL,
+    domain: str | None = None,
+) -> list[LinkRecord]:
+    """The rows of a message's links: they expire ``ttl`` after its acceptance; ``domain``: the
+    tenant's own link domain they were minted on (None: the shared domain)."""
     return [
         LinkRecord(
             code=link.code, tenant_id=tenant_id, message_id=message.message_id, index=link.index, url=link.url,
             contact_id=message.contact_id, campaign_id=message.campaign_id, variant=message.variant,
-            journey_id=message.journey_id, created_at=message.accepted_at,
+            journey_id=message.journey_id, created_at=message.accepted_at, expires_at=message.accepted_at + ttl,
+            domain=domain,
         )
         for link in links
     ]
+
+
+# ---- which links a batch of status events activates ----
+
+# A gateway took the message (``unknown``: it may have; the SMS may be out). Never ``suppressed``,
+# ``failed`` before submission, ``rejected``: those were refused, and their links stay dark.
+ACTIVATING = frozenset({Status.SUBMITTED, Status.UNKNOWN})
+SANDBOX_GATEWAY = "sandbox"  # a test key's message: nothing reached a handset, nothing to follow
+
+
+def activations(statuses: Iterable[tuple[uuid.UUID, Status, str | None, MessageType | None, datetime]]
+                ) -> dict[uuid.UUID, datetime]:
+    """message id → when it was submitted, for the (message id, status, gateway, type, time) of a
+    batch of status events that activate links: submitted (or unknown) marketing messages sent to a
+    real gateway. The earliest time wins when a message appears twice."""
+    out: dict[uuid.UUID, datetime] = {}
+    for message_id, status, gateway, type_, at in statuses:
+        if status not in ACTIVATING or gateway == SANDBOX_GATEWAY or type_ is MessageType.TRANSACTIONAL:
+            continue
+        if message_id not in out or at < out[message_id]:
+            out[message_id] = at
+    return out
+
+
+# ---- may a stored link redirect? ----
+
+NOT_ACTIVE = "not_active"  # its message was not submitted (yet, or ever): 404, as an unknown code
+WRONG_DOMAIN = "wrong_domain"  # minted on a tenant's own domain, asked on another host: 404
+TAKEN_DOWN = "taken_down"  # an operator took it down: 410 link_taken_down
+EXPIRED = "expired"  # past expires_at: 410 link_expired
+REFUSALS = (NOT_ACTIVE, WRONG_DOMAIN, TAKEN_DOWN, EXPIRED)
+
+
+def host_of(domain: str) -> str:
+    """The host (with :port if it has one) of a link domain, which may carry a path."""
+    return domain.split("/", 1)[0].lower()
+
+
+def same_host(domain: str, host: str | None) -> bool:
+    """Whether a request's ``Host`` is the link domain's host (its port is ignored unless the
+    domain names one)."""
+    if not host:
+        return False
+    wanted, host = host_of(domain), host.strip().lower().rstrip(".")
+    if ":" not in wanted and not host.startswith("["):
+        host = host.rsplit(":", 1)[0]
+    return host == wanted
+
+
+def refusal(
+    *,
+    activated_at: datetime | None,
+    expires_at: datetime,
+    domain: str | None,
+    taken_down_at: datetime | None,
+    host: str | None,
+    now: datetime,
+) -> str | None:
+    """Why a stored link must not redirect now (one of ``REFUSALS``), or None: it may."""
+    if domain is not None and not same_host(domain, host):
+        return WRONG_DOMAIN
+    if taken_down_at is not None:
+        return TAKEN_DOWN
+    if activated_at is None:
+        return NOT_ACTIVE
+    if now >= expires_at:
+        return EXPIRED
+    return None

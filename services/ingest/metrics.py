@@ -14,6 +14,18 @@ LINK_CLICKS = Counter("herald_link_clicks_total", "Requests on tracked short lin
 LINK_NOT_FOUND = Counter(
     "herald_link_not_found_total", "Short-link requests answered 404, by reason", ["reason"]
 )
+LINK_REFUSED = Counter(
+    "herald_link_redirects_refused_total",
+    "Requests on a stored short link that did not redirect, by reason (not_active, wrong_domain, taken_down, expired)",
+    ["reason"],
+)
+LINKS_ACTIVATED = Counter(
+    "herald_links_activated_total", "Short links activated because their message was submitted to a gateway"
+)
+LINK_TAKEDOWNS = Counter(
+    "herald_link_takedowns_total",
+    "Short links taken down by an operator, as this instance found them (and dropped them from its cache)",
+)
 LINK_LOOKUPS = Counter(
     "herald_link_lookups_total", "Short-link code lookups, by where they were answered", ["source"]
 )

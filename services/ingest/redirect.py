@@ -1,6 +1,10 @@
 """``GET /l/{code}``: the short-link redirect. No auth; answers 302 from memory when it can.
 
-Links never change once written, so they are cached (LRU) after the first lookup, and an
+A link redirects only once its message was submitted, until it expires, on the domain it was
+minted for, unless an operator took it down (``links.refusal``; docs/results.md, "Link
+safety"). Links are cached (LRU) after a lookup for ``HERALD_LINK_CACHE_TTL_S``; a
+``TakedownWatcher`` drops taken-down links from the cache within seconds. A link not active yet
+is looked up again after ``INACTIVE_TTL_S`` (it activates when its message is submitted), and an
 unknown code is remembered for a while so a scanner cannot make every request a query.
 Each person's click becomes a ``link.clicked`` event in an in-memory buffer that a worker
 publishes in batches: the redirect never waits for Kafka. Bot clicks (previews, prefetches,
@@ -27,7 +31,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from services.ingest import metrics
 from services.ingest.bots import classify
-from services.ingest.links import CODE_PATTERN
+from services.ingest.links import CODE_PATTERN, NOT_ACTIVE, TAKEN_DOWN, WRONG_DOMAIN, refusal
 from services.ingest.links_repo import LinksRepository
 from shared.api import error_body
 from shared.contracts import LinkClicked, LinkClickedEvent, utcnow
@@ -37,6 +41,7 @@ from shared.topics import CLICKS
 log = logging.getLogger(__name__)
 
 NEGATIVE_TTL_S = 30.0
+INACTIVE_TTL_S = 1.0  # a link not active yet: looked up at most once a second until its message is submitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,23 +56,29 @@ class Target:
     variant: str | None
     journey_id: uuid.UUID | None
     created_at: datetime
+    activated_at: datetime | None
+    expires_at: datetime
+    domain: str | None
+    taken_down_at: datetime | None
 
 
 class LinkCache:
-    """code → Target, an LRU in front of the links table; unknown codes cached briefly."""
+    """code → Target, an LRU in front of the links table (entries live ``ttl_s``, a link not
+    active yet ``INACTIVE_TTL_S``); unknown codes cached briefly."""
 
-    def __init__(self, repository: LinksRepository, size: int) -> None:
+    def __init__(self, repository: LinksRepository, size: int, ttl_s: float = 30.0) -> None:
         self.repository = repository
         self.size = size
-        self._hits: OrderedDict[str, Target] = OrderedDict()
+        self.ttl_s = ttl_s
+        self._hits: OrderedDict[str, tuple[Target, float]] = OrderedDict()
         self._missing: dict[str, float] = {}
 
     async def get(self, code: str) -> Target | None:
-        target = self._hits.get(code)
-        if target is not None:
+        hit = self._hits.get(code)
+        if hit is not None and hit[1] > time.monotonic():
             self._hits.move_to_end(code)
             metrics.LINK_LOOKUPS.labels("cache").inc()
-            return target
+            return hit[0]
         missing_until = self._missing.get(code)
         if missing_until is not None and missing_until > time.monotonic():
             metrics.LINK_LOOKUPS.labels("negative_cache").inc()
@@ -81,10 +92,68 @@ class LinkCache:
             return None
         target = Target(**dict(row))
         if self.size:
-            self._hits[code] = target
+            ttl = self.ttl_s if target.activated_at is not None else min(self.ttl_s, INACTIVE_TTL_S)
+            self._hits[code] = (target, time.monotonic() + ttl)
+            self._hits.move_to_end(code)
             if len(self._hits) > self.size:
                 self._hits.popitem(last=False)
         return target
+
+    def drop(self, code: str) -> None:
+        self._hits.pop(code, None)
+
+
+class TakedownWatcher:
+    """Every ``poll_s``, the links taken down lately are dropped from this instance's cache, so a
+    takedown answers 410 within seconds whatever ``HERALD_LINK_CACHE_TTL_S``, and counted
+    (``herald_link_takedowns_total``: each instance counts the takedowns it applied). A takedown
+    is looked for during ``WINDOW_S`` after its time, so one whose transaction commits late is
+    still seen; each is counted once."""
+
+    WINDOW_S = 120.0
+
+    def __init__(self, repository: LinksRepository, cache: LinkCache, poll_s: float) -> None:
+        self.repository = repository
+        self.cache = cache
+        self.poll_s = poll_s
+        self._seen: dict[tuple[str, datetime], float] = {}
+        self._stop = asyncio.Event()
+        self._started = False
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def check(self) -> int:
+        """One look; returns how many takedowns were new. The first look only learns what is there."""
+        rows = await self.repository.recent_takedowns(self.WINDOW_S + self.poll_s)
+        now = time.monotonic()
+        new = 0
+        for row in rows:
+            key = (row["code"], row["taken_down_at"])
+            if key in self._seen:
+                continue
+            self._seen[key] = now
+            self.cache.drop(row["code"])
+            new += 1
+        for key in [k for k, at in self._seen.items() if now - at > 2 * (self.WINDOW_S + self.poll_s)]:
+            del self._seen[key]
+        if not self._started:
+            self._started = True
+            return 0
+        if new:
+            metrics.LINK_TAKEDOWNS.inc(new)
+        return new
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.check()
+            except Exception:
+                log.warning("could not look for link takedowns; the cache TTL still applies", exc_info=True)
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.poll_s)
+            except TimeoutError:
+                pass
 
 
 class ClickBuffer:
@@ -170,11 +239,18 @@ def create_router(cache: LinkCache, clicks: ClickBuffer, bot_min_delay_s: float)
         methods=["GET", "HEAD"],
         response_class=RedirectResponse,
         status_code=302,
-        responses={302: {"description": "Redirect to the link's URL"}, 404: {"description": "Unknown link"}},
+        responses={
+            302: {"description": "Redirect to the link's URL"},
+            404: {"description": "Unknown link, or one whose message was not submitted, or asked on another domain"},
+            410: {"description": "Expired (link_expired) or taken down by an operator (link_taken_down)"},
+        },
         tags=["links"],
     )
     async def follow_link(code: str, request: Request) -> Any:
-        """Follow a tracked short link: 302 to its URL, and the click is recorded (bots flagged)."""
+        """Follow a tracked short link: 302 to its URL, and the click is recorded (bots flagged).
+
+        Only a link whose message was submitted answers, until it expires, on the domain it was
+        minted for (a tenant's own link domain: the Host header), unless an operator took it down."""
         started = time.perf_counter()
         try:
             if not CODE_PATTERN.match(code):
@@ -188,7 +264,17 @@ def create_router(cache: LinkCache, clicks: ClickBuffer, bot_min_delay_s: float)
                 return JSONResponse(error_body("link_not_found", "no link with this code"), status_code=404)
             now = utcnow()
             headers = _headers(request)
-            reason = classify(request.method, headers, now, target.created_at, bot_min_delay_s)
+            refused = refusal(activated_at=target.activated_at, expires_at=target.expires_at, domain=target.domain,
+                              taken_down_at=target.taken_down_at, host=headers.get("host"), now=now)
+            if refused is not None:
+                metrics.LINK_REFUSED.labels(refused).inc()
+                if refused in (NOT_ACTIVE, WRONG_DOMAIN):  # as an unknown code: nothing said about the link
+                    return JSONResponse(error_body("link_not_found", "no link with this code"), status_code=404)
+                if refused == TAKEN_DOWN:
+                    return JSONResponse(error_body("link_taken_down", "this link was taken down"), status_code=410)
+                return JSONResponse(error_body("link_expired", "this link has expired"), status_code=410)
+            # "too fast" counts from the submission (the link's activation), not the acceptance
+            reason = classify(request.method, headers, now, target.activated_at or target.created_at, bot_min_delay_s)
             agent = headers.get("user-agent")
             click = LinkClicked.model_construct(
                 code=code, message_id=target.message_id, link_index=target.link_index, url=target.url,

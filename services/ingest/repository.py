@@ -142,17 +142,21 @@ class IngestRepository:
         )
         return {r["tenant_id"]: GeoPolicy.of(r["country"], r["allowed_countries"]) for r in rows}
 
-    async def marketing_context(self, tenant_id: str, phones: list[str]) -> tuple[str, dict[str, str]]:
-        """The tenant's opt-out mode ('append' or 'refuse') and the language of each of these
-        numbers that is a contact with one, in one round trip."""
+    async def marketing_context(
+        self, tenant_id: str, phones: list[str]
+    ) -> tuple[str, dict[str, str], tuple[str | None, int | None]]:
+        """The tenant's opt-out mode ('append' or 'refuse'), the language of each of these numbers
+        that is a contact with one, and the tenant's short-link policy (its own link domain and
+        link lifetime, None: the service's), in one round trip."""
         rows = await self.pool.fetch(
-            "SELECT t.marketing_opt_out, c.phone_e164, c.language FROM tenants t"
+            "SELECT t.marketing_opt_out, t.link_domain, t.link_ttl_s, c.phone_e164, c.language FROM tenants t"
             " LEFT JOIN contacts c ON c.tenant_id = t.tenant_id AND c.phone_e164 = ANY($2::text[]) AND c.language IS NOT NULL"
             " WHERE t.tenant_id = $1",
             tenant_id, phones,
         )
         mode = rows[0]["marketing_opt_out"] if rows else "append"
-        return mode, {r["phone_e164"]: r["language"] for r in rows if r["phone_e164"] is not None}
+        links = (rows[0]["link_domain"], rows[0]["link_ttl_s"]) if rows else (None, None)
+        return mode, {r["phone_e164"]: r["language"] for r in rows if r["phone_e164"] is not None}, links
 
     async def templates_for_send(
         self, tenant_id: str, keys: list[tuple[uuid.UUID, int | None]]

@@ -11,13 +11,13 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from services.ingest import metrics
 from services.ingest.domain import OptOut, Rejection, accept, request_hash
 from services.ingest.fair_share import PriorityShare
-from services.ingest.links import LinkRecord, records, track_message
+from services.ingest.links import LinkRecord, has_urls, records, swap_codes, track_message
 from services.ingest.links_repo import LinksRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
@@ -69,6 +69,7 @@ class Acceptor:
         # Link tracking (services/ingest/links.py) needs somewhere to store the links.
         self.links = links if settings.link_tracking else None
         self.link_domain = settings.link_domain
+        self.link_ttl_s = settings.link_ttl_s
         self.egress = EgressPolicy.of(settings)
         self.resolve = CachedResolve()
         self.geo_rules = GeoRules(settings.geo_default, frozenset(settings.geo_high_cost_countries))
@@ -104,7 +105,7 @@ class Acceptor:
         hashes: dict[str, str] = {}
         originals = requests  # idempotency keys fingerprint the request as sent, not as rendered
         # status callbacks go to public destinations only (shared/egress.py): each host checked once
-        opt_out = await self._opt_out(tenant, requests)
+        opt_out, link_policy = await self._marketing_context(tenant, requests)
         requests, sent_by_template = await self._render_templates(tenant, requests)
         refused = await check_urls({str(r.status_callback_url) for r in requests
                                     if not isinstance(r, Rejection) and r.status_callback_url}, self.egress,
@@ -170,7 +171,7 @@ class Acceptor:
                         message = current.message.model_copy(update={"message_id": record.message_id})
                         results[index] = Accepted(message, duplicate=True)
         if self.links is not None:
-            await self._track_links(tenant, requests, results)
+            await self._track_links(tenant, requests, results, link_policy)
         self._apply_share(tenant, results)
         outgoing: list[Outgoing] = []
         published: set[uuid.UUID] = set()
@@ -181,7 +182,6 @@ class Acceptor:
                 published.add(result.message.message_id)
                 outgoing.append(accepted_event(tenant, result.message, trace_id))
         return results, outgoing
-
 
     async def _render_templates(
         self, tenant: str, requests: list[MessageRequest | Rejection]
@@ -215,17 +215,20 @@ class Acceptor:
             used[index] = (sent.template_id, sent.version)
         return out, used
 
-    async def _opt_out(self, tenant: str, requests: list[MessageRequest | Rejection]) -> OptOut | None:
-        """The tenant's opt-out mode and its contacts' languages, when the batch has raw marketing
-        (one round trip; none for transactional traffic or templates, whose renderer adds the line)."""
+    async def _marketing_context(
+        self, tenant: str, requests: list[MessageRequest | Rejection]
+    ) -> tuple[OptOut | None, tuple[str | None, int | None] | None]:
+        """The tenant's opt-out mode and its contacts' languages, and its short-link policy (own
+        domain, link lifetime), when the batch has raw marketing (one round trip; none for
+        transactional traffic or templates, whose renderer adds the line)."""
         # Only what can be a number is looked up (anything else fails its parse with a reason; a
         # NUL byte in a query parameter would fail the whole batch).
         phones = sorted({to for r in requests if isinstance(r, MessageRequest) and r.type is MessageType.MARKETING
                          and r.template_id is None and _E164.fullmatch(to := r.to.strip())})
         if not phones:
-            return None
-        mode, languages = await self.repository.marketing_context(tenant, phones)
-        return OptOut(mode, languages)
+            return None, None
+        mode, languages, link_policy = await self.repository.marketing_context(tenant, phones)
+        return OptOut(mode, languages), link_policy
 
     def _apply_share(self, tenant: str, results: list[Result]) -> None:
         """Transactional messages past the tenant's share of the priority lanes go on the
@@ -253,23 +256,43 @@ class Acceptor:
                         extra={"tenant": tenant, "messages": len(over)})
 
     async def _track_links(
-        self, tenant: str, requests: list[MessageRequest | Rejection], results: list[Result]
+        self, tenant: str, requests: list[MessageRequest | Rejection], results: list[Result],
+        link_policy: tuple[str | None, int | None] | None,
     ) -> None:
-        """Rewrite marketing messages' URLs to short links (with their final message id, so a
-        duplicate gets the same codes) and store the links, all in one round trip."""
+        """Rewrite marketing messages' URLs to short links on the tenant's link domain (its own,
+        else the shared one) and store the links in one round trip. ``link_policy``: the tenant's
+        own domain and link lifetime, read with its marketing context (read here if it was not).
+        Codes are drawn at random; a duplicate's message gets the codes stored for it the first
+        time (``store_many`` returns them), so its body is the same."""
         assert self.links is not None
+        wanted = [
+            index for index, result in enumerate(results)
+            if isinstance(result, Accepted) and result.message.type is MessageType.MARKETING
+            and not (isinstance(requests[index], MessageRequest) and requests[index].track_links is False)  # type: ignore[union-attr]
+            and has_urls(result.message.body)
+        ]
+        if not wanted:
+            return
+        own_domain, ttl_s = link_policy if link_policy is not None else await self.links.tenant_policy(tenant)
+        domain = own_domain or self.link_domain
+        ttl = timedelta(seconds=ttl_s or self.link_ttl_s)
         rows: list[LinkRecord] = []
-        for index, result in enumerate(results):
-            if not isinstance(result, Accepted) or result.message.type is not MessageType.MARKETING:
-                continue
-            request = requests[index]
-            if isinstance(request, MessageRequest) and request.track_links is False:
-                continue
-            message, links = track_message(result.message, self.link_domain, smart=self.smart_encoding)
-            if links:
-                results[index] = Accepted(message, result.duplicate)
-                rows += records(tenant, message, links)
-        await self.links.store_many(rows)
+        tracked: dict[uuid.UUID, MessageAccepted] = {}
+        for index in wanted:
+            result = results[index]
+            assert isinstance(result, Accepted)
+            message = tracked.get(result.message.message_id)
+            if message is None:  # a duplicate in the same batch shares the first's links
+                message, links = track_message(result.message, domain, smart=self.smart_encoding)
+                tracked[message.message_id] = message
+                rows += records(tenant, message, links, ttl=ttl, domain=own_domain)
+            results[index] = Accepted(message, result.duplicate)
+        replaced = await self.links.store_many(rows)
+        if replaced:
+            for index in wanted:
+                result = results[index]
+                assert isinstance(result, Accepted)
+                results[index] = Accepted(swap_codes(result.message, domain, replaced), result.duplicate)
 
 
 def _e164(raw: str) -> str | None:

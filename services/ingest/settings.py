@@ -133,8 +133,22 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
         " /l/{code}. The default never resolves: set it per deployment",
     )
     link_cache_size: int = Field(100_000, ge=0, description="Links the redirect keeps in memory (LRU)")
+    link_cache_ttl_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="How long the redirect keeps a link in memory: a takedown reaches every instance within it",
+    )
+    link_takedown_poll_s: float = Field(
+        5.0, gt=0, le=300,
+        description="How often each instance looks for new link takedowns (they answer 410 at once after it)",
+    )
+    link_ttl_s: int = Field(
+        90 * 86400, ge=60, le=3650 * 86400,
+        description="How long a short link lives after its message was accepted (90 days); then it answers 410"
+        " link_expired. A tenant's link_ttl_s (herald admin tenant policy --link-ttl) overrides it",
+    )
     link_bot_min_delay_s: float = Field(
-        1.0, ge=0, description="A click this soon after the message was accepted is flagged as a bot (too_fast)"
+        1.0, ge=0, description="A click this soon after the message was submitted (its link activated) is flagged as a"
+        " bot (too_fast)"
     )
     click_flush_interval_ms: int = Field(200, ge=1, description="How often buffered click events are published")
     click_buffer_max: int = Field(
@@ -149,12 +163,9 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
     @field_validator("link_domain")
     @classmethod
     def _link_domain(cls, value: str) -> str:
-        import re
+        from services.ingest.links import check_domain
 
-        value = value.strip().rstrip("/")
-        if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)*", value):
-            raise ValueError("link_domain is a host name, optionally with :port and a path, without scheme")
-        return value
+        return check_domain(value)
 
     def unsafe_secrets(self) -> list[str]:
         """What is wrong with the configured signing secrets (never their values)."""

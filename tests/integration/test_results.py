@@ -103,7 +103,9 @@ async def test_redirect_clicks_reach_the_clicks_table_through_kafka(pool, kafka)
     tenant = await make_tenant(pool)
     (message,), _ = await accept_marketing(pool, tenant.tenant_id, ["Offer https://shop.example.com/x"])
     code = message.body.rsplit("/", 1)[1]
-    # reports knows the message was submitted a while ago (a click right after it would be too fast)
+    # the message was submitted a while ago (a click right after it would be too fast): ingest's links
+    # lane activated its links, and reports knows it
+    await LinksRepository(pool).activate({message.message_id: utcnow() - timedelta(minutes=1)})
     await pool.execute(
         "INSERT INTO messages (message_id, tenant_id, status, status_rank, type, to_e164, submitted_at)"
         " VALUES ($1, $2, 'submitted', 40, 'marketing', $3, now() - interval '1 minute')",
@@ -160,6 +162,7 @@ async def test_bot_clicks_are_counted_per_link_and_reason_not_stored_and_never_c
     tenant = await make_tenant(pool)
     (message,), _ = await accept_marketing(pool, tenant.tenant_id, ["Deal https://shop.example.com/bots"])
     code = message.body.rsplit("/", 1)[1]
+    await LinksRepository(pool).activate({message.message_id: utcnow() - timedelta(minutes=1)})
     await pool.execute(
         "INSERT INTO messages (message_id, tenant_id, status, status_rank, type, to_e164, submitted_at)"
         " VALUES ($1, $2, 'submitted', 40, 'marketing', $3, now() - interval '1 minute')",

@@ -29,7 +29,7 @@ def test_unknown_scope_is_a_clear_error_listing_the_valid_ones(command: list[str
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("path", [[], ["tenant"], ["key"], ["suppressions"], ["numbers"], ["gateways"]])
+@pytest.mark.parametrize("path", [[], ["tenant"], ["key"], ["suppressions"], ["numbers"], ["gateways"], ["link"]])
 def test_every_admin_subcommand_has_help(path: list[str]) -> None:
     result = herald("admin", *path, "--help")
     assert result.returncode == 0, result.stderr
@@ -39,3 +39,18 @@ def test_every_admin_subcommand_has_help(path: list[str]) -> None:
     helped = {line.split()[0] for line in listing.splitlines() if re.match(r"^    \S+\s+\S", line)}
     missing = [c for c in choices.group(1).split(",") if c not in helped]
     assert not missing, f"`herald admin {' '.join(path)}`: no help for {missing}:\n{result.stdout}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["link", "takedown", "phish"], "give a link code"),
+    (["link", "takedown", "example.com/x"], "give a link code"),
+    (["link", "restore", "https://"], "give a link code"),
+    (["link", "takedown", "AbCdEfGhIj", "--tenant", "bad tenant!"], "tenant id must match"),
+    (["tenant", "policy", "acme", "--link-domain", "https://go.acme.example"], "a link domain is a host name"),
+    (["tenant", "policy", "acme", "--link-ttl", "1w"], "a duration is a number with m, h or d"),
+    (["tenant", "policy", "acme", "--link-ttl", "0m"], "between 1 minute and 3650 days"),
+])
+def test_link_arguments_are_checked_before_any_database_work(args: list[str], message: str) -> None:
+    result = herald("admin", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr

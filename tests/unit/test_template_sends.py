@@ -125,9 +125,9 @@ class CountingRepository:
         self._count("contacts")
         return {p: {"language": "en", "first_name": "Jo"} for p in phones if p.endswith("0")}
 
-    async def marketing_context(self, tenant: str, phones: list[str]) -> tuple[str, dict]:
+    async def marketing_context(self, tenant: str, phones: list[str]) -> tuple[str, dict, tuple[None, None]]:
         self._count("marketing")
-        return "append", {}
+        return "append", {}, (None, None)  # no link domain or lifetime of its own
 
     async def reserve_keys(self, tenant: str, entries: list) -> dict:
         raise AssertionError("no keys in this batch")

@@ -332,7 +332,9 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
     @router.get("/v1/policy", tags=["policy"], responses=errors)
     async def get_policy(request: Request, principal: Principal = reader) -> dict[str, Any]:
         """The tenant's marketing consent mode and frequency caps (the scheduler applies them), its reply
-        webhook URL and its geo permissions (country, allowed_countries: docs/senders.md)."""
+        webhook URL, its geo permissions (country, allowed_countries: docs/senders.md), and its own short-link
+        domain and link lifetime (link_domain, link_ttl_s; null: the service's; set by the operator:
+        docs/results.md)."""
         async with request.app.state.pool.acquire() as conn:
             policy = await admin.tenant_policy(conn, principal.tenant_id)
         if policy is None:

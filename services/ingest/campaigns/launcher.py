@@ -38,7 +38,7 @@ from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepos
 from services.ingest.audience.templates import Template, TemplateError, render
 from services.ingest.campaigns.domain import AbTest, Variant, assign, build_message, next_attempt_at, pinned_versions
 from services.ingest.campaigns.repository import CampaignRepository
-from services.ingest.links import LinkRecord, records, track_message
+from services.ingest.links import DEFAULT_TTL, LinkRecord, records, swap_codes, track_message
 from services.ingest.links_repo import LinksRepository
 from services.ingest.service import accepted_event
 from shared.contracts import utcnow
@@ -98,6 +98,7 @@ class Launcher:
         idle_s: float = 1.0,
         smart_encoding: bool = True,
         link_domain: str | None = None,
+        link_ttl_s: int = int(DEFAULT_TTL.total_seconds()),
         clock: Callable[[], datetime] = utcnow,
         owner: str | None = None,
         page_timeout_s: float = 30.0,
@@ -115,6 +116,7 @@ class Launcher:
         self.idle_s = idle_s
         self.smart_encoding = smart_encoding
         self.link_domain = link_domain  # None: URLs are sent as written
+        self.link_ttl_s = link_ttl_s  # a tenant's own link_ttl_s overrides it
         self.links = LinksRepository(pool)
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -209,6 +211,7 @@ class Launcher:
 
     async def fan_out(self, plan: Plan) -> None:
         published = 0
+        links_policy = await self._links_policy(plan.tenant_id)
         started = time.monotonic()
         page_started = time.monotonic()
         pages = self.audience.iter_audience(plan.tenant_id, plan.node, batch_size=self.page_size, after=plan.cursor,
@@ -223,8 +226,10 @@ class Launcher:
             if self._stop.is_set():
                 upcoming.cancel()
                 return
-            outgoing, links = self.page_events(plan, page, self.clock())
-            await self.links.store_many(links)  # before the messages carrying them go out
+            outgoing, links = self.page_events(plan, page, self.clock(), links_policy)
+            replaced = await self.links.store_many(links)  # before the messages carrying them go out
+            if replaced and links_policy is not None:  # a resumed page: the codes stored the first time
+                outgoing = [self._swap(o, links_policy[0], replaced) for o in outgoing]
             await self.publisher.publish(outgoing)
             state = await self.campaigns.advance(
                 plan.tenant_id, plan.campaign_id, self.owner, page[-1].contact_id, len(outgoing), self.lease_s, self.clock()
@@ -250,9 +255,29 @@ class Launcher:
                 published, elapsed, published / elapsed if elapsed else 0.0,
             )
 
-    def page_events(self, plan: Plan, page: list[AudienceMember], now: datetime) -> tuple[list[Outgoing], list[LinkRecord]]:
+    async def _links_policy(self, tenant_id: str) -> tuple[str, timedelta, str | None] | None:
+        """(domain to shorten on, link lifetime, the tenant's own domain or None), or None when
+        links are not tracked."""
+        if not self.link_domain:
+            return None
+        own, ttl_s = await self.links.tenant_policy(tenant_id)
+        return own or self.link_domain, timedelta(seconds=ttl_s or self.link_ttl_s), own
+
+    @staticmethod
+    def _swap(outgoing: Outgoing, domain: str, replaced: dict[str, str]) -> Outgoing:
+        event = outgoing.event
+        message = swap_codes(event.payload, domain, replaced)  # type: ignore[attr-defined]
+        if message is event.payload:  # type: ignore[attr-defined]
+            return outgoing
+        return Outgoing(outgoing.topic, outgoing.key, event.model_copy(update={"payload": message}))
+
+    def page_events(
+        self, plan: Plan, page: list[AudienceMember], now: datetime,
+        links_policy: tuple[str, timedelta, str | None] | None = None,
+    ) -> tuple[list[Outgoing], list[LinkRecord]]:
         """Render and build the accepted events of one page (contacts of the other phase are skipped),
-        with marketing URLs rewritten to tracked short links (counted in the segments)."""
+        with marketing URLs rewritten to tracked short links (counted in the segments) when
+        ``links_policy`` (domain, lifetime, the tenant's own domain) is given."""
         outgoing: list[Outgoing] = []
         links: list[LinkRecord] = []
         for member in page:
@@ -271,9 +296,10 @@ class Launcher:
                 region=region_of_e164(member.phone), sender=plan.sender, now=now, smart_encoding=self.smart_encoding,
                 rendered=rendered, template_version=plan.versions.get(variant.template_id),
             )
-            if self.link_domain and message.type is MessageType.MARKETING:
-                message, found = track_message(message, self.link_domain, smart=self.smart_encoding)
-                links += records(plan.tenant_id, message, found)
+            if links_policy is not None and message.type is MessageType.MARKETING:
+                domain, ttl, own = links_policy
+                message, found = track_message(message, domain, smart=self.smart_encoding)
+                links += records(plan.tenant_id, message, found, ttl=ttl, domain=own)
             outgoing.append(accepted_event(plan.tenant_id, message, trace_id=plan.campaign_id.hex))
         return outgoing, links
 
