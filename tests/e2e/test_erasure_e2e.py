@@ -105,29 +105,11 @@ async def test_an_erased_number_leaves_nothing_but_its_keyed_hash(stack: Stack, 
         await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM webhook_outbox WHERE message_id = $1::uuid", code_id),
                        timeout_s=60)
 
-        # 2. reply: forwarded to the reply webhook
-        inbound = InboundMessageEvent(tenant=SYSTEM_TENANT, payload=InboundMessage(
-            gateway="sim", sender=number, recipient=ours, body=texts["reply"], received_at=utcnow()))
-        await produce_raw(stack.env["HERALD_KAFKA_BOOTSTRAP"], INBOUND.name(stack.env["HERALD_TOPIC_PREFIX"]),
-                          [(number.encode(), inbound.model_dump_json().encode())])
+        # 2-4. reply (forwarded to the reply webhook), click the offer's link, convert, start the journey
+        await reply_click_and_convert(stack, pool, api, t, number=number, ours=ours, reply=texts["reply"],
+                                      sale_id=sale_id, browser=browser, note=note)
         await wait_for(lambda: pool.fetchval(
             "SELECT count(*) > 0 FROM webhook_outbox WHERE tenant_id = $1 AND kind = 'reply'", t), timeout_s=60)
-
-        # 3. click the offer's tracked link (after the message went out: not too fast for a person)
-        code = await pool.fetchval("SELECT code FROM links WHERE message_id = $1::uuid", sale_id)
-        assert code, "the offer's URL was rewritten to a short link"
-        await asyncio.sleep(1.2)
-        r = await api.get(f"/l/{code}", headers={"user-agent": f"{IPHONE} Herald{browser}"})
-        assert r.status_code == 302
-        await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM clicks WHERE message_id = $1::uuid", sale_id),
-                       timeout_s=60)
-
-        # 4. convert, and an event that starts the journey
-        for event in ({"name": "order.completed", "phone": number, "value": "25.50", "currency": "EUR"},
-                      {"name": "cart.updated", "phone": number, "properties": {"note": note}}):
-            assert (r := await api.post("/v1/events", json=event)).status_code == 202, r.text
-        await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM conversions WHERE tenant_id = $1", t), timeout_s=60)
-        await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM journey_runs WHERE tenant_id = $1", t), timeout_s=60)
 
         needles = [number, number[1:], national, f"Zoe{name}", otp, sale, later, answer, browser, note, meta,
                    *texts.values()]
@@ -232,3 +214,30 @@ async def check_topic_retention(stack: Stack) -> None:
                 PERSONAL_DATA_RETENTION["retention.ms"], PERSONAL_DATA_RETENTION["segment.ms"]), topic.suffix
     finally:
         await client.close()
+
+
+async def reply_click_and_convert(stack: Stack, pool, api: httpx.AsyncClient, tenant: str, *, number: str, ours: str,
+                                  reply: str, sale_id: str, browser: str, note: str) -> str:
+    """What a number does after its messages arrived: it replies to ``ours``, clicks the tracked
+    link of the offer ``sale_id`` (after the message went out: not too fast for a person), buys
+    (a conversion) and puts something in its cart (an event that starts a journey). Returns
+    the link's code once Herald holds each of them."""
+    inbound = InboundMessageEvent(tenant=SYSTEM_TENANT, payload=InboundMessage(
+        gateway="sim", sender=number, recipient=ours, body=reply, received_at=utcnow()))
+    await produce_raw(stack.env["HERALD_KAFKA_BOOTSTRAP"], INBOUND.name(stack.env["HERALD_TOPIC_PREFIX"]),
+                      [(number.encode(), inbound.model_dump_json().encode())])
+    await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM inbound_messages WHERE tenant_id = $1", tenant),
+                   timeout_s=60)
+    code = await pool.fetchval("SELECT code FROM links WHERE message_id = $1::uuid", sale_id)
+    assert code, "the offer's URL was rewritten to a short link"
+    await asyncio.sleep(1.2)
+    r = await api.get(f"/l/{code}", headers={"user-agent": f"{IPHONE} Herald{browser}"})
+    assert r.status_code == 302
+    await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM clicks WHERE message_id = $1::uuid", sale_id),
+                   timeout_s=60)
+    for event in ({"name": "order.completed", "phone": number, "value": "25.50", "currency": "EUR"},
+                  {"name": "cart.updated", "phone": number, "properties": {"note": note}}):
+        assert (r := await api.post("/v1/events", json=event)).status_code == 202, r.text
+    await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM conversions WHERE tenant_id = $1", tenant), timeout_s=60)
+    await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM journey_runs WHERE tenant_id = $1", tenant), timeout_s=60)
+    return code

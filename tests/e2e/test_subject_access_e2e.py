@@ -8,7 +8,6 @@ texts (the export included)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import uuid
@@ -20,14 +19,13 @@ import pytest
 
 from shared import admin
 from shared.auth import DEFAULT_SCOPES
-from shared.contracts import InboundMessage, InboundMessageEvent, SYSTEM_TENANT, utcnow
+from shared.contracts import utcnow
 from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.stack import Stack
-from shared.topics import INBOUND
 from tests.conftest import make_tenant
-from tests.e2e.test_erasure_e2e import IPHONE, marker, scan
+from tests.e2e.test_erasure_e2e import IPHONE, marker, reply_click_and_convert, scan
 from tests.e2e.test_pipeline import all_final, scrape
-from tests.helpers import produce_raw, wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -85,29 +83,9 @@ async def test_a_number_exports_everything_each_service_holds_about_it(stack: St
         await wait_for(lambda: pool.fetchval("SELECT status = 'scheduled' FROM messages WHERE message_id = $1::uuid", held_id),
                        timeout_s=60)
 
-        # a reply
-        inbound = InboundMessageEvent(tenant=SYSTEM_TENANT, payload=InboundMessage(
-            gateway="sim", sender=number, recipient=ours, body=texts["reply"], received_at=utcnow()))
-        await produce_raw(stack.env["HERALD_KAFKA_BOOTSTRAP"], INBOUND.name(stack.env["HERALD_TOPIC_PREFIX"]),
-                          [(number.encode(), inbound.model_dump_json().encode())])
-        await wait_for(lambda: pool.fetchval(
-            "SELECT count(*) > 0 FROM inbound_messages WHERE tenant_id = $1", t), timeout_s=60)
-
-        # a click on the offer's link
-        code = await pool.fetchval("SELECT code FROM links WHERE message_id = $1::uuid", sale_id)
-        assert code, "the offer's URL was rewritten to a short link"
-        await asyncio.sleep(1.2)
-        r = await api.get(f"/l/{code}", headers={"user-agent": f"{IPHONE} Herald{browser}"})
-        assert r.status_code == 302
-        await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM clicks WHERE message_id = $1::uuid", sale_id),
-                       timeout_s=60)
-
-        # a conversion, and an event that starts the journey
-        for event in ({"name": "order.completed", "phone": number, "value": "25.50", "currency": "EUR"},
-                      {"name": "cart.updated", "phone": number, "properties": {"note": note}}):
-            assert (r := await api.post("/v1/events", json=event)).status_code == 202, r.text
-        await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM conversions WHERE tenant_id = $1", t), timeout_s=60)
-        await wait_for(lambda: pool.fetchval("SELECT count(*) > 0 FROM journey_runs WHERE tenant_id = $1", t), timeout_s=60)
+        # a reply, a click on the offer's link, a conversion, and an event that starts the journey
+        code = await reply_click_and_convert(stack, pool, api, t, number=number, ours=ours, reply=texts["reply"],
+                                      sale_id=sale_id, browser=browser, note=note)
 
         # the export: 202 with its id; a key without the scope is refused
         async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=no_scope.headers, timeout=30) as plain:
