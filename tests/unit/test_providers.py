@@ -139,6 +139,8 @@ def test_twilio_callback_ref_round_trips(url: str) -> None:
     with_ref = twilio.with_ref(url, ref)
     query = with_ref.split("?", 1)[1].split("#", 1)[0]
     assert twilio.callback_ref(query) == (ref if "ref=old" not in url else "old")  # the first ref wins
+    original = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
+    assert parse_qsl(query) == [*parse_qsl(original), ("ref", ref)]  # the URL's own query is kept
     assert with_ref.startswith(url.split("?")[0].split("#")[0])
     assert with_ref.endswith("#frag") == url.endswith("#frag")
 
