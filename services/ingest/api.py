@@ -25,7 +25,6 @@ from services.ingest.domain import (
     Rejection,
     batch_item_fingerprint,
     batch_message_ids,
-    parse_receipts,
     parse_request,
 )
 from shared.ratelimit import RateLimiter
@@ -41,8 +40,9 @@ from shared.events import receipt_event
 from shared.http_guard import BodyRule, GuardPolicy, RequestGuard
 from shared.kafka import YIELD_EVERY, Outgoing, Publisher, rejection
 from shared.phones import PhoneError, parse_e164
-from shared.signatures import HEADER as SIGNATURE_HEADER
-from shared.signatures import SignatureError, verify
+from shared.providers.base import PayloadError
+from shared.providers.herald_http import SIGNATURE_HEADER, parse_receipts, verify_receipts
+from shared.signatures import SignatureError
 
 MAX_RECEIPT_BODY = 5 * 1024 * 1024
 # Checked against when a receipt names no configured gateway, so that answer costs what a wrong
@@ -446,13 +446,13 @@ def create_app(
         if len(raw) > MAX_RECEIPT_BODY:
             raise ApiError(413, "body_too_large", f"receipt bodies are limited to {MAX_RECEIPT_BODY} bytes")
         try:
-            verify(
+            verify_receipts(
                 secret.get_secret_value().encode() if secret is not None else UNKNOWN_GATEWAY_KEY,
                 raw,
                 request.headers.get(SIGNATURE_HEADER),
+                gateway=gateway,
                 now=time.time(),
                 tolerance_s=settings.receipt_tolerance_s,
-                context=gateway,
             )
             if secret is None:
                 raise SignatureError("signature_invalid", "signature does not match the body")
@@ -465,7 +465,7 @@ def create_app(
                 good, bad = parse_receipts(gateway, body)
             except ValueError:
                 raise ApiError(422, "malformed_json", "body is not valid JSON") from None
-            except Rejection as exc:
+            except PayloadError as exc:
                 raise ApiError(422, exc.code, exc.message) from None
             trace = _trace_id(request)
             outgoing = [receipt_event(r, trace) for r in good]

@@ -16,11 +16,11 @@ from shared.errors import field_errors, top_level_code
 from shared.geo import REFUSAL as GEO_REFUSAL
 from shared.geo import GeoPolicy, GeoRules
 from shared.geo import refusal as geo_refusal
-from shared.contracts import DeliveryReceipt, MessageAccepted, MessageRequest
+from shared.contracts import MessageAccepted, MessageRequest
 from shared.phones import PhoneError, parse_e164
 from shared.sms.encoding import analyse
 from shared.templates import opt_out_line
-from shared.statuses import MessageType, ReceiptStatus
+from shared.statuses import MessageType
 
 
 MAX_SCHEDULE_AHEAD = timedelta(days=35)
@@ -143,46 +143,3 @@ def parse_request(item: Any) -> MessageRequest:
     except ValidationError as exc:
         details = field_errors(exc.errors(include_url=False, include_input=False))
         raise Rejection(top_level_code(details), "message is not valid", details) from None
-
-
-# --- gateway receipts (generic "herald-http" JSON format, used by the simulator) -------------
-
-_RECEIPT_STATUS = {s.value: s for s in ReceiptStatus}
-
-
-def parse_receipts(gateway: str, body: Any) -> tuple[list[DeliveryReceipt], list[tuple[int, Rejection, Any]]]:
-    """Split a receipt callback into good receipts and (index, reason, item) for bad ones."""
-    if isinstance(body, dict) and "receipts" in body:
-        items = body["receipts"]
-    elif isinstance(body, dict):
-        items = [body]
-    else:
-        items = body
-    if not isinstance(items, list):
-        raise Rejection("malformed_receipts", "expected {\"receipts\": [...]} or one receipt object")
-    good: list[DeliveryReceipt] = []
-    bad: list[tuple[int, Rejection, Any]] = []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            bad.append((index, Rejection("malformed_receipt", "a receipt must be an object"), item))
-            continue
-        status = _RECEIPT_STATUS.get(str(item.get("status", "")).lower())
-        if status is None:
-            bad.append((index, Rejection("unknown_status", f"unknown receipt status {item.get('status')!r}"), item))
-            continue
-        try:
-            good.append(
-                DeliveryReceipt(
-                    gateway=gateway,
-                    gateway_message_id=item.get("id"),
-                    status=status,
-                    error_code=item.get("error_code"),
-                    raw_status=str(item.get("status")),
-                    done_at=item.get("done_at"),
-                    client_ref=item.get("client_ref"),
-                )
-            )
-        except ValidationError as exc:
-            details = field_errors(exc.errors(include_url=False, include_input=False))
-            bad.append((index, Rejection("invalid_receipt", "receipt is not valid", details), item))
-    return good, bad

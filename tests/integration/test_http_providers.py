@@ -34,10 +34,10 @@ from services.ingest.api import create_app
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
-from services.ingest.twilio_callbacks import compute_signature
 from shared.contracts import DeliveryReceiptEvent, MessageOutbound, MessageOutboundEvent, derived_event_id, utcnow
 from shared.devtools.stack import Ports, Stack, free_port
 from shared.kafka import Incoming, Outgoing, Publisher, make_producer
+from shared.providers.twilio import compute_signature
 from shared.signatures import SignatureError, verify
 from shared.statuses import ReceiptStatus, Status
 from shared.topics import RECEIPTS

@@ -2,9 +2,10 @@ import uuid
 
 import pytest
 
-from services.ingest.domain import Rejection, accept, parse_receipts, parse_request, request_hash
+from services.ingest.domain import Rejection, accept, parse_request, request_hash
 from shared.contracts import MessageRequest, utcnow
 from shared.phones import SMS_CAPABLE
+from shared.providers.herald_http import parse_receipts
 from shared.statuses import ReceiptStatus
 
 

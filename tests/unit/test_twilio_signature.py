@@ -14,11 +14,12 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from services.ingest.settings import IngestSettings
-from services.ingest.twilio_callbacks import EMPTY_TWIML, compute_signature, create_router, signature_matches
+from services.ingest.twilio_callbacks import create_router
 from services.simulator.twilio import sign as simulator_sign
 from shared.api import install_error_handlers
 from shared.contracts import DeliveryReceiptEvent, InboundMessageEvent, derived_event_id
 from shared.kafka import Outgoing
+from shared.providers.twilio import EMPTY_TWIML, compute_signature, signature_matches
 from shared.statuses import ReceiptStatus
 from shared.topics import INBOUND, RECEIPTS
 

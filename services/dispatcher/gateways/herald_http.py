@@ -1,8 +1,7 @@
-"""The generic JSON HTTP gateway API (what Herald's gateway simulator speaks).
+"""The herald-http adapter: the HTTP client of Herald's own JSON gateway API (the simulator's).
 
-``POST {url}/v1/sms/batch`` with ``{"messages": [{to, from, body, client_ref, segments, validity_s}]}``
-answers one result per message (``validity_s``: seconds left at submission, only for a message
-with validity, 1..36,000); ``GET {url}/v1/sms?client_ref=`` finds earlier submissions.
+The API (batch items, answers, errors, the receipts the gateway posts to ingest) is described
+and built in :mod:`shared.providers.herald_http`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from pydantic import Field, SecretStr
 from services.dispatcher.gateways.base import GatewayBase, Outcome, Refused, Submitted, Unknown, http_error_outcome
 from services.dispatcher.gateways.validity import clamp_http, remaining_s
 from shared.contracts import MessageOutbound, utcnow
+from shared.providers.herald_http import batch_item, error_of
 
 
 class HeraldHttpConfig(GatewayBase):
@@ -42,13 +42,9 @@ class HeraldHttpGateway:
 
     @staticmethod
     def _item(m: MessageOutbound) -> dict[str, Any]:
-        item: dict[str, Any] = {"to": m.to, "body": m.body, "client_ref": str(m.message_id), "segments": m.segments}
-        if m.sender:
-            item["from"] = m.sender
         left = remaining_s(m.expires_at, utcnow())
-        if left is not None:  # the time left (1..36,000 s, what Herald's API takes); none: no validity
-            item["validity_s"] = clamp_http(left)
-        return item
+        # the time left (1..36,000 s, what Herald's API takes); none: no validity
+        return batch_item(m, clamp_http(left) if left is not None else None)
 
     async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
         size = self.config.batch_size
@@ -97,7 +93,7 @@ class HeraldHttpGateway:
 
 def _error(response: httpx.Response) -> tuple[str, str]:
     try:
-        err = response.json().get("error", {})
-        return str(err.get("code", f"http_{response.status_code}")), str(err.get("message", response.reason_phrase))
-    except (ValueError, AttributeError):
-        return f"http_{response.status_code}", response.reason_phrase
+        body = response.json()
+    except ValueError:
+        body = None
+    return error_of(response.status_code, body, response.reason_phrase)

@@ -1,13 +1,9 @@
-"""Twilio Programmable Messaging (REST API 2010-04-01).
+"""The Twilio adapter: the HTTP client of Twilio's Messages API, answers turned into outcomes.
 
-``POST {base_url}/2010-04-01/Accounts/{AccountSid}/Messages.json``, form-encoded, HTTP basic
-auth ``AccountSid:AuthToken``, one message per request: ``To``, ``Body``, ``From`` and/or
-``MessagingServiceSid``, ``StatusCallback``. Twilio answers ``201`` with the Message resource
-(its ``sid`` is the gateway message id) or an error ``{"code", "message", "more_info", "status"}``.
-
-Status callbacks go to ingest (``services/ingest/twilio_callbacks.py``). Twilio has no client
-reference field, so Herald's message id travels in the callback URL's query (``?ref=<id>``):
-Twilio signs the full URL, and ingest puts it in the receipt's ``client_ref``.
+What Herald knows of Twilio's protocol (the form, errors, status map, callbacks, signatures)
+is in :mod:`shared.providers.twilio`; status callbacks go to ingest
+(``services/ingest/twilio_callbacks.py``), which puts the ``?ref=`` of the callback URL in the
+receipt's ``client_ref``.
 
 ``lookup`` lists the messages sent to the number and matches the body exactly; it only ever
 answers "found" (see :meth:`TwilioGateway.lookup` and docs/providers.md for why).
@@ -16,12 +12,10 @@ answers "found" (see :meth:`TwilioGateway.lookup` and docs/providers.md for why)
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from datetime import UTC, timedelta
+from typing import Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -38,18 +32,13 @@ from services.dispatcher.gateways.base import (
 )
 from services.dispatcher.gateways.validity import clamp_http, remaining_s
 from shared.contracts import MessageOutbound, utcnow
+from shared.providers import twilio as protocol
+from shared.providers.twilio import RETRIABLE_CODES, listed_match, messages_path
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "2010-04-01"
-#: Twilio error codes that mean "not now, nothing was created" (whatever the HTTP status). A
-#: 500 / 502 / 504 (Twilio's 20500 included) may come after the message was created: its
-#: outcome is unknown and it is looked up, not resent (base.http_error_outcome).
-RETRIABLE_CODES = {
-    20429,  # Too Many Requests: never processed, always safe to retry (Twilio docs)
-    21611,  # This 'From' number has exceeded the maximum number of queued messages
-    30001,  # Queue overflow
-}
+#: shared.providers.twilio.RETRIABLE_CODES as Twilio's error answers give them; any other
+#: error goes through base.http_error_outcome.
 _RETRIABLE_CODES = {str(c) for c in RETRIABLE_CODES}
 LOOKUP_PAGE_SIZE = 200
 LOOKUP_MAX_PAGES = 10
@@ -105,7 +94,7 @@ class TwilioGateway:
             transport=transport,
         )
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._messages_path = f"/{API_VERSION}/Accounts/{config.account_sid}/Messages.json"
+        self._messages_path = messages_path(config.account_sid)
         # sid -> Herald message id, for the sids this process was given: lookup never hands
         # one message the sid of another one with the same recipient and text.
         self._known: OrderedDict[str, str] = OrderedDict()
@@ -119,18 +108,11 @@ class TwilioGateway:
     def form(self, m: MessageOutbound) -> dict[str, str]:
         """The form fields of one message (To, Body, From / MessagingServiceSid, StatusCallback, ValidityPeriod)."""
         c = self.config
-        fields = {"To": m.to, "Body": m.body}
-        sender = m.sender or c.from_number
-        if sender:
-            fields["From"] = sender
-        if c.messaging_service_sid:
-            fields["MessagingServiceSid"] = c.messaging_service_sid
-        if c.status_callback_url:
-            fields["StatusCallback"] = with_ref(c.status_callback_url, str(m.message_id))
         left = remaining_s(m.expires_at, utcnow())
-        if left is not None:  # the time left, in Twilio's range (1..36,000 s); none: Twilio's default
-            fields["ValidityPeriod"] = str(clamp_http(left))
-        return fields
+        return protocol.message_form(  # validity: the time left, in Twilio's range (1..36,000 s); none: Twilio's default
+            m, from_number=c.from_number, messaging_service_sid=c.messaging_service_sid,
+            status_callback_url=c.status_callback_url, validity_s=clamp_http(left) if left is not None else None,
+        )
 
     async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
         return list(await asyncio.gather(*(self._submit(m) for m in messages)))
@@ -197,7 +179,7 @@ class TwilioGateway:
             page = response.json()
             mine = str(message.message_id)
             for item in page.get("messages") or []:
-                if _matches(item, message, since) and self._known.get(str(item["sid"]), mine) == mine:
+                if listed_match(item, message.to, message.body, since) and self._known.get(str(item["sid"]), mine) == mine:
                     candidates.append(str(item["sid"]))
             url, query = page.get("next_page_uri") or None, None
         if len(candidates) == 1:
@@ -209,39 +191,10 @@ class TwilioGateway:
         raise LookupUnsupported(f"Twilio does not list the message {self.config.lookup_horizon_s:.0f}s after release")
 
 
-def with_ref(url: str, message_id: str) -> str:
-    """``url`` with ``ref=<message id>`` added to its query (before any ``#fragment``)."""
-    parts = urlsplit(url)
-    ref = urlencode({"ref": message_id})
-    return urlunsplit(parts._replace(query=f"{parts.query}&{ref}" if parts.query else ref))
-
-
-def _matches(item: Any, message: MessageOutbound, since: datetime) -> bool:
-    if not isinstance(item, dict) or not item.get("sid"):
-        return False
-    if item.get("to") != message.to or item.get("body") != message.body:
-        return False
-    if not str(item.get("direction", "outbound-api")).startswith("outbound"):
-        return False
-    created = _rfc2822(item.get("date_created"))
-    return created is None or created >= since
-
-
-def _rfc2822(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def twilio_error(response: httpx.Response) -> tuple[str, str]:
     """``(code, message)`` of a Twilio error answer; ``http_<status>`` when it is not Twilio's JSON."""
     try:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and body.get("code") is not None:
-        return str(body["code"]), str(body.get("message") or response.reason_phrase)[:500]
-    return f"http_{response.status_code}", response.reason_phrase
+    return protocol.error_of(response.status_code, body, response.reason_phrase)

@@ -1,11 +1,11 @@
-"""A generic JSON webhook provider: one message per request, shaped by configuration.
+"""The webhook adapter: a generic JSON provider, one message per request, shaped by configuration.
 
-Each message becomes one JSON request to ``url`` built from ``template`` (which body field
-holds the recipient, sender, text, Herald's reference; dotted names nest) plus
-``static_fields``. A 2xx answer carries the provider's id at ``id_path`` (dotted, list
-indexes allowed: ``data.id``, ``messages.0.id``). Optional: a bearer token, fixed (secret)
-headers, and an ``X-Herald-Signature`` HMAC-SHA256 over the exact body bytes
-(:func:`shared.signatures.sign`, so the provider checks it with ``verify``).
+Each message becomes one JSON request to ``url`` built from ``template`` plus ``static_fields``
+(:mod:`shared.providers.webhook` builds and signs the body and reads answers). A 2xx answer
+carries the provider's id at ``id_path`` (dotted, list indexes allowed: ``data.id``,
+``messages.0.id``). Optional: a bearer token, fixed (secret) headers, and an
+``X-Herald-Signature`` HMAC-SHA256 over the exact body bytes (the provider checks it with
+:func:`shared.signatures.verify`).
 
 ``lookup`` needs a ``lookup_url`` template (``{reference}``, ``{to}``); without one it raises
 :class:`~services.dispatcher.gateways.base.LookupUnsupported`.
@@ -14,13 +14,12 @@ headers, and an ``X-Herald-Signature`` HMAC-SHA256 over the exact body bytes
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.dispatcher.gateways.base import (
     GatewayBase,
@@ -33,30 +32,19 @@ from services.dispatcher.gateways.base import (
 )
 from services.dispatcher.gateways.validity import remaining_s
 from shared.contracts import MessageOutbound, utcnow
-from shared.signatures import HEADER as SIGNATURE_HEADER
-from shared.signatures import sign
+from shared.providers.webhook import (
+    NOT_JSON,
+    SIGNATURE_HEADER,
+    WebhookTemplate,
+    build_payload,
+    encode_body,
+    error_of,
+    free,
+    id_at,
+    signature_headers,
+)
 
 DEFAULT_RETRIABLE = [429]
-_MISSING = object()
-
-
-class WebhookTemplate(BaseModel):
-    """Names of the body fields (dotted names nest: ``message.text``); None leaves a field out."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    to: str = Field("to", min_length=1)
-    sender: str | None = Field("from", min_length=1, description="Left out when the message has no sender")
-    body: str = Field("body", min_length=1)
-    reference: str | None = Field("reference", min_length=1, description="Herald's message id")
-    segments: str | None = Field(None, min_length=1)
-    validity: str | None = Field(
-        None, min_length=1,
-        description="Seconds of validity left at submission (left out when the message has none); None: never sent",
-    )
-
-    def names(self) -> list[str]:
-        return [n for n in (self.to, self.sender, self.body, self.reference, self.segments, self.validity) if n]
 
 
 class WebhookConfig(GatewayBase):
@@ -95,7 +83,7 @@ class WebhookConfig(GatewayBase):
         for a in names:
             if any(b.startswith(a + ".") for b in names):
                 raise ValueError(f"template field {a!r} cannot also hold another field")
-            if not _free(self.static_fields, a):
+            if not free(self.static_fields, a):
                 raise ValueError(f"static_fields already hold template field {a!r}")
         if self.lookup_url is not None:
             try:
@@ -128,29 +116,15 @@ class WebhookGateway:
         await self._client.aclose()
 
     def payload(self, m: MessageOutbound) -> dict[str, Any]:
-        t = self.config.template
-        out: dict[str, Any] = json.loads(json.dumps(self.config.static_fields))  # a deep copy
-        _put(out, t.to, m.to)
-        _put(out, t.body, m.body)
-        sender = m.sender or self.config.default_sender
-        if t.sender and sender:
-            _put(out, t.sender, sender)
-        if t.reference:
-            _put(out, t.reference, str(m.message_id))
-        if t.segments:
-            _put(out, t.segments, m.segments)
-        left = remaining_s(m.expires_at, utcnow())
-        if t.validity and left is not None:
-            _put(out, t.validity, left)
-        return out
+        c = self.config
+        return build_payload(c.template, c.static_fields, m, default_sender=c.default_sender,
+                             validity_s=remaining_s(m.expires_at, utcnow()))
 
     def body_and_headers(self, m: MessageOutbound) -> tuple[bytes, dict[str, str]]:
-        body = json.dumps(self.payload(m), separators=(",", ":"), ensure_ascii=False).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.config.signing_secret is not None:
-            secret = self.config.signing_secret.get_secret_value().encode()
-            headers[self.config.signature_header] = sign(secret, body, int(time.time()))
-        return body, headers
+        body = encode_body(self.payload(m))
+        secret = self.config.signing_secret
+        return body, signature_headers(body, secret.get_secret_value() if secret is not None else None,
+                                       self.config.signature_header, int(time.time()))
 
     async def submit_many(self, messages: list[MessageOutbound]) -> list[Outcome]:
         return list(await asyncio.gather(*(self._submit(m) for m in messages)))
@@ -166,12 +140,12 @@ class WebhookGateway:
                 return Unknown(f"{type(exc).__name__} after sending: {exc}")
         if 200 <= response.status_code < 300:
             try:
-                found = _get(response.json(), self.config.id_path)
+                found = id_at(response.json(), self.config.id_path)
             except ValueError:
-                found = _MISSING
-            if found is _MISSING or found is None or found == "" or isinstance(found, (dict, list, bool)):
+                found = None
+            if found is None:
                 return Unknown(f"answer {response.status_code} has no id at {self.config.id_path!r}")
-            return Submitted(str(found))
+            return Submitted(found)
         code, message = _error(response)
         return http_error_outcome(response.status_code, response.headers, code, message, self._retriable)
 
@@ -186,57 +160,12 @@ class WebhookGateway:
         if response.status_code != 200:
             code, text = _error(response)
             raise RuntimeError(f"lookup answered {response.status_code}: {code} {text}")
-        found = _get(response.json(), self.config.lookup_id_path or self.config.id_path)
-        if found is _MISSING or found is None or found == "" or isinstance(found, (dict, list, bool)):
-            return None
-        return str(found)
-
-
-def _put(obj: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    for key in parents:
-        child = obj.get(key)
-        if not isinstance(child, dict):
-            child = obj[key] = {}
-        obj = child
-    obj[leaf] = value
-
-
-def _free(obj: dict[str, Any], path: str) -> bool:
-    """True when ``_put(obj, path, ...)`` overwrites nothing in ``obj``."""
-    *parents, leaf = path.split(".")
-    for key in parents:
-        if key not in obj:
-            return True
-        if not isinstance(obj[key], dict):
-            return False
-        obj = obj[key]
-    return leaf not in obj
-
-
-def _get(obj: Any, path: str) -> Any:
-    for key in path.split("."):
-        if isinstance(obj, dict) and key in obj:
-            obj = obj[key]
-        elif isinstance(obj, list) and key.isdigit() and int(key) < len(obj):
-            obj = obj[int(key)]
-        else:
-            return _MISSING
-    return obj
+        return id_at(response.json(), self.config.lookup_id_path or self.config.id_path)
 
 
 def _error(response: httpx.Response) -> tuple[str, str]:
-    """Best effort over the usual shapes: {"error": {"code", "message"}}, {"error": "..."}, {"code", "message"}."""
     try:
         body = response.json()
     except ValueError:
-        return f"http_{response.status_code}", response.text[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("code") is not None:
-            return str(err["code"]), str(err.get("message", ""))[:500]
-        if isinstance(err, str):
-            return f"http_{response.status_code}", err[:500]
-        if body.get("code") is not None:
-            return str(body["code"]), str(body.get("message", ""))[:500]
-    return f"http_{response.status_code}", response.reason_phrase
+        body = NOT_JSON
+    return error_of(response.status_code, body, response.text, response.reason_phrase)
