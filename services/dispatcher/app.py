@@ -8,7 +8,7 @@ from services.dispatcher.gateways.sandbox import SANDBOX, SandboxGateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.handlers import ownership_of
 from services.dispatcher.parking import Parker, ParkingLoop, policy_from
-from services.dispatcher.repository import CampaignStates, ClaimRepository, ParkingRepository, TenantStates
+from services.dispatcher.repository import CampaignProgress, CampaignStates, ClaimRepository, ParkingRepository, TenantStates
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.sink import KafkaSink
 from services.dispatcher.throttle import LocalThrottle, PostgresThrottle, Throttle
@@ -45,15 +45,17 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     reconciler = Reconciler(claims, sender, ctx.publisher, settings)
     ctx.workers["reconciler"] = reconciler.run()
     ctx.stoppers.append(reconciler.stop)
+    progress = CampaignProgress(ctx.pool)  # campaign messages handled, per tenant (the launcher's pacing)
     bulk_group = settings.bulk_consumer_group or f"{settings.consumer_group or settings.topic_prefix + 'dispatcher'}.bulk"
     bulk = Lane("bulk", bulk_group, [OUTBOUND_BULK], OutboundHandler(claims, sender, settings, priority=False,
                                                                        campaigns=CampaignStates(ctx.pool),
-                                                                       tenants=TenantStates(ctx.pool)), bulk=True)
+                                                                       tenants=TenantStates(ctx.pool),
+                                                                       progress=progress), bulk=True)
     # Erasures (docs/data-map.md): the claims' copies of an erased number's messages.
     base_group = settings.consumer_group or settings.topic_prefix + "dispatcher"
     erasures = Lane("erasures", f"{base_group}.erasures", [ERASURES], ErasureHandler(ctx.pool, "dispatcher", dispatcher_eraser))
     return Wiring(handler=OutboundHandler(claims, sender, settings, priority=True, campaigns=CampaignStates(ctx.pool),
-                                          tenants=TenantStates(ctx.pool)), lanes=[bulk, erasures])
+                                          tenants=TenantStates(ctx.pool), progress=progress), lanes=[bulk, erasures])
 
 
 async def main(settings: DispatcherSettings | None = None) -> int:

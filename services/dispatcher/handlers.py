@@ -30,7 +30,8 @@ from services.dispatcher.gateways.base import (
     Submitted,
     Unknown,
 )
-from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish, ParkItem, TenantStates
+from services.dispatcher.domain.fair import interleave
+from services.dispatcher.repository import CampaignProgress, CampaignStates, ClaimRepository, Finish, ParkItem, TenantStates
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import LocalThrottle, Throttle
 from shared.contracts import (
@@ -383,9 +384,10 @@ class OutboundHandler:
     def __init__(
         self, claims: ClaimRepository, sender: Sender, settings: DispatcherSettings, *, priority: bool = True,
         campaigns: CampaignStates | None = None, ownership: Ownership | None = None,
-        tenants: TenantStates | None = None,
+        tenants: TenantStates | None = None, progress: CampaignProgress | None = None,
     ) -> None:
         self.claims = claims
+        self.progress = progress
         self.sender = sender
         self.settings = settings
         self.priority = priority
@@ -396,6 +398,20 @@ class OutboundHandler:
             sender.journal = claims  # attempts are recorded on the claims they belong to
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
+        outgoing = await self._handle(batch)
+        if self.progress is not None:
+            # Campaign messages leave the lanes here: the launcher's count of each tenant's
+            # messages in flight goes down (docs/operations.md, fair share).
+            up_to: dict[str, datetime] = {}
+            for item in batch:
+                message = item.event.payload
+                if message.campaign_id is not None:
+                    tenant = item.event.tenant
+                    up_to[tenant] = max(up_to.get(tenant, message.accepted_at), message.accepted_at)
+            await self.progress.handled(up_to)
+        return outgoing
+
+    async def _handle(self, batch: list[Incoming]) -> list[Outgoing]:
         jobs = {}
         outgoing: list[Outgoing] = []
         held = await self._held_campaigns(batch)
@@ -440,6 +456,8 @@ class OutboundHandler:
         if orphaned:
             metrics.RELEASED_CLAIMS.labels("redelivered").inc(len(orphaned))
             await self.claims.release_for_reconcile(orphaned, UNKNOWN_RECHECK_S)
+        if not self.priority:  # tenants take turns at the gateway within the batch
+            fresh = interleave(fresh, lambda j: j.tenant, self.settings.bulk_tenant_weights)
         ids = [j.message.message_id for j in fresh]
         with self.ownership.holding(ids):
             try:
