@@ -8,11 +8,12 @@ from services.dispatcher.gateways.sandbox import SANDBOX, SandboxGateway
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.handlers import ownership_of
 from services.dispatcher.parking import Parker, ParkingLoop, policy_from
-from services.dispatcher.repository import CampaignProgress, CampaignStates, ClaimRepository, ParkingRepository, TenantStates
+from services.dispatcher.repository import CampaignStates, ClaimRepository, ParkingRepository, TenantStates
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.sink import KafkaSink
 from services.dispatcher.throttle import LocalThrottle, PostgresThrottle, Throttle
 from shared.api import Check
+from shared.campaign_progress import CampaignProgress
 from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure_store import ErasureHandler
 from shared.topics import ERASURES, OUTBOUND, OUTBOUND_BULK

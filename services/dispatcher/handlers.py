@@ -31,9 +31,10 @@ from services.dispatcher.gateways.base import (
     Unknown,
 )
 from services.dispatcher.domain.fair import interleave
-from services.dispatcher.repository import CampaignProgress, CampaignStates, ClaimRepository, Finish, ParkItem, TenantStates
+from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish, ParkItem, TenantStates
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import LocalThrottle, Throttle
+from shared.campaign_progress import CampaignProgress, newest_by_tenant
 from shared.contracts import (
     MessageAccepted,
     MessageAcceptedEvent,
@@ -402,13 +403,8 @@ class OutboundHandler:
         if self.progress is not None:
             # Campaign messages leave the lanes here: the launcher's count of each tenant's
             # messages in flight goes down (docs/operations.md, fair share).
-            up_to: dict[str, datetime] = {}
-            for item in batch:
-                message = item.event.payload
-                if message.campaign_id is not None:
-                    tenant = item.event.tenant
-                    up_to[tenant] = max(up_to.get(tenant, message.accepted_at), message.accepted_at)
-            await self.progress.handled(up_to)
+            await self.progress.handled(newest_by_tenant(
+                (i.event.tenant, i.event.payload.accepted_at) for i in batch if i.event.payload.campaign_id is not None))
         return outgoing
 
     async def _handle(self, batch: list[Incoming]) -> list[Outgoing]:

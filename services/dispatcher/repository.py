@@ -35,27 +35,6 @@ class CampaignStates:
         return {c for c in ids if self._cache[c][1] in HELD_CAMPAIGN_STATES}
 
 
-class CampaignProgress:
-    """Per tenant, the newest ``accepted_at`` of its campaign messages this lane has handled (sent,
-    refused, sent back to the scheduler or skipped as claimed): the campaign launcher counts what
-    its tenant published after that as still in the lanes (services/ingest/campaigns/pacing.py)."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-
-    async def handled(self, up_to: dict[str, datetime]) -> None:
-        if not up_to:
-            return
-        tenants = sorted(up_to)  # one row per tenant, locked in the same order by every instance
-        await self.pool.execute(
-            "INSERT INTO campaign_lane_progress (tenant_id, handled_up_to)"
-            " SELECT * FROM unnest($1::text[], $2::timestamptz[])"
-            " ON CONFLICT (tenant_id) DO UPDATE SET updated_at = now(),"
-            "   handled_up_to = greatest(campaign_lane_progress.handled_up_to, excluded.handled_up_to)",
-            tenants, [up_to[t] for t in tenants],
-        )
-
-
 class TenantStates:
     """Which tenants an operator disabled, cached for ``ttl_s`` (a disable acts within about a second)."""
 

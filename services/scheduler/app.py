@@ -9,6 +9,7 @@ from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTi
 from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.settings import SchedulerSettings
 from shared.api import Check
+from shared.campaign_progress import CampaignProgress
 from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure import ErasureKeys
 from shared.erasure_store import ErasureHandler
@@ -25,7 +26,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     ctx.stoppers.append(timer.stop)
     # Campaigns get their own lane (and consumer group): transactional messages never wait behind them.
     bulk_group = f"{settings.consumer_group or settings.topic_prefix + 'scheduler'}.bulk"
-    bulk = Lane("bulk", bulk_group, [ACCEPTED_BULK], AcceptedHandler(facts), bulk=True)
+    progress = CampaignProgress(ctx.pool)  # campaign messages suppressed or held: out of the lanes (launcher pacing)
+    bulk = Lane("bulk", bulk_group, [ACCEPTED_BULK], AcceptedHandler(facts, progress=progress), bulk=True)
     # Journeys (docs/journeys.md): a lane on contact events and a timer that advances due runs.
     journeys = JourneyRepository(ctx.pool)
     journey_timer = JourneyTimer(journeys, ctx.publisher, settings.journey_timer_interval_s, settings.journey_timer_batch,
@@ -41,7 +43,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Erasures (docs/data-map.md): held messages, journey runs and releases of an erased number.
     erasures = Lane("erasures", f"{base_group}.erasures", [ERASURES],
                     ErasureHandler(ctx.pool, "scheduler", scheduler_eraser(ctx.publisher)))
-    return Wiring(handler=AcceptedHandler(facts), lanes=[bulk, journey_lane, commands, erasures])
+    return Wiring(handler=AcceptedHandler(facts, progress=progress), lanes=[bulk, journey_lane, commands, erasures])
 
 
 async def check_erasure_keys(pool, keys: ErasureKeys) -> None:

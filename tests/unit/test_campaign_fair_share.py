@@ -1,10 +1,13 @@
-"""Fair share of the campaign lanes: the launcher's per-tenant bound of messages in flight and
-the dispatcher's weighted turns within a batch (pure logic)."""
+"""Fair share of the campaign lanes: the launcher's per-tenant bound of messages in flight, the
+marks of what left the lanes, and the dispatcher's weighted turns within a batch (pure logic)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from services.dispatcher.domain.fair import interleave
 from services.ingest.campaigns.pacing import InFlightBound
+from shared.campaign_progress import gated_marks, newest_by_tenant
 
 
 def test_a_tenant_below_its_bound_has_room_and_one_at_it_has_none() -> None:
@@ -40,3 +43,17 @@ def test_one_tenant_or_none_keeps_the_batch_as_it_is() -> None:
     batch = [("a", 3), ("a", 1), ("a", 2)]
     assert interleave(batch, lambda m: m[0]) == batch
     assert interleave([], lambda m: m[0]) == []
+
+
+def test_the_newest_accepted_at_per_tenant_marks_what_left_the_lanes() -> None:
+    t = [datetime(2026, 12, 5, 12, 0, s, tzinfo=UTC) for s in range(4)]
+    assert newest_by_tenant([("a", t[1]), ("b", t[0]), ("a", t[3]), ("a", t[2])]) == {"a": t[3], "b": t[0]}
+    assert newest_by_tenant([]) == {}
+
+
+def test_the_scheduler_marks_only_tenants_none_of_whose_messages_went_on() -> None:
+    t = [datetime(2026, 12, 5, 12, 0, s, tzinfo=UTC) for s in range(4)]
+    batch = [("held", t[0], False), ("held", t[2], False),  # all suppressed or held: out of the lanes
+             ("mixed", t[1], True), ("mixed", t[3], False),  # its t[1] is still queued at the dispatcher
+             ("sent", t[3], True)]
+    assert gated_marks(batch) == {"held": t[2]}
