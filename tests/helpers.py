@@ -118,9 +118,9 @@ def running(stack: Any, ready_s: float = 90) -> Iterator[Any]:
 
 
 @contextlib.asynccontextmanager
-async def http_receiver(path: str, handler: Callable[[Any], Awaitable[Any]]) -> AsyncIterator[str]:
-    """An HTTP server on a free loopback port that passes POSTs to ``path`` to ``handler``
-    (an aiohttp handler); yields the URL to post to."""
+async def http_receiver(path: str, handler: Callable[[Any], Awaitable[Any]], host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """An HTTP server on a free loopback port (of ``host``, any 127.x address) that passes POSTs
+    to ``path`` to ``handler`` (an aiohttp handler); yields the URL to post to."""
     from aiohttp import web
 
     from shared.devtools.stack import free_port
@@ -130,9 +130,9 @@ async def http_receiver(path: str, handler: Callable[[Any], Awaitable[Any]]) -> 
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, host, port).start()
     try:
-        yield f"http://127.0.0.1:{port}{path}"
+        yield f"http://{host}:{port}{path}"
     finally:
         await runner.cleanup()
 

@@ -30,9 +30,11 @@ from services.dispatcher.gateways.base import (
     Submitted,
     Unknown,
 )
+from services.dispatcher.domain.fair import interleave
 from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish, ParkItem, TenantStates
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import LocalThrottle, Throttle
+from shared.campaign_progress import CampaignProgress, newest_by_tenant
 from shared.contracts import (
     MessageAccepted,
     MessageAcceptedEvent,
@@ -378,9 +380,10 @@ class OutboundHandler:
     def __init__(
         self, claims: ClaimRepository, sender: Sender, settings: DispatcherSettings, *, priority: bool = True,
         campaigns: CampaignStates | None = None, ownership: Ownership | None = None,
-        tenants: TenantStates | None = None,
+        tenants: TenantStates | None = None, progress: CampaignProgress | None = None,
     ) -> None:
         self.claims = claims
+        self.progress = progress
         self.sender = sender
         self.settings = settings
         self.priority = priority
@@ -391,6 +394,15 @@ class OutboundHandler:
             sender.journal = claims  # attempts are recorded on the claims they belong to
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
+        outgoing = await self._handle(batch)
+        if self.progress is not None:
+            # Campaign messages leave the lanes here: the launcher's count of each tenant's
+            # messages in flight goes down (docs/operations.md, fair share).
+            await self.progress.handled(newest_by_tenant(
+                (i.event.tenant, i.event.payload.accepted_at) for i in batch if i.event.payload.campaign_id is not None))
+        return outgoing
+
+    async def _handle(self, batch: list[Incoming]) -> list[Outgoing]:
         jobs = {}
         outgoing: list[Outgoing] = []
         held = await self._held_campaigns(batch)
@@ -435,6 +447,8 @@ class OutboundHandler:
         if orphaned:
             metrics.RELEASED_CLAIMS.labels("redelivered").inc(len(orphaned))
             await self.claims.release_for_reconcile(orphaned, UNKNOWN_RECHECK_S)
+        if not self.priority:  # tenants take turns at the gateway within the batch
+            fresh = interleave(fresh, lambda j: j.tenant, self.settings.bulk_tenant_weights)
         ids = [j.message.message_id for j in fresh]
         with self.ownership.holding(ids):
             try:

@@ -71,6 +71,11 @@ class DispatcherSettings(ConsumerSettings):
     parking_retry_base_s: float = Field(15.0, gt=0, description="First wait before a parked message is resent (doubles, with jitter)")
     parking_retry_cap_s: float = Field(120.0, gt=0, description="Longest wait between resends of a parked message")
     parking_batch_size: int = Field(500, ge=1, description="Parked messages taken for a resend at once")
+    bulk_tenant_weights: dict[str, int] = Field(
+        default_factory=dict,
+        description="Weights of tenants within a batch of the campaign lane (default 1 each): tenants take turns at the "
+        "gateway, a tenant of weight 3 sending three messages for every one of weight 1 (docs/operations.md, fair share)",
+    )
     bulk_consumer_group: str | None = Field(
         None, description="Consumer group of the bulk lane; default: the priority group + '.bulk'"
     )

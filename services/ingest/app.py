@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.ingest.api import create_app
 from services.ingest.campaigns.launcher import Launcher
+from services.ingest.campaigns.pacing import InFlightBound
 from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
 from services.ingest.redirect import ClickBuffer, LinkCache, TakedownWatcher
@@ -41,7 +42,11 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
                             link_ttl_s=settings.link_ttl_s,
                             page_timeout_s=settings.campaign_page_timeout_s, slice_s=settings.campaign_slice_s,
                             max_attempts=settings.campaign_max_attempts, retry_base_s=settings.campaign_retry_base_s,
-                            retry_max_s=settings.campaign_retry_max_s, erasure_keys=settings.erasure_keyring())
+                            retry_max_s=settings.campaign_retry_max_s, erasure_keys=settings.erasure_keyring(),
+                            in_flight=InFlightBound(settings.campaign_tenant_in_flight,
+                                                    settings.campaign_tenant_in_flight_tenants),
+                            in_flight_expiry_s=settings.campaign_in_flight_expiry_s,
+                            pace_wait_s=settings.campaign_pace_wait_s)
         ctx.workers["campaign-launcher"] = launcher.run()
         ctx.stoppers.append(launcher.stop)
     # Short-link redirect (docs/results.md): clicks are published in batches by a worker.

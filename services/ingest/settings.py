@@ -53,6 +53,25 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
         30.0, ge=0, description="Wait after a campaign's first failed attempt; doubled after each further one"
     )
     campaign_retry_max_s: float = Field(1800.0, ge=0, description="Longest wait between a campaign's attempts")
+    campaign_tenant_in_flight: int = Field(
+        5000, ge=0,
+        description="Campaign messages one tenant may have in the lanes at once (published by the launcher, not yet "
+        "handled by the dispatcher); the rest of its audience waits in PostgreSQL, so another tenant's campaign never "
+        "queues behind a whole audience in Kafka (docs/operations.md, fair share). 0: no bound",
+    )
+    campaign_tenant_in_flight_tenants: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-tenant bounds that differ from the default (their weight), e.g. {\"retailer\": 20000} (0: no bound for it)",
+    )
+    campaign_in_flight_expiry_s: float = Field(
+        120.0, gt=0,
+        description="A published page stops counting in flight after this long, so messages that never reach the "
+        "dispatcher (suppressed, held) cannot stall a tenant's campaigns",
+    )
+    campaign_pace_wait_s: float = Field(
+        1.0, ge=0, le=60,
+        description="How long a launcher waits for a tenant at its bound to have room before its campaign goes back in line",
+    )
     segment_preview_concurrency: int = Field(
         4, ge=1, le=64,
         description="Segment previews (POST /v1/segments/preview, GET /v1/campaigns/{id}/audience) running at once per"

@@ -33,6 +33,7 @@ from services.scheduler.domain import (
     decide,
     parse_caps,
 )
+from shared.campaign_progress import CampaignProgress, gated_marks
 from shared.contracts import (
     MessageAccepted,
     MessageOutbound,
@@ -274,26 +275,34 @@ def _fact_keys(items: list[tuple[str, MessageAccepted]]) -> list[tuple[str, str]
 
 
 class AcceptedHandler:
-    def __init__(self, facts: FactsRepository, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, facts: FactsRepository, clock: Callable[[], datetime] = utcnow,
+                 progress: CampaignProgress | None = None) -> None:
         self.facts = facts
         self.clock = clock
+        self.progress = progress  # campaign messages not passed on leave the lanes here (the launcher's pacing)
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         now = self.clock()
         facts = await self.facts.load([(i.event.tenant, i.event.payload) for i in batch], now=now)
         outgoing: list[Outgoing] = []
         held: list[tuple[MessageAccepted, str, str, Decision]] = []
+        campaign: list[tuple[str, datetime, bool]] = []
         for index, item in enumerate(batch):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # the priority lane shares this event loop
             message = item.event.payload
             assert isinstance(message, MessageAccepted)
             decision = decide(item.event.tenant, message, facts, now)
-            outgoing += route(item.event.tenant, item.event.trace_id, message, decision, now, held)
+            routed = route(item.event.tenant, item.event.trace_id, message, decision, now, held)
+            outgoing += routed
+            if message.campaign_id is not None:
+                campaign.append((item.event.tenant, message.accepted_at, any(o.topic is not STATUS for o in routed)))
         # Held rows and releases are written before the events are published and the offsets committed.
         await self.facts.hold(self.facts.pool, held)
         await self.facts.record_releases(self.facts.pool, facts.releases)
         metrics.HELD.inc(len(held))
+        if self.progress is not None and campaign:
+            await self.progress.handled(gated_marks(campaign))
         return outgoing
 
 

@@ -476,3 +476,45 @@ async def test_a_campaign_renders_the_template_version_it_was_created_with_even_
     events = await campaign_events(env, cid, 2)
     assert sorted(e.payload.body.split("\n")[0] for e in events) == ["First text", "Hola Ana: First text"]
     assert {(str(e.payload.template_id), e.payload.template_version) for e in events} == {(tid, 1)}
+
+
+async def test_a_tenant_at_its_bound_of_messages_in_flight_yields_its_turn(client, pool, publisher) -> None:
+    """Fair share of the campaign lanes: A's campaign stops at 200 messages in flight and lets B's
+    go; A goes on as the dispatcher marks its pages handled, or as they pass the expiry."""
+    from services.ingest.campaigns.pacing import InFlightBound
+    from shared.campaign_progress import CampaignProgress
+
+    a, b = await make_tenant(pool), await make_tenant(pool)
+    await seed(client, a, 500)
+    await seed(client, b, 50)
+    ca, cb = (await campaign(client, a))["campaign_id"], (await campaign(client, b))["campaign_id"]
+    for tenant, cid in ((a, ca), (b, cb)):
+        assert (await client.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)).json()["state"] == "running"
+    class Ticking(Clock):  # every page at a time of its own, as in real life
+        def __call__(self):
+            self.advance(0.001)
+            return self.now
+
+    clock = Ticking()
+    launcher = Launcher(pool, publisher, page_size=100, clock=clock, in_flight=InFlightBound(200),
+                        in_flight_expiry_s=120, pace_wait_s=0.2)
+
+    async def published(tenant: Tenant, cid: str) -> tuple[str, int]:
+        c = await state_of(client, tenant, cid)
+        return c["state"], c["progress"]["published"]
+
+    assert await launcher.run_once()
+    assert await published(a, ca) == ("running", 200), "two pages, then A is at its bound"
+    assert await launcher.run_once()
+    assert await published(b, cb) == ("completed", 50), "B's turn comes next, whole"
+    assert await launcher.run_once()
+    assert await published(a, ca) == ("running", 200), "nothing of A has left the lanes yet"
+    first = await pool.fetchval("SELECT min(accepted_at) FROM campaign_pages WHERE tenant_id = $1", a.tenant_id)
+    await CampaignProgress(pool).handled({a.tenant_id: first})  # the dispatcher handled A's first page
+    assert await launcher.run_once()
+    assert await published(a, ca) == ("running", 300), "room for one more page"
+    assert await pool.fetchval("SELECT count(*) FROM campaign_pages WHERE tenant_id = $1 AND accepted_at <= $2",
+                               a.tenant_id, first) == 0, "handled pages are deleted"
+    clock.advance(121)  # A's pages never reached the dispatcher (held, say): they stop counting
+    assert await launcher.run_once()
+    assert await published(a, ca) == ("completed", 500)

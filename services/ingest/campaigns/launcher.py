@@ -14,6 +14,11 @@ campaign claimed longest ago), a claim works at most ``slice_s`` before letting 
 go back in line, every page query has a statement timeout, and a campaign whose attempt fails
 is retried with backoff and, after ``max_attempts`` failures in a row, ends ``failed`` with
 the reason (an outage of PostgreSQL or Kafka is not counted against it).
+
+Nor can one tenant's audience fill the lanes ahead of the others' (campaigns/pacing.py): before
+each page the launcher reads how many of the tenant's campaign messages are still in flight (published,
+not yet handled by the dispatcher); at the tenant's bound it waits up to ``pace_wait_s`` for room,
+then lets the campaign go back in line, so the next claim goes to another tenant.
 """
 
 from __future__ import annotations
@@ -30,13 +35,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from shared.erasure import NO_KEYS, ErasureKeys
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
 from services.ingest.audience.templates import Template, TemplateError, render
 from services.ingest.campaigns.domain import AbTest, Variant, assign, build_message, next_attempt_at, pinned_versions
+from services.ingest.campaigns.pacing import InFlightBound, InFlightRepository
 from services.ingest.campaigns.repository import CampaignRepository
 from services.ingest.links import DEFAULT_TTL, LinkRecord, records, swap_codes, track_message
 from services.ingest.links_repo import LinksRepository
@@ -57,6 +63,13 @@ PAGE_SECONDS = Histogram(
     "herald_campaign_page_seconds", "Time to read, render and publish one page of a campaign's audience",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+PACED = Counter(
+    "herald_campaign_paced_total",
+    "Times a launcher found a tenant at its bound of campaign messages in flight, by outcome: waited (room came "
+    "within pace_wait_s) or yielded (the campaign went back in line)", ["outcome"],
+)
+PACED_SECONDS = Counter("herald_campaign_paced_seconds_total", "Time launchers waited for a tenant's campaign messages in flight to drain")
+IN_FLIGHT = Gauge("herald_campaign_in_flight", "Campaign messages in flight of the tenant whose page this launcher published last")
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,10 @@ class Launcher:
         retry_base_s: float = 30.0,
         retry_max_s: float = 1800.0,
         erasure_keys: ErasureKeys = NO_KEYS,
+        in_flight: InFlightBound = InFlightBound(0),
+        in_flight_expiry_s: float = 120.0,
+        pace_wait_s: float = 1.0,
+        pace_poll_s: float = 0.1,
     ) -> None:
         self.campaigns = CampaignRepository(pool)
         self.audience = AudienceRepository(pool, erasure_keys)  # `suppressed` in segments checks erased hashes
@@ -125,6 +142,11 @@ class Launcher:
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self.bound = in_flight  # per-tenant campaign messages in the lanes; 0: no bound
+        self.in_flight = InFlightRepository(pool)
+        self.in_flight_expiry_s = in_flight_expiry_s  # a page counts in flight at most this long
+        self.pace_wait_s = pace_wait_s  # at its bound, a claim waits this long for room, then yields
+        self.pace_poll_s = pace_poll_s
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -210,6 +232,8 @@ class Launcher:
         )
 
     async def fan_out(self, plan: Plan) -> None:
+        if not await self._room_for(plan.tenant_id):
+            return  # the tenant's earlier pages are still in the lanes: another tenant's turn
         published = 0
         links_policy = await self._links_policy(plan.tenant_id)
         started = time.monotonic()
@@ -223,14 +247,17 @@ class Launcher:
             if not page:
                 break
             upcoming = asyncio.ensure_future(anext(pages, []))
-            if self._stop.is_set():
-                upcoming.cancel()
+            if self._stop.is_set() or not await self._room_for(plan.tenant_id):
+                upcoming.cancel()  # at its bound: the page is read again when the campaign's turn comes
                 return
-            outgoing, links = self.page_events(plan, page, self.clock(), links_policy)
+            now = self.clock()
+            outgoing, links = self.page_events(plan, page, now, links_policy)
             replaced = await self.links.store_many(links)  # before the messages carrying them go out
             if replaced and links_policy is not None:  # a resumed page: the codes stored the first time
                 outgoing = [self._swap(o, links_policy[0], replaced) for o in outgoing]
             await self.publisher.publish(outgoing)
+            if self.bound.limit(plan.tenant_id) > 0:
+                await self.in_flight.record(plan.tenant_id, now, len(outgoing))
             state = await self.campaigns.advance(
                 plan.tenant_id, plan.campaign_id, self.owner, page[-1].contact_id, len(outgoing), self.lease_s, self.clock()
             )
@@ -270,6 +297,34 @@ class Launcher:
         if message is event.payload:  # type: ignore[attr-defined]
             return outgoing
         return Outgoing(outgoing.topic, outgoing.key, event.model_copy(update={"payload": message}))
+
+    async def _room_for(self, tenant_id: str) -> bool:
+        """Whether the tenant may publish its next page: below its bound of campaign messages in
+        flight, now or within ``pace_wait_s``. False: the claim yields its turn."""
+        if self.bound.limit(tenant_id) <= 0:
+            return True
+        waited_from, paced = time.monotonic(), False
+        while True:
+            since = self.clock() - timedelta(seconds=self.in_flight_expiry_s)
+            count = await self.in_flight.in_flight(tenant_id, since)
+            IN_FLIGHT.set(count)
+            waited = time.monotonic() - waited_from
+            if self.bound.has_room(tenant_id, count):
+                if paced:
+                    PACED.labels("waited").inc()
+                    PACED_SECONDS.inc(waited)
+                return True
+            if waited >= self.pace_wait_s or self._stop.is_set():
+                PACED.labels("yielded").inc()
+                PACED_SECONDS.inc(waited)
+                log.debug("campaign launcher: tenant %s has %d campaign messages in flight (bound %d); yielding",
+                          tenant_id, count, self.bound.limit(tenant_id))
+                return False
+            paced = True
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.pace_poll_s)
+            except TimeoutError:
+                pass
 
     def page_events(
         self, plan: Plan, page: list[AudienceMember], now: datetime,
