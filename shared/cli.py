@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from shared.retention import parse_retention_option
 from shared.settings import ServiceSettings
 
 T = TypeVar("T")
@@ -83,6 +84,9 @@ def _admin_parser(sub: Any) -> None:
     pol.add_argument("--allowed-countries", default=None, metavar="CC,CC",
                      help="the only destination countries allowed, e.g. ES,FR (high-cost ones must be named); "
                           "'' clears the list (docs/senders.md)")
+    pol.add_argument("--retention", action="append", default=None, metavar="KIND=DAYS",
+                     help="keep this tenant's data of a kind (messages, inbound, clicks) this many days instead of "
+                          "the services' default; KIND=default goes back to it (repeatable; docs/operations.md)")
     rw = tenant.add_parser("reply-webhook", help="show or set where the tenant's ordinary replies are posted, signed")
     rw.add_argument("tenant_id")
     rw.add_argument("url", nargs="?", default=None, help="http or https URL (docs/replies.md)")
@@ -173,11 +177,15 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                             if args.allowed_countries.strip() else None)
         except ValueError as exc:
             parser.error(str(exc))
-        if args.marketing_consent is None and caps is None and not geo:
+        try:
+            kept = parse_retention_option(args.retention) if args.retention else None
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.marketing_consent is None and caps is None and not geo and kept is None:
             result = asyncio.run(_with_db(lambda c: admin.tenant_policy(c, args.tenant_id)))
         else:
             result = asyncio.run(_with_db(lambda c: admin.tenant_policy_set(
-                c, actor, args.tenant_id, marketing_consent=args.marketing_consent, caps=caps, **geo)))
+                c, actor, args.tenant_id, marketing_consent=args.marketing_consent, caps=caps, retention=kept, **geo)))
         if result is None:
             print(f"no tenant {args.tenant_id}", file=sys.stderr)
             return 1

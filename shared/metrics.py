@@ -50,3 +50,23 @@ WAITING = Gauge(
 # Erasures (shared/erasure_store.py, docs/data-map.md): applied once per service; a redelivered one is not counted.
 ERASURES = Counter("herald_erasures_total", "Erasures applied to a service's own tables", ["service"])
 ERASED_ROWS = Counter("herald_erased_rows_total", "Rows deleted or redacted by erasures, per table", ["service", "table"])
+RETENTION_ROWS = Counter(
+    "herald_retention_rows_total", "Rows deleted (or bodies redacted) by the retention job, per table", ["service", "table"]
+)
+RETENTION_PARTITIONS = Counter(
+    "herald_retention_partitions_total", "Day partitions created ahead or dropped by the retention job",
+    ["service", "table", "action"],
+)
+RETENTION_LAST_SUCCESS = Gauge(
+    "herald_retention_last_success_timestamp_seconds",
+    "When the service's retention job last finished a whole run (any instance: read from retention_runs)",
+    ["service"],
+)
+RETENTION_RUN_SECONDS = Histogram(
+    "herald_retention_run_seconds", "Duration of one retention run", ["service"],
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800),
+)
+RETENTION_RUNS = Counter(
+    "herald_retention_runs_total", "Retention runs by outcome (success, behind: stopped at its budget, failed)",
+    ["service", "outcome"],
+)

@@ -15,10 +15,12 @@ from shared.ratelimit import RateLimiter
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
+from services.ingest.retention import tasks as retention_tasks
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from services.ingest.triggers import TriggerHandler
 from shared.api import Check
+from shared.retention_store import add_retention_job
 from shared.service import Context, Lane, Wiring, run_service
 from shared.topics import CONTACT_EVENTS_IN, INBOUND, TRIGGERS
 
@@ -40,6 +42,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
                             retry_max_s=settings.campaign_retry_max_s, erasure_keys=settings.erasure_keyring())
         ctx.workers["campaign-launcher"] = launcher.run()
         ctx.stoppers.append(launcher.stop)
+    # Messages received and idempotency keys past their age (services/ingest/retention.py).
+    add_retention_job(ctx, retention_tasks(settings))
     # Short-link redirect (docs/results.md): clicks are published in batches by a worker.
     clicks = ClickBuffer(ctx.publisher, settings.click_flush_interval_ms, settings.click_buffer_max)
     ctx.workers["click-publisher"] = clicks.run()

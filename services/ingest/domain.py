@@ -38,8 +38,9 @@ class Rejection(Exception):
 
 def request_hash(request: MessageRequest) -> str:
     """A stable fingerprint of a request: the same key with another payload is a conflict."""
-    # track_links is left out when unset, so hashes of requests that predate it do not change
-    exclude = {"idempotency_key"} | ({"track_links"} if request.track_links is None else set())
+    # track_links and secret are left out when unset, so hashes of requests that predate them do not change
+    exclude = ({"idempotency_key"} | ({"track_links"} if request.track_links is None else set())
+               | (set() if request.secret else {"secret"}))
     canonical = json.dumps(request.model_dump(mode="json", exclude=exclude), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -117,6 +118,7 @@ def accept(
         accepted_at=now,
         expires_at=now + timedelta(seconds=request.validity_s) if request.validity_s else None,
         send_at=request.send_at,
+        secret=request.secret,
     )
 
 

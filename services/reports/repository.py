@@ -311,7 +311,7 @@ class ReportsRepository:
             await self.conn.execute(
                 "INSERT INTO message_events (event_id, message_id, status, occurred_at, detail)"
                 " SELECT e, m, s, o, d::jsonb FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[])"
-                " AS t(e, m, s, o, d) ON CONFLICT (event_id) DO NOTHING",
+                " AS t(e, m, s, o, d) ON CONFLICT (event_id, occurred_at) DO NOTHING",
                 [c.event_id for c in changes],
                 [c.message_id for c in changes],
                 [c.timeline_status for c in changes],
