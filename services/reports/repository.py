@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from services.reports.domain import DESCRIPTIVE, Change, MessageState
 from shared.statuses import RECEIPT_TO_STATUS, Status
+
+# A message's timeline rows occur after its acceptance; a gateway clock may put a receipt a
+# little before it. Reads of a timeline start this long before the acceptance.
+TIMELINE_MARGIN = timedelta(days=2)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _COLUMNS = (
     "message_id, tenant_id, status, status_rank, reason_code, reason, gateway, gateway_message_id,"
@@ -73,6 +78,7 @@ _CANDIDATE = """
     CROSS JOIN LATERAL (SELECT EXISTS (
         SELECT 1 FROM message_events e
         WHERE e.message_id = g.message_id AND e.event_id <> {ev}
+          AND e.occurred_at >= g.submitted_at - interval '2 days'  -- the timeline's recent day partitions only
           AND e.detail->>'receipt' = ANY($f::text[])
           AND e.detail->>'gateway' = {gw} AND e.detail->>'gateway_message_id' = {id}) AS settled) st
     WHERE g.gateway = {gw} AND g.gateway_message_id = {id} AND g.submitted_at >= {at} - $w::interval
@@ -328,9 +334,13 @@ async def fetch_message(pool: asyncpg.Pool, tenant_id: str, message_id: uuid.UUI
         )
         if row is None:
             return None
+        # The timeline is partitioned by day (migration 0035): start at the message's acceptance
+        # (less a margin for clocks), so the partitions of older days are not even opened.
+        since = row["accepted_at"] - TIMELINE_MARGIN if row["accepted_at"] is not None else EPOCH
         events = await conn.fetch(
-            "SELECT status, occurred_at, detail FROM message_events WHERE message_id = $1 ORDER BY occurred_at, recorded_at",
-            message_id,
+            "SELECT status, occurred_at, detail FROM message_events WHERE message_id = $1 AND occurred_at >= $2"
+            " ORDER BY occurred_at, recorded_at",
+            message_id, since,
         )
     result = dict(row)
     result.pop("status_rank")

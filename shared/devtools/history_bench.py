@@ -1,0 +1,272 @@
+"""Message history: does the hot path slow as history grows? (`herald bench --history N`)
+
+In a database of its own (``herald_history_bench`` on the local PostgreSQL, migrated), it
+measures, first on an empty history and then with N messages of history spread over
+``--days`` days (each with its three timeline rows: accepted, submitted, delivered):
+
+- the hot path: reports recording whole message lifecycles (accepted, submitted, delivered)
+  with the statements the service runs (services/reports/handlers.record: upsert and lock the
+  message rows, update them, insert their timeline), in batches of 500 messages;
+- typical reads: a message by id with its timeline (GET /v1/messages/{id}), the first page of
+  a big tenant's messages (GET /v1/messages) and its messages to one number (``to=``), and a
+  day's status counts of that tenant (a report);
+- retention: the reports job expiring one day of that history (a partition drop for the
+  timeline, batched deletes along the accepted_at index for the messages).
+
+The history is written by SQL (generate_series, one day per statement, in time order), not
+through the services: it is what years of traffic leave behind. The result is a section of
+docs/benchmarks.md ("message history").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.reports.domain import from_accepted, from_receipt, from_status
+from services.reports.handlers import record
+from services.reports.repository import ReportsRepository, fetch_message, search_messages
+from services.reports.retention import tasks as reports_tasks
+from services.reports.search import MessageQuery, build_sql
+from services.reports.settings import ReportsSettings
+from shared import retention
+from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
+from shared.db import create_pool, migrate
+from shared.retention_store import RetentionJob
+from shared.settings import DatabaseSettings
+from shared.statuses import RANK, ReceiptStatus, Status
+
+DB = "herald_history_bench"
+TENANTS = 100
+BIG = "hist7"  # a tenant with 1 % of the history, whose reads are measured
+BATCH = 500
+DAY = timedelta(days=1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--history", type=int, default=0, metavar="MESSAGES",
+                        help="instead: measure the hot path and typical reads on an empty history, then with this many "
+                             "messages of history (e.g. 50000000; written by SQL)")
+    parser.add_argument("--history-days", type=int, default=400, help="with --history: days the history spans")
+    parser.add_argument("--history-keep", action="store_true",
+                        help="with --history: reuse the history database when it already holds that many messages")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ms(values: list[float]) -> str:
+    return f"{pct(values, 0.5) * 1000:.2f} / {pct(values, 0.99) * 1000:.2f} ms"
+
+
+async def hot_path(pool: asyncpg.Pool, batches: int, now: datetime) -> float:
+    """Messages per second, each taken through accepted, submitted and delivered as reports records them."""
+    total = 0.0
+    for _ in range(batches):
+        ids = [uuid.uuid4() for _ in range(BATCH)]
+        tenants = [f"hist{random.randrange(TENANTS)}" for _ in ids]
+        stages = [
+            [from_accepted(uuid.uuid4(), t, MessageAccepted(
+                message_id=m, to=f"+3460{random.randrange(10_000_000):07d}", country="ES", body="x", type="transactional",
+                encoding="GSM-7", segments=1, source="api", accepted_at=now, metadata={"order": m.hex[:8]}))
+             for m, t in zip(ids, tenants, strict=True)],
+            [from_status(uuid.uuid4(), t, now + timedelta(seconds=1), MessageStatusChanged(
+                message_id=m, status=Status.SUBMITTED, gateway="sim", gateway_message_id=m.hex, attempts=1))
+             for m, t in zip(ids, tenants, strict=True)],
+            [from_receipt(uuid.uuid4(), m, t, now + timedelta(seconds=3), DeliveryReceipt(
+                gateway="sim", gateway_message_id=m.hex, status=ReceiptStatus.DELIVERED))
+             for m, t in zip(ids, tenants, strict=True)],
+        ]
+        began = time.perf_counter()
+        for changes in stages:
+            async with pool.acquire() as conn, conn.transaction():
+                await record(ReportsRepository(conn), changes)
+        total += time.perf_counter() - began
+    return batches * BATCH / total
+
+
+async def timed(fn: Any, reps: int) -> list[float]:
+    out = []
+    for i in range(reps):
+        began = time.perf_counter()
+        await fn(i)
+        out.append(time.perf_counter() - began)
+    return out
+
+
+async def reads(pool: asyncpg.Pool, now: datetime, reps: int) -> dict[str, list[float]]:
+    sample = await pool.fetch(
+        "SELECT message_id, tenant_id, to_e164 FROM messages WHERE accepted_at IS NOT NULL"
+        " AND tenant_id = $1 ORDER BY accepted_at DESC LIMIT 20000", BIG)
+    random.shuffle(sample := list(sample))
+    picks = [sample[i % len(sample)] for i in range(reps)]
+    # ids of any age, from the whole history: a few thousand picked by the primary key's order
+    spread = await pool.fetch("SELECT message_id, tenant_id FROM messages TABLESAMPLE SYSTEM (0.1) LIMIT 5000") or sample
+    olds = [spread[random.randrange(len(spread))] for _ in range(reps)]
+
+    async def by_id(i: int) -> None:
+        found = await fetch_message(pool, olds[i]["tenant_id"], olds[i]["message_id"])
+        assert found is not None and found["timeline"]
+
+    async def page(i: int) -> None:
+        sql, args = build_sql(MessageQuery(tenant_id=BIG), 50)
+        assert await search_messages(pool, sql, args, 5000)
+
+    async def by_number(i: int) -> None:
+        sql, args = build_sql(MessageQuery(tenant_id=BIG, to=picks[i]["to_e164"]), 50)
+        assert await search_messages(pool, sql, args, 5000)
+
+    async def day_report(i: int) -> None:
+        day = now - (i % 30 + 1) * DAY
+        await pool.fetch("SELECT status, count(*) FROM messages WHERE tenant_id = $1 AND accepted_at >= $2"
+                         " AND accepted_at < $3 GROUP BY status", BIG, day, day + DAY)
+
+    return {"by_id": await timed(by_id, reps), "page": await timed(page, reps),
+            "by_number": await timed(by_number, reps), "day_report": await timed(day_report, max(20, reps // 10))}
+
+
+async def fill(pool: asyncpg.Pool, count: int, days: int, now: datetime) -> float:
+    """``count`` delivered messages spread evenly over the ``days`` days before today, each with
+    its three timeline rows: one day per statement pair, oldest first. Returns seconds."""
+    began = time.perf_counter()
+    today = now.date()
+    first = today - days * DAY
+    async with pool.acquire() as conn:
+        for i in range(days):
+            day = first + i * DAY
+            name = retention.partition_name("message_events", day)
+            start, end = retention.day_start(day), retention.day_start(day + DAY)
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF message_events"
+                               f" FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
+    per_day = count // days
+    rank = RANK[Status.DELIVERED]
+    for i in range(days):
+        n = per_day + (1 if i < count % days else 0)
+        start = retention.day_start(first + i * DAY)
+        step = 86400.0 / max(n, 1)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await conn.execute(
+                "INSERT INTO messages (message_id, tenant_id, to_e164, country, type, sender, encoding, segments, source,"
+                " metadata, status, status_rank, gateway, gateway_message_id, accepted_at, submitted_at, final_at, updated_at)"
+                " SELECT gen_random_uuid(), 'hist' || (g % $4), '+3460' || lpad((g * 7919 % 10000000)::text, 7, '0'), 'ES',"
+                " CASE WHEN g % 5 = 0 THEN 'marketing' ELSE 'transactional' END, 'Herald', 'GSM-7', 1, 'api',"
+                " jsonb_build_object('order', g::text), 'delivered', $5, 'sim', md5(g::text),"
+                " t, t + interval '1 second', t + interval '3 seconds', t + interval '3 seconds'"
+                " FROM (SELECT g, $1::timestamptz + make_interval(secs => (g - $2) * $6) AS t"
+                "       FROM generate_series($2::bigint, $3::bigint) AS g) AS s",
+                start, i * per_day, i * per_day + n - 1, TENANTS, rank, step,
+            )
+            await conn.execute(
+                "INSERT INTO message_events (event_id, message_id, status, occurred_at, detail)"
+                " SELECT gen_random_uuid(), m.message_id, s.status, m.accepted_at + s.off,"
+                " CASE WHEN s.status = 'accepted' THEN '{}'::jsonb ELSE jsonb_build_object('gateway', 'sim') END"
+                " FROM messages m CROSS JOIN (VALUES ('accepted', interval '0'), ('submitted', interval '1 second'),"
+                " ('delivered', interval '3 seconds')) AS s(status, off)"
+                " WHERE m.accepted_at >= $1 AND m.accepted_at < $2",
+                start, start + DAY,
+            )
+        if (i + 1) % 20 == 0 or i + 1 == days:
+            done = per_day * (i + 1)
+            elapsed = time.perf_counter() - began
+            print(f"  history: {done:,} messages ({i + 1}/{days} days), {elapsed:.0f} s, {done / elapsed:,.0f} msg/s",
+                  flush=True)
+    async with pool.acquire() as conn:
+        await conn.execute("ANALYZE messages")
+        await conn.execute("ANALYZE message_events")
+    return time.perf_counter() - began
+
+
+async def sizes(pool: asyncpg.Pool) -> str:
+    row = await pool.fetchrow(
+        "SELECT pg_total_relation_size('messages') AS m,"
+        " (SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        "  WHERE i.inhparent = 'message_events'::regclass) AS e")
+    return f"messages {row['m'] / 2**30:.1f} GiB, message_events {int(row['e'] or 0) / 2**30:.1f} GiB (with indexes)"
+
+
+async def expire_one_day(pool: asyncpg.Pool, days: int) -> tuple[float, int, int]:
+    """The reports retention job with an age that expires the history's oldest day."""
+    # the age whose cutoff is the end of the history's oldest day (today - days + 1, 00:00 UTC)
+    now = datetime.now(UTC)
+    age = (now - retention.day_start(now.date() - (days - 1) * DAY)).total_seconds() / 86400
+    settings = ReportsSettings(retention_messages_days=age, retention_clicks_days=3650,
+                               retention_dead_webhooks_days=3650, retention_interval_s=1)
+    await pool.execute("DELETE FROM retention_runs WHERE job = 'reports'")
+    before = await pool.fetchval("SELECT count(*) FROM pg_inherits WHERE inhparent = 'message_events'::regclass")
+    began = time.perf_counter()
+    outcome = await RetentionJob(pool, "reports", settings, reports_tasks(settings)).run_once()
+    took = time.perf_counter() - began
+    assert outcome == "success", outcome
+    counts = await pool.fetchval("SELECT last_counts FROM retention_runs WHERE job = 'reports'")
+    after = await pool.fetchval("SELECT count(*) FROM pg_inherits WHERE inhparent = 'message_events'::regclass")
+    return took, int(counts.get("messages", 0)), int(counts.get("message_events:dropped", 0) or before - after)
+
+
+async def run(args: argparse.Namespace, results: Any) -> None:
+    base = DatabaseSettings().database_url.get_secret_value()
+    admin_dsn = base.rsplit("/", 1)[0] + "/postgres"
+    dsn = base.rsplit("/", 1)[0] + f"/{DB}"
+    admin = await asyncpg.connect(admin_dsn)
+    exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DB)
+    keep = False
+    if exists and args.history_keep:
+        probe = await asyncpg.connect(dsn)
+        try:
+            keep = (await probe.fetchval("SELECT count(*) FROM messages WHERE tenant_id LIKE 'hist%'") or 0) >= args.history
+        finally:
+            await probe.close()
+    if not keep:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{DB}"')
+    await admin.close()
+    pool = await create_pool(DatabaseSettings(database_url=dsn, db_pool_min=1, db_pool_max=4))
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        now = datetime.now(UTC)
+        reps = 300
+        if not keep:
+            print("empty history: hot path and reads", flush=True)
+            await hot_path(pool, 2, now)  # warm-up (and rows for the reads)
+            empty_rate = await hot_path(pool, 10, now)
+            await pool.execute("ANALYZE messages")
+            empty_reads = await reads(pool, now, reps)
+            print(f"filling {args.history:,} messages over {args.history_days} days", flush=True)
+            fill_s = await fill(pool, args.history, args.history_days, now)
+            results.add(f"history written by SQL: {args.history:,} messages, {3 * args.history:,} timeline rows, "
+                        f"{args.history_days} days", f"{fill_s:.0f} s ({args.history / fill_s:,.0f} msg/s)")
+        else:
+            empty_rate, empty_reads = None, None
+        print("full history: hot path and reads", flush=True)
+        full_rate = await hot_path(pool, 10, now)
+        full_reads = await reads(pool, now, reps)
+        results.add("size on disk", await sizes(pool))
+        label = f"{args.history:,} messages"
+        results.add(f"hot path, reports recording whole lifecycles (accepted, submitted, delivered; {BATCH} per batch): "
+                    f"empty / {label}",
+                    f"{empty_rate:,.0f} / {full_rate:,.0f} msg/s" if empty_rate else f"{full_rate:,.0f} msg/s")
+        for key, what in (("by_id", "message by id with its timeline (any age), p50 / p99"),
+                          ("page", f"first page (50) of a tenant's messages ({args.history // TENANTS:,} of them), p50 / p99"),
+                          ("by_number", "a tenant's messages to one number, p50 / p99"),
+                          ("day_report", "a tenant's status counts for one day, p50 / p99")):
+            was = f"{ms(empty_reads[key])} → " if empty_reads else ""
+            results.add(f"{what}: empty → {label}" if empty_reads else what, f"{was}{ms(full_reads[key])}")
+        took, messages, dropped = await expire_one_day(pool, args.history_days)
+        results.add("retention: the reports job expiring the oldest day",
+                    f"{took:.1f} s ({messages:,} messages deleted in batches, {dropped} timeline partition dropped)")
+        results.notes.append(
+            "One PostgreSQL 15 on the same shared machine as everything else, default configuration of "
+            "deploy/local/infra.py; the history is in a database of its own (herald_history_bench), kept after the run "
+            "(`--history-keep` reuses it; drop it with `DROP DATABASE herald_history_bench`).")
+    finally:
+        await pool.close()
