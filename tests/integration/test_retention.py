@@ -357,3 +357,22 @@ async def test_migration_moves_an_existing_timeline_into_day_partitions(session_
         admin = await asyncpg.connect(session_env.admin_dsn)
         await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_a_tenant_sets_and_clears_its_own_ages_through_the_admin_policy(pool) -> None:
+    from shared import admin
+
+    tenant = await make_tenant(pool)
+    async with pool.acquire() as conn:
+        shown = await admin.tenant_policy_set(conn, "ops", tenant.tenant_id, retention={"messages": 90, "inbound": 30})
+        assert shown["retention"] == {"messages": 90, "inbound": 30}
+        shown = await admin.tenant_policy_set(conn, "ops", tenant.tenant_id,
+                                              retention=retention.parse_retention_option(["inbound=default", "clicks=7"]))
+        assert shown["retention"] == {"messages": 90, "clicks": 7}
+        for bad in ({"messages": 0}, {"history": 30}):
+            with pytest.raises(ValueError):
+                await admin.tenant_policy_set(conn, "ops", tenant.tenant_id, retention=bad)
+        assert (await admin.tenant_policy(conn, tenant.tenant_id))["retention"] == {"messages": 90, "clicks": 7}
+        audited = await conn.fetchval("SELECT count(*) FROM audit_log WHERE target = $1 AND action = 'tenant.policy'"
+                                      " AND detail ? 'retention'", tenant.tenant_id)
+    assert audited == 2
