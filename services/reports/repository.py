@@ -16,6 +16,9 @@ from shared.statuses import RECEIPT_TO_STATUS, Status
 # A message's timeline rows occur after its acceptance; a gateway clock may put a receipt a
 # little before it. Reads of a timeline start this long before the acceptance.
 TIMELINE_MARGIN = timedelta(days=2)
+# Rows that change nothing (a receipt repeated or contradicting a final one) come within the
+# receipt matching window (7 days by default) after the message's last change.
+TIMELINE_AFTER = timedelta(days=40)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _COLUMNS = (
@@ -329,21 +332,24 @@ class ReportsRepository:
 async def fetch_message(pool: asyncpg.Pool, tenant_id: str, message_id: uuid.UUID) -> dict[str, Any] | None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM messages WHERE message_id = $1 AND tenant_id = $2 AND status_rank > 0",
+            f"SELECT {_COLUMNS}, updated_at FROM messages WHERE message_id = $1 AND tenant_id = $2 AND status_rank > 0",
             message_id, tenant_id,
         )
         if row is None:
             return None
-        # The timeline is partitioned by day (migration 0035): start at the message's acceptance
-        # (less a margin for clocks), so the partitions of older days are not even opened.
+        # The timeline is partitioned by day (migration 0035): read only the days from the message's
+        # acceptance (less a margin for clocks) to its last change (plus the span a late receipt or
+        # a repeated one may still come in), so the partitions of other days are not even opened.
         since = row["accepted_at"] - TIMELINE_MARGIN if row["accepted_at"] is not None else EPOCH
+        until = max(t for t in (row["accepted_at"], row["final_at"], row["updated_at"]) if t is not None) + TIMELINE_AFTER
         events = await conn.fetch(
             "SELECT status, occurred_at, detail FROM message_events WHERE message_id = $1 AND occurred_at >= $2"
-            " ORDER BY occurred_at, recorded_at",
-            message_id, since,
+            " AND occurred_at < $3 ORDER BY occurred_at, recorded_at",
+            message_id, since, until,
         )
     result = dict(row)
     result.pop("status_rank")
+    result.pop("updated_at")
     result["timeline"] = [dict(e) for e in events]
     return result
 
