@@ -253,26 +253,28 @@ async def open_migrated(dsn: str) -> asyncpg.Pool:
     return pool
 
 
+async def interleaved(empty: asyncpg.Pool, full: asyncpg.Pool, now: datetime, rounds: int,
+                      reps: int) -> tuple[list[float], list[float], dict[str, list[float]], dict[str, list[float]]]:
+    """The same measures on both databases, alternating in rounds: the machine is shared, so
+    whatever else runs meanwhile weighs on both alike."""
+    rates: tuple[list[float], list[float]] = ([], [])
+    reads_of: tuple[dict[str, list[float]], dict[str, list[float]]] = ({}, {})
+    for r in range(rounds):
+        for side, pool in enumerate((empty, full)):
+            rates[side].append(await hot_path(pool, 4, now))
+            for key, values in (await reads(pool, now, reps // rounds)).items():
+                reads_of[side].setdefault(key, []).extend(values)
+        print(f"  round {r + 1}/{rounds}: {rates[0][-1]:,.0f} / {rates[1][-1]:,.0f} msg/s", flush=True)
+    return rates[0], rates[1], reads_of[0], reads_of[1]
+
+
 async def run(args: argparse.Namespace, results: Any) -> None:
     base = DatabaseSettings().database_url.get_secret_value()
     server = base.rsplit("/", 1)[0]
     admin_dsn, dsn = f"{server}/postgres", f"{server}/{DB}"
     now = datetime.now(UTC)
-    reps = 300
-    # The empty history: a database of its own, made for this run.
-    print("empty history: hot path and reads", flush=True)
-    await fresh_database(admin_dsn, f"{DB}_empty")
-    pool = await open_migrated(f"{server}/{DB}_empty")
-    try:
-        await hot_path(pool, 2, now)  # warm-up (and rows for the reads)
-        empty_rate = await hot_path(pool, 20, now)
-        await pool.execute("ANALYZE messages")
-        empty_reads = await reads(pool, now, reps)
-    finally:
-        await pool.close()
     admin = await asyncpg.connect(admin_dsn)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB}_empty" WITH (FORCE)')
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DB)
     finally:
         await admin.close()
@@ -288,6 +290,8 @@ async def run(args: argparse.Namespace, results: Any) -> None:
     if not keep:
         await fresh_database(admin_dsn, DB)
     pool = await open_migrated(dsn)
+    await fresh_database(admin_dsn, f"{DB}_empty")  # the empty history: made for this run
+    empty = await open_migrated(f"{server}/{DB}_empty")
     try:
         if not keep:
             print(f"filling {args.history:,} messages over {args.history_days} days", flush=True)
@@ -300,24 +304,36 @@ async def run(args: argparse.Namespace, results: Any) -> None:
             async with pool.acquire() as conn:
                 await conn.execute("ANALYZE messages", timeout=3600)
                 await conn.execute("ANALYZE message_events", timeout=3600)
-        print("full history: hot path and reads", flush=True)
-        full_rate = await hot_path(pool, 20, now)
-        full_reads = await reads(pool, now, reps)
+        print("hot path and reads, empty and full history in turn", flush=True)
+        for side in (empty, pool):
+            await hot_path(side, 4, now)  # warm-up (and, in the empty one, rows for the reads)
+            await side.execute("ANALYZE messages")
+            await reads(side, now, 50)
+        empty_rates, full_rates, empty_reads, full_reads = await interleaved(empty, pool, now, 5, 500)
         results.add("size on disk", await sizes(pool))
         label = f"{args.history:,} messages"
-        results.add(f"hot path, reports recording whole lifecycles (accepted, submitted, delivered; {BATCH} per batch): "
-                    f"empty / {label}", f"{empty_rate:,.0f} / {full_rate:,.0f} msg/s")
+        med = lambda v: pct(v, 0.5)  # noqa: E731
+        results.add(f"hot path, reports recording whole lifecycles (accepted, submitted, delivered; {BATCH} per batch), "
+                    f"median of 5 rounds: empty / {label}", f"{med(empty_rates):,.0f} / {med(full_rates):,.0f} msg/s")
         for key, what in (("by_id", "message by id with its timeline (any age), p50 / p99"),
                           ("page", f"first page (50) of a tenant's messages ({args.history // TENANTS:,} of them), p50 / p99"),
                           ("by_number", "a tenant's messages to one number, p50 / p99"),
-                          ("day_report", "a tenant's status counts for one day, p50 / p99")):
+                          ("day_report", f"a tenant's status counts for one day ({args.history // TENANTS // args.history_days:,}"
+                                         " messages a day in the history), p50 / p99")):
             results.add(f"{what}: empty → {label}", f"{ms(empty_reads[key])} → {ms(full_reads[key])}")
         took, messages, dropped = await expire_one_day(pool)
         results.add("retention: the reports job expiring the oldest day",
                     f"{took:.1f} s ({messages:,} messages deleted in batches, {dropped} timeline partition dropped)")
         results.notes.append(
             "One PostgreSQL 15 on the same shared machine as everything else (2 cores shared with other work), default "
-            "configuration of deploy/local/infra.py. The empty history is a fresh database; the full one is kept after "
+            "configuration of deploy/local/infra.py. The empty and the full history are measured in turn, five rounds, "
+            "so load from elsewhere weighs on both. The empty history is a fresh database; the full one is kept after "
             "the run (herald_history_bench: `--history-keep` reuses it; drop it with `DROP DATABASE herald_history_bench`).")
     finally:
         await pool.close()
+        await empty.close()
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{DB}_empty" WITH (FORCE)')
+        finally:
+            await admin.close()
