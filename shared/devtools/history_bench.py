@@ -22,7 +22,6 @@ docs/benchmarks.md ("message history").
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import time
 import uuid
