@@ -21,6 +21,8 @@ from shared.kafka_signing import new_kafka_key
 from shared.auth import DEFAULT_SCOPES, SCOPES, create_key, create_tenant, revoke_key
 from shared.geo import country_code, country_codes
 from shared.phones import PhoneError, parse_e164
+from shared.retention import KINDS as RETENTION_KINDS
+from shared.retention import parse_tenant_retention
 
 
 def default_actor() -> str:
@@ -57,14 +59,14 @@ def parse_cap(text: str) -> dict[str, int]:
 async def tenant_policy(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any] | None:
     row = await conn.fetchrow(
         "SELECT marketing_consent, frequency_caps, reply_webhook_url, country, allowed_countries, marketing_opt_out,"
-        " link_domain, link_ttl_s FROM tenants WHERE tenant_id = $1", tenant_id
+        " link_domain, link_ttl_s, retention FROM tenants WHERE tenant_id = $1", tenant_id
     )
     if row is None:
         return None
     return {"tenant_id": tenant_id, "marketing_consent": row["marketing_consent"], "frequency_caps": row["frequency_caps"],
             "reply_webhook_url": row["reply_webhook_url"], "country": row["country"],
             "allowed_countries": row["allowed_countries"], "marketing_opt_out": row["marketing_opt_out"],
-            "link_domain": row["link_domain"], "link_ttl_s": row["link_ttl_s"]}
+            "link_domain": row["link_domain"], "link_ttl_s": row["link_ttl_s"], "retention": row["retention"]}
 
 
 class _Keep:
@@ -81,16 +83,24 @@ async def tenant_policy_set(conn: asyncpg.Connection, actor: str, tenant_id: str
                             marketing_consent: str | None = None, caps: list[dict[str, int]] | None = None,
                             country: str | None = KEEP, allowed_countries: list[str] | None = KEEP,
                             marketing_opt_out: str | None = None, link_domain: str | None = KEEP,
-                            link_ttl_s: int | None = KEEP) -> dict[str, Any] | None:
+                            link_ttl_s: int | None = KEEP,
+                            retention: dict[str, int | None] | None = None) -> dict[str, Any] | None:
     """Change a tenant's consent mode and/or frequency caps (None leaves a field as it is), and its
     geo permissions (shared/geo.py): ``country`` / ``allowed_countries`` left out keep their value,
     None clears them, ISO 3166-1 alpha-2 codes set them (checked; ValueError otherwise). Likewise
     its own short-link domain (``link_domain``, no two tenants share one) and link lifetime
-    (``link_ttl_s``, 60 s to 10 years): left out, kept; None, back to the service's."""
+    (``link_ttl_s``, 60 s to 10 years): left out, kept; None, back to the service's. ``retention``:
+    days per kind (shared/retention.py) the tenant keeps instead of the services' defaults; None for
+    a kind goes back to the default; kinds left out keep their value."""
     if marketing_consent not in (None, "required", "opt_out"):
         raise ValueError("marketing_consent is 'required' or 'opt_out'")
     if marketing_opt_out not in (None, "append", "refuse"):
         raise ValueError("marketing_opt_out is 'append' or 'refuse'")
+    retention = retention or {}
+    own = parse_tenant_retention({k: v for k, v in retention.items() if v is not None})
+    dropped = [k for k, v in retention.items() if v is None and k in RETENTION_KINDS]
+    if unknown := [k for k in retention if k not in RETENTION_KINDS]:
+        raise ValueError(f"unknown retention kind {unknown[0]!r} (kinds: {', '.join(RETENTION_KINDS)})")
     set_country, set_allowed = country is not KEEP, allowed_countries is not KEEP
     if set_country and country is not None:
         country = country_code(country)
@@ -116,11 +126,13 @@ async def tenant_policy_set(conn: asyncpg.Connection, actor: str, tenant_id: str
                 " allowed_countries = CASE WHEN $6 THEN $7::text[] ELSE allowed_countries END,"
                 " marketing_opt_out = coalesce($8, marketing_opt_out),"
                 " link_domain = CASE WHEN $9 THEN $10 ELSE link_domain END,"
-                " link_ttl_s = CASE WHEN $11 THEN $12::integer ELSE link_ttl_s END"
+                " link_ttl_s = CASE WHEN $11 THEN $12::integer ELSE link_ttl_s END,"
+                " retention = (retention || $13::jsonb) - $14::text[]"
                 " WHERE tenant_id = $1 RETURNING tenant_id",
                 tenant_id, marketing_consent, caps, set_country, country if set_country else None,
                 set_allowed, allowed_countries if set_allowed else None, marketing_opt_out,
                 set_domain, link_domain if set_domain else None, set_ttl, link_ttl_s if set_ttl else None,
+                own, dropped,
             )
         except asyncpg.UniqueViolationError:  # another tenant took the domain meanwhile
             raise ValueError(f"link domain {link_domain} belongs to another tenant") from None
@@ -128,6 +140,8 @@ async def tenant_policy_set(conn: asyncpg.Connection, actor: str, tenant_id: str
             return None
         changes: dict[str, Any] = {"marketing_consent": marketing_consent, "frequency_caps": caps,
                                    "marketing_opt_out": marketing_opt_out}
+        if retention:
+            changes["retention"] = retention
         if set_country:
             changes["country"] = country
         if set_allowed:

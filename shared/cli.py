@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from shared.retention import parse_retention_option
 from shared.settings import ServiceSettings
 
 T = TypeVar("T")
@@ -89,6 +90,9 @@ def _admin_parser(sub: Any) -> None:
     pol.add_argument("--link-ttl", default=None, metavar="DURATION",
                      help="how long the tenant's short links live, e.g. 30d or 12h; '' goes back to"
                           " HERALD_LINK_TTL_S")
+    pol.add_argument("--retention", action="append", default=None, metavar="KIND=DAYS",
+                     help="keep this tenant's data of a kind (messages, inbound, clicks) this many days instead of "
+                          "the services' default; KIND=default goes back to it (repeatable; docs/operations.md)")
     rw = tenant.add_parser("reply-webhook", help="show or set where the tenant's ordinary replies are posted, signed")
     rw.add_argument("tenant_id")
     rw.add_argument("url", nargs="?", default=None, help="http or https URL (docs/replies.md)")
@@ -200,14 +204,16 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 geo["link_ttl_s"] = admin.parse_duration(args.link_ttl) if args.link_ttl.strip() else None
                 if geo["link_ttl_s"] is not None and not 60 <= geo["link_ttl_s"] <= admin.LINK_TTL_MAX_S:
                     raise ValueError("a link lifetime is between 1 minute and 3650 days")
+            kept = parse_retention_option(args.retention) if args.retention else None
         except ValueError as exc:
             parser.error(str(exc))
-        if args.marketing_consent is None and caps is None and not geo:
+        if args.marketing_consent is None and caps is None and not geo and kept is None:
             result = asyncio.run(_with_db(lambda c: admin.tenant_policy(c, args.tenant_id)))
         else:
             try:
                 result = asyncio.run(_with_db(lambda c: admin.tenant_policy_set(
-                    c, actor, args.tenant_id, marketing_consent=args.marketing_consent, caps=caps, **geo)))
+                    c, actor, args.tenant_id, marketing_consent=args.marketing_consent, caps=caps, retention=kept,
+                    **geo)))
             except ValueError as exc:
                 print(str(exc), file=sys.stderr)
                 return 1

@@ -55,3 +55,23 @@ SUBJECT_ACCESS_PARTS = Counter("herald_subject_access_parts_total", "Subject-acc
 SUBJECT_ACCESS_ROWS = Counter("herald_subject_access_rows_total", "Rows a service put into subject-access parts, per table",
                               ["service", "table"])
 SUBJECT_ACCESS_EXPORTS = Counter("herald_subject_access_exports_total", "Subject-access exports requested (ingest)")
+RETENTION_ROWS = Counter(
+    "herald_retention_rows_total", "Rows deleted (or bodies redacted) by the retention job, per table", ["service", "table"]
+)
+RETENTION_PARTITIONS = Counter(
+    "herald_retention_partitions_total", "Day partitions created ahead or dropped by the retention job",
+    ["service", "table", "action"],
+)
+RETENTION_LAST_SUCCESS = Gauge(
+    "herald_retention_last_success_timestamp_seconds",
+    "When the service's retention job last finished a whole run (any instance: read from retention_runs)",
+    ["service"],
+)
+RETENTION_RUN_SECONDS = Histogram(
+    "herald_retention_run_seconds", "Duration of one retention run", ["service"],
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800),
+)
+RETENTION_RUNS = Counter(
+    "herald_retention_runs_total", "Retention runs by outcome (success, behind: stopped at its budget, failed)",
+    ["service", "outcome"],
+)

@@ -186,3 +186,23 @@ class ErasureSettings(HeraldSettings):
 
         return build_keys({v: s.get_secret_value() for v, s in self.erasure_keys.items()}, self.erasure_key_current,
                           self.erasure_match_legacy)
+
+
+class RetentionSettings(HeraldSettings):
+    """The retention job of a service (shared/retention_store.py, docs/operations.md "Retention"):
+    every instance may run it, one at a time, once per interval."""
+
+    retention_enabled: bool = Field(
+        True, description="Take part in the retention job in this instance (one instance runs it per interval)"
+    )
+    retention_interval_s: float = Field(
+        3600.0, ge=1, description="How often the retention job runs (once per interval across the service's instances)"
+    )
+    retention_batch_rows: int = Field(
+        5000, ge=1, le=100_000, description="Rows deleted or redacted per statement (each its own short transaction)"
+    )
+    retention_run_budget_s: float = Field(
+        900.0, gt=0,
+        description="Longest one run may take; past it the run stops and goes on at once in a new run, and its "
+        "last success is not updated (herald_retention_last_success_timestamp_seconds falls behind)",
+    )

@@ -9,6 +9,7 @@ from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.handlers import ownership_of
 from services.dispatcher.parking import Parker, ParkingLoop, policy_from
 from services.dispatcher.repository import CampaignStates, ClaimRepository, ParkingRepository, TenantStates
+from services.dispatcher.retention import tasks as retention_tasks
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.subject_access import dispatcher_gatherer
 from services.dispatcher.sink import KafkaSink
@@ -17,6 +18,7 @@ from shared.api import Check
 from shared.campaign_progress import CampaignProgress
 from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure_store import ErasureHandler
+from shared.retention_store import add_retention_job
 from shared.subject_access_store import GatherHandler
 from shared.topics import ERASURES, OUTBOUND, OUTBOUND_BULK, SUBJECT_ACCESS
 
@@ -45,6 +47,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     parking = ParkingLoop(parked, claims, sender, parker, ctx.publisher, settings)
     ctx.workers["parking"] = parking.run()
     ctx.stoppers.append(parking.stop)
+    # Finished claims: texts redacted, rows deleted (services/dispatcher/retention.py).
+    add_retention_job(ctx, retention_tasks(settings))
     reconciler = Reconciler(claims, sender, ctx.publisher, settings)
     ctx.workers["reconciler"] = reconciler.run()
     ctx.stoppers.append(reconciler.stop)

@@ -109,6 +109,9 @@ UPDATE dispatch_claims c SET
     state = f.state, gateway = f.gateway, gateway_message_id = f.gateway_message_id,
     attempts = f.attempts, reason_code = f.reason_code, reason = f.reason,
     gateway_part_ids = CASE WHEN f.part_ids = '' THEN NULL ELSE string_to_array(f.part_ids, ' ') END,
+    -- a secret text (an OTP) is redacted as soon as its message is finished (services/dispatcher/retention.py)
+    outbound = CASE WHEN f.state IN ('submitted', 'failed', 'expired') AND c.outbound ->> 'secret' = 'true'
+                    THEN c.outbound || '{"body": "", "body_redacted": true}'::jsonb ELSE c.outbound END,
     updated_at = now()
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[])
     AS f(message_id, state, gateway, gateway_message_id, attempts, reason_code, reason, part_ids)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from services.dispatcher.gateways.config import GatewayConfig, HeraldHttpConfig
-from shared.settings import ConsumerSettings
+from shared.settings import ConsumerSettings, RetentionSettings
 
 
 def _default_gateways() -> list[GatewayConfig]:
@@ -26,7 +26,7 @@ class RouteConfig(BaseModel):
     types: list[Literal["transactional", "marketing"]] = Field(default_factory=list, description="Empty matches any")
 
 
-class DispatcherSettings(ConsumerSettings):
+class DispatcherSettings(ConsumerSettings, RetentionSettings):
     ops_port: int = Field(38182, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics: the dispatcher has no API")
     consumer_max_records: int = Field(500, ge=1, description="Most messages handled in one batch")
     gateways: list[GatewayConfig] = Field(default_factory=_default_gateways, description="Gateways, JSON list")
@@ -78,6 +78,16 @@ class DispatcherSettings(ConsumerSettings):
     )
     bulk_consumer_group: str | None = Field(
         None, description="Consumer group of the bulk lane; default: the priority group + '.bulk'"
+    )
+
+    retention_claims_days: float = Field(
+        7.0, ge=4, le=3650,
+        description="Finished claims (submitted, failed, expired) are deleted this many days after they finished (at "
+        "least 4: longer than the outbound topics keep a record, so a redelivered message still finds its claim)",
+    )
+    retention_body_grace_h: float = Field(
+        24.0, ge=0, le=24 * 365,
+        description="A finished claim's text is redacted this many hours after it finished (a secret message's at once)",
     )
 
     _ownership: Any = PrivateAttr(default=None)  # handlers.Ownership of this process, made on first use

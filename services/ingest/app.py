@@ -17,10 +17,12 @@ from shared.ratelimit import RateLimiter
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
+from services.ingest.retention import tasks as retention_tasks
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from services.ingest.triggers import TriggerHandler
 from shared.api import Check
+from shared.retention_store import add_retention_job
 from shared.service import Context, Lane, Wiring, run_service
 from services.ingest.audience.subject_access import PartsHandler, ingest_gatherer
 from shared.subject_access_store import GatherHandler
@@ -49,6 +51,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
                             pace_wait_s=settings.campaign_pace_wait_s)
         ctx.workers["campaign-launcher"] = launcher.run()
         ctx.stoppers.append(launcher.stop)
+    # Messages received and idempotency keys past their age (services/ingest/retention.py).
+    add_retention_job(ctx, retention_tasks(settings))
     # Short-link redirect (docs/results.md): clicks are published in batches by a worker.
     clicks = ClickBuffer(ctx.publisher, settings.click_flush_interval_ms, settings.click_buffer_max)
     ctx.workers["click-publisher"] = clicks.run()

@@ -40,7 +40,8 @@ def request_hash(request: MessageRequest) -> str:
     """A stable fingerprint of a request: the same key with another payload is a conflict."""
     # Fields added later are left out when unset, so hashes of requests that predate them do not change.
     later = ("track_links", "body", "template_id", "template_version", "values")
-    exclude = {"idempotency_key"} | {name for name in later if getattr(request, name) is None}
+    exclude = ({"idempotency_key"} | {name for name in later if getattr(request, name) is None}
+               | (set() if request.secret else {"secret"}))
     canonical = json.dumps(request.model_dump(mode="json", exclude=exclude), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -121,6 +122,7 @@ def accept(
         accepted_at=now,
         expires_at=now + timedelta(seconds=request.validity_s) if request.validity_s else None,
         send_at=request.send_at,
+        secret=request.secret,
     )
 
 

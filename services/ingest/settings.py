@@ -6,10 +6,10 @@ from pydantic import Field, SecretStr, field_validator
 
 from shared.geo import DEFAULT_HIGH_COST, GeoDefault, country_codes
 from shared.phones import SMS_CAPABLE
-from shared.settings import ConsumerSettings, ErasureSettings, WebhookEgressSettings
+from shared.settings import ConsumerSettings, ErasureSettings, RetentionSettings, WebhookEgressSettings
 
 
-class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
+class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings, RetentionSettings):
     http_port: int = Field(38080, ge=1, le=65535, description="Port of the ingest API (public)")
     ops_port: int = Field(38180, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
     kafka_input_signatures: Literal["required", "optional"] = Field(
@@ -196,3 +196,13 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings):
             if why:
                 problems.append(f"HERALD_RECEIPT_SECRETS[{gateway}]: {why}")
         return problems + self.erasure_key_problems()
+    retention_inbound_days: float = Field(
+        400.0, ge=1, le=3650,
+        description="Messages received (inbound_messages) are deleted this many days after they arrived; a tenant's "
+        "own age (tenants.retention, kind inbound) overrides it",
+    )
+    idempotency_window_days: float = Field(
+        30.0, ge=4, le=3650,
+        description="An idempotency key returns the same message id for this many days after its first use, then is "
+        "deleted (at least 4: longer than the trigger topic keeps a record, so a redelivered trigger is still known)",
+    )

@@ -10,11 +10,13 @@ from services.reports.handlers import PendingSweeper, StatusHandler
 from services.reports.settings import ReportsSettings
 from services.reports.subject_access import reports_gatherer
 from services.reports.results import ResultsHandler
+from services.reports.retention import tasks as retention_tasks
 from services.reports.webhooks import ReplyWebhookHandler, WebhookWorker
 from services.reports.winner import WinnerWorker
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure_store import ErasureHandler
+from shared.retention_store import add_retention_job
 from shared.subject_access_store import GatherHandler
 from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, ERASURES, RECEIPTS, REPLIES, STATUS, SUBJECT_ACCESS
 
@@ -27,6 +29,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     sweeper = PendingSweeper(ctx.pool, settings.pending_sweep_interval_s, window, skew, settled_wait)
     ctx.workers["pending-sweeper"] = sweeper.run()
     ctx.stoppers.append(sweeper.stop)
+    # History, clicks and webhook rows past their age; timeline partitions (services/reports/retention.py).
+    add_retention_job(ctx, retention_tasks(settings))
     if settings.webhooks_enabled:
         webhook_worker = WebhookWorker(ctx.pool, settings)
         ctx.workers["webhooks"] = webhook_worker.run()

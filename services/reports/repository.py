@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from services.reports.domain import DESCRIPTIVE, Change, MessageState
 from shared.statuses import RECEIPT_TO_STATUS, Status
+
+# A message's timeline rows occur after its acceptance; a gateway clock may put a receipt a
+# little before it. Reads of a timeline start this long before the acceptance.
+TIMELINE_MARGIN = timedelta(days=2)
+# Rows that change nothing (a receipt repeated or contradicting a final one) come within the
+# receipt matching window (7 days by default) after the message's last change.
+TIMELINE_AFTER = timedelta(days=40)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _COLUMNS = (
     "message_id, tenant_id, status, status_rank, reason_code, reason, gateway, gateway_message_id,"
@@ -73,6 +81,7 @@ _CANDIDATE = """
     CROSS JOIN LATERAL (SELECT EXISTS (
         SELECT 1 FROM message_events e
         WHERE e.message_id = g.message_id AND e.event_id <> {ev}
+          AND e.occurred_at >= g.submitted_at - interval '2 days'  -- the timeline's recent day partitions only
           AND e.detail->>'receipt' = ANY($f::text[])
           AND e.detail->>'gateway' = {gw} AND e.detail->>'gateway_message_id' = {id}) AS settled) st
     WHERE g.gateway = {gw} AND g.gateway_message_id = {id} AND g.submitted_at >= {at} - $w::interval
@@ -312,7 +321,7 @@ class ReportsRepository:
             await self.conn.execute(
                 "INSERT INTO message_events (event_id, message_id, status, occurred_at, detail)"
                 " SELECT e, m, s, o, d::jsonb FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[])"
-                " AS t(e, m, s, o, d) ON CONFLICT (event_id) DO NOTHING",
+                " AS t(e, m, s, o, d) ON CONFLICT (event_id, occurred_at) DO NOTHING",
                 [c.event_id for c in changes],
                 [c.message_id for c in changes],
                 [c.timeline_status for c in changes],
@@ -324,17 +333,28 @@ class ReportsRepository:
 async def fetch_message(pool: asyncpg.Pool, tenant_id: str, message_id: uuid.UUID) -> dict[str, Any] | None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM messages WHERE message_id = $1 AND tenant_id = $2 AND status_rank > 0",
+            f"SELECT {_COLUMNS}, updated_at FROM messages WHERE message_id = $1 AND tenant_id = $2 AND status_rank > 0",
             message_id, tenant_id,
         )
         if row is None:
             return None
-        events = await conn.fetch(
-            "SELECT status, occurred_at, detail FROM message_events WHERE message_id = $1 ORDER BY occurred_at, recorded_at",
-            message_id,
-        )
+        # The timeline is partitioned by day (migration 0035): read only the days from the message's
+        # acceptance (less a margin for clocks) to its last change (plus the span a late receipt or
+        # a repeated one may still come in), so the partitions of other days are not even opened.
+        since = row["accepted_at"] - TIMELINE_MARGIN if row["accepted_at"] is not None else EPOCH
+        until = max(t for t in (row["accepted_at"], row["final_at"], row["updated_at"]) if t is not None) + TIMELINE_AFTER
+        # One generic plan per connection, its partitions pruned when it runs: planning for each
+        # message's bounds (PostgreSQL's choice here) costs more than the read with 400 partitions.
+        async with conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            events = await conn.fetch(
+                "SELECT status, occurred_at, detail FROM message_events WHERE message_id = $1 AND occurred_at >= $2"
+                " AND occurred_at < $3 ORDER BY occurred_at, recorded_at",
+                message_id, since, until,
+            )
     result = dict(row)
     result.pop("status_rank")
+    result.pop("updated_at")
     result["timeline"] = [dict(e) for e in events]
     return result
 

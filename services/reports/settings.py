@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import ConsumerSettings, WebhookEgressSettings
+from shared.settings import ConsumerSettings, RetentionSettings, WebhookEgressSettings
 
 
-class ReportsSettings(ConsumerSettings, WebhookEgressSettings):
+class ReportsSettings(ConsumerSettings, WebhookEgressSettings, RetentionSettings):
     http_port: int = Field(38083, ge=1, le=65535, description="Port of the reports API (public)")
     ops_port: int = Field(38183, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
     consumer_max_records: int = Field(2000, ge=1, description="Most events handled in one batch")
@@ -78,3 +78,22 @@ class ReportsSettings(ConsumerSettings, WebhookEgressSettings):
         5.0, gt=0, description="How often campaigns in A/B testing are checked for a due decision"
     )
     ab_winner_enabled: bool = Field(True, description="Run the A/B auto-winner worker in this instance")
+    retention_messages_days: float = Field(
+        400.0, ge=1, le=3650,
+        description="Messages (status, timeline, status webhook rows) are deleted this many days after they were "
+        "accepted; a tenant's own age (tenants.retention, kind messages) overrides it. Timeline partitions are "
+        "dropped once past the longest age any tenant keeps",
+    )
+    retention_clicks_days: float = Field(
+        400.0, ge=1, le=3650,
+        description="Clicks and conversions are deleted this many days after they happened; a tenant's own age "
+        "(kind clicks) overrides it",
+    )
+    retention_dead_webhooks_days: float = Field(
+        30.0, ge=1, le=3650, description="Dead-lettered status and reply webhook rows are deleted after this many days"
+    )
+    retention_partitions_ahead_days: int = Field(
+        7, ge=1, le=60,
+        description="Day partitions of message_events created ahead (a run that fails for this long sends "
+        "timeline rows to the default partition, still kept)",
+    )

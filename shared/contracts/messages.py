@@ -87,6 +87,12 @@ class MessageRequest(_Input):
     send_at: AwareDatetime | None = Field(
         None, description="Send at this time (with zone), up to 35 days ahead; quiet hours still apply then"
     )
+    secret: bool = Field(
+        False,
+        description="The text is a secret (a one-time code, a password): it is never logged, never in status webhooks, "
+        "reports or exports, and is redacted from Herald's database as soon as the message is final (docs/operations.md, "
+        "Retention)",
+    )
     track_links: bool | None = Field(
         None, description="Marketing only: false leaves links as written (default: links become tracked short links)"
     )
@@ -131,6 +137,12 @@ class MessageAccepted(_Frozen):
         False,
         description="Sent with a test key: the pipeline runs as for any message, but the dispatcher hands it to its "
         "sandbox gateway, which never reaches a carrier and simulates the outcome. Left out of the event when false",
+        exclude_if=lambda v: not v,
+    )
+    secret: bool = Field(
+        False,
+        description="The text is a secret (MessageRequest.secret): redacted as soon as the message is final. Left out "
+        "of the event when false",
         exclude_if=lambda v: not v,
     )
     bulk_lane: bool = Field(

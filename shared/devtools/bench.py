@@ -40,7 +40,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from shared.devtools import stage_bench, webhook_bench
+from shared.devtools import history_bench, stage_bench, webhook_bench
 from shared.devtools.demo import demo_numbers, marketing_countries, prepare
 from shared.devtools.stack import REPO, Ports, Stack, start_infra
 from shared.settings import ServiceSettings
@@ -342,13 +342,15 @@ INTRO = [
     "# Benchmarks",
     "",
     "Written by `herald bench` (shared/devtools/bench.py); rerun it to refresh this page. Each kind of",
-    "run (HTTP face, SMPP face, campaign launch, single sends, scale by stage) rewrites only its own section. Kafka, PostgreSQL, the",
+    "run (HTTP face, SMPP face, campaign launch, single sends, scale by stage, message history) rewrites only its own section. Kafka, PostgreSQL, the",
     "four services and the gateway simulator all run on the same machine.",
     "",
 ]
 
 
 def section_name(args: argparse.Namespace) -> str:
+    if args.history:
+        return "message history"
     if args.stages:
         return "scale by stage"
     if args.campaign:
@@ -380,7 +382,7 @@ def write_doc(results: Results, started: datetime, section: str) -> None:
     sections = read_sections(DOC.read_text() if DOC.exists() else "")
     sections[section] = "\n".join(body)
     order = ["HTTP face", "SMPP face", "HTTP face, lanes split", "SMPP face, lanes split", "campaign launch",
-             "single sends", "scale by stage"]
+             "single sends", "scale by stage", "message history"]
     names = sorted(sections, key=lambda n: order.index(n) if n in order else len(order))
     DOC.write_text("\n".join(INTRO) + "\n" + "\n\n".join(sections[n] for n in names) + "\n")
 
@@ -719,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
                              "EVENTS events (100000 gives a steady measure), one instance then two pinned to their own cores")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     webhook_bench.add_arguments(parser)
+    history_bench.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.requests is None:
         args.requests = 10_000 if args.single else 3000
@@ -729,7 +732,11 @@ def main(argv: list[str] | None = None) -> int:
         args.no_write = True
     results = Results(command=" ".join(["herald bench", *(argv if argv is not None else sys.argv[1:])]))
     started = datetime.now(UTC)
-    asyncio.run(run(args, results))
+    if args.history:
+        start_infra()
+        asyncio.run(history_bench.run(args, results))
+    else:
+        asyncio.run(run(args, results))
     if not args.no_write:
         write_doc(results, started, section_name(args))
         print(f"written to {DOC}")

@@ -1,7 +1,8 @@
 """The tables and columns the migrations create, read from shared/migrations/*.sql.
 
-A small parser for the statements Herald's migrations use (CREATE TABLE, ALTER TABLE ... ADD /
-DROP COLUMN, DROP TABLE), good enough to list every table and its columns with their types;
+A small parser for the statements Herald's migrations use (CREATE TABLE, with PARTITION BY,
+ALTER TABLE ... ADD / DROP COLUMN and RENAME TO, DROP TABLE; a partition, CREATE TABLE ...
+PARTITION OF, is part of its parent), good enough to list every table and its columns with their types;
 tests/unit/test_data_map.py checks docs/data-map.md against it.
 """
 
@@ -67,7 +68,10 @@ def tables(directory: Path = MIGRATIONS) -> dict[str, dict[str, str]]:
     for path in sorted(directory.glob("*.sql")):
         for stmt in _statements(path.read_text()):
             flat = " ".join(stmt.split())
-            if m := re.match(r"(?i)^create table (?:if not exists )?(\w+) \((.*)\)$", flat):
+            flat = re.sub(r"(?i) partition by \w+ \([^()]*\)$", "", flat)
+            if m := re.match(r"(?i)^alter table (?:if exists )?(\w+) rename to (\w+)$", flat):
+                out[m.group(2)] = out.pop(m.group(1), {})
+            elif m := re.match(r"(?i)^create table (?:if not exists )?(\w+) \((.*)\)$", flat):
                 cols = out.setdefault(m.group(1), {})
                 for item in _split_top(m.group(2)):
                     words = item.split()

@@ -88,3 +88,17 @@ def test_every_topic_is_listed_with_its_retention() -> None:
         assert retention == ("broker default" if ms is None else f"{int(ms) // DAY_MS} days"), topic.suffix
         if personal != "—" and topic.suffix != "rejected.v1":
             assert topic.config == PERSONAL_DATA_RETENTION, f"{topic.suffix} carries personal data: short retention"
+
+
+def test_the_parser_follows_renames_and_partitioned_tables(tmp_path: Path) -> None:
+    (tmp_path / "0001_a.sql").write_text("CREATE TABLE events (id uuid PRIMARY KEY, body text);\n")
+    (tmp_path / "0002_b.sql").write_text(
+        "ALTER TABLE events RENAME TO events_old;\n"
+        "CREATE TABLE events (id uuid NOT NULL, at timestamptz NOT NULL, note text,\n"
+        "    PRIMARY KEY (id, at)) PARTITION BY RANGE (at);\n"
+        "CREATE TABLE events_default PARTITION OF events DEFAULT;\n"
+        "DO $$ BEGIN EXECUTE format('CREATE TABLE %I PARTITION OF events', 'x'); END $$;\n"
+        "DROP TABLE events_old;\n")
+    found = schema.tables(tmp_path)
+    assert found == {"events": {"id": "uuid NOT", "at": "timestamptz NOT", "note": "text"}}
+    assert "message_events" in schema.tables() and "message_events_default" not in schema.tables()
