@@ -78,3 +78,6 @@ class ReportsSettings(ConsumerSettings, WebhookEgressSettings):
         5.0, gt=0, description="How often campaigns in A/B testing are checked for a due decision"
     )
     ab_winner_enabled: bool = Field(True, description="Run the A/B auto-winner worker in this instance")
+    ab_winner_republish_s: float = Field(
+        60.0, gt=0, description="A campaign still testing this long after its winner was published is judged and published again"
+    )
