@@ -3,13 +3,16 @@
 The `owner` column of the "Tables" section says which service owns each table; the
 "Cross-service access" section lists, with a reason and the issue that removes it, every access
 a service makes to a table it does not own. This test reads every string literal (f-strings
-too) in `services/<service>/**.py`, finds the tables its SQL names and fails on an unlisted
+too) in `services/<service>/**.py`, and in the `shared/` functions, classes and constants the
+service uses (what it imports, following the names used inside them: that SQL runs as the
+service's), finds the tables its SQL names and fails on an unlisted
 cross-service read or write, and on a listed access that no code makes any more. No I/O but
 reading the source."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +69,10 @@ def service_names() -> list[str]:
     return sorted(p.name for p in SERVICES.iterdir() if p.is_dir() and (p / "__init__.py").exists())
 
 
-def literals(source: str) -> list[tuple[int, str]]:
+def literals(tree: ast.AST) -> list[tuple[int, str]]:
     """Every string literal with its line; an f-string's holes become ``{}``."""
     out, parts = [], set()
-    for node in ast.walk(ast.parse(source)):  # parents come before their children
+    for node in ast.walk(tree):  # parents come before their children
         if isinstance(node, ast.JoinedStr):
             parts.update(id(v) for v in node.values)
             text = "".join(v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "{}" for v in node.values)
@@ -79,9 +82,9 @@ def literals(source: str) -> list[tuple[int, str]]:
     return out
 
 
-def accesses_in(service: str, source: str, where: str, tables: set[str]) -> list[Access]:
+def accesses_in(service: str, source: str | ast.AST, where: str, tables: set[str]) -> list[Access]:
     found = []
-    for line, text in literals(source):
+    for line, text in literals(ast.parse(source) if isinstance(source, str) else source):
         for kind, pattern in (("write", WRITE), ("read", READ)):
             for m in pattern.finditer(text):
                 if m.group(1) in tables:
@@ -89,11 +92,66 @@ def accesses_in(service: str, source: str, where: str, tables: set[str]) -> list
     return found
 
 
+@functools.cache
+class _Module:
+    """A shared/ module's top-level functions, classes and constants, and what it imports from shared/."""
+
+    def __init__(self, name: str) -> None:
+        base = ROOT.joinpath(*name.split("."))
+        self.path = next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.exists()), None)
+        tree = ast.parse(self.path.read_text()) if self.path else ast.Module(body=[], type_ignores=[])
+        self.names: dict[str, ast.AST] = {}
+        self.imports: dict[str, tuple[str, str]] = {}
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                self.names[node.name] = node
+            elif isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    if isinstance(target, ast.Name):
+                        self.names[target.id] = node
+            elif isinstance(node, ast.ImportFrom):
+                self.imports |= {a.asname or a.name: (node.module, a.name) for a in node.names
+                                 if node.level == 0 and node.module and node.module.startswith("shared")}
+
+
+def shared_imports(tree: ast.AST) -> set[tuple[str, str]]:
+    return {(node.module, a.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            and node.level == 0 and node.module and node.module.startswith("shared") for a in node.names}
+
+
+def library_code(roots: set[tuple[str, str]]) -> list[tuple[Path, ast.AST]]:
+    """The shared/ functions, classes and constants reachable from what a service imports
+    (following names used inside them, across shared/ modules): their SQL runs as the service's."""
+    seen, todo, out = set(), list(roots), []
+    while todo:
+        module, name = todo.pop()
+        if (module, name) in seen:
+            continue
+        seen.add((module, name))
+        m = _Module(module)
+        if name in m.imports:
+            todo.append(m.imports[name])
+        if name not in m.names or m.path is None:
+            continue
+        out.append((m.path, m.names[name]))
+        for used in {n.id for n in ast.walk(m.names[name]) if isinstance(n, ast.Name)}:
+            if used in m.names:
+                todo.append((module, used))
+            elif used in m.imports:
+                todo.append(m.imports[used])
+    return out
+
+
 def accesses(tables: set[str]) -> list[Access]:
     found = []
     for service in service_names():
+        roots = set()
         for path in sorted((SERVICES / service).rglob("*.py")):
-            found += accesses_in(service, path.read_text(), str(path.relative_to(ROOT)), tables)
+            tree = ast.parse(path.read_text())
+            roots |= shared_imports(tree)
+            found += accesses_in(service, tree, str(path.relative_to(ROOT)), tables)
+        for path, node in library_code(roots):
+            found += accesses_in(service, node, str(path.relative_to(ROOT)), tables)
     return found
 
 
