@@ -87,6 +87,22 @@ class ErasureKeys:
 NO_KEYS = ErasureKeys({}, None)
 
 
+def sql_hash_forms(tenant: str, phone: str, versions: str | None, keys: str | None, legacy: bool) -> list[str]:
+    """The same hashes in SQL (pgcrypto), for a query that tests every row of a table (a segment
+    filter with ``suppressed``): one ``SELECT`` per stored form of the row's hash. ``tenant`` and
+    ``phone`` are SQL expressions; ``versions`` and ``keys`` the query parameters (text[] and
+    bytea[]) holding the key versions and keys, never stored; ``legacy``: the unkeyed form too.
+    The formula is :meth:`ErasureKeys._keyed` and :func:`legacy_hash`, side by side here."""
+    message = f"{tenant} || ':' || {phone}"
+    forms = []
+    if versions is not None and keys is not None:
+        forms.append(f"SELECT k.v || ':' || encode(hmac(convert_to({message}, 'UTF8'), k.key, 'sha256'), 'hex')"
+                     f" FROM unnest({versions}, {keys}) AS k(v, key)")
+    if legacy:
+        forms.append(f"SELECT encode(sha256(convert_to('{LEGACY_PREFIX}' || {message}, 'UTF8')), 'hex')")
+    return forms
+
+
 def key_problems(keys: Mapping[str, str], current: str | None) -> list[str]:
     """What is wrong with configured keys (never their values)."""
     from shared.signatures import unsafe_secret

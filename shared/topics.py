@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.contracts import (
+    CampaignWinnerEvent,
     ContactEventAcceptedEvent,
     ContactEventRequestEvent,
     DeliveryReceiptEvent,
@@ -225,9 +226,20 @@ SUBJECT_ACCESS_PARTS = Topic(
     config=dict(PERSONAL_DATA_RETENTION),
 )
 
+CAMPAIGN_WINNERS = Topic(
+    "campaigns.winners.v1",
+    CampaignWinnerEvent,
+    key="campaign id",
+    producers=("reports (A/B winner worker)",),
+    consumers=("ingest (campaign-winners lane)",),
+    description="The winner of a campaign's A/B test, picked by reports once decide_at passed. ingest owns "
+    "campaigns: it stores the winner and starts the winner phase if the campaign is still testing (a redelivery, "
+    "or a campaign paused or cancelled meanwhile, changes nothing). See docs/campaigns.md.",
+)
+
 ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES,
                         CONTACT_EVENTS_IN, CONTACT_EVENTS, CLICKS, REJECTED, MESSAGE_COMMANDS, ERASURES,
-                        SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS)
+                        SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS, CAMPAIGN_WINNERS)
 
 
 def on_bulk_lane(message: MessageAccepted) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.ingest.api import create_app
 from services.ingest.campaigns.launcher import Launcher
 from services.ingest.campaigns.pacing import InFlightBound
+from services.ingest.campaigns.winners import CampaignWinnersHandler
 from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
 from services.ingest.redirect import ClickBuffer, LinkCache, TakedownWatcher
@@ -26,7 +27,7 @@ from shared.retention_store import add_retention_job
 from shared.service import Context, Lane, Wiring, run_service
 from services.ingest.audience.subject_access import PartsHandler, ingest_gatherer
 from shared.subject_access_store import GatherHandler
-from shared.topics import CONTACT_EVENTS_IN, INBOUND, STATUS, SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS, TRIGGERS
+from shared.topics import CAMPAIGN_WINNERS, CONTACT_EVENTS_IN, INBOUND, STATUS, SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS, TRIGGERS
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:
@@ -80,8 +81,11 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
                                         settings.subject_access_part_bytes))
     parts = Lane("subject-access-parts", f"{settings.topic_prefix}ingest.subject-access-parts", [SUBJECT_ACCESS_PARTS],
                  PartsHandler(ctx.pool))
+    # A/B winners reports picked (docs/campaigns.md): ingest owns campaigns and starts the winner phase.
+    winners = Lane("campaign-winners", f"{settings.topic_prefix}ingest.campaign-winners", [CAMPAIGN_WINNERS],
+                   CampaignWinnersHandler(ctx.pool))
     return Wiring(handler=TriggerHandler(acceptor, repository, settings.kafka_input_signatures), app=app,
-                  lanes=[replies, contact_events, subject_access, parts, links_lane])
+                  lanes=[replies, contact_events, subject_access, parts, links_lane, winners])
 
 
 async def main(settings: IngestSettings | None = None) -> int:

@@ -36,7 +36,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
         ctx.workers["webhooks"] = webhook_worker.run()
         ctx.stoppers.append(webhook_worker.stop)
     if settings.ab_winner_enabled:
-        winner = WinnerWorker(ctx.pool, settings.ab_winner_interval_s, settings.ab_alpha)
+        winner = WinnerWorker(ctx.pool, ctx.publisher, settings.ab_winner_interval_s, settings.ab_alpha,
+                              republish_s=settings.ab_winner_republish_s)
         ctx.workers["ab-winner"] = winner.run()
         ctx.stoppers.append(winner.stop)
     # Clicks and conversions: a consumer group of their own (docs/results.md).

@@ -97,3 +97,6 @@ class ReportsSettings(ConsumerSettings, WebhookEgressSettings, RetentionSettings
         description="Day partitions of message_events created ahead (a run that fails for this long sends "
         "timeline rows to the default partition, still kept)",
     )
+    ab_winner_republish_s: float = Field(
+        60.0, gt=0, description="A campaign still testing this long after its winner was published is judged and published again"
+    )

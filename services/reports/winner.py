@@ -1,10 +1,14 @@
 """The A/B auto-winner: for campaigns in state ``testing`` whose ``decide_at`` has passed,
-test the variants on the campaign's metric and record the winner.
+test the variants on the campaign's metric and publish the winner.
 
-It writes ``winner``, ``winner_detail`` (the test's numbers and how the winner was picked),
-``phase = 'winner'`` and ``state = 'running'``; ingest's launcher then sends the winner to
-the rest of the audience. Every reports instance runs it; ``FOR UPDATE SKIP LOCKED`` makes
-one instance judge each campaign, once (the update only applies while still ``testing``).
+ingest owns ``campaigns``: reports does not write it. It publishes
+``herald.campaigns.winners.v1`` (the winner and ``winner_detail``: the test's numbers and how the
+winner was picked); ingest's campaign-winners lane stores them and sets ``phase = 'winner'`` and
+``state = 'running'`` while the campaign is still ``testing``; ingest's launcher then sends the
+winner to the rest of the audience. Every reports instance runs the worker; the decision's row in
+``ab_winner_decisions`` (reports' own), taken and published in one transaction, makes one
+instance judge each campaign, once. A campaign still ``testing`` ``republish_s`` after its
+decision (the event was not applied yet) is judged and published again; ingest applies the first.
 When no variant wins significantly, the best by the metric is picked and the detail says so;
 when no variant has any trials, none is picked (``picked_by: no_data``) and the launcher sends
 the rest of the audience the variants' split.
@@ -22,18 +26,26 @@ import asyncpg
 from services.reports import metrics
 from services.reports.abtest import decide
 from services.reports.campaign_report import METRICS, ab_rows, samples
-from shared.contracts import utcnow
+from shared.contracts import CampaignWinnerDecided, CampaignWinnerEvent, utcnow
+from shared.kafka import Outgoing, Publisher
+from shared.topics import CAMPAIGN_WINNERS
 
 log = logging.getLogger(__name__)
 
 _DUE = """
-SELECT campaign_id, tenant_id, variants, ab_test FROM campaigns
-WHERE state = 'testing' AND decide_at <= now()
-ORDER BY decide_at LIMIT $1 FOR UPDATE SKIP LOCKED
+SELECT c.campaign_id, c.tenant_id, c.variants, c.ab_test FROM campaigns c
+WHERE c.state = 'testing' AND c.decide_at <= now()
+  AND NOT EXISTS (SELECT 1 FROM ab_winner_decisions d
+                  WHERE d.campaign_id = c.campaign_id AND d.decided_at > now() - make_interval(secs => $2))
+ORDER BY c.decide_at LIMIT $1
 """
-_DECIDE = """
-UPDATE campaigns SET winner = $2, winner_detail = $3, phase = 'winner', state = 'running', updated_at = now()
-WHERE campaign_id = $1 AND state = 'testing'
+# Take the decision: a row no other instance holds (its insert waits for ours to commit, then
+# finds the row fresh and does nothing), or one older than the republish time.
+_TAKE = """
+INSERT INTO ab_winner_decisions AS d (campaign_id, decided_at) SELECT unnest($1::uuid[]), now()
+ON CONFLICT (campaign_id) DO UPDATE SET decided_at = now()
+WHERE d.decided_at <= now() - make_interval(secs => $2)
+RETURNING campaign_id
 """
 
 
@@ -59,31 +71,45 @@ def judge(campaign: dict[str, Any], rows: list[Any], alpha: float) -> tuple[str 
 
 
 class WinnerWorker:
-    def __init__(self, pool: asyncpg.Pool, interval_s: float, alpha: float, batch: int = 20) -> None:
+    def __init__(self, pool: asyncpg.Pool, publisher: Publisher, interval_s: float, alpha: float,
+                 batch: int = 20, republish_s: float = 60.0) -> None:
         self.pool = pool
+        self.publisher = publisher
         self.interval_s = interval_s
         self.alpha = alpha
         self.batch = batch
+        self.republish_s = republish_s
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
     async def decide_once(self) -> list[tuple[uuid.UUID, str | None]]:
-        decided = []
+        """Judge the due campaigns this instance takes and publish their winners (one batch)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            for row in await conn.fetch(_DUE, self.batch):
-                campaign = dict(row)
-                winner, detail = judge(campaign, await ab_rows(conn, row["campaign_id"], None), self.alpha)
-                await conn.execute(_DECIDE, row["campaign_id"], winner, detail)
-                decided.append((row["campaign_id"], winner))
-                metrics.AB_WINNERS.labels(detail.get("picked_by", "none")).inc()
-                log.info(
-                    "A/B winner picked",
-                    extra={"campaign_id": str(row["campaign_id"]), "tenant": row["tenant_id"], "winner": winner,
-                           "picked_by": detail.get("picked_by"), "reason": detail.get("reason")},
-                )
-        return decided
+            due = {r["campaign_id"]: dict(r) for r in await conn.fetch(_DUE, self.batch, self.republish_s)}
+            if not due:
+                return []
+            taken = [r["campaign_id"] for r in await conn.fetch(_TAKE, list(due), self.republish_s)]
+            decided, events = [], []
+            for campaign_id in taken:
+                campaign = due[campaign_id]
+                winner, detail = judge(campaign, await ab_rows(conn, campaign_id, None), self.alpha)
+                decision = CampaignWinnerDecided(campaign_id=campaign_id, winner=winner, detail=detail,
+                                                 decided_at=utcnow())
+                events.append(Outgoing(CAMPAIGN_WINNERS, str(campaign_id),
+                                       CampaignWinnerEvent(tenant=campaign["tenant_id"], payload=decision)))
+                decided.append((campaign_id, winner, campaign["tenant_id"], detail))
+            # Published before the rows commit: a broker that cannot take them rolls the decisions back.
+            await self.publisher.publish(events)
+        for campaign_id, winner, tenant, detail in decided:
+            metrics.AB_WINNERS.labels(detail.get("picked_by", "none")).inc()
+            log.info(
+                "A/B winner picked",
+                extra={"campaign_id": str(campaign_id), "tenant": tenant, "winner": winner,
+                       "picked_by": detail.get("picked_by"), "reason": detail.get("reason")},
+            )
+        return [(c, w) for c, w, _, _ in decided]
 
     async def run(self) -> None:
         while not self._stop.is_set():

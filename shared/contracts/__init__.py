@@ -1,5 +1,6 @@
 """Event contracts: one versioned envelope model per topic. See docs/topics.md."""
 
+from shared.contracts.campaigns import CampaignWinnerDecided, CampaignWinnerEvent
 from shared.contracts.clicks import LinkClicked, LinkClickedEvent
 from shared.contracts.erasure import ErasureRequested, ErasureRequestedEvent
 from shared.contracts.envelope import SYSTEM_TENANT, Envelope, derived_event_id, utcnow
@@ -36,6 +37,8 @@ from shared.contracts.subject_access import (
 )
 
 __all__ = [
+    "CampaignWinnerDecided",
+    "CampaignWinnerEvent",
     "ContactEventAccepted",
     "ContactEventAcceptedEvent",
     "ContactEventRequest",

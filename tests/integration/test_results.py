@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from services.ingest.campaigns.winners import CampaignWinnersHandler
 from services.ingest.links_repo import LinksRepository
 from services.ingest.redirect import ClickBuffer, LinkCache, create_router
 from services.ingest.repository import IngestRepository
@@ -25,6 +26,8 @@ from services.reports.results import ResultsHandler
 from services.reports.winner import WinnerWorker
 from shared.api import install_error_handlers
 from shared.contracts import (
+    CampaignWinnerDecided,
+    CampaignWinnerEvent,
     ContactEventAccepted,
     ContactEventAcceptedEvent,
     DeliveryReceipt,
@@ -37,7 +40,7 @@ from shared.contracts import (
 from shared.kafka import BatchConsumer, Incoming, Publisher, make_producer
 from shared.settings import ConsumerSettings
 from shared.statuses import ReceiptStatus, Status
-from shared.topics import CLICKS, CONTACT_EVENTS, RECEIPTS, STATUS
+from shared.topics import CAMPAIGN_WINNERS, CLICKS, CONTACT_EVENTS, RECEIPTS, STATUS
 from tests.conftest import make_tenant
 from tests.helpers import produce_raw, wait_for
 
@@ -307,7 +310,7 @@ async def test_multipart_receipts_early_and_late_aggregate(pool) -> None:
     assert sorted(timeline) == sorted(["accepted", "submitted", "part_delivered", "part_delivered", "delivered"])
 
 
-async def test_campaign_report_and_auto_winner(pool) -> None:
+async def test_campaign_report_and_auto_winner(pool, kafka) -> None:
     tenant = await make_tenant(pool)
     campaign = uuid.uuid4()
     ab = {"test_percent": 20, "metric": "click_rate", "wait_s": 60, "min_sample": 100}
@@ -345,11 +348,35 @@ async def test_campaign_report_and_auto_winner(pool) -> None:
                                                                                          {"opted_out": 5})
     assert report["ab_test"]["significant"] and report["ab_test"]["winner"] == "A"
 
-    workers = [WinnerWorker(pool, 1.0, 0.05), WinnerWorker(pool, 1.0, 0.05)]
-    decided = await asyncio.gather(*(w.decide_once() for w in workers))
-    assert sum(1 for d in decided for c, _ in d if c == campaign) == 1  # judged once
-    row = await pool.fetchrow("SELECT state, phase, winner, winner_detail FROM campaigns WHERE campaign_id = $1", campaign)
+    # reports publishes the winner (herald.campaigns.winners.v1); ingest's campaign-winners lane applies it
+    publisher, settings = kafka
+    lane = BatchConsumer(settings, "ingest", f"g-{uuid.uuid4().hex[:8]}", [CAMPAIGN_WINNERS],
+                         CampaignWinnersHandler(pool), publisher)
+    await lane.start()
+    task = asyncio.create_task(lane.run())
+    try:
+        workers = [WinnerWorker(pool, publisher, 1.0, 0.05), WinnerWorker(pool, publisher, 1.0, 0.05)]
+        decided = await asyncio.gather(*(w.decide_once() for w in workers))
+        assert sum(1 for d in decided for c, _ in d if c == campaign) == 1  # judged once
+
+        async def applied():
+            row = await pool.fetchrow("SELECT state, phase, winner, winner_detail FROM campaigns WHERE campaign_id = $1",
+                                      campaign)
+            return row if row["state"] != "testing" else None
+
+        row = await wait_for(applied, timeout_s=30)
+    finally:
+        lane.stop_fetching()
+        await task
+        await lane.close()
     assert (row["state"], row["phase"], row["winner"]) == ("running", "winner", "A")
     assert row["winner_detail"]["picked_by"] == "significant"
     assert row["winner_detail"]["comparisons"][0]["p_value"] < 0.05
     assert json.loads(json.dumps(row["winner_detail"]))["metric"] == "click_rate"
+    assert await workers[0].decide_once() == []  # no longer testing: nothing to judge
+    # a redelivered (or late, other) decision changes nothing once the winner phase started
+    late = CampaignWinnerEvent(tenant=tenant.tenant_id, payload=CampaignWinnerDecided(
+        campaign_id=campaign, winner="B", detail={"picked_by": "best_rate"}, decided_at=utcnow()))
+    await CampaignWinnersHandler(pool)([incoming(CAMPAIGN_WINNERS, late)])
+    again = await pool.fetchrow("SELECT state, winner, winner_detail FROM campaigns WHERE campaign_id = $1", campaign)
+    assert (again["state"], again["winner"], again["winner_detail"]) == ("running", "A", row["winner_detail"])

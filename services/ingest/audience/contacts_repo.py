@@ -23,6 +23,7 @@ import asyncpg
 
 from services.ingest.audience.importer import BIT, TAG_SEPARATOR, ContactInput
 from services.ingest.audience.segments import Node, compile_sql
+from shared.consent import becomes_current
 from shared.erasure import NO_KEYS, ErasureKeys
 
 PURPOSES = ("marketing", "transactional")
@@ -333,7 +334,7 @@ class AudienceRepository:
                 occurred_at,
                 proof,
             )
-            current = contact["current_at"] is None or occurred_at >= contact["current_at"]
+            current = becomes_current(occurred_at, contact["current_at"])
             if current:
                 await conn.execute(
                     f"UPDATE contacts SET {state_col} = $3, {at_col} = $4, updated_at = now()"

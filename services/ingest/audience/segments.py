@@ -49,7 +49,7 @@ from typing import Any, Union
 
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from shared.erasure import NO_KEYS, ErasureKeys
+from shared.erasure import NO_KEYS, ErasureKeys, sql_hash_forms
 
 MAX_LENGTH = 4000
 MAX_DEPTH = 16  # nested and/or/not groups
@@ -91,15 +91,6 @@ COLUMNS: dict[str, tuple[str, str]] = {
 }
 CONSENT = {"marketing": "consent_marketing", "transactional": "consent_transactional"}
 RESERVED = frozenset(COLUMNS) | {"attributes", "consent", "all", "and", "or", "not", "in", "exists", "true", "false", "now", "interval"}
-
-# The hashes that keep an erased number suppressed (shared/erasure.py), in SQL: the keyed HMAC
-# under every configured key version (pgcrypto's hmac, the keys passed as parameters, never
-# stored), and the legacy unkeyed sha256 while it is matched.
-LEGACY_HASH_SQL = "encode(sha256(convert_to('herald-erasure-v1:' || {a}.tenant_id || ':' || {a}.phone_e164, 'UTF8')), 'hex')"
-KEYED_HASH_SQL = (
-    "SELECT k.v || ':' || encode(hmac(convert_to({a}.tenant_id || ':' || {a}.phone_e164, 'UTF8'), k.key, 'sha256'), 'hex')"
-    " FROM unnest({versions}, {keys}) AS k(v, key)"
-)
 
 GRAMMAR = r"""
 start: ALL -> everything
@@ -598,10 +589,14 @@ class _Compiler:
         if f.kind == "suppressed":
             ring = self.keys
             versions = sorted(ring.keys)
-            forms = [KEYED_HASH_SQL.format(a=self.a, versions=self.p(versions, "text[]"),
-                                           keys=self.p([ring.keys[v] for v in versions], "bytea[]"))] if versions else []
-            if ring.match_legacy:
-                forms.append(f"SELECT {LEGACY_HASH_SQL.format(a=self.a)}")
+            # The hashes that keep an erased number suppressed, in SQL (shared/erasure.py): under
+            # every configured key version (the keys passed as parameters) and legacy while matched.
+            forms = sql_hash_forms(
+                f"{self.a}.tenant_id", f"{self.a}.phone_e164",
+                self.p(versions, "text[]") if versions else None,
+                self.p([ring.keys[v] for v in versions], "bytea[]") if versions else None,
+                ring.match_legacy,
+            )
             hashed = (
                 f" OR EXISTS (SELECT 1 FROM suppression_hashes h WHERE h.tenant_id = {self.a}.tenant_id"
                 f" AND h.phone_hash IN ({' UNION ALL '.join(forms)}))" if forms else ""

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from services.ingest.replies.keywords import Keyword
+from shared.consent import becomes_current
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +165,7 @@ async def _record_consent(conn: asyncpg.Connection, tenant_id: str, phone: str, 
         " VALUES ($1, $2, 'marketing', $3, 'sms_keyword', $4, $5)",
         tenant_id, contact["contact_id"], granted, at, json.loads(json.dumps(proof, default=str)),
     )
-    if contact["consent_marketing_at"] is None or at >= contact["consent_marketing_at"]:
+    if becomes_current(at, contact["consent_marketing_at"]):
         await conn.execute(
             "UPDATE contacts SET consent_marketing = $3, consent_marketing_at = $4, updated_at = now()"
             " WHERE tenant_id = $1 AND contact_id = $2",
