@@ -11,6 +11,7 @@ import asyncpg
 from services.ingest.template_sends import StoredTemplate
 from shared.coalesce import Coalescer
 from shared.geo import GeoPolicy
+from shared.senders import SenderBook
 from shared.templates import CONTACT_FIELDS, Template
 
 
@@ -141,6 +142,18 @@ class IngestRepository:
             list(tenant_ids),
         )
         return {r["tenant_id"]: GeoPolicy.of(r["country"], r["allowed_countries"]) for r in rows}
+
+    async def sender_books(self, tenant_ids: set[str]) -> dict[str, SenderBook]:
+        """Each tenant's sender registry (shared/senders.py), one query for them all."""
+        rows = await self.pool.fetch(
+            "SELECT tenant_id, sender, kind, state, countries, capabilities, registrations::text AS registrations"
+            " FROM senders WHERE tenant_id = ANY($1::text[])",
+            sorted(tenant_ids),
+        )
+        grouped: dict[str, list[Any]] = {}
+        for r in rows:
+            grouped.setdefault(r["tenant_id"], []).append(r)
+        return {t: SenderBook.of(rs) for t, rs in grouped.items()}
 
     async def marketing_context(self, tenant_id: str, phones: list[str]) -> tuple[str, dict[str, str]]:
         """The tenant's opt-out mode ('append' or 'refuse') and the language of each of these

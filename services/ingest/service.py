@@ -25,6 +25,8 @@ from services.ingest.template_sends import render_send, template_key
 from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
 from shared.egress import MESSAGES, CachedResolve, EgressPolicy, check_urls
 from shared.geo import GeoPolicy, GeoRules
+from shared.senders import SenderBook
+from shared.senders import load_rules as load_sender_rules
 from shared.kafka import YIELD_EVERY, Outgoing
 from shared.phones import PhoneError, parse_e164
 from shared.statuses import MessageType
@@ -71,6 +73,7 @@ class Acceptor:
         self.link_domain = settings.link_domain
         self.egress = EgressPolicy.of(settings)
         self.resolve = CachedResolve()
+        self.sender_rules = load_sender_rules()
         self.geo_rules = GeoRules(settings.geo_default, frozenset(settings.geo_high_cost_countries))
         self.share = PriorityShare(settings.priority_share_per_s, settings.priority_share_burst,
                                    dict(settings.priority_share_tenants))
@@ -89,6 +92,7 @@ class Acceptor:
         replayed: bool = False,
         geo: GeoPolicy | None = None,
         sandbox: bool = False,
+        senders: SenderBook | None = None,
     ) -> tuple[list[Result], list[Outgoing]]:
         """Validate, apply idempotency keys, and build the events to publish (in request order).
 
@@ -97,7 +101,9 @@ class Acceptor:
         ``message_ids`` gives each request its id (a batch's, derived from its key) and
         ``replayed`` says that batch was seen before (its messages are duplicates). ``geo``: the
         tenant's geo permissions; a destination they refuse is a ``destination_not_allowed``
-        rejection (None: not checked, e.g. a reply to a number that wrote in).
+        rejection (None: not checked, e.g. a reply to a number that wrote in). ``senders``: the
+        tenant's sender registry; a ``sender`` that is not one of its verified senders allowed for
+        the destination is refused (shared/senders.py; None: not checked, as for ``geo``).
         """
         results: list[Result] = []
         keyed: dict[str, list[int]] = {}
@@ -130,6 +136,8 @@ class Acceptor:
                     geo_rules=self.geo_rules,
                     # a template's text has its opt-out line from the renderer, as in campaigns
                     opt_out=None if index in sent_by_template else opt_out,
+                    senders=senders,
+                    sender_rules=self.sender_rules,
                 )
             except Rejection as rejection:
                 results.append(rejection)

@@ -37,6 +37,7 @@ from services.ingest.audience.templates import SAMPLE_CONTACT, Template, Templat
 from services.ingest.settings import IngestSettings
 from shared.api import ApiError, error_body, principal_dependency
 from shared.auth import Principal
+from shared.senders import named_problem
 from shared.contracts import utcnow
 from shared.phones import PhoneError, parse_e164
 
@@ -511,16 +512,20 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
 
     # templates --------------------------------------------------------------------------------
 
-    def _check_template(body: TemplateBody) -> None:
+    def _check_template(body: TemplateBody, principal: Principal) -> None:
         problems = validate(Template(body.purpose, body.default_language, body.variants, body.sender))
         if problems:
             details = [p.detail() | {"loc": f"body.{p.loc}" if p.loc else "body"} for p in problems]
             raise ApiError(422, "template_invalid", str(problems[0]), details)
+        # the sender must be one of the tenant's verified senders (docs/senders.md)
+        refused = named_problem(principal.senders, body.sender, "body.sender")
+        if refused is not None:
+            raise ApiError(422, refused["code"], refused["msg"], [refused])
 
     @router.post("/v1/templates", status_code=201, tags=["templates"], responses={**errors, 409: {}})
     async def create_template(body: TemplateBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
         """Store a template (version 1): variants per language, placeholders with defaults, a sender."""
-        _check_template(body)
+        _check_template(body, principal)
         created = await repo(request).create_template(principal.tenant_id, body.model_dump())
         if created is None:
             raise ApiError(409, "template_exists", f"a template named {body.name!r} exists")
@@ -580,7 +585,7 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
                 expected = int(if_match.strip().removeprefix("W/").strip('"'))
             except ValueError:
                 raise ApiError(422, "invalid_if_match", "If-Match is the template's version number") from None
-        _check_template(body)
+        _check_template(body, principal)
         try:
             updated = await repo(request).update_template(principal.tenant_id, _id(template_id, "template"),
                                                           body.model_dump(), expected)
