@@ -372,17 +372,22 @@ async def number_add(conn: asyncpg.Connection, actor: str, tenant_id: str, numbe
     number = normalise_sender(_number(number))
     scope = _scope(scope)
     async with conn.transaction():
-        owner = await conn.fetchval("SELECT tenant_id FROM senders WHERE sender = $1", number)
-        if owner is not None and owner != tenant_id:
+        owner = await conn.fetchval("SELECT tenant_id FROM senders WHERE sender = $1 AND tenant_id <> $2"
+                                    " AND (kind <> 'alphanumeric' OR 'mo' = ANY (capabilities))", number, tenant_id)
+        if owner is not None:
             raise ValueError(f"number {number} belongs to another tenant")
         if not await conn.fetchval("SELECT true FROM tenants WHERE tenant_id = $1", tenant_id):
             raise LookupError(f"no tenant {tenant_id}")
-        await conn.execute(
-            "INSERT INTO senders (sender, tenant_id, kind, capabilities, state, scope) VALUES ($1, $2, $3, '{sms,mo}', 'verified', $4)"
-            " ON CONFLICT (sender) DO UPDATE SET scope = excluded.scope, updated_at = now(),"
-            " capabilities = ARRAY(SELECT DISTINCT unnest(senders.capabilities || '{mo}'::text[]) ORDER BY 1)",
-            number, tenant_id, infer_kind(number), scope,
-        )
+        try:
+            await conn.execute(
+                "INSERT INTO senders (sender, tenant_id, kind, capabilities, state, scope)"
+                " VALUES ($1, $2, $3, '{sms,mo}', 'verified', $4)"
+                " ON CONFLICT (tenant_id, sender) DO UPDATE SET scope = excluded.scope, updated_at = now(),"
+                " capabilities = ARRAY(SELECT DISTINCT unnest(senders.capabilities || '{mo}'::text[]) ORDER BY 1)",
+                number, tenant_id, infer_kind(number), scope,
+            )
+        except asyncpg.UniqueViolationError:
+            raise ValueError(f"number {number} belongs to another tenant") from None
         await audit(conn, actor, "number.add", number, tenant_id=tenant_id, scope=scope)
     return {"number": number, "tenant_id": tenant_id, "scope": scope}
 
@@ -465,8 +470,8 @@ async def sender_add(conn: asyncpg.Connection, actor: str, tenant_id: str, sende
             raise LookupError(f"no tenant {tenant_id}")
         row = await conn.fetchrow(
             "INSERT INTO senders (sender, tenant_id, kind, countries, capabilities, state, scope, registrations)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) ON CONFLICT (sender) DO NOTHING RETURNING " + _SENDER_COLUMNS,
-            text, tenant_id, kind, codes, caps, state, _scope(scope), json.dumps(regs),
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) ON CONFLICT DO NOTHING RETURNING " + _SENDER_COLUMNS,
+            text, tenant_id, kind, codes, caps, state, _scope(scope), regs,
         )
         if row is None:
             raise ValueError(f"sender {text} is already registered")
@@ -485,58 +490,60 @@ async def sender_list(conn: asyncpg.Connection, tenant_id: str | None = None,
     return [sender_view(r) for r in rows]
 
 
-async def sender_get(conn: asyncpg.Connection, sender: str, tenant_id: str | None = None) -> dict[str, Any] | None:
-    row = await conn.fetchrow(f"SELECT {_SENDER_COLUMNS} FROM senders WHERE sender = $1"
-                              " AND ($2::text IS NULL OR tenant_id = $2)", normalise_sender(sender), tenant_id)
+async def sender_get(conn: asyncpg.Connection, tenant_id: str, sender: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT {_SENDER_COLUMNS} FROM senders WHERE tenant_id = $1 AND sender = $2",
+                              tenant_id, normalise_sender(sender))
     return sender_view(row) if row is not None else None
 
 
-async def sender_set_state(conn: asyncpg.Connection, actor: str, sender: str, state: str,
+async def sender_set_state(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str, state: str,
                            note: str | None = None) -> dict[str, Any]:
     """Verify, suspend or reinstate a sender (``state``: verified, suspended or pending)."""
     if state not in SENDER_STATES:
         raise ValueError(f"state is one of {', '.join(SENDER_STATES)}")
     text = normalise_sender(sender)
     async with conn.transaction():
-        before = await conn.fetchval("SELECT state FROM senders WHERE sender = $1 FOR UPDATE", text)
+        before = await conn.fetchval("SELECT state FROM senders WHERE tenant_id = $1 AND sender = $2 FOR UPDATE",
+                                     tenant_id, text)
         if before is None:
-            raise LookupError(f"no sender {text}")
+            raise LookupError(f"tenant {tenant_id} has no sender {text}")
         row = await conn.fetchrow(
-            f"UPDATE senders SET state = $2, note = $3, updated_at = now() WHERE sender = $1 RETURNING {_SENDER_COLUMNS}",
-            text, state, note,
+            "UPDATE senders SET state = $3, note = $4, updated_at = now() WHERE tenant_id = $1 AND sender = $2"
+            f" RETURNING {_SENDER_COLUMNS}", tenant_id, text, state, note,
         )
         action = {"verified": "sender.verify", "suspended": "sender.suspend", "pending": "sender.unverify"}[state]
         await audit(conn, actor, action, text, tenant_id=row["tenant_id"], before=before, note=note)
     return sender_view(row)
 
 
-async def sender_register(conn: asyncpg.Connection, actor: str, sender: str,
+async def sender_register(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str,
                           registrations: dict[str, Any]) -> dict[str, Any]:
     """Record a sender's registrations (10DLC brand and campaign, toll-free verification, DLT
     entity): given names replace their record, an empty record removes it."""
     text = normalise_sender(sender)
     regs = check_registrations(registrations)
     async with conn.transaction():
-        current = await conn.fetchval("SELECT registrations::text FROM senders WHERE sender = $1 FOR UPDATE", text)
+        current = await conn.fetchval(
+            "SELECT registrations::text FROM senders WHERE tenant_id = $1 AND sender = $2 FOR UPDATE", tenant_id, text)
         if current is None:
-            raise LookupError(f"no sender {text}")
+            raise LookupError(f"tenant {tenant_id} has no sender {text}")
         merged = {**json.loads(current), **regs}
         merged = {k: v for k, v in merged.items() if v}
         row = await conn.fetchrow(
-            f"UPDATE senders SET registrations = $2::jsonb, updated_at = now() WHERE sender = $1 RETURNING {_SENDER_COLUMNS}",
-            text, json.dumps(merged),
+            "UPDATE senders SET registrations = $3::jsonb, updated_at = now() WHERE tenant_id = $1 AND sender = $2"
+            f" RETURNING {_SENDER_COLUMNS}", tenant_id, text, merged,
         )
         await audit(conn, actor, "sender.register", text, tenant_id=row["tenant_id"], registrations=regs)
     return sender_view(row)
 
 
-async def sender_remove(conn: asyncpg.Connection, actor: str, sender: str) -> bool:
+async def sender_remove(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str) -> bool:
     text = normalise_sender(sender)
     async with conn.transaction():
-        tenant = await conn.fetchval("DELETE FROM senders WHERE sender = $1 RETURNING tenant_id", text)
-        if tenant is None:
+        status = await conn.execute("DELETE FROM senders WHERE tenant_id = $1 AND sender = $2", tenant_id, text)
+        if status.endswith(" 0"):
             return False
-        await audit(conn, actor, "sender.remove", text, tenant_id=tenant)
+        await audit(conn, actor, "sender.remove", text, tenant_id=tenant_id)
     return True
 
 

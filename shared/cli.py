@@ -153,15 +153,19 @@ def _admin_parser(sub: Any) -> None:
                        ("suspend", "refused from the next request on (replies still reach the tenant)"),
                        ("unverify", "back to pending")):
         v = snd.add_parser(verb, help=what)
+        v.add_argument("tenant_id")
         v.add_argument("sender")
         v.add_argument("--note", default=None, help="why (kept on the sender and in the audit log)")
     rg = snd.add_parser("register", help="record a sender's carrier registrations (docs/senders.md)")
+    rg.add_argument("tenant_id")
     rg.add_argument("sender")
     rg.add_argument("--ten-dlc-brand", default=None)
     rg.add_argument("--ten-dlc-campaign", default=None)
     rg.add_argument("--toll-free-verification", default=None)
     rg.add_argument("--dlt-entity", default=None)
-    snd.add_parser("remove", help="remove a sender from the registry").add_argument("sender")
+    rs = snd.add_parser("remove", help="remove a sender from the registry")
+    rs.add_argument("tenant_id")
+    rs.add_argument("sender")
 
     objects.add_parser("audit", help="the latest audit entries").add_argument("--limit", type=int, default=50)
 
@@ -314,7 +318,7 @@ def _sender(args: argparse.Namespace, actor: str) -> int:
             _print(asyncio.run(_with_db(lambda c: admin.sender_list(c, args.tenant_id, args.state))))
         elif action in ("verify", "suspend", "unverify"):
             state = {"verify": "verified", "suspend": "suspended", "unverify": "pending"}[action]
-            _print(asyncio.run(_with_db(lambda c: admin.sender_set_state(c, actor, args.sender, state, args.note))))
+            _print(asyncio.run(_with_db(lambda c: admin.sender_set_state(c, actor, args.tenant_id, args.sender, state, args.note))))
         elif action == "register":
             regs: dict[str, dict[str, str | None]] = {}
             if args.ten_dlc_brand is not None or args.ten_dlc_campaign is not None:
@@ -323,9 +327,9 @@ def _sender(args: argparse.Namespace, actor: str) -> int:
                 regs["toll_free_verification"] = {"verification_id": args.toll_free_verification}
             if args.dlt_entity is not None:
                 regs["dlt"] = {"entity_id": args.dlt_entity}
-            _print(asyncio.run(_with_db(lambda c: admin.sender_register(c, actor, args.sender, regs))))
+            _print(asyncio.run(_with_db(lambda c: admin.sender_register(c, actor, args.tenant_id, args.sender, regs))))
         elif action == "remove":
-            if not asyncio.run(_with_db(lambda c: admin.sender_remove(c, actor, args.sender))):
+            if not asyncio.run(_with_db(lambda c: admin.sender_remove(c, actor, args.tenant_id, args.sender))):
                 print(f"no sender {args.sender}", file=sys.stderr)
                 return 1
             _print({"sender": args.sender, "removed": True})

@@ -80,7 +80,7 @@ def build_senders_router() -> APIRouter:
 
     async def own(request: Request, principal: Principal, sender: str) -> dict[str, Any]:
         async with pool(request).acquire() as conn:
-            found = await admin.sender_get(conn, sender, principal.tenant_id)
+            found = await admin.sender_get(conn, principal.tenant_id, sender)
         if found is None:
             raise ApiError(404, "sender_not_found", f"no sender {sender!r} for your tenant")
         return found
@@ -95,6 +95,6 @@ def build_senders_router() -> APIRouter:
         """Withdraw a sender: messages naming it are refused from the next request on."""
         await own(request, principal, sender)
         async with pool(request).acquire() as conn:
-            await admin.sender_remove(conn, f"api:{principal.key_id}", normalise(sender))
+            await admin.sender_remove(conn, f"api:{principal.key_id}", principal.tenant_id, normalise(sender))
 
     return router

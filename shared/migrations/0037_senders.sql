@@ -3,7 +3,7 @@
 -- one of its tenant's verified senders; replies, STOP and HELP reach the tenant that owns the
 -- number they were sent to. One source of truth: tenant_numbers becomes a view of it.
 CREATE TABLE senders (
-    sender        text PRIMARY KEY,            -- +E.164 number, short code digits, or an alphanumeric id
+    sender        text NOT NULL,               -- +E.164 number, short code digits, or an alphanumeric id
     tenant_id     text NOT NULL REFERENCES tenants (tenant_id),
     kind          text NOT NULL CHECK (kind IN ('long_code', 'toll_free', 'short_code', 'alphanumeric')),
     countries     text[] CHECK (array_position(countries, NULL) IS NULL),  -- destinations; NULL: any the rules allow
@@ -13,9 +13,13 @@ CREATE TABLE senders (
     registrations jsonb NOT NULL DEFAULT '{}', -- ten_dlc, toll_free_verification, dlt: their ids
     note          text,                        -- the operator's reason for the last state change
     created_at    timestamptz NOT NULL DEFAULT now(),
-    updated_at    timestamptz NOT NULL DEFAULT now()
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, sender)
 );
 CREATE INDEX senders_tenant ON senders (tenant_id, scope);
+-- A number (or anything replies are sent to) has one owner; an alphanumeric id that takes no
+-- replies may be held by several tenants, each verified for it by an operator.
+CREATE UNIQUE INDEX senders_one_owner ON senders (sender) WHERE kind <> 'alphanumeric' OR 'mo' = ANY (capabilities);
 
 -- Every number replies were mapped to keeps working: verified, sends and receives.
 INSERT INTO senders (sender, tenant_id, kind, capabilities, state, scope, created_at)
