@@ -96,7 +96,7 @@ async def test_request_verify_suspend_and_the_very_next_request(client, pool) ->
 
 async def test_us_and_country_rules(client, pool) -> None:
     tenant = await make_tenant(pool)
-    us_number = "+12015550123"
+    us_number = f"+1201{random.randrange(2_000_000, 10_000_000)}"
     await register_senders(pool, tenant.tenant_id, "Acme", us_number)
     r = await send(client, tenant, "Acme", to=US)
     assert code(r) == (422, "sender_not_allowed_for_country") and "not supported in US" in r.json()["error"]["message"]

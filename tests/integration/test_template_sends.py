@@ -5,6 +5,7 @@ and scopes."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import AsyncIterator
 
@@ -23,7 +24,7 @@ PROMO = {
     "name": "promo", "purpose": "marketing", "default_language": "en",
     "variants": {"en": "Hi {{first_name|there}}, use {{values.code}} today", "es": "Hola {{first_name|}}, usa {{values.code}} hoy"},
 }
-US_LONG_CODE = "+12015550123"
+US_LONG_CODE = f"+1201{random.randrange(2_000_000, 10_000_000)}"  # a New Jersey number of its own per run
 OTP = {"name": "otp", "purpose": "transactional", "default_language": "en", "sender": "Acme",
        "variants": {"en": "Your code is {{values.code}}", "es": "Tu código es {{values.code}}"}}
 
