@@ -36,6 +36,9 @@ REGISTRATIONS: dict[str, tuple[str, ...]] = {
     "dlt": ("entity_id",),
 }
 
+#: The carrier ids a message may carry (``carrier_ids``), as SMPP gateways' registration_tlvs name them.
+CARRIER_IDS = ("ten_dlc_brand_id", "ten_dlc_campaign_id", "toll_free_verification_id", "dlt_entity_id")
+
 NOT_REGISTERED = "sender_not_registered"
 NOT_VERIFIED = "sender_not_verified"
 NOT_ALLOWED_FOR_COUNTRY = "sender_not_allowed_for_country"
@@ -264,3 +267,20 @@ def named_problem(book: SenderBook, sender: str | None, loc: str) -> dict[str, s
         return None
     refused = check_named(book, sender)
     return None if refused is None else {"loc": loc, "code": refused.code, "msg": refused.message}
+
+
+def carrier_ids(book: SenderBook, sender: str, destination: str, rules: SenderRules) -> dict[str, str]:
+    """The registration ids a message from ``sender`` to ``destination`` carries to the carrier:
+    those of the registration the destination's rules require of that kind of sender, named
+    ``<registration>_<field>`` (``ten_dlc_brand_id``, ``ten_dlc_campaign_id``,
+    ``toll_free_verification_id``, ``dlt_entity_id``). Empty when none is required."""
+    found = book.get(sender)
+    if found is None:
+        return {}
+    registration = rules.rule(destination).registrations.get(found.kind)
+    if registration is None:
+        return {}
+    record = found.registrations.get(registration) or {}
+    prefix = "toll_free" if registration == "toll_free_verification" else registration
+    return {f"{prefix}_{name}": str(value)
+            for name, value in record.items() if value and name in REGISTRATIONS[registration]}

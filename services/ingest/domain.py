@@ -19,6 +19,7 @@ from shared.geo import refusal as geo_refusal
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageRequest
 from shared.phones import PhoneError, parse_e164
 from shared.senders import SenderBook, SenderRules
+from shared.senders import carrier_ids as sender_carrier_ids
 from shared.senders import check as sender_check
 from shared.sms.encoding import analyse
 from shared.templates import opt_out_line
@@ -100,11 +101,13 @@ def accept(
         reason = geo_refusal(geo, phone.country, geo_rules or GeoRules())
         if reason is not None:
             raise Rejection(GEO_REFUSAL, reason, [{"loc": "to", "code": GEO_REFUSAL, "msg": reason}])
+    carrier_ids: dict[str, str] = {}
     if senders is not None and request.sender is not None and sender_rules is not None:
         refused = sender_check(senders, request.sender, phone.country, sender_rules)
         if refused is not None:
             raise Rejection(refused.code, refused.message,
                             [{"loc": "sender", "code": refused.code, "msg": refused.message}])
+        carrier_ids = sender_carrier_ids(senders, request.sender, phone.country, sender_rules)
     body = request.body
     if body is None:  # a template's request is rendered before (services/ingest/template_sends.py)
         raise Rejection("template_or_body", "give a body or a template_id",
@@ -135,6 +138,7 @@ def accept(
         accepted_at=now,
         expires_at=now + timedelta(seconds=request.validity_s) if request.validity_s else None,
         send_at=request.send_at,
+        carrier_ids=carrier_ids,
     )
 
 

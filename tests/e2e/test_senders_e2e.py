@@ -37,7 +37,8 @@ def smpp_stack(env, tmp_path_factory) -> Iterator[Stack]:
     gateways = [
         {"name": "smsc", "kind": "smpp", "host": "127.0.0.1", "port": smpp_port, "system_id": "herald",
          "password": "sim-pass", "binds": 1, "window": 10, "rate_per_s": 500, "send_message_id_tlv": True,
-         "default_sender": "Herald", "reconnect_min_s": 0.2, "reconnect_max_s": 2}
+         "default_sender": "Herald", "reconnect_min_s": 0.2, "reconnect_max_s": 2,
+         "registration_tlvs": {"dlt_entity_id": 0x1401, "ten_dlc_brand_id": 0x1402, "ten_dlc_campaign_id": 0x1403}}
     ]
     stack = Stack(
         env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_CONSUMER_POLL_MS": "100",
@@ -122,6 +123,31 @@ async def test_senders_through_the_pipeline(smpp_stack: Stack, pool, env) -> Non
                                 a.tenant_id, marker)
 
     assert [r["sender"] for r in await wait_for(accepted, timeout_s=60)] == ["Acme"]
+
+    # registrations: an Indian message carries its DLT entity id, a US one from a 10DLC number its
+    # brand and campaign ids, in the TLVs the gateway names; without them they are refused
+    us_number = f"+1201{random.randrange(2_000_000, 10_000_000)}"
+    await register_senders(pool, a.tenant_id, "AcmeIN", countries=["IN"])
+    await register_senders(pool, a.tenant_id, us_number, countries=["US"])
+    async with httpx.AsyncClient(base_url=smpp_stack.url("ingest"), headers=a.headers, timeout=30) as api:
+        india = {"to": "+919812345678", "body": "Your OTP is 1234", "sender": "AcmeIN"}
+        us = {"to": "+12025550143", "body": "Your code is 5678", "sender": us_number}
+        r = await api.post("/v1/messages", json=india)
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "sender_registration_missing"), r.text
+        r = await api.post("/v1/messages", json=us)
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "sender_registration_missing"), r.text
+        async with pool.acquire() as conn:
+            await admin.sender_register(conn, "e2e", a.tenant_id, "AcmeIN", {"dlt": {"entity_id": "1101000000001"}})
+            await admin.sender_register(conn, "e2e", a.tenant_id, us_number,
+                                        {"ten_dlc": {"brand_id": "BRAND1", "campaign_id": "CAMP1"}})
+        r = await api.post("/v1/messages", json=india)
+        assert r.status_code == 202, r.text
+        seen = await seen_by_smsc(smpp_stack, r.json()["message_id"])
+        assert (seen["from"], seen["vendor_tlvs"]) == ("AcmeIN", {"0x1401": "1101000000001"})
+        r = await api.post("/v1/messages", json=us)
+        assert r.status_code == 202, r.text
+        seen = await seen_by_smsc(smpp_stack, r.json()["message_id"])
+        assert (seen["from"], seen["vendor_tlvs"]) == (us_number.lstrip("+"), {"0x1402": "BRAND1", "0x1403": "CAMP1"})
 
     # replies to B's registered number reach B, through the same registry
     handset = "+34699111222"

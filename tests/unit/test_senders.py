@@ -11,6 +11,7 @@ from services.ingest.domain import Rejection, accept
 from shared.contracts import MessageRequest
 from shared.phones import SMS_CAPABLE
 from shared.senders import (
+    CARRIER_IDS,
     NOT_ALLOWED_FOR_COUNTRY,
     NOT_REGISTERED,
     NOT_VERIFIED,
@@ -18,6 +19,7 @@ from shared.senders import (
     RulesError,
     Sender,
     SenderBook,
+    carrier_ids,
     check,
     check_named,
     check_registrations,
@@ -178,3 +180,40 @@ def test_accept_refuses_with_the_reason_on_sender() -> None:
     # no sender: the gateway's default, nothing to check
     accept(request.model_copy(update={"sender": None}), message_id=uuid.uuid4(), now=datetime.now(UTC), source="api",
            allowed_types=SMS_CAPABLE, smart_encoding=True, senders=SenderBook(), sender_rules=RULES)
+
+
+def test_carrier_ids_are_those_the_destination_requires() -> None:
+    us = "+12015550123"
+    b = book(Sender(us, "long_code", registrations=TEN_DLC),
+             Sender("Acme", "alphanumeric", registrations={"dlt": {"entity_id": "1101"}}),
+             Sender("+18005550123", "toll_free", registrations={"toll_free_verification": {"verification_id": "TF9"}}))
+    assert carrier_ids(b, us, "US", RULES) == {"ten_dlc_brand_id": "B123", "ten_dlc_campaign_id": "C456"}
+    assert carrier_ids(b, "Acme", "IN", RULES) == {"dlt_entity_id": "1101"}
+    assert carrier_ids(b, "Acme", "ES", RULES) == {}  # Spain requires none: nothing is sent
+    assert carrier_ids(b, "+18005550123", "US", RULES) == {"toll_free_verification_id": "TF9"}
+    assert set(carrier_ids(b, us, "US", RULES)) <= set(CARRIER_IDS)
+
+
+def test_accept_carries_the_ids_on_the_message() -> None:
+    b = book(Sender("Acme", "alphanumeric", registrations={"dlt": {"entity_id": "1101"}}))
+    m = accept(MessageRequest(to="+919812345678", body="Your OTP is 1234", sender="Acme"), message_id=uuid.uuid4(),
+               now=datetime.now(UTC), source="api", allowed_types=SMS_CAPABLE, smart_encoding=True, senders=b,
+               sender_rules=RULES)
+    assert m.carrier_ids == {"dlt_entity_id": "1101"}
+    assert "carrier_ids" in m.model_dump(mode="json")
+    plain = accept(MessageRequest(to="+34612345678", body="hola", sender="Acme"), message_id=uuid.uuid4(),
+                   now=datetime.now(UTC), source="api", allowed_types=SMS_CAPABLE, smart_encoding=True, senders=b,
+                   sender_rules=RULES)
+    assert "carrier_ids" not in plain.model_dump(mode="json")  # left out of the event when empty
+
+
+def test_smpp_registration_tlvs_are_checked() -> None:
+    from pydantic import ValidationError
+
+    from services.dispatcher.gateways.smpp import SmppConfig
+
+    SmppConfig(name="s", host="h", system_id="x", registration_tlvs={"dlt_entity_id": 0x1401})
+    with pytest.raises(ValidationError):
+        SmppConfig(name="s", host="h", system_id="x", registration_tlvs={"dlt_entity_id": 0x1400})  # Herald's own id
+    with pytest.raises(ValidationError):
+        SmppConfig(name="s", host="h", system_id="x", registration_tlvs={"passport": 0x1402})
