@@ -5,7 +5,10 @@ journeys that name a sender; replies routed by the same registry."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -198,3 +201,32 @@ async def test_replies_are_routed_by_the_registry(pool) -> None:
         await admin.sender_set_state(conn, "ops", tenant.tenant_id, number, "suspended")  # STOP still reaches the tenant
     found = await RepliesRepository(pool).numbers([number, pending])
     assert sorted(found) == sorted([number, pending])
+
+
+def herald(env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shared.cli", "admin", *args], env={**os.environ, **env.vars()},
+                          capture_output=True, text=True, timeout=60)
+
+
+async def test_the_admin_cli(env, pool) -> None:
+    tenant = await make_tenant(pool)
+    t = tenant.tenant_id
+    number = madrid()
+    run = herald(env, "sender", "add", t, number, "--capabilities", "sms,mo", "--countries", "es", "--scope", "Shoes")
+    assert run.returncode == 0, run.stderr
+    added = json.loads(run.stdout)
+    assert (added["state"], added["kind"], added["countries"], added["scope"]) == ("pending", "long_code", ["ES"], "shoes")
+    assert herald(env, "sender", "add", t, "12345").returncode == 1  # a short code needs its countries
+    assert json.loads(herald(env, "sender", "verify", t, number, "--note", "ok").stdout)["state"] == "verified"
+    run = herald(env, "sender", "register", t, number, "--dlt-entity", "1101")
+    assert json.loads(run.stdout)["registrations"] == {"dlt": {"entity_id": "1101"}}, run.stderr
+    listed = json.loads(herald(env, "sender", "list", t).stdout)
+    assert [(s["sender"], s["state"]) for s in listed] == [(number, "verified")]
+    assert json.loads(herald(env, "sender", "suspend", t, number).stdout)["state"] == "suspended"
+    assert herald(env, "sender", "verify", t, "+34910000000").returncode == 1  # not this tenant's
+    assert herald(env, "sender", "remove", t, number).returncode == 0
+    assert herald(env, "sender", "remove", t, number).returncode == 1
+    async with pool.acquire() as conn:
+        actions = [r["action"] for r in await conn.fetch(
+            "SELECT action FROM audit_log WHERE target = $1 ORDER BY id", number)]
+    assert actions == ["sender.add", "sender.verify", "sender.register", "sender.suspend", "sender.remove"]
