@@ -516,6 +516,34 @@ async def sender_set_state(conn: asyncpg.Connection, actor: str, tenant_id: str,
     return sender_view(row)
 
 
+async def sender_update(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str, *,
+                        kind: str | None = None, countries: Iterable[str] | None | object = KEEP,
+                        capabilities: Iterable[str] | None = None, scope: str | None | object = KEEP) -> dict[str, Any]:
+    """Change a sender's kind, countries (None: any the rules allow), capabilities or scope;
+    what is left out keeps its value. The state is unchanged (verify, suspend)."""
+    text = normalise_sender(sender)
+    async with conn.transaction():
+        row = await conn.fetchrow(f"SELECT {_SENDER_COLUMNS} FROM senders WHERE tenant_id = $1 AND sender = $2 FOR UPDATE",
+                                  tenant_id, text)
+        if row is None:
+            raise LookupError(f"tenant {tenant_id} has no sender {text}")
+        new_countries = row["countries"] if countries is KEEP else countries
+        _, new_kind, codes, caps = sender_fields(text, kind or row["kind"], new_countries,  # type: ignore[arg-type]
+                                                 capabilities if capabilities is not None else row["capabilities"])
+        new_scope = row["scope"] if scope is KEEP else _scope(scope)  # type: ignore[arg-type]
+        try:
+            updated = await conn.fetchrow(
+                "UPDATE senders SET kind = $3, countries = $4, capabilities = $5, scope = $6, updated_at = now()"
+                f" WHERE tenant_id = $1 AND sender = $2 RETURNING {_SENDER_COLUMNS}",
+                tenant_id, text, new_kind, codes, caps, new_scope,
+            )
+        except asyncpg.UniqueViolationError:
+            raise ValueError(f"{text} takes replies for another tenant") from None
+        await audit(conn, actor, "sender.update", text, tenant_id=tenant_id, kind=new_kind, countries=codes,
+                    capabilities=caps, scope=new_scope)
+    return sender_view(updated)
+
+
 async def sender_register(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str,
                           registrations: dict[str, Any]) -> dict[str, Any]:
     """Record a sender's registrations (10DLC brand and campaign, toll-free verification, DLT

@@ -156,6 +156,13 @@ def _admin_parser(sub: Any) -> None:
         v.add_argument("tenant_id")
         v.add_argument("sender")
         v.add_argument("--note", default=None, help="why (kept on the sender and in the audit log)")
+    up = snd.add_parser("update", help="change a sender's kind, countries, capabilities or scope (its state stays)")
+    up.add_argument("tenant_id")
+    up.add_argument("sender")
+    up.add_argument("--kind", choices=("long_code", "toll_free", "short_code", "alphanumeric"), default=None)
+    up.add_argument("--countries", default=None, help="e.g. ES,FR; '' for any the rules allow")
+    up.add_argument("--capabilities", default=None, help="sms, mo or sms,mo")
+    up.add_argument("--scope", default=None, help="replies scope; '' clears it")
     rg = snd.add_parser("register", help="record a sender's carrier registrations (docs/senders.md)")
     rg.add_argument("tenant_id")
     rg.add_argument("sender")
@@ -319,6 +326,16 @@ def _sender(args: argparse.Namespace, actor: str) -> int:
         elif action in ("verify", "suspend", "unverify"):
             state = {"verify": "verified", "suspend": "suspended", "unverify": "pending"}[action]
             _print(asyncio.run(_with_db(lambda c: admin.sender_set_state(c, actor, args.tenant_id, args.sender, state, args.note))))
+        elif action == "update":
+            changes: dict[str, Any] = {}
+            if args.countries is not None:
+                changes["countries"] = parse_country_list(args.countries) if args.countries.strip() else None
+            if args.scope is not None:
+                changes["scope"] = args.scope if args.scope.strip() else None
+            if args.capabilities is not None:
+                changes["capabilities"] = [c.strip() for c in args.capabilities.split(",") if c.strip()]
+            _print(asyncio.run(_with_db(lambda c: admin.sender_update(c, actor, args.tenant_id, args.sender,
+                                                                      kind=args.kind, **changes))))
         elif action == "register":
             regs: dict[str, dict[str, str | None]] = {}
             if args.ten_dlc_brand is not None or args.ten_dlc_campaign is not None:

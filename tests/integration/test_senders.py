@@ -220,6 +220,11 @@ async def test_the_admin_cli(env, pool) -> None:
     assert json.loads(herald(env, "sender", "verify", t, number, "--note", "ok").stdout)["state"] == "verified"
     run = herald(env, "sender", "register", t, number, "--dlt-entity", "1101")
     assert json.loads(run.stdout)["registrations"] == {"dlt": {"entity_id": "1101"}}, run.stderr
+    run = herald(env, "sender", "update", t, number, "--countries", "", "--scope", "")
+    assert (json.loads(run.stdout)["countries"], json.loads(run.stdout)["scope"]) == (None, None), run.stderr
+    run = herald(env, "sender", "update", t, number, "--kind", "toll_free", "--countries", "ES,PT")
+    assert (json.loads(run.stdout)["kind"], json.loads(run.stdout)["countries"]) == ("toll_free", ["ES", "PT"]), run.stderr
+    assert herald(env, "sender", "update", t, number, "--kind", "alphanumeric").returncode == 1
     listed = json.loads(herald(env, "sender", "list", t).stdout)
     assert [(s["sender"], s["state"]) for s in listed] == [(number, "verified")]
     assert json.loads(herald(env, "sender", "suspend", t, number).stdout)["state"] == "suspended"
@@ -229,4 +234,5 @@ async def test_the_admin_cli(env, pool) -> None:
     async with pool.acquire() as conn:
         actions = [r["action"] for r in await conn.fetch(
             "SELECT action FROM audit_log WHERE target = $1 ORDER BY id", number)]
-    assert actions == ["sender.add", "sender.verify", "sender.register", "sender.suspend", "sender.remove"]
+    assert actions == ["sender.add", "sender.verify", "sender.register", "sender.update", "sender.update",
+                       "sender.suspend", "sender.remove"]
