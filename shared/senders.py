@@ -37,7 +37,7 @@ REGISTRATIONS: dict[str, tuple[str, ...]] = {
 }
 
 #: The carrier ids a message may carry (``carrier_ids``), as SMPP gateways' registration_tlvs name them.
-CARRIER_IDS = ("ten_dlc_brand_id", "ten_dlc_campaign_id", "toll_free_verification_id", "dlt_entity_id")
+CARRIER_IDS = ("ten_dlc_brand_id", "ten_dlc_campaign_id", "toll_free_verification_id", "dlt_entity_id", "dlt_template_id")
 
 NOT_REGISTERED = "sender_not_registered"
 NOT_VERIFIED = "sender_not_verified"

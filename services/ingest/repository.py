@@ -176,7 +176,7 @@ class IngestRepository:
             return {}
         rows = await self.pool.fetch(
             "SELECT k.id, k.ver, t.version AS current_version, t.archived_at IS NOT NULL AS archived, v.version,"
-            " v.purpose, v.sender, v.default_language, v.variants"
+            " v.purpose, v.sender, v.default_language, v.variants, v.dlt_template_id"
             " FROM unnest($2::uuid[], $3::int[]) AS k(id, ver)"
             " JOIN templates t ON t.tenant_id = $1 AND t.template_id = k.id"
             " LEFT JOIN template_versions v ON v.tenant_id = $1 AND v.template_id = k.id"
@@ -187,6 +187,7 @@ class IngestRepository:
             (r["id"], r["ver"]): StoredTemplate(
                 r["id"], r["current_version"], r["archived"], r["version"],
                 Template(r["purpose"], r["default_language"], r["variants"], r["sender"]) if r["version"] else None,
+                r["dlt_template_id"],
             )
             for r in rows
         }

@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from services.ingest import metrics
 from services.ingest.domain import OptOut, Rejection, accept, request_hash
@@ -143,8 +143,11 @@ class Acceptor:
                 results.append(rejection)
                 continue
             if index in sent_by_template:
-                template_id, version = sent_by_template[index]
-                message = message.model_copy(update={"template_id": template_id, "template_version": version})
+                template_id, version, dlt_template_id = sent_by_template[index]
+                update: dict[str, Any] = {"template_id": template_id, "template_version": version}
+                if dlt_template_id and "dlt_entity_id" in message.carrier_ids:  # DLT: the template goes with the entity
+                    update["carrier_ids"] = {**message.carrier_ids, "dlt_template_id": dlt_template_id}
+                message = message.model_copy(update=update)
             if sandbox:  # a test key's message: the dispatcher sends it to the sandbox gateway only
                 message = message.model_copy(update={"sandbox": True})
             results.append(Accepted(message, duplicate=replayed))
@@ -193,9 +196,10 @@ class Acceptor:
 
     async def _render_templates(
         self, tenant: str, requests: list[MessageRequest | Rejection]
-    ) -> tuple[list[MessageRequest | Rejection], dict[int, tuple[uuid.UUID, int]]]:
+    ) -> tuple[list[MessageRequest | Rejection], dict[int, tuple[uuid.UUID, int, str | None]]]:
         """Requests with a ``template_id`` rendered for their recipients (services/ingest/template_sends.py),
-        or the reason they cannot be; and, per index rendered, the template id and version used.
+        or the reason they cannot be; and, per index rendered, the template id and version used and
+        that version's DLT template id.
         The batch's templates are one query and its recipients' contacts another (none without templates)."""
         wanted = [i for i, r in enumerate(requests) if isinstance(r, MessageRequest) and r.template_id is not None]
         if not wanted:
@@ -207,7 +211,7 @@ class Acceptor:
         phones = sorted({n for n in numbers.values() if n is not None})
         contacts = await self.repository.contacts_for_send(tenant, phones) if stored else {}
         out = list(requests)
-        used: dict[int, tuple[uuid.UUID, int]] = {}
+        used: dict[int, tuple[uuid.UUID, int, str | None]] = {}
         for index in wanted:
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -220,7 +224,8 @@ class Acceptor:
                 out[index] = rejection
                 continue
             out[index] = sent.request
-            used[index] = (sent.template_id, sent.version)
+            found = stored.get(template_key(request))
+            used[index] = (sent.template_id, sent.version, found.dlt_template_id if found is not None else None)
         return out, used
 
     async def _opt_out(self, tenant: str, requests: list[MessageRequest | Rejection]) -> OptOut | None:

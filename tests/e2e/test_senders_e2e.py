@@ -38,7 +38,8 @@ def smpp_stack(env, tmp_path_factory) -> Iterator[Stack]:
         {"name": "smsc", "kind": "smpp", "host": "127.0.0.1", "port": smpp_port, "system_id": "herald",
          "password": "sim-pass", "binds": 1, "window": 10, "rate_per_s": 500, "send_message_id_tlv": True,
          "default_sender": "Herald", "reconnect_min_s": 0.2, "reconnect_max_s": 2,
-         "registration_tlvs": {"dlt_entity_id": 0x1401, "ten_dlc_brand_id": 0x1402, "ten_dlc_campaign_id": 0x1403}}
+         "registration_tlvs": {"dlt_entity_id": 0x1401, "ten_dlc_brand_id": 0x1402, "ten_dlc_campaign_id": 0x1403,
+                               "dlt_template_id": 0x1404}}
     ]
     stack = Stack(
         env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_CONSUMER_POLL_MS": "100",
@@ -144,6 +145,16 @@ async def test_senders_through_the_pipeline(smpp_stack: Stack, pool, env) -> Non
         assert r.status_code == 202, r.text
         seen = await seen_by_smsc(smpp_stack, r.json()["message_id"])
         assert (seen["from"], seen["vendor_tlvs"]) == ("AcmeIN", {"0x1401": "1101000000001"})
+        # by a template registered on DLT: the template id goes with the entity id
+        r = await api.post("/v1/templates", json={"name": "otp-in", "purpose": "transactional", "default_language": "en",
+                                                  "sender": "AcmeIN", "dlt_template_id": "1107000000000042",
+                                                  "variants": {"en": "Your OTP is {{values.code}}"}})
+        assert r.status_code == 201, r.text
+        r = await api.post("/v1/messages", json={"to": "+919812345678", "template_id": r.json()["template_id"],
+                                                 "values": {"code": "4321"}})
+        assert r.status_code == 202, r.text
+        seen = await seen_by_smsc(smpp_stack, r.json()["message_id"])
+        assert (seen["body"], seen["vendor_tlvs"]) == ("Your OTP is 4321", {"0x1401": "1101000000001", "0x1404": "1107000000000042"})
         r = await api.post("/v1/messages", json=us)
         assert r.status_code == 202, r.text
         seen = await seen_by_smsc(smpp_stack, r.json()["message_id"])

@@ -236,3 +236,26 @@ async def test_the_admin_cli(env, pool) -> None:
             "SELECT action FROM audit_log WHERE target = $1 ORDER BY id", number)]
     assert actions == ["sender.add", "sender.verify", "sender.register", "sender.update", "sender.update",
                        "sender.suspend", "sender.remove"]
+
+
+async def test_an_indian_template_send_carries_both_dlt_ids(client, env, pool) -> None:
+    from tests.integration.test_template_sends import accepted
+
+    tenant = await make_tenant(pool)
+    await register_senders(pool, tenant.tenant_id, "AcmeIN", registrations={"dlt": {"entity_id": "1101000000001"}})
+    template = {"name": "otp-in", "purpose": "transactional", "default_language": "en", "sender": "AcmeIN",
+                "dlt_template_id": "1107000000000042", "variants": {"en": "Your OTP is {{values.code}}"}}
+    r = await client.post("/v1/templates", json=template, headers=tenant.headers)
+    assert r.status_code == 201 and r.json()["dlt_template_id"] == "1107000000000042", r.text
+    tid = r.json()["template_id"]
+    versions = (await client.get(f"/v1/templates/{tid}/versions", headers=tenant.headers)).json()
+    assert str(versions).count("1107000000000042") == 1, versions
+    india = await client.post("/v1/messages", headers=tenant.headers,
+                              json={"to": "+919812345678", "template_id": tid, "values": {"code": "4321"}})
+    spain = await client.post("/v1/messages", headers=tenant.headers,
+                              json={"to": ES, "template_id": tid, "values": {"code": "4321"}})
+    assert india.status_code == 202 and spain.status_code == 202, (india.text, spain.text)
+    got = await accepted(env, [india.json()["message_id"], spain.json()["message_id"]])
+    assert got[india.json()["message_id"]].carrier_ids == {"dlt_entity_id": "1101000000001",
+                                                           "dlt_template_id": "1107000000000042"}
+    assert got[spain.json()["message_id"]].carrier_ids == {}  # Spain requires no registration: nothing goes with it

@@ -121,6 +121,9 @@ class TemplateBody(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     purpose: Literal["marketing", "transactional"] = "marketing"
     sender: str | None = Field(None, description="Alphanumeric sender id (up to 11) or a number", examples=["Acme"])
+    dlt_template_id: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+        description="India DLT: the content template id this template is registered under (docs/senders.md)")
     default_language: str = Field(examples=["en"])
     variants: dict[str, str] = Field(
         description="Text per language; placeholders {{first_name|there}}, {{attributes.plan}}",
