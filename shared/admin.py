@@ -23,6 +23,12 @@ from shared.geo import country_code, country_codes
 from shared.phones import PhoneError, parse_e164
 from shared.retention import KINDS as RETENTION_KINDS
 from shared.retention import parse_tenant_retention
+from shared.senders import CAPABILITIES as SENDER_CAPABILITIES
+from shared.senders import KINDS as SENDER_KINDS
+from shared.senders import SENDER_RE
+from shared.senders import STATES as SENDER_STATES
+from shared.senders import check_registrations, infer_kind
+from shared.senders import normalise as normalise_sender
 
 
 def default_actor() -> str:
@@ -474,24 +480,36 @@ def _number(number: str) -> str:
 
 async def number_add(conn: asyncpg.Connection, actor: str, tenant_id: str, number: str,
                      scope: str | None = None) -> dict[str, Any]:
-    """Map a number, short code or sender id to a tenant (replies: docs/replies.md)."""
-    number = _number(number)
-    scope = scope.strip().lower() if scope and scope.strip() else None
-    if scope is not None and (len(scope) > 64 or not scope.replace("-", "").replace("_", "").isalnum()):
-        raise ValueError("a scope is one word of letters, digits, - or _ (up to 64)")
+    """Map a number, short code or sender id to a tenant (replies: docs/replies.md). It is a
+    sender of the registry (docs/senders.md), verified, that sends and takes replies."""
+    number = normalise_sender(_number(number))
+    scope = _scope(scope)
     async with conn.transaction():
-        owner = await conn.fetchval("SELECT tenant_id FROM tenant_numbers WHERE number = $1", number)
-        if owner is not None and owner != tenant_id:
+        owner = await conn.fetchval("SELECT tenant_id FROM senders WHERE sender = $1 AND tenant_id <> $2"
+                                    " AND (kind <> 'alphanumeric' OR 'mo' = ANY (capabilities))", number, tenant_id)
+        if owner is not None:
             raise ValueError(f"number {number} belongs to another tenant")
         if not await conn.fetchval("SELECT true FROM tenants WHERE tenant_id = $1", tenant_id):
             raise LookupError(f"no tenant {tenant_id}")
-        await conn.execute(
-            "INSERT INTO tenant_numbers (number, tenant_id, scope) VALUES ($1, $2, $3)"
-            " ON CONFLICT (number) DO UPDATE SET scope = excluded.scope",
-            number, tenant_id, scope,
-        )
+        try:
+            await conn.execute(
+                "INSERT INTO senders (sender, tenant_id, kind, capabilities, state, scope)"
+                " VALUES ($1, $2, $3, '{sms,mo}', 'verified', $4)"
+                " ON CONFLICT (tenant_id, sender) DO UPDATE SET scope = excluded.scope, updated_at = now(),"
+                " capabilities = ARRAY(SELECT DISTINCT unnest(senders.capabilities || '{mo}'::text[]) ORDER BY 1)",
+                number, tenant_id, infer_kind(number), scope,
+            )
+        except asyncpg.UniqueViolationError:
+            raise ValueError(f"number {number} belongs to another tenant") from None
         await audit(conn, actor, "number.add", number, tenant_id=tenant_id, scope=scope)
     return {"number": number, "tenant_id": tenant_id, "scope": scope}
+
+
+def _scope(scope: str | None) -> str | None:
+    scope = scope.strip().lower() if scope and scope.strip() else None
+    if scope is not None and (len(scope) > 64 or not scope.replace("-", "").replace("_", "").isalnum()):
+        raise ValueError("a scope is one word of letters, digits, - or _ (up to 64)")
+    return scope
 
 
 async def number_list(conn: asyncpg.Connection, tenant_id: str) -> list[dict[str, Any]]:
@@ -503,14 +521,170 @@ async def number_list(conn: asyncpg.Connection, tenant_id: str) -> list[dict[str
 
 
 async def number_remove(conn: asyncpg.Connection, actor: str, tenant_id: str, number: str) -> bool:
-    number = _number(number)
+    """Remove a number the tenant takes replies on from the registry."""
+    number = normalise_sender(_number(number))
     async with conn.transaction():
         status = await conn.execute(
-            "DELETE FROM tenant_numbers WHERE number = $1 AND tenant_id = $2", number, tenant_id
+            "DELETE FROM senders WHERE sender = $1 AND tenant_id = $2 AND 'mo' = ANY (capabilities)", number, tenant_id
         )
         if status.endswith(" 0"):
             return False
         await audit(conn, actor, "number.remove", number, tenant_id=tenant_id)
+    return True
+
+
+# --- the sender registry (shared/senders.py, docs/senders.md) ---------------------------------
+
+_SENDER_COLUMNS = ("sender, tenant_id, kind, countries, capabilities, state, scope, registrations::text AS registrations,"
+                   " note, created_at, updated_at")
+
+
+def sender_view(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["registrations"] = json.loads(out["registrations"]) if isinstance(out["registrations"], str) else out["registrations"]
+    return out
+
+
+def sender_fields(sender: str, kind: str | None, countries: Iterable[str] | None,
+                  capabilities: Iterable[str] | None) -> tuple[str, str, list[str] | None, list[str]]:
+    """A sender as given, checked: (registry form, kind, countries or None, capabilities)."""
+    text = sender.strip()
+    if not SENDER_RE.match(text):
+        raise ValueError("a sender is a name of up to 11 letters, digits, spaces, . _ - or a number")
+    text = normalise_sender(text)
+    kind = kind or infer_kind(text)
+    if kind not in SENDER_KINDS:
+        raise ValueError(f"kind is one of {', '.join(SENDER_KINDS)}")
+    inferred = infer_kind(text)
+    if (kind == "alphanumeric") != (inferred == "alphanumeric") or (kind == "short_code") != (inferred == "short_code"):
+        raise ValueError(f"{text!r} is not a {kind.replace('_', ' ')}")
+    codes = country_codes(countries) if countries is not None else None
+    if kind == "short_code" and not codes:
+        raise ValueError("a short code sends only in its country: give its countries")
+    caps = sorted(set(capabilities if capabilities is not None else ("sms",)))
+    if not caps or set(caps) - set(SENDER_CAPABILITIES):
+        raise ValueError(f"capabilities are some of {', '.join(SENDER_CAPABILITIES)}")
+    if "mo" in caps and kind == "alphanumeric":
+        raise ValueError("an alphanumeric sender id cannot take replies (no mo capability)")
+    return text, kind, codes, caps
+
+
+async def sender_add(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str, *, kind: str | None = None,
+                     countries: Iterable[str] | None = None, capabilities: Iterable[str] | None = None,
+                     state: str = "pending", scope: str | None = None,
+                     registrations: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Register a sender for a tenant (an operator may register it verified at once)."""
+    text, kind, codes, caps = sender_fields(sender, kind, countries, capabilities)
+    if state not in SENDER_STATES:
+        raise ValueError(f"state is one of {', '.join(SENDER_STATES)}")
+    regs = check_registrations(registrations or {})
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT true FROM tenants WHERE tenant_id = $1", tenant_id):
+            raise LookupError(f"no tenant {tenant_id}")
+        row = await conn.fetchrow(
+            "INSERT INTO senders (sender, tenant_id, kind, countries, capabilities, state, scope, registrations)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) ON CONFLICT DO NOTHING RETURNING " + _SENDER_COLUMNS,
+            text, tenant_id, kind, codes, caps, state, _scope(scope), regs,
+        )
+        if row is None:
+            raise ValueError(f"sender {text} is already registered")
+        await audit(conn, actor, "sender.add", text, tenant_id=tenant_id, kind=kind, countries=codes,
+                    capabilities=caps, state=state, registrations=regs)
+    return sender_view(row)
+
+
+async def sender_list(conn: asyncpg.Connection, tenant_id: str | None = None,
+                      state: str | None = None) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"SELECT {_SENDER_COLUMNS} FROM senders WHERE ($1::text IS NULL OR tenant_id = $1)"
+        " AND ($2::text IS NULL OR state = $2) ORDER BY tenant_id, sender",
+        tenant_id, state,
+    )
+    return [sender_view(r) for r in rows]
+
+
+async def sender_get(conn: asyncpg.Connection, tenant_id: str, sender: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT {_SENDER_COLUMNS} FROM senders WHERE tenant_id = $1 AND sender = $2",
+                              tenant_id, normalise_sender(sender))
+    return sender_view(row) if row is not None else None
+
+
+async def sender_set_state(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str, state: str,
+                           note: str | None = None) -> dict[str, Any]:
+    """Verify, suspend or reinstate a sender (``state``: verified, suspended or pending)."""
+    if state not in SENDER_STATES:
+        raise ValueError(f"state is one of {', '.join(SENDER_STATES)}")
+    text = normalise_sender(sender)
+    async with conn.transaction():
+        before = await conn.fetchval("SELECT state FROM senders WHERE tenant_id = $1 AND sender = $2 FOR UPDATE",
+                                     tenant_id, text)
+        if before is None:
+            raise LookupError(f"tenant {tenant_id} has no sender {text}")
+        row = await conn.fetchrow(
+            "UPDATE senders SET state = $3, note = $4, updated_at = now() WHERE tenant_id = $1 AND sender = $2"
+            f" RETURNING {_SENDER_COLUMNS}", tenant_id, text, state, note,
+        )
+        action = {"verified": "sender.verify", "suspended": "sender.suspend", "pending": "sender.unverify"}[state]
+        await audit(conn, actor, action, text, tenant_id=row["tenant_id"], before=before, note=note)
+    return sender_view(row)
+
+
+async def sender_update(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str, *,
+                        kind: str | None = None, countries: Iterable[str] | None | object = KEEP,
+                        capabilities: Iterable[str] | None = None, scope: str | None | object = KEEP) -> dict[str, Any]:
+    """Change a sender's kind, countries (None: any the rules allow), capabilities or scope;
+    what is left out keeps its value. The state is unchanged (verify, suspend)."""
+    text = normalise_sender(sender)
+    async with conn.transaction():
+        row = await conn.fetchrow(f"SELECT {_SENDER_COLUMNS} FROM senders WHERE tenant_id = $1 AND sender = $2 FOR UPDATE",
+                                  tenant_id, text)
+        if row is None:
+            raise LookupError(f"tenant {tenant_id} has no sender {text}")
+        new_countries = row["countries"] if countries is KEEP else countries
+        _, new_kind, codes, caps = sender_fields(text, kind or row["kind"], new_countries,  # type: ignore[arg-type]
+                                                 capabilities if capabilities is not None else row["capabilities"])
+        new_scope = row["scope"] if scope is KEEP else _scope(scope)  # type: ignore[arg-type]
+        try:
+            updated = await conn.fetchrow(
+                "UPDATE senders SET kind = $3, countries = $4, capabilities = $5, scope = $6, updated_at = now()"
+                f" WHERE tenant_id = $1 AND sender = $2 RETURNING {_SENDER_COLUMNS}",
+                tenant_id, text, new_kind, codes, caps, new_scope,
+            )
+        except asyncpg.UniqueViolationError:
+            raise ValueError(f"{text} takes replies for another tenant") from None
+        await audit(conn, actor, "sender.update", text, tenant_id=tenant_id, kind=new_kind, countries=codes,
+                    capabilities=caps, scope=new_scope)
+    return sender_view(updated)
+
+
+async def sender_register(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str,
+                          registrations: dict[str, Any]) -> dict[str, Any]:
+    """Record a sender's registrations (10DLC brand and campaign, toll-free verification, DLT
+    entity): given names replace their record, an empty record removes it."""
+    text = normalise_sender(sender)
+    regs = check_registrations(registrations)
+    async with conn.transaction():
+        current = await conn.fetchval(
+            "SELECT registrations::text FROM senders WHERE tenant_id = $1 AND sender = $2 FOR UPDATE", tenant_id, text)
+        if current is None:
+            raise LookupError(f"tenant {tenant_id} has no sender {text}")
+        merged = {**json.loads(current), **regs}
+        merged = {k: v for k, v in merged.items() if v}
+        row = await conn.fetchrow(
+            "UPDATE senders SET registrations = $3::jsonb, updated_at = now() WHERE tenant_id = $1 AND sender = $2"
+            f" RETURNING {_SENDER_COLUMNS}", tenant_id, text, merged,
+        )
+        await audit(conn, actor, "sender.register", text, tenant_id=row["tenant_id"], registrations=regs)
+    return sender_view(row)
+
+
+async def sender_remove(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str) -> bool:
+    text = normalise_sender(sender)
+    async with conn.transaction():
+        status = await conn.execute("DELETE FROM senders WHERE tenant_id = $1 AND sender = $2", tenant_id, text)
+        if status.endswith(" 0"):
+            return False
+        await audit(conn, actor, "sender.remove", text, tenant_id=tenant_id)
     return True
 
 

@@ -24,13 +24,14 @@ import asyncpg
 
 from shared.coalesce import Coalescer
 from shared.geo import GeoPolicy
+from shared.senders import SenderBook
 
 log = logging.getLogger(__name__)
 
 PREFIX = "hk"
 SCOPES = (
     "messages:write", "messages:read", "suppressions:write", "receipts:write", "contacts:write", "contacts:read",
-    "campaigns:write", "campaigns:read", "policy:write", "contacts:export",
+    "campaigns:write", "campaigns:read", "policy:write", "contacts:export", "senders:write", "senders:read",
 )
 # policy:write (PUT /v1/policy: consent mode, frequency caps, reply webhook) is not a default:
 # switching a tenant to opt_out consent is a decision a key must be given explicitly. contacts:export
@@ -38,8 +39,9 @@ SCOPES = (
 # is not a default either: a key that answers subject-access requests is given it on purpose.
 DEFAULT_SCOPES = (
     "messages:write", "messages:read", "suppressions:write", "contacts:write", "contacts:read",
-    "campaigns:write", "campaigns:read",
+    "campaigns:write", "campaigns:read", "senders:write", "senders:read",
 )
+# senders:write only requests a sender: it stays pending until an operator verifies it.
 
 
 class AuthError(Exception):
@@ -58,6 +60,7 @@ class Principal:
     messages_per_minute: int | None = None
     geo: GeoPolicy = GeoPolicy()  # the tenant's geo permissions (loaded with the key: no extra query)
     test: bool = False  # a test key: its messages go to the sandbox gateway, never to a carrier
+    senders: SenderBook = SenderBook()  # the tenant's sender registry (loaded with the key: no extra query)
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -122,7 +125,10 @@ async def revoke_key(conn: asyncpg.Connection, key_id: str) -> bool:
 _KEY_ROW = (
     "SELECT k.tenant_id, k.secret_hash, k.scopes, k.revoked_at, t.disabled_at, k.expires_at,"
     " k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,"
-    " k.requests_per_minute, k.messages_per_minute, t.country, t.allowed_countries, k.test"
+    " k.requests_per_minute, k.messages_per_minute, t.country, t.allowed_countries, k.test,"
+    " (SELECT json_agg(json_build_object('sender', s.sender, 'kind', s.kind, 'state', s.state,"
+    "  'countries', s.countries, 'capabilities', s.capabilities, 'registrations', s.registrations))"
+    "  FROM senders s WHERE s.tenant_id = k.tenant_id) AS senders"
     " FROM api_keys k JOIN tenants t USING (tenant_id) WHERE k.key_id = $1"
 )
 
@@ -139,15 +145,24 @@ def _check(row: Any, key_id: str, secret: str, expired: bool) -> Principal:
         raise AuthError(403, "tenant_disabled", "tenant is disabled")
     return Principal(
         row["tenant_id"], key_id, frozenset(row["scopes"]), row["requests_per_minute"], row["messages_per_minute"],
-        GeoPolicy.of(row["country"], row["allowed_countries"]), bool(row["test"]),
+        GeoPolicy.of(row["country"], row["allowed_countries"]), bool(row["test"]), row["senders"],
     )
+
+
+def _row(record: Any) -> dict[str, Any] | None:
+    """A key row with its senders parsed once (the cache keeps it so)."""
+    if record is None:
+        return None
+    row = dict(record)
+    row["senders"] = SenderBook.from_json(row["senders"])
+    return row
 
 
 async def authenticate(pool: asyncpg.Pool, key: str | None) -> Principal:
     if not key:
         raise AuthError(401, "missing_api_key", "send the API key as 'Authorization: Bearer <key>'")
     key_id, secret = split_key(key)
-    row = await pool.fetchrow(_KEY_ROW, key_id)
+    row = _row(await pool.fetchrow(_KEY_ROW, key_id))
     return _check(row, key_id, secret, row is not None and row["expired"])
 
 
@@ -232,8 +247,7 @@ class KeyCache:
         if not self.listening:
             await self._listen()
         generation = self._generation
-        record = await self._pool.fetchrow(_KEY_ROW, key_id)
-        row = dict(record) if record is not None else None
+        row = _row(await self._pool.fetchrow(_KEY_ROW, key_id))
         if self.listening and generation == self._generation:
             if len(self._entries) >= self._max_entries:
                 self._entries.clear()

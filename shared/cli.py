@@ -156,6 +156,44 @@ def _admin_parser(sub: Any) -> None:
         lp.add_argument("--tenant", default=None, help="only this tenant's links")
         if verb == "takedown":
             lp.add_argument("--reason", default="operator takedown", help="why (kept on each link and in the audit log)")
+    snd = objects.add_parser("sender", help="the sender registry: numbers and sender ids a tenant may send from "
+                             "(docs/senders.md)").add_subparsers(dest="action", required=True)
+    a = snd.add_parser("add", help="register a sender for a tenant (pending unless --state verified)")
+    a.add_argument("tenant_id")
+    a.add_argument("sender", help="+E.164 number, short code, or alphanumeric id (up to 11 characters)")
+    a.add_argument("--kind", choices=("long_code", "toll_free", "short_code", "alphanumeric"), default=None,
+                   help="default: from the sender's form")
+    a.add_argument("--countries", default=None, help="destinations it may send to, e.g. ES,FR (default: any the rules allow)")
+    a.add_argument("--capabilities", default="sms", help="sms, mo (takes replies) or sms,mo")
+    a.add_argument("--state", choices=("pending", "verified", "suspended"), default="pending")
+    a.add_argument("--scope", default=None, help="replies: STOP to this sender opts out of this scope only")
+    ls = snd.add_parser("list", help="senders, of one tenant or all")
+    ls.add_argument("tenant_id", nargs="?", default=None)
+    ls.add_argument("--state", choices=("pending", "verified", "suspended"), default=None)
+    for verb, what in (("verify", "the tenant may send from it from the next request on"),
+                       ("suspend", "refused from the next request on (replies still reach the tenant)"),
+                       ("unverify", "back to pending")):
+        v = snd.add_parser(verb, help=what)
+        v.add_argument("tenant_id")
+        v.add_argument("sender")
+        v.add_argument("--note", default=None, help="why (kept on the sender and in the audit log)")
+    up = snd.add_parser("update", help="change a sender's kind, countries, capabilities or scope (its state stays)")
+    up.add_argument("tenant_id")
+    up.add_argument("sender")
+    up.add_argument("--kind", choices=("long_code", "toll_free", "short_code", "alphanumeric"), default=None)
+    up.add_argument("--countries", default=None, help="e.g. ES,FR; '' for any the rules allow")
+    up.add_argument("--capabilities", default=None, help="sms, mo or sms,mo")
+    up.add_argument("--scope", default=None, help="replies scope; '' clears it")
+    rg = snd.add_parser("register", help="record a sender's carrier registrations (docs/senders.md)")
+    rg.add_argument("tenant_id")
+    rg.add_argument("sender")
+    rg.add_argument("--ten-dlc-brand", default=None)
+    rg.add_argument("--ten-dlc-campaign", default=None)
+    rg.add_argument("--toll-free-verification", default=None)
+    rg.add_argument("--dlt-entity", default=None)
+    rs = snd.add_parser("remove", help="remove a sender from the registry")
+    rs.add_argument("tenant_id")
+    rs.add_argument("sender")
 
     objects.add_parser("audit", help="the latest audit entries").add_argument("--limit", type=int, default=50)
 
@@ -323,10 +361,59 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not result.get("taken_down", result.get("restored")):
             print(f"no link to {action.replace('takedown', 'take down')} for {args.target}", file=sys.stderr)
             return 1
+    elif obj == "sender":
+        return _sender(args, actor)
     elif (obj, action) == ("gateways", "list"):
         _print(asyncio.run(_with_db(admin.gateways_view)))
     elif obj == "audit":
         _print(asyncio.run(_with_db(lambda c: admin.audit_entries(c, args.limit))))
+    return 0
+
+
+def _sender(args: argparse.Namespace, actor: str) -> int:
+    from shared import admin
+    from shared.geo import parse_country_list
+
+    action = args.action
+    try:
+        if action == "add":
+            countries = parse_country_list(args.countries) if args.countries is not None else None
+            caps = [c.strip() for c in args.capabilities.split(",") if c.strip()]
+            _print(asyncio.run(_with_db(lambda c: admin.sender_add(
+                c, actor, args.tenant_id, args.sender, kind=args.kind, countries=countries, capabilities=caps,
+                state=args.state, scope=args.scope))))
+        elif action == "list":
+            _print(asyncio.run(_with_db(lambda c: admin.sender_list(c, args.tenant_id, args.state))))
+        elif action in ("verify", "suspend", "unverify"):
+            state = {"verify": "verified", "suspend": "suspended", "unverify": "pending"}[action]
+            _print(asyncio.run(_with_db(lambda c: admin.sender_set_state(c, actor, args.tenant_id, args.sender, state, args.note))))
+        elif action == "update":
+            changes: dict[str, Any] = {}
+            if args.countries is not None:
+                changes["countries"] = parse_country_list(args.countries) if args.countries.strip() else None
+            if args.scope is not None:
+                changes["scope"] = args.scope if args.scope.strip() else None
+            if args.capabilities is not None:
+                changes["capabilities"] = [c.strip() for c in args.capabilities.split(",") if c.strip()]
+            _print(asyncio.run(_with_db(lambda c: admin.sender_update(c, actor, args.tenant_id, args.sender,
+                                                                      kind=args.kind, **changes))))
+        elif action == "register":
+            regs: dict[str, dict[str, str | None]] = {}
+            if args.ten_dlc_brand is not None or args.ten_dlc_campaign is not None:
+                regs["ten_dlc"] = {"brand_id": args.ten_dlc_brand, "campaign_id": args.ten_dlc_campaign}
+            if args.toll_free_verification is not None:
+                regs["toll_free_verification"] = {"verification_id": args.toll_free_verification}
+            if args.dlt_entity is not None:
+                regs["dlt"] = {"entity_id": args.dlt_entity}
+            _print(asyncio.run(_with_db(lambda c: admin.sender_register(c, actor, args.tenant_id, args.sender, regs))))
+        elif action == "remove":
+            if not asyncio.run(_with_db(lambda c: admin.sender_remove(c, actor, args.tenant_id, args.sender))):
+                print(f"no sender {args.sender}", file=sys.stderr)
+                return 1
+            _print({"sender": args.sender, "removed": True})
+    except (ValueError, LookupError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from typing import Any
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -148,6 +149,16 @@ async def make_tenant(
         await create_tenant(conn, tenant_id, tenant_id, marketing_consent)
         key = await create_key(conn, tenant_id, scopes or DEFAULT_SCOPES)
     return Tenant(tenant_id, key)
+
+
+async def register_senders(pool: asyncpg.Pool, tenant_id: str, *senders: str, **options: Any) -> None:
+    """Register ``senders`` for the tenant, verified, as an operator would (docs/senders.md): a
+    message or template may name only its tenant's verified senders."""
+    from shared import admin
+
+    async with pool.acquire() as conn:
+        for sender in senders:
+            await admin.sender_add(conn, "test", tenant_id, sender, state="verified", **options)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from services.ingest import metrics
 from services.ingest.audience import build_audience_router
 from services.ingest.campaigns.api import build_campaigns_router
 from services.ingest.replies.api import build_inbound_router
+from services.ingest.senders_api import build_senders_router
 from services.ingest.domain import (
     MAX_SCHEDULE_AHEAD,
     Rejection,
@@ -204,7 +205,7 @@ def create_app(
         await _limit(principal, 1)
         results, outgoing = await acceptor.prepare(
             principal.tenant_id, [body], source="api", now=utcnow(), trace_id=_trace_id(request), geo=principal.geo,
-            sandbox=principal.test,
+            sandbox=principal.test, senders=principal.senders,
         )
         result = results[0]
         if isinstance(result, Rejection):
@@ -322,6 +323,7 @@ def create_app(
             replayed=not kept.fresh,
             geo=principal.geo,
             sandbox=principal.test,
+            senders=principal.senders,
         )
         answers: list[dict[str, Any]] = []
         accepted = 0
@@ -489,4 +491,5 @@ def create_app(
     app.include_router(build_audience_router(settings))
     app.include_router(build_campaigns_router(settings, publisher))
     app.include_router(build_inbound_router())
+    app.include_router(build_senders_router())
     return app

@@ -18,6 +18,9 @@ from shared.geo import GeoPolicy, GeoRules
 from shared.geo import refusal as geo_refusal
 from shared.contracts import MessageAccepted, MessageRequest
 from shared.phones import PhoneError, parse_e164
+from shared.senders import SenderBook, SenderRules
+from shared.senders import carrier_ids as sender_carrier_ids
+from shared.senders import check as sender_check
 from shared.sms.encoding import analyse
 from shared.templates import opt_out_line
 from shared.statuses import MessageType
@@ -69,6 +72,8 @@ def accept(
     geo: GeoPolicy | None = None,
     geo_rules: GeoRules | None = None,
     opt_out: OptOut | None = None,
+    senders: SenderBook | None = None,
+    sender_rules: SenderRules | None = None,
 ) -> MessageAccepted:
     """Validate the recipient and measure the text; raise :class:`Rejection` if it cannot be sent.
 
@@ -77,6 +82,11 @@ def accept(
 
     ``geo``: the tenant's geo permissions (shared/geo.py), checked against the number's country
     with ``geo_rules``; None skips the check.
+
+    ``senders``: the tenant's sender registry (shared/senders.py); a message that names a
+    ``sender`` must name one of its verified senders, allowed for the destination by the
+    sender's countries and ``sender_rules``. None skips the check (a reply from the number
+    the handset wrote to); a message without a sender goes out from the gateway's default.
     """
     if request.send_at is not None and request.send_at > now + MAX_SCHEDULE_AHEAD:
         raise Rejection(
@@ -92,6 +102,13 @@ def accept(
         reason = geo_refusal(geo, phone.country, geo_rules or GeoRules())
         if reason is not None:
             raise Rejection(GEO_REFUSAL, reason, [{"loc": "to", "code": GEO_REFUSAL, "msg": reason}])
+    carrier_ids: dict[str, str] = {}
+    if senders is not None and request.sender is not None and sender_rules is not None:
+        refused = sender_check(senders, request.sender, phone.country, sender_rules)
+        if refused is not None:
+            raise Rejection(refused.code, refused.message,
+                            [{"loc": "sender", "code": refused.code, "msg": refused.message}])
+        carrier_ids = sender_carrier_ids(senders, request.sender, phone.country, sender_rules)
     body = request.body
     if body is None:  # a template's request is rendered before (services/ingest/template_sends.py)
         raise Rejection("template_or_body", "give a body or a template_id",
@@ -123,6 +140,7 @@ def accept(
         expires_at=now + timedelta(seconds=request.validity_s) if request.validity_s else None,
         send_at=request.send_at,
         secret=request.secret,
+        carrier_ids=carrier_ids,
     )
 
 

@@ -11,6 +11,7 @@ import asyncpg
 from services.ingest.template_sends import StoredTemplate
 from shared.coalesce import Coalescer
 from shared.geo import GeoPolicy
+from shared.senders import SenderBook
 from shared.templates import CONTACT_FIELDS, Template
 
 
@@ -142,6 +143,18 @@ class IngestRepository:
         )
         return {r["tenant_id"]: GeoPolicy.of(r["country"], r["allowed_countries"]) for r in rows}
 
+    async def sender_books(self, tenant_ids: set[str]) -> dict[str, SenderBook]:
+        """Each tenant's sender registry (shared/senders.py), one query for them all."""
+        rows = await self.pool.fetch(
+            "SELECT tenant_id, sender, kind, state, countries, capabilities, registrations::text AS registrations"
+            " FROM senders WHERE tenant_id = ANY($1::text[])",
+            sorted(tenant_ids),
+        )
+        grouped: dict[str, list[Any]] = {}
+        for r in rows:
+            grouped.setdefault(r["tenant_id"], []).append(r)
+        return {t: SenderBook.of(rs) for t, rs in grouped.items()}
+
     async def marketing_context(
         self, tenant_id: str, phones: list[str]
     ) -> tuple[str, dict[str, str], tuple[str | None, int | None]]:
@@ -167,7 +180,7 @@ class IngestRepository:
             return {}
         rows = await self.pool.fetch(
             "SELECT k.id, k.ver, t.version AS current_version, t.archived_at IS NOT NULL AS archived, v.version,"
-            " v.purpose, v.sender, v.default_language, v.variants"
+            " v.purpose, v.sender, v.default_language, v.variants, v.dlt_template_id"
             " FROM unnest($2::uuid[], $3::int[]) AS k(id, ver)"
             " JOIN templates t ON t.tenant_id = $1 AND t.template_id = k.id"
             " LEFT JOIN template_versions v ON v.tenant_id = $1 AND v.template_id = k.id"
@@ -178,6 +191,7 @@ class IngestRepository:
             (r["id"], r["ver"]): StoredTemplate(
                 r["id"], r["current_version"], r["archived"], r["version"],
                 Template(r["purpose"], r["default_language"], r["variants"], r["sender"]) if r["version"] else None,
+                r["dlt_template_id"],
             )
             for r in rows
         }

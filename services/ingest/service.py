@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from services.ingest import metrics
 from services.ingest.domain import OptOut, Rejection, accept, request_hash
@@ -25,6 +25,8 @@ from services.ingest.template_sends import render_send, template_key
 from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
 from shared.egress import MESSAGES, CachedResolve, EgressPolicy, check_urls
 from shared.geo import GeoPolicy, GeoRules
+from shared.senders import SenderBook
+from shared.senders import load_rules as load_sender_rules
 from shared.kafka import YIELD_EVERY, Outgoing
 from shared.phones import PhoneError, parse_e164
 from shared.statuses import MessageType
@@ -72,6 +74,7 @@ class Acceptor:
         self.link_ttl_s = settings.link_ttl_s
         self.egress = EgressPolicy.of(settings)
         self.resolve = CachedResolve()
+        self.sender_rules = load_sender_rules()
         self.geo_rules = GeoRules(settings.geo_default, frozenset(settings.geo_high_cost_countries))
         self.share = PriorityShare(settings.priority_share_per_s, settings.priority_share_burst,
                                    dict(settings.priority_share_tenants))
@@ -90,6 +93,7 @@ class Acceptor:
         replayed: bool = False,
         geo: GeoPolicy | None = None,
         sandbox: bool = False,
+        senders: SenderBook | None = None,
     ) -> tuple[list[Result], list[Outgoing]]:
         """Validate, apply idempotency keys, and build the events to publish (in request order).
 
@@ -98,7 +102,9 @@ class Acceptor:
         ``message_ids`` gives each request its id (a batch's, derived from its key) and
         ``replayed`` says that batch was seen before (its messages are duplicates). ``geo``: the
         tenant's geo permissions; a destination they refuse is a ``destination_not_allowed``
-        rejection (None: not checked, e.g. a reply to a number that wrote in).
+        rejection (None: not checked, e.g. a reply to a number that wrote in). ``senders``: the
+        tenant's sender registry; a ``sender`` that is not one of its verified senders allowed for
+        the destination is refused (shared/senders.py; None: not checked, as for ``geo``).
         """
         results: list[Result] = []
         keyed: dict[str, list[int]] = {}
@@ -131,13 +137,18 @@ class Acceptor:
                     geo_rules=self.geo_rules,
                     # a template's text has its opt-out line from the renderer, as in campaigns
                     opt_out=None if index in sent_by_template else opt_out,
+                    senders=senders,
+                    sender_rules=self.sender_rules,
                 )
             except Rejection as rejection:
                 results.append(rejection)
                 continue
             if index in sent_by_template:
-                template_id, version = sent_by_template[index]
-                message = message.model_copy(update={"template_id": template_id, "template_version": version})
+                template_id, version, dlt_template_id = sent_by_template[index]
+                update: dict[str, Any] = {"template_id": template_id, "template_version": version}
+                if dlt_template_id and "dlt_entity_id" in message.carrier_ids:  # DLT: the template goes with the entity
+                    update["carrier_ids"] = {**message.carrier_ids, "dlt_template_id": dlt_template_id}
+                message = message.model_copy(update=update)
             if sandbox:  # a test key's message: the dispatcher sends it to the sandbox gateway only
                 message = message.model_copy(update={"sandbox": True})
             results.append(Accepted(message, duplicate=replayed))
@@ -185,9 +196,10 @@ class Acceptor:
 
     async def _render_templates(
         self, tenant: str, requests: list[MessageRequest | Rejection]
-    ) -> tuple[list[MessageRequest | Rejection], dict[int, tuple[uuid.UUID, int]]]:
+    ) -> tuple[list[MessageRequest | Rejection], dict[int, tuple[uuid.UUID, int, str | None]]]:
         """Requests with a ``template_id`` rendered for their recipients (services/ingest/template_sends.py),
-        or the reason they cannot be; and, per index rendered, the template id and version used.
+        or the reason they cannot be; and, per index rendered, the template id and version used and
+        that version's DLT template id.
         The batch's templates are one query and its recipients' contacts another (none without templates)."""
         wanted = [i for i, r in enumerate(requests) if isinstance(r, MessageRequest) and r.template_id is not None]
         if not wanted:
@@ -199,7 +211,7 @@ class Acceptor:
         phones = sorted({n for n in numbers.values() if n is not None})
         contacts = await self.repository.contacts_for_send(tenant, phones) if stored else {}
         out = list(requests)
-        used: dict[int, tuple[uuid.UUID, int]] = {}
+        used: dict[int, tuple[uuid.UUID, int, str | None]] = {}
         for index in wanted:
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -212,7 +224,8 @@ class Acceptor:
                 out[index] = rejection
                 continue
             out[index] = sent.request
-            used[index] = (sent.template_id, sent.version)
+            found = stored.get(template_key(request))
+            used[index] = (sent.template_id, sent.version, found.dlt_template_id if found is not None else None)
         return out, used
 
     async def _marketing_context(

@@ -47,6 +47,7 @@ class StoredTemplate:
     archived: bool
     version: int | None
     template: Template | None
+    dlt_template_id: str | None = None  # India DLT content template id of that version (docs/senders.md)
 
 
 TemplateKey = tuple[uuid.UUID, int | None]  # (template id, the version asked for; None: the current one)

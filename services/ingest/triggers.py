@@ -9,6 +9,7 @@ from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from shared.contracts import MessageRequest, TriggerEvent, utcnow
 from shared.geo import GeoPolicy
+from shared.senders import SenderBook
 from shared.kafka import Incoming, Outgoing
 
 
@@ -22,6 +23,8 @@ class TriggerHandler:
         policies: dict[str, GeoPolicy] = {}
         by_tenant, outgoing = await by_known_tenant(batch, self.repository, policies, self.signatures)
         now = utcnow()
+        # the batch's tenants' sender registries: one query for the batch
+        books = await self.repository.sender_books(set(by_tenant)) if by_tenant else {}
         for tenant, items in by_tenant.items():
             events: list[TriggerEvent] = [i.event for i in items]  # type: ignore[misc]
             requests: list[MessageRequest | Rejection] = [e.payload for e in events]
@@ -29,7 +32,7 @@ class TriggerHandler:
             defaults: list[str | None] = [f"event:{e.event_id}" for e in events]
             results, accepted = await self.acceptor.prepare(
                 tenant, requests, source="kafka", now=now, trace_id=events[0].trace_id, default_keys=defaults,
-                geo=policies[tenant],
+                geo=policies[tenant], senders=books.get(tenant, SenderBook()),
             )
             outgoing += accepted
             for item, result in zip(items, results, strict=True):

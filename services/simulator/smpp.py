@@ -206,6 +206,7 @@ class _Assembly:
     ids: list[str] = field(default_factory=list)
     data_codings: list[int] = field(default_factory=list)
     validity_period: str = ""  # as the first part that arrived gave it
+    vendor_tlvs: dict[str, str] = field(default_factory=dict)  # tags 0x1401-0x3FFF of the first part, "0x1401": text
 
 
 @dataclass(order=True, slots=True)
@@ -556,8 +557,10 @@ class SmppFace:
         key = (sm.source_addr, destination, ref, concat[0] if concat else -1, total)
         asm = self._assemblies.get(key)
         if asm is None:
-            asm = self._assemblies[key] = _Assembly(sm.source_addr, destination, ref, total, now,
-                                                    validity_period=sm.validity_period or "")
+            asm = self._assemblies[key] = _Assembly(
+                sm.source_addr, destination, ref, total, now, validity_period=sm.validity_period or "",
+                vendor_tlvs={f"{tag:#06x}": value.rstrip(b"\x00").decode("utf-8", "replace")
+                             for tag, value in tlvs.items() if 0x1401 <= tag <= 0x3FFF})
         if number in asm.parts:
             self.counters["duplicate_parts"] += 1
         asm.parts.setdefault(number, text)
@@ -597,7 +600,8 @@ class SmppFace:
         self.counters["messages"] += 1
         self.messages.setdefault(ref, []).append(
             {"id": sub.id, "to": to, "from": asm.source, "body": body, "segments": asm.total, "part_ids": list(asm.ids),
-             "data_codings": asm.data_codings, "complete": complete, "validity_period": asm.validity_period}
+             "data_codings": asm.data_codings, "complete": complete, "validity_period": asm.validity_period,
+             "vendor_tlvs": asm.vendor_tlvs}
         )
         if not complete:
             self.counters["incomplete_messages"] += 1

@@ -133,6 +133,14 @@ class MessageAccepted(_Frozen):
     template_version: int | None = Field(
         None, description="That template's version. Left out of the event when none", exclude_if=lambda v: v is None
     )
+    carrier_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description="Carrier registration ids its sender needs for the destination (docs/senders.md): ten_dlc_brand_id, "
+        "ten_dlc_campaign_id, toll_free_verification_id, dlt_entity_id, and dlt_template_id when sent by a template "
+        "that has one; SMPP gateways send those their "
+        "registration_tlvs name. Left out of the event when empty",
+        exclude_if=lambda v: not v,
+    )
     sandbox: bool = Field(
         False,
         description="Sent with a test key: the pipeline runs as for any message, but the dispatcher hands it to its "

@@ -89,5 +89,18 @@ def tables(directory: Path = MIGRATIONS) -> dict[str, dict[str, str]]:
     return out
 
 
+def views(directory: Path = MIGRATIONS) -> dict[str, set[str]]:
+    """{view: the tables it reads} after every migration, in file-name order."""
+    out: dict[str, set[str]] = {}
+    for path in sorted(directory.glob("*.sql")):
+        for stmt in _statements(path.read_text()):
+            flat = " ".join(stmt.split())
+            if m := re.match(r"(?i)^create (?:or replace )?view (\w+) as (.*)$", flat):
+                out[m.group(1)] = set(re.findall(r"(?i)\b(?:from|join) (\w+)", m.group(2)))
+            elif m := re.match(r"(?i)^drop view (?:if exists )?(\w+)", flat):
+                out.pop(m.group(1), None)
+    return out
+
+
 def is_text(column_type: str) -> bool:
     return bool(TEXT_TYPES.match(column_type.strip()))

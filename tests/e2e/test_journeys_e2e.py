@@ -25,7 +25,7 @@ from shared.devtools.stack import Stack
 from shared.journeys.definition import parse_duration
 from shared.statuses import FINAL
 from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS_IN, REJECTED
-from tests.conftest import Tenant, make_tenant
+from tests.conftest import Tenant, make_tenant, register_senders
 from tests.helpers import signed, produce_raw, read_topic, rejected_events, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -127,6 +127,7 @@ def sim_refs(stack: Stack) -> dict[str, int]:
 
 async def test_lead_follow_up_from_the_kafka_topic(stack: Stack, pool, env) -> None:
     tenant = await make_tenant(pool)
+    await register_senders(pool, tenant.tenant_id, "Acme")  # the journey's sender, verified
     api = Api(stack, tenant)
     journey_id = await api.journey(example("lead-follow-up"))
     [phone] = numbers(1, seed=501)

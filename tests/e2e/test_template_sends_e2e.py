@@ -6,6 +6,7 @@ API, the rejected-events topic with the reason on the trigger topic)."""
 
 from __future__ import annotations
 
+import random
 import uuid
 
 import httpx
@@ -15,12 +16,13 @@ from shared.contracts import MessageAcceptedEvent, MessageRequest, TriggerEvent
 from shared.devtools.stack import Stack
 from shared.statuses import FINAL
 from shared.topics import ACCEPTED, ACCEPTED_BULK, REJECTED, TRIGGERS
-from tests.conftest import make_tenant
+from tests.conftest import make_tenant, register_senders
 from tests.helpers import produce_raw, read_topic, rejected_events, signed, wait_for
 
 pytestmark = pytest.mark.e2e
 FINAL_NAMES = [s.value for s in FINAL]
 
+US_LONG_CODE = f"+1201{random.randrange(2_000_000, 10_000_000)}"  # a New Jersey number of its own per run
 TEMPLATE = {
     "purpose": "transactional", "default_language": "en", "sender": "Acme",
     "variants": {"en": "Hi {{first_name|there}}, your order {{values.order}} has shipped",
@@ -44,6 +46,9 @@ async def bodies(env, ids: list[str]) -> dict[str, tuple[str, int | None]]:
 
 async def test_send_by_template_single_batch_and_trigger(stack: Stack, pool, env) -> None:
     tenant = await make_tenant(pool)
+    await register_senders(pool, tenant.tenant_id, "Acme")  # the template's sender, verified
+    # alphanumeric ids do not reach US handsets: the US message goes from a US long code with its 10DLC registration
+    await register_senders(pool, tenant.tenant_id, US_LONG_CODE, registrations={"ten_dlc": {"brand_id": "B1", "campaign_id": "C1"}})
     marker = uuid.uuid4().hex[:10]
     async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=tenant.headers, timeout=60) as api:
         r = await api.post("/v1/contacts", json={"phone": "+34600550001", "first_name": "Lucía", "language": "es"})
@@ -58,7 +63,8 @@ async def test_send_by_template_single_batch_and_trigger(stack: Stack, pool, env
                                                       "metadata": {"marker": marker}})
         assert single.status_code == 202, single.text
         batch = await api.post("/v1/messages/batch", json={"messages": [
-            {"to": "+12025550188", "template_id": tid, "values": {"order": "A-2"}, "metadata": {"marker": marker}},
+            {"to": "+12025550188", "template_id": tid, "values": {"order": "A-2"}, "metadata": {"marker": marker},
+             "sender": US_LONG_CODE},
             {"to": "+34600550002", "template_id": gone, "values": {"order": "A-3"}},
             {"to": "+34600550002", "template_id": tid},
         ]})
@@ -109,10 +115,11 @@ async def test_send_by_template_single_batch_and_trigger(stack: Stack, pool, env
     assert got[kafka_id] == ("Hola Lucía: el pedido K-1 va en camino", 2)
 
     async with httpx.AsyncClient(base_url=stack.url("reports"), headers=tenant.headers, timeout=30) as reports:
-        for mid, version in zip([*api_ids, kafka_id], [1, 1, 2, 2], strict=True):
+        senders = ["Acme", US_LONG_CODE, "Acme", "Acme"]
+        for mid, version, sender in zip([*api_ids, kafka_id], [1, 1, 2, 2], senders, strict=True):
             view = (await reports.get(f"/v1/messages/{mid}")).json()
             assert view["status"] in FINAL_NAMES, view
-            assert (view["template_id"], view["template_version"], view["sender"]) == (tid, version, "Acme")
+            assert (view["template_id"], view["template_version"], view["sender"]) == (tid, version, sender)
     refs = httpx.get(f"http://127.0.0.1:{stack.ports.simulator_control}/stats/client_refs", timeout=30).json()["client_refs"]
     assert all(refs.get(i) == 1 for i in [*api_ids, kafka_id]), "each reached the gateway once"
 

@@ -23,7 +23,7 @@ from services.scheduler.handlers import FactsRepository
 from shared.api import install_error_handlers
 from shared.erasure import build_keys
 from shared.kafka import Publisher, make_producer
-from tests.conftest import Tenant, make_tenant
+from tests.conftest import Tenant, make_tenant, register_senders
 from tests.helpers import marketing_to
 
 pytestmark = pytest.mark.integration
@@ -770,6 +770,7 @@ async def test_audience_streams_in_keyset_batches_and_resumes(pool, audience: Te
 
 
 async def test_templates(client, pool, tenant: Tenant) -> None:
+    await register_senders(pool, tenant.tenant_id, "Acme")  # a template names one of its tenant's verified senders
     body = {
         "name": "spring sale",
         "purpose": "marketing",

@@ -26,7 +26,7 @@ from shared.contracts import ContactEventAcceptedEvent, MessageAcceptedEvent, ut
 from shared.kafka import Incoming, Publisher, make_producer
 from shared.settings import KafkaSettings
 from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS
-from tests.conftest import Tenant, make_tenant
+from tests.conftest import Tenant, make_tenant, register_senders
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,8 @@ def error(r: httpx.Response) -> tuple[int, str]:
     return r.status_code, r.json()["error"]["code"]
 
 
-async def test_every_shipped_example_is_accepted_and_read_back_as_written(client, tenant: Tenant) -> None:
+async def test_every_shipped_example_is_accepted_and_read_back_as_written(client, pool, tenant: Tenant) -> None:
+    await register_senders(pool, tenant.tenant_id, "Acme")  # the sender the examples name, verified
     for path in sorted(EXAMPLES.glob("*.json")):
         body = json.loads(path.read_text())
         r = await client.post("/v1/journeys", json=body, headers=tenant.headers)

@@ -537,3 +537,23 @@ async def test_mo_parts_past_the_reassembly_bound_are_answered_queue_full() -> N
         assert (await asyncio.wait_for(smsc.responses.get(), 5)).status == 0
         assert gw.stats["reconnects"] == 0
     assert sink.inbound_got[0].body == "x" * 300
+
+
+async def test_registration_ids_go_in_the_configured_tlvs(sim: Sim) -> None:
+    """A message's carrier registration ids (docs/senders.md) reach the SMSC in the TLVs the
+    gateway's registration_tlvs name, on every part; ids the gateway names no tag for stay out."""
+    dlt = message("Your OTP is 1234", to="+919812345678", sender="AcmeIN").model_copy(
+        update={"country": "IN", "carrier_ids": {"dlt_entity_id": "1101000000001"}})
+    ten_dlc = message(LONG_GSM, to="+12025550143", sender="+12015550123").model_copy(
+        update={"country": "US", "carrier_ids": {"ten_dlc_brand_id": "BRAND1", "ten_dlc_campaign_id": "CAMP1"}})
+    plain = message("no registration")
+    tlvs = {"dlt_entity_id": 0x1401, "ten_dlc_campaign_id": 0x1402}  # no tag for the brand id
+    async with gateway(sim.smpp_port, registration_tlvs=tlvs) as gw:
+        outcomes = await gw.submit_many([dlt, ten_dlc, plain])
+    assert all(isinstance(o, Submitted) for o in outcomes), outcomes
+    (seen,) = sim.get("/stats/smpp/messages", client_ref=str(dlt.message_id))["messages"]
+    assert (seen["from"], seen["vendor_tlvs"]) == ("AcmeIN", {"0x1401": "1101000000001"})
+    (seen,) = sim.get("/stats/smpp/messages", client_ref=str(ten_dlc.message_id))["messages"]
+    assert seen["vendor_tlvs"] == {"0x1402": "CAMP1"} and seen["segments"] > 1
+    (seen,) = sim.get("/stats/smpp/messages", client_ref=str(plain.message_id))["messages"]
+    assert seen["vendor_tlvs"] == {}

@@ -5,6 +5,7 @@ and scopes."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,7 @@ import pytest
 from services.ingest.settings import IngestSettings
 from shared.contracts import MessageAccepted, MessageAcceptedEvent
 from shared.topics import ACCEPTED, ACCEPTED_BULK
-from tests.conftest import Tenant, make_tenant
+from tests.conftest import Tenant, make_tenant, register_senders
 from tests.helpers import ingest_client, read_topic
 
 pytestmark = pytest.mark.integration
@@ -23,6 +24,7 @@ PROMO = {
     "name": "promo", "purpose": "marketing", "default_language": "en",
     "variants": {"en": "Hi {{first_name|there}}, use {{values.code}} today", "es": "Hola {{first_name|}}, usa {{values.code}} hoy"},
 }
+US_LONG_CODE = f"+1201{random.randrange(2_000_000, 10_000_000)}"  # a New Jersey number of its own per run
 OTP = {"name": "otp", "purpose": "transactional", "default_language": "en", "sender": "Acme",
        "variants": {"en": "Your code is {{values.code}}", "es": "Tu código es {{values.code}}"}}
 
@@ -62,6 +64,9 @@ async def create(client: httpx.AsyncClient, tenant: Tenant, body: dict) -> str:
 
 async def test_single_and_batch_sends_render_in_the_recipients_language(client, env, pool) -> None:
     tenant = await make_tenant(pool)
+    await register_senders(pool, tenant.tenant_id, "Acme", "Other")  # the senders its templates and messages name
+    # alphanumeric ids do not reach US handsets: the US message goes from a US long code with its 10DLC registration
+    await register_senders(pool, tenant.tenant_id, US_LONG_CODE, registrations={"ten_dlc": {"brand_id": "B1", "campaign_id": "C1"}})
     promo, otp = await create(client, tenant, PROMO), await create(client, tenant, OTP)
     async with pool.acquire() as conn:
         await conn.execute("INSERT INTO contacts (tenant_id, phone_e164, country, language, first_name)"
@@ -77,7 +82,7 @@ async def test_single_and_batch_sends_render_in_the_recipients_language(client, 
     r = await client.post("/v1/messages/batch", headers=tenant.headers, json={"messages": [
         {"to": "+34600770002", "template_id": promo, "values": {"code": "SALE20"}},  # a contact who reads English
         {"to": "+34600770003", "template_id": promo, "values": {"code": "SALE20"}},  # a Spanish number, no contact
-        {"to": "+12025550143", "template_id": otp, "values": {"code": 482913}},  # a US number: the default
+        {"to": "+12025550143", "template_id": otp, "values": {"code": 482913}, "sender": US_LONG_CODE},  # a US number: the default
         {"to": "+34600770001", "template_id": otp, "values": {"code": "111"}, "sender": "Other"},
         {"to": "+34600770004", "template_id": promo},  # values.code missing
         {"to": "+34600770004", "template_id": str(uuid.uuid4()), "values": {"code": "1"}},
@@ -105,7 +110,7 @@ async def test_single_and_batch_sends_render_in_the_recipients_language(client, 
     ]
     assert [got[i].type.value for i in ids] == ["marketing", "marketing", "marketing", "transactional", "transactional",
                                                 "marketing"]
-    assert [got[i].sender for i in ids[3:5]] == ["Acme", "Other"]
+    assert [got[i].sender for i in ids[3:5]] == [US_LONG_CODE, "Other"]
     assert [(str(got[i].template_id), got[i].template_version) for i in ids[:5]] == (
         [(promo, 1)] * 3 + [(otp, 1)] * 2)
     assert got[ids[5]].template_id is None
@@ -129,6 +134,7 @@ async def test_single_and_batch_sends_render_in_the_recipients_language(client, 
 
 async def test_versions_and_archive(client, env, pool) -> None:
     tenant = await make_tenant(pool)
+    await register_senders(pool, tenant.tenant_id, "Acme", "Other")  # the senders its templates and messages name
     tid = await create(client, tenant, OTP)
     base = f"/v1/templates/{tid}"
     v2 = {**OTP, "name": "otp-v2", "variants": {"en": "Code: {{values.code}}", "es": "Código: {{values.code}}"}}
@@ -172,6 +178,7 @@ async def test_scopes(client, pool) -> None:
     from shared.auth import create_key
 
     tenant = await make_tenant(pool)
+    await register_senders(pool, tenant.tenant_id, "Acme", "Other")  # the senders its templates and messages name
     tid = await create(client, tenant, OTP)
     async with pool.acquire() as conn:
         reader = Tenant(tenant.tenant_id, await create_key(conn, tenant.tenant_id, ("contacts:read", "messages:read")))

@@ -123,6 +123,11 @@ class SmppConfig(GatewayBase):
     registered_delivery: int = Field(1, ge=0, le=255, description="1: a receipt for every final state")
     use_message_payload: bool = Field(False, description="Long texts in one PDU (message_payload TLV) instead of UDH parts")
     send_message_id_tlv: bool = Field(False, description="Send Herald's message id in TLV 0x1400 (the simulator reads it)")
+    registration_tlvs: dict[str, int] = Field(
+        default_factory=dict,
+        description="Carrier registration ids sent as TLVs (C strings): id name (ten_dlc_brand_id, ten_dlc_campaign_id,"
+        " toll_free_verification_id, dlt_entity_id) -> tag, vendor range 0x1401-0x3FFF, as the carrier documents them",
+    )
     validity_period: ValidityForm = Field(
         "relative", description="validity_period of a message with validity: relative (time left), absolute (UTC) or off"
     )
@@ -144,6 +149,18 @@ class SmppConfig(GatewayBase):
     inbound_flush_ms: int = Field(50, ge=1, le=5000, description="Receipts/MO are handed to the sink every this many ms")
     inbound_batch: int = Field(200, ge=1, le=10_000, description="... or when this many are waiting")
     inbound_idle_ms: int = Field(5, ge=0, le=5000, description="... or when none came for this long (the SMSC's window is full)")
+
+    @field_validator("registration_tlvs")
+    @classmethod
+    def _registration_tlvs(cls, value: dict[str, int]) -> dict[str, int]:
+        from shared.senders import CARRIER_IDS
+
+        for name, tag in value.items():
+            if name not in CARRIER_IDS:
+                raise ValueError(f"registration_tlvs: {name!r} is not one of {', '.join(CARRIER_IDS)}")
+            if not 0x1401 <= tag <= 0x3FFF:
+                raise ValueError(f"registration_tlvs: tag {tag:#06x} of {name} is outside the vendor range 0x1401-0x3FFF")
+        return value
 
     @field_validator("password")
     @classmethod
@@ -666,6 +683,9 @@ class SmppGateway:
         extra: dict[int, bytes] = {}
         if config.send_message_id_tlv:
             extra[TLV_HERALD_MESSAGE_ID] = cstring(str(m.message_id), 65, "message id")
+        for name, tag in config.registration_tlvs.items():  # docs/senders.md, registrations
+            if value := m.carrier_ids.get(name):
+                extra[tag] = cstring(value, 65, name)
         return [
             ShortMessage(
                 source_addr=source,

@@ -37,6 +37,7 @@ from services.ingest.audience.templates import SAMPLE_CONTACT, Template, Templat
 from services.ingest.settings import IngestSettings
 from shared.api import ApiError, error_body, principal_dependency
 from shared.auth import Principal
+from shared.senders import named_problem
 from shared.contracts import utcnow
 from shared.phones import PhoneError, parse_e164
 
@@ -120,6 +121,9 @@ class TemplateBody(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     purpose: Literal["marketing", "transactional"] = "marketing"
     sender: str | None = Field(None, description="Alphanumeric sender id (up to 11) or a number", examples=["Acme"])
+    dlt_template_id: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+        description="India DLT: the content template id this template is registered under (docs/senders.md)")
     default_language: str = Field(examples=["en"])
     variants: dict[str, str] = Field(
         description="Text per language; placeholders {{first_name|there}}, {{attributes.plan}}",
@@ -511,16 +515,20 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
 
     # templates --------------------------------------------------------------------------------
 
-    def _check_template(body: TemplateBody) -> None:
+    def _check_template(body: TemplateBody, principal: Principal) -> None:
         problems = validate(Template(body.purpose, body.default_language, body.variants, body.sender))
         if problems:
             details = [p.detail() | {"loc": f"body.{p.loc}" if p.loc else "body"} for p in problems]
             raise ApiError(422, "template_invalid", str(problems[0]), details)
+        # the sender must be one of the tenant's verified senders (docs/senders.md)
+        refused = named_problem(principal.senders, body.sender, "body.sender")
+        if refused is not None:
+            raise ApiError(422, refused["code"], refused["msg"], [refused])
 
     @router.post("/v1/templates", status_code=201, tags=["templates"], responses={**errors, 409: {}})
     async def create_template(body: TemplateBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
         """Store a template (version 1): variants per language, placeholders with defaults, a sender."""
-        _check_template(body)
+        _check_template(body, principal)
         created = await repo(request).create_template(principal.tenant_id, body.model_dump())
         if created is None:
             raise ApiError(409, "template_exists", f"a template named {body.name!r} exists")
@@ -580,7 +588,7 @@ def build_audience_router(settings: IngestSettings) -> APIRouter:
                 expected = int(if_match.strip().removeprefix("W/").strip('"'))
             except ValueError:
                 raise ApiError(422, "invalid_if_match", "If-Match is the template's version number") from None
-        _check_template(body)
+        _check_template(body, principal)
         try:
             updated = await repo(request).update_template(principal.tenant_id, _id(template_id, "template"),
                                                           body.model_dump(), expected)

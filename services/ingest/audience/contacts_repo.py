@@ -484,11 +484,11 @@ class AudienceRepository:
     async def create_template(self, tenant_id: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Version 1 of a new template (None: the name is taken)."""
         record = await self.pool.fetchrow(
-            f"WITH t AS (INSERT INTO templates (tenant_id, name, purpose, sender, default_language, variants)"
-            f" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, name) DO NOTHING RETURNING *),"
+            f"WITH t AS (INSERT INTO templates (tenant_id, name, purpose, sender, default_language, variants, dlt_template_id)"
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, name) DO NOTHING RETURNING *),"
             f" v AS (INSERT INTO template_versions (tenant_id, template_id, version, name, purpose, sender, default_language,"
-            f" variants, created_at) SELECT tenant_id, template_id, version, name, purpose, sender, default_language, variants,"
-            f" created_at FROM t)"
+            f" variants, created_at, dlt_template_id) SELECT tenant_id, template_id, version, name, purpose, sender,"
+            f" default_language, variants, created_at, dlt_template_id FROM t)"
             f" SELECT {_TEMPLATE_COLUMNS} FROM t",
             tenant_id,
             body["name"],
@@ -496,6 +496,7 @@ class AudienceRepository:
             body.get("sender"),
             body["default_language"],
             dict(body["variants"]),
+            body.get("dlt_template_id"),
         )
         return _template_dict(record) if record else None
 
@@ -519,17 +520,17 @@ class AudienceRepository:
             try:
                 record = await conn.fetchrow(
                     f"UPDATE templates SET name = $3, purpose = $4, sender = $5, default_language = $6, variants = $7,"
-                    f" version = version + 1, updated_at = now() WHERE tenant_id = $1 AND template_id = $2"
-                    f" RETURNING {_TEMPLATE_COLUMNS}",
+                    f" dlt_template_id = $8, version = version + 1, updated_at = now()"
+                    f" WHERE tenant_id = $1 AND template_id = $2 RETURNING {_TEMPLATE_COLUMNS}",
                     tenant_id, template_id, body["name"], body["purpose"], body.get("sender"), body["default_language"],
-                    dict(body["variants"]),
+                    dict(body["variants"]), body.get("dlt_template_id"),
                 )
             except asyncpg.UniqueViolationError:
                 raise TemplateNameTaken() from None
             await conn.execute(
                 "INSERT INTO template_versions (tenant_id, template_id, version, name, purpose, sender, default_language,"
-                " variants, created_at) SELECT tenant_id, template_id, version, name, purpose, sender, default_language,"
-                " variants, updated_at FROM templates WHERE tenant_id = $1 AND template_id = $2",
+                " variants, created_at, dlt_template_id) SELECT tenant_id, template_id, version, name, purpose, sender,"
+                " default_language, variants, updated_at, dlt_template_id FROM templates WHERE tenant_id = $1 AND template_id = $2",
                 tenant_id, template_id,
             )
         return _template_dict(record)
@@ -552,7 +553,7 @@ class AudienceRepository:
         else:
             record = await self.pool.fetchrow(
                 "SELECT v.template_id, v.version, v.name, v.purpose, v.sender, v.default_language, v.variants,"
-                " t.created_at, v.created_at AS updated_at, t.archived_at"
+                " v.dlt_template_id, t.created_at, v.created_at AS updated_at, t.archived_at"
                 " FROM template_versions v JOIN templates t USING (tenant_id, template_id)"
                 " WHERE v.tenant_id = $1 AND v.template_id = $2 AND v.version = $3",
                 tenant_id, template_id, version,
@@ -562,7 +563,7 @@ class AudienceRepository:
     async def template_versions(self, tenant_id: str, template_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]] | None:
         """The template's versions, newest first (None: no such template)."""
         records = await self.pool.fetch(
-            "SELECT v.version, v.name, v.purpose, v.sender, v.default_language, v.variants, v.created_at"
+            "SELECT v.version, v.name, v.purpose, v.sender, v.default_language, v.variants, v.dlt_template_id, v.created_at"
             " FROM templates t LEFT JOIN template_versions v USING (tenant_id, template_id)"
             " WHERE t.tenant_id = $1 AND t.template_id = $2 ORDER BY v.version DESC LIMIT $3",
             tenant_id, template_id, limit,
@@ -571,7 +572,8 @@ class AudienceRepository:
             return None
         return [
             {"version": r["version"], "name": r["name"], "purpose": r["purpose"], "sender": r["sender"],
-             "default_language": r["default_language"], "variants": r["variants"], "created_at": _iso(r["created_at"])}
+             "default_language": r["default_language"], "variants": r["variants"],
+             "dlt_template_id": r["dlt_template_id"], "created_at": _iso(r["created_at"])}
             for r in records if r["version"] is not None
         ]
 
@@ -605,7 +607,8 @@ class TemplateVersionConflict(Exception):
 
 
 _TEMPLATE_COLUMNS = (
-    "template_id, version, name, purpose, sender, default_language, variants, created_at, updated_at, archived_at"
+    "template_id, version, name, purpose, sender, default_language, variants, dlt_template_id, created_at, updated_at,"
+    " archived_at"
 )
 
 
@@ -666,6 +669,7 @@ def _template_dict(r: Mapping[str, Any]) -> dict[str, Any]:
         "sender": r["sender"],
         "default_language": r["default_language"],
         "variants": r["variants"],
+        "dlt_template_id": r["dlt_template_id"],
         "version": r["version"],
         "archived": r["archived_at"] is not None,
         "archived_at": _iso(r["archived_at"]),

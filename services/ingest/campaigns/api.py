@@ -29,6 +29,8 @@ from services.ingest.settings import IngestSettings
 from shared import admin
 from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
+from shared.senders import load_rules as load_sender_rules
+from shared.senders import named_problem
 from shared.contracts import MessageRequest, utcnow
 from shared.egress import URL_INVALID, EgressPolicy
 from shared.kafka import Publisher
@@ -167,6 +169,11 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
             elif templates[v.template_id]["archived"]:
                 problems.append({"loc": f"body.variants.{i}.template_id", "code": "template_archived",
                                  "msg": "the template is archived: it takes no new campaigns"})
+        # the campaign's sender, else each template's: one of the tenant's verified senders (docs/senders.md)
+        named = [("body.sender", body.sender)] if body.sender is not None else [
+            (f"body.variants.{i}.template_id", templates[v.template_id]["sender"])
+            for i, v in enumerate(variants) if v.template_id in templates]
+        problems += [p for loc, sender in named if (p := named_problem(principal.senders, sender, loc)) is not None]
         if len({templates[v.template_id]["purpose"] for v in variants if v.template_id in templates}) > 1:
             problems.append({"loc": "body.variants", "code": "mixed_purposes",
                              "msg": "every variant's template has the same purpose (marketing or transactional)"})
@@ -278,7 +285,8 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
                         metadata={"campaign_test": str(row["campaign_id"]), "variant": v["name"]},
                     )
                     message = accept(request_body, message_id=uuid.uuid4(), now=now, source="api",
-                                     allowed_types=settings.allowed_number_types, smart_encoding=settings.smart_encoding)
+                                     allowed_types=settings.allowed_number_types, smart_encoding=settings.smart_encoding,
+                                     senders=principal.senders, sender_rules=load_sender_rules())
                 except (TemplateError, Rejection, ValueError) as exc:
                     code = getattr(exc, "code", "invalid")
                     results.append({"to": number, "variant": v["name"], "error": {"code": code, "message": str(exc)}})
@@ -310,6 +318,18 @@ def build_campaigns_router(settings: IngestSettings, publisher: Publisher) -> AP
     @router.post("/v1/campaigns/{campaign_id}/launch", tags=["campaigns"], responses=errors)
     async def launch(campaign_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer) -> dict[str, Any]:
         """Start sending now, or at send_at (state scheduled)."""
+        row = await load(request, principal, campaign_id)
+        # a sender suspended or withdrawn since the campaign was created stops its launch (docs/senders.md)
+        if row["sender"] is not None:
+            named = [("sender", row["sender"])]
+        else:
+            pinned = {uuid.UUID(v["template_id"]): v.get("template_version") for v in row["variants"]}
+            stored = await repo(request).templates(principal.tenant_id, list(pinned), pinned)
+            named = [(f"variants.{i}.template_id", stored[uuid.UUID(v["template_id"])]["sender"])
+                     for i, v in enumerate(row["variants"]) if uuid.UUID(v["template_id"]) in stored]
+        refused = [p for loc, sender in named if (p := named_problem(principal.senders, sender, loc)) is not None]
+        if refused:
+            raise ApiError(422, refused[0]["code"], refused[0]["msg"], refused)
         return await act(request, principal, campaign_id, "launch")
 
     @router.post("/v1/campaigns/{campaign_id}/pause", tags=["campaigns"], responses=errors)

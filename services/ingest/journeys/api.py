@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from services.ingest.journeys.repository import Archived, JourneysRepository, VersionConflict
 from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
+from shared.senders import named_problem
 from shared.journeys.definition import JourneyDefinition, SendStep
 
 ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
@@ -41,6 +42,10 @@ def build_journeys_router() -> APIRouter:
         tenant = principal.tenant_id
         if any(isinstance(s, SendStep) for s in body.steps):
             principal.require("messages:write")
+        refused = [p for i, s in enumerate(body.steps) if isinstance(s, SendStep)
+                   and (p := named_problem(principal.senders, s.sender, f"body.steps.{i}.sender")) is not None]
+        if refused:  # a send step's sender: one of the tenant's verified senders (docs/senders.md)
+            raise ApiError(422, refused[0]["code"], refused[0]["msg"], refused)
         wanted = body.template_ids
         missing = await repo(request).missing_templates(tenant, wanted)
         if missing:
