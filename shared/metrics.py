@@ -55,3 +55,11 @@ SUBJECT_ACCESS_PARTS = Counter("herald_subject_access_parts_total", "Subject-acc
 SUBJECT_ACCESS_ROWS = Counter("herald_subject_access_rows_total", "Rows a service put into subject-access parts, per table",
                               ["service", "table"])
 SUBJECT_ACCESS_EXPORTS = Counter("herald_subject_access_exports_total", "Subject-access exports requested (ingest)")
+PERIODIC_RUNS = Counter(
+    "herald_periodic_runs_total", "Passes of a periodic worker (shared/periodic.py), by outcome: ok, error",
+    ["task", "outcome"],
+)
+PERIODIC_LAST_SUCCESS = Gauge(
+    "herald_periodic_last_success_timestamp_seconds", "Unix time of a periodic worker's last pass that ended without error",
+    ["task"],
+)

@@ -36,6 +36,7 @@ from services.ingest.links_repo import LinksRepository
 from shared.api import error_body
 from shared.contracts import LinkClicked, LinkClickedEvent, utcnow
 from shared.kafka import Outgoing, Publisher
+from shared.periodic import run_periodically
 from shared.topics import CLICKS
 
 log = logging.getLogger(__name__)
@@ -145,15 +146,9 @@ class TakedownWatcher:
         return new
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.check()
-            except Exception:
-                log.warning("could not look for link takedowns; the cache TTL still applies", exc_info=True)
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.poll_s)
-            except TimeoutError:
-                pass
+        await run_periodically("link_takedowns", self.check, self.poll_s, self._stop, logger=log,
+                               error_message="could not look for link takedowns; the cache TTL still applies",
+                               error_level=logging.WARNING)
 
 
 class ClickBuffer:
@@ -218,12 +213,8 @@ class ClickBuffer:
         return len(items)
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
-            await self.flush()
+        await run_periodically("click_flush", self.flush, self.interval_s, self._stop, wait_first=True, logger=log,
+                               error_message="flushing click events failed")
         await self.flush()  # what is left at shutdown
 
 

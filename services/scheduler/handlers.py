@@ -44,6 +44,7 @@ from shared.contracts import (
 )
 from shared.erasure import NO_KEYS, ErasureKeys
 from shared.kafka import YIELD_EVERY, Incoming, Outgoing, Publisher
+from shared.periodic import run_periodically
 from shared.statuses import MessageType, Status
 from shared.topics import STATUS, outbound_topic
 
@@ -321,17 +322,13 @@ class Timer:
         self._stop.set()
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.housekeeping()
-                while await self.release_due() >= self.batch and not self._stop.is_set():
-                    pass
-            except Exception:
-                log.exception("releasing due messages failed; retrying")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
+        await run_periodically("release_due", self._pass, self.interval_s, self._stop, logger=log,
+                               error_message="releasing due messages failed; retrying")
+
+    async def _pass(self) -> None:
+        await self.housekeeping()
+        while await self.release_due() >= self.batch and not self._stop.is_set():
+            pass
 
     async def housekeeping(self) -> None:
         """Wake the held messages of resumed or cancelled campaigns and of disabled tenants; forget old cap releases."""
