@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from services.ingest import deps, metrics
 from services.ingest.audience.contacts_api import router as audience_router
 from services.ingest.campaigns.api import router as campaigns_router
-from services.ingest.replies.api import build_inbound_router
+from services.ingest.replies.api import router as inbound_router
 from services.ingest.domain import (
     MAX_SCHEDULE_AHEAD,
     Rejection,
@@ -32,7 +32,7 @@ from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
 from shared.topics import MESSAGE_COMMANDS
-from services.ingest.twilio_callbacks import create_router as twilio_router
+from services.ingest.twilio_callbacks import router as twilio_router
 from shared.api import ApiError, api_app, install_error_handlers, principal_dependency, require_json
 from shared.auth import KeyCache, Principal, authenticate
 from shared.contracts import MessageCommand, MessageCommandEvent, MessageRequest, utcnow
@@ -534,8 +534,8 @@ def create_app(
     document_batch_limit(app, settings.batch_max_messages)
     # After the message routes: a request is matched against the routes in order, and single
     # sends are the hot path (no path of these routers overlaps them).
-    app.include_router(twilio_router(settings, publisher))
+    app.include_router(twilio_router)
     app.include_router(audience_router)
     app.include_router(campaigns_router)
-    app.include_router(build_inbound_router())
+    app.include_router(inbound_router)
     return app

@@ -11,7 +11,7 @@ from services.ingest.redirect import create_router as links_router
 from services.ingest.events.api import build_events_router
 from services.ingest.events.consumer import ContactEventsHandler
 from services.ingest.events.service import ContactsLookup, EventAcceptor
-from services.ingest.journeys.api import build_journeys_router
+from services.ingest.journeys.api import router as journeys_router
 from shared.ratelimit import RateLimiter
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
@@ -62,7 +62,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     events = EventAcceptor(ContactsLookup(ctx.pool))
     limiter = RateLimiter(ctx.pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
     app.include_router(build_events_router(events, ctx.publisher, limiter, settings.events_batch_max))
-    app.include_router(build_journeys_router())
+    app.include_router(journeys_router)
     contact_events = Lane("contact-events", f"{settings.topic_prefix}ingest.contact-events", [CONTACT_EVENTS_IN],
                           ContactEventsHandler(events, repository, settings.kafka_input_signatures))
     # Subject-access exports (docs/data-map.md): ingest's own part, and every service's parts stored.

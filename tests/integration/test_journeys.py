@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from services.ingest.events.api import build_events_router
 from services.ingest.events.service import ContactsLookup, EventAcceptor
-from services.ingest.journeys.api import build_journeys_router
+from services.ingest.journeys.api import router as journeys_router
 from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
 from services.scheduler.journeys.repository import JourneyRepository
@@ -51,7 +51,7 @@ async def client(env, pool, publisher) -> AsyncIterator[httpx.AsyncClient]:
     app.state.pool = pool
     install_error_handlers(app)
     app.include_router(build_events_router(EventAcceptor(ContactsLookup(pool)), publisher, RateLimiter(pool, 6000, 600000), 100))
-    app.include_router(build_journeys_router())
+    app.include_router(journeys_router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=60) as c:
         yield c
 
