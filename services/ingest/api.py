@@ -33,7 +33,7 @@ from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
 from shared.topics import MESSAGE_COMMANDS
 from services.ingest.twilio_callbacks import router as twilio_router
-from shared.api import ApiError, api_app, install_error_handlers, principal_dependency, require_json
+from shared.api import ApiError, api_app, document_body_schema, install_error_handlers, principal_dependency, require_json
 from shared.auth import KeyCache, Principal, authenticate
 from shared.contracts import MessageCommand, MessageCommandEvent, MessageRequest, utcnow
 from shared.events import receipt_event
@@ -190,43 +190,14 @@ async def send_message(body: MessageRequest, request: Request, principal: Princi
     return JSONResponse(answer, status_code=202)
 
 
-def batch_schema(max_messages: int | None) -> dict[str, Any]:
-    """The batch body's schema (the route reads it raw); ``maxItems`` is the settings' limit."""
+def batch_schema(max_messages: int | None = None) -> dict[str, Any]:
+    """The batch body's documented schema (the route reads the body itself). The limit is a
+    setting: the router documents none, create_app its own (``document_body_schema``)."""
     messages: dict[str, Any] = {"type": "array", "minItems": 1}
     if max_messages is not None:
         messages["maxItems"] = max_messages
     messages["items"] = {"$ref": "#/components/schemas/MessageRequest"}
-    return {
-        "type": "object",
-        "required": ["messages"],
-        "additionalProperties": False,
-        "properties": {
-            "messages": messages,
-        },
-    }
-
-
-def batch_body(max_messages: int | None) -> dict[str, Any]:
-    """The batch route's documented request body."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": batch_schema(max_messages)}}}}
-
-
-def document_batch_limit(app: FastAPI, max_messages: int) -> None:
-    """The batch limit is a setting, and the router is shared: each app's document says its own
-    (``maxItems`` of the batch body's ``messages``)."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = build()
-        body = schema["paths"]["/v1/messages/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-        schema_of = batch_schema(max_messages)
-        body["properties"]["messages"] = schema_of["properties"]["messages"]
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    return {"type": "object", "required": ["messages"], "additionalProperties": False, "properties": {"messages": messages}}
 
 
 @router.post(
@@ -243,7 +214,7 @@ def document_batch_limit(app: FastAPI, max_messages: int) -> None:
         429: {},
         503: {"description": "Not every message could be queued: retry the same batch with the same Idempotency-Key"},
     },
-    openapi_extra=batch_body(None),  # create_app documents the settings' maxItems
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": batch_schema()}}}},
 )
 async def send_batch(
     request: Request,
@@ -531,7 +502,7 @@ def create_app(
     # Requests refused before a route ran count with those the routes refuse (the demo's summary, dashboards).
     install_error_handlers(app, on_invalid=lambda code: metrics.REQUESTS_REJECTED.labels(code).inc())
     app.include_router(router)
-    document_batch_limit(app, settings.batch_max_messages)
+    document_body_schema(app, "/v1/messages/batch", batch_schema(settings.batch_max_messages))
     # After the message routes: a request is matched against the routes in order, and single
     # sends are the hot path (no path of these routers overlaps them).
     app.include_router(twilio_router)

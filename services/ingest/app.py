@@ -8,7 +8,8 @@ from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
 from services.ingest.redirect import ClickBuffer, LinkCache, TakedownWatcher
 from services.ingest.redirect import create_router as links_router
-from services.ingest.events.api import build_events_router
+from services.ingest.events.api import batch_schema as events_batch_schema
+from services.ingest.events.api import router as events_router
 from services.ingest.events.consumer import ContactEventsHandler
 from services.ingest.events.service import ContactsLookup, EventAcceptor
 from services.ingest.journeys.api import router as journeys_router
@@ -19,7 +20,7 @@ from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from services.ingest.triggers import TriggerHandler
-from shared.api import Check
+from shared.api import Check, document_body_schema
 from shared.service import Context, Lane, Wiring, run_service
 from services.ingest.audience.subject_access import PartsHandler, ingest_gatherer
 from shared.subject_access_store import GatherHandler
@@ -61,7 +62,9 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Contact events (HTTP and their topic, one validation path) and journey definitions: docs/journeys.md.
     events = EventAcceptor(ContactsLookup(ctx.pool))
     limiter = RateLimiter(ctx.pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
-    app.include_router(build_events_router(events, ctx.publisher, limiter, settings.events_batch_max))
+    app.state.event_acceptor, app.state.events_limiter = events, limiter
+    app.include_router(events_router)
+    document_body_schema(app, "/v1/events/batch", events_batch_schema(settings.events_batch_max))
     app.include_router(journeys_router)
     contact_events = Lane("contact-events", f"{settings.topic_prefix}ingest.contact-events", [CONTACT_EVENTS_IN],
                           ContactEventsHandler(events, repository, settings.kafka_input_signatures))
