@@ -7,7 +7,7 @@ from services.ingest.campaigns.launcher import Launcher
 from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
 from services.ingest.redirect import ClickBuffer, LinkCache, TakedownWatcher
-from services.ingest.redirect import create_router as links_router
+from services.ingest.redirect import router as links_router
 from services.ingest.events.api import batch_schema as events_batch_schema
 from services.ingest.events.api import router as events_router
 from services.ingest.events.consumer import ContactEventsHandler
@@ -50,7 +50,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     ctx.workers["click-publisher"] = clicks.run()
     ctx.stoppers.append(clicks.stop)
     link_cache = LinkCache(links, settings.link_cache_size, settings.link_cache_ttl_s)
-    app.include_router(links_router(link_cache, clicks, settings.link_bot_min_delay_s))
+    app.state.link_cache, app.state.clicks = link_cache, clicks
+    app.include_router(links_router)
     takedowns = TakedownWatcher(links, link_cache, settings.link_takedown_poll_s)
     ctx.workers["link-takedowns"] = takedowns.run()
     ctx.stoppers.append(takedowns.stop)
