@@ -117,6 +117,23 @@ def document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def document_body_schema(app: FastAPI, path: str, schema: dict[str, Any]) -> None:
+    """Show ``schema`` as ``POST path``'s JSON body in this app's document only: for a route of a
+    shared router whose documented body depends on a setting (a batch's ``maxItems``), since
+    routers, and their routes' ``openapi_extra``, are shared between apps."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = build()
+        document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"] = schema
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI, on_invalid: Callable[[str], None] | None = None) -> None:
     """The one error shape for every answer. ``on_invalid`` hears the code of each request refused
     before a route ran (422 ``validation_failed`` / ``malformed_json``, 415): ingest counts them

@@ -75,3 +75,11 @@ RETENTION_RUNS = Counter(
     "herald_retention_runs_total", "Retention runs by outcome (success, behind: stopped at its budget, failed)",
     ["service", "outcome"],
 )
+PERIODIC_RUNS = Counter(
+    "herald_periodic_runs_total", "Passes of a periodic worker (shared/periodic.py), by outcome: ok, error",
+    ["task", "outcome"],
+)
+PERIODIC_LAST_SUCCESS = Gauge(
+    "herald_periodic_last_success_timestamp_seconds", "Unix time of a periodic worker's last pass that ended without error",
+    ["task"],
+)

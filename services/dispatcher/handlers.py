@@ -45,6 +45,7 @@ from shared.contracts import (
     utcnow,
 )
 from shared.kafka import Incoming, Outgoing, Publisher
+from shared.periodic import run_periodically
 from shared.statuses import Status
 from shared.topics import STATUS, accepted_topic
 
@@ -526,12 +527,6 @@ class Reconciler:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _pause(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            pass
-
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._renew_loop())
@@ -543,22 +538,18 @@ class Reconciler:
 
     async def _renew_loop(self) -> None:
         # Its own task: a long reconcile pass (a resend that retries) must not delay renewals.
-        while not self._stop.is_set():
-            try:
-                await self.renew_once()
-            except Exception as exc:
-                log.warning("lease renewal failed", extra={"error": repr(exc)})
-            await self._pause(self.settings.claim_lease_s / 3)
+        await run_periodically("claim_renewal", self.renew_once, self.settings.claim_lease_s / 3, self._stop,
+                               logger=log, error_message="lease renewal failed", error_level=logging.WARNING,
+                               traceback=False)
 
     async def _reconcile_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                metrics.OLDEST_CLAIM_AGE.set(await self.claims.oldest_open_age())
-                while await self.reconcile_once() and not self._stop.is_set():
-                    pass
-            except Exception:
-                log.exception("reconcile pass failed")
-            await self._pause(self.settings.reconcile_interval_s)
+        await run_periodically("reconcile", self._reconcile_pass, self.settings.reconcile_interval_s, self._stop,
+                               logger=log, error_message="reconcile pass failed")
+
+    async def _reconcile_pass(self) -> None:
+        metrics.OLDEST_CLAIM_AGE.set(await self.claims.oldest_open_age())
+        while await self.reconcile_once() and not self._stop.is_set():
+            pass
 
     async def reconcile_once(self, limit: int = 200) -> int:
         rows = await self.claims.take_stale(self.ownership.owner, self.settings.claim_lease_s, limit)

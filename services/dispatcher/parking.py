@@ -31,6 +31,7 @@ from services.dispatcher.repository import ClaimRepository, Finish, ParkingRepos
 from services.dispatcher.settings import DispatcherSettings
 from shared.contracts import MessageOutbound, utcnow
 from shared.kafka import Publisher
+from shared.periodic import run_periodically
 from shared.statuses import MessageType
 
 log = logging.getLogger(__name__)
@@ -112,15 +113,8 @@ class ParkingLoop:
         self._stop.set()
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.pass_once()
-            except Exception:
-                log.exception("parking pass failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.settings.parking_interval_s)
-            except TimeoutError:
-                pass
+        await run_periodically("parking", self.pass_once, self.settings.parking_interval_s, self._stop,
+                               logger=log, error_message="parking pass failed")
 
     async def pass_once(self) -> int:
         """Wake, resend and end what is due; returns how many parked messages were taken."""

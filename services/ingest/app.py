@@ -9,11 +9,12 @@ from services.ingest.campaigns.winners import CampaignWinnersHandler
 from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
 from services.ingest.redirect import ClickBuffer, LinkCache, TakedownWatcher
-from services.ingest.redirect import create_router as links_router
-from services.ingest.events.api import build_events_router
+from services.ingest.redirect import router as links_router
+from services.ingest.events.api import batch_schema as events_batch_schema
+from services.ingest.events.api import router as events_router
 from services.ingest.events.consumer import ContactEventsHandler
 from services.ingest.events.service import ContactsLookup, EventAcceptor
-from services.ingest.journeys.api import build_journeys_router
+from services.ingest.journeys.api import router as journeys_router
 from shared.ratelimit import RateLimiter
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
@@ -22,7 +23,7 @@ from services.ingest.retention import tasks as retention_tasks
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from services.ingest.triggers import TriggerHandler
-from shared.api import Check
+from shared.api import Check, document_body_schema
 from shared.retention_store import add_retention_job
 from shared.service import Context, Lane, Wiring, run_service
 from services.ingest.audience.subject_access import PartsHandler, ingest_gatherer
@@ -59,7 +60,8 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     ctx.workers["click-publisher"] = clicks.run()
     ctx.stoppers.append(clicks.stop)
     link_cache = LinkCache(links, settings.link_cache_size, settings.link_cache_ttl_s)
-    app.include_router(links_router(link_cache, clicks, settings.link_bot_min_delay_s))
+    app.state.link_cache, app.state.clicks = link_cache, clicks
+    app.include_router(links_router)
     takedowns = TakedownWatcher(links, link_cache, settings.link_takedown_poll_s)
     ctx.workers["link-takedowns"] = takedowns.run()
     ctx.stoppers.append(takedowns.stop)
@@ -71,8 +73,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Contact events (HTTP and their topic, one validation path) and journey definitions: docs/journeys.md.
     events = EventAcceptor(ContactsLookup(ctx.pool))
     limiter = RateLimiter(ctx.pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
-    app.include_router(build_events_router(events, ctx.publisher, limiter, settings.events_batch_max))
-    app.include_router(build_journeys_router())
+    app.state.event_acceptor, app.state.events_limiter = events, limiter
+    app.include_router(events_router)
+    document_body_schema(app, "/v1/events/batch", events_batch_schema(settings.events_batch_max))
+    app.include_router(journeys_router)
     contact_events = Lane("contact-events", f"{settings.topic_prefix}ingest.contact-events", [CONTACT_EVENTS_IN],
                           ContactEventsHandler(events, repository, settings.kafka_input_signatures))
     # Subject-access exports (docs/data-map.md): ingest's own part, and every service's parts stored.

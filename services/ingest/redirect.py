@@ -36,6 +36,7 @@ from services.ingest.links_repo import LinksRepository
 from shared.api import error_body
 from shared.contracts import LinkClicked, LinkClickedEvent, utcnow
 from shared.kafka import Outgoing, Publisher
+from shared.periodic import run_periodically
 from shared.topics import CLICKS
 
 log = logging.getLogger(__name__)
@@ -145,15 +146,9 @@ class TakedownWatcher:
         return new
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.check()
-            except Exception:
-                log.warning("could not look for link takedowns; the cache TTL still applies", exc_info=True)
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.poll_s)
-            except TimeoutError:
-                pass
+        await run_periodically("link_takedowns", self.check, self.poll_s, self._stop, logger=log,
+                               error_message="could not look for link takedowns; the cache TTL still applies",
+                               error_level=logging.WARNING)
 
 
 class ClickBuffer:
@@ -218,12 +213,8 @@ class ClickBuffer:
         return len(items)
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
-            await self.flush()
+        await run_periodically("click_flush", self.flush, self.interval_s, self._stop, wait_first=True, logger=log,
+                               error_message="flushing click events failed")
         await self.flush()  # what is left at shutdown
 
 
@@ -231,65 +222,67 @@ def _headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-def create_router(cache: LinkCache, clicks: ClickBuffer, bot_min_delay_s: float) -> APIRouter:
-    router = APIRouter()
+router = APIRouter()  # what it needs is on the app's state: link_cache, clicks, settings (ingest's wire)
 
-    @router.api_route(
-        "/l/{code}",
-        methods=["GET", "HEAD"],
-        response_class=RedirectResponse,
-        status_code=302,
-        responses={
-            302: {"description": "Redirect to the link's URL"},
-            404: {"description": "Unknown link, or one whose message was not submitted, or asked on another domain"},
-            410: {"description": "Expired (link_expired) or taken down by an operator (link_taken_down)"},
-        },
-        tags=["links"],
-    )
-    async def follow_link(code: str, request: Request) -> Any:
-        """Follow a tracked short link: 302 to its URL, and the click is recorded (bots flagged).
 
-        Only a link whose message was submitted answers, until it expires, on the domain it was
-        minted for (a tenant's own link domain: the Host header), unless an operator took it down."""
-        started = time.perf_counter()
-        try:
-            if not CODE_PATTERN.match(code):
-                metrics.LINK_NOT_FOUND.labels("malformed_code").inc()
-                return JSONResponse(
-                    error_body("link_not_found", "not a short link code (10 letters and digits)"), status_code=404
-                )
-            target = await cache.get(code)
-            if target is None:
-                metrics.LINK_NOT_FOUND.labels("unknown_code").inc()
+@router.api_route(
+    "/l/{code}",
+    methods=["GET", "HEAD"],
+    response_class=RedirectResponse,
+    status_code=302,
+    responses={
+        302: {"description": "Redirect to the link's URL"},
+        404: {"description": "Unknown link, or one whose message was not submitted, or asked on another domain"},
+        410: {"description": "Expired (link_expired) or taken down by an operator (link_taken_down)"},
+    },
+    tags=["links"],
+)
+
+
+async def follow_link(code: str, request: Request) -> Any:
+    """Follow a tracked short link: 302 to its URL, and the click is recorded (bots flagged).
+
+    Only a link whose message was submitted answers, until it expires, on the domain it was
+    minted for (a tenant's own link domain: the Host header), unless an operator took it down."""
+    started = time.perf_counter()
+    state = request.app.state  # read directly, not through Depends: this is the hot path
+    try:
+        if not CODE_PATTERN.match(code):
+            metrics.LINK_NOT_FOUND.labels("malformed_code").inc()
+            return JSONResponse(
+                error_body("link_not_found", "not a short link code (10 letters and digits)"), status_code=404
+            )
+        target = await state.link_cache.get(code)
+        if target is None:
+            metrics.LINK_NOT_FOUND.labels("unknown_code").inc()
+            return JSONResponse(error_body("link_not_found", "no link with this code"), status_code=404)
+        now = utcnow()
+        headers = _headers(request)
+        refused = refusal(activated_at=target.activated_at, expires_at=target.expires_at, domain=target.domain,
+                          taken_down_at=target.taken_down_at, host=headers.get("host"), now=now)
+        if refused is not None:
+            metrics.LINK_REFUSED.labels(refused).inc()
+            if refused in (NOT_ACTIVE, WRONG_DOMAIN):  # as an unknown code: nothing said about the link
                 return JSONResponse(error_body("link_not_found", "no link with this code"), status_code=404)
-            now = utcnow()
-            headers = _headers(request)
-            refused = refusal(activated_at=target.activated_at, expires_at=target.expires_at, domain=target.domain,
-                              taken_down_at=target.taken_down_at, host=headers.get("host"), now=now)
-            if refused is not None:
-                metrics.LINK_REFUSED.labels(refused).inc()
-                if refused in (NOT_ACTIVE, WRONG_DOMAIN):  # as an unknown code: nothing said about the link
-                    return JSONResponse(error_body("link_not_found", "no link with this code"), status_code=404)
-                if refused == TAKEN_DOWN:
-                    return JSONResponse(error_body("link_taken_down", "this link was taken down"), status_code=410)
-                return JSONResponse(error_body("link_expired", "this link has expired"), status_code=410)
-            # "too fast" counts from the submission (the link's activation), not the acceptance
-            reason = classify(request.method, headers, now, target.activated_at or target.created_at, bot_min_delay_s)
-            agent = headers.get("user-agent")
-            click = LinkClicked.model_construct(
-                code=code, message_id=target.message_id, link_index=target.link_index, url=target.url,
-                contact_id=target.contact_id, campaign_id=target.campaign_id, variant=target.variant,
-                journey_id=target.journey_id, clicked_at=now, bot=reason is not None, bot_reason=reason,
-                method="HEAD" if request.method.upper() == "HEAD" else "GET",
-                user_agent=agent[:512] if agent else None,
-            )
-            clicks.add(target.tenant_id, click)
-            metrics.LINK_CLICKS.labels("bot" if reason else "human").inc()
-            return Response(
-                status_code=302,
-                headers={"Location": target.url, "Cache-Control": "private, no-store", "Referrer-Policy": "no-referrer"},
-            )
-        finally:
-            metrics.REDIRECT_SECONDS.observe(time.perf_counter() - started)
-
-    return router
+            if refused == TAKEN_DOWN:
+                return JSONResponse(error_body("link_taken_down", "this link was taken down"), status_code=410)
+            return JSONResponse(error_body("link_expired", "this link has expired"), status_code=410)
+        # "too fast" counts from the submission (the link's activation), not the acceptance
+        reason = classify(request.method, headers, now, target.activated_at or target.created_at,
+                          state.settings.link_bot_min_delay_s)
+        agent = headers.get("user-agent")
+        click = LinkClicked.model_construct(
+            code=code, message_id=target.message_id, link_index=target.link_index, url=target.url,
+            contact_id=target.contact_id, campaign_id=target.campaign_id, variant=target.variant,
+            journey_id=target.journey_id, clicked_at=now, bot=reason is not None, bot_reason=reason,
+            method="HEAD" if request.method.upper() == "HEAD" else "GET",
+            user_agent=agent[:512] if agent else None,
+        )
+        state.clicks.add(target.tenant_id, click)
+        metrics.LINK_CLICKS.labels("bot" if reason else "human").inc()
+        return Response(
+            status_code=302,
+            headers={"Location": target.url, "Cache-Control": "private, no-store", "Referrer-Policy": "no-referrer"},
+        )
+    finally:
+        metrics.REDIRECT_SECONDS.observe(time.perf_counter() - started)

@@ -43,58 +43,55 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_senders_router() -> APIRouter:
-    router = APIRouter(tags=["senders"])
-    reader = Depends(principal_dependency("senders:read"))
-    writer = Depends(principal_dependency("senders:write"))
+router = APIRouter(tags=["senders"])  # create_app mounts it after the message routes
+reader = Depends(principal_dependency("senders:read"))
+writer = Depends(principal_dependency("senders:write"))
 
-    def pool(request: Request) -> asyncpg.Pool:
-        return request.app.state.pool
+def pool(request: Request) -> asyncpg.Pool:
+    return request.app.state.pool
 
-    @router.post("/v1/senders", status_code=201, responses={401: {}, 403: {}, 409: {}, 422: {}})
-    async def request_sender(body: SenderRequest, request: Request, principal: Principal = writer) -> dict[str, Any]:
-        """Request a sender: it is ``pending`` until an operator verifies it."""
-        async with pool(request).acquire() as conn:
-            try:
-                row = await admin.sender_add(
-                    conn, f"api:{principal.key_id}", principal.tenant_id, body.sender, kind=body.kind,
-                    countries=body.countries, capabilities=body.capabilities, state="pending", scope=body.scope,
-                    registrations=body.registrations,
-                )
-            except ValueError as exc:
-                if "already registered" in str(exc):
-                    raise ApiError(409, "sender_exists", str(exc)) from None
-                raise ApiError(422, "validation_failed", str(exc),
-                               [{"loc": "body", "code": "validation_failed", "msg": str(exc)}]) from None
-        return _view(row)
+@router.post("/v1/senders", status_code=201, responses={401: {}, 403: {}, 409: {}, 422: {}})
+async def request_sender(body: SenderRequest, request: Request, principal: Principal = writer) -> dict[str, Any]:
+    """Request a sender: it is ``pending`` until an operator verifies it."""
+    async with pool(request).acquire() as conn:
+        try:
+            row = await admin.sender_add(
+                conn, f"api:{principal.key_id}", principal.tenant_id, body.sender, kind=body.kind,
+                countries=body.countries, capabilities=body.capabilities, state="pending", scope=body.scope,
+                registrations=body.registrations,
+            )
+        except ValueError as exc:
+            if "already registered" in str(exc):
+                raise ApiError(409, "sender_exists", str(exc)) from None
+            raise ApiError(422, "validation_failed", str(exc),
+                           [{"loc": "body", "code": "validation_failed", "msg": str(exc)}]) from None
+    return _view(row)
 
-    @router.get("/v1/senders", responses={401: {}, 403: {}})
-    async def list_senders(
-        request: Request, principal: Principal = reader,
-        state: Literal["pending", "verified", "suspended"] | None = Query(None),
-    ) -> dict[str, Any]:
-        """The tenant's senders, with their state."""
-        async with pool(request).acquire() as conn:
-            rows = await admin.sender_list(conn, principal.tenant_id, state)
-        return {"senders": [_view(r) for r in rows]}
+@router.get("/v1/senders", responses={401: {}, 403: {}})
+async def list_senders(
+    request: Request, principal: Principal = reader,
+    state: Literal["pending", "verified", "suspended"] | None = Query(None),
+) -> dict[str, Any]:
+    """The tenant's senders, with their state."""
+    async with pool(request).acquire() as conn:
+        rows = await admin.sender_list(conn, principal.tenant_id, state)
+    return {"senders": [_view(r) for r in rows]}
 
-    async def own(request: Request, principal: Principal, sender: str) -> dict[str, Any]:
-        async with pool(request).acquire() as conn:
-            found = await admin.sender_get(conn, principal.tenant_id, sender)
-        if found is None:
-            raise ApiError(404, "sender_not_found", f"no sender {sender!r} for your tenant")
-        return found
+async def own(request: Request, principal: Principal, sender: str) -> dict[str, Any]:
+    async with pool(request).acquire() as conn:
+        found = await admin.sender_get(conn, principal.tenant_id, sender)
+    if found is None:
+        raise ApiError(404, "sender_not_found", f"no sender {sender!r} for your tenant")
+    return found
 
-    @router.get("/v1/senders/{sender}", responses={401: {}, 403: {}, 404: {}})
-    async def get_sender(request: Request, sender: str = Path(max_length=32),
-                         principal: Principal = reader) -> dict[str, Any]:
-        return _view(await own(request, principal, sender))
+@router.get("/v1/senders/{sender}", responses={401: {}, 403: {}, 404: {}})
+async def get_sender(request: Request, sender: str = Path(max_length=32),
+                     principal: Principal = reader) -> dict[str, Any]:
+    return _view(await own(request, principal, sender))
 
-    @router.delete("/v1/senders/{sender}", status_code=204, responses={401: {}, 403: {}, 404: {}})
-    async def remove_sender(request: Request, sender: str = Path(max_length=32), principal: Principal = writer) -> None:
-        """Withdraw a sender: messages naming it are refused from the next request on."""
-        await own(request, principal, sender)
-        async with pool(request).acquire() as conn:
-            await admin.sender_remove(conn, f"api:{principal.key_id}", principal.tenant_id, normalise(sender))
-
-    return router
+@router.delete("/v1/senders/{sender}", status_code=204, responses={401: {}, 403: {}, 404: {}})
+async def remove_sender(request: Request, sender: str = Path(max_length=32), principal: Principal = writer) -> None:
+    """Withdraw a sender: messages naming it are refused from the next request on."""
+    await own(request, principal, sender)
+    async with pool(request).acquire() as conn:
+        await admin.sender_remove(conn, f"api:{principal.key_id}", principal.tenant_id, normalise(sender))

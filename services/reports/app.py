@@ -11,7 +11,8 @@ from services.reports.settings import ReportsSettings
 from services.reports.subject_access import reports_gatherer
 from services.reports.results import ResultsHandler
 from services.reports.retention import tasks as retention_tasks
-from services.reports.webhooks import ReplyWebhookHandler, WebhookWorker
+from services.reports.webhooks.handler import ReplyWebhookHandler
+from services.reports.webhooks.worker import WebhookWorker
 from services.reports.winner import WinnerWorker
 from shared.api import Check
 from shared.service import Context, Lane, Wiring, run_service

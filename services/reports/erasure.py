@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from services.reports.webhooks import conversation_key
+from services.reports.webhooks.rules import conversation_key
 from shared.contracts import ErasureRequested
 from shared.erasure_store import count
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import asyncpg
 
-from services.reports import metrics, webhooks
+from services.reports import metrics
+from services.reports.webhooks import repository as webhook_outbox
+from services.reports.webhooks import rules as webhook_rules
 from services.reports.domain import Change, Transition, fold, from_accepted, from_receipt, from_status
 from services.reports.repository import (
     DEFAULT_PARKED_MAX,
@@ -60,8 +62,8 @@ async def record(repo: ReportsRepository, changes: list[Change]) -> list[Transit
         timeline += shown
     await repo.save_states(new_states)
     await repo.add_timeline(timeline)
-    # status webhooks: outbox rows commit with the states (services/reports/webhooks.py)
-    await webhooks.enqueue(repo.conn, webhooks.notifications(states, new_states, by_message, transitions))
+    # status webhooks: outbox rows commit with the states (services/reports/webhooks/)
+    await webhook_outbox.enqueue(repo.conn, webhook_rules.notifications(states, new_states, by_message, transitions))
     return transitions
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from services.reports.webhooks import conversation_key
+from services.reports.webhooks.rules import conversation_key
 from shared.contracts import SubjectAccessRequested
 from shared.subject_access import Rows, rows
 

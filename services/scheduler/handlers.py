@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from services.scheduler import metrics
+from services.scheduler import repository as held_messages
 from services.scheduler.domain import (
     DEFAULT_POLICY,
     CampaignState,
@@ -45,6 +46,7 @@ from shared.contracts import (
 )
 from shared.erasure import NO_KEYS, ErasureKeys
 from shared.kafka import YIELD_EVERY, Incoming, Outgoing, Publisher
+from shared.periodic import run_periodically
 from shared.statuses import MessageType, Status
 from shared.topics import STATUS, outbound_topic
 
@@ -330,17 +332,13 @@ class Timer:
         self._stop.set()
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.housekeeping()
-                while await self.release_due() >= self.batch and not self._stop.is_set():
-                    pass
-            except Exception:
-                log.exception("releasing due messages failed; retrying")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
+        await run_periodically("release_due", self._pass, self.interval_s, self._stop, logger=log,
+                               error_message="releasing due messages failed; retrying")
+
+    async def _pass(self) -> None:
+        await self.housekeeping()
+        while await self.release_due() >= self.batch and not self._stop.is_set():
+            pass
 
     async def housekeeping(self) -> None:
         """Wake the held messages of resumed or cancelled campaigns and of disabled tenants; forget old cap releases."""
@@ -357,12 +355,7 @@ class Timer:
     async def release_due(self) -> int:
         now = self.clock()
         async with self.facts.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT message_id, tenant_id, accepted, trace_id, due_at FROM scheduled_messages"
-                " WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-                now,
-                self.batch,
-            )
+            rows = await held_messages.take_due(conn, now, self.batch)
             if not rows:
                 return 0
             items = [(r["tenant_id"], MessageAccepted.model_validate(r["accepted"])) for r in rows]
@@ -373,7 +366,7 @@ class Timer:
                 decision = decide(tenant, message, facts, now)
                 outgoing += route(tenant, row["trace_id"], message, decision, now, held)
             released = [r["message_id"] for r in rows if r["message_id"] not in {m.message_id for m, *_ in held}]
-            await conn.execute("DELETE FROM scheduled_messages WHERE message_id = ANY($1::uuid[])", released)
+            await held_messages.release(conn, released)
             await self.facts.hold(conn, held)  # held again (e.g. due in quiet hours): new due time
             await self.facts.record_releases(conn, facts.releases)
             await self.publisher.publish(outgoing)  # before commit: a crash re-releases, never loses
@@ -405,19 +398,8 @@ class CommandHandler:
         moves = [(mid, t, c.send_at) for mid, (t, _, c) in last.items() if c.action == "reschedule" and c.send_at]
         outgoing: list[Outgoing] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            cancelled = await conn.fetch(
-                "DELETE FROM scheduled_messages s USING unnest($1::uuid[], $2::text[]) AS c(id, tenant)"
-                " WHERE s.message_id = c.id AND s.tenant_id = c.tenant RETURNING s.message_id, s.tenant_id, s.accepted",
-                [m for m, _ in cancels], [t for _, t in cancels],
-            ) if cancels else []
-            moved = await conn.fetch(
-                "UPDATE scheduled_messages s SET due_at = c.due, reason_code = 'scheduled',"
-                " accepted = jsonb_set(s.accepted, '{send_at}', to_jsonb(c.due_text))"
-                " FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[]) AS c(id, tenant, due, due_text)"
-                " WHERE s.message_id = c.id AND s.tenant_id = c.tenant RETURNING s.message_id, s.tenant_id, s.accepted",
-                [m for m, _, _ in moves], [t for _, t, _ in moves], [d for *_, d in moves],
-                [d.astimezone(UTC).isoformat() for *_, d in moves],
-            ) if moves else []
+            cancelled = await held_messages.cancel(conn, cancels)
+            moved = await held_messages.reschedule(conn, moves)
             for rows, status in ((cancelled, Status.SUPPRESSED), (moved, Status.SCHEDULED)):
                 for row in rows:
                     tenant, trace, command = last[row["message_id"]]

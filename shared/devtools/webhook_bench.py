@@ -109,7 +109,8 @@ def receiver_main(port: int, stuck_pct: float, delay_ms: float, ready: Any) -> N
 
 async def fill(pool: asyncpg.Pool, url: str, rows: int, events: int, tenant: str) -> dict[str, int]:
     """Queue ``rows`` outbox rows, ``events`` per message, the way reports queues them."""
-    from services.reports.webhooks import Notification, enqueue
+    from services.reports.webhooks.repository import enqueue
+    from services.reports.webhooks.rules import Notification
     from shared.statuses import Status
 
     statuses = [Status(s) for s in STATUSES[:events]]
@@ -137,7 +138,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
     from services.reports.settings import ReportsSettings
-    from services.reports.webhooks import WebhookWorker
+    from services.reports.webhooks.worker import WebhookWorker
     from shared.db import create_pool, migrate
     from shared.settings import ServiceSettings
 

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.ingest.audience import build_audience_router
-from services.ingest.campaigns.api import build_campaigns_router
+from services.ingest import deps
+from services.ingest.audience.contacts_api import router as audience_router
+from services.ingest.campaigns.api import router as campaigns_router
 from services.ingest.campaigns.domain import message_id_for
 from services.ingest.campaigns.launcher import Launcher
 from services.ingest.settings import IngestSettings
@@ -40,11 +41,10 @@ async def publisher(env) -> AsyncIterator[Publisher]:
 @pytest.fixture
 async def client(env, pool, publisher) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
-    app.state.pool = pool
+    deps.install(app, IngestSettings(), pool, publisher)
     install_error_handlers(app)
-    settings = IngestSettings()
-    app.include_router(build_audience_router(settings))
-    app.include_router(build_campaigns_router(settings, publisher))
+    app.include_router(audience_router)
+    app.include_router(campaigns_router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=120) as c:
         yield c
 

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.ingest.audience import build_audience_router
+from services.ingest import deps
+from services.ingest.audience.contacts_api import router as audience_router
 from services.ingest.audience import importer
 from services.ingest.audience.contacts_repo import AudienceRepository
 from services.ingest.audience.segments import parse
@@ -39,10 +40,9 @@ async def client(env, pool) -> AsyncIterator[httpx.AsyncClient]:
     producer = make_producer(settings, "test-contacts")
     await producer.start()
     app = FastAPI()
-    app.state.pool = pool
-    app.state.publisher = Publisher(producer, env.prefix, "ingest")  # erasures go to herald.erasures.v1
+    deps.install(app, settings, pool, Publisher(producer, env.prefix, "ingest"))  # erasures go to herald.erasures.v1
     install_error_handlers(app)
-    app.include_router(build_audience_router(settings))
+    app.include_router(audience_router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=120) as c:
         yield c
     await producer.stop()
@@ -575,10 +575,9 @@ async def test_erasure_by_number_clears_ingests_tables_publishes_the_event_and_r
 
 async def test_erasure_without_a_key_is_refused_and_erases_nothing(env, pool, tenant: Tenant) -> None:
     app = FastAPI()
-    app.state.pool = pool
-    app.state.publisher = None  # never reached
+    deps.install(app, IngestSettings(erasure_keys={}), pool, None)  # the publisher is never reached
     install_error_handlers(app)
-    app.include_router(build_audience_router(IngestSettings(erasure_keys={})))
+    app.include_router(audience_router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as http:
         c = await create(http, tenant, phone=phone(23))
         assert error(await http.post("/v1/erasures", json={"phone": phone(23)}, headers=tenant.headers)) == (503, "erasure_key_missing")
@@ -860,9 +859,9 @@ async def test_expensive_previews_are_limited_per_tenant_and_per_instance(env, p
     """With the contacts table locked, previews hang: a tenant gets at most its in-flight cap and
     the instance its semaphore; the rest answer 429 at once with Retry-After."""
     app = FastAPI()
-    app.state.pool = pool
+    deps.install(app, IngestSettings(segment_preview_concurrency=3, segment_preview_per_tenant=2), pool, None)
     install_error_handlers(app)
-    app.include_router(build_audience_router(IngestSettings(segment_preview_concurrency=3, segment_preview_per_tenant=2)))
+    app.include_router(audience_router)
     a, b, c = await make_tenant(pool), await make_tenant(pool), await make_tenant(pool)
     body = {"filter": 'country = "ES"'}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=60) as http:

@@ -14,9 +14,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.ingest.events.api import build_events_router
+from services.ingest import deps
+from services.ingest.events.api import router as events_router
 from services.ingest.events.service import ContactsLookup, EventAcceptor
-from services.ingest.journeys.api import build_journeys_router
+from services.ingest.journeys.api import router as journeys_router
+from services.ingest.settings import IngestSettings
 from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
 from services.scheduler.journeys.repository import JourneyRepository
@@ -48,10 +50,11 @@ async def publisher(env) -> AsyncIterator[Publisher]:
 @pytest.fixture(scope="module")
 async def client(env, pool, publisher) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
-    app.state.pool = pool
+    deps.install(app, IngestSettings(events_batch_max=100), pool, publisher,
+                 event_acceptor=EventAcceptor(ContactsLookup(pool)), events_limiter=RateLimiter(pool, 6000, 600000))
     install_error_handlers(app)
-    app.include_router(build_events_router(EventAcceptor(ContactsLookup(pool)), publisher, RateLimiter(pool, 6000, 600000), 100))
-    app.include_router(build_journeys_router())
+    app.include_router(events_router)
+    app.include_router(journeys_router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=60) as c:
         yield c
 

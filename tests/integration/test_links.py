@@ -17,7 +17,8 @@ from fastapi import FastAPI
 from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links import new_code, records, track_message
 from services.ingest.links_repo import LinksRepository
-from services.ingest.redirect import ClickBuffer, LinkCache, create_router
+from services.ingest import deps
+from services.ingest.redirect import ClickBuffer, LinkCache, router
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
@@ -55,8 +56,10 @@ def redirect_app(pool, ttl_s: float = 30.0) -> tuple[FastAPI, ClickBuffer]:
 
     clicks = ClickBuffer(NoKafka(), 60_000, 1000)  # type: ignore[arg-type]
     app = FastAPI()
+    deps.install(app, IngestSettings(link_bot_min_delay_s=0.0), pool, None,
+                 link_cache=LinkCache(LinksRepository(pool), 100, ttl_s), clicks=clicks)
     install_error_handlers(app)
-    app.include_router(create_router(LinkCache(LinksRepository(pool), 100, ttl_s), clicks, bot_min_delay_s=0.0))
+    app.include_router(router)
     return app, clicks
 
 
@@ -194,8 +197,9 @@ async def test_a_takedown_reaches_the_cache_at_the_next_look_and_is_counted_once
     cache = LinkCache(links, 100, ttl_s=3600)  # without the watcher, a takedown would wait an hour here
     clicks = ClickBuffer(None, 60_000, 1000)  # type: ignore[arg-type]  # never flushed
     app = FastAPI()
+    deps.install(app, IngestSettings(link_bot_min_delay_s=0.0), pool, None, link_cache=cache, clicks=clicks)
     install_error_handlers(app)
-    app.include_router(create_router(cache, clicks, bot_min_delay_s=0.0))
+    app.include_router(router)
     watcher = TakedownWatcher(links, cache, poll_s=1.0)
     await watcher.check()  # the first look learns what was taken down before
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://links") as client:

@@ -25,14 +25,10 @@ from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from services.reports import metrics
 from services.reports.settings import ReportsSettings
-from services.reports.webhooks import (
-    ATTEMPT_HEADER,
-    EVENT_ID_HEADER,
-    ReplyWebhookHandler,
-    WebhookWorker,
-    conversation_key,
-    enqueue_replies,
-)
+from services.reports.webhooks.handler import ReplyWebhookHandler
+from services.reports.webhooks.repository import enqueue_replies
+from services.reports.webhooks.rules import ATTEMPT_HEADER, EVENT_ID_HEADER, conversation_key
+from services.reports.webhooks.worker import WebhookWorker
 from shared import admin
 from shared.contracts import (
     SYSTEM_TENANT,

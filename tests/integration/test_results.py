@@ -16,7 +16,8 @@ from fastapi import FastAPI
 
 from services.ingest.campaigns.winners import CampaignWinnersHandler
 from services.ingest.links_repo import LinksRepository
-from services.ingest.redirect import ClickBuffer, LinkCache, create_router
+from services.ingest import deps
+from services.ingest.redirect import ClickBuffer, LinkCache, router
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
@@ -119,7 +120,8 @@ async def test_redirect_clicks_reach_the_clicks_table_through_kafka(pool, kafka)
     app = FastAPI()
     install_error_handlers(app)
     cache = LinkCache(links, 100)
-    app.include_router(create_router(cache, clicks, bot_min_delay_s=0.0))
+    deps.install(app, IngestSettings(link_bot_min_delay_s=0.0), pool, publisher, link_cache=cache, clicks=clicks)
+    app.include_router(router)
     flusher = asyncio.create_task(clicks.run())
     consumer, task = await start_results_lane(pool, settings, publisher)
     try:
@@ -174,7 +176,9 @@ async def test_bot_clicks_are_counted_per_link_and_reason_not_stored_and_never_c
     clicks = ClickBuffer(publisher, 60_000, 1000)  # flushed by hand below
     app = FastAPI()
     install_error_handlers(app)
-    app.include_router(create_router(LinkCache(LinksRepository(pool), 100), clicks, bot_min_delay_s=0.0))
+    deps.install(app, IngestSettings(link_bot_min_delay_s=0.0), pool, publisher,
+                 link_cache=LinkCache(LinksRepository(pool), 100), clicks=clicks)
+    app.include_router(router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://links") as client:
         for _ in range(40):
             assert (await client.get(f"/l/{code}", headers={"user-agent": "WhatsApp/2.23.20.0"})).status_code == 302

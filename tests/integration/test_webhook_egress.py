@@ -27,7 +27,7 @@ from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from services.reports import metrics
-from services.reports.webhooks import WebhookWorker
+from services.reports.webhooks.worker import WebhookWorker
 from shared.auth import DEFAULT_SCOPES
 from shared.devtools.stack import free_port
 from shared.egress import HOST_NOT_PUBLIC, HTTPS_REQUIRED

@@ -23,7 +23,8 @@ from services.reports.domain import from_accepted, from_receipt, from_status
 from services.reports.handlers import record
 from services.reports.repository import ReportsRepository
 from services.reports.settings import ReportsSettings
-from services.reports.webhooks import ATTEMPT_HEADER, EVENT_ID_HEADER, WebhookWorker
+from services.reports.webhooks.rules import ATTEMPT_HEADER, EVENT_ID_HEADER
+from services.reports.webhooks.worker import WebhookWorker
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged, utcnow
 from shared.devtools.stack import free_port
 from shared.signatures import HEADER, verify
@@ -368,7 +369,7 @@ async def test_a_claim_reads_no_row_waiting_behind_a_head_in_flight(pool, receiv
 
 
 async def test_results_are_written_in_one_batch_and_the_next_rows_become_heads(pool, receiver, cleanup) -> None:
-    from services.reports.webhooks import Outcome, Result
+    from services.reports.webhooks.rules import Outcome, Result
 
     _, ids = await seed(pool, receiver.url, n=4)
     cleanup += ids
@@ -397,7 +398,7 @@ async def test_results_are_written_in_one_batch_and_the_next_rows_become_heads(p
 
 
 async def test_a_change_recorded_while_its_head_is_being_finished_becomes_the_next_head(pool, receiver, cleanup) -> None:
-    from services.reports.webhooks import Outcome, Result
+    from services.reports.webhooks.rules import Outcome, Result
 
     tenant = f"t{uuid.uuid4().hex[:10]}"
     mid = uuid.uuid4()
@@ -467,7 +468,7 @@ async def test_recording_changes_in_two_statements_while_results_are_written_nev
     """reports records a batch's status changes, then its receipts, in one transaction: it locks
     one message's outbox rows, then another's. A worker writing both heads' results meanwhile
     must not hold the second while it waits for the first."""
-    from services.reports.webhooks import Outcome, Result
+    from services.reports.webhooks.rules import Outcome, Result
 
     tenant = f"t{uuid.uuid4().hex[:10]}"
     first, second = uuid.uuid4(), uuid.uuid4()  # first queued first: its head has the lower id

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.reports.webhooks import (
+from services.reports.webhooks.rules import (
     build_reply_payload,
     conversation_key,
     encode,

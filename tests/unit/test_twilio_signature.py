@@ -13,8 +13,9 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from services.ingest import deps
 from services.ingest.settings import IngestSettings
-from services.ingest.twilio_callbacks import create_router
+from services.ingest.twilio_callbacks import router
 from services.simulator.twilio import sign as simulator_sign
 from shared.api import install_error_handlers
 from shared.contracts import DeliveryReceiptEvent, InboundMessageEvent, derived_event_id
@@ -136,8 +137,9 @@ async def ingest() -> AsyncIterator[tuple[httpx.AsyncClient, RecordingPublisher]
     publisher = RecordingPublisher()
     settings = IngestSettings(public_url=PUBLIC + "/", twilio_auth_tokens={"tw": SecretStr(TOKEN)})
     app = FastAPI()
+    deps.install(app, settings, None, publisher)  # type: ignore[arg-type]
     install_error_handlers(app)
-    app.include_router(create_router(settings, publisher))  # type: ignore[arg-type]
+    app.include_router(router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://10.0.0.7:38080") as client:
         yield client, publisher
 

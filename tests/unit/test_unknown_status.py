@@ -12,7 +12,7 @@ import pytest
 from services.dispatcher.gateways.base import Refused, Unknown, http_error_outcome
 from services.reports.campaign_report import build
 from services.reports.domain import MessageState, apply, from_accepted, from_receipt, from_status
-from services.reports.webhooks import build_payload, notifications
+from services.reports.webhooks.rules import build_payload, notifications
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
 from shared.statuses import FINAL, RANK, SETTLED, ReceiptStatus, Status
 

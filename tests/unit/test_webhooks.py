@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.reports.domain import MessageState, apply, from_accepted, from_receipt, from_status
-from services.reports.webhooks import (
+from services.reports.webhooks.rules import (
     ATTEMPT_HEADER,
     EVENT_ID_HEADER,
     OutboxRow,

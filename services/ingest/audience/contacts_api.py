@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from services.ingest import deps
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_repo import (
     AudienceRepository,
@@ -34,7 +35,6 @@ from services.ingest.audience.subject_access import ExportNotPublished, Exports,
 from services.ingest.audience.importer import RowError, check_contact, run_import
 from services.ingest.audience.preview_gate import gate_for
 from services.ingest.audience.templates import SAMPLE_CONTACT, Template, TemplateError, render, validate
-from services.ingest.settings import IngestSettings
 from shared.api import ApiError, error_body, principal_dependency
 from shared.auth import Principal
 from shared.senders import named_problem
@@ -184,461 +184,491 @@ def _parse_filter(text: str) -> seg.Node:
         raise _segment_error(exc) from None
 
 
-def build_audience_router(settings: IngestSettings) -> APIRouter:
-    router = APIRouter()
-    allowed = settings.allowed_number_types
-    reader = Depends(principal_dependency("contacts:read"))
-    writer = Depends(principal_dependency("contacts:write"))
-    errors: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
+router = APIRouter()
+reader = Depends(principal_dependency("contacts:read"))
+writer = Depends(principal_dependency("contacts:write"))
+errors: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
 
-    keys = settings.erasure_keyring()  # erased numbers' hashes (shared/erasure.py)
 
-    def repo(request: Request) -> AudienceRepository:
-        return AudienceRepository(request.app.state.pool, keys)
+def repo(request: Request) -> AudienceRepository:
+    return AudienceRepository(request.app.state.pool, deps.erasure_keyring(request))
 
-    def erasures(request: Request) -> Erasures:
-        if not keys.enabled:
-            raise ApiError(503, "erasure_key_missing",
-                           "erasure needs HERALD_ERASURE_KEYS (the key of the kept hash); nothing was erased")
-        return Erasures(request.app.state.pool, request.app.state.publisher, keys)
 
-    async def _erase(request: Request, principal: Principal, phone: str, contact_id: uuid.UUID | None) -> ErasureAnswer:
-        service = erasures(request)
+def erasures(request: Request) -> Erasures:
+    keys = deps.erasure_keyring(request)  # erased numbers' hashes (shared/erasure.py)
+    if not keys.enabled:
+        raise ApiError(503, "erasure_key_missing",
+                       "erasure needs HERALD_ERASURE_KEYS (the key of the kept hash); nothing was erased")
+    return Erasures(request.app.state.pool, request.app.state.publisher, keys)
+
+
+async def _erase(request: Request, principal: Principal, phone: str, contact_id: uuid.UUID | None) -> ErasureAnswer:
+    service = erasures(request)
+    try:
+        return await service.erase(principal.tenant_id, phone, requested_by=principal.key_id, now=utcnow(),
+                                   contact_id=contact_id)
+    except ErasureNotPublished as exc:  # nothing erased yet: a retry does it all
+        raise ApiError(503, "broker_unavailable", "could not publish the erasure: retry") from exc
+
+# contacts ---------------------------------------------------------------------------------
+
+
+@router.post("/v1/contacts", status_code=201, tags=["contacts"], responses={**errors, 409: {}})
+async def create_contact(body: ContactBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
+    """Create a contact. A phone number already present answers 409 with the contact's id."""
+    allowed = deps.ingest_settings(request).allowed_number_types
+    contact, problems = check_contact(body.model_dump(exclude_unset=True), allowed_types=allowed)
+    if problems:
+        raise _field_errors(problems)
+    try:
+        return await repo(request).create_contact(principal.tenant_id, contact)
+    except ContactExists as exc:
+        raise ApiError(
+            409, "contact_exists", "a contact with this phone number exists",
+            [{"loc": "body.phone", "code": "contact_exists", "msg": "phone taken", "contact_id": str(exc.contact_id)}],
+        ) from None
+
+
+@router.get("/v1/contacts", tags=["contacts"], responses=errors)
+async def list_contacts(
+    request: Request,
+    principal: Principal = reader,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    phone: Annotated[str | None, Query(max_length=40, description="Only the contact with this number")] = None,
+) -> dict[str, Any]:
+    """A page of contacts; pass ``next_cursor`` back as ``cursor`` for the next one."""
+    e164 = None
+    if phone is not None:
         try:
-            return await service.erase(principal.tenant_id, phone, requested_by=principal.key_id, now=utcnow(),
-                                       contact_id=contact_id)
-        except ErasureNotPublished as exc:  # nothing erased yet: a retry does it all
-            raise ApiError(503, "broker_unavailable", "could not publish the erasure: retry") from exc
+            e164 = parse_e164(phone, allowed_types=None).e164
+        except PhoneError as exc:
+            raise ApiError(422, exc.code, str(exc), [{"loc": "query.phone", "code": exc.code, "msg": str(exc)}]) from None
+    page = await repo(request).list_contacts(principal.tenant_id, after=decode_cursor(cursor), limit=limit, phone=e164)
+    next_cursor = encode_cursor(page[-1]["contact_id"]) if len(page) == limit else None
+    return {"contacts": page, "next_cursor": next_cursor}
 
-    # contacts ---------------------------------------------------------------------------------
 
-    @router.post("/v1/contacts", status_code=201, tags=["contacts"], responses={**errors, 409: {}})
-    async def create_contact(body: ContactBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
-        """Create a contact. A phone number already present answers 409 with the contact's id."""
-        contact, problems = check_contact(body.model_dump(exclude_unset=True), allowed_types=allowed)
-        if problems:
-            raise _field_errors(problems)
-        try:
-            return await repo(request).create_contact(principal.tenant_id, contact)
-        except ContactExists as exc:
-            raise ApiError(
-                409, "contact_exists", "a contact with this phone number exists",
-                [{"loc": "body.phone", "code": "contact_exists", "msg": "phone taken", "contact_id": str(exc.contact_id)}],
-            ) from None
+@router.post("/v1/contacts/import", tags=["contacts"], responses={**errors, 413: {}, 415: {}})
+async def import_contacts(
+    request: Request,
+    principal: Principal = writer,
+    format: Annotated[Literal["csv", "ndjson", "json"] | None, Query(description="Default: from Content-Type")] = None,
+) -> JSONResponse:
+    """Upsert contacts by phone from CSV, NDJSON or a JSON array, streamed (up to 1,000,000 rows).
 
-    @router.get("/v1/contacts", tags=["contacts"], responses=errors)
-    async def list_contacts(
-        request: Request,
-        principal: Principal = reader,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-        cursor: Annotated[str | None, Query(max_length=64)] = None,
-        phone: Annotated[str | None, Query(max_length=40, description="Only the contact with this number")] = None,
-    ) -> dict[str, Any]:
-        """A page of contacts; pass ``next_cursor`` back as ``cursor`` for the next one."""
-        e164 = None
-        if phone is not None:
-            try:
-                e164 = parse_e164(phone, allowed_types=None).e164
-            except PhoneError as exc:
-                raise ApiError(422, exc.code, str(exc), [{"loc": "query.phone", "code": exc.code, "msg": str(exc)}]) from None
-        page = await repo(request).list_contacts(principal.tenant_id, after=decode_cursor(cursor), limit=limit, phone=e164)
-        next_cursor = encode_cursor(page[-1]["contact_id"]) if len(page) == limit else None
-        return {"contacts": page, "next_cursor": next_cursor}
-
-    @router.post("/v1/contacts/import", tags=["contacts"], responses={**errors, 413: {}, 415: {}})
-    async def import_contacts(
-        request: Request,
-        principal: Principal = writer,
-        format: Annotated[Literal["csv", "ndjson", "json"] | None, Query(description="Default: from Content-Type")] = None,
-    ) -> JSONResponse:
-        """Upsert contacts by phone from CSV, NDJSON or a JSON array, streamed (up to 1,000,000 rows).
-
-        Bad rows are listed (row, field, code) and skipped; the rest is imported. CSV columns:
-        phone, first_name, last_name, language, country, time_zone, tags (separated by , ; or |),
-        last_activity_at, and attributes.<key>[:string|number|bool|date]. Empty cells leave a
-        field unchanged.
-        """
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        fmt = format or IMPORT_MEDIA_TYPES.get(media_type)
-        if fmt is None:
-            raise ApiError(
-                415, "unsupported_media_type",
-                "send text/csv, application/x-ndjson or application/json (or ?format=csv|ndjson|json)",
-            )
-        result = await run_import(
-            request.stream(), fmt, partial(repo(request).upsert_contacts, principal.tenant_id), allowed_types=allowed
+    Bad rows are listed (row, field, code) and skipped; the rest is imported. CSV columns:
+    phone, first_name, last_name, language, country, time_zone, tags (separated by , ; or |),
+    last_activity_at, and attributes.<key>[:string|number|bool|date]. Empty cells leave a
+    field unchanged.
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fmt = format or IMPORT_MEDIA_TYPES.get(media_type)
+    if fmt is None:
+        raise ApiError(
+            415, "unsupported_media_type",
+            "send text/csv, application/x-ndjson or application/json (or ?format=csv|ndjson|json)",
         )
-        IMPORT_ROWS.labels("created").inc(result.created)
-        IMPORT_ROWS.labels("updated").inc(result.updated)
-        IMPORT_ROWS.labels("rejected").inc(result.rejected)
-        if result.aborted is None:
-            return JSONResponse(result.as_dict())
-        a = result.aborted
-        status = 413 if a.code == "import_too_large" else 422
-        detail = {"loc": "body", "code": a.code, "msg": str(a), "row": a.row}
-        imported = result.created + result.updated
-        message = f"{a}; {imported} rows before it were imported" if imported else str(a)
-        return JSONResponse(error_body(a.code, message, [detail]) | {"import": result.as_dict()}, status_code=status)
+    result = await run_import(
+        request.stream(), fmt, partial(repo(request).upsert_contacts, principal.tenant_id),
+        allowed_types=deps.ingest_settings(request).allowed_number_types,
+    )
+    IMPORT_ROWS.labels("created").inc(result.created)
+    IMPORT_ROWS.labels("updated").inc(result.updated)
+    IMPORT_ROWS.labels("rejected").inc(result.rejected)
+    if result.aborted is None:
+        return JSONResponse(result.as_dict())
+    a = result.aborted
+    status = 413 if a.code == "import_too_large" else 422
+    detail = {"loc": "body", "code": a.code, "msg": str(a), "row": a.row}
+    imported = result.created + result.updated
+    message = f"{a}; {imported} rows before it were imported" if imported else str(a)
+    return JSONResponse(error_body(a.code, message, [detail]) | {"import": result.as_dict()}, status_code=status)
 
-    @router.get("/v1/contacts/{contact_id}", tags=["contacts"], responses=errors)
-    async def get_contact(
-        contact_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = reader
-    ) -> dict[str, Any]:
-        contact = await repo(request).get_contact(principal.tenant_id, _id(contact_id, "contact"))
-        if contact is None:
+
+@router.get("/v1/contacts/{contact_id}", tags=["contacts"], responses=errors)
+async def get_contact(
+    contact_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = reader
+) -> dict[str, Any]:
+    contact = await repo(request).get_contact(principal.tenant_id, _id(contact_id, "contact"))
+    if contact is None:
+        raise ApiError(404, "contact_not_found", "no contact with this id")
+    return contact
+
+
+@router.patch("/v1/contacts/{contact_id}", tags=["contacts"], responses={**errors, 409: {}})
+async def update_contact(
+    contact_id: Annotated[str, Path(max_length=64)], body: ContactPatch, request: Request, principal: Principal = writer
+) -> dict[str, Any]:
+    """Change the fields given; ``null`` clears one. Attributes are merged (``null`` removes a key); tags are replaced."""
+    cid = _id(contact_id, "contact")
+    allowed = deps.ingest_settings(request).allowed_number_types
+    contact, problems = check_contact(body.model_dump(exclude_unset=True), allowed_types=allowed, partial=True)
+    if problems:
+        raise _field_errors(problems)
+    r = repo(request)
+    if "country" in contact.values and contact.values["country"] is None and contact.phone is None:
+        current = await r.get_contact(principal.tenant_id, cid)  # a cleared country is the number's
+        if current is None:
             raise ApiError(404, "contact_not_found", "no contact with this id")
-        return contact
+        contact.country_of_phone = parse_e164(current["phone"], allowed_types=None).country
+    try:
+        updated = await r.update_contact(principal.tenant_id, cid, contact)
+    except ContactExists as exc:
+        raise ApiError(
+            409, "contact_exists", "another contact has this phone number",
+            [{"loc": "body.phone", "code": "contact_exists", "msg": "phone taken", "contact_id": str(exc.contact_id)}],
+        ) from None
+    if updated is None:
+        raise ApiError(404, "contact_not_found", "no contact with this id")
+    return updated
 
-    @router.patch("/v1/contacts/{contact_id}", tags=["contacts"], responses={**errors, 409: {}})
-    async def update_contact(
-        contact_id: Annotated[str, Path(max_length=64)], body: ContactPatch, request: Request, principal: Principal = writer
-    ) -> dict[str, Any]:
-        """Change the fields given; ``null`` clears one. Attributes are merged (``null`` removes a key); tags are replaced."""
-        cid = _id(contact_id, "contact")
-        contact, problems = check_contact(body.model_dump(exclude_unset=True), allowed_types=allowed, partial=True)
-        if problems:
-            raise _field_errors(problems)
-        r = repo(request)
-        if "country" in contact.values and contact.values["country"] is None and contact.phone is None:
-            current = await r.get_contact(principal.tenant_id, cid)  # a cleared country is the number's
-            if current is None:
-                raise ApiError(404, "contact_not_found", "no contact with this id")
-            contact.country_of_phone = parse_e164(current["phone"], allowed_types=None).country
-        try:
-            updated = await r.update_contact(principal.tenant_id, cid, contact)
-        except ContactExists as exc:
-            raise ApiError(
-                409, "contact_exists", "another contact has this phone number",
-                [{"loc": "body.phone", "code": "contact_exists", "msg": "phone taken", "contact_id": str(exc.contact_id)}],
-            ) from None
-        if updated is None:
-            raise ApiError(404, "contact_not_found", "no contact with this id")
-        return updated
 
-    @router.delete("/v1/contacts/{contact_id}", status_code=204, tags=["contacts"], responses=errors)
-    async def erase_contact(
-        contact_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer
-    ) -> Response:
-        """Erase the contact and its number everywhere (as ``POST /v1/erasures``): its data and consent
-        history are deleted at once; only a keyed hash of the number is kept, so the number is never
-        sent marketing again unless it opts in anew. Other services erase their rows shortly after."""
-        cid = _id(contact_id, "contact")
-        phone = await erasures(request).contact_phone(principal.tenant_id, cid)
+@router.delete("/v1/contacts/{contact_id}", status_code=204, tags=["contacts"], responses=errors)
+async def erase_contact(
+    contact_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer
+) -> Response:
+    """Erase the contact and its number everywhere (as ``POST /v1/erasures``): its data and consent
+    history are deleted at once; only a keyed hash of the number is kept, so the number is never
+    sent marketing again unless it opts in anew. Other services erase their rows shortly after."""
+    cid = _id(contact_id, "contact")
+    phone = await erasures(request).contact_phone(principal.tenant_id, cid)
+    if phone is None:
+        raise ApiError(404, "contact_not_found", "no contact with this id")
+    await _erase(request, principal, phone, cid)
+    return Response(status_code=204)
+
+# erasure by number ------------------------------------------------------------------------
+
+
+@router.post("/v1/erasures", status_code=202, tags=["contacts"], responses={**errors, 503: {}})
+async def erase_number(body: ErasureBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
+    """Erase a number, contact or not, from every table that holds it or its texts (docs/data-map.md).
+
+    ingest's tables are erased before the answer (``applied.ingest``: rows per table); the
+    scheduler, dispatcher and reports erase theirs from ``herald.erasures.v1`` within seconds
+    (``GET /v1/erasures/{id}`` lists each service's audit row). Only a keyed hash of the
+    number is kept, as a marketing suppression. Erasing again is harmless."""
+    try:
+        phone = parse_e164(body.phone, allowed_types=None).e164
+    except PhoneError as exc:
+        raise ApiError(422, exc.code, str(exc), [{"loc": "body.phone", "code": exc.code, "msg": str(exc)}]) from None
+    answer = await _erase(request, principal, phone, None)
+    return {"erasure_id": str(answer.erasure_id), "status": "accepted", "applied": {"ingest": answer.counts},
+            "pending": list(ERASING_SERVICES)}
+
+
+@router.get("/v1/erasures/{erasure_id}", tags=["contacts"], responses=errors)
+async def erasure_status(
+    erasure_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = reader
+) -> dict[str, Any]:
+    """Which services applied an erasure, when, and how many rows of each table (never the number)."""
+    rows = await Erasures(request.app.state.pool, request.app.state.publisher, deps.erasure_keyring(request)).status(
+        principal.tenant_id, _id(erasure_id, "erasure"))
+    if not rows:
+        raise ApiError(404, "erasure_not_found", "no erasure with this id")
+    applied = {r["service"]: {"applied_at": r["applied_at"].isoformat(), "counts": r["counts"]} for r in rows}
+    return {"erasure_id": erasure_id, "phone_hash": rows[0]["phone_hash"], "requested_by": rows[0]["requested_by"],
+            "requested_at": rows[0]["requested_at"].isoformat(), "applied": applied,
+            "pending": [s for s in ERASING_SERVICES if s not in applied],
+            "complete": all(s in applied for s in ("ingest", *ERASING_SERVICES))}
+
+# subject-access export ---------------------------------------------------------------------
+
+exporter = Depends(principal_dependency("contacts:export"))
+
+
+def exports(request: Request) -> Exports:
+    return Exports(request.app.state.pool, request.app.state.publisher, deps.erasure_keyring(request),
+                   deps.ingest_settings(request).subject_access_export_days)
+
+
+def export_body(export_id: str, status: ExportStatus) -> dict[str, Any]:
+    row = status.row
+    out: dict[str, Any] = {
+        "export_id": export_id, "status": status.state, "requested_by": row["requested_by"],
+        "requested_at": row["requested_at"].isoformat(), "expires_at": row["expires_at"].isoformat(),
+        "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
+    }
+    if status.assembly is not None:
+        out["pending"] = status.assembly.pending
+        out["received"] = sorted(status.assembly.services)
+        if status.assembly.document is not None:
+            out["document"] = status.assembly.document
+    else:
+        out["removed_at"] = row["removed_at"].isoformat() if row["removed_at"] else None
+    return out
+
+
+@router.post("/v1/subject-access", status_code=202, tags=["contacts"], responses={**errors, 503: {}})
+async def request_export(body: SubjectAccessBody, request: Request, principal: Principal = exporter) -> dict[str, Any]:
+    """Export everything Herald holds about a number (a subject-access request): contact and
+    consent history with proof, suppressions, messages with their statuses and timeline,
+    replies, clicks, conversions, journey runs, held messages and claims (docs/data-map.md).
+
+    Give ``phone`` or ``contact_id``. Every service gathers its own tables within seconds;
+    ``GET /v1/subject-access/{id}`` answers the document once all have. Needs the
+    ``contacts:export`` scope (not a default)."""
+    if (body.phone is None) == (body.contact_id is None):
+        raise ApiError(422, "validation_failed", "give phone or contact_id (one of them)",
+                       [{"loc": "body", "code": "validation_failed", "msg": "phone or contact_id"}])
+    service = exports(request)
+    if body.contact_id is not None:
+        contact_id: uuid.UUID | None = _id(body.contact_id, "contact")
+        phone = await service.contact_phone(principal.tenant_id, contact_id)
         if phone is None:
             raise ApiError(404, "contact_not_found", "no contact with this id")
-        await _erase(request, principal, phone, cid)
-        return Response(status_code=204)
-
-    # erasure by number ------------------------------------------------------------------------
-
-    @router.post("/v1/erasures", status_code=202, tags=["contacts"], responses={**errors, 503: {}})
-    async def erase_number(body: ErasureBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
-        """Erase a number, contact or not, from every table that holds it or its texts (docs/data-map.md).
-
-        ingest's tables are erased before the answer (``applied.ingest``: rows per table); the
-        scheduler, dispatcher and reports erase theirs from ``herald.erasures.v1`` within seconds
-        (``GET /v1/erasures/{id}`` lists each service's audit row). Only a keyed hash of the
-        number is kept, as a marketing suppression. Erasing again is harmless."""
+    else:
         try:
-            phone = parse_e164(body.phone, allowed_types=None).e164
+            phone = parse_e164(body.phone or "", allowed_types=None).e164
         except PhoneError as exc:
             raise ApiError(422, exc.code, str(exc), [{"loc": "body.phone", "code": exc.code, "msg": str(exc)}]) from None
-        answer = await _erase(request, principal, phone, None)
-        return {"erasure_id": str(answer.erasure_id), "status": "accepted", "applied": {"ingest": answer.counts},
-                "pending": list(ERASING_SERVICES)}
+        contact_id = await service.contact_of(principal.tenant_id, phone)
+    try:
+        row = await service.request(principal.tenant_id, phone, requested_by=principal.key_id, now=utcnow(),
+                                    contact_id=contact_id)
+    except ExportNotPublished as exc:
+        raise ApiError(503, "broker_unavailable", "could not publish the subject-access request: retry") from exc
+    return {"export_id": str(row["export_id"]), "status": "pending", "requested_at": row["requested_at"].isoformat(),
+            "expires_at": row["expires_at"].isoformat()}
 
-    @router.get("/v1/erasures/{erasure_id}", tags=["contacts"], responses=errors)
-    async def erasure_status(
-        erasure_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = reader
-    ) -> dict[str, Any]:
-        """Which services applied an erasure, when, and how many rows of each table (never the number)."""
-        rows = await Erasures(request.app.state.pool, request.app.state.publisher, keys).status(
-            principal.tenant_id, _id(erasure_id, "erasure"))
-        if not rows:
-            raise ApiError(404, "erasure_not_found", "no erasure with this id")
-        applied = {r["service"]: {"applied_at": r["applied_at"].isoformat(), "counts": r["counts"]} for r in rows}
-        return {"erasure_id": erasure_id, "phone_hash": rows[0]["phone_hash"], "requested_by": rows[0]["requested_by"],
-                "requested_at": rows[0]["requested_at"].isoformat(), "applied": applied,
-                "pending": [s for s in ERASING_SERVICES if s not in applied],
-                "complete": all(s in applied for s in ("ingest", *ERASING_SERVICES))}
 
-    # subject-access export ---------------------------------------------------------------------
+@router.get("/v1/subject-access/{export_id}", tags=["contacts"], responses=errors)
+async def export_status(
+    export_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = exporter
+) -> dict[str, Any]:
+    """An export's state: ``pending`` (``pending`` lists the services still gathering),
+    ``complete`` (with ``document``), or ``expired`` / ``erased`` (the number and document were
+    removed; who asked and when stay)."""
+    status = await exports(request).status(principal.tenant_id, _id(export_id, "export"), utcnow())
+    if status is None:
+        raise ApiError(404, "export_not_found", "no subject-access export with this id")
+    return export_body(export_id, status)
 
-    exporter = Depends(principal_dependency("contacts:export"))
+# consent ----------------------------------------------------------------------------------
 
-    def exports(request: Request) -> Exports:
-        return Exports(request.app.state.pool, request.app.state.publisher, keys, settings.subject_access_export_days)
 
-    def export_body(export_id: str, status: ExportStatus) -> dict[str, Any]:
-        row = status.row
-        out: dict[str, Any] = {
-            "export_id": export_id, "status": status.state, "requested_by": row["requested_by"],
-            "requested_at": row["requested_at"].isoformat(), "expires_at": row["expires_at"].isoformat(),
-            "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
-        }
-        if status.assembly is not None:
-            out["pending"] = status.assembly.pending
-            out["received"] = sorted(status.assembly.services)
-            if status.assembly.document is not None:
-                out["document"] = status.assembly.document
-        else:
-            out["removed_at"] = row["removed_at"].isoformat() if row["removed_at"] else None
-        return out
+@router.post("/v1/contacts/{contact_id}/consents", status_code=201, tags=["consent"], responses=errors)
+async def record_consent(
+    contact_id: Annotated[str, Path(max_length=64)], body: ConsentBody, request: Request, principal: Principal = writer
+) -> dict[str, Any]:
+    """Grant or withdraw consent for a purpose. Withdrawing marketing consent suppresses the
+    number at once; granting it (with proof) lifts suppressions older than the grant."""
+    now = datetime.now(UTC)
+    occurred_at = body.occurred_at or now
+    if occurred_at > now + timedelta(minutes=5):
+        raise ApiError(422, "occurred_in_future", "occurred_at is in the future",
+                       [{"loc": "body.occurred_at", "code": "occurred_in_future", "msg": "in the future"}])
+    proof = body.proof.model_dump(mode="json", exclude_none=True) if body.proof else {}
+    if body.granted and not (proof.get("form_id") or proof.get("text_shown")):
+        raise ApiError(422, "proof_required", "granting consent needs proof: form_id or text_shown",
+                       [{"loc": "body.proof", "code": "proof_required", "msg": "form_id or text_shown"}])
+    record = await repo(request).record_consent(
+        principal.tenant_id, _id(contact_id, "contact"), purpose=body.purpose, granted=body.granted,
+        source=body.source, occurred_at=occurred_at, proof=proof,
+    )
+    if record is None:
+        raise ApiError(404, "contact_not_found", "no contact with this id")
+    CONSENT_CHANGES.labels(body.purpose, str(body.granted).lower()).inc()
+    return record
 
-    @router.post("/v1/subject-access", status_code=202, tags=["contacts"], responses={**errors, 503: {}})
-    async def request_export(body: SubjectAccessBody, request: Request, principal: Principal = exporter) -> dict[str, Any]:
-        """Export everything Herald holds about a number (a subject-access request): contact and
-        consent history with proof, suppressions, messages with their statuses and timeline,
-        replies, clicks, conversions, journey runs, held messages and claims (docs/data-map.md).
 
-        Give ``phone`` or ``contact_id``. Every service gathers its own tables within seconds;
-        ``GET /v1/subject-access/{id}`` answers the document once all have. Needs the
-        ``contacts:export`` scope (not a default)."""
-        if (body.phone is None) == (body.contact_id is None):
-            raise ApiError(422, "validation_failed", "give phone or contact_id (one of them)",
-                           [{"loc": "body", "code": "validation_failed", "msg": "phone or contact_id"}])
-        service = exports(request)
-        if body.contact_id is not None:
-            contact_id: uuid.UUID | None = _id(body.contact_id, "contact")
-            phone = await service.contact_phone(principal.tenant_id, contact_id)
-            if phone is None:
-                raise ApiError(404, "contact_not_found", "no contact with this id")
-        else:
-            try:
-                phone = parse_e164(body.phone or "", allowed_types=None).e164
-            except PhoneError as exc:
-                raise ApiError(422, exc.code, str(exc), [{"loc": "body.phone", "code": exc.code, "msg": str(exc)}]) from None
-            contact_id = await service.contact_of(principal.tenant_id, phone)
+@router.get("/v1/contacts/{contact_id}/consents", tags=["consent"], responses=errors)
+async def consent_history(
+    contact_id: Annotated[str, Path(max_length=64)],
+    request: Request,
+    principal: Principal = reader,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> dict[str, Any]:
+    """The current consent per purpose and the history, newest first."""
+    cid = _id(contact_id, "contact")
+    r = repo(request)
+    contact = await r.get_contact(principal.tenant_id, cid)
+    if contact is None:
+        raise ApiError(404, "contact_not_found", "no contact with this id")
+    return {"contact_id": contact["contact_id"], "current": contact["consent"], "history": await r.consent_history(principal.tenant_id, cid, limit)}
+
+# segments ---------------------------------------------------------------------------------
+
+
+@router.post("/v1/segments/preview", tags=["segments"], responses={**errors, 429: {}, 503: {}})
+async def preview_segment(body: FilterBody, request: Request, principal: Principal = reader) -> dict[str, Any]:
+    """Check a filter and answer how many contacts match it, with a sample of 10. Previews are
+    capped per tenant and per instance (429 with Retry-After over the cap)."""
+    node = _parse_filter(body.filter)
+    settings = deps.ingest_settings(request)
+    gate = gate_for(request.app, settings.segment_preview_concurrency, settings.segment_preview_per_tenant)
+    try:
+        async with gate.slot(principal.tenant_id):
+            count, sample = await repo(request).preview(principal.tenant_id, node)
+    except asyncpg.QueryCanceledError:  # the statement timeout
+        raise ApiError(503, "segment_timeout", "the filter took too long to evaluate; narrow it") from None
+    return {"count": count, "sample": sample, "normalized": seg.normalize(node), "fields": seg.fields_used(node)}
+
+
+@router.post("/v1/segments", status_code=201, tags=["segments"], responses={**errors, 409: {}})
+async def create_segment(body: SegmentBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
+    """Store a named segment (its filter checked first)."""
+    node = _parse_filter(body.filter)
+    created = await repo(request).create_segment(principal.tenant_id, body.name, body.filter, seg.normalize(node))
+    if created is None:
+        raise ApiError(409, "segment_exists", f"a segment named {body.name!r} exists")
+    return created
+
+
+@router.get("/v1/segments", tags=["segments"], responses=errors)
+async def list_segments(
+    request: Request,
+    principal: Principal = reader,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    page = await repo(request).list_segments(principal.tenant_id, after=decode_cursor(cursor), limit=limit)
+    return {"segments": page, "next_cursor": encode_cursor(page[-1]["segment_id"]) if len(page) == limit else None}
+
+
+@router.get("/v1/segments/{segment_id}", tags=["segments"], responses=errors)
+async def get_segment(
+    segment_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = reader
+) -> dict[str, Any]:
+    segment = await repo(request).get_segment(principal.tenant_id, _id(segment_id, "segment"))
+    if segment is None:
+        raise ApiError(404, "segment_not_found", "no segment with this id")
+    return segment
+
+# templates --------------------------------------------------------------------------------
+
+
+def _check_template(body: TemplateBody, principal: Principal) -> None:
+    problems = validate(Template(body.purpose, body.default_language, body.variants, body.sender))
+    if problems:
+        details = [p.detail() | {"loc": f"body.{p.loc}" if p.loc else "body"} for p in problems]
+        raise ApiError(422, "template_invalid", str(problems[0]), details)
+    # the sender must be one of the tenant's verified senders (docs/senders.md)
+    refused = named_problem(principal.senders, body.sender, "body.sender")
+    if refused is not None:
+        raise ApiError(422, refused["code"], refused["msg"], [refused])
+
+
+@router.post("/v1/templates", status_code=201, tags=["templates"], responses={**errors, 409: {}})
+async def create_template(body: TemplateBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
+    """Store a template (version 1): variants per language, placeholders with defaults, a sender."""
+    _check_template(body, principal)
+    created = await repo(request).create_template(principal.tenant_id, body.model_dump())
+    if created is None:
+        raise ApiError(409, "template_exists", f"a template named {body.name!r} exists")
+    return created
+
+
+@router.get("/v1/templates", tags=["templates"], responses=errors)
+async def list_templates(
+    request: Request,
+    principal: Principal = reader,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    archived: Annotated[bool | None, Query(description="true: archived ones only; false: live ones only")] = None,
+) -> dict[str, Any]:
+    page = await repo(request).list_templates(principal.tenant_id, after=decode_cursor(cursor), limit=limit,
+                                              archived=archived)
+    return {"templates": page, "next_cursor": encode_cursor(page[-1]["template_id"]) if len(page) == limit else None}
+
+
+@router.get("/v1/templates/{template_id}", tags=["templates"], responses=errors)
+async def get_template(
+    template_id: Annotated[str, Path(max_length=64)],
+    request: Request,
+    principal: Principal = reader,
+    version: Annotated[int | None, Query(ge=1, le=1_000_000, description="An earlier version (default: the current one)")] = None,
+) -> dict[str, Any]:
+    """The template at its current version (``version``), or at an earlier one; archived ones too."""
+    template = await repo(request).get_template(principal.tenant_id, _id(template_id, "template"), version)
+    if template is None:
+        raise ApiError(404, "template_not_found", "no template with this id" + (" and version" if version else ""))
+    return template
+
+
+@router.get("/v1/templates/{template_id}/versions", tags=["templates"], responses=errors)
+async def list_template_versions(
+    template_id: Annotated[str, Path(max_length=64)],
+    request: Request,
+    principal: Principal = reader,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> dict[str, Any]:
+    """Every version of the template, newest first (a message names the one it was rendered from)."""
+    versions = await repo(request).template_versions(principal.tenant_id, _id(template_id, "template"), limit)
+    if versions is None:
+        raise ApiError(404, "template_not_found", "no template with this id")
+    return {"template_id": template_id, "versions": versions}
+
+
+@router.put("/v1/templates/{template_id}", tags=["templates"], responses={**errors, 409: {}})
+async def update_template(
+    template_id: Annotated[str, Path(max_length=64)],
+    body: TemplateBody,
+    request: Request,
+    principal: Principal = writer,
+    if_match: Annotated[str | None, Header(description="The version you read: 409 if it changed since")] = None,
+) -> dict[str, Any]:
+    """Write the template's next version (the whole template, as created). New sends use it
+    (unless they name a ``template_version``); campaigns keep the version they were created with."""
+    expected = None
+    if if_match is not None:
         try:
-            row = await service.request(principal.tenant_id, phone, requested_by=principal.key_id, now=utcnow(),
-                                        contact_id=contact_id)
-        except ExportNotPublished as exc:
-            raise ApiError(503, "broker_unavailable", "could not publish the subject-access request: retry") from exc
-        return {"export_id": str(row["export_id"]), "status": "pending", "requested_at": row["requested_at"].isoformat(),
-                "expires_at": row["expires_at"].isoformat()}
+            expected = int(if_match.strip().removeprefix("W/").strip('"'))
+        except ValueError:
+            raise ApiError(422, "invalid_if_match", "If-Match is the template's version number") from None
+    _check_template(body, principal)
+    try:
+        updated = await repo(request).update_template(principal.tenant_id, _id(template_id, "template"),
+                                                      body.model_dump(), expected)
+    except TemplateArchived:
+        raise ApiError(409, "template_archived", "an archived template cannot change") from None
+    except TemplateVersionConflict as exc:
+        raise ApiError(409, "version_conflict", f"the template changed: it is at version {exc.current}") from None
+    except TemplateNameTaken:
+        raise ApiError(409, "template_exists", f"a template named {body.name!r} exists") from None
+    if updated is None:
+        raise ApiError(404, "template_not_found", "no template with this id")
+    return updated
 
-    @router.get("/v1/subject-access/{export_id}", tags=["contacts"], responses=errors)
-    async def export_status(
-        export_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = exporter
-    ) -> dict[str, Any]:
-        """An export's state: ``pending`` (``pending`` lists the services still gathering),
-        ``complete`` (with ``document``), or ``expired`` / ``erased`` (the number and document were
-        removed; who asked and when stay)."""
-        status = await exports(request).status(principal.tenant_id, _id(export_id, "export"), utcnow())
-        if status is None:
-            raise ApiError(404, "export_not_found", "no subject-access export with this id")
-        return export_body(export_id, status)
 
-    # consent ----------------------------------------------------------------------------------
+@router.post("/v1/templates/{template_id}/archive", tags=["templates"], responses=errors)
+async def archive_template(
+    template_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer
+) -> dict[str, Any]:
+    """Archive the template: it stays readable, takes no new sends or campaigns, and cannot
+    change; campaigns already created with it go on with their version."""
+    archived = await repo(request).archive_template(principal.tenant_id, _id(template_id, "template"))
+    if archived is None:
+        raise ApiError(404, "template_not_found", "no template with this id")
+    return archived
 
-    @router.post("/v1/contacts/{contact_id}/consents", status_code=201, tags=["consent"], responses=errors)
-    async def record_consent(
-        contact_id: Annotated[str, Path(max_length=64)], body: ConsentBody, request: Request, principal: Principal = writer
-    ) -> dict[str, Any]:
-        """Grant or withdraw consent for a purpose. Withdrawing marketing consent suppresses the
-        number at once; granting it (with proof) lifts suppressions older than the grant."""
-        now = datetime.now(UTC)
-        occurred_at = body.occurred_at or now
-        if occurred_at > now + timedelta(minutes=5):
-            raise ApiError(422, "occurred_in_future", "occurred_at is in the future",
-                           [{"loc": "body.occurred_at", "code": "occurred_in_future", "msg": "in the future"}])
-        proof = body.proof.model_dump(mode="json", exclude_none=True) if body.proof else {}
-        if body.granted and not (proof.get("form_id") or proof.get("text_shown")):
-            raise ApiError(422, "proof_required", "granting consent needs proof: form_id or text_shown",
-                           [{"loc": "body.proof", "code": "proof_required", "msg": "form_id or text_shown"}])
-        record = await repo(request).record_consent(
-            principal.tenant_id, _id(contact_id, "contact"), purpose=body.purpose, granted=body.granted,
-            source=body.source, occurred_at=occurred_at, proof=proof,
-        )
-        if record is None:
-            raise ApiError(404, "contact_not_found", "no contact with this id")
-        CONSENT_CHANGES.labels(body.purpose, str(body.granted).lower()).inc()
-        return record
 
-    @router.get("/v1/contacts/{contact_id}/consents", tags=["consent"], responses=errors)
-    async def consent_history(
-        contact_id: Annotated[str, Path(max_length=64)],
-        request: Request,
-        principal: Principal = reader,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    ) -> dict[str, Any]:
-        """The current consent per purpose and the history, newest first."""
-        cid = _id(contact_id, "contact")
-        r = repo(request)
-        contact = await r.get_contact(principal.tenant_id, cid)
+@router.post("/v1/templates/{template_id}/preview", tags=["templates"], responses=errors)
+async def preview_template(
+    template_id: Annotated[str, Path(max_length=64)],
+    request: Request,
+    principal: Principal = reader,
+    body: PreviewBody | None = None,
+) -> dict[str, Any]:
+    """Render the template for a contact, or sample fields, with its encoding and segment count."""
+    r = repo(request)
+    stored = await r.get_template(principal.tenant_id, _id(template_id, "template"))
+    if stored is None:
+        raise ApiError(404, "template_not_found", "no template with this id")
+    body = body or PreviewBody()
+    if body.contact_id is not None:
+        contact = await r.get_contact(principal.tenant_id, _id(body.contact_id, "contact"))
         if contact is None:
             raise ApiError(404, "contact_not_found", "no contact with this id")
-        return {"contact_id": contact["contact_id"], "current": contact["consent"], "history": await r.consent_history(principal.tenant_id, cid, limit)}
+    elif body.contact is not None:
+        contact = body.contact.model_dump()
+    else:
+        contact = SAMPLE_CONTACT
+    template = Template(stored["purpose"], stored["default_language"], stored["variants"], stored["sender"])
+    try:
+        rendered = render(template, contact, smart=deps.ingest_settings(request).smart_encoding)
+    except TemplateError as exc:
+        raise ApiError(422, exc.code, str(exc), [exc.detail()]) from None
+    return {"template_id": stored["template_id"], **rendered.as_dict(), "parts": list(rendered.info.parts)}
 
-    # segments ---------------------------------------------------------------------------------
-
-    @router.post("/v1/segments/preview", tags=["segments"], responses={**errors, 429: {}, 503: {}})
-    async def preview_segment(body: FilterBody, request: Request, principal: Principal = reader) -> dict[str, Any]:
-        """Check a filter and answer how many contacts match it, with a sample of 10. Previews are
-        capped per tenant and per instance (429 with Retry-After over the cap)."""
-        node = _parse_filter(body.filter)
-        gate = gate_for(request.app, settings.segment_preview_concurrency, settings.segment_preview_per_tenant)
-        try:
-            async with gate.slot(principal.tenant_id):
-                count, sample = await repo(request).preview(principal.tenant_id, node)
-        except asyncpg.QueryCanceledError:  # the statement timeout
-            raise ApiError(503, "segment_timeout", "the filter took too long to evaluate; narrow it") from None
-        return {"count": count, "sample": sample, "normalized": seg.normalize(node), "fields": seg.fields_used(node)}
-
-    @router.post("/v1/segments", status_code=201, tags=["segments"], responses={**errors, 409: {}})
-    async def create_segment(body: SegmentBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
-        """Store a named segment (its filter checked first)."""
-        node = _parse_filter(body.filter)
-        created = await repo(request).create_segment(principal.tenant_id, body.name, body.filter, seg.normalize(node))
-        if created is None:
-            raise ApiError(409, "segment_exists", f"a segment named {body.name!r} exists")
-        return created
-
-    @router.get("/v1/segments", tags=["segments"], responses=errors)
-    async def list_segments(
-        request: Request,
-        principal: Principal = reader,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-        cursor: Annotated[str | None, Query(max_length=64)] = None,
-    ) -> dict[str, Any]:
-        page = await repo(request).list_segments(principal.tenant_id, after=decode_cursor(cursor), limit=limit)
-        return {"segments": page, "next_cursor": encode_cursor(page[-1]["segment_id"]) if len(page) == limit else None}
-
-    @router.get("/v1/segments/{segment_id}", tags=["segments"], responses=errors)
-    async def get_segment(
-        segment_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = reader
-    ) -> dict[str, Any]:
-        segment = await repo(request).get_segment(principal.tenant_id, _id(segment_id, "segment"))
-        if segment is None:
-            raise ApiError(404, "segment_not_found", "no segment with this id")
-        return segment
-
-    # templates --------------------------------------------------------------------------------
-
-    def _check_template(body: TemplateBody, principal: Principal) -> None:
-        problems = validate(Template(body.purpose, body.default_language, body.variants, body.sender))
-        if problems:
-            details = [p.detail() | {"loc": f"body.{p.loc}" if p.loc else "body"} for p in problems]
-            raise ApiError(422, "template_invalid", str(problems[0]), details)
-        # the sender must be one of the tenant's verified senders (docs/senders.md)
-        refused = named_problem(principal.senders, body.sender, "body.sender")
-        if refused is not None:
-            raise ApiError(422, refused["code"], refused["msg"], [refused])
-
-    @router.post("/v1/templates", status_code=201, tags=["templates"], responses={**errors, 409: {}})
-    async def create_template(body: TemplateBody, request: Request, principal: Principal = writer) -> dict[str, Any]:
-        """Store a template (version 1): variants per language, placeholders with defaults, a sender."""
-        _check_template(body, principal)
-        created = await repo(request).create_template(principal.tenant_id, body.model_dump())
-        if created is None:
-            raise ApiError(409, "template_exists", f"a template named {body.name!r} exists")
-        return created
-
-    @router.get("/v1/templates", tags=["templates"], responses=errors)
-    async def list_templates(
-        request: Request,
-        principal: Principal = reader,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-        cursor: Annotated[str | None, Query(max_length=64)] = None,
-        archived: Annotated[bool | None, Query(description="true: archived ones only; false: live ones only")] = None,
-    ) -> dict[str, Any]:
-        page = await repo(request).list_templates(principal.tenant_id, after=decode_cursor(cursor), limit=limit,
-                                                  archived=archived)
-        return {"templates": page, "next_cursor": encode_cursor(page[-1]["template_id"]) if len(page) == limit else None}
-
-    @router.get("/v1/templates/{template_id}", tags=["templates"], responses=errors)
-    async def get_template(
-        template_id: Annotated[str, Path(max_length=64)],
-        request: Request,
-        principal: Principal = reader,
-        version: Annotated[int | None, Query(ge=1, le=1_000_000, description="An earlier version (default: the current one)")] = None,
-    ) -> dict[str, Any]:
-        """The template at its current version (``version``), or at an earlier one; archived ones too."""
-        template = await repo(request).get_template(principal.tenant_id, _id(template_id, "template"), version)
-        if template is None:
-            raise ApiError(404, "template_not_found", "no template with this id" + (" and version" if version else ""))
-        return template
-
-    @router.get("/v1/templates/{template_id}/versions", tags=["templates"], responses=errors)
-    async def list_template_versions(
-        template_id: Annotated[str, Path(max_length=64)],
-        request: Request,
-        principal: Principal = reader,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    ) -> dict[str, Any]:
-        """Every version of the template, newest first (a message names the one it was rendered from)."""
-        versions = await repo(request).template_versions(principal.tenant_id, _id(template_id, "template"), limit)
-        if versions is None:
-            raise ApiError(404, "template_not_found", "no template with this id")
-        return {"template_id": template_id, "versions": versions}
-
-    @router.put("/v1/templates/{template_id}", tags=["templates"], responses={**errors, 409: {}})
-    async def update_template(
-        template_id: Annotated[str, Path(max_length=64)],
-        body: TemplateBody,
-        request: Request,
-        principal: Principal = writer,
-        if_match: Annotated[str | None, Header(description="The version you read: 409 if it changed since")] = None,
-    ) -> dict[str, Any]:
-        """Write the template's next version (the whole template, as created). New sends use it
-        (unless they name a ``template_version``); campaigns keep the version they were created with."""
-        expected = None
-        if if_match is not None:
-            try:
-                expected = int(if_match.strip().removeprefix("W/").strip('"'))
-            except ValueError:
-                raise ApiError(422, "invalid_if_match", "If-Match is the template's version number") from None
-        _check_template(body, principal)
-        try:
-            updated = await repo(request).update_template(principal.tenant_id, _id(template_id, "template"),
-                                                          body.model_dump(), expected)
-        except TemplateArchived:
-            raise ApiError(409, "template_archived", "an archived template cannot change") from None
-        except TemplateVersionConflict as exc:
-            raise ApiError(409, "version_conflict", f"the template changed: it is at version {exc.current}") from None
-        except TemplateNameTaken:
-            raise ApiError(409, "template_exists", f"a template named {body.name!r} exists") from None
-        if updated is None:
-            raise ApiError(404, "template_not_found", "no template with this id")
-        return updated
-
-    @router.post("/v1/templates/{template_id}/archive", tags=["templates"], responses=errors)
-    async def archive_template(
-        template_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer
-    ) -> dict[str, Any]:
-        """Archive the template: it stays readable, takes no new sends or campaigns, and cannot
-        change; campaigns already created with it go on with their version."""
-        archived = await repo(request).archive_template(principal.tenant_id, _id(template_id, "template"))
-        if archived is None:
-            raise ApiError(404, "template_not_found", "no template with this id")
-        return archived
-
-    @router.post("/v1/templates/{template_id}/preview", tags=["templates"], responses=errors)
-    async def preview_template(
-        template_id: Annotated[str, Path(max_length=64)],
-        request: Request,
-        principal: Principal = reader,
-        body: PreviewBody | None = None,
-    ) -> dict[str, Any]:
-        """Render the template for a contact, or sample fields, with its encoding and segment count."""
-        r = repo(request)
-        stored = await r.get_template(principal.tenant_id, _id(template_id, "template"))
-        if stored is None:
-            raise ApiError(404, "template_not_found", "no template with this id")
-        body = body or PreviewBody()
-        if body.contact_id is not None:
-            contact = await r.get_contact(principal.tenant_id, _id(body.contact_id, "contact"))
-            if contact is None:
-                raise ApiError(404, "contact_not_found", "no contact with this id")
-        elif body.contact is not None:
-            contact = body.contact.model_dump()
-        else:
-            contact = SAMPLE_CONTACT
-        template = Template(stored["purpose"], stored["default_language"], stored["variants"], stored["sender"])
-        try:
-            rendered = render(template, contact, smart=settings.smart_encoding)
-        except TemplateError as exc:
-            raise ApiError(422, exc.code, str(exc), [exc.detail()]) from None
-        return {"template_id": stored["template_id"], **rendered.as_dict(), "parts": list(rendered.info.parts)}
-
-    return router

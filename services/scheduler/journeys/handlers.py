@@ -25,6 +25,7 @@ from services.scheduler.journeys.repository import JourneyRepository
 from shared.contracts import ContactEventAccepted, utcnow
 from shared.kafka import Incoming, Outgoing, Publisher
 from shared.logging import mask_phone
+from shared.periodic import run_periodically
 from shared.phones import SMS_CAPABLE
 
 log = logging.getLogger(__name__)
@@ -103,16 +104,12 @@ class JourneyTimer:
         self._stop.set()
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                while await self.advance_due() >= self.batch and not self._stop.is_set():
-                    pass
-            except Exception:
-                log.exception("advancing due journey runs failed; retrying")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
+        await run_periodically("journey_advance", self._advance_all, self.interval_s, self._stop, logger=log,
+                               error_message="advancing due journey runs failed; retrying")
+
+    async def _advance_all(self) -> None:
+        while await self.advance_due() >= self.batch and not self._stop.is_set():
+            pass
 
     async def advance_due(self) -> int:
         """Advance one batch of due runs; return how many were due."""
