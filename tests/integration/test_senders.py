@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.ingest.journeys.api import build_journeys_router
+from services.ingest.journeys.api import router as journeys_router
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.settings import IngestSettings
 from shared import admin
@@ -171,7 +171,7 @@ async def test_templates_campaigns_and_journeys_name_verified_senders(client, po
     app = FastAPI()
     app.state.pool = pool
     install_error_handlers(app)
-    app.include_router(build_journeys_router())
+    app.include_router(journeys_router)
     journey = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "journeys" / "abandoned-cart.json").read_text())
     journey["steps"][1]["sender"] = "Globex"
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as journeys:
