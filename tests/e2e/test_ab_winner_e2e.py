@@ -7,36 +7,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from services.ingest.campaigns.domain import BUCKETS, _buckets, message_id_for
 from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Ports, Stack
+from shared.devtools.stack import Stack
 from tests.conftest import make_tenant
 from tests.e2e.test_campaigns_e2e import contact_ids, simulator_refs
 from tests.e2e.test_tenant_disable_e2e import ab_campaign
-from tests.helpers import wait_for
+from tests.helpers import new_stack, running, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def stack(env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = Path(tmp_path_factory.mktemp("logs"))
-    s = Stack(
-        env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "200",
-             "HERALD_CONSUMER_POLL_MS": "100", "HERALD_AB_WINNER_INTERVAL_S": "0.5"},
-        ports=Ports.random(), log_dir=log_dir,
-    )
-    s.start_all()
-    try:
-        s.wait_ready(90)
+    with running(new_stack(env, tmp_path_factory.mktemp("logs"), HERALD_AB_WINNER_INTERVAL_S="0.5")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def test_the_winner_reports_picks_is_sent_to_the_rest_of_the_audience(stack: Stack, pool) -> None:

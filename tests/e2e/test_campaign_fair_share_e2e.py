@@ -10,17 +10,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from services.ingest.campaigns.domain import message_id_for
 from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Ports, Stack
+from shared.devtools.stack import Stack
 from tests.conftest import make_tenant
 from tests.e2e.test_campaigns_e2e import contact_ids, setup_campaign, simulator_refs
-from tests.helpers import wait_for
+from tests.helpers import new_stack, running, wait_for
 
 pytestmark = pytest.mark.e2e
 GATEWAY_RATE = 40.0  # messages a second: A's 1,200 take 30 s
@@ -30,19 +29,10 @@ IN_FLIGHT = 100  # each tenant's bound of campaign messages in the lanes
 
 @pytest.fixture(scope="module")
 def stack(env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = Path(tmp_path_factory.mktemp("logs"))
-    s = Stack(
-        env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "200",
-             "HERALD_CONSUMER_POLL_MS": "100", "HERALD_CONSUMER_MAX_RECORDS": "20", "HERALD_CAMPAIGN_PAGE_SIZE": "50",
-             "HERALD_CAMPAIGN_TENANT_IN_FLIGHT": str(IN_FLIGHT)},
-        ports=Ports.random(), log_dir=log_dir, gateway_rate=GATEWAY_RATE,
-    )
-    s.start_all()
-    try:
-        s.wait_ready(90)
+    with running(new_stack(env, tmp_path_factory.mktemp("logs"), gateway_rate=GATEWAY_RATE,
+                            HERALD_CONSUMER_MAX_RECORDS="20", HERALD_CAMPAIGN_PAGE_SIZE="50",
+                            HERALD_CAMPAIGN_TENANT_IN_FLIGHT=str(IN_FLIGHT))) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def campaign_ids(pool, client: httpx.AsyncClient, tenant, numbers: list[str], tag: str) -> tuple[str, set[str]]:

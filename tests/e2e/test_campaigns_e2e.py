@@ -8,7 +8,6 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,10 +15,10 @@ import pytest
 from services.ingest.campaigns.domain import message_id_for
 from shared.auth import DEFAULT_SCOPES
 from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Ports, Stack
+from shared.devtools.stack import Stack
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_pipeline import all_final
-from tests.helpers import wait_for
+from tests.helpers import new_stack, running, wait_for
 
 pytestmark = pytest.mark.e2e
 PROOF = {"form_id": "checkout", "ip": "203.0.113.9", "text_shown": "Send me offers by SMS"}
@@ -27,18 +26,9 @@ PROOF = {"form_id": "checkout", "ip": "203.0.113.9", "text_shown": "Send me offe
 
 @pytest.fixture(scope="module")
 def stack(env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = Path(tmp_path_factory.mktemp("logs"))
-    s = Stack(
-        env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "200",
-             "HERALD_CONSUMER_POLL_MS": "100", "HERALD_CAMPAIGN_PAGE_SIZE": "200"},
-        ports=Ports.random(), log_dir=log_dir, gateway_rate=300.0,
-    )
-    s.start_all()
-    try:
-        s.wait_ready(90)
+    with running(new_stack(env, tmp_path_factory.mktemp("logs"), gateway_rate=300.0,
+                            HERALD_CAMPAIGN_PAGE_SIZE="200")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def setup_campaign(client: httpx.AsyncClient, numbers: list[str], tag: str, **extra) -> str:

@@ -17,7 +17,6 @@ marks none of its examples as failing; the batch with one bad message is a 202).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess

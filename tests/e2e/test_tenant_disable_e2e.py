@@ -11,7 +11,6 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,12 +18,12 @@ import pytest
 from services.ingest.campaigns.domain import message_id_for
 from shared import admin
 from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Ports, Stack
+from shared.devtools.stack import Stack
 from tests.conftest import make_tenant
 from tests.e2e.test_campaigns_e2e import contact_ids, simulator_refs
 from tests.e2e.test_journeys_e2e import PROOF, example, journey_messages, runs
 from tests.e2e.test_pipeline import all_final
-from tests.helpers import wait_for
+from tests.helpers import new_stack, running, wait_for
 
 pytestmark = pytest.mark.e2e
 GATEWAY_RATE = 25.0  # slow, so much of the campaign is still queued when the tenant is disabled
@@ -32,18 +31,9 @@ GATEWAY_RATE = 25.0  # slow, so much of the campaign is still queued when the te
 
 @pytest.fixture(scope="module")
 def stack(env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = Path(tmp_path_factory.mktemp("logs"))
-    s = Stack(
-        env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "200",
-             "HERALD_CONSUMER_POLL_MS": "100", "HERALD_CONSUMER_MAX_RECORDS": "20", "HERALD_CAMPAIGN_PAGE_SIZE": "50"},
-        ports=Ports.random(), log_dir=log_dir, gateway_rate=GATEWAY_RATE,
-    )
-    s.start_all()
-    try:
-        s.wait_ready(90)
+    with running(new_stack(env, tmp_path_factory.mktemp("logs"), gateway_rate=GATEWAY_RATE,
+                            HERALD_CONSUMER_MAX_RECORDS="20", HERALD_CAMPAIGN_PAGE_SIZE="50")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def ab_campaign(client: httpx.AsyncClient, numbers: list[str], tag: str) -> str:

@@ -15,7 +15,6 @@ import random
 import time
 from datetime import timedelta
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,11 +22,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import SERVICES, Ports, Stack, free_port, infra
+from shared.devtools.stack import SERVICES, Stack, free_port, infra
 from shared.statuses import FINAL
 from shared.topics import ALL
 from tests.conftest import Tenant, make_tenant
-from tests.helpers import wait_for
+from tests.helpers import new_stack, running, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 MESSAGES = 20_000
@@ -41,21 +40,11 @@ FINAL_NAMES = [s.value for s in FINAL]
 
 @pytest.fixture(scope="module")
 def stack(env, tmp_path_factory) -> Iterator[Stack]:
-    s = Stack(
-        env={**env.vars(), "HERALD_LOG_FORMAT": "text", "HERALD_CONSUMER_POLL_MS": "100",
-             "HERALD_CLAIM_LEASE_S": "6", "HERALD_RECONCILE_INTERVAL_S": "1", "HERALD_RETRY_BUDGET_S": str(RETRY_BUDGET_S),
-             "HERALD_RETRY_MAX_ATTEMPTS": "60", "HERALD_RETRY_CAP_S": "3",
-             "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "300"},
-        ports=Ports.random(),
-        log_dir=Path(tmp_path_factory.mktemp("fault-logs")),
-        gateway_rate=4000,
-    )
-    s.start_all()
-    try:
-        s.wait_ready(90)
+    with running(new_stack(env, tmp_path_factory.mktemp("fault-logs"), gateway_rate=4000,
+                           HERALD_CLAIM_LEASE_S="6", HERALD_RECONCILE_INTERVAL_S="1",
+                           HERALD_RETRY_BUDGET_S=str(RETRY_BUDGET_S), HERALD_RETRY_MAX_ATTEMPTS="60",
+                           HERALD_RETRY_CAP_S="3", HERALD_SIM_RECEIPT_DELAY_MAX_MS="300")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def send_resilient(stack: Stack, tenant: Tenant, run: str, count: int, progress: list[int]) -> list[str]:
