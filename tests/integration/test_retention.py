@@ -243,6 +243,24 @@ async def test_ingest_expires_inbound_by_tenant_age_and_idempotency_keys_after_t
     assert keys == {"new-key"}
 
 
+async def test_ingest_removes_the_number_of_subject_access_exports_past_their_time(pool) -> None:
+    """Without anyone asking for or reading an export again, the job removes an expired export's
+    number (the row stays as the audit of who asked)."""
+    tenant = await make_tenant(pool)
+    now = utcnow()
+    old, live = uuid.uuid4(), uuid.uuid4()
+    for export_id, expires in ((old, now - DAY), (live, now + DAY)):
+        await pool.execute(
+            "INSERT INTO subject_access_exports (export_id, tenant_id, phone_e164, requested_by, requested_at, expires_at)"
+            " VALUES ($1, $2, '+34600000077', 'k1', $3, $4)", export_id, tenant.tenant_id, now - 8 * DAY, expires)
+    settings = IngestSettings()
+    assert await run_job(pool, "ingest", settings, ingest_tasks(settings)) == "success"
+    rows = {r["export_id"]: r for r in await pool.fetch(
+        "SELECT export_id, phone_e164, removed_why FROM subject_access_exports WHERE tenant_id = $1", tenant.tenant_id)}
+    assert (rows[old]["phone_e164"], rows[old]["removed_why"]) == (None, "expired")
+    assert (rows[live]["phone_e164"], rows[live]["removed_why"]) == ("+34600000077", None)
+
+
 @pytest.fixture(scope="module")
 def simulator(tmp_path_factory) -> Iterator[Stack]:
     stack = Stack(env={}, ports=Ports.random(), log_dir=tmp_path_factory.mktemp("sim"))
