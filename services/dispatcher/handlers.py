@@ -287,14 +287,25 @@ class Sender:
             async with asyncio.TaskGroup() as group:
                 for i in range(0, len(jobs), size):
                     chunk = jobs[i : i + size]
-                    if not priority:
+                    segments = sum(j.message.segments for j in chunk)
+                    if gateway == SANDBOX:  # it sends nothing: no gateway capacity to share
+                        pass
+                    elif priority:
+                        wait = await self.throttle.reserve(gateway, segments)
+                        if wait > 0:
+                            metrics.THROTTLE_WAIT.labels(gateway).observe(wait)
+                            await self.sleep(wait)
+                    else:
+                        # Campaign chunks take tokens only once the bucket holds them, never booked
+                        # ahead: a code (another process's priority lane) would wait behind them.
                         await self.gate.wait_for_bulk_turn()
-                    # The sandbox sends nothing: no gateway capacity to share.
-                    wait = 0.0 if gateway == SANDBOX else await self.throttle.reserve(
-                        gateway, sum(j.message.segments for j in chunk))
-                    if wait > 0:
-                        metrics.THROTTLE_WAIT.labels(gateway).observe(wait)
-                        await self.sleep(wait)
+                        waited = 0.0
+                        while (wait := await self.throttle.take_free(gateway, segments)) > 0:
+                            waited += wait
+                            await self.sleep(wait)
+                            await self.gate.wait_for_bulk_turn()
+                        if waited > 0:
+                            metrics.THROTTLE_WAIT.labels(gateway).observe(waited)
                     tasks.append(group.create_task(self._submit_chunk(gateway, chunk)))
         except BaseExceptionGroup as failed:
             raise _first_error(failed) from None

@@ -19,7 +19,12 @@ from services.dispatcher.domain.throttle import TokenBucket
 
 class Throttle(Protocol):
     async def reserve(self, gateway: str, segments: float) -> float:
-        """Take ``segments`` tokens; return the seconds to wait before sending them."""
+        """Take ``segments`` tokens; return the seconds to wait before sending them (priority lanes)."""
+        ...
+
+    async def take_free(self, gateway: str, segments: float) -> float:
+        """Take ``segments`` tokens if the bucket holds them and return 0; otherwise take nothing and
+        return the seconds to wait before asking again (campaign lanes: never booked ahead of a code)."""
         ...
 
 
@@ -32,6 +37,9 @@ class LocalThrottle:
     async def reserve(self, gateway: str, segments: float) -> float:
         return self.buckets[gateway].reserve(segments, self.clock())
 
+    async def take_free(self, gateway: str, segments: float) -> float:
+        return self.buckets[gateway].take_free(segments, self.clock())
+
 
 _RESERVE = """
 UPDATE throttle_buckets SET
@@ -39,6 +47,22 @@ UPDATE throttle_buckets SET
     updated_at = clock_timestamp()
 WHERE gateway = $1
 RETURNING tokens, rate
+"""
+
+# TokenBucket.take_free in one statement: the row is locked by the first part, so two campaign
+# lanes never both take the same tokens.
+_TAKE_FREE = """
+WITH b AS (
+    SELECT clock_timestamp() AS now, rate,
+           LEAST(capacity, tokens + GREATEST(0, EXTRACT(EPOCH FROM clock_timestamp() - updated_at)) * rate) AS tokens,
+           LEAST($2, capacity) AS need
+    FROM throttle_buckets WHERE gateway = $1 FOR UPDATE
+)
+UPDATE throttle_buckets t SET
+    tokens = b.tokens - CASE WHEN b.tokens >= b.need THEN $2 ELSE 0 END,
+    updated_at = b.now
+FROM b WHERE t.gateway = $1
+RETURNING CASE WHEN b.tokens >= b.need THEN 0 ELSE (b.need - b.tokens) / b.rate END AS wait
 """
 
 
@@ -65,3 +89,9 @@ class PostgresThrottle:
             raise KeyError(f"no throttle row for gateway {gateway!r}: was setup() called?")
         tokens, rate = row["tokens"], row["rate"]
         return 0.0 if tokens >= 0 else -tokens / rate
+
+    async def take_free(self, gateway: str, segments: float) -> float:
+        wait = await self.pool.fetchval(_TAKE_FREE, gateway, float(segments))
+        if wait is None:
+            raise KeyError(f"no throttle row for gateway {gateway!r}: was setup() called?")
+        return float(wait)

@@ -11,15 +11,19 @@ ingest-bulk): in one process per service, H's batches share ingest's event loop 
 
 The protections this leans on most: the fair share of the transactional lanes (H's
 "transactional" flood goes on the campaign lanes), the priority lane at the dispatcher (H's
-campaign waits for V's codes), the HTTP guard (bodies refused from their headers, before any key
+campaign waits for V's codes, and at the gateway's shared token bucket takes only the tokens it
+holds, never booking ahead of them), the HTTP guard (bodies refused from their headers, before any key
 check reads them), webhook egress rules and per-tenant webhook slots, signed Kafka input. With
-``HERALD_PRIORITY_SHARE_PER_S=0`` (no share) H's flood queues ahead of V's codes and this fails.
+``HERALD_PRIORITY_SHARE_PER_S=0`` (no share; ``HOSTILE_PRIORITY_SHARE_PER_S=0`` runs the suite so)
+H's flood queues ahead of V's codes and this fails. ``HOSTILE_SKIP_ATTACKS`` (a comma-separated
+list of the names in ``attack()``, and ``campaign``) leaves attacks out, to measure what each costs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import secrets
 import time
 import uuid
@@ -47,6 +51,8 @@ pytestmark = pytest.mark.e2e
 
 GATEWAY_RATE = 300.0  # messages a second through the one simulated gateway
 SHARE_PER_S, SHARE_BURST = 20, 50  # each tenant's share of the transactional lanes
+# HOSTILE_PRIORITY_SHARE_PER_S=0 runs the suite with the share off, to see it fail (docs/operations.md).
+SHARE_PER_S = int(os.environ.get("HOSTILE_PRIORITY_SHARE_PER_S", SHARE_PER_S))
 FLOOD = 3000  # H's "transactional" messages: 10 s of the gateway, were they on the priority lane
 AUDIENCE = 1200  # H's campaign
 OTP_INTERVAL_S = 0.2
@@ -55,9 +61,17 @@ BODY_TIMEOUT_S = 2
 V_HOST, H_HOST = "127.0.0.3", "127.0.0.2"  # webhook receivers: loopback addresses the stack allows, nothing else
 
 
+# Measurement only: a comma-separated list of attacks to leave out (names as in ``attack()``), to
+# see which costs V most. Unset in CI; a run with any attack left out says so and asserts nothing
+# of what was left out.
+SKIP = frozenset(filter(None, os.environ.get("HOSTILE_SKIP_ATTACKS", "").split(",")))
+
+
 def bound(baseline: float) -> float:
-    """How much worse V's latency may get under attack: noise on a shared 2-core machine, not a queue."""
-    return max(4 * baseline, baseline + 1.0)
+    """How much worse V's latency may get under attack: noise on a shared 2-core machine, not a queue.
+    Before campaign chunks stopped booking gateway tokens ahead, V's p95 and p99 under attack went
+    past this by 40-240 ms (docs/operations.md); at + 250 ms, 1 run in 5 of the fixed system failed."""
+    return max(2 * baseline, baseline + 0.4)
 
 
 @dataclass(frozen=True)
@@ -319,14 +333,17 @@ async def test_a_hostile_tenant_is_refused_and_the_other_tenants_codes_keep_thei
 
         async def attack() -> dict[str, list]:
             await asyncio.sleep(1.0)
-            r = await hb.post(f"/v1/campaigns/{campaign}/launch")
-            assert r.status_code == 200, r.text
-            results = await asyncio.gather(
-                flood(hb, flood_numbers), oversized_and_slow_bodies(stack, h), unknown_keys(anon), ssrf(hc),
-                slow_webhooks(hb, h_url, numbers[:40]), bad_campaigns(hc), previews(hc),
-                forged_triggers(env, pool, h, v, v_key["key_id"], marker),
-            )
-            names = ["flood", "bodies", "unknown_keys", "ssrf", "slow_webhooks", "bad_campaigns", "previews", "forged"]
+            if "campaign" not in SKIP:
+                r = await hb.post(f"/v1/campaigns/{campaign}/launch")
+                assert r.status_code == 200, r.text
+            attacks = {
+                "flood": lambda: flood(hb, flood_numbers), "bodies": lambda: oversized_and_slow_bodies(stack, h),
+                "unknown_keys": lambda: unknown_keys(anon), "ssrf": lambda: ssrf(hc),
+                "slow_webhooks": lambda: slow_webhooks(hb, h_url, numbers[:40]), "bad_campaigns": lambda: bad_campaigns(hc),
+                "previews": lambda: previews(hc), "forged": lambda: forged_triggers(env, pool, h, v, v_key["key_id"], marker),
+            }
+            names = [name for name in attacks if name not in SKIP]
+            results = await asyncio.gather(*(attacks[name]() for name in names))
             return dict(zip(names, results, strict=True))
 
         started = time.monotonic()
@@ -335,16 +352,24 @@ async def test_a_hostile_tenant_is_refused_and_the_other_tenants_codes_keep_thei
         under_attack = await latencies(pool, attack_ids)
 
         # H's hostile inputs were refused, each with its documented reason.
-        assert refused["flood"] == [202] * (FLOOD // 500)
-        assert refused["bodies"][:2] == [(413, "body_too_large"), (401, "missing_api_key")]
-        assert refused["bodies"][2:] == [(408, "body_timeout")] * 6
-        assert set(refused["unknown_keys"]) == {(401, "invalid_api_key")}
-        assert set(refused["ssrf"]) == {(422, "webhook_host_not_public")}, refused["ssrf"]
-        assert refused["slow_webhooks"] == [202]
-        assert refused["bad_campaigns"] == [(422, "segment_invalid", "interval_out_of_range"),
-                                            (422, "send_at_in_past", "body.send_at")]
-        assert set(refused["previews"]) <= {(200, "ok"), (429, "too_many_previews")}, refused["previews"]
-        assert refused["forged"] == ["bad_signature", "tenant_mismatch", "unknown_signing_key", "unsigned_event"]
+        if "flood" in refused:
+            assert refused["flood"] == [202] * (FLOOD // 500)
+        if "bodies" in refused:
+            assert refused["bodies"][:2] == [(413, "body_too_large"), (401, "missing_api_key")]
+            assert refused["bodies"][2:] == [(408, "body_timeout")] * 6
+        if "unknown_keys" in refused:
+            assert set(refused["unknown_keys"]) == {(401, "invalid_api_key")}
+        if "ssrf" in refused:
+            assert set(refused["ssrf"]) == {(422, "webhook_host_not_public")}, refused["ssrf"]
+        if "slow_webhooks" in refused:
+            assert refused["slow_webhooks"] == [202]
+        if "bad_campaigns" in refused:
+            assert refused["bad_campaigns"] == [(422, "segment_invalid", "interval_out_of_range"),
+                                                (422, "send_at_in_past", "body.send_at")]
+        if "previews" in refused:
+            assert set(refused["previews"]) <= {(200, "ok"), (429, "too_many_previews")}, refused["previews"]
+        if "forged" in refused:
+            assert refused["forged"] == ["bad_signature", "tenant_mismatch", "unknown_signing_key", "unsigned_event"]
         assert not await pool.fetchval("SELECT count(*) FROM messages WHERE tenant_id = $1 AND metadata->>'marker' = $2",
                                        v.tenant_id, marker), "a forged trigger sent as V"
         assert not otps.refused, otps.refused[:5]
@@ -352,7 +377,7 @@ async def test_a_hostile_tenant_is_refused_and_the_other_tenants_codes_keep_thei
         # V's codes: the same latency as without the attack, within noise.
         b95, b99 = quantile(baseline, 0.95), quantile(baseline, 0.99)
         a95, a99 = quantile(under_attack, 0.95), quantile(under_attack, 0.99)
-        report = (f"V's codes, accept to submitted: baseline p95 {b95 * 1000:.0f} ms p99 {b99 * 1000:.0f} ms ({len(baseline)}); "
+        report = (f"{'left out ' + ','.join(sorted(SKIP)) + ': ' if SKIP else ''}V's codes, accept to submitted: baseline p95 {b95 * 1000:.0f} ms p99 {b99 * 1000:.0f} ms ({len(baseline)}); "
                   f"under attack p95 {a95 * 1000:.0f} ms p99 {a99 * 1000:.0f} ms ({len(under_attack)})")
         print(report)
         assert a95 <= bound(b95), report
@@ -360,7 +385,7 @@ async def test_a_hostile_tenant_is_refused_and_the_other_tenants_codes_keep_thei
         share_after = scrape(bulk_metrics)
         moved = sum(val for (name, labels), val in share_after.items() if name == "herald_ingest_priority_share_exceeded_total") - \
             sum(val for (name, labels), val in share_before.items() if name == "herald_ingest_priority_share_exceeded_total")
-        assert moved >= FLOOD - SHARE_BURST - SHARE_PER_S * (attack_took + 5), f"only {moved} of H's flood left the priority lanes"
+        assert "flood" in SKIP or moved >= FLOOD - SHARE_BURST - SHARE_PER_S * (attack_took + 5), f"only {moved} of H's flood left the priority lanes"
 
         # V's status webhooks still arrive while H's receiver holds its connections.
         async def v_hooks_arrived():
@@ -369,4 +394,4 @@ async def test_a_hostile_tenant_is_refused_and_the_other_tenants_codes_keep_thei
         await wait_for(v_hooks_arrived, timeout_s=45, interval_s=0.5)
         # And H's campaign went on (in the campaign lanes, after V's codes).
         state = (await hc.get(f"/v1/campaigns/{campaign}")).json()
-        assert state["progress"]["published"] > 0 and state["state"] in ("running", "completed"), state
+        assert "campaign" in SKIP or state["progress"]["published"] > 0 and state["state"] in ("running", "completed"), state

@@ -124,6 +124,9 @@ class FailingThrottle:
             raise ConnectionResetError("database connection lost")
         return 0.0
 
+    async def take_free(self, gateway: str, segments: float) -> float:
+        return await self.reserve(gateway, segments)
+
 
 async def test_a_failing_batch_cancels_its_submissions_in_flight() -> None:
     a = StuckGateway("a")

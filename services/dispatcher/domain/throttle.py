@@ -31,3 +31,17 @@ class TokenBucket:
         self._refill(now)
         self.tokens -= amount
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def take_free(self, amount: float, now: float) -> float:
+        """Take ``amount`` tokens only if the bucket holds them (all of its capacity, for an amount
+        past it) and return 0; otherwise take nothing and return the seconds until it will hold them.
+
+        The campaign lanes take tokens this way and the priority lanes with ``reserve``: a code
+        then never waits behind a campaign chunk booked ahead, and campaigns get what is left.
+        """
+        self._refill(now)
+        need = min(amount, self.capacity)
+        if self.tokens >= need:
+            self.tokens -= amount
+            return 0.0
+        return (need - self.tokens) / self.rate
