@@ -209,6 +209,7 @@ def principal_dependency(scope: str) -> Callable[[Request], Awaitable[Principal]
         principal.require(scope)
         return principal
 
+    dependency.scope = scope  # type: ignore[attr-defined]  # read by the scope catalogue (docs/scopes.md)
     return dependency
 
 

@@ -31,6 +31,11 @@ from shared.subject_access_store import GatherHandler
 from shared.topics import CAMPAIGN_WINNERS, CONTACT_EVENTS_IN, INBOUND, STATUS, SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS, TRIGGERS
 
 
+# Routers mounted after create_app's, once their state is set up below (the short-link redirect,
+# contact events, journeys); docs/scopes.md lists their routes too (shared/devtools/scopedoc.py).
+LATE_ROUTERS = (links_router, events_router, journeys_router)
+
+
 async def wire(ctx: Context, readiness: Check) -> Wiring:
     settings: IngestSettings = ctx.settings
     repository = IngestRepository(ctx.pool)
@@ -61,7 +66,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     ctx.stoppers.append(clicks.stop)
     link_cache = LinkCache(links, settings.link_cache_size, settings.link_cache_ttl_s)
     app.state.link_cache, app.state.clicks = link_cache, clicks
-    app.include_router(links_router)
+    app.include_router(LATE_ROUTERS[0])  # links_router
     takedowns = TakedownWatcher(links, link_cache, settings.link_takedown_poll_s)
     ctx.workers["link-takedowns"] = takedowns.run()
     ctx.stoppers.append(takedowns.stop)
@@ -74,9 +79,9 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     events = EventAcceptor(ContactsLookup(ctx.pool))
     limiter = RateLimiter(ctx.pool, settings.rate_limit_requests_per_minute, settings.rate_limit_messages_per_minute)
     app.state.event_acceptor, app.state.events_limiter = events, limiter
-    app.include_router(events_router)
+    app.include_router(LATE_ROUTERS[1])  # events_router
     document_body_schema(app, "/v1/events/batch", events_batch_schema(settings.events_batch_max))
-    app.include_router(journeys_router)
+    app.include_router(LATE_ROUTERS[2])  # journeys_router
     contact_events = Lane("contact-events", f"{settings.topic_prefix}ingest.contact-events", [CONTACT_EVENTS_IN],
                           ContactEventsHandler(events, repository, settings.kafka_input_signatures))
     # Subject-access exports (docs/data-map.md): ingest's own part, and every service's parts stored.
