@@ -119,6 +119,15 @@ def new_stack(env: Any, log_dir: Any, *, gateway_rate: float = 2000.0, **extra_e
                  gateway_rate=gateway_rate)
 
 
+def foreign_numbers_allowed(countries: list[str]) -> list[str]:
+    """Those of ``countries`` that take SMS from another country's number (docs/senders.md: the
+    US, Canada and India require a local, registered one): where a test's Spanish number may send."""
+    from shared.senders import load_rules
+
+    rules = load_rules()
+    return [c for c in countries if not rules.rule(c).local_number_required]
+
+
 @contextlib.contextmanager
 def running(stack: Any, ready_s: float = 90) -> Iterator[Any]:
     """Start every process of ``stack``, wait until each is ready, and stop them all after."""

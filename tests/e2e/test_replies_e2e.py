@@ -33,13 +33,13 @@ from shared.signatures import verify
 from shared.topics import ACCEPTED, INBOUND, REPLIES
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_pipeline import scrape
-from tests.helpers import http_receiver, loopback_policy, produce_raw, read_topic, wait_for, webhook_hit
+from tests.helpers import foreign_numbers_allowed, http_receiver, loopback_policy, produce_raw, read_topic, wait_for, webhook_hit
 
 pytestmark = pytest.mark.e2e
 
 
 def a_handset() -> str:
-    countries = marketing_countries(True) or ["ES"]  # where marketing may go out now, if anywhere
+    countries = foreign_numbers_allowed(marketing_countries(True)) or ["ES"]  # where marketing may go out now from a Spanish number, if anywhere
     return demo_numbers(1, seed=random.randrange(10**9), countries=countries[:1])[0]
 
 
