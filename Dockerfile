@@ -35,4 +35,4 @@ WORKDIR /app
 USER herald:herald
 # ingest and reports APIs (HERALD_HTTP_PORT); the services' ops ports (HERALD_OPS_PORT: /healthz,
 # /readyz, /metrics); simulator API and control ports
-EXPOSE 38080 38083 38180 38181 38182 38183 38090 38091
+EXPOSE 28080 28083 28180 28181 28182 28183 28090 28091

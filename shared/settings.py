@@ -21,7 +21,7 @@ class HeraldSettings(BaseSettings):
 class KafkaSettings(HeraldSettings):
     """Connection to the Kafka cluster, shared by every service."""
 
-    kafka_bootstrap: str = Field("127.0.0.1:39092", description="Comma-separated bootstrap servers")
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Comma-separated bootstrap servers")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
     )
@@ -41,7 +41,7 @@ class KafkaSettings(HeraldSettings):
 
 class DatabaseSettings(HeraldSettings):
     database_url: SecretStr = Field(
-        SecretStr("postgresql://postgres@127.0.0.1:35432/herald"), description="PostgreSQL DSN"
+        SecretStr("postgresql://postgres@127.0.0.1:15432/herald"), description="PostgreSQL DSN"
     )
     db_pool_min: int = Field(1, ge=0, description="Connections opened at start")
     db_pool_max: int = Field(10, ge=1, description="Connections per process (the DB connection budget)")
@@ -52,12 +52,12 @@ class ServiceSettings(KafkaSettings, DatabaseSettings):
 
     http_host: str = Field("127.0.0.1", description="Address the HTTP server binds (0.0.0.0 in containers)")
     http_port: int = Field(
-        38080, ge=1, le=65535,
+        28080, ge=1, le=65535,
         description="Port of the public API (ingest, reports); a service without an API (scheduler, dispatcher) "
         "does not open it",
     )
     ops_port: int = Field(
-        38180, ge=1, le=65535,
+        28180, ge=1, le=65535,
         description="Port of /healthz, /readyz and /metrics, never the API's: probes and Prometheus use it, and it "
         "stays off the public network (metrics carry every tenant's volumes and revenue)",
     )

@@ -10,8 +10,8 @@ Both servers run on 127.0.0.1 only, as plain processes (no Docker):
   fetched once by Maven into ${XDG_CACHE_HOME:-~/.cache}/herald/kafka-4.1.1/.
 * PostgreSQL 15 from the installed binaries, with a database ``herald``.
 
-Ports: HERALD_KAFKA_PORT (39092), HERALD_KAFKA_CONTROLLER_PORT (39093),
-HERALD_PG_PORT (35432). State: HERALD_STATE_DIR (<repo root>/.herald).
+Ports: HERALD_KAFKA_PORT (19092), HERALD_KAFKA_CONTROLLER_PORT (19093),
+HERALD_PG_PORT (15432). State: HERALD_STATE_DIR (<repo root>/.herald).
 HERALD_PG_FSYNC=off turns PostgreSQL's fsync off (it is on by default).
 
 Standard library only: this runs before any virtualenv exists.
@@ -56,9 +56,9 @@ STATE_MARKER = ".herald-state"
 JARS_MARKER = ".complete"
 
 DEFAULT_PORTS = {
-    "HERALD_KAFKA_PORT": 39092,
-    "HERALD_KAFKA_CONTROLLER_PORT": 39093,
-    "HERALD_PG_PORT": 35432,
+    "HERALD_KAFKA_PORT": 19092,
+    "HERALD_KAFKA_CONTROLLER_PORT": 19093,
+    "HERALD_PG_PORT": 15432,
 }
 
 
@@ -277,7 +277,23 @@ def port_owner(port: int) -> str | None:
     return None
 
 
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
+
+
 def check_port(port: int, var: str, server: str) -> None:
+    low, high = ephemeral_range()
+    if low <= port <= high:
+        # While the server is down, a client's outgoing connection may get this port as its own
+        # local port; a client retrying this very port can even connect to itself (TCP
+        # self-connect). Either way the server cannot listen on it again until that ends.
+        Out.warn(f"{server}: port {port} ({var}) lies in the kernel's ephemeral range {low}-{high}; "
+                 f"a restart can find it taken by an outgoing connection. Prefer a port below {low}")
     if port_free(port):
         return
     owner = port_owner(port)

@@ -11,7 +11,7 @@ from shared.settings import ConsumerSettings, RetentionSettings
 
 
 def _default_gateways() -> list[GatewayConfig]:
-    return [HeraldHttpConfig(name="sim", url="http://127.0.0.1:38090", api_token=SecretStr("sim-token"))]
+    return [HeraldHttpConfig(name="sim", url="http://127.0.0.1:28090", api_token=SecretStr("sim-token"))]
 
 
 class RouteConfig(BaseModel):
@@ -27,7 +27,7 @@ class RouteConfig(BaseModel):
 
 
 class DispatcherSettings(ConsumerSettings, RetentionSettings):
-    ops_port: int = Field(38182, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics: the dispatcher has no API")
+    ops_port: int = Field(28182, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics: the dispatcher has no API")
     consumer_max_records: int = Field(500, ge=1, description="Most messages handled in one batch")
     gateways: list[GatewayConfig] = Field(default_factory=_default_gateways, description="Gateways, JSON list")
     instance_id: str = Field(

@@ -10,8 +10,8 @@ from shared.settings import ConsumerSettings, ErasureSettings, RetentionSettings
 
 
 class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings, RetentionSettings):
-    http_port: int = Field(38080, ge=1, le=65535, description="Port of the ingest API (public)")
-    ops_port: int = Field(38180, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
+    http_port: int = Field(28080, ge=1, le=65535, description="Port of the ingest API (public)")
+    ops_port: int = Field(28180, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
     kafka_input_signatures: Literal["required", "optional"] = Field(
         "required",
         description="Events on the triggers and contact-events topics must be signed by a Kafka input key of the "
@@ -138,7 +138,7 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings, R
         description="How long an API key is kept in memory at most; changes drop it at once (LISTEN/NOTIFY). 0: read"
         " the key from the database on every request",
     )
-    public_url: str = Field("http://127.0.0.1:38080", description="Where upstream systems reach this API")
+    public_url: str = Field("http://127.0.0.1:28080", description="Where upstream systems reach this API")
     twilio_auth_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="Auth token of each Twilio gateway, as JSON {\"gateway\": \"token\"}: checks X-Twilio-Signature on /v1/callbacks/twilio/{gateway}/*",

@@ -6,8 +6,8 @@ from shared.settings import ConsumerSettings, RetentionSettings, WebhookEgressSe
 
 
 class ReportsSettings(ConsumerSettings, WebhookEgressSettings, RetentionSettings):
-    http_port: int = Field(38083, ge=1, le=65535, description="Port of the reports API (public)")
-    ops_port: int = Field(38183, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
+    http_port: int = Field(28083, ge=1, le=65535, description="Port of the reports API (public)")
+    ops_port: int = Field(28183, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics (not public)")
     consumer_max_records: int = Field(2000, ge=1, description="Most events handled in one batch")
     pending_sweep_interval_s: float = Field(2.0, gt=0, description="How often parked receipts are matched again")
     receipt_match_window_h: float = Field(

@@ -9,7 +9,7 @@ from shared.settings import ConsumerSettings, ErasureSettings
 class SchedulerSettings(ConsumerSettings, ErasureSettings):
     timer_interval_s: float = Field(0.5, gt=0, description="How often held messages are checked for due ones")
     timer_batch: int = Field(500, ge=1, description="Most held messages released in one transaction")
-    ops_port: int = Field(38181, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics: the scheduler has no API")
+    ops_port: int = Field(28181, ge=1, le=65535, description="Port of /healthz, /readyz and /metrics: the scheduler has no API")
     journey_timer_interval_s: float = Field(0.5, gt=0, description="How often journey runs are checked for due steps")
     journey_timer_batch: int = Field(200, ge=1, description="Most journey runs advanced in one transaction")
     allowed_number_types: list[str] = Field(

@@ -28,14 +28,14 @@ class SimulatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HERALD_SIM_", extra="ignore", populate_by_name=True)
 
     host: str = "127.0.0.1"
-    port: int = Field(default=38090, ge=0, le=65535)
+    port: int = Field(default=28090, ge=0, le=65535)
     # The control port serves /control and /stats. It has no authentication, so it only ever
     # binds to a loopback address, and it stays open in "refuse" mode so the API can come back.
     control_host: str = "127.0.0.1"
-    control_port: int = Field(default=38091, ge=0, le=65535)
+    control_port: int = Field(default=28091, ge=0, le=65535)
 
     api_token: SecretStr = SecretStr("sim-token")
-    receipt_url: str = "http://127.0.0.1:38080/v1/receipts/sim"
+    receipt_url: str = "http://127.0.0.1:28080/v1/receipts/sim"
     # No published default: a fresh random secret per process unless one is given (ingest must
     # be given the same one in HERALD_RECEIPT_SECRETS; `herald up` and the tests do that).
     receipt_secret: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_urlsafe(24)))
@@ -61,7 +61,7 @@ class SimulatorSettings(BaseSettings):
 
     # SMPP face (services/simulator/smpp.py, docs/smpp.md): an SMSC on this port (0: off) that checks
     # binds against this account and sends receipts and MO as deliver_sm to a bound receiver.
-    smpp_port: int = Field(default=38095, ge=0, le=65535)
+    smpp_port: int = Field(default=28095, ge=0, le=65535)
     smpp_system_id: str = Field(default="herald", min_length=1, max_length=15)
     smpp_password: SecretStr = SecretStr("sim-pass")
     smpp_deliver_window: int = Field(default=50, ge=1, le=10_000)  # deliver_sm awaiting their resp at once

@@ -1,4 +1,4 @@
-"""SMPP 3.4 face of the gateway simulator: an SMSC on ``smpp_port`` (38095; 0 disables it).
+"""SMPP 3.4 face of the gateway simulator: an SMSC on ``smpp_port`` (28095; 0 disables it).
 
 * Binds (transceiver, transmitter, receiver) are checked against ``smpp_system_id`` /
   ``smpp_password`` (ESME_RINVSYSID / ESME_RINVPASWD otherwise).

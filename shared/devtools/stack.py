@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import re
 import secrets
 import signal
@@ -49,10 +50,34 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux default 32768-60999)."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range, never the same twice in one process.
+
+    Not ``bind(0)``: that returns a port from the ephemeral range, where, while a server is
+    down (a fault test's restart, a proxy not yet open), any outgoing connection may take its
+    port, and a client retrying that very port can connect to itself (TCP self-connect), after
+    which the server cannot listen on it again."""
+    low, _ = ephemeral_range()
+    top = min(low, 32768)
+    bottom = 20000 if top > 22000 else 1024
+    for _ in range(2000):
+        port = random.randrange(bottom, top)
+        if port not in _handed_out and port_free(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port in {bottom}-{top - 1}")
 
 
 def infra(*command: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -80,16 +105,16 @@ class Ports:
     """API ports (ingest, reports; scheduler and dispatcher have no API and leave theirs closed),
     the services' ops ports (/healthz, /readyz, /metrics) and the simulator's two."""
 
-    ingest: int = 38080
-    scheduler: int = 38081
-    dispatcher: int = 38082
-    reports: int = 38083
-    simulator: int = 38090
-    simulator_control: int = 38091
-    ingest_ops: int = 38180
-    scheduler_ops: int = 38181
-    dispatcher_ops: int = 38182
-    reports_ops: int = 38183
+    ingest: int = 28080
+    scheduler: int = 28081
+    dispatcher: int = 28082
+    reports: int = 28083
+    simulator: int = 28090
+    simulator_control: int = 28091
+    ingest_ops: int = 28180
+    scheduler_ops: int = 28181
+    dispatcher_ops: int = 28182
+    reports_ops: int = 28183
 
     @classmethod
     def random(cls) -> Ports:

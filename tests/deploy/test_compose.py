@@ -326,7 +326,7 @@ def test_services_listen_on_all_interfaces_on_their_ports(
     assert healthcheck_port(services_["simulator"]) in {sim.port, sim.control_port}
     assert "ports" not in services_["simulator"], "the control port has no auth: keep the simulator internal"
     published = {str(p).rsplit(":", 1)[1] for svc in services_.values() for p in svc.get("ports", [])}
-    assert {"38080", "38083", "9090", "3000"} <= published
+    assert {"28080", "28083", "9090", "3000"} <= published
 
 
 def healthcheck_port(service: dict[str, Any]) -> int:

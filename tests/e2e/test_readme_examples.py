@@ -4,7 +4,7 @@ Every ``sh`` block of the README's API section (from "## API" to "## Configurati
 order, as one bash script with ``set -euo pipefail``, the way a newcomer pastes them into one
 shell. What the test changes, and nothing else:
 
-- ``API=…`` and ``REPORTS=…`` point at this stack's ports instead of 38080 and 38083;
+- ``API=…`` and ``REPORTS=…`` point at this stack's ports instead of 28080 and 28083;
 - the script runs in a scratch directory holding ``.venv`` and ``deploy`` (links to the checkout's)
   and ``.herald/receipt-secret`` (this stack's, as ``make run`` keeps it), with this stack's
   database and topics in the environment, so ``.venv/bin/herald`` talks to this stack;
@@ -50,7 +50,7 @@ def test_the_api_section_has_the_examples_a_newcomer_runs() -> None:
     blocks = api_blocks(README.read_text())
     assert len(blocks) >= 10
     joined = "\n".join(blocks)
-    for needed in ("KEY=$(", "API=http://127.0.0.1:38080", "REPORTS=http://127.0.0.1:38083", "/v1/campaigns/$C/launch"):
+    for needed in ("KEY=$(", "API=http://127.0.0.1:28080", "REPORTS=http://127.0.0.1:28083", "/v1/campaigns/$C/launch"):
         assert needed in joined, needed
 
 
@@ -60,7 +60,7 @@ def test_the_readme_examples_run_as_written(stack: Stack, tmp_path: Path) -> Non
         pytest.fail("the README's examples need curl and jq (named in the README's prerequisites)")
     script = "\n".join(api_blocks(README.read_text()))
     api, reports = stack.url("ingest"), stack.url("reports")
-    script, n = re.subn(r"API=http://127\.0\.0\.1:38080 REPORTS=http://127\.0\.0\.1:38083",
+    script, n = re.subn(r"API=http://127\.0\.0\.1:28080 REPORTS=http://127\.0\.0\.1:28083",
                         f"API={api} REPORTS={reports}", script)
     assert n == 1, "the README sets API and REPORTS once, on one line"
     checks = "\n".join(

@@ -9,6 +9,7 @@ group is left behind (lag back to zero). Bounded: each scenario gives up after a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -136,9 +137,15 @@ async def run_scenario(stack: Stack, pool, env, name: str, fault: Callable[[], A
     run = f"{name}-{random.randrange(10**6)}"
     progress = [0]
     sender = asyncio.create_task(send_resilient(stack, tenant, run, count, progress))
-    await wait_for(lambda: asyncio.sleep(0, result=progress[0] >= count // 4 or sender.done()), timeout_s=120)
-    await fault()
-    ids = await sender
+    try:
+        await wait_for(lambda: asyncio.sleep(0, result=progress[0] >= count // 4 or sender.done()), timeout_s=120)
+        await fault()
+        ids = await sender
+    finally:  # a scenario that failed leaves no sender behind to load the next one
+        if not sender.done():
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
     assert len(ids) == count
     await check_outcome(stack, pool, env, ids, more_gateways)
     return ids

@@ -205,7 +205,7 @@ async def unknown_keys(client: httpx.AsyncClient) -> list[tuple[int, str]]:
     return answers
 
 
-SSRF = ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:38080/v1/messages", "http://10.0.0.5/x",
+SSRF = ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:28080/v1/messages", "http://10.0.0.5/x",
         "http://[::1]/x", "http://localhost./x", "http://metadata.google.internal/computeMetadata/v1/"]
 
 

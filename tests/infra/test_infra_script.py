@@ -1,10 +1,10 @@
 """Tests of deploy/local/infra.py, the local Kafka + PostgreSQL script.
 
 The fast tests check the hand-encoded Kafka protocol and the error messages.
-The integration tests start real servers on their own ports (39192/39193/35532
-and 39292/39293/35632, or free ports from the kernel when someone else uses
+The integration tests start real servers on their own ports (19192/19193/15532
+and 19292/19293/15632, or free ports from the kernel when someone else uses
 those) and in their own state dirs under /var/tmp, so they never touch the
-default instance (39092/39093/35432, <repo>/.herald).
+default instance (19092/19093/15432, <repo>/.herald).
 They need java, PostgreSQL 15 binaries and the cached Kafka jars (or mvn).
 """
 
@@ -24,18 +24,20 @@ from pathlib import Path
 
 import pytest
 
+from shared.devtools.stack import ephemeral_range, free_port
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "local" / "infra.py"
 
 TEST_PORTS = {
-    "HERALD_KAFKA_PORT": "39192",
-    "HERALD_KAFKA_CONTROLLER_PORT": "39193",
-    "HERALD_PG_PORT": "35532",
+    "HERALD_KAFKA_PORT": "19192",
+    "HERALD_KAFKA_CONTROLLER_PORT": "19193",
+    "HERALD_PG_PORT": "15532",
 }
 FALLBACK_PORTS = {
-    "HERALD_KAFKA_PORT": "39292",
-    "HERALD_KAFKA_CONTROLLER_PORT": "39293",
-    "HERALD_PG_PORT": "35632",
+    "HERALD_KAFKA_PORT": "19292",
+    "HERALD_KAFKA_CONTROLLER_PORT": "19293",
+    "HERALD_PG_PORT": "15632",
 }
 
 
@@ -80,21 +82,12 @@ def _port_is_free(port: int) -> bool:
 
 
 def _pick_ports(preferred: dict[str, str]) -> dict[str, str]:
-    """The preferred ports when all are free, else three free ones from the kernel.
+    """The preferred ports when all are free, else free ones below the ephemeral range.
 
     Other people on this machine may run their own instance on a test port."""
     if all(_port_is_free(int(p)) for p in preferred.values()):
         return dict(preferred)
-    socks = []
-    try:
-        for _ in preferred:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return {var: str(s.getsockname()[1]) for var, s in zip(sorted(preferred), socks)}
-    finally:
-        for s in socks:
-            s.close()
+    return {var: str(free_port()) for var in sorted(preferred)}
 
 
 def _shared_state_dir(prefix: str) -> Path:
@@ -132,15 +125,33 @@ def test_metadata_v8_encode_and_parse():
     assert infra.encode_metadata_body(1) == struct.pack(">i", 0)
     body = (
         struct.pack(">i", 0)  # throttle
-        + struct.pack(">i", 1) + struct.pack(">i", 1) + _kstr("127.0.0.1") + struct.pack(">i", 39092) + _kstr(None)
+        + struct.pack(">i", 1) + struct.pack(">i", 1) + _kstr("127.0.0.1") + struct.pack(">i", 19092) + _kstr(None)
         + _kstr("clusterX")
         + struct.pack(">i", 1)  # controller id
         + struct.pack(">i", 0)  # topics
     )
     brokers, cluster_id, controller_id = infra.parse_metadata(infra._Reader(body), 8)
-    assert brokers == [(1, "127.0.0.1", 39092)]
+    assert brokers == [(1, "127.0.0.1", 19092)]
     assert cluster_id == "clusterX"
     assert controller_id == 1
+
+
+def test_default_ports_lie_below_the_ephemeral_range():
+    """A server's port in the kernel's ephemeral range can be taken while the server is down
+    (a fault test's restart): clients retrying it get it as their own local port, or connect
+    to themselves, and the server cannot listen again. The CI run that stopped and restarted
+    Kafka on 39092 failed that way."""
+    low, _ = ephemeral_range()
+    for var, port in infra.DEFAULT_PORTS.items():
+        assert port < low, f"{var} defaults to {port}, inside the ephemeral range from {low}"
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_never_repeated():
+    low, _ = ephemeral_range()
+    ports = [free_port() for _ in range(50)]
+    assert all(p < low for p in ports)
+    assert len(set(ports)) == len(ports)
+    assert all(_port_is_free(p) for p in ports)
 
 
 def test_probe_of_a_closed_port_is_not_ready():
@@ -155,8 +166,8 @@ def test_env_prints_exports(tmp_path):
     cp = run_infra(_env(tmp_path / "state"), "env")
     assert cp.returncode == 0
     assert cp.stdout.splitlines() == [
-        "export HERALD_KAFKA_BOOTSTRAP=127.0.0.1:39192",
-        "export HERALD_DATABASE_URL=postgresql://postgres@127.0.0.1:35532/herald",
+        "export HERALD_KAFKA_BOOTSTRAP=127.0.0.1:19192",
+        "export HERALD_DATABASE_URL=postgresql://postgres@127.0.0.1:15532/herald",
     ]
 
 

@@ -315,14 +315,12 @@ class Gate:
     database is down) until ``open()``, then it forwards every byte."""
 
     def __init__(self, target: str) -> None:
-        import socket
-
         host_port = target.split("@", 1)[1].split("/", 1)[0]
         self.host, port = host_port.rsplit(":", 1)
         self.target_port = int(port)
-        with socket.socket() as s:  # a free port nobody listens on
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        from shared.devtools.stack import free_port
+
+        self.port = free_port()  # nobody listens on it until open()
         self.dsn = target.replace(f"{self.host}:{port}", f"127.0.0.1:{self.port}")
         self._server: asyncio.AbstractServer | None = None
 

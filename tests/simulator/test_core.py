@@ -414,10 +414,10 @@ def test_settings_defaults_and_env(monkeypatch) -> None:
         if key.startswith(("HERALD_SIM_", "HERALD_LOG_")):
             monkeypatch.delenv(key)
     s = SimulatorSettings()
-    assert (s.host, s.port, s.control_port) == ("127.0.0.1", 38090, 38091)
+    assert (s.host, s.port, s.control_port) == ("127.0.0.1", 28090, 28091)
     assert (s.delivered_rate, s.undelivered_rate, s.failed_rate) == (0.90, 0.07, 0.03)
     assert (s.receipt_delay_min_ms, s.receipt_delay_max_ms, s.receipt_batch_max) == (50, 500, 500)
-    assert s.receipt_url == "http://127.0.0.1:38080/v1/receipts/sim"
+    assert s.receipt_url == "http://127.0.0.1:28080/v1/receipts/sim"
     assert s.seed is None
     monkeypatch.setenv("HERALD_SIM_PORT", "40000")
     monkeypatch.setenv("HERALD_SIM_SEED", "9")
@@ -443,7 +443,7 @@ def test_settings_defaults_and_env(monkeypatch) -> None:
         {"failed_rate": 0.5, "delivered_rate": 0.43, "undelivered_rate": 0.06},
         {"receipt_delay_min_ms": 600},
         {"control_host": "0.0.0.0"},
-        {"port": 38091, "control_port": 38091},
+        {"port": 28091, "control_port": 28091},
         {"receipt_url": "ftp://x"},
     ],
 )

@@ -25,6 +25,7 @@ from services.simulator.app import SimulatorService
 from services.simulator.core import OutcomeRates, Simulator
 from services.simulator.http import build_registry, create_api_app, create_control_app
 from services.simulator.settings import SimulatorSettings
+from shared.devtools.stack import free_port
 from shared.signatures import HEADER, SignatureError, verify
 
 TOKEN = "test-token"
@@ -318,12 +319,6 @@ class Receiver:
 
     def accepted_receipts(self) -> list[dict]:
         return [r for status, body, _ in self.posts if 200 <= status < 300 for r in json.loads(body)["receipts"]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start_receiver(receiver: Receiver, port: int = 0) -> web.AppRunner:

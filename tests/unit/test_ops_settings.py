@@ -25,14 +25,14 @@ def test_every_service_has_an_ops_port_of_its_own_and_no_docs_by_default(monkeyp
     for name in ("HERALD_HTTP_PORT", "HERALD_OPS_PORT", "HERALD_API_DOCS"):
         monkeypatch.delenv(name, raising=False)
     built = [IngestSettings(), SchedulerSettings(), DispatcherSettings(), ReportsSettings()]
-    assert [s.ops_port for s in built] == [38180, 38181, 38182, 38183]
-    assert (built[0].http_port, built[3].http_port) == (38080, 38083)
+    assert [s.ops_port for s in built] == [28180, 28181, 28182, 28183]
+    assert (built[0].http_port, built[3].http_port) == (28080, 28083)
     assert not any(s.api_docs for s in built)
 
 
 def test_the_ops_port_cannot_be_the_api_port() -> None:
     with pytest.raises(ValidationError, match="HERALD_OPS_PORT must differ"):
-        IngestSettings(http_port=38080, ops_port=38080)
+        IngestSettings(http_port=28080, ops_port=28080)
 
 
 def test_the_docs_switch_turns_the_docs_on_and_off() -> None:

@@ -140,7 +140,7 @@ async def ingest() -> AsyncIterator[tuple[httpx.AsyncClient, RecordingPublisher]
     deps.install(app, settings, None, publisher)  # type: ignore[arg-type]
     install_error_handlers(app)
     app.include_router(router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://10.0.0.7:38080") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://10.0.0.7:28080") as client:
         yield client, publisher
 
 
@@ -203,7 +203,7 @@ async def test_bad_signature_is_401_in_the_api_error_format(ingest) -> None:
     client, publisher = ingest
     path = "/v1/callbacks/twilio/tw/status"
     cases = {
-        "signed for the internal URL": await post(client, path, status_params("delivered"), signed_url="http://10.0.0.7:38080" + path),
+        "signed for the internal URL": await post(client, path, status_params("delivered"), signed_url="http://10.0.0.7:28080" + path),
         "signed with another token": await post(client, path, status_params("delivered"), token="nope"),
         "signed for another query": await post(client, path + "?ref=a", status_params("delivered"), signed_url=PUBLIC + path + "?ref=b"),
     }
