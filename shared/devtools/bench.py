@@ -240,6 +240,7 @@ class SingleSends:
     statuses: dict[int, int]
     resets: int
     errors: list[str]
+    ids: list[str] = field(default_factory=list)
 
 
 async def single_sends(url: str, key: str, requests: int, concurrency: int, tag: str) -> SingleSends:
@@ -251,6 +252,7 @@ async def single_sends(url: str, key: str, requests: int, concurrency: int, tag:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors: list[str] = []
+    ids: list[str] = []
     resets = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -265,8 +267,10 @@ async def single_sends(url: str, key: str, requests: int, concurrency: int, tag:
                 started = time.perf_counter()
                 try:
                     async with session.post(url, json=body) as r:
-                        await r.read()
+                        raw = await r.read()
                         statuses[r.status] = statuses.get(r.status, 0) + 1
+                        if r.status == 202:
+                            ids.append(json.loads(raw)["message_id"])
                         if r.status != 202 and len(errors) < 5:
                             errors.append(f"{r.status}: {(await r.text())[:200]}")
                 except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
@@ -281,7 +285,7 @@ async def single_sends(url: str, key: str, requests: int, concurrency: int, tag:
             await r.read()
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return SingleSends(time.monotonic() - started, latencies, statuses, resets, errors)
+        return SingleSends(time.monotonic() - started, latencies, statuses, resets, errors, ids)
 
 
 def single_sends_in_process(url: str, key: str, requests: int, concurrency: int, tag: str) -> SingleSends:
@@ -290,7 +294,7 @@ def single_sends_in_process(url: str, key: str, requests: int, concurrency: int,
     return asyncio.run(single_sends(url, key, requests, concurrency, tag))
 
 
-async def measure_single(stack: Stack, key: str, args: argparse.Namespace, results: Results) -> None:
+async def measure_single(stack: Stack, key: str, dsn: str, args: argparse.Namespace, results: Results) -> None:
     print(f"single sends: {args.requests:,} requests, {args.concurrency} in flight", flush=True)
     runner = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
@@ -315,6 +319,14 @@ async def measure_single(stack: Stack, key: str, args: argparse.Namespace, resul
     results.add("  CPU seconds per service during the run",
                 ", ".join(f"{n} {after[n] - before.get(n, 0):.1f}"
                           for n in sorted(after, key=lambda n: before.get(n, 0) - after[n])))
+    if got.ids:
+        # The pipeline drains while the requests come in: from the first request to the last
+        # message final (its receipt recorded by reports).
+        waited = await wait_final(dsn, got.ids, 600)
+        total = got.seconds + waited
+        results.add("  every receipt recorded, end to end (first request → last message final)",
+                    f"{len(got.ids) / total:,.0f} msg/s ({total:.1f} s; {waited:.1f} s after the last answer)",
+                    "≥ 1,500 msg/s")
     for error in got.errors:
         results.notes.append(f"first errors: {error}")
 
@@ -357,6 +369,8 @@ def section_name(args: argparse.Namespace) -> str:
         return "campaign launch"
     if args.single:
         return "single sends"
+    if args.webhook_sends:
+        return "single sends with status webhooks"
     return f"{args.face.upper()} face" + (", lanes split" if args.split_lanes else "")
 
 
@@ -382,7 +396,7 @@ def write_doc(results: Results, started: datetime, section: str) -> None:
     sections = read_sections(DOC.read_text() if DOC.exists() else "")
     sections[section] = "\n".join(body)
     order = ["HTTP face", "SMPP face", "HTTP face, lanes split", "SMPP face, lanes split", "campaign launch",
-             "single sends", "scale by stage", "message history"]
+             "single sends", "single sends with status webhooks", "scale by stage", "message history"]
     names = sorted(sections, key=lambda n: order.index(n) if n in order else len(order))
     DOC.write_text("\n".join(INTRO) + "\n" + "\n\n".join(sections[n] for n in names) + "\n")
 
@@ -598,7 +612,7 @@ async def run(args: argparse.Namespace, results: Results) -> None:
             if args.pause:  # time to attach a profiler to the processes listed in the logs
                 print("processes: " + ", ".join(f"{p.name} {p.popen.pid}" for p in stack.processes), flush=True)
                 await asyncio.sleep(args.pause)
-            await measure_single(stack, key, args, results)
+            await measure_single(stack, key, dsn, args, results)
             return
         if args.webhook_sends:
             found = await webhook_bench.end_to_end(stack.url("ingest"), key, dsn, args.webhook_sends)
@@ -695,6 +709,39 @@ async def run(args: argparse.Namespace, results: Results) -> None:
         await conn.close()
 
 
+#: ``herald bench --all``: the runs that together measure every target of docs/benchmarks.md.
+ALL_RUNS: list[list[str]] = [
+    ["--single"],
+    ["--webhook-sends", "10000"],
+    ["--face", "smpp", "--split-lanes"],
+    ["--stages", "100000"],
+    ["--campaign", "1000000", "--drain-s", "900"],
+]
+#: Sections no run of ``--all`` writes but which stay (a run of their own, with its own command).
+KEPT_SECTIONS = ("message history",)
+
+
+def run_all() -> int:
+    """Each run of ALL_RUNS in a process of its own (a fresh stack each), one after the other."""
+    import subprocess
+
+    if DOC.exists():  # a fresh set: what earlier runs wrote goes, but for the kept sections
+        sections = read_sections(DOC.read_text())
+        kept = [sections[n] for n in KEPT_SECTIONS if n in sections]
+        DOC.write_text("\n".join(INTRO) + "\n" + "\n\n".join(kept) + ("\n" if kept else ""))
+    failed = []
+    for run_args in ALL_RUNS:
+        print(f"=== herald bench {' '.join(run_args)}", flush=True)
+        began = time.monotonic()
+        code = subprocess.call([sys.executable, "-m", "shared.devtools.bench", *run_args])
+        print(f"=== exit {code} after {time.monotonic() - began:.0f} s", flush=True)
+        if code:
+            failed.append(" ".join(run_args))
+    if failed:
+        print("failed: " + "; ".join(failed), flush=True)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="herald bench", description=__doc__.splitlines()[0])
     parser.add_argument("--recipients", type=int, default=100_000)
@@ -720,16 +767,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: each stage (scheduler, dispatcher, reports) alone on a pre-filled topic of "
                              "EVENTS events (100000 gives a steady measure), one instance then two pinned to their own cores")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--all", action="store_true",
+                        help="every run with a target, one after the other, each in a process of its own: "
+                             + "; ".join(" ".join(run) for run in ALL_RUNS)
+                             + " (sections of earlier runs other than the message history are dropped)")
     webhook_bench.add_arguments(parser)
     history_bench.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.all:
+        return run_all()
     if args.requests is None:
         args.requests = 10_000 if args.single else 3000
     if args.webhooks:  # the webhook outbox alone: printed, never written to docs/benchmarks.md
         print(json.dumps(asyncio.run(webhook_bench.run(args))))
         return 0
-    if args.webhook_sends:
-        args.no_write = True
     results = Results(command=" ".join(["herald bench", *(argv if argv is not None else sys.argv[1:])]))
     started = datetime.now(UTC)
     if args.history:
