@@ -15,7 +15,7 @@ import pytest
 
 from shared.devtools.stack import Ports, Stack
 from tests.conftest import make_tenant
-from tests.faults.test_faults import MESSAGES, check_outcome, send_resilient
+from tests.faults.scenario import MESSAGES, check_outcome, send_resilient
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]

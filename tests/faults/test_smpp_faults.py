@@ -17,7 +17,7 @@ import pytest
 
 from shared.devtools.stack import Ports, Stack, free_port
 from tests.conftest import make_tenant
-from tests.faults.test_faults import check_outcome, send_resilient
+from tests.faults.scenario import check_outcome, send_resilient
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
