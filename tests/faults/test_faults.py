@@ -22,8 +22,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import SERVICES, Stack, free_port, infra
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import SERVICES, Stack, free_port, infra
 from shared.statuses import FINAL
 from shared.topics import ALL
 from tests.conftest import Tenant, make_tenant
