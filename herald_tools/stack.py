@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class NoSourceCheckout(RuntimeError):
     """The local stack (infra.py, the services run from the source tree) needs a checkout."""
 
 
-def find_repo_root(environ: dict[str, str] | None = None, cwd: Path | None = None, here: Path | None = None) -> Path:
+def find_repo_root(environ: Mapping[str, str] | None = None, cwd: Path | None = None, here: Path | None = None) -> Path:
     """The source checkout whose deploy/local/infra.py starts Kafka and PostgreSQL: ``HERALD_REPO_ROOT``
     if set, else the first of the current directory and its parents that has one, else the first of
     this module's directory and its parents (an editable install, or a virtualenv inside the checkout).
