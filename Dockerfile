@@ -3,7 +3,7 @@
 # One image for every Herald process. It has no default command of its own: each
 # docker-compose.yml service says which module to run, e.g.
 #   docker run --rm herald python -m services.ingest
-#   docker run --rm herald python -m shared.cli migrate      (the `herald migrate` command)
+#   docker run --rm herald python -m herald_tools.cli migrate  (the `herald migrate` command)
 # Configuration comes from HERALD_* / HERALD_SIM_* environment variables (docs/configuration.md).
 #
 # Dependencies come from a lock file with hashes (requirements/*.lock, `make lock`): the
@@ -19,7 +19,8 @@ WORKDIR /src
 COPY requirements/ requirements/
 RUN python -m venv /opt/herald \
     && /opt/herald/bin/pip install --require-hashes --no-deps -r "requirements/${HERALD_LOCK}.lock"
-# .dockerignore lets in only pyproject.toml, README.md, requirements/, shared/ and services/.
+# .dockerignore lets in only pyproject.toml, README.md, requirements/, shared/, services/ and
+# herald_tools/ (the `herald` command: migrate, admin; no service imports it).
 COPY . .
 RUN /opt/herald/bin/pip install --no-deps .
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from shared.devtools.stack import infra
+from herald_tools.stack import infra
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ async def make_tenant(
 async def register_senders(pool: asyncpg.Pool, tenant_id: str, *senders: str, **options: Any) -> None:
     """Register ``senders`` for the tenant, verified, as an operator would (docs/senders.md): a
     message or template may name only its tenant's verified senders."""
-    from shared import admin
+    from herald_tools import admin
 
     async with pool.acquire() as conn:
         for sender in senders:

@@ -30,7 +30,7 @@ async def produce_raw(bootstrap: str, topic: str, values: list[tuple[Any, ...]])
 
 async def signed(pool: Any, tenant_id: str, records: list[tuple[bytes | None, bytes]]) -> list[tuple[Any, ...]]:
     """The records with the headers of a new Kafka input key of ``tenant_id`` (shared/kafka_signing.py)."""
-    from shared import admin
+    from herald_tools import admin
     from shared.kafka_signing import signed_headers
 
     async with pool.acquire() as conn:
@@ -112,7 +112,7 @@ def new_stack(env: Any, log_dir: Any, *, gateway_rate: float = 2000.0, **extra_e
     module's own on top."""
     from pathlib import Path
 
-    from shared.devtools.stack import Ports, Stack
+    from herald_tools.stack import Ports, Stack
 
     base = {"HERALD_LOG_FORMAT": "text", "HERALD_SIM_RECEIPT_DELAY_MAX_MS": "200", "HERALD_CONSUMER_POLL_MS": "100"}
     return Stack(env={**env.vars(), **base, **extra_env}, ports=Ports.random(), log_dir=Path(log_dir),
@@ -145,7 +145,7 @@ async def http_receiver(path: str, handler: Callable[[Any], Awaitable[Any]], hos
     to ``path`` to ``handler`` (an aiohttp handler); yields the URL to post to."""
     from aiohttp import web
 
-    from shared.devtools.stack import free_port
+    from herald_tools.stack import free_port
 
     app = web.Application()
     app.router.add_post(path, handler)

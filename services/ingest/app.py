@@ -32,7 +32,7 @@ from shared.topics import CAMPAIGN_WINNERS, CONTACT_EVENTS_IN, INBOUND, STATUS, 
 
 
 # Routers mounted after create_app's, once their state is set up below (the short-link redirect,
-# contact events, journeys); docs/scopes.md lists their routes too (shared/devtools/scopedoc.py).
+# contact events, journeys); docs/scopes.md lists their routes too (herald_tools/scopedoc.py).
 LATE_ROUTERS = (links_router, events_router, journeys_router)
 
 

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from shared.contracts import MessageAccepted
 from shared.sms.encoding import analyse
 from shared.statuses import MessageType, Status
+from shared.tenant_admin import check_link_domain as check_domain  # noqa: F401  (HERALD_LINK_DOMAIN, a tenant's own)
 
 CODE_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 CODE_LENGTH = 10  # 62^10 ≈ 8.4e17 (59.5 bits): a guess hits one of a billion live links with p ≈ 1.2e-9
@@ -95,18 +96,6 @@ def find_urls(body: str) -> list[tuple[int, int, str]]:
             continue
         found.append((match.start(), match.start() + len(url), url))
     return found
-
-
-_DOMAIN = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)*")
-
-
-def check_domain(value: str) -> str:
-    """A link domain as configured: a host name, optionally with :port and a path, no scheme
-    (ValueError otherwise); trailing slashes dropped."""
-    value = value.strip().rstrip("/")
-    if not _DOMAIN.fullmatch(value):
-        raise ValueError("a link domain is a host name, optionally with :port and a path, without scheme")
-    return value
 
 
 def has_urls(body: str) -> bool:

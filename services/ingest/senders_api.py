@@ -13,7 +13,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared import admin
+from shared import tenant_admin
 from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
 from shared.senders import normalise
@@ -55,7 +55,7 @@ async def request_sender(body: SenderRequest, request: Request, principal: Princ
     """Request a sender: it is ``pending`` until an operator verifies it."""
     async with pool(request).acquire() as conn:
         try:
-            row = await admin.sender_add(
+            row = await tenant_admin.sender_add(
                 conn, f"api:{principal.key_id}", principal.tenant_id, body.sender, kind=body.kind,
                 countries=body.countries, capabilities=body.capabilities, state="pending", scope=body.scope,
                 registrations=body.registrations,
@@ -74,12 +74,12 @@ async def list_senders(
 ) -> dict[str, Any]:
     """The tenant's senders, with their state."""
     async with pool(request).acquire() as conn:
-        rows = await admin.sender_list(conn, principal.tenant_id, state)
+        rows = await tenant_admin.sender_list(conn, principal.tenant_id, state)
     return {"senders": [_view(r) for r in rows]}
 
 async def own(request: Request, principal: Principal, sender: str) -> dict[str, Any]:
     async with pool(request).acquire() as conn:
-        found = await admin.sender_get(conn, principal.tenant_id, sender)
+        found = await tenant_admin.sender_get(conn, principal.tenant_id, sender)
     if found is None:
         raise ApiError(404, "sender_not_found", f"no sender {sender!r} for your tenant")
     return found
@@ -94,4 +94,4 @@ async def remove_sender(request: Request, sender: str = Path(max_length=32), pri
     """Withdraw a sender: messages naming it are refused from the next request on."""
     await own(request, principal, sender)
     async with pool(request).acquire() as conn:
-        await admin.sender_remove(conn, f"api:{principal.key_id}", principal.tenant_id, normalise(sender))
+        await tenant_admin.sender_remove(conn, f"api:{principal.key_id}", principal.tenant_id, normalise(sender))

@@ -36,7 +36,7 @@ from services.ingest.settings import IngestSettings
 from services.reports.settings import ReportsSettings
 from services.scheduler.settings import SchedulerSettings
 from services.simulator.settings import SimulatorSettings, is_loopback
-from shared.devtools.stack import SERVICES, Ports
+from herald_tools.stack import SERVICES, Ports
 from shared.settings import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ DASHBOARD = GRAFANA / "dashboards" / "herald.json"
 
 #: Compose service -> the settings class its process builds from the environment.
 SETTINGS: dict[str, type[BaseSettings]] = {
-    "migrate": ServiceSettings,  # `herald migrate` (shared/cli.py) reads ServiceSettings()
+    "migrate": ServiceSettings,  # `herald migrate` (herald_tools/cli.py) reads ServiceSettings()
     "ingest": IngestSettings,
     "scheduler": SchedulerSettings,
     "dispatcher": DispatcherSettings,
@@ -218,7 +218,7 @@ def test_command_names_an_importable_module(services_: dict[str, dict[str, Any]]
     command = services_[name].get("command")
     assert isinstance(command, list) and command[:2] == ["python", "-m"] and len(command) >= 3, command
     module = command[2]
-    assert module.startswith("services.") or module == "shared.cli", module
+    assert module.startswith("services.") or module == "herald_tools.cli", module
     if module.startswith("services."):
         assert module == f"services.{name}", f"compose service {name} runs {module}"
         assert len(command) == 3
@@ -229,7 +229,7 @@ def test_command_names_an_importable_module(services_: dict[str, dict[str, Any]]
 
 
 def test_migrate_runs_the_herald_migrate_command(services_: dict[str, dict[str, Any]]) -> None:
-    from shared.cli import main
+    from herald_tools.cli import main
 
     args = services_["migrate"]["command"][3:]
     assert args[:1] == ["migrate"]
@@ -411,7 +411,7 @@ def test_dockerignore_keeps_the_package_and_drops_the_rest() -> None:
     ]
     needed = ["pyproject.toml", "README.md"] + [
         str(p.relative_to(REPO))
-        for top in ("shared", "services")
+        for top in ("shared", "services", "herald_tools")
         for p in (REPO / top).rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     ]

@@ -370,7 +370,7 @@ def service_of(container: dict[str, Any]) -> str | None:
     command = container.get("command") or []
     if command[:2] != ["python", "-m"] or len(command) < 3:
         return None
-    if command[2] == "shared.cli" and command[3:4] == ["migrate"]:
+    if command[2] == "herald_tools.cli" and command[3:4] == ["migrate"]:
         return "migrate"
     found = re.fullmatch(r"services\.(\w+)", command[2])
     return found.group(1) if found else None
@@ -523,7 +523,7 @@ def trigger_authentication_shape(doc: dict[str, Any]) -> list[str]:
 
 
 def check_commands(r: Render) -> list[str]:
-    """`python -m services.<name>` (importable, with a __main__) or `python -m shared.cli migrate`."""
+    """`python -m services.<name>` (importable, with a __main__) or `python -m herald_tools.cli migrate`."""
     problems = []
     for w in r.workloads():
         command = w.container.get("command") or []
@@ -538,7 +538,7 @@ def check_commands(r: Render) -> list[str]:
         if spec.submodule_search_locations is not None and importlib.util.find_spec(f"{module}.__main__") is None:
             problems.append(f"{w.name}: {module} has no __main__")
         if w.service not in SETTINGS:
-            problems.append(f"{w.name}: {module} is not a Herald service (services.<name>) nor `shared.cli migrate`")
+            problems.append(f"{w.name}: {module} is not a Herald service (services.<name>) nor `herald_tools.cli migrate`")
             continue
         if w.service == "migrate":
             problems += migrate_command_problems(w, command[3:])
@@ -559,7 +559,7 @@ def migrate_command_problems(w: Workload, args: list[str]) -> list[str]:
     """`herald <args>` parses and runs the migration (stubbed: no database here)."""
     from unittest import mock
 
-    from shared.cli import main
+    from herald_tools.cli import main
 
     calls = []
 
@@ -568,7 +568,7 @@ def migrate_command_problems(w: Workload, args: list[str]) -> list[str]:
         return {}
 
     problems = []
-    with mock.patch("shared.cli._migrate", fake_migrate), contextlib.redirect_stdout(None), contextlib.redirect_stderr(None):
+    with mock.patch("herald_tools.cli._migrate", fake_migrate), contextlib.redirect_stdout(None), contextlib.redirect_stderr(None):
         try:
             code = main(args)
         except SystemExit as exit_:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.devtools.stack import Ports, Stack
+from herald_tools.stack import Ports, Stack
 from tests.conftest import Env, own_topics
 
 

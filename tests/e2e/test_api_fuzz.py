@@ -8,7 +8,7 @@ import schemathesis
 from schemathesis import checks
 from hypothesis import HealthCheck, given, settings
 
-from shared.devtools.stack import Stack
+from herald_tools.stack import Stack
 from tests.conftest import make_tenant
 
 pytestmark = pytest.mark.e2e

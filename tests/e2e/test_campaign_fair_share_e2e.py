@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from services.ingest.campaigns.domain import message_id_for
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Stack
 from tests.conftest import make_tenant
 from tests.e2e.test_campaigns_e2e import contact_ids, setup_campaign, simulator_refs
 from tests.helpers import new_stack, running, wait_for

@@ -14,8 +14,8 @@ import pytest
 
 from services.ingest.campaigns.domain import message_id_for
 from shared.auth import DEFAULT_SCOPES
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Stack
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_pipeline import all_final
 from tests.helpers import new_stack, running, wait_for

@@ -23,10 +23,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from shared import admin
+from herald_tools import admin
 from shared.contracts import InboundMessage, InboundMessageEvent, SYSTEM_TENANT, utcnow
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Stack
 from shared.topics import ALL, INBOUND, PERSONAL_DATA_RETENTION
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, scrape

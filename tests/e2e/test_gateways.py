@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import SERVICES, Ports, Stack, free_port
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import SERVICES, Ports, Stack, free_port
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, send_batches
 

@@ -16,7 +16,7 @@ import pytest
 
 from shared.auth import DEFAULT_SCOPES
 from shared.contracts import MessageRequest, TriggerEvent
-from shared.devtools.stack import Stack
+from herald_tools.stack import Stack
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import make_tenant
 from tests.helpers import signed, produce_raw, read_topic, rejected_events, wait_for
@@ -109,7 +109,7 @@ async def test_geo_permissions_on_single_batch_and_trigger_input(stack: Stack, p
 
         # the CLI, from another process: the next request already sees it
         cli = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "admin", "tenant", "policy", tenant.tenant_id,
+            [sys.executable, "-m", "herald_tools.cli", "admin", "tenant", "policy", tenant.tenant_id,
              "--allowed-countries", "ES,FR", "--country", "ES"],
             env={**os.environ, **env.vars()}, capture_output=True, text=True, timeout=60,
         )

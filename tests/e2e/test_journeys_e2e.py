@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from shared.contracts import ContactEventRequest, ContactEventRequestEvent, MessageAcceptedEvent
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Stack
 from shared.journeys.definition import parse_duration
 from shared.statuses import FINAL
 from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS_IN, REJECTED

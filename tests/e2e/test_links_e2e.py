@@ -16,8 +16,8 @@ import pytest
 
 from services.ingest.links import CODE_PATTERN
 from shared.contracts import utcnow
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Ports, Stack, free_port
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Ports, Stack, free_port
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, scrape, send_batches
 from tests.helpers import running, wait_for
@@ -131,7 +131,7 @@ async def test_a_suppressed_messages_link_never_answers(links_stack: Stack, pool
 
 async def test_links_expire(links_stack: Stack, pool, capsys) -> None:
     to = numbers(2, seed=903)
-    from shared.cli import main
+    from herald_tools.cli import main
 
     tenant = await make_tenant(pool)
     assert await asyncio.to_thread(main, ["admin", "tenant", "policy", tenant.tenant_id, "--link-ttl", "2d"]) == 0
@@ -158,7 +158,7 @@ async def test_links_expire(links_stack: Stack, pool, capsys) -> None:
 
 async def test_an_operator_takes_links_down(links_stack: Stack, pool, capsys) -> None:
     to = numbers(3, seed=904)
-    from shared.cli import main
+    from herald_tools.cli import main
 
     tenant, other = await make_tenant(pool), await make_tenant(pool)
     bad = "https://phish.example.net/login"
@@ -205,7 +205,7 @@ async def test_an_operator_takes_links_down(links_stack: Stack, pool, capsys) ->
 
 async def test_a_tenants_own_link_domain(links_stack: Stack, pool, capsys) -> None:
     to = numbers(2, seed=905)
-    from shared.cli import main
+    from herald_tools.cli import main
 
     branded, shared = await make_tenant(pool), await make_tenant(pool)
     own = f"go.{branded.tenant_id}.example"

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from shared.contracts import utcnow
-from shared.devtools.stack import Stack
+from herald_tools.stack import Stack
 from tests.conftest import make_tenant
 from tests.helpers import wait_for
 

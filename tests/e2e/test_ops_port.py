@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.devtools.stack import Ports, Stack
+from herald_tools.stack import Ports, Stack
 
 pytestmark = pytest.mark.e2e
 

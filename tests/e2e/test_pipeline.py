@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from shared.contracts import MessageRequest, TriggerEvent
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Stack
 from shared.statuses import FINAL
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import Tenant, make_tenant
@@ -284,7 +284,7 @@ async def test_gateway_outage_is_retried_and_permanent_errors_fail(stack: Stack,
 async def test_scheduled_send_survives_a_scheduler_crash_and_quiet_hours_hold(stack: Stack, pool) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from shared.devtools.demo import marketing_countries
+    from herald_tools.demo import marketing_countries
 
     tenant = await make_tenant(pool)
     send_at = datetime.now(UTC) + timedelta(seconds=6)

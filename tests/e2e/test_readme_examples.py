@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.devtools.stack import Stack
+from herald_tools.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.devtools.stack import Ports, Stack
+from herald_tools.stack import Ports, Stack
 from shared.signatures import HEADER, sign
 from tests.conftest import Tenant, make_tenant
 from tests.helpers import running, wait_for

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from shared import admin
+from herald_tools import admin
 from shared.contracts import (
     SYSTEM_TENANT,
     InboundMessage,
@@ -27,8 +27,8 @@ from shared.contracts import (
     ReplyForwardedEvent,
     derived_event_id,
 )
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Stack
 from shared.signatures import verify
 from shared.topics import ACCEPTED, INBOUND, REPLIES
 from tests.conftest import Tenant, make_tenant

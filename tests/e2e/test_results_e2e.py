@@ -20,8 +20,8 @@ from services.ingest.links import records, track_message
 from services.ingest.links_repo import LinksRepository
 from services.ingest.service import accepted_event
 from shared.contracts import ContactEventAccepted, ContactEventAcceptedEvent, MessageAccepted, utcnow
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Ports, Stack, free_port
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Ports, Stack, free_port
 from shared.phones import parse_e164
 from shared.sms.encoding import analyse
 from shared.topics import CONTACT_EVENTS

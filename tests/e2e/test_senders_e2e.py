@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared import admin
+from herald_tools import admin
 from shared.contracts import MessageRequest, TriggerEvent
-from shared.devtools.stack import Ports, Stack, free_port
+from herald_tools.stack import Ports, Stack, free_port
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import make_tenant, register_senders
 from tests.e2e.test_replies_e2e import reply
@@ -96,7 +96,7 @@ async def test_senders_through_the_pipeline(smpp_stack: Stack, pool, env) -> Non
         r = await api.post("/v1/messages", json={"to": ES, "body": "hi", "sender": "AcmeDeals"})
         assert (r.status_code, r.json()["error"]["code"]) == (422, "sender_not_verified"), r.text
         cli = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "admin", "sender", "verify", a.tenant_id, "AcmeDeals", "--note", "brand checked"],
+            [sys.executable, "-m", "herald_tools.cli", "admin", "sender", "verify", a.tenant_id, "AcmeDeals", "--note", "brand checked"],
             env={**os.environ, **env.vars()}, capture_output=True, text=True, timeout=60,
         )
         assert cli.returncode == 0, cli.stderr

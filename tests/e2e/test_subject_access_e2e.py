@@ -17,11 +17,11 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from shared import admin
+from herald_tools import admin
 from shared.auth import DEFAULT_SCOPES
 from shared.contracts import utcnow
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Stack
 from tests.conftest import make_tenant
 from tests.e2e.test_erasure_e2e import IPHONE, marker, reply_click_and_convert, scan
 from tests.e2e.test_pipeline import all_final, scrape

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from shared.contracts import MessageAcceptedEvent, MessageRequest, TriggerEvent
-from shared.devtools.stack import Stack
+from herald_tools.stack import Stack
 from shared.statuses import FINAL
 from shared.topics import ACCEPTED, ACCEPTED_BULK, REJECTED, TRIGGERS
 from tests.conftest import make_tenant, register_senders

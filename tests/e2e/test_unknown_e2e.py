@@ -15,7 +15,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from shared.devtools.stack import Ports, Stack
+from herald_tools.stack import Ports, Stack
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import scrape, send_batches
 from tests.helpers import http_receiver, running, wait_for, webhook_hit

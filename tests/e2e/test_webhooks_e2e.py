@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 from aiohttp import web
 
-from shared.devtools.stack import Stack
+from herald_tools.stack import Stack
 from shared.signatures import verify
 from shared.statuses import FINAL
 from tests.conftest import make_tenant

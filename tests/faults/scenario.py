@@ -16,8 +16,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Stack
 from shared.statuses import FINAL
 from tests.conftest import Tenant, make_tenant
 from tests.helpers import wait_for

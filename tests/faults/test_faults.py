@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from shared.devtools.stack import SERVICES, Stack, free_port, infra
+from herald_tools.stack import SERVICES, Stack, free_port, infra
 from tests.faults.scenario import run_scenario
 from tests.helpers import new_stack, running, wait_for
 

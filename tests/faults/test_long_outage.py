@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from shared.devtools.stack import Stack
+from herald_tools.stack import Stack
 from tests.faults.scenario import run_scenario
 from tests.helpers import new_stack, running
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.devtools.stack import Ports, Stack
+from herald_tools.stack import Ports, Stack
 from tests.conftest import make_tenant
 from tests.faults.scenario import MESSAGES, check_outcome, send_resilient
 from tests.helpers import wait_for

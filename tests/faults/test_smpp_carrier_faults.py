@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.devtools.demo import demo_numbers
-from shared.devtools.stack import Ports, Stack, free_port
+from herald_tools.demo import demo_numbers
+from herald_tools.stack import Ports, Stack, free_port
 from shared.statuses import FINAL
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, send_batches

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.devtools.stack import Ports, Stack, free_port
+from herald_tools.stack import Ports, Stack, free_port
 from tests.conftest import make_tenant
 from tests.faults.scenario import check_outcome, send_resilient
 from tests.helpers import wait_for

@@ -37,9 +37,9 @@ from aiohttp import web
 
 from shared.auth import DEFAULT_SCOPES
 from shared.contracts import MessageRequest, TriggerEvent
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.bench import start_split
-from shared.devtools.stack import Ports, Process, Stack
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.bench import start_split
+from herald_tools.stack import Ports, Process, Stack
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_campaigns_e2e import setup_campaign
@@ -290,7 +290,7 @@ async def forged_triggers(env, pool, h: Tenant, v: Tenant, v_key_id: str, marker
 
 
 async def test_a_hostile_tenant_is_refused_and_the_other_tenants_codes_keep_their_latency(deployment: Deployment, pool, env) -> None:
-    from shared import admin
+    from herald_tools import admin
 
     stack = deployment.stack
     bulk_url = f"http://127.0.0.1:{deployment.bulk.port}"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.devtools.stack import ephemeral_range, free_port
+from herald_tools.stack import ephemeral_range, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "local" / "infra.py"

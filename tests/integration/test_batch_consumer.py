@@ -318,7 +318,7 @@ class Gate:
         host_port = target.split("@", 1)[1].split("/", 1)[0]
         self.host, port = host_port.rsplit(":", 1)
         self.target_port = int(port)
-        from shared.devtools.stack import free_port
+        from herald_tools.stack import free_port
 
         self.port = free_port()  # nobody listens on it until open()
         self.dsn = target.replace(f"{self.host}:{port}", f"127.0.0.1:{self.port}")

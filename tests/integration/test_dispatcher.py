@@ -21,7 +21,7 @@ from services.dispatcher.repository import ClaimRepository, TenantStates
 from services.dispatcher.gateways.herald_http import HeraldHttpConfig
 from services.dispatcher.settings import DispatcherSettings, RouteConfig
 from shared.contracts import MessageAcceptedEvent, MessageOutbound, MessageOutboundEvent, MessageStatusEvent, utcnow
-from shared.devtools.stack import Ports, Stack
+from herald_tools.stack import Ports, Stack
 from shared.db import create_pool
 from shared.kafka import Incoming, Outgoing, is_transient
 from shared.settings import ServiceSettings

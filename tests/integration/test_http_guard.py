@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.devtools.stack import Ports, Process, Stack
+from herald_tools.stack import Ports, Process, Stack
 from tests.conftest import Tenant, make_tenant
 
 pytestmark = pytest.mark.integration

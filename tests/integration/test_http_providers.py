@@ -35,7 +35,7 @@ from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from shared.contracts import DeliveryReceiptEvent, MessageOutbound, MessageOutboundEvent, derived_event_id, utcnow
-from shared.devtools.stack import Ports, Stack, free_port
+from herald_tools.stack import Ports, Stack, free_port
 from shared.kafka import Incoming, Outgoing, Publisher, make_producer
 from shared.providers.twilio import compute_signature
 from shared.signatures import SignatureError, verify

@@ -16,7 +16,7 @@ from services.ingest.api import create_app
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
-from shared import admin
+from herald_tools import admin
 from shared.kafka import Publisher, make_producer
 from shared.topics import ACCEPTED
 from tests.conftest import make_tenant

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from shared.contracts import MessageOutbound, MessageOutboundEvent, utcnow
-from shared.devtools.stack import Ports, Stack
+from herald_tools.stack import Ports, Stack
 from shared.statuses import MessageType
 from shared.topics import CONTACT_EVENTS_IN, INBOUND, OUTBOUND, OUTBOUND_BULK, TRIGGERS
 from tests.helpers import produce_raw, wait_for

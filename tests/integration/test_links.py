@@ -22,7 +22,7 @@ from services.ingest.redirect import ClickBuffer, LinkCache, router
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
-from shared import admin
+from herald_tools import admin
 from shared.api import install_error_handlers
 from shared.contracts import MessageRequest, MessageStatusChanged, MessageStatusEvent, utcnow
 from shared.kafka import BatchConsumer, Publisher, make_producer

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from services.ingest.settings import IngestSettings
-from shared import admin
+from herald_tools import admin
 from shared.contracts import MessageAcceptedEvent
 from shared.topics import ACCEPTED, ACCEPTED_BULK
 from tests.conftest import make_tenant

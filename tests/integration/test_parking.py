@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.contracts import MessageOutbound, MessageOutboundEvent, MessageStatusEvent, utcnow
-from shared.devtools.stack import Ports, Stack
+from herald_tools.stack import Ports, Stack
 from shared.statuses import Status
 from shared.topics import OUTBOUND, STATUS
 from tests.helpers import produce_raw, read_topic, wait_for

@@ -16,7 +16,7 @@ from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
-from shared import admin
+from herald_tools import admin
 from shared.contracts import (
     SYSTEM_TENANT,
     InboundMessage,

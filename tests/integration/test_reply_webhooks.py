@@ -29,7 +29,7 @@ from services.reports.webhooks.handler import ReplyWebhookHandler
 from services.reports.webhooks.repository import enqueue_replies
 from services.reports.webhooks.rules import ATTEMPT_HEADER, EVENT_ID_HEADER, conversation_key
 from services.reports.webhooks.worker import WebhookWorker
-from shared import admin
+from herald_tools import admin
 from shared.contracts import (
     SYSTEM_TENANT,
     InboundMessage,
@@ -218,7 +218,7 @@ async def test_the_worker_posts_replies_signed_in_order_and_retries_a_503(pool, 
 
 
 async def test_the_admin_command(pool, capsys) -> None:
-    from shared.cli import main
+    from herald_tools.cli import main
 
     tenant = (await make_tenant(pool)).tenant_id
     url = "https://crm.example.com/herald/replies"

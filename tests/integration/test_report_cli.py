@@ -11,7 +11,7 @@ from rich.console import Console
 
 from services.reports.campaign_report import load
 from services.reports.report_cli import print_report, write_png
-from shared.cli import main
+from herald_tools.cli import main
 from shared.contracts import utcnow
 from tests.conftest import make_tenant
 

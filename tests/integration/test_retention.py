@@ -32,7 +32,7 @@ from services.reports.settings import ReportsSettings
 from shared import retention
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageOutbound, MessageOutboundEvent, MessageStatusChanged, utcnow
 from shared.db import migrate, migration_files
-from shared.devtools.stack import Ports, Stack
+from herald_tools.stack import Ports, Stack
 from shared.kafka import Incoming
 from shared.metrics import RETENTION_LAST_SUCCESS, RETENTION_ROWS
 from shared.retention_store import RetentionJob, Run, day_partitions
@@ -380,7 +380,7 @@ async def test_migration_moves_an_existing_timeline_into_day_partitions(session_
 
 
 async def test_a_tenant_sets_and_clears_its_own_ages_through_the_admin_policy(pool) -> None:
-    from shared import admin
+    from herald_tools import admin
 
     tenant = await make_tenant(pool)
     async with pool.acquire() as conn:

@@ -12,7 +12,7 @@ import pytest
 
 from services.scheduler.domain import Decision, Verdict, decide
 from services.scheduler.handlers import FactsRepository, Timer
-from shared import admin
+from herald_tools import admin
 from shared.contracts import MessageAccepted, MessageOutboundEvent, MessageStatusEvent, utcnow
 from shared.kafka import Outgoing
 from shared.statuses import Status

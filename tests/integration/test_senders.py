@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from services.ingest.journeys.api import router as journeys_router
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.settings import IngestSettings
-from shared import admin
+from herald_tools import admin
 from shared.api import install_error_handlers
 from shared.auth import create_key
 from tests.conftest import Tenant, make_tenant, register_senders
@@ -204,7 +204,7 @@ async def test_replies_are_routed_by_the_registry(pool) -> None:
 
 
 def herald(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.cli", "admin", *args], env={**os.environ, **env.vars()},
+    return subprocess.run([sys.executable, "-m", "herald_tools.cli", "admin", *args], env={**os.environ, **env.vars()},
                           capture_output=True, text=True, timeout=60)
 
 

@@ -25,7 +25,7 @@ from services.dispatcher.gateways.smpp import SmppConfig, SmppGateway, sessions_
 from services.dispatcher.handlers import Job, Sender
 from services.dispatcher.settings import DispatcherSettings
 from shared.contracts import DeliveryReceipt, InboundMessage, MessageOutbound, utcnow
-from shared.devtools.stack import Ports, Stack, free_port
+from herald_tools.stack import Ports, Stack, free_port
 from shared.sms.encoding import analyse
 from shared.statuses import ReceiptStatus
 

@@ -36,7 +36,7 @@ from shared.contracts import (
     MessageStatusEvent,
     utcnow,
 )
-from shared.devtools.stack import Ports, Stack, free_port
+from herald_tools.stack import Ports, Stack, free_port
 from shared.kafka import Incoming, Outgoing
 from shared.statuses import ReceiptStatus, Status
 

@@ -29,7 +29,7 @@ from services.ingest.settings import IngestSettings
 from services.reports import metrics
 from services.reports.webhooks.worker import WebhookWorker
 from shared.auth import DEFAULT_SCOPES
-from shared.devtools.stack import free_port
+from herald_tools.stack import free_port
 from shared.egress import HOST_NOT_PUBLIC, HTTPS_REQUIRED
 from shared.kafka import Publisher, make_producer
 from tests.conftest import make_tenant
@@ -111,7 +111,7 @@ async def test_a_reply_webhook_to_a_non_public_destination_is_refused(api, pool,
 
 
 async def test_the_admin_command_refuses_a_non_public_reply_webhook(pool, capsys, monkeypatch) -> None:
-    from shared.cli import main
+    from herald_tools.cli import main
 
     for name in ("HERALD_WEBHOOK_ALLOW_PRIVATE", "HERALD_WEBHOOK_ALLOWED_NETWORKS", "HERALD_WEBHOOK_REQUIRE_HTTPS"):
         monkeypatch.delenv(name, raising=False)

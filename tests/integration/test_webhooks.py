@@ -26,7 +26,7 @@ from services.reports.settings import ReportsSettings
 from services.reports.webhooks.rules import ATTEMPT_HEADER, EVENT_ID_HEADER
 from services.reports.webhooks.worker import WebhookWorker
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged, utcnow
-from shared.devtools.stack import free_port
+from herald_tools.stack import free_port
 from shared.signatures import HEADER, verify
 from shared.statuses import ReceiptStatus, Status
 from tests.helpers import LOOPBACK_WEBHOOKS

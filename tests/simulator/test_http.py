@@ -25,7 +25,7 @@ from services.simulator.app import SimulatorService
 from services.simulator.core import OutcomeRates, Simulator
 from services.simulator.http import build_registry, create_api_app, create_control_app
 from services.simulator.settings import SimulatorSettings
-from shared.devtools.stack import free_port
+from herald_tools.stack import free_port
 from shared.signatures import HEADER, SignatureError, verify
 
 TOKEN = "test-token"

@@ -15,7 +15,7 @@ def test_every_topic_has_producers_and_consumers() -> None:
 
 
 def test_docs_configuration_is_current() -> None:
-    from shared.devtools.configdoc import render
+    from herald_tools.configdoc import render
 
     path = DOC.parent / "configuration.md"
-    assert path.read_text() == render(), "run: python -m shared.devtools.configdoc > docs/configuration.md"
+    assert path.read_text() == render(), "run: python -m herald_tools.configdoc > docs/configuration.md"

@@ -10,7 +10,7 @@ import pytest
 
 from shared.auth import SCOPES
 
-HERALD = [sys.executable, "-c", "import sys; from shared.cli import main; sys.exit(main())"]
+HERALD = [sys.executable, "-c", "import sys; from herald_tools.cli import main; sys.exit(main())"]
 # An address where nothing listens: an argument error must be reported before any connection.
 NO_DB = {"HERALD_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none", "PATH": "/usr/bin:/bin"}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shared.devtools import schema
+from herald_tools import schema
 from shared.topics import ALL, PERSONAL_DATA_RETENTION
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "data-map.md"

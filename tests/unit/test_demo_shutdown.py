@@ -7,7 +7,7 @@ import sys
 import time
 from types import SimpleNamespace
 
-from shared.devtools import demo
+from herald_tools import demo
 
 
 class Recorder:
@@ -51,7 +51,7 @@ def pytest_fail() -> str:
 def test_say_survives_a_closed_pipe() -> None:
     """Like `make run | tee log` after Ctrl-C ended tee: the reader is gone."""
     code = (
-        "from shared.devtools.demo import say\n"
+        "from herald_tools.demo import say\n"
         "import sys\n"
         "for _ in range(200): say('x' * 1000)\n"
         "sys.stderr.write('survived\\n')\n"

@@ -29,7 +29,7 @@ from services.ingest.links import (
     swap_codes,
     track_message,
 )
-from shared.admin import parse_duration
+from herald_tools.admin import parse_duration
 from shared.contracts import MessageRequest
 from shared.phones import SMS_CAPABLE
 from shared.sms.encoding import analyse

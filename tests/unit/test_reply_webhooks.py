@@ -15,7 +15,7 @@ from services.reports.webhooks.rules import (
     event_id,
     reply_events,
 )
-from shared.admin import MAX_URL_LENGTH, webhook_url
+from shared.tenant_admin import MAX_URL_LENGTH, webhook_url
 from shared.contracts import ConversationEntry, ReplyForwarded, ReplyForwardedEvent
 from shared.statuses import Status
 

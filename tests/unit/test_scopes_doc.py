@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.devtools import scopedoc
+from herald_tools import scopedoc
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "scopes.md"
 
 
 def test_the_page_is_in_step_with_the_routes() -> None:
-    assert DOC.read_text() == scopedoc.render(), "run: python -m shared.devtools.scopedoc > docs/scopes.md"
+    assert DOC.read_text() == scopedoc.render(), "run: python -m herald_tools.scopedoc > docs/scopes.md"
 
 
 def test_every_route_needs_a_scope_or_says_why_not() -> None:

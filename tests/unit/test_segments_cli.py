@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from shared.cli import main
+from herald_tools.cli import main
 
 CASES = [
     # text, encoding, segments, characters

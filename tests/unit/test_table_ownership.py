@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.devtools import schema
+from herald_tools import schema
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "data-map.md"

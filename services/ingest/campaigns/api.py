@@ -27,7 +27,7 @@ from services.ingest.metrics import RATE_LIMITED
 from shared.ratelimit import RateLimiter
 from services.ingest.service import accepted_event
 from services.ingest.settings import IngestSettings
-from shared import admin
+from shared import tenant_admin
 from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
 from shared.senders import load_rules as load_sender_rules
@@ -96,7 +96,7 @@ class PolicyBody(BaseModel):
     )
     frequency_caps: list[CapBody] | None = Field(None, max_length=5)
     reply_webhook_url: str | None = Field(
-        None, max_length=admin.MAX_URL_LENGTH,
+        None, max_length=tenant_admin.MAX_URL_LENGTH,
         description="Where ordinary replies are posted, signed (docs/replies.md); null stops it, absent leaves it",
     )
     country: str | None = Field(
@@ -371,7 +371,7 @@ async def get_policy(request: Request, principal: Principal = reader) -> dict[st
     domain and link lifetime (link_domain, link_ttl_s; null: the service's; set by the operator:
     docs/results.md)."""
     async with request.app.state.pool.acquire() as conn:
-        policy = await admin.tenant_policy(conn, principal.tenant_id)
+        policy = await tenant_admin.tenant_policy(conn, principal.tenant_id)
     if policy is None:
         raise ApiError(404, "tenant_not_found", "no such tenant")
     return policy
@@ -385,9 +385,9 @@ async def put_policy(body: PolicyBody, request: Request, principal: Principal = 
     async with request.app.state.pool.acquire() as conn:
         if "reply_webhook_url" in body.model_fields_set:
             try:
-                done = await admin.reply_webhook_set(conn, actor, principal.tenant_id, body.reply_webhook_url,
-                                                     deps.egress_policy(request))
-            except admin.WebhookRefused as exc:
+                done = await tenant_admin.reply_webhook_set(conn, actor, principal.tenant_id, body.reply_webhook_url,
+                                                            deps.egress_policy(request))
+            except tenant_admin.WebhookRefused as exc:
                 # an unreadable URL keeps its old answer; a refused destination says why
                 code = "validation_failed" if exc.code == URL_INVALID else exc.code
                 detail = "url_invalid" if exc.code == URL_INVALID else exc.code
@@ -399,15 +399,15 @@ async def put_policy(body: PolicyBody, request: Request, principal: Principal = 
         if (body.marketing_consent is not None or caps is not None or geo or body.marketing_opt_out is not None
                 or "reply_webhook_url" not in body.model_fields_set):
             try:
-                policy = await admin.tenant_policy_set(conn, actor, principal.tenant_id,
-                                                       marketing_consent=body.marketing_consent, caps=caps,
-                                                       marketing_opt_out=body.marketing_opt_out, **geo)
+                policy = await tenant_admin.tenant_policy_set(conn, actor, principal.tenant_id,
+                                                              marketing_consent=body.marketing_consent, caps=caps,
+                                                              marketing_opt_out=body.marketing_opt_out, **geo)
             except ValueError as exc:
                 loc = "body.allowed_countries" if "allowed_countries" in geo else "body.country"
                 raise ApiError(422, "validation_failed", str(exc),
                                [{"loc": loc, "code": "country_invalid", "msg": str(exc)}]) from None
         else:
-            policy = await admin.tenant_policy(conn, principal.tenant_id)
+            policy = await tenant_admin.tenant_policy(conn, principal.tenant_id)
     if policy is None:
         raise ApiError(404, "tenant_not_found", "no such tenant")
     return policy

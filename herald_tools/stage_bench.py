@@ -33,8 +33,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.devtools.demo import demo_numbers, marketing_countries
-from shared.devtools.stack import Stack
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Stack
 from shared.phones import parse_e164
 from shared.kafka import Outgoing, Publisher, client_options, ensure_topics, make_producer
 from shared.settings import KafkaSettings

@@ -31,7 +31,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.devtools.stack import free_port, start_infra
+from herald_tools.stack import free_port, start_infra
 
 STATUSES = ("accepted", "scheduled", "queued", "submitted", "delivered")
 

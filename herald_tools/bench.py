@@ -15,7 +15,7 @@ the four services and the gateway simulator, then measures:
 Results are printed and written to docs/benchmarks.md with the machine, versions and command.
 
 ``--webhooks ROWS`` measures the status webhook outbox and its worker alone instead
-(shared/devtools/webhook_bench.py; printed only).
+(herald_tools/webhook_bench.py; printed only).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from typing import Any
 import asyncpg
 import httpx
 
-from shared.devtools import history_bench, stage_bench, webhook_bench
-from shared.devtools.demo import demo_numbers, marketing_countries, prepare
-from shared.devtools.stack import REPO, Ports, Stack, start_infra
+from herald_tools import history_bench, stage_bench, webhook_bench
+from herald_tools.demo import demo_numbers, marketing_countries, prepare
+from herald_tools.stack import REPO, Ports, Stack, start_infra
 from shared.settings import ServiceSettings
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -353,7 +353,7 @@ def versions() -> str:
 INTRO = [
     "# Benchmarks",
     "",
-    "Written by `herald bench` (shared/devtools/bench.py); rerun it to refresh this page. Each kind of",
+    "Written by `herald bench` (herald_tools/bench.py); rerun it to refresh this page. Each kind of",
     "run (HTTP face, SMPP face, campaign launch, single sends, scale by stage, message history) rewrites only its own section. Kafka, PostgreSQL, the",
     "four services and the gateway simulator all run on the same machine.",
     "",
@@ -582,7 +582,7 @@ async def run(args: argparse.Namespace, results: Results) -> None:
     os.environ.update(env)
     key = await prepare(ServiceSettings(), "bench")
     if args.face == "smpp":  # the dispatcher binds to the simulator's SMSC face instead of its HTTP API
-        from shared.devtools.stack import free_port
+        from herald_tools.stack import free_port
 
         smpp_port = free_port()
         env["HERALD_SIM_SMPP_PORT"] = str(smpp_port)
@@ -733,7 +733,7 @@ def run_all() -> int:
     for run_args in ALL_RUNS:
         print(f"=== herald bench {' '.join(run_args)}", flush=True)
         began = time.monotonic()
-        code = subprocess.call([sys.executable, "-m", "shared.devtools.bench", *run_args])
+        code = subprocess.call([sys.executable, "-m", "herald_tools.bench", *run_args])
         print(f"=== exit {code} after {time.monotonic() - began:.0f} s", flush=True)
         if code:
             failed.append(" ".join(run_args))

@@ -204,7 +204,7 @@ def _admin_parser(sub: Any) -> None:
 
 
 def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from shared import admin
+    from herald_tools import admin
     from shared.geo import country_code, parse_country_list
     from shared.contracts.envelope import TENANT_PATTERN
 
@@ -371,7 +371,7 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _sender(args: argparse.Namespace, actor: str) -> int:
-    from shared import admin
+    from herald_tools import admin
     from shared.geo import parse_country_list
 
     action = args.action
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = sys.argv[1:] if argv is None else argv
     if raw[:1] == ["bench"]:
-        from shared.devtools.bench import main as bench
+        from herald_tools.bench import main as bench
 
         return bench(raw[1:])
     args = parser.parse_args(argv)
@@ -497,13 +497,13 @@ def main(argv: list[str] | None = None) -> int:
 
         _print(analyse(args.text, smart=not args.no_smart).as_dict())
     elif args.command == "up":
-        from shared.devtools.demo import run_demo
+        from herald_tools.demo import run_demo
 
         return run_demo(args.messages, wait=not args.no_wait, keep_infra=args.keep_infra)
     elif args.command == "report":
         return _report(args)
     elif args.command == "down":
-        from shared.devtools.demo import down
+        from herald_tools.demo import down
 
         return down()
     return 0

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+import shared
+
+MIGRATIONS = Path(shared.__file__).resolve().parent / "migrations"
 _CONSTRAINTS = {"primary", "unique", "foreign", "check", "constraint", "exclude"}
 # Columns that can hold free text or structured data (numbers, texts, user agents, URLs...).
 TEXT_TYPES = re.compile(r"^(text|varchar|character|char|jsonb|json|bytea|inet|cidr|citext)\b", re.I)

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.devtools.stack import REPO, Ports, Stack, infra, start_infra
+from herald_tools.stack import REPO, Ports, Stack, infra, start_infra
 from shared.settings import ServiceSettings
 
 STATE = Path(os.environ.get("HERALD_STATE_DIR", REPO / ".herald"))

@@ -17,15 +17,61 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
-INFRA_SCRIPT = REPO / "deploy" / "local" / "infra.py"
+INFRA = Path("deploy") / "local" / "infra.py"  # in a source checkout, from its root
 SERVICES = ("ingest", "scheduler", "dispatcher", "reports")
 API_SERVICES = ("ingest", "reports")  # the others serve only their ops port
+
+
+class NoSourceCheckout(RuntimeError):
+    """The local stack (infra.py, the services run from the source tree) needs a checkout."""
+
+
+def find_repo_root(environ: Mapping[str, str] | None = None, cwd: Path | None = None, here: Path | None = None) -> Path:
+    """The source checkout whose deploy/local/infra.py starts Kafka and PostgreSQL: ``HERALD_REPO_ROOT``
+    if set, else the first of the current directory and its parents that has one, else the first of
+    this module's directory and its parents (an editable install, or a virtualenv inside the checkout).
+    NoSourceCheckout otherwise: an installed Herald without its sources cannot run the local stack."""
+    environ = os.environ if environ is None else environ
+    if explicit := environ.get("HERALD_REPO_ROOT"):
+        root = Path(explicit).expanduser().resolve()
+        if not (root / INFRA).is_file():
+            raise NoSourceCheckout(f"HERALD_REPO_ROOT={explicit} has no {INFRA}: point it at a Herald source checkout")
+        return root
+    starts = [(cwd or Path.cwd()).resolve(), (here or Path(__file__)).resolve().parent]
+    for start in starts:
+        for root in (start, *start.parents):
+            if (root / INFRA).is_file():
+                return root
+    raise NoSourceCheckout(
+        f"the local stack needs a Herald source checkout (its {INFRA}); none found above "
+        + " or ".join(str(s) for s in starts) + ": run from the checkout or set HERALD_REPO_ROOT"
+    )
+
+
+_repo_root: Path | None = None
+
+
+def repo_root() -> Path:
+    """:func:`find_repo_root`, looked up once per process."""
+    global _repo_root
+    if _repo_root is None:
+        _repo_root = find_repo_root()
+    return _repo_root
+
+
+def __getattr__(name: str) -> Path:
+    """``REPO`` (the checkout) and ``INFRA_SCRIPT``, found on first use, not at import."""
+    if name == "REPO":
+        return repo_root()
+    if name == "INFRA_SCRIPT":
+        return repo_root() / INFRA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _pinned(cpus: set[int]) -> None:
@@ -83,7 +129,7 @@ def free_port() -> int:
 def infra(*command: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """Run ``deploy/local/infra.py COMMAND…`` (start, stop [kafka|postgres], status, env)."""
     proc = subprocess.run(
-        [sys.executable, str(INFRA_SCRIPT), *command], text=True, capture_output=True, timeout=timeout
+        [sys.executable, str(repo_root() / INFRA), *command], text=True, capture_output=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise RuntimeError(f"infra {command} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -155,7 +201,7 @@ class Stack:
     def base_env(self) -> dict[str, str]:
         env = {**os.environ, **self.env}
         env.setdefault("HERALD_LOG_FORMAT", "json")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo_root()), env.get("PYTHONPATH", "")]))
         env["HERALD_SIM_PORT"] = str(self.ports.simulator)
         env["HERALD_SIM_CONTROL_PORT"] = str(self.ports.simulator_control)
         # the local stack's webhook receivers (demo, tests) listen on loopback over http: allowed
@@ -201,7 +247,7 @@ class Stack:
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
-                cwd=REPO,
+                cwd=repo_root(),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

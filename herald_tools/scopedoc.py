@@ -1,6 +1,6 @@
 """docs/scopes.md: which API key scope each endpoint of ingest's and reports' APIs needs,
 read from the routes themselves (the scope of each route's ``principal_dependency``), so the
-page cannot drift from the code. ``python -m shared.devtools.scopedoc > docs/scopes.md``; a test
+page cannot drift from the code. ``python -m herald_tools.scopedoc > docs/scopes.md``; a test
 fails when they differ."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def render() -> str:
     lines = [
         "# API key scopes",
         "",
-        "Generated from the routes by `python -m shared.devtools.scopedoc > docs/scopes.md`; a test fails when",
+        "Generated from the routes by `python -m herald_tools.scopedoc > docs/scopes.md`; a test fails when",
         "they differ.",
         "",
         "Every request to `/v1/…` carries an API key (`Authorization: Bearer hk_…`), checked from the",
