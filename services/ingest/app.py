@@ -16,7 +16,7 @@ from services.ingest.events.api import router as events_router
 from services.ingest.events.consumer import ContactEventsHandler
 from services.ingest.events.service import ContactsLookup, EventAcceptor
 from services.ingest.journeys.api import router as journeys_router
-from shared.ratelimit import RateLimiter
+from services.ingest.ratelimit import RateLimiter
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository

@@ -5,8 +5,8 @@ from __future__ import annotations
 from services.scheduler.erasure import scheduler_eraser
 from services.scheduler.subject_access import scheduler_gatherer
 from services.scheduler.handlers import AcceptedHandler, CommandHandler, FactsRepository, Timer
-from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
+from services.scheduler.journeys.limits import JourneyLimiter
 from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.settings import SchedulerSettings
 from shared.api import Check
@@ -32,8 +32,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     journeys = JourneyRepository(ctx.pool)
     journey_timer = JourneyTimer(journeys, ctx.publisher, settings.journey_timer_interval_s, settings.journey_timer_batch,
                                  allowed_number_types=settings.allowed_number_types,
-                                 limiter=RateLimiter(ctx.pool, settings.rate_limit_requests_per_minute,
-                                                     settings.rate_limit_messages_per_minute, lease=False))
+                                 limiter=JourneyLimiter(ctx.pool, settings.rate_limit_messages_per_minute))
     ctx.workers["journey-timer"] = journey_timer.run()
     ctx.stoppers.append(journey_timer.stop)
     base_group = settings.consumer_group or settings.topic_prefix + "scheduler"
