@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -21,11 +21,12 @@ from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
 from services.ingest.statuses import StatusesHandler
 from services.scheduler.domain import Decision, Verdict
-from services.scheduler.handlers import route
-from shared.contracts import MessageAccepted, MessageOutbound, utcnow
+from services.scheduler.handlers import AcceptedHandler, FactsRepository, route
+from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageOutbound, utcnow
 from shared.kafka import BatchConsumer, Incoming, Outgoing, Publisher, make_producer
 from shared.settings import ConsumerSettings
-from shared.topics import STATUS
+from shared.statuses import MessageType
+from shared.topics import ACCEPTED_BULK, STATUS
 from tests.conftest import make_tenant
 from tests.helpers import produce_raw, wait_for
 
@@ -181,3 +182,35 @@ async def test_a_batch_handled_twice_moves_the_mark_once_and_never_back(pool, en
     await run_lane(env, pool, later, Seen(), late)
     assert {t: await mark(pool, t) for t in newest} == newest
     assert sum(later.moved) == 0
+
+
+SATURDAY_NIGHT = datetime(2026, 12, 5, 22, 30, tzinfo=UTC)  # 23:30 in Madrid: quiet hours
+
+
+async def test_the_schedulers_real_decisions_mark_a_tenant_only_when_none_of_its_batch_went_on(pool, env) -> None:
+    """The scheduler's batch handler on PostgreSQL: X's campaign messages are all held (quiet
+    hours), so their statuses carry the page and ingest moves X's mark; Y's batch also released a
+    transactional campaign message (queued at the dispatcher now), so Y's held status carries
+    none and Y's mark stays where the dispatcher will put it."""
+    x, y = await make_tenant(pool), await make_tenant(pool)
+    page = SATURDAY_NIGHT - timedelta(seconds=5)
+    batch = []
+    for tenant, kinds in ((x, ("marketing", "marketing")), (y, ("marketing", "transactional"))):
+        campaign = uuid.uuid4()
+        await pool.execute("INSERT INTO campaigns (tenant_id, campaign_id, name, segment_filter, variants, state)"
+                           " VALUES ($1, $2, 'Sale', 'true', '[]', 'running')", tenant.tenant_id, campaign)
+        for i, kind in enumerate(kinds):
+            message = accepted(page).model_copy(update={"campaign_id": campaign, "type": MessageType(kind),
+                                                        "to": f"+3460055{i:04d}"})
+            batch.append(Incoming(ACCEPTED_BULK, MessageAcceptedEvent(tenant=tenant.tenant_id, payload=message), None))
+    out = await AcceptedHandler(FactsRepository(pool), clock=lambda: SATURDAY_NIGHT)(batch)  # type: ignore[arg-type]
+    statuses = {(o.event.tenant, o.event.payload.status.value, o.event.payload.campaign_page_at)
+                for o in out if o.topic is STATUS}
+    assert statuses == {(x.tenant_id, "scheduled", page), (y.tenant_id, "scheduled", None)}
+    assert [o.event.tenant for o in out if o.topic is not STATUS] == [y.tenant_id], "Y's transactional one went on"
+
+    status_events = [o for o in out if o.topic is STATUS]
+    await produce(env, status_events)
+    await run_lane(env, pool, Counted(pool), Seen(), status_events)
+    assert await mark(pool, x.tenant_id) == page
+    assert await mark(pool, y.tenant_id) is None
