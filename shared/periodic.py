@@ -1,7 +1,8 @@
 """One helper for the services' periodic workers: run a step every N seconds until stopped.
 
 Each background loop (releasing held messages, advancing journeys, parking passes, claim
-renewal, reconciliation, link takedowns, click flushes…) is the same shape: do one pass, log
+renewal, reconciliation, link takedowns, click flushes, the campaign launcher, the retention
+job, reports' receipt sweep and A/B winner passes) is the same shape: do one pass, log
 a failure and go on, wait ``interval_s`` or until stopped. :func:`run_periodically` is that
 shape once, with what the hand-written loops did not share:
 

@@ -34,6 +34,7 @@ from shared.metrics import (
     RETENTION_RUN_SECONDS,
     RETENTION_RUNS,
 )
+from shared.periodic import run_periodically
 from shared.settings import RetentionSettings
 
 log = logging.getLogger(__name__)
@@ -251,18 +252,13 @@ class RetentionJob:
 
     async def run(self) -> None:
         check_s = min(60.0, max(1.0, self.settings.retention_interval_s / 10))
-        while not self._stop.is_set():
-            outcome = "failed"
-            try:
-                outcome = await self.run_once()
-            except Exception:
-                log.exception("retention check failed", extra={"job": self.job})
-            if outcome == "behind":
-                continue  # more to expire: go on at once
-            try:
-                await asyncio.wait_for(self._stop.wait(), check_s)
-            except TimeoutError:
-                pass
+        await run_periodically("retention", self.catch_up, check_s, self._stop, logger=log,
+                               error_message="retention check failed")
+
+    async def catch_up(self) -> None:
+        """One run, and more at once while a run stops at its budget with more to expire."""
+        while await self.run_once() == "behind" and not self._stop.is_set():
+            pass
 
 
 def add_retention_job(ctx: Any, tasks: Sequence[Task]) -> RetentionJob | None:

@@ -107,7 +107,8 @@ STATUS = Topic(
     MessageStatusEvent,
     key="message id",
     producers=("scheduler", "dispatcher"),
-    consumers=("reports", "ingest (links lane: a submitted marketing message's short links start answering)"),
+    consumers=("reports", "ingest (links lane: a submitted marketing message's short links start answering; "
+                          "campaign_page_at moves the tenant's mark for the campaign launcher's pacing)"),
     description="Status changes: queued, suppressed, submitted, failed.",
 )
 RECEIPTS = Topic(

@@ -15,7 +15,6 @@ from services.dispatcher.subject_access import dispatcher_gatherer
 from services.dispatcher.sink import KafkaSink
 from services.dispatcher.throttle import LocalThrottle, PostgresThrottle, Throttle
 from shared.api import Check
-from shared.campaign_progress import CampaignProgress
 from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure_store import ErasureHandler
 from shared.retention_store import add_retention_job
@@ -52,12 +51,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     reconciler = Reconciler(claims, sender, ctx.publisher, settings)
     ctx.workers["reconciler"] = reconciler.run()
     ctx.stoppers.append(reconciler.stop)
-    progress = CampaignProgress(ctx.pool)  # campaign messages handled, per tenant (the launcher's pacing)
     bulk_group = settings.bulk_consumer_group or f"{settings.consumer_group or settings.topic_prefix + 'dispatcher'}.bulk"
     bulk = Lane("bulk", bulk_group, [OUTBOUND_BULK], OutboundHandler(claims, sender, settings, priority=False,
                                                                        campaigns=CampaignStates(ctx.pool),
-                                                                       tenants=TenantStates(ctx.pool),
-                                                                       progress=progress), bulk=True)
+                                                                       tenants=TenantStates(ctx.pool)), bulk=True)
     # Erasures (docs/data-map.md): the claims' copies of an erased number's messages.
     base_group = settings.consumer_group or settings.topic_prefix + "dispatcher"
     erasures = Lane("erasures", f"{base_group}.erasures", [ERASURES], ErasureHandler(ctx.pool, "dispatcher", dispatcher_eraser))
@@ -65,7 +62,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     subject_access = Lane("subject-access", f"{base_group}.subject-access", [SUBJECT_ACCESS],
                           GatherHandler(ctx.pool, "dispatcher", dispatcher_gatherer, settings.subject_access_part_bytes))
     return Wiring(handler=OutboundHandler(claims, sender, settings, priority=True, campaigns=CampaignStates(ctx.pool),
-                                          tenants=TenantStates(ctx.pool), progress=progress),
+                                          tenants=TenantStates(ctx.pool)),
                   lanes=[bulk, erasures, subject_access])
 
 

@@ -34,7 +34,6 @@ from services.dispatcher.domain.fair import interleave
 from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish, ParkItem, TenantStates
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import LocalThrottle, Throttle
-from shared.campaign_progress import CampaignProgress, newest_by_tenant
 from shared.contracts import (
     MessageAccepted,
     MessageAcceptedEvent,
@@ -142,6 +141,8 @@ def status_event(job: Job, finish: Finish) -> Outgoing:
         segments=job.message.segments,
         type=job.message.type,
         detail=dict(finish.detail),
+        # A campaign message left the lanes: ingest's mark for the launcher's pacing (docs/operations.md, fair share).
+        campaign_page_at=job.message.accepted_at if job.message.campaign_id is not None else None,
     )
     event = MessageStatusEvent(
         event_id=derived_event_id(job.message.message_id, status),
@@ -392,10 +393,9 @@ class OutboundHandler:
     def __init__(
         self, claims: ClaimRepository, sender: Sender, settings: DispatcherSettings, *, priority: bool = True,
         campaigns: CampaignStates | None = None, ownership: Ownership | None = None,
-        tenants: TenantStates | None = None, progress: CampaignProgress | None = None,
+        tenants: TenantStates | None = None,
     ) -> None:
         self.claims = claims
-        self.progress = progress
         self.sender = sender
         self.settings = settings
         self.priority = priority
@@ -406,15 +406,6 @@ class OutboundHandler:
             sender.journal = claims  # attempts are recorded on the claims they belong to
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
-        outgoing = await self._handle(batch)
-        if self.progress is not None:
-            # Campaign messages leave the lanes here: the launcher's count of each tenant's
-            # messages in flight goes down (docs/operations.md, fair share).
-            await self.progress.handled(newest_by_tenant(
-                (i.event.tenant, i.event.payload.accepted_at) for i in batch if i.event.payload.campaign_id is not None))
-        return outgoing
-
-    async def _handle(self, batch: list[Incoming]) -> list[Outgoing]:
         jobs = {}
         outgoing: list[Outgoing] = []
         held = await self._held_campaigns(batch)

@@ -28,7 +28,7 @@ from services.ingest.domain import (
     batch_message_ids,
     parse_request,
 )
-from shared.ratelimit import RateLimiter
+from services.ingest.ratelimit import RateLimiter
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings

@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.ingest.api import create_app
 from services.ingest.campaigns.launcher import Launcher
 from services.ingest.campaigns.pacing import InFlightBound
+from services.ingest.campaigns.progress import CampaignProgress, LaneProgressHandler
 from services.ingest.campaigns.winners import CampaignWinnersHandler
 from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
@@ -15,13 +16,14 @@ from services.ingest.events.api import router as events_router
 from services.ingest.events.consumer import ContactEventsHandler
 from services.ingest.events.service import ContactsLookup, EventAcceptor
 from services.ingest.journeys.api import router as journeys_router
-from shared.ratelimit import RateLimiter
+from services.ingest.ratelimit import RateLimiter
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.retention import tasks as retention_tasks
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
+from services.ingest.statuses import StatusesHandler
 from services.ingest.triggers import TriggerHandler
 from shared.api import Check, document_body_schema
 from shared.retention_store import add_retention_job
@@ -70,8 +72,10 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     takedowns = TakedownWatcher(links, link_cache, settings.link_takedown_poll_s)
     ctx.workers["link-takedowns"] = takedowns.run()
     ctx.stoppers.append(takedowns.stop)
-    # Short links answer once their message is submitted: the links lane reads the statuses.
-    links_lane = Lane("links", f"{settings.topic_prefix}ingest.links", [STATUS], LinkActivationHandler(links))
+    # The links lane reads the statuses: short links answer once their message is submitted, and
+    # the campaign lanes' mark moves for the launcher's pacing (docs/operations.md, fair share).
+    links_lane = Lane("links", f"{settings.topic_prefix}ingest.links", [STATUS], StatusesHandler(
+        [LinkActivationHandler(links), LaneProgressHandler(CampaignProgress(ctx.pool))]))
     # Inbound replies (STOP/START/HELP, forwarding): their own consumer group, see docs/replies.md.
     replies = Lane("replies", f"{settings.topic_prefix}ingest.replies", [INBOUND],
                    RepliesHandler(acceptor, RepliesRepository(ctx.pool)))

@@ -25,6 +25,7 @@ from services.reports.repository import (
 )
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
 from shared.kafka import Incoming, Outgoing
+from shared.periodic import run_periodically
 from shared.statuses import SETTLED, Status
 
 log = logging.getLogger(__name__)
@@ -199,12 +200,5 @@ class PendingSweeper:
         return len(changes)
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.sweep_once()
-            except Exception:
-                log.exception("pending receipt sweep failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
+        await run_periodically("receipt_sweep", self.sweep_once, self.interval_s, self._stop, logger=log,
+                               error_message="pending receipt sweep failed")

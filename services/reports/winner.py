@@ -28,6 +28,7 @@ from services.reports.abtest import decide
 from services.reports.campaign_report import METRICS, ab_rows, samples
 from shared.contracts import CampaignWinnerDecided, CampaignWinnerEvent, utcnow
 from shared.kafka import Outgoing, Publisher
+from shared.periodic import run_periodically
 from shared.topics import CAMPAIGN_WINNERS
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,5 @@ class WinnerWorker:
         return [(c, w) for c, w, _, _ in decided]
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.decide_once()
-            except Exception:
-                log.exception("A/B winner pass failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
+        await run_periodically("ab_winner", self.decide_once, self.interval_s, self._stop, logger=log,
+                               error_message="A/B winner pass failed")

@@ -5,12 +5,11 @@ from __future__ import annotations
 from services.scheduler.erasure import scheduler_eraser
 from services.scheduler.subject_access import scheduler_gatherer
 from services.scheduler.handlers import AcceptedHandler, CommandHandler, FactsRepository, Timer
-from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
+from services.scheduler.journeys.limits import JourneyLimiter
 from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.settings import SchedulerSettings
 from shared.api import Check
-from shared.campaign_progress import CampaignProgress
 from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure import ErasureKeys
 from shared.erasure_store import ErasureHandler
@@ -28,14 +27,12 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     ctx.stoppers.append(timer.stop)
     # Campaigns get their own lane (and consumer group): transactional messages never wait behind them.
     bulk_group = f"{settings.consumer_group or settings.topic_prefix + 'scheduler'}.bulk"
-    progress = CampaignProgress(ctx.pool)  # campaign messages suppressed or held: out of the lanes (launcher pacing)
-    bulk = Lane("bulk", bulk_group, [ACCEPTED_BULK], AcceptedHandler(facts, progress=progress), bulk=True)
+    bulk = Lane("bulk", bulk_group, [ACCEPTED_BULK], AcceptedHandler(facts), bulk=True)
     # Journeys (docs/journeys.md): a lane on contact events and a timer that advances due runs.
     journeys = JourneyRepository(ctx.pool)
     journey_timer = JourneyTimer(journeys, ctx.publisher, settings.journey_timer_interval_s, settings.journey_timer_batch,
                                  allowed_number_types=settings.allowed_number_types,
-                                 limiter=RateLimiter(ctx.pool, settings.rate_limit_requests_per_minute,
-                                                     settings.rate_limit_messages_per_minute, lease=False))
+                                 limiter=JourneyLimiter(ctx.pool, settings.rate_limit_messages_per_minute))
     ctx.workers["journey-timer"] = journey_timer.run()
     ctx.stoppers.append(journey_timer.stop)
     base_group = settings.consumer_group or settings.topic_prefix + "scheduler"
@@ -48,7 +45,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Subject-access exports (docs/data-map.md): held messages, journey runs and releases of a number.
     subject_access = Lane("subject-access", f"{base_group}.subject-access", [SUBJECT_ACCESS],
                           GatherHandler(ctx.pool, "scheduler", scheduler_gatherer, settings.subject_access_part_bytes))
-    return Wiring(handler=AcceptedHandler(facts, progress=progress),
+    return Wiring(handler=AcceptedHandler(facts),
                   lanes=[bulk, journey_lane, commands, erasures, subject_access])
 
 

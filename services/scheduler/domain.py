@@ -13,7 +13,7 @@ they come last. Every decision carries a reason code (docs/campaigns.md lists th
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -347,3 +347,14 @@ def command_decision(action: str, send_at: datetime | None) -> Decision:
     due = send_at.astimezone(UTC)
     return Decision(Verdict.DEFER, "scheduled", f"rescheduled by the client for {due.isoformat()}", due,
                     {"send_at": due.isoformat(), "rescheduled": "true"})
+
+
+def marking_tenants(campaign: Iterable[tuple[str, bool]]) -> set[str]:
+    """Of a batch's campaign messages as (tenant, passed on to the dispatcher): the tenants whose
+    suppressed and held statuses carry ``campaign_page_at``, the mark of what left the campaign
+    lanes that ingest keeps for the launcher's pacing (docs/operations.md, fair share). Only
+    tenants none of whose campaign messages in the batch went on: those may still be queued at the
+    dispatcher, behind a mark this batch would set (the mark is the newest page, not a count)."""
+    campaign = list(campaign)
+    passed = {tenant for tenant, forwarded in campaign if forwarded}
+    return {tenant for tenant, _ in campaign} - passed

@@ -32,9 +32,9 @@ from services.scheduler.domain import (
     Verdict,
     command_decision,
     decide,
+    marking_tenants,
     parse_caps,
 )
-from shared.campaign_progress import CampaignProgress, gated_marks
 from shared.contracts import (
     MessageAccepted,
     MessageOutbound,
@@ -233,7 +233,8 @@ class FactsRepository:
         )
 
 
-def _status(tenant: str, trace: str, message: MessageAccepted, status: Status, decision: Decision, now: datetime) -> Outgoing:
+def _status(tenant: str, trace: str, message: MessageAccepted, status: Status, decision: Decision, now: datetime,
+            page_at: datetime | None = None) -> Outgoing:
     payload = MessageStatusChanged(
         message_id=message.message_id,
         status=status,
@@ -242,6 +243,7 @@ def _status(tenant: str, trace: str, message: MessageAccepted, status: Status, d
         type=message.type,
         segments=message.segments,
         detail={**decision.detail, **({"due_at": decision.due_at.isoformat()} if decision.due_at else {})},
+        campaign_page_at=page_at,
     )
     # Each hold is its own fact (a message may be held twice: send_at, then quiet hours).
     key = decision.due_at.isoformat() if decision.due_at else ""
@@ -256,8 +258,10 @@ def _status(tenant: str, trace: str, message: MessageAccepted, status: Status, d
 
 
 def route(tenant: str, trace: str, message: MessageAccepted, decision: Decision, now: datetime,
-          held: list[tuple[MessageAccepted, str, str, Decision]]) -> list[Outgoing]:
-    """Events for one decision; DEFER also appends to ``held`` for the caller to store."""
+          held: list[tuple[MessageAccepted, str, str, Decision]], *, mark_lanes: bool = False) -> list[Outgoing]:
+    """Events for one decision; DEFER also appends to ``held`` for the caller to store.
+    ``mark_lanes``: a campaign message suppressed or held here leaves the campaign lanes, and its
+    status says so (``campaign_page_at``, see :func:`marking_tenants`)."""
     metrics.DECISIONS.labels(decision.verdict.value, decision.reason_code or "", message.type.value).inc()
     if decision.verdict is Verdict.RELEASE:
         outbound = MessageOutbound(**message.model_dump(), released_at=now)
@@ -266,10 +270,11 @@ def route(tenant: str, trace: str, message: MessageAccepted, decision: Decision,
         )
         lane = outbound_topic(message)
         return [Outgoing(lane, message.to, event)]
+    page_at = message.accepted_at if mark_lanes and message.campaign_id is not None else None
     if decision.verdict is Verdict.DEFER:
         held.append((message, tenant, trace, decision))
-        return [_status(tenant, trace, message, Status.SCHEDULED, decision, now)]
-    return [_status(tenant, trace, message, Status.SUPPRESSED, decision, now)]
+        return [_status(tenant, trace, message, Status.SCHEDULED, decision, now, page_at)]
+    return [_status(tenant, trace, message, Status.SUPPRESSED, decision, now, page_at)]
 
 
 def _fact_keys(items: list[tuple[str, MessageAccepted]]) -> list[tuple[str, str]]:
@@ -277,34 +282,35 @@ def _fact_keys(items: list[tuple[str, MessageAccepted]]) -> list[tuple[str, str]
 
 
 class AcceptedHandler:
-    def __init__(self, facts: FactsRepository, clock: Callable[[], datetime] = utcnow,
-                 progress: CampaignProgress | None = None) -> None:
+    def __init__(self, facts: FactsRepository, clock: Callable[[], datetime] = utcnow) -> None:
         self.facts = facts
         self.clock = clock
-        self.progress = progress  # campaign messages not passed on leave the lanes here (the launcher's pacing)
 
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         now = self.clock()
         facts = await self.facts.load([(i.event.tenant, i.event.payload) for i in batch], now=now)
         outgoing: list[Outgoing] = []
         held: list[tuple[MessageAccepted, str, str, Decision]] = []
-        campaign: list[tuple[str, datetime, bool]] = []
+        decisions: list[Decision] = []
         for index, item in enumerate(batch):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # the priority lane shares this event loop
             message = item.event.payload
             assert isinstance(message, MessageAccepted)
-            decision = decide(item.event.tenant, message, facts, now)
-            routed = route(item.event.tenant, item.event.trace_id, message, decision, now, held)
-            outgoing += routed
-            if message.campaign_id is not None:
-                campaign.append((item.event.tenant, message.accepted_at, any(o.topic is not STATUS for o in routed)))
+            decisions.append(decide(item.event.tenant, message, facts, now))
+        # Campaign messages suppressed or held here leave the lanes: their statuses move the
+        # tenant's mark for the launcher's pacing (ingest keeps it), unless some went on.
+        marking = marking_tenants((i.event.tenant, d.verdict is Verdict.RELEASE)
+                                  for i, d in zip(batch, decisions, strict=True) if i.event.payload.campaign_id is not None)
+        for index, (item, decision) in enumerate(zip(batch, decisions, strict=True)):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            outgoing += route(item.event.tenant, item.event.trace_id, item.event.payload, decision, now, held,
+                              mark_lanes=item.event.tenant in marking)
         # Held rows and releases are written before the events are published and the offsets committed.
         await self.facts.hold(self.facts.pool, held)
         await self.facts.record_releases(self.facts.pool, facts.releases)
         metrics.HELD.inc(len(held))
-        if self.progress is not None and campaign:
-            await self.progress.handled(gated_marks(campaign))
         return outgoing
 
 

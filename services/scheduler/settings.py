@@ -17,9 +17,7 @@ class SchedulerSettings(ConsumerSettings, ErasureSettings):
         description="phonenumbers types a journey may send to (as ingest's setting of the same name for the API);"
         " a send step to another type (e.g. PREMIUM_RATE) is skipped",
     )
-    rate_limit_requests_per_minute: int = Field(
-        300_000, ge=1, description="Default requests per minute per API key, as ingest's (journey sends count against the key that wrote the journey)"
-    )
     rate_limit_messages_per_minute: int = Field(
-        600_000, ge=1, description="Default messages per minute per API key, as ingest's (journey sends count against the key that wrote the journey)"
+        600_000, ge=1, description="Default messages per minute per API key, as ingest's: a journey's sends stay within "
+        "the message limit of the key that wrote it, on the scheduler's own counters (docs/journeys.md)"
     )

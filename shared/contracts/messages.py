@@ -183,6 +183,14 @@ class MessageStatusChanged(_Frozen):
     detail: dict[str, str] = Field(
         default_factory=dict, description="Decision details for the timeline (route, failover, rule)"
     )
+    campaign_page_at: AwareDatetime | None = Field(
+        None,
+        description="A campaign message's accepted_at (the launcher's page it was published in), on a status that "
+        "takes it out of the campaign lanes: ingest moves its tenant's mark of what left the lanes up to the newest "
+        "(docs/operations.md, fair share of the campaign lanes). The scheduler leaves it out for a tenant with campaign "
+        "messages of the same batch passed on to the dispatcher. Left out of the event when none",
+        exclude_if=lambda v: v is None,
+    )
 
 
 class DeliveryReceipt(_Frozen):

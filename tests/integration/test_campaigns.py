@@ -482,7 +482,7 @@ async def test_a_tenant_at_its_bound_of_messages_in_flight_yields_its_turn(clien
     """Fair share of the campaign lanes: A's campaign stops at 200 messages in flight and lets B's
     go; A goes on as the dispatcher marks its pages handled, or as they pass the expiry."""
     from services.ingest.campaigns.pacing import InFlightBound
-    from shared.campaign_progress import CampaignProgress
+    from services.ingest.campaigns.progress import CampaignProgress
 
     a, b = await make_tenant(pool), await make_tenant(pool)
     await seed(client, a, 500)

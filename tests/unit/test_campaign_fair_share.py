@@ -1,13 +1,29 @@
 """Fair share of the campaign lanes: the launcher's per-tenant bound of messages in flight, the
-marks of what left the lanes, and the dispatcher's weighted turns within a batch (pure logic)."""
+marks of what left the lanes (carried by the statuses, kept by ingest), and the dispatcher's
+weighted turns within a batch (pure logic)."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import UTC, datetime
 
 from services.dispatcher.domain.fair import interleave
+from services.dispatcher.handlers import Job, status_event
+from services.dispatcher.repository import Finish
 from services.ingest.campaigns.pacing import InFlightBound
-from shared.campaign_progress import gated_marks, newest_by_tenant
+from services.ingest.campaigns.progress import lane_marks, newest_by_tenant
+from services.scheduler.domain import Decision, Verdict, marking_tenants
+from services.scheduler.handlers import route
+from shared.contracts import (
+    MessageAccepted,
+    MessageOutbound,
+    MessageStatusChanged,
+    MessageStatusEvent,
+    ReplyForwarded,
+    ReplyForwardedEvent,
+)
+from shared.statuses import Status
 
 
 def test_a_tenant_below_its_bound_has_room_and_one_at_it_has_none() -> None:
@@ -52,8 +68,54 @@ def test_the_newest_accepted_at_per_tenant_marks_what_left_the_lanes() -> None:
 
 
 def test_the_scheduler_marks_only_tenants_none_of_whose_messages_went_on() -> None:
-    t = [datetime(2026, 12, 5, 12, 0, s, tzinfo=UTC) for s in range(4)]
-    batch = [("held", t[0], False), ("held", t[2], False),  # all suppressed or held: out of the lanes
-             ("mixed", t[1], True), ("mixed", t[3], False),  # its t[1] is still queued at the dispatcher
-             ("sent", t[3], True)]
-    assert gated_marks(batch) == {"held": t[2]}
+    batch = [("held", False), ("held", False),  # all suppressed or held: out of the lanes
+             ("mixed", True), ("mixed", False),  # one of its messages is still queued at the dispatcher
+             ("sent", True)]
+    assert marking_tenants(batch) == {"held"}
+    assert marking_tenants([]) == set()
+
+
+T = [datetime(2026, 12, 5, 12, 0, s, tzinfo=UTC) for s in range(4)]
+
+
+def _accepted(campaign: bool, at: datetime = T[1]) -> MessageAccepted:
+    return MessageAccepted(message_id=uuid.uuid4(), to="+34600000001", country="ES", body="x", type="marketing",
+                           encoding="GSM-7", segments=1, source="campaign" if campaign else "api", accepted_at=at,
+                           campaign_id=uuid.uuid4() if campaign else None)
+
+
+def _status(tenant: str, at: datetime | None, status: Status = Status.SUBMITTED) -> MessageStatusEvent:
+    return MessageStatusEvent(tenant=tenant, payload=MessageStatusChanged(
+        message_id=uuid.uuid4(), status=status, campaign_page_at=at))
+
+
+def test_a_batch_of_statuses_moves_each_tenant_to_its_newest_campaign_page() -> None:
+    batch = [_status("aa", T[1]), _status("bb", T[0], Status.SUPPRESSED), _status("aa", T[3], Status.FAILED),
+             _status("aa", T[2]), _status("cc", None),  # not a campaign message, or its tenant's batch went on
+             ReplyForwardedEvent.model_construct(tenant="dd", payload=ReplyForwarded.model_construct())]
+    assert lane_marks(batch) == {"aa": T[3], "bb": T[0]}
+    assert lane_marks(batch + batch) == lane_marks(batch), "the same statuses again set the same marks"
+    assert lane_marks([]) == {}
+
+
+def test_the_dispatchers_statuses_of_campaign_messages_carry_their_page() -> None:
+    for campaign in (True, False):
+        message = MessageOutbound(**_accepted(campaign).model_dump(), released_at=T[2])
+        for state in ("submitted", "failed", "expired", "unknown"):
+            event = status_event(Job("acme", "trace", message), Finish(message.message_id, state, "sim", None, 1)).event
+            assert event.payload.campaign_page_at == (T[1] if campaign else None)
+            assert ("campaign_page_at" in json.loads(event.model_dump_json())["payload"]) is campaign, \
+                "left out of other messages' statuses"
+
+
+def test_the_schedulers_statuses_carry_the_page_only_when_its_tenant_is_marked() -> None:
+    now = T[3]
+    hold = Decision(Verdict.DEFER, "quiet_hours", "quiet hours", T[3])
+    stop = Decision(Verdict.SUPPRESS, "no_consent", "no consent")
+    for decision in (hold, stop):
+        for campaign in (True, False):
+            for mark in (True, False):
+                [out] = route("acme", "trace", _accepted(campaign), decision, now, [], mark_lanes=mark)
+                assert out.event.payload.campaign_page_at == (T[1] if campaign and mark else None)
+    released = route("acme", "trace", _accepted(True), Decision(Verdict.RELEASE), now, [], mark_lanes=True)
+    assert [type(o.event.payload) for o in released] == [MessageOutbound], "a release is no status: no mark"

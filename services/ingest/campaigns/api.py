@@ -24,7 +24,7 @@ from services.ingest.campaigns.domain import CampaignError, Variant, check_varia
 from services.ingest.campaigns.repository import CampaignRepository, campaign_dict
 from services.ingest.domain import MAX_SCHEDULE_AHEAD, Rejection, accept
 from services.ingest.metrics import RATE_LIMITED
-from shared.ratelimit import RateLimiter
+from services.ingest.ratelimit import RateLimiter
 from services.ingest.service import accepted_event
 from services.ingest.settings import IngestSettings
 from shared import tenant_admin

@@ -49,6 +49,7 @@ from services.ingest.links_repo import LinksRepository
 from services.ingest.service import accepted_event
 from shared.contracts import utcnow
 from shared.kafka import Outgoing, Publisher, error_kind
+from shared.periodic import run_periodically
 from shared.phones import region_of_e164
 from shared.statuses import MessageType
 
@@ -153,17 +154,14 @@ class Launcher:
         self._stop.set()
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = await self.run_once()
-            except Exception:
-                log.exception("campaign launcher failed; retrying")
-                worked = False
-            if not worked:
-                try:
-                    await asyncio.wait_for(self._stop.wait(), self.idle_s)
-                except TimeoutError:
-                    pass
+        await run_periodically("campaign_launcher", self.launch_due, self.idle_s, self._stop, logger=log,
+                               error_message="campaign launcher failed; retrying")
+
+    async def launch_due(self) -> None:
+        """Claim and fan out due campaigns one after the other until none is due (then the loop
+        waits ``idle_s``, as after a failure)."""
+        while not self._stop.is_set() and await self.run_once():
+            pass
 
     async def run_once(self) -> bool:
         """Claim one due campaign and fan out a slice of it; False if none was due."""

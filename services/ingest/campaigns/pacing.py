@@ -11,10 +11,10 @@ tenant's campaign then waits behind at most the first tenant's bound, not its wh
 
 ``in_flight`` is read from two small tables: the pages launchers published (one row per page,
 all its messages share the page's ``accepted_at``) and, per tenant, the newest ``accepted_at``
-of its campaign messages that left the lanes (``handled_up_to``, shared/campaign_progress.py:
-marked by the dispatcher, and by the scheduler for what it suppresses or holds). A page newer
-than that is in flight. Pages older than ``expiry_s`` stop counting, so nothing stalls a tenant
-for good.
+of its campaign messages that left the lanes (``handled_up_to``, services/ingest/campaigns/progress.py:
+ingest moves it from the statuses the dispatcher publishes, and the scheduler's for what it
+suppresses or holds). A page newer than that is in flight. Pages older than ``expiry_s`` stop
+counting, so nothing stalls a tenant for good.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from services.scheduler.journeys import metrics
+from services.scheduler.journeys.limits import JourneyLimiter
 from services.scheduler.journeys.engine import ACTIVE, EventFact, LaneResult, Run, Send, advance, on_event
 from services.scheduler.journeys.messages import SendError, accepted_event, build_message
-from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.repository import JourneyRepository
 from shared.contracts import ContactEventAccepted, utcnow
 from shared.kafka import Incoming, Outgoing, Publisher
@@ -88,7 +88,7 @@ class JourneyTimer:
         clock: Callable[[], datetime] = utcnow,
         smart_encoding: bool = True,
         allowed_number_types: Iterable[str] = SMS_CAPABLE,
-        limiter: RateLimiter | None = None,
+        limiter: JourneyLimiter | None = None,
     ) -> None:
         self.repository = repository
         self.limiter = limiter  # the per-key message limits (None: not limited)
@@ -183,13 +183,12 @@ class JourneyTimer:
                 by_key[limits.key_id].append(run_id)
         held: dict[Any, int] = {}  # run id -> seconds to wait
         for key_id, run_ids in by_key.items():
-            limits = next(keys[per_run[r][0][0].journey_id] for r in run_ids)
-            rpm, mpm = limits.requests_per_minute, limits.messages_per_minute
-            verdict = await self.limiter.check(key_id, sum(len(per_run[r]) for r in run_ids), rpm, mpm)
+            mpm = next(keys[per_run[r][0][0].journey_id] for r in run_ids).messages_per_minute
+            verdict = await self.limiter.check(key_id, sum(len(per_run[r]) for r in run_ids), mpm)
             if verdict.allowed:
                 continue
             for i, run_id in enumerate(run_ids):  # over the limit: send what fits, hold the rest
-                one = await self.limiter.check(key_id, len(per_run[run_id]), rpm, mpm)
+                one = await self.limiter.check(key_id, len(per_run[run_id]), mpm)
                 if not one.allowed:
                     held.update((r, one.retry_after_s) for r in run_ids[i:])
                     break
