@@ -25,7 +25,7 @@ from shared.retention import KINDS as RETENTION_KINDS
 from shared.retention import parse_tenant_retention
 from shared.senders import CAPABILITIES as SENDER_CAPABILITIES
 from shared.senders import KINDS as SENDER_KINDS
-from shared.senders import SENDER_RE
+from shared.senders import POOL_NAME_RE, SENDER_RE
 from shared.senders import STATES as SENDER_STATES
 from shared.senders import check_registrations, infer_kind
 from shared.senders import normalise as normalise_sender
@@ -536,7 +536,7 @@ async def number_remove(conn: asyncpg.Connection, actor: str, tenant_id: str, nu
 # --- the sender registry (shared/senders.py, docs/senders.md) ---------------------------------
 
 _SENDER_COLUMNS = ("sender, tenant_id, kind, countries, capabilities, state, scope, registrations::text AS registrations,"
-                   " note, created_at, updated_at")
+                   " rate_per_s, burst, note, created_at, updated_at")
 
 
 def sender_view(row: Any) -> dict[str, Any]:
@@ -631,9 +631,11 @@ async def sender_set_state(conn: asyncpg.Connection, actor: str, tenant_id: str,
 
 async def sender_update(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str, *,
                         kind: str | None = None, countries: Iterable[str] | None | object = KEEP,
-                        capabilities: Iterable[str] | None = None, scope: str | None | object = KEEP) -> dict[str, Any]:
-    """Change a sender's kind, countries (None: any the rules allow), capabilities or scope;
-    what is left out keeps its value. The state is unchanged (verify, suspend)."""
+                        capabilities: Iterable[str] | None = None, scope: str | None | object = KEEP,
+                        rate_per_s: float | None | object = KEEP, burst: float | None | object = KEEP) -> dict[str, Any]:
+    """Change a sender's kind, countries (None: any the rules allow), capabilities, scope or
+    contracted throughput (``rate_per_s`` segments per second and ``burst``; None: no limit of
+    its own); what is left out keeps its value. The state is unchanged (verify, suspend)."""
     text = normalise_sender(sender)
     async with conn.transaction():
         row = await conn.fetchrow(f"SELECT {_SENDER_COLUMNS} FROM senders WHERE tenant_id = $1 AND sender = $2 FOR UPDATE",
@@ -644,16 +646,22 @@ async def sender_update(conn: asyncpg.Connection, actor: str, tenant_id: str, se
         _, new_kind, codes, caps = sender_fields(text, kind or row["kind"], new_countries,  # type: ignore[arg-type]
                                                  capabilities if capabilities is not None else row["capabilities"])
         new_scope = row["scope"] if scope is KEEP else _scope(scope)  # type: ignore[arg-type]
+        new_rate = row["rate_per_s"] if rate_per_s is KEEP else rate_per_s
+        new_burst = row["burst"] if burst is KEEP else burst
+        if new_rate is not None and not (isinstance(new_rate, (int, float)) and 0 < new_rate <= 100_000):
+            raise ValueError("rate_per_s is a number of segments per second above 0 (at most 100000)")
+        if new_burst is not None and not (isinstance(new_burst, (int, float)) and 1 <= new_burst <= 1_000_000):
+            raise ValueError("burst is at least 1 segment")
         try:
             updated = await conn.fetchrow(
-                "UPDATE senders SET kind = $3, countries = $4, capabilities = $5, scope = $6, updated_at = now()"
-                f" WHERE tenant_id = $1 AND sender = $2 RETURNING {_SENDER_COLUMNS}",
-                tenant_id, text, new_kind, codes, caps, new_scope,
+                "UPDATE senders SET kind = $3, countries = $4, capabilities = $5, scope = $6, rate_per_s = $7,"
+                f" burst = $8, updated_at = now() WHERE tenant_id = $1 AND sender = $2 RETURNING {_SENDER_COLUMNS}",
+                tenant_id, text, new_kind, codes, caps, new_scope, new_rate, new_burst,
             )
         except asyncpg.UniqueViolationError:
             raise ValueError(f"{text} takes replies for another tenant") from None
         await audit(conn, actor, "sender.update", text, tenant_id=tenant_id, kind=new_kind, countries=codes,
-                    capabilities=caps, scope=new_scope)
+                    capabilities=caps, scope=new_scope, rate_per_s=new_rate, burst=new_burst)
     return sender_view(updated)
 
 
@@ -685,6 +693,60 @@ async def sender_remove(conn: asyncpg.Connection, actor: str, tenant_id: str, se
         if status.endswith(" 0"):
             return False
         await audit(conn, actor, "sender.remove", text, tenant_id=tenant_id)
+    return True
+
+
+# --- sender pools (shared/senders.py, docs/senders.md "Pools and sticky senders") ---------------
+
+_POOL_COLUMNS = "tenant_id, name, senders, geo_match, created_at, updated_at"
+
+
+async def pool_set(conn: asyncpg.Connection, actor: str, tenant_id: str, name: str, senders: Iterable[str],
+                   geo_match: bool = False) -> dict[str, Any]:
+    """Create or replace a tenant's sender pool: its senders in order of preference, each one of
+    the tenant's registered senders. Recipients keep their sticky sender while it stays in the pool."""
+    if not POOL_NAME_RE.match(name):
+        raise ValueError("a pool name is 1 to 64 letters, digits, . _ -")
+    members = list(dict.fromkeys(normalise_sender(s) for s in senders))
+    if not members:
+        raise ValueError("a pool has at least one sender")
+    if len(members) > 100:
+        raise ValueError("a pool has at most 100 senders")
+    async with conn.transaction():
+        known = {r["sender"] for r in await conn.fetch(
+            "SELECT sender FROM senders WHERE tenant_id = $1 AND sender = ANY($2::text[])", tenant_id, members)}
+        missing = [m for m in members if m not in known]
+        if missing:
+            raise LookupError(f"not one of this tenant's senders: {', '.join(missing)}")
+        row = await conn.fetchrow(
+            "INSERT INTO sender_pools (tenant_id, name, senders, geo_match) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (tenant_id, name) DO UPDATE SET senders = excluded.senders, geo_match = excluded.geo_match,"
+            f" updated_at = now() RETURNING {_POOL_COLUMNS}",
+            tenant_id, name, members, geo_match,
+        )
+        await audit(conn, actor, "sender_pool.set", name, tenant_id=tenant_id, senders=members, geo_match=geo_match)
+    return dict(row)
+
+
+async def pool_list(conn: asyncpg.Connection, tenant_id: str | None = None) -> list[dict[str, Any]]:
+    rows = await conn.fetch(f"SELECT {_POOL_COLUMNS} FROM sender_pools WHERE ($1::text IS NULL OR tenant_id = $1)"
+                            " ORDER BY tenant_id, name", tenant_id)
+    return [dict(r) for r in rows]
+
+
+async def pool_get(conn: asyncpg.Connection, tenant_id: str, name: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT {_POOL_COLUMNS} FROM sender_pools WHERE tenant_id = $1 AND name = $2", tenant_id, name)
+    return dict(row) if row is not None else None
+
+
+async def pool_remove(conn: asyncpg.Connection, actor: str, tenant_id: str, name: str) -> bool:
+    """Delete a pool and its recipients' sticky senders (messages naming it are refused from the next request on)."""
+    async with conn.transaction():
+        status = await conn.execute("DELETE FROM sender_pools WHERE tenant_id = $1 AND name = $2", tenant_id, name)
+        if status.endswith(" 0"):
+            return False
+        await conn.execute("DELETE FROM sender_assignments WHERE tenant_id = $1 AND pool = $2", tenant_id, name)
+        await audit(conn, actor, "sender_pool.remove", name, tenant_id=tenant_id)
     return True
 
 
