@@ -180,3 +180,21 @@ async def test_two_instances_share_a_senders_bucket(pool) -> None:
     third = PostgresThrottle(pool, {})
     await third.ensure(key, 50.0, None)
     assert await pool.fetchval("SELECT capacity FROM throttle_buckets WHERE gateway = $1", key) == 50.0
+
+
+async def test_the_trigger_consumers_registry_read_has_pools_and_rates(pool) -> None:
+    """The trigger topic's path reads a batch's tenants' registries in one query: with their pools."""
+    from services.ingest.repository import IngestRepository
+
+    tenant, other = await make_tenant(pool), await make_tenant(pool)
+    a = madrid()
+    await register_senders(pool, tenant.tenant_id, a, countries=["ES"])
+    async with pool.acquire() as conn:
+        await admin.sender_update(conn, "ops", tenant.tenant_id, a, rate_per_s=5.0)
+        await admin.pool_set(conn, "ops", tenant.tenant_id, "otp", [a], geo_match=True)
+        await admin.pool_set(conn, "ops", tenant.tenant_id, "second", [a])
+    books = await IngestRepository(pool).sender_books({tenant.tenant_id, other.tenant_id})
+    book = books[tenant.tenant_id]
+    assert set(book.pools) == {"otp", "second"} and book.pools["otp"].geo_match and book.pools["otp"].senders == (a,)
+    assert book.senders[a].rate_per_s == 5.0 and book.senders[a].countries == frozenset({"ES"})
+    assert other.tenant_id not in books
