@@ -47,7 +47,7 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
 class PoolBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    senders: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(
+    senders: list[Annotated[str, Field(pattern=r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")]] = Field(
         min_length=1, max_length=100, description="The tenant's senders, in order of preference (fallback order)")
     geo_match: bool = Field(False, description="Prefer a sender of the recipient's country (US/CA numbers: of its area code)")
 

@@ -198,3 +198,87 @@ async def test_the_trigger_consumers_registry_read_has_pools_and_rates(pool) -> 
     assert set(book.pools) == {"otp", "second"} and book.pools["otp"].geo_match and book.pools["otp"].senders == (a,)
     assert book.senders[a].rate_per_s == 5.0 and book.senders[a].countries == frozenset({"ES"})
     assert other.tenant_id not in books
+
+
+async def test_a_campaign_sends_from_a_pool_with_sticky_senders(env, pool) -> None:
+    """A campaign naming a sender pool: the launcher picks each contact's sender (sticky across
+    campaigns, falling back when one is suspended) and stores the assignments."""
+    from fastapi import FastAPI
+
+    from services.ingest import deps
+    from services.ingest.audience.contacts_api import router as audience_router
+    from services.ingest.campaigns.api import router as campaigns_router
+    from services.ingest.campaigns.launcher import Launcher
+    from shared.api import install_error_handlers
+    from shared.kafka import Publisher, make_producer
+    from shared.settings import ServiceSettings
+    from shared.topics import ACCEPTED_BULK
+
+    tenant = await make_tenant(pool)
+    a, b = madrid(), madrid()
+    await register_senders(pool, tenant.tenant_id, a, b, countries=["ES"])
+    async with pool.acquire() as conn:
+        await admin.pool_set(conn, "ops", tenant.tenant_id, "promo", [a, b])
+        await admin.sender_update(conn, "ops", tenant.tenant_id, a, rate_per_s=50.0)
+    settings = ServiceSettings()
+    producer = make_producer(settings, "test-campaign-pools")
+    await producer.start()
+    publisher = Publisher(producer, settings.topic_prefix, "test")
+    app = FastAPI()
+    deps.install(app, IngestSettings(), pool, publisher)
+    install_error_handlers(app)
+    app.include_router(audience_router)
+    app.include_router(campaigns_router)
+    h = tenant.headers
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest", timeout=120) as c:
+            base = random.randrange(10**6, 10**7)
+            lines = ["phone,first_name,tags"] + [f"+3469{base + i:07d},Ana,vip" for i in range(30)]
+            r = await c.post("/v1/contacts/import", content="\n".join(lines), headers={**h, "Content-Type": "text/csv"})
+            assert r.status_code == 200, r.text
+            r = await c.post("/v1/templates", headers=h, json={"name": "sale", "purpose": "marketing", "default_language": "en",
+                                                              "variants": {"en": "Sale today. Reply STOP to opt out"}})
+            template_id = r.json()["template_id"]
+            body = {"name": "promo", "segment": '"vip" in tags',
+                    "variants": [{"name": "A", "template_id": template_id, "percent": 100}]}
+            r = await c.post("/v1/campaigns", headers=h, json={**body, "sender_pool": "nope"})
+            assert (r.status_code, r.json()["error"]["code"]) == (422, "sender_pool_not_found"), r.text
+            r = await c.post("/v1/campaigns", headers=h, json={**body, "sender_pool": "promo", "sender": a})
+            assert (r.status_code, r.json()["error"]["code"]) == (422, "sender_or_pool"), r.text
+
+            async def run_campaign() -> list:
+                r = await c.post("/v1/campaigns", headers=h, json={**body, "sender_pool": "promo"})
+                assert r.status_code == 201 and r.json()["sender_pool"] == "promo", r.text
+                cid = r.json()["campaign_id"]
+                assert (await c.post(f"/v1/campaigns/{cid}/launch", headers=h)).json()["state"] == "running"
+                assert await Launcher(pool, publisher, page_size=10).run_once()
+
+                def ours(records: list) -> list:
+                    events = [MessageAcceptedEvent.model_validate_json(x.value) for x in records]
+                    return [e.payload for e in events if str(e.payload.campaign_id) == cid]
+
+                records = await read_topic(env.bootstrap, ACCEPTED_BULK.name(env.prefix), lambda rs: len(ours(rs)) >= 30,
+                                           timeout_s=60)
+                return ours(records)
+
+            first = await run_campaign()
+            assert len(first) == 30 and {m.sender for m in first} == {a, b}
+            assert {m.sender_choice["sender_choice"] for m in first} == {"assigned"}
+            assert all((m.sender_throttle is not None) == (m.sender == a) for m in first)
+            stored = {r["phone_e164"]: r["sender"] for r in await pool.fetch(
+                "SELECT phone_e164, sender FROM sender_assignments WHERE tenant_id = $1 AND pool = 'promo'", tenant.tenant_id)}
+            assert stored == {m.to: m.sender for m in first}
+
+            async with pool.acquire() as conn:
+                await admin.sender_set_state(conn, "ops", tenant.tenant_id, b, "suspended", "complaints")
+            second = await run_campaign()
+            assert {m.sender for m in second} == {a}
+            for m in second:
+                if stored[m.to] == b:
+                    assert (m.sender_choice["sender_choice"], m.sender_choice["fallback_from"]) == ("fallback", b)
+                else:
+                    assert m.sender_choice["sender_choice"] == "sticky"
+            assert set((await pool.fetch("SELECT DISTINCT sender FROM sender_assignments WHERE tenant_id = $1",
+                                         tenant.tenant_id))[0]) == {a}
+    finally:
+        await producer.stop()
