@@ -282,3 +282,37 @@ async def test_a_campaign_sends_from_a_pool_with_sticky_senders(env, pool) -> No
                                          tenant.tenant_id))[0]) == {a}
     finally:
         await producer.stop()
+
+
+async def test_two_instances_assigning_one_new_recipient_at_once_agree(pool) -> None:
+    """Another ingest instance stores the recipient's sender between this one's read and write:
+    its choice stands, and this message goes from it too."""
+    from services.ingest.repository import IngestRepository
+    from services.ingest.service import Accepted, Acceptor
+    from shared.contracts import MessageRequest, utcnow
+    from shared.senders import Pool, Sender, SenderBook, choose_from_pool, load_rules
+
+    tenant = await make_tenant(pool)
+    a, b = madrid(), madrid()
+    person = handset()
+    book = SenderBook({s: Sender(s, "long_code", countries=frozenset({"ES"})) for s in (a, b)}, {"otp": Pool("otp", (a, b))})
+    ours = choose_from_pool(book, "otp", person, "ES", load_rules()).sender  # type: ignore[union-attr]
+    theirs = b if ours == a else a  # what the other instance chose (another spread, an older pool order)
+
+    class Racing(IngestRepository):
+        async def sender_assignments(self, tenant_id, keys):  # noqa: ANN001, ANN201
+            found = await super().sender_assignments(tenant_id, keys)
+            # the other instance, right after this one read: it stored the other sender
+            await pool.execute("INSERT INTO sender_assignments (tenant_id, pool, phone_e164, sender) VALUES ($1, 'otp', $2, $3)",
+                               tenant_id, person, theirs)
+            return found
+
+    acceptor = Acceptor(Racing(pool), IngestSettings(link_tracking=False))
+    results, outgoing = await acceptor.prepare(tenant.tenant_id, [MessageRequest(to=person, body="x", sender_pool="otp")],
+                                               source="api", now=utcnow(), trace_id="t", senders=book)
+    (result,) = results
+    assert isinstance(result, Accepted)
+    assert (result.message.sender, result.message.sender_choice["sender_choice"]) == (theirs, "sticky")
+    assert outgoing[0].event.payload.sender == theirs  # type: ignore[attr-defined]
+    assert await pool.fetchval("SELECT sender FROM sender_assignments WHERE tenant_id = $1 AND phone_e164 = $2",
+                               tenant.tenant_id, person) == theirs

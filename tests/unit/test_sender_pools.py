@@ -185,7 +185,6 @@ def test_a_request_names_a_sender_or_a_pool_and_old_hashes_do_not_change() -> No
         MessageRequest(to="+34612345678", body="x", sender="Acme", sender_pool="otp")
     request = MessageRequest(to="+34612345678", body="x")
     assert request_hash(request) == request_hash(MessageRequest.model_validate({"to": "+34612345678", "body": "x"}))
-    assert "sender_pool" not in str(request_hash.__doc__ or "")
     assert request_hash(request) != request_hash(request.model_copy(update={"sender_pool": "otp"}))
 
 
