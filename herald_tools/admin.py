@@ -38,6 +38,10 @@ from shared.tenant_admin import (  # noqa: F401  (re-exported: `admin.X` for the
     sender_list,
     sender_remove,
     sender_view,
+    pool_get,
+    pool_list,
+    pool_remove,
+    pool_set,
     tenant_policy,
     tenant_policy_set,
     webhook_url,
@@ -396,9 +400,11 @@ async def sender_set_state(conn: asyncpg.Connection, actor: str, tenant_id: str,
 
 async def sender_update(conn: asyncpg.Connection, actor: str, tenant_id: str, sender: str, *,
                         kind: str | None = None, countries: Iterable[str] | None | object = KEEP,
-                        capabilities: Iterable[str] | None = None, scope: str | None | object = KEEP) -> dict[str, Any]:
-    """Change a sender's kind, countries (None: any the rules allow), capabilities or scope;
-    what is left out keeps its value. The state is unchanged (verify, suspend)."""
+                        capabilities: Iterable[str] | None = None, scope: str | None | object = KEEP,
+                        rate_per_s: float | None | object = KEEP, burst: float | None | object = KEEP) -> dict[str, Any]:
+    """Change a sender's kind, countries (None: any the rules allow), capabilities, scope or
+    contracted throughput (``rate_per_s`` segments per second and ``burst``; None: no limit of
+    its own); what is left out keeps its value. The state is unchanged (verify, suspend)."""
     text = normalise_sender(sender)
     async with conn.transaction():
         row = await conn.fetchrow(f"SELECT {_SENDER_COLUMNS} FROM senders WHERE tenant_id = $1 AND sender = $2 FOR UPDATE",
@@ -409,16 +415,22 @@ async def sender_update(conn: asyncpg.Connection, actor: str, tenant_id: str, se
         _, new_kind, codes, caps = sender_fields(text, kind or row["kind"], new_countries,  # type: ignore[arg-type]
                                                  capabilities if capabilities is not None else row["capabilities"])
         new_scope = row["scope"] if scope is KEEP else _scope(scope)  # type: ignore[arg-type]
+        new_rate = row["rate_per_s"] if rate_per_s is KEEP else rate_per_s
+        new_burst = row["burst"] if burst is KEEP else burst
+        if new_rate is not None and not (isinstance(new_rate, (int, float)) and 0 < new_rate <= 100_000):
+            raise ValueError("rate_per_s is a number of segments per second above 0 (at most 100000)")
+        if new_burst is not None and not (isinstance(new_burst, (int, float)) and 1 <= new_burst <= 1_000_000):
+            raise ValueError("burst is at least 1 segment")
         try:
             updated = await conn.fetchrow(
-                "UPDATE senders SET kind = $3, countries = $4, capabilities = $5, scope = $6, updated_at = now()"
-                f" WHERE tenant_id = $1 AND sender = $2 RETURNING {_SENDER_COLUMNS}",
-                tenant_id, text, new_kind, codes, caps, new_scope,
+                "UPDATE senders SET kind = $3, countries = $4, capabilities = $5, scope = $6, rate_per_s = $7,"
+                f" burst = $8, updated_at = now() WHERE tenant_id = $1 AND sender = $2 RETURNING {_SENDER_COLUMNS}",
+                tenant_id, text, new_kind, codes, caps, new_scope, new_rate, new_burst,
             )
         except asyncpg.UniqueViolationError:
             raise ValueError(f"{text} takes replies for another tenant") from None
         await audit(conn, actor, "sender.update", text, tenant_id=tenant_id, kind=new_kind, countries=codes,
-                    capabilities=caps, scope=new_scope)
+                    capabilities=caps, scope=new_scope, rate_per_s=new_rate, burst=new_burst)
     return sender_view(updated)
 
 

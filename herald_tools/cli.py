@@ -184,6 +184,8 @@ def _admin_parser(sub: Any) -> None:
     up.add_argument("--countries", default=None, help="e.g. ES,FR; '' for any the rules allow")
     up.add_argument("--capabilities", default=None, help="sms, mo or sms,mo")
     up.add_argument("--scope", default=None, help="replies scope; '' clears it")
+    up.add_argument("--rate", default=None, help="contracted throughput, segments per second; '' removes it")
+    up.add_argument("--burst", default=None, help="segments it may send at once (default: one second's worth); '' clears it")
     rg = snd.add_parser("register", help="record a sender's carrier registrations (docs/senders.md)")
     rg.add_argument("tenant_id")
     rg.add_argument("sender")
@@ -194,6 +196,19 @@ def _admin_parser(sub: Any) -> None:
     rs = snd.add_parser("remove", help="remove a sender from the registry")
     rs.add_argument("tenant_id")
     rs.add_argument("sender")
+
+    sp = objects.add_parser("sender-pool", help="sender pools: a tenant's ordered senders, with sticky senders per "
+                            "recipient (docs/senders.md)").add_subparsers(dest="action", required=True)
+    ps = sp.add_parser("set", help="create or replace a pool")
+    ps.add_argument("tenant_id")
+    ps.add_argument("name")
+    ps.add_argument("--senders", required=True, help="the tenant's senders, in order of preference, e.g. +12015550123,+12015550124")
+    ps.add_argument("--geo-match", action="store_true", help="prefer a sender of the recipient's country (US/CA: area code)")
+    pl = sp.add_parser("list", help="pools, of one tenant or all")
+    pl.add_argument("tenant_id", nargs="?", default=None)
+    pr = sp.add_parser("remove", help="delete a pool and its recipients' sticky senders")
+    pr.add_argument("tenant_id")
+    pr.add_argument("name")
 
     objects.add_parser("audit", help="the latest audit entries").add_argument("--limit", type=int, default=50)
 
@@ -363,6 +378,8 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return 1
     elif obj == "sender":
         return _sender(args, actor)
+    elif obj == "sender-pool":
+        return _sender_pool(args, actor)
     elif (obj, action) == ("gateways", "list"):
         _print(asyncio.run(_with_db(admin.gateways_view)))
     elif obj == "audit":
@@ -395,6 +412,10 @@ def _sender(args: argparse.Namespace, actor: str) -> int:
                 changes["scope"] = args.scope if args.scope.strip() else None
             if args.capabilities is not None:
                 changes["capabilities"] = [c.strip() for c in args.capabilities.split(",") if c.strip()]
+            if args.rate is not None:
+                changes["rate_per_s"] = float(args.rate) if args.rate.strip() else None
+            if args.burst is not None:
+                changes["burst"] = float(args.burst) if args.burst.strip() else None
             _print(asyncio.run(_with_db(lambda c: admin.sender_update(c, actor, args.tenant_id, args.sender,
                                                                       kind=args.kind, **changes))))
         elif action == "register":
@@ -411,6 +432,26 @@ def _sender(args: argparse.Namespace, actor: str) -> int:
                 print(f"no sender {args.sender}", file=sys.stderr)
                 return 1
             _print({"sender": args.sender, "removed": True})
+    except (ValueError, LookupError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sender_pool(args: argparse.Namespace, actor: str) -> int:
+    from shared import admin
+
+    try:
+        if args.action == "set":
+            senders = [x.strip() for x in args.senders.split(",") if x.strip()]
+            _print(asyncio.run(_with_db(lambda c: admin.pool_set(c, actor, args.tenant_id, args.name, senders, args.geo_match))))
+        elif args.action == "list":
+            _print(asyncio.run(_with_db(lambda c: admin.pool_list(c, args.tenant_id))))
+        elif args.action == "remove":
+            if not asyncio.run(_with_db(lambda c: admin.pool_remove(c, actor, args.tenant_id, args.name))):
+                print(f"no pool {args.name}", file=sys.stderr)
+                return 1
+            _print({"pool": args.name, "removed": True})
     except (ValueError, LookupError) as exc:
         print(str(exc), file=sys.stderr)
         return 1

@@ -127,8 +127,11 @@ _KEY_ROW = (
     " k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,"
     " k.requests_per_minute, k.messages_per_minute, t.country, t.allowed_countries, k.test,"
     " (SELECT json_agg(json_build_object('sender', s.sender, 'kind', s.kind, 'state', s.state,"
-    "  'countries', s.countries, 'capabilities', s.capabilities, 'registrations', s.registrations))"
-    "  FROM senders s WHERE s.tenant_id = k.tenant_id) AS senders"
+    "  'countries', s.countries, 'capabilities', s.capabilities, 'registrations', s.registrations,"
+    "  'rate_per_s', s.rate_per_s, 'burst', s.burst))"
+    "  FROM senders s WHERE s.tenant_id = k.tenant_id) AS senders,"
+    " (SELECT json_agg(json_build_object('name', p.name, 'senders', p.senders, 'geo_match', p.geo_match))"
+    "  FROM sender_pools p WHERE p.tenant_id = k.tenant_id) AS sender_pools"
     " FROM api_keys k JOIN tenants t USING (tenant_id) WHERE k.key_id = $1"
 )
 
@@ -154,7 +157,7 @@ def _row(record: Any) -> dict[str, Any] | None:
     if record is None:
         return None
     row = dict(record)
-    row["senders"] = SenderBook.from_json(row["senders"])
+    row["senders"] = SenderBook.from_json(row["senders"], row.pop("sender_pools", None))
     return row
 
 

@@ -22,7 +22,7 @@ def field_errors(errors: Iterable[Any]) -> list[dict[str, str]]:
 
 # Field-level codes that are the answer's code when they are the only problem of a request
 # (a more precise reason than ``validation_failed``).
-LIFTED = frozenset({"template_or_body"})
+LIFTED = frozenset({"template_or_body", "sender_or_pool"})
 
 
 def top_level_code(details: Iterable[dict[str, str]], default: str = "validation_failed") -> str:
@@ -73,6 +73,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "export_not_found": _c(404, "no subject-access export with this id for your tenant"),
     "tenant_not_found": _c(404, "no such tenant"),
     "sender_not_found": _c(404, "no sender of your tenant with this number or id"),
+    "sender_pool_not_found": _c((404, 422), "no sender pool of your tenant with this name (422 when a message's `sender_pool` names it)"),
     "not_suppressed": _c(404, "this number is not on the suppression list"),
     "link_not_found": _c(404, "`GET /l/{code}`: no short link with this code (also: its message was not submitted"
                               " yet or never will be, or it was asked on another domain than its tenant's)"),
@@ -113,6 +114,8 @@ CATALOGUE: dict[str, ErrorCode] = {
     "sender_not_verified": _c(422, "the `sender` is pending or suspended (or takes replies only): only verified senders send"),
     "sender_not_allowed_for_country": _c(422, "the `sender` may not send to the destination: not among its `countries`, or the country's rules refuse it (alphanumeric not supported, local number required)"),
     "sender_registration_missing": _c(422, "the destination country needs a registration the sender lacks (US 10DLC, toll-free verification, India DLT)"),
+    "sender_pool_exhausted": _c(422, "no sender of the `sender_pool` may send to the destination (each refused: suspended, removed, not allowed for the country)"),
+    "sender_or_pool": _c(422, "a message names both a `sender` and a `sender_pool`"),
     "destination_not_allowed": _c(422, "the tenant may not send to this country (`allowed_countries`, high-cost destinations opt-in)"),
     "webhook_host_not_public": _c(422, "a webhook URL whose host is not publicly routable (loopback, private, link-local, cluster-internal)"),
     "webhook_https_required": _c(422, "a webhook URL that is not `https`"),

@@ -12,6 +12,7 @@ local, and which registration (10DLC, toll-free verification, DLT) a kind of sen
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
 import re
@@ -96,6 +97,8 @@ class Sender:
     countries: frozenset[str] | None = None  # None: any the country rules allow
     capabilities: frozenset[str] = frozenset({"sms"})
     registrations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    rate_per_s: float | None = None  # contracted throughput (segments per second); None: the gateway's only
+    burst: float | None = None
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Sender:
@@ -104,7 +107,22 @@ class Sender:
             registrations = json.loads(registrations)
         countries = row.get("countries")
         return cls(row["sender"], row["kind"], row["state"], frozenset(countries) if countries is not None else None,
-                   frozenset(row.get("capabilities") or ("sms",)), registrations)
+                   frozenset(row.get("capabilities") or ("sms",)), registrations,
+                   row.get("rate_per_s"), row.get("burst"))
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A tenant's named, ordered list of its senders; ``geo_match``: prefer a sender of the
+    recipient's country (and, for US/CA numbers, of its area code)."""
+
+    name: str
+    senders: tuple[str, ...]
+    geo_match: bool = False
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Pool:
+        return cls(row["name"], tuple(row.get("senders") or ()), bool(row.get("geo_match")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +130,18 @@ class SenderBook:
     """One tenant's senders, by their registry form."""
 
     senders: Mapping[str, Sender] = field(default_factory=dict)
+    pools: Mapping[str, Pool] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, rows: Iterable[Mapping[str, Any]]) -> SenderBook:
-        return cls({s.sender: s for s in (Sender.of(r) for r in rows)})
+    def of(cls, rows: Iterable[Mapping[str, Any]], pools: Iterable[Mapping[str, Any]] = ()) -> SenderBook:
+        return cls({s.sender: s for s in (Sender.of(r) for r in rows)}, {p.name: p for p in (Pool.of(r) for r in pools)})
 
     @classmethod
-    def from_json(cls, text: str | list[Any] | None) -> SenderBook:
-        """From the JSON array the key query aggregates (shared/auth.py)."""
+    def from_json(cls, text: str | list[Any] | None, pools: str | list[Any] | None = None) -> SenderBook:
+        """From the JSON arrays the key query aggregates (shared/auth.py)."""
         rows = json.loads(text) if isinstance(text, str) else (text or [])
-        return cls.of(rows)
+        pool_rows = json.loads(pools) if isinstance(pools, str) else (pools or [])
+        return cls.of(rows, pool_rows)
 
     def get(self, sender: str) -> Sender | None:
         return self.senders.get(normalise(sender))
@@ -284,3 +304,118 @@ def carrier_ids(book: SenderBook, sender: str, destination: str, rules: SenderRu
     prefix = "toll_free" if registration == "toll_free_verification" else registration
     return {f"{prefix}_{name}": str(value)
             for name, value in record.items() if value and name in REGISTRATIONS[registration]}
+
+
+# --- pools and sticky senders -------------------------------------------------------------------
+
+POOL_NOT_FOUND = "sender_pool_not_found"
+POOL_EXHAUSTED = "sender_pool_exhausted"
+POOL_CODES = (POOL_NOT_FOUND, POOL_EXHAUSTED)
+POOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NANP = ("US", "CA")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolChoice:
+    """The sender a pool gives a recipient: ``how`` is ``sticky`` (the one it had), ``assigned``
+    (its first from this pool) or ``fallback`` (its sticky sender ``previous`` could not send:
+    ``reason`` says why, a refusal code or ``removed_from_pool``)."""
+
+    pool: str
+    sender: str
+    how: str
+    previous: str | None = None
+    reason: str | None = None
+    reason_message: str | None = None
+
+    def detail(self) -> dict[str, str]:
+        """For the message's timeline (the accepted event's ``sender_choice``)."""
+        out = {"sender_pool": self.pool, "sender": self.sender, "sender_choice": self.how}
+        if self.previous is not None:
+            out["fallback_from"] = self.previous
+        if self.reason is not None:
+            out["fallback_reason"] = self.reason
+        if self.reason_message is not None:
+            out["fallback_message"] = self.reason_message[:300]
+        return out
+
+    @property
+    def changed(self) -> bool:
+        """The assignment to store: a first one or a fallback (a sticky one is stored already)."""
+        return self.how != "sticky"
+
+
+def area_code(e164: str) -> str | None:
+    """A North American number's area code (+1 NPA), else None."""
+    return e164[2:5] if e164.startswith("+1") and len(e164) == 12 else None
+
+
+def geo_rank(found: Sender, recipient: str, country: str) -> int:
+    """How well a sender matches the recipient: 2 same area code (US/CA), 1 same country (its
+    ``countries`` name it, or a number of that country), 0 otherwise."""
+    home = number_country(found.sender)
+    same_country = home == country or (found.countries is not None and country in found.countries)
+    if not same_country:
+        return 0
+    if country in _NANP and home in _NANP:
+        ours = area_code(recipient)
+        if ours is not None and area_code(found.sender) == ours:
+            return 2
+    return 1
+
+
+def _spread(recipient: str, pool: str, candidates: list[str]) -> str:
+    """A stable pick among equally good senders, so a pool's recipients spread over them."""
+    digest = hashlib.sha256(f"{pool}:{recipient}".encode()).digest()
+    return candidates[int.from_bytes(digest[:8], "big") % len(candidates)]
+
+
+def choose_from_pool(book: SenderBook, pool_name: str, recipient: str, country: str, rules: SenderRules,
+                     sticky: str | None = None) -> PoolChoice | Refusal:
+    """Which of pool ``pool_name``'s senders sends to ``recipient`` (E.164, of ``country``).
+
+    ``sticky``: the sender the recipient got from this pool before; kept while it may send (one
+    of the pool's senders that passes :func:`check`). Otherwise the first usable sender in pool
+    order falls back for it (with ``geo_match``: the best geographic match first, pool order among
+    equals). A recipient new to the pool gets one of the best-matching usable senders, spread
+    over them by a stable hash of the number. Refused when the pool does not exist or none of
+    its senders may send to the recipient."""
+    pool = book.pools.get(pool_name)
+    if pool is None:
+        return Refusal(POOL_NOT_FOUND, f"sender pool {pool_name!r} is not one of this tenant's pools "
+                                       "(create it with PUT /v1/sender-pools/{name})")
+    members = list(dict.fromkeys(normalise(s) for s in pool.senders))
+    refusals = {s: check(book, s, country, rules) for s in members}
+    usable = [s for s in members if refusals[s] is None]
+    if sticky is not None:
+        sticky = normalise(sticky)
+        if sticky in usable:
+            return PoolChoice(pool.name, sticky, "sticky")
+    if not usable:
+        first = refusals[members[0]] if members else None
+        return Refusal(POOL_EXHAUSTED, f"no sender of pool {pool.name!r} may send to {country}"
+                       + (f" (first: {first.message})" if first is not None else ": the pool is empty"))
+    if pool.geo_match:
+        ranks = {s: geo_rank(book.senders[s], recipient, country) for s in usable}
+        best = max(ranks.values())
+        ranked = [s for s in usable if ranks[s] == best]
+    else:
+        ranked = usable
+    if sticky is None:
+        return PoolChoice(pool.name, _spread(recipient, pool.name, ranked), "assigned")
+    refused = refusals.get(sticky)
+    if sticky not in refusals:
+        reason, message = "removed_from_pool", f"{sticky!r} is no longer in pool {pool.name!r}"
+    elif refused is not None:
+        reason, message = refused.code, refused.message
+    else:  # pragma: no cover - a usable sticky sender was kept above
+        reason, message = "unusable", ""
+    return PoolChoice(pool.name, ranked[0], "fallback", sticky, reason, message)
+
+
+def throttle_of(book: SenderBook, sender: str) -> tuple[str, float, float | None] | None:
+    """A sender's contracted throughput: (kind, segments per second, burst), None without one."""
+    found = book.get(sender)
+    if found is None or found.rate_per_s is None:
+        return None
+    return found.kind, float(found.rate_per_s), float(found.burst) if found.burst is not None else None

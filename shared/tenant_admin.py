@@ -20,7 +20,7 @@ from shared.retention import KINDS as RETENTION_KINDS
 from shared.retention import parse_tenant_retention
 from shared.senders import CAPABILITIES as SENDER_CAPABILITIES
 from shared.senders import KINDS as SENDER_KINDS
-from shared.senders import SENDER_RE
+from shared.senders import POOL_NAME_RE, SENDER_RE
 from shared.senders import STATES as SENDER_STATES
 from shared.senders import check_registrations, infer_kind
 from shared.senders import normalise as normalise_sender
@@ -216,7 +216,7 @@ def check_scope(scope: str | None) -> str | None:
 # --- the sender registry (shared/senders.py, docs/senders.md) ---------------------------------
 
 SENDER_COLUMNS = ("sender, tenant_id, kind, countries, capabilities, state, scope, registrations::text AS registrations,"
-                   " note, created_at, updated_at")
+                   " rate_per_s, burst, note, created_at, updated_at")
 
 
 def sender_view(row: Any) -> dict[str, Any]:
@@ -296,4 +296,58 @@ async def sender_remove(conn: asyncpg.Connection, actor: str, tenant_id: str, se
         if status.endswith(" 0"):
             return False
         await audit(conn, actor, "sender.remove", text, tenant_id=tenant_id)
+    return True
+
+
+# --- sender pools (shared/senders.py, docs/senders.md "Pools and sticky senders") ---------------
+
+_POOL_COLUMNS = "tenant_id, name, senders, geo_match, created_at, updated_at"
+
+
+async def pool_set(conn: asyncpg.Connection, actor: str, tenant_id: str, name: str, senders: Iterable[str],
+                   geo_match: bool = False) -> dict[str, Any]:
+    """Create or replace a tenant's sender pool: its senders in order of preference, each one of
+    the tenant's registered senders. Recipients keep their sticky sender while it stays in the pool."""
+    if not POOL_NAME_RE.match(name):
+        raise ValueError("a pool name is 1 to 64 letters, digits, . _ -")
+    members = list(dict.fromkeys(normalise_sender(s) for s in senders))
+    if not members:
+        raise ValueError("a pool has at least one sender")
+    if len(members) > 100:
+        raise ValueError("a pool has at most 100 senders")
+    async with conn.transaction():
+        known = {r["sender"] for r in await conn.fetch(
+            "SELECT sender FROM senders WHERE tenant_id = $1 AND sender = ANY($2::text[])", tenant_id, members)}
+        missing = [m for m in members if m not in known]
+        if missing:
+            raise LookupError(f"not one of this tenant's senders: {', '.join(missing)}")
+        row = await conn.fetchrow(
+            "INSERT INTO sender_pools (tenant_id, name, senders, geo_match) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (tenant_id, name) DO UPDATE SET senders = excluded.senders, geo_match = excluded.geo_match,"
+            f" updated_at = now() RETURNING {_POOL_COLUMNS}",
+            tenant_id, name, members, geo_match,
+        )
+        await audit(conn, actor, "sender_pool.set", name, tenant_id=tenant_id, senders=members, geo_match=geo_match)
+    return dict(row)
+
+
+async def pool_list(conn: asyncpg.Connection, tenant_id: str | None = None) -> list[dict[str, Any]]:
+    rows = await conn.fetch(f"SELECT {_POOL_COLUMNS} FROM sender_pools WHERE ($1::text IS NULL OR tenant_id = $1)"
+                            " ORDER BY tenant_id, name", tenant_id)
+    return [dict(r) for r in rows]
+
+
+async def pool_get(conn: asyncpg.Connection, tenant_id: str, name: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT {_POOL_COLUMNS} FROM sender_pools WHERE tenant_id = $1 AND name = $2", tenant_id, name)
+    return dict(row) if row is not None else None
+
+
+async def pool_remove(conn: asyncpg.Connection, actor: str, tenant_id: str, name: str) -> bool:
+    """Delete a pool and its recipients' sticky senders (messages naming it are refused from the next request on)."""
+    async with conn.transaction():
+        status = await conn.execute("DELETE FROM sender_pools WHERE tenant_id = $1 AND name = $2", tenant_id, name)
+        if status.endswith(" 0"):
+            return False
+        await conn.execute("DELETE FROM sender_assignments WHERE tenant_id = $1 AND pool = $2", tenant_id, name)
+        await audit(conn, actor, "sender_pool.remove", name, tenant_id=tenant_id)
     return True

@@ -33,7 +33,7 @@ from services.dispatcher.gateways.base import (
 from services.dispatcher.domain.fair import interleave
 from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish, ParkItem, TenantStates
 from services.dispatcher.settings import DispatcherSettings
-from services.dispatcher.throttle import LocalThrottle, Throttle
+from services.dispatcher.throttle import LocalThrottle, Throttle, sender_key
 from shared.contracts import (
     MessageAccepted,
     MessageAcceptedEvent,
@@ -280,37 +280,80 @@ class Sender:
         return outcomes
 
     async def _throttled(self, gateway: str, jobs: list[Job], priority: bool) -> list[Outcome]:
-        size = self.chunk[gateway]
-        tasks = []
+        """Submit ``jobs`` through ``gateway`` in chunks, each once the gateway's bucket (and, for a
+        sender with a contracted rate, the sender's) lets it go; outcomes in the jobs' order. Each
+        rate-limited sender's jobs are fed beside the others, so one slow sender holds back only
+        its own messages."""
+        lanes: dict[tuple[str, str, float, float | None] | None, list[int]] = {}
+        for index, job in enumerate(jobs):
+            limit = job.message.sender_throttle
+            lane = None
+            if limit is not None and job.message.sender and gateway != SANDBOX:
+                lane = (sender_key(job.tenant, job.message.sender), limit.kind, float(limit.rate_per_s), limit.burst)
+            lanes.setdefault(lane, []).append(index)
+        results: list[Outcome | None] = [None] * len(jobs)
         try:
             # A failure (the database gone while recording, the throttle unreachable) cancels the
             # chunks still in flight: none keeps submitting for a batch that has failed.
             async with asyncio.TaskGroup() as group:
-                for i in range(0, len(jobs), size):
-                    chunk = jobs[i : i + size]
-                    segments = sum(j.message.segments for j in chunk)
-                    if gateway == SANDBOX:  # it sends nothing: no gateway capacity to share
-                        pass
-                    elif priority:
-                        wait = await self.throttle.reserve(gateway, segments)
-                        if wait > 0:
-                            metrics.THROTTLE_WAIT.labels(gateway).observe(wait)
-                            await self.sleep(wait)
-                    else:
-                        # Campaign chunks take tokens only once the bucket holds them, never booked
-                        # ahead: a code (another process's priority lane) would wait behind them.
-                        await self.gate.wait_for_bulk_turn()
-                        waited = 0.0
-                        while (wait := await self.throttle.take_free(gateway, segments)) > 0:
-                            waited += wait
-                            await self.sleep(wait)
-                            await self.gate.wait_for_bulk_turn()
-                        if waited > 0:
-                            metrics.THROTTLE_WAIT.labels(gateway).observe(waited)
-                    tasks.append(group.create_task(self._submit_chunk(gateway, chunk)))
+                feeders = [self._feed(group, gateway, jobs, indexes, lane, priority, results)
+                           for lane, indexes in lanes.items()]
+                if len(feeders) == 1:
+                    await feeders[0]
+                else:
+                    for feeder in feeders:
+                        group.create_task(feeder)
         except BaseExceptionGroup as failed:
             raise _first_error(failed) from None
-        return [o for t in tasks for o in t.result()]
+        assert all(o is not None for o in results)
+        return results  # type: ignore[return-value]
+
+    async def _feed(self, group: asyncio.TaskGroup, gateway: str, jobs: list[Job], indexes: list[int],
+                    lane: tuple[str, str, float, float | None] | None, priority: bool,
+                    results: list[Outcome | None]) -> None:
+        size = self.chunk[gateway]
+        if lane is not None:
+            key, kind, rate, burst = lane
+            await self.throttle.ensure(key, rate, burst)
+            # about a tenth of a second of the sender's rate per chunk (at least one message): its
+            # messages go out evenly, not in one burst a second
+            size = max(1, min(size, int(rate / 10), int(burst or rate) or 1))
+
+        async def submit(chunk_indexes: list[int]) -> None:
+            outcomes = await self._submit_chunk(gateway, [jobs[i] for i in chunk_indexes])
+            for i, outcome in zip(chunk_indexes, outcomes, strict=True):
+                results[i] = outcome
+
+        for start in range(0, len(indexes), size):
+            chunk_indexes = indexes[start : start + size]
+            segments = sum(jobs[i].message.segments for i in chunk_indexes)
+            if lane is not None:
+                waited = await self._wait_for(lane[0], segments, priority)
+                if waited > 0:
+                    metrics.SENDER_THROTTLE_WAIT.labels(lane[1], "priority" if priority else "bulk").observe(waited)
+            if gateway != SANDBOX:  # the sandbox sends nothing: no gateway capacity to share
+                waited = await self._wait_for(gateway, segments, priority)
+                if waited > 0:
+                    metrics.THROTTLE_WAIT.labels(gateway).observe(waited)
+            group.create_task(submit(chunk_indexes))
+
+    async def _wait_for(self, bucket: str, segments: float, priority: bool) -> float:
+        """Wait until bucket ``bucket`` lets ``segments`` go; the seconds waited."""
+        if priority:
+            wait = await self.throttle.reserve(bucket, segments)
+            if wait > 0:
+                await self.sleep(wait)
+            return wait
+        # Campaign chunks take tokens only once the bucket holds them, never booked
+        # ahead: a code (another process's priority lane) would wait behind them.
+        await self.gate.wait_for_bulk_turn()
+        waited = 0.0
+        while (wait := await self.throttle.take_free(bucket, segments)) > 0:
+            wait = max(wait, 0.001)  # a rounding remainder must not spin without time passing
+            waited += wait
+            await self.sleep(wait)
+            await self.gate.wait_for_bulk_turn()
+        return waited
 
     async def send(self, jobs: list[Job], *, priority: bool = False) -> tuple[list[tuple[Job, Finish]], list[Job]]:
         """Returns (finished jobs with their record, jobs whose outcome is unknown)."""

@@ -15,6 +15,12 @@ THROTTLE_WAIT = Histogram(
     ["gateway"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+SENDER_THROTTLE_WAIT = Histogram(
+    "herald_dispatcher_sender_throttle_wait_seconds",
+    "How long a sender's contracted rate held a chunk back (by sender kind and lane, never the number)",
+    ["kind", "lane"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 SKIPPED_CLAIMED = Counter(
     "herald_dispatcher_skipped_claimed_total", "Redelivered messages skipped because a claim exists"
 )

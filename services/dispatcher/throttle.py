@@ -1,5 +1,9 @@
 """Throttles: how long to wait before sending N segments through a gateway.
 
+A sender with a contracted rate (docs/senders.md, "Throughput per sender") has a bucket of its
+own, keyed ``sender:<tenant>:<sender>`` beside the gateways' (``ensure`` makes it when first
+seen), taken the same way before the gateway's.
+
 ``LocalThrottle`` keeps the token buckets in this process (one dispatcher instance, or
 tests). ``PostgresThrottle`` keeps them in one row per gateway, updated atomically with
 the database clock, so the limit holds across every dispatcher instance: one round trip
@@ -28,11 +32,30 @@ class Throttle(Protocol):
         ...
 
 
+    async def ensure(self, key: str, rate: float, burst: float | None) -> None:
+        """Make sure bucket ``key`` exists with this rate (a sender's: made when first seen, updated
+        when its contracted rate changes; keeps its tokens)."""
+        ...
+
+
+def sender_key(tenant: str, sender: str) -> str:
+    """The bucket of a tenant's sender (beside the gateways' buckets, by name)."""
+    return f"sender:{tenant}:{sender}"
+
+
 class LocalThrottle:
     def __init__(self, limits: dict[str, tuple[float, float | None]], clock: Callable[[], float] = time.monotonic) -> None:
         now = clock()
         self.clock = clock
         self.buckets = {name: TokenBucket.start(rate, now, burst) for name, (rate, burst) in limits.items()}
+
+    async def ensure(self, key: str, rate: float, burst: float | None) -> None:
+        bucket = self.buckets.get(key)
+        capacity = burst or max(1.0, rate)
+        if bucket is None:
+            self.buckets[key] = TokenBucket.start(rate, self.clock(), capacity)
+        elif (bucket.rate, bucket.capacity) != (rate, capacity):
+            bucket.rate, bucket.capacity = rate, capacity
 
     async def reserve(self, gateway: str, segments: float) -> float:
         return self.buckets[gateway].reserve(segments, self.clock())
@@ -70,6 +93,22 @@ class PostgresThrottle:
     def __init__(self, pool: asyncpg.Pool, limits: dict[str, tuple[float, float | None]]) -> None:
         self.pool = pool
         self.limits = limits
+        self.known: dict[str, tuple[float, float]] = {}  # sender buckets this process wrote: key -> (rate, capacity)
+
+    async def ensure(self, key: str, rate: float, burst: float | None) -> None:
+        """One round trip the first time this process sees a sender (or its rate changed), none after."""
+        capacity = burst or max(1.0, rate)
+        if self.known.get(key) == (rate, capacity):
+            return
+        await self.pool.execute(
+            "INSERT INTO throttle_buckets (gateway, rate, capacity, tokens, updated_at)"
+            " VALUES ($1, $2, $3, $3, clock_timestamp())"
+            " ON CONFLICT (gateway) DO UPDATE SET rate = excluded.rate, capacity = excluded.capacity",
+            key, rate, capacity,
+        )
+        if len(self.known) > 100_000:
+            self.known.clear()
+        self.known[key] = (rate, capacity)
 
     async def setup(self) -> None:
         """Create or update each gateway's row with the configured rate (keeps its tokens)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -17,10 +17,12 @@ from shared.geo import REFUSAL as GEO_REFUSAL
 from shared.geo import GeoPolicy, GeoRules
 from shared.geo import refusal as geo_refusal
 from shared.contracts import MessageAccepted, MessageRequest
+from shared.contracts.messages import SenderThrottle
 from shared.phones import PhoneError, parse_e164
-from shared.senders import SenderBook, SenderRules
+from shared.senders import PoolChoice, Refusal, SenderBook, SenderRules, choose_from_pool, load_rules
 from shared.senders import carrier_ids as sender_carrier_ids
 from shared.senders import check as sender_check
+from shared.senders import throttle_of
 from shared.sms.encoding import analyse
 from shared.templates import opt_out_line
 from shared.statuses import MessageType
@@ -42,7 +44,7 @@ class Rejection(Exception):
 def request_hash(request: MessageRequest) -> str:
     """A stable fingerprint of a request: the same key with another payload is a conflict."""
     # Fields added later are left out when unset, so hashes of requests that predate them do not change.
-    later = ("track_links", "body", "template_id", "template_version", "values")
+    later = ("track_links", "body", "template_id", "template_version", "values", "sender_pool")
     exclude = ({"idempotency_key"} | {name for name in later if getattr(request, name) is None}
                | (set() if request.secret else {"secret"}))
     canonical = json.dumps(request.model_dump(mode="json", exclude=exclude), sort_keys=True)
@@ -74,6 +76,7 @@ def accept(
     opt_out: OptOut | None = None,
     senders: SenderBook | None = None,
     sender_rules: SenderRules | None = None,
+    sticky: Mapping[tuple[str, str], str] | None = None,
 ) -> MessageAccepted:
     """Validate the recipient and measure the text; raise :class:`Rejection` if it cannot be sent.
 
@@ -87,6 +90,11 @@ def accept(
     ``sender`` must name one of its verified senders, allowed for the destination by the
     sender's countries and ``sender_rules``. None skips the check (a reply from the number
     the handset wrote to); a message without a sender goes out from the gateway's default.
+
+    ``sticky``: (pool, recipient E.164) -> the sender the recipient got from that pool before. A
+    message naming a ``sender_pool`` gets one of the pool's senders (shared/senders.py,
+    ``choose_from_pool``): the sticky one while it may send, else a fallback in pool order; the
+    choice is on the message (``sender_choice``, for its timeline).
     """
     if request.send_at is not None and request.send_at > now + MAX_SCHEDULE_AHEAD:
         raise Rejection(
@@ -102,6 +110,15 @@ def accept(
         reason = geo_refusal(geo, phone.country, geo_rules or GeoRules())
         if reason is not None:
             raise Rejection(GEO_REFUSAL, reason, [{"loc": "to", "code": GEO_REFUSAL, "msg": reason}])
+    choice: PoolChoice | None = None
+    if request.sender_pool is not None:
+        picked = choose_from_pool(senders or SenderBook(), request.sender_pool, phone.e164, phone.country,
+                                  sender_rules or load_rules(), (sticky or {}).get((request.sender_pool, phone.e164)))
+        if isinstance(picked, Refusal):
+            raise Rejection(picked.code, picked.message,
+                            [{"loc": "sender_pool", "code": picked.code, "msg": picked.message}])
+        choice = picked
+        request = request.model_copy(update={"sender": picked.sender})
     carrier_ids: dict[str, str] = {}
     if senders is not None and request.sender is not None and sender_rules is not None:
         refused = sender_check(senders, request.sender, phone.country, sender_rules)
@@ -109,6 +126,9 @@ def accept(
             raise Rejection(refused.code, refused.message,
                             [{"loc": "sender", "code": refused.code, "msg": refused.message}])
         carrier_ids = sender_carrier_ids(senders, request.sender, phone.country, sender_rules)
+        throttle = sender_throttle(senders, request.sender)
+    else:
+        throttle = None
     body = request.body
     if body is None:  # a template's request is rendered before (services/ingest/template_sends.py)
         raise Rejection("template_or_body", "give a body or a template_id",
@@ -141,7 +161,19 @@ def accept(
         send_at=request.send_at,
         secret=request.secret,
         carrier_ids=carrier_ids,
+        sender_throttle=throttle,
+        sender_pool=choice.pool if choice is not None else None,
+        sender_choice=choice.detail() if choice is not None else {},
     )
+
+
+def sender_throttle(senders: SenderBook, sender: str) -> SenderThrottle | None:
+    """The contracted throughput of a message's sender, carried to the dispatcher (None: none)."""
+    found = throttle_of(senders, sender)
+    if found is None:
+        return None
+    kind, rate, burst = found
+    return SenderThrottle.model_construct(kind=kind, rate_per_s=rate, burst=burst)
 
 
 OPT_OUT_MISSING = "opt_out_missing"

@@ -146,14 +146,59 @@ class IngestRepository:
     async def sender_books(self, tenant_ids: set[str]) -> dict[str, SenderBook]:
         """Each tenant's sender registry (shared/senders.py), one query for them all."""
         rows = await self.pool.fetch(
-            "SELECT tenant_id, sender, kind, state, countries, capabilities, registrations::text AS registrations"
-            " FROM senders WHERE tenant_id = ANY($1::text[])",
+            "SELECT tenant_id, sender, kind, state, countries, capabilities, registrations::text AS registrations,"
+            " rate_per_s, burst, NULL::text[] AS members, false AS geo_match"
+            " FROM senders WHERE tenant_id = ANY($1::text[])"
+            " UNION ALL SELECT tenant_id, name, NULL, NULL, NULL, NULL, NULL, NULL, NULL, senders, geo_match"
+            " FROM sender_pools WHERE tenant_id = ANY($1::text[])",
             sorted(tenant_ids),
         )
         grouped: dict[str, list[Any]] = {}
+        pools: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
-            grouped.setdefault(r["tenant_id"], []).append(r)
-        return {t: SenderBook.of(rs) for t, rs in grouped.items()}
+            if r["members"] is not None:  # a pool (its name in the sender column)
+                pools.setdefault(r["tenant_id"], []).append({"name": r["sender"], "senders": r["members"],
+                                                              "geo_match": r["geo_match"]})
+            else:
+                grouped.setdefault(r["tenant_id"], []).append(r)
+        return {t: SenderBook.of(grouped.get(t, []), pools.get(t, [])) for t in set(grouped) | set(pools)}
+
+    async def sender_assignments(self, tenant_id: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The sticky senders of these (pool, recipient) pairs: one query for a batch."""
+        if not keys:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT a.pool, a.phone_e164, a.sender FROM sender_assignments a"
+            " JOIN unnest($2::text[], $3::text[]) AS k(pool, phone) ON a.pool = k.pool AND a.phone_e164 = k.phone"
+            " WHERE a.tenant_id = $1",
+            tenant_id, [k[0] for k in keys], [k[1] for k in keys],
+        )
+        return {(r["pool"], r["phone_e164"]): r["sender"] for r in rows}
+
+    async def assign_senders(
+        self, tenant_id: str, first: dict[tuple[str, str], str], fallbacks: dict[tuple[str, str], str]
+    ) -> dict[tuple[str, str], str]:
+        """Store recipients' senders: ``fallbacks`` replace what was stored; ``first`` assignments
+        keep one another instance stored meanwhile. Returns the stored sender of each ``first``
+        key (another's where it won the race). Two statements at most, for the whole batch."""
+        async with self.pool.acquire() as conn:
+            if fallbacks:
+                await conn.execute(
+                    "INSERT INTO sender_assignments (tenant_id, pool, phone_e164, sender)"
+                    " SELECT $1, p, n, s FROM unnest($2::text[], $3::text[], $4::text[]) AS t(p, n, s)"
+                    " ON CONFLICT (tenant_id, pool, phone_e164) DO UPDATE SET sender = excluded.sender, assigned_at = now()",
+                    tenant_id, [k[0] for k in fallbacks], [k[1] for k in fallbacks], list(fallbacks.values()),
+                )
+            if not first:
+                return {}
+            rows = await conn.fetch(
+                "INSERT INTO sender_assignments (tenant_id, pool, phone_e164, sender)"
+                " SELECT $1, p, n, s FROM unnest($2::text[], $3::text[], $4::text[]) AS t(p, n, s)"
+                " ON CONFLICT (tenant_id, pool, phone_e164) DO UPDATE SET sender = sender_assignments.sender"
+                " RETURNING pool, phone_e164, sender",
+                tenant_id, [k[0] for k in first], [k[1] for k in first], list(first.values()),
+            )
+        return {(r["pool"], r["phone_e164"]): r["sender"] for r in rows}
 
     async def marketing_context(
         self, tenant_id: str, phones: list[str]

@@ -39,8 +39,22 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "sender": row["sender"], "kind": row["kind"], "state": row["state"], "countries": row["countries"],
         "capabilities": row["capabilities"], "scope": row["scope"], "registrations": row["registrations"],
+        "rate_per_s": row["rate_per_s"], "burst": row["burst"],
         "note": row["note"], "created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat(),
     }
+
+
+class PoolBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    senders: list[Annotated[str, Field(pattern=r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")]] = Field(
+        min_length=1, max_length=100, description="The tenant's senders, in order of preference (fallback order)")
+    geo_match: bool = Field(False, description="Prefer a sender of the recipient's country (US/CA numbers: of its area code)")
+
+
+def _pool_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"name": row["name"], "senders": row["senders"], "geo_match": row["geo_match"],
+            "created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat()}
 
 
 router = APIRouter(tags=["senders"])  # create_app mounts it after the message routes
@@ -95,3 +109,48 @@ async def remove_sender(request: Request, sender: str = Path(max_length=32), pri
     await own(request, principal, sender)
     async with pool(request).acquire() as conn:
         await tenant_admin.sender_remove(conn, f"api:{principal.key_id}", principal.tenant_id, normalise(sender))
+
+
+PoolName = Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@router.put("/v1/sender-pools/{name}", responses={401: {}, 403: {}, 422: {}})
+async def set_pool(body: PoolBody, request: Request, name: str = PoolName, principal: Principal = writer) -> dict[str, Any]:
+    """Create or replace a sender pool (docs/senders.md, "Pools and sticky senders"): each sender one
+    of the tenant's own; a message names it as ``sender_pool``. Recipients keep their sticky sender
+    while it stays in the pool and may send."""
+    async with pool(request).acquire() as conn:
+        try:
+            row = await tenant_admin.pool_set(conn, f"api:{principal.key_id}", principal.tenant_id, name, body.senders,
+                                       body.geo_match)
+        except LookupError as exc:
+            raise ApiError(422, "sender_not_registered", str(exc),
+                           [{"loc": "body.senders", "code": "sender_not_registered", "msg": str(exc)}]) from None
+        except ValueError as exc:
+            raise ApiError(422, "validation_failed", str(exc),
+                           [{"loc": "body", "code": "validation_failed", "msg": str(exc)}]) from None
+    return _pool_view(row)
+
+
+@router.get("/v1/sender-pools", responses={401: {}, 403: {}})
+async def list_pools(request: Request, principal: Principal = reader) -> dict[str, Any]:
+    async with pool(request).acquire() as conn:
+        rows = await tenant_admin.pool_list(conn, principal.tenant_id)
+    return {"sender_pools": [_pool_view(r) for r in rows]}
+
+
+@router.get("/v1/sender-pools/{name}", responses={401: {}, 403: {}, 404: {}})
+async def get_pool(request: Request, name: str = PoolName, principal: Principal = reader) -> dict[str, Any]:
+    async with pool(request).acquire() as conn:
+        row = await tenant_admin.pool_get(conn, principal.tenant_id, name)
+    if row is None:
+        raise ApiError(404, "sender_pool_not_found", f"no sender pool {name!r} for your tenant")
+    return _pool_view(row)
+
+
+@router.delete("/v1/sender-pools/{name}", status_code=204, responses={401: {}, 403: {}, 404: {}})
+async def remove_pool(request: Request, name: str = PoolName, principal: Principal = writer) -> None:
+    """Delete a pool and its recipients' sticky senders: messages naming it are refused from the next request on."""
+    async with pool(request).acquire() as conn:
+        if not await tenant_admin.pool_remove(conn, f"api:{principal.key_id}", principal.tenant_id, name):
+            raise ApiError(404, "sender_pool_not_found", f"no sender pool {name!r} for your tenant")

@@ -10,6 +10,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -116,6 +117,26 @@ class Acceptor:
         refused = await check_urls({str(r.status_callback_url) for r in requests
                                     if not isinstance(r, Rejection) and r.status_callback_url}, self.egress,
                                    resolve=self.resolve)
+        # sender pools: the batch's recipients' sticky senders, one query (none without a pool)
+        sticky = await self._sticky(tenant, requests)
+
+        def accept_one(index: int, request: MessageRequest) -> MessageAccepted:
+            return accept(
+                request,
+                message_id=message_ids[index] if message_ids else uuid.uuid4(),
+                now=now,
+                source=source,
+                allowed_types=self.allowed_types,
+                smart_encoding=self.smart_encoding,
+                geo=geo,
+                geo_rules=self.geo_rules,
+                # a template's text has its opt-out line from the renderer, as in campaigns
+                opt_out=None if index in sent_by_template else opt_out,
+                senders=senders,
+                sender_rules=self.sender_rules,
+                sticky=sticky,
+            )
+
         for index, request in enumerate(requests):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a 10,000-message batch must not stall other requests
@@ -126,23 +147,12 @@ class Acceptor:
                 results.append(callback_refused(refused[str(request.status_callback_url)]))
                 continue
             try:
-                message = accept(
-                    request,
-                    message_id=message_ids[index] if message_ids else uuid.uuid4(),
-                    now=now,
-                    source=source,
-                    allowed_types=self.allowed_types,
-                    smart_encoding=self.smart_encoding,
-                    geo=geo,
-                    geo_rules=self.geo_rules,
-                    # a template's text has its opt-out line from the renderer, as in campaigns
-                    opt_out=None if index in sent_by_template else opt_out,
-                    senders=senders,
-                    sender_rules=self.sender_rules,
-                )
+                message = accept_one(index, request)
             except Rejection as rejection:
                 results.append(rejection)
                 continue
+            if message.sender_pool is not None and message.sender is not None:
+                sticky[(message.sender_pool, message.to)] = message.sender  # the batch's next to this number too
             if index in sent_by_template:
                 template_id, version, dlt_template_id = sent_by_template[index]
                 update: dict[str, Any] = {"template_id": template_id, "template_version": version}
@@ -162,6 +172,8 @@ class Acceptor:
                     continue
                 keyed.setdefault(key, []).append(index)
                 hashes[key] = digest
+        if any(isinstance(r, Accepted) and r.message.sender_choice for r in results):
+            await self._store_assignments(tenant, requests, results, sticky, accept_one)
         if keyed:
             entries = []
             for key, indexes in keyed.items():
@@ -193,6 +205,49 @@ class Acceptor:
                 published.add(result.message.message_id)
                 outgoing.append(accepted_event(tenant, result.message, trace_id))
         return results, outgoing
+
+    async def _sticky(self, tenant: str, requests: list[MessageRequest | Rejection]) -> dict[tuple[str, str], str]:
+        """The sticky senders of the batch's (pool, recipient) pairs (empty when no request names a pool)."""
+        keys = {(r.sender_pool, number) for r in requests if isinstance(r, MessageRequest) and r.sender_pool is not None
+                and (number := _e164(r.to)) is not None}
+        return await self.repository.sender_assignments(tenant, sorted(keys)) if keys else {}
+
+    async def _store_assignments(
+        self, tenant: str, requests: list[MessageRequest | Rejection], results: list[Result],
+        sticky: dict[tuple[str, str], str], accept_one: Callable[[int, MessageRequest], MessageAccepted],
+    ) -> None:
+        """Store the batch's new and fallen-back assignments. Where another instance assigned the
+        same recipient a sender meanwhile, its choice stands: the message takes it too (chosen
+        again with it as the sticky sender)."""
+        first: dict[tuple[str, str], str] = {}
+        fallbacks: dict[tuple[str, str], str] = {}
+        for result in results:
+            if isinstance(result, Accepted) and result.message.sender_choice and result.message.sender_pool:
+                how = result.message.sender_choice.get("sender_choice")
+                key = (result.message.sender_pool, result.message.to)
+                if how == "fallback":
+                    fallbacks[key] = result.message.sender or ""
+                    first.pop(key, None)
+                elif how == "assigned" and key not in fallbacks:
+                    first[key] = result.message.sender or ""
+        if not first and not fallbacks:
+            return
+        stored = await self.repository.assign_senders(tenant, first, fallbacks)
+        lost = {key: sender for key, sender in stored.items() if first.get(key) != sender}
+        if not lost:
+            return
+        sticky.update(lost)
+        for index, result in enumerate(results):
+            if not (isinstance(result, Accepted) and (result.message.sender_pool, result.message.to) in lost):
+                continue
+            request = requests[index]
+            assert isinstance(request, MessageRequest)
+            try:
+                again = accept_one(index, request)
+            except Rejection:
+                continue  # the other's sender cannot send here: ours goes (and is stored next time)
+            update = {name: getattr(again, name) for name in ("sender", "sender_choice", "sender_throttle", "carrier_ids")}
+            results[index] = Accepted(result.message.model_copy(update=update), result.duplicate)
 
     async def _render_templates(
         self, tenant: str, requests: list[MessageRequest | Rejection]

@@ -121,5 +121,5 @@ def render_send(
         rendered = render(template, fields, smart=smart_encoding, language=language)
     except TemplateError as exc:
         raise Rejection(exc.code, str(exc), [{"loc": "template_id", "code": exc.code, "msg": str(exc)}]) from None
-    updated = request.model_copy(update={"body": rendered.text, "type": purpose, "sender": request.sender or template.sender})
+    updated = request.model_copy(update={"body": rendered.text, "type": purpose, "sender": request.sender or (None if request.sender_pool else template.sender)})
     return RenderedSend(updated, stored.template_id, stored.version)

@@ -87,7 +87,8 @@ def from_accepted(event_id: uuid.UUID, tenant: str, m: MessageAccepted) -> Chang
         occurred_at=m.accepted_at,
         status=Status.ACCEPTED,
         timeline_status=Status.ACCEPTED.value,
-        detail={"source": m.source, "segments": m.segments, "encoding": m.encoding},
+        # a pool's sender: which one, and from which it fell back and why (docs/senders.md)
+        detail={"source": m.source, "segments": m.segments, "encoding": m.encoding, **m.sender_choice},
         fields={
             "to_e164": m.to, "country": m.country, "type": m.type.value, "sender": m.sender,
             "encoding": m.encoding, "segments": m.segments, "source": m.source,

@@ -328,6 +328,7 @@ class Submission:
             "to": self.to,
             "status": self.status,
             "submitted_at": iso_utc(self.submitted_at),
+            **({"from": self.sender} if self.sender is not None else {}),
             **({"validity_s": self.validity_s} if self.validity_s is not None else {}),
         }
 

@@ -70,6 +70,10 @@ class MessageRequest(_Input):
     sender: Annotated[str, StringConstraints(pattern=r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")] | None = Field(
         None, description="Alphanumeric sender id (up to 11 characters) or a number"
     )
+    sender_pool: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = Field(
+        None, description="Send from one of this sender pool's senders instead of naming a `sender`: the recipient "
+        "keeps the one it got before while it may send (docs/senders.md, \"Pools and sticky senders\")"
+    )
     type: MessageType = Field(
         MessageType.TRANSACTIONAL,
         description="transactional (the default) or marketing; marketing obeys consent, quiet hours and caps, and gets "
@@ -103,7 +107,17 @@ class MessageRequest(_Input):
             raise PydanticCustomError("template_or_body", "give a body or a template_id, not both")
         if self.template_id is None and (self.values is not None or self.template_version is not None):
             raise PydanticCustomError("template_or_body", "values and template_version go with a template_id")
+        if self.sender is not None and self.sender_pool is not None:
+            raise PydanticCustomError("sender_or_pool", "give a sender or a sender_pool, not both")
         return self
+
+
+class SenderThrottle(_Frozen):
+    """A sender's contracted throughput, held by the dispatcher across its instances (docs/senders.md)."""
+
+    kind: str = Field(description="The sender's kind (long_code, toll_free, short_code, alphanumeric)")
+    rate_per_s: float = Field(gt=0, description="Segments per second")
+    burst: float | None = Field(None, ge=1, description="Bucket size (default: one second's worth)")
 
 
 class MessageAccepted(_Frozen):
@@ -140,6 +154,21 @@ class MessageAccepted(_Frozen):
         "that has one; SMPP gateways send those their "
         "registration_tlvs name. Left out of the event when empty",
         exclude_if=lambda v: not v,
+    )
+    sender_pool: str | None = Field(
+        None, description="The sender pool its sender was chosen from. Left out of the event when none",
+        exclude_if=lambda v: v is None,
+    )
+    sender_choice: dict[str, str] = Field(
+        default_factory=dict,
+        description="How its pool's sender was chosen, for the timeline: sender_pool, sender, sender_choice (sticky, "
+        "assigned, fallback), and for a fallback fallback_from, fallback_reason, fallback_message. Left out of the "
+        "event when empty",
+        exclude_if=lambda v: not v,
+    )
+    sender_throttle: SenderThrottle | None = Field(
+        None, description="Its sender's contracted throughput, which the dispatcher holds it to. Left out of the "
+        "event when none", exclude_if=lambda v: v is None,
     )
     sandbox: bool = Field(
         False,

@@ -521,6 +521,8 @@ async def test_erasure_by_number_clears_ingests_tables_publishes_the_event_and_r
                        " VALUES ($1, $2, 'shoes', 'opt_out', 'sms_keyword')", t, number)
     await pool.execute("INSERT INTO inbound_messages (event_id, tenant_id, phone_e164, recipient, body, received_at)"
                        " VALUES ($1, $2, $3, '+34910000000', 'mi secreto', now())", uuid.uuid4(), t, number)
+    await pool.execute("INSERT INTO sender_assignments (tenant_id, pool, phone_e164, sender)"
+                       " VALUES ($1, 'otp', $2, '+34910000000')", t, number)  # its sticky sender of a pool
     await pool.execute("INSERT INTO suppression_hashes (tenant_id, phone_hash, reason, source) VALUES ($1, $2, 'erased', 'erasure')",
                        t, legacy_hash(t, number))
     await pool.execute("INSERT INTO links (code, tenant_id, message_id, link_index, url, contact_id) VALUES ($1, $2, $3, 0, 'https://shop.example/x', $4)",
@@ -538,12 +540,12 @@ async def test_erasure_by_number_clears_ingests_tables_publishes_the_event_and_r
     answer = r.json()
     assert answer["applied"]["ingest"] == {
         "contacts": 1, "contact_consents": 1, "suppressions": 1, "suppression_hashes_rekeyed": 1, "scoped_suppressions": 1,
-        "inbound_messages": 1, "links": 1, "campaigns": 1, "subject_access_exports": 1}
+        "sender_assignments": 1, "inbound_messages": 1, "links": 1, "campaigns": 1, "subject_access_exports": 1}
     assert answer["pending"] == ["dispatcher", "reports", "scheduler"]
     assert await pool.fetchval("SELECT count(*) FROM subject_access_parts WHERE export_id = $1", export_id) == 0
 
     for table in ("contacts", "contact_consents", "suppressions", "scoped_suppressions", "inbound_messages", "links",
-                  "campaigns", "suppression_hashes", "erasure_audit", "subject_access_exports"):
+                  "sender_assignments", "campaigns", "suppression_hashes", "erasure_audit", "subject_access_exports"):
         for row in await pool.fetch(f"SELECT * FROM {table} WHERE tenant_id = $1", t):
             text = json.dumps(dict(row), default=str)
             assert number not in text and number[1:] not in text and "mi secreto" not in text and "Nuria" not in text, table

@@ -63,6 +63,9 @@ def ingest_eraser(keys: ErasureKeys) -> Eraser:
         counts["scoped_suppressions"] = count(await conn.execute(
             "DELETE FROM scoped_suppressions WHERE tenant_id = $1 AND phone_e164 = $2", tenant_id, phone
         ))
+        counts["sender_assignments"] = count(await conn.execute(
+            "DELETE FROM sender_assignments WHERE tenant_id = $1 AND phone_e164 = $2", tenant_id, phone
+        ))
         counts["inbound_messages"] = count(await conn.execute(
             "DELETE FROM inbound_messages WHERE tenant_id = $1 AND phone_e164 = $2", tenant_id, phone
         ))

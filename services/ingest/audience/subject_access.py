@@ -56,6 +56,10 @@ def ingest_gatherer(keys: ErasureKeys) -> Gatherer:
             "SELECT phone_e164, scope, reason, source, created_at FROM scoped_suppressions"
             " WHERE tenant_id = $1 AND phone_e164 = $2 ORDER BY scope", tenant_id, phone,
         ))
+        out["sender_assignments"] = rows(await conn.fetch(
+            "SELECT pool, phone_e164, sender, assigned_at FROM sender_assignments"
+            " WHERE tenant_id = $1 AND phone_e164 = $2 ORDER BY pool", tenant_id, phone,
+        ))
         out["suppression_hashes"] = rows(await conn.fetch(
             "SELECT phone_hash, reason, source, created_at FROM suppression_hashes"
             " WHERE tenant_id = $1 AND phone_hash = ANY($2::text[])", tenant_id, keys.candidates(tenant_id, phone),

@@ -31,7 +31,7 @@ from shared import tenant_admin
 from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
 from shared.senders import load_rules as load_sender_rules
-from shared.senders import named_problem
+from shared.senders import POOL_NOT_FOUND, named_problem
 from shared.contracts import MessageRequest, utcnow
 from shared.egress import URL_INVALID
 from shared.kafka import Publisher
@@ -69,6 +69,9 @@ class CampaignBody(BaseModel):
     variants: list[VariantBody] = Field(min_length=1, max_length=10)
     sender: str | None = Field(None, pattern=r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$",
                                description="Overrides the templates' sender")
+    sender_pool: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                    description="Send from this sender pool instead (each contact keeps its sticky sender; "
+                                    "docs/senders.md): not with `sender`")
     send_at: AwareDatetime | None = Field(None, description="Launching makes it wait until then (up to 35 days ahead)")
     frequency_caps: list[CapBody] = Field(default_factory=list, max_length=5,
                                           description="Caps for this campaign on top of the tenant's")
@@ -174,6 +177,9 @@ async def create_campaign(body: CampaignBody, request: Request, principal: Princ
     named = [("body.sender", body.sender)] if body.sender is not None else [
         (f"body.variants.{i}.template_id", templates[v.template_id]["sender"])
         for i, v in enumerate(variants) if v.template_id in templates]
+    if body.sender_pool is not None:  # the pool's senders are checked per contact when it is fanned out
+        named = []
+        problems += pool_problems(principal, body.sender_pool, body.sender, "body.sender_pool")
     problems += [p for loc, sender in named if (p := named_problem(principal.senders, sender, loc)) is not None]
     if len({templates[v.template_id]["purpose"] for v in variants if v.template_id in templates}) > 1:
         problems.append({"loc": "body.variants", "code": "mixed_purposes",
@@ -193,6 +199,7 @@ async def create_campaign(body: CampaignBody, request: Request, principal: Princ
         "segment_id": body.segment_id,
         "segment_filter": normalized,
         "sender": body.sender,
+        "sender_pool": body.sender_pool,
         # each variant renders the template's version of now, whatever later updates do
         "variants": [{"name": v.name, "template_id": str(v.template_id), "percent": v.percent,
                       "template_version": templates[v.template_id]["version"]} for v in variants],
@@ -290,7 +297,9 @@ async def send_test(campaign_id: Annotated[str, Path(max_length=64)], request: R
                 rendered = render(Template(t["purpose"], t["default_language"], t["variants"], t["sender"]), fields,
                                   smart=settings.smart_encoding)
                 request_body = MessageRequest(
-                    to=number, body=rendered.info.text, sender=row["sender"] or rendered.sender, type="transactional",
+                    to=number, body=rendered.info.text, type="transactional",
+                    # a pool campaign's test goes from the pool's sender for the number (not stored as its sticky one)
+                    sender=None if row["sender_pool"] else row["sender"] or rendered.sender, sender_pool=row["sender_pool"],
                     metadata={"campaign_test": str(row["campaign_id"]), "variant": v["name"]},
                 )
                 message = accept(request_body, message_id=uuid.uuid4(), now=now, source="api",
@@ -326,11 +335,25 @@ async def act(request: Request, principal: Principal, campaign_id: str, action: 
     raise ApiError(409, "state_changed", "the campaign kept changing meanwhile; read it and retry")
 
 
+def pool_problems(principal: Principal, pool: str, sender: str | None, loc: str) -> list[dict[str, str]]:
+    """A campaign naming a sender pool: one of the tenant's, and no sender beside it."""
+    if sender is not None:
+        return [{"loc": loc, "code": "sender_or_pool", "msg": "give a sender or a sender_pool, not both"}]
+    if pool not in principal.senders.pools:
+        return [{"loc": loc, "code": POOL_NOT_FOUND, "msg": f"sender pool {pool!r} is not one of this tenant's pools"}]
+    return []
+
+
 @router.post("/v1/campaigns/{campaign_id}/launch", tags=["campaigns"], responses=errors)
 async def launch(campaign_id: Annotated[str, Path(max_length=64)], request: Request, principal: Principal = writer) -> dict[str, Any]:
     """Start sending now, or at send_at (state scheduled)."""
     row = await load(request, principal, campaign_id)
     # a sender suspended or withdrawn since the campaign was created stops its launch (docs/senders.md)
+    if row["sender_pool"] is not None:
+        refused = pool_problems(principal, row["sender_pool"], None, "sender_pool")
+        if refused:
+            raise ApiError(422, refused[0]["code"], refused[0]["msg"], refused)
+        return await act(request, principal, campaign_id, "launch")
     if row["sender"] is not None:
         named = [("sender", row["sender"])]
     else:

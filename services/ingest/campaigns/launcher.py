@@ -46,7 +46,12 @@ from services.ingest.campaigns.pacing import InFlightBound, InFlightRepository
 from services.ingest.campaigns.repository import CampaignRepository
 from services.ingest.links import DEFAULT_TTL, LinkRecord, records, swap_codes, track_message
 from services.ingest.links_repo import LinksRepository
+from services.ingest.domain import sender_throttle
+from services.ingest.repository import IngestRepository
 from services.ingest.service import accepted_event
+from shared.senders import PoolChoice, Refusal, SenderBook, choose_from_pool
+from shared.senders import carrier_ids as sender_carrier_ids
+from shared.senders import load_rules as load_sender_rules
 from shared.contracts import utcnow
 from shared.kafka import Outgoing, Publisher, error_kind
 from shared.periodic import run_periodically
@@ -56,7 +61,12 @@ from shared.statuses import MessageType
 log = logging.getLogger(__name__)
 
 FANNED_OUT = Counter("herald_campaign_messages_published_total", "Campaign messages published by the launcher")
+#: A pool campaign's page: the tenant's registry, and (pool, recipient) -> its sticky sender.
+PageSenders = tuple[SenderBook, dict[tuple[str, str], str]]
+
 RENDER_FAILED = Counter("herald_campaign_render_failures_total", "Contacts skipped because their text could not be rendered")
+NO_POOL_SENDER = Counter("herald_campaign_no_pool_sender_total",
+                         "Contacts skipped because no sender of the campaign's sender pool may send to them")
 FAILED_ATTEMPTS = Counter(
     "herald_campaign_failed_attempts_total", "Failed attempts to fan a campaign out, by outcome (retry or failed)", ["outcome"]
 )
@@ -88,6 +98,7 @@ class Plan:
     winner: str | None
     cursor: uuid.UUID | None
     versions: dict[uuid.UUID, int] = field(default_factory=dict)  # the version of each template rendered
+    sender_pool: str | None = None  # each contact's sender from this pool (sticky per recipient)
 
 
 def parse_variants(raw: list[dict[str, Any]]) -> tuple[Variant, ...]:
@@ -136,6 +147,8 @@ class Launcher:
         self.link_domain = link_domain  # None: URLs are sent as written
         self.link_ttl_s = link_ttl_s  # a tenant's own link_ttl_s overrides it
         self.links = LinksRepository(pool)
+        self.registry = IngestRepository(pool)  # senders, pools and sticky assignments (pool campaigns)
+        self.sender_rules = load_sender_rules()
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.page_timeout_s = page_timeout_s  # each audience page's statement timeout
@@ -227,6 +240,7 @@ class Launcher:
             winner=row["winner"],
             cursor=row["cursor"],
             versions={tid: r["version"] for tid, r in stored.items()},
+            sender_pool=row["sender_pool"],
         )
 
     async def fan_out(self, plan: Plan) -> None:
@@ -249,7 +263,10 @@ class Launcher:
                 upcoming.cancel()  # at its bound: the page is read again when the campaign's turn comes
                 return
             now = self.clock()
-            outgoing, links = self.page_events(plan, page, now, links_policy)
+            senders = await self._senders(plan, page)
+            outgoing, links = self.page_events(plan, page, now, links_policy, senders)
+            if senders is not None:
+                await self._store_assignments(plan, outgoing, senders[1])
             replaced = await self.links.store_many(links)  # before the messages carrying them go out
             if replaced and links_policy is not None:  # a resumed page: the codes stored the first time
                 outgoing = [self._swap(o, links_policy[0], replaced) for o in outgoing]
@@ -324,9 +341,33 @@ class Launcher:
             except TimeoutError:
                 pass
 
+    async def _senders(self, plan: Plan, page: list[AudienceMember]) -> PageSenders | None:
+        """A pool campaign's registry (read per page: a suspension applies to the next page) and the
+        page's recipients' sticky senders: two queries a page; None for other campaigns."""
+        if plan.sender_pool is None:
+            return None
+        book = (await self.registry.sender_books({plan.tenant_id})).get(plan.tenant_id, SenderBook())
+        keys = sorted({(plan.sender_pool, m.phone) for m in page})
+        return book, await self.registry.sender_assignments(plan.tenant_id, keys)
+
+    async def _store_assignments(self, plan: Plan, outgoing: list[Outgoing], before: dict[tuple[str, str], str]) -> None:
+        """The page's new and fallen-back assignments, in one or two statements."""
+        first: dict[tuple[str, str], str] = {}
+        fallbacks: dict[tuple[str, str], str] = {}
+        for o in outgoing:
+            m = o.event.payload  # type: ignore[attr-defined]
+            how = m.sender_choice.get("sender_choice")
+            if how == "assigned" and (m.sender_pool, m.to) not in before:
+                first[(m.sender_pool, m.to)] = m.sender
+            elif how == "fallback":
+                fallbacks[(m.sender_pool, m.to)] = m.sender
+        if first or fallbacks:
+            await self.registry.assign_senders(plan.tenant_id, first, fallbacks)
+
     def page_events(
         self, plan: Plan, page: list[AudienceMember], now: datetime,
         links_policy: tuple[str, timedelta, str | None] | None = None,
+        senders: PageSenders | None = None,
     ) -> tuple[list[Outgoing], list[LinkRecord]]:
         """Render and build the accepted events of one page (contacts of the other phase are skipped),
         with marketing URLs rewritten to tracked short links (counted in the segments) when
@@ -344,11 +385,29 @@ class Launcher:
                 RENDER_FAILED.inc()
                 log.warning("campaign %s: contact %s: text too long once rendered; skipped", plan.campaign_id, member.contact_id)
                 continue
+            region = region_of_e164(member.phone)
+            choice: PoolChoice | None = None
+            if plan.sender_pool is not None and senders is not None:
+                book, sticky = senders
+                picked = choose_from_pool(book, plan.sender_pool, member.phone, region, self.sender_rules,
+                                          sticky.get((plan.sender_pool, member.phone)))
+                if isinstance(picked, Refusal):
+                    NO_POOL_SENDER.inc()
+                    log.warning("campaign %s: contact %s: %s; skipped", plan.campaign_id, member.contact_id, picked.code)
+                    continue
+                choice = picked
             message = build_message(
                 campaign_id=plan.campaign_id, member=member, variant=variant, template=template,
-                region=region_of_e164(member.phone), sender=plan.sender, now=now, smart_encoding=self.smart_encoding,
-                rendered=rendered, template_version=plan.versions.get(variant.template_id),
+                region=region, sender=choice.sender if choice is not None else plan.sender, now=now,
+                smart_encoding=self.smart_encoding, rendered=rendered, template_version=plan.versions.get(variant.template_id),
             )
+            if choice is not None and senders is not None:
+                book = senders[0]
+                message = message.model_copy(update={
+                    "sender_pool": choice.pool, "sender_choice": choice.detail(),
+                    "sender_throttle": sender_throttle(book, choice.sender),
+                    "carrier_ids": sender_carrier_ids(book, choice.sender, region, self.sender_rules),
+                })
             if links_policy is not None and message.type is MessageType.MARKETING:
                 domain, ttl, own = links_policy
                 message, found = track_message(message, domain, smart=self.smart_encoding)

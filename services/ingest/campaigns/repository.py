@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 COLUMNS = (
-    "campaign_id, name, segment_id, segment_filter, sender, variants, frequency_caps, test_numbers, send_at, state,"
+    "campaign_id, name, segment_id, segment_filter, sender, sender_pool, variants, frequency_caps, test_numbers, send_at, state,"
     " ab_test, phase, decide_at, winner, winner_detail, cursor, fanned_out_at, published, created_at, updated_at,"
     " launched_at, paused_at, paused_from, cancelled_at, cancel_reason, attempts, next_attempt_at, last_error, failed_at"
 )
@@ -33,6 +33,7 @@ def campaign_dict(r: asyncpg.Record) -> dict[str, Any]:
         "segment_id": str(r["segment_id"]) if r["segment_id"] else None,
         "segment_filter": r["segment_filter"],
         "sender": r["sender"],
+        "sender_pool": r["sender_pool"],
         "variants": r["variants"],
         "frequency_caps": r["frequency_caps"],
         "test_numbers": list(r["test_numbers"]),
@@ -66,11 +67,11 @@ class CampaignRepository:
     async def create(self, tenant_id: str, body: dict[str, Any]) -> asyncpg.Record:
         return await self.pool.fetchrow(
             "INSERT INTO campaigns (tenant_id, name, segment_id, segment_filter, sender, variants, frequency_caps,"
-            " test_numbers, send_at, ab_test) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            " test_numbers, send_at, ab_test, sender_pool) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             f" RETURNING {COLUMNS}",
             tenant_id, body["name"], body.get("segment_id"), body["segment_filter"], body.get("sender"),
             body["variants"], body.get("frequency_caps") or [], body.get("test_numbers") or [], body.get("send_at"),
-            body.get("ab_test"),
+            body.get("ab_test"), body.get("sender_pool"),
         )
 
     async def get(self, tenant_id: str, campaign_id: uuid.UUID) -> asyncpg.Record | None:
