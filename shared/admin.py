@@ -17,17 +17,16 @@ from typing import Any
 
 import asyncpg
 
-from shared.kafka_signing import new_kafka_key
 from shared.auth import DEFAULT_SCOPES, SCOPES, create_key, create_tenant, revoke_key
 from shared.geo import country_code, country_codes
+from shared.kafka_signing import new_kafka_key
 from shared.phones import PhoneError, parse_e164
 from shared.retention import KINDS as RETENTION_KINDS
 from shared.retention import parse_tenant_retention
 from shared.senders import CAPABILITIES as SENDER_CAPABILITIES
 from shared.senders import KINDS as SENDER_KINDS
-from shared.senders import SENDER_RE
+from shared.senders import SENDER_RE, check_registrations, infer_kind
 from shared.senders import STATES as SENDER_STATES
-from shared.senders import check_registrations, infer_kind
 from shared.senders import normalise as normalise_sender
 
 

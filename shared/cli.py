@@ -205,8 +205,8 @@ def _admin_parser(sub: Any) -> None:
 
 def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from shared import admin
-    from shared.geo import country_code, parse_country_list
     from shared.contracts.envelope import TENANT_PATTERN
+    from shared.geo import country_code, parse_country_list
 
     actor = args.actor or admin.default_actor()
     obj, action = args.object, getattr(args, "action", None)

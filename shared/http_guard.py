@@ -22,7 +22,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,5 +168,5 @@ async def _answer(send: Send, status: int, code: str, message: str, headers: dic
     await send({"type": "http.response.body", "body": body})
 
 
-def principal_from_scope(scope: dict[str, Any]) -> Principal | None:
+def principal_from_scope(scope: MutableMapping[str, Any]) -> Principal | None:
     return scope.get(PRINCIPAL_SCOPE_KEY)

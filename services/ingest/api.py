@@ -19,8 +19,6 @@ from pydantic import AwareDatetime, BaseModel, Field
 from services.ingest import deps, metrics
 from services.ingest.audience.contacts_api import router as audience_router
 from services.ingest.campaigns.api import router as campaigns_router
-from services.ingest.replies.api import router as inbound_router
-from services.ingest.senders_api import router as senders_router
 from services.ingest.domain import (
     MAX_SCHEDULE_AHEAD,
     Rejection,
@@ -28,13 +26,20 @@ from services.ingest.domain import (
     batch_message_ids,
     parse_request,
 )
-from shared.ratelimit import RateLimiter
+from services.ingest.replies.api import router as inbound_router
 from services.ingest.repository import IngestRepository
+from services.ingest.senders_api import router as senders_router
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
-from shared.topics import MESSAGE_COMMANDS
 from services.ingest.twilio_callbacks import router as twilio_router
-from shared.api import ApiError, api_app, document_body_schema, install_error_handlers, principal_dependency, require_json
+from shared.api import (
+    ApiError,
+    api_app,
+    document_body_schema,
+    install_error_handlers,
+    principal_dependency,
+    require_json,
+)
 from shared.auth import KeyCache, Principal, authenticate
 from shared.contracts import MessageCommand, MessageCommandEvent, MessageRequest, utcnow
 from shared.events import receipt_event
@@ -43,7 +48,9 @@ from shared.kafka import YIELD_EVERY, Outgoing, Publisher, rejection
 from shared.phones import PhoneError, parse_e164
 from shared.providers.base import PayloadError
 from shared.providers.herald_http import SIGNATURE_HEADER, parse_receipts, verify_receipts
+from shared.ratelimit import RateLimiter
 from shared.signatures import SignatureError
+from shared.topics import MESSAGE_COMMANDS
 
 MAX_RECEIPT_BODY = 5 * 1024 * 1024
 # Checked against when a receipt names no configured gateway, so that answer costs what a wrong

@@ -12,19 +12,18 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from shared.contracts import MessageAccepted, MessageRequest
 from shared.errors import field_errors, top_level_code
 from shared.geo import REFUSAL as GEO_REFUSAL
 from shared.geo import GeoPolicy, GeoRules
 from shared.geo import refusal as geo_refusal
-from shared.contracts import MessageAccepted, MessageRequest
 from shared.phones import PhoneError, parse_e164
 from shared.senders import SenderBook, SenderRules
 from shared.senders import carrier_ids as sender_carrier_ids
 from shared.senders import check as sender_check
 from shared.sms.encoding import analyse
-from shared.templates import opt_out_line
 from shared.statuses import MessageType
-
+from shared.templates import opt_out_line
 
 MAX_SCHEDULE_AHEAD = timedelta(days=35)
 

@@ -249,7 +249,7 @@ def test_startup_order(services_: dict[str, dict[str, Any]]) -> None:
     assert services_["migrate"].get("restart") == "no", "migrate is one-shot"
     for name in CONSUMERS:
         assert conditions(name).get("migrate") == "service_completed_successfully", name
-    for name, svc in services_.items():
+    for name in services_:
         for dep, condition in conditions(name).items():
             assert dep in services_, f"{name} depends on unknown service {dep}"
             if condition == "service_healthy":

@@ -19,7 +19,7 @@ from shared.contracts import MessageRequest, TriggerEvent
 from shared.devtools.stack import Stack
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import make_tenant
-from tests.helpers import signed, produce_raw, read_topic, rejected_events, wait_for
+from tests.helpers import produce_raw, read_topic, rejected_events, signed, wait_for
 
 pytestmark = pytest.mark.e2e
 

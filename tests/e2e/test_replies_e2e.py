@@ -33,7 +33,15 @@ from shared.signatures import verify
 from shared.topics import ACCEPTED, INBOUND, REPLIES
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_pipeline import scrape
-from tests.helpers import foreign_numbers_allowed, http_receiver, loopback_policy, produce_raw, read_topic, wait_for, webhook_hit
+from tests.helpers import (
+    foreign_numbers_allowed,
+    http_receiver,
+    loopback_policy,
+    produce_raw,
+    read_topic,
+    wait_for,
+    webhook_hit,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ import json
 import os
 import random
 import time
-from datetime import timedelta
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -25,7 +25,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.stack import SERVICES, Stack, free_port, infra
 from shared.statuses import FINAL
-from shared.topics import ALL
 from tests.conftest import Tenant, make_tenant
 from tests.helpers import new_stack, running, wait_for
 

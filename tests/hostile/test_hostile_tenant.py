@@ -37,8 +37,8 @@ from aiohttp import web
 
 from shared.auth import DEFAULT_SCOPES
 from shared.contracts import MessageRequest, TriggerEvent
-from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.bench import start_split
+from shared.devtools.demo import demo_numbers, marketing_countries
 from shared.devtools.stack import Ports, Process, Stack
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import Tenant, make_tenant

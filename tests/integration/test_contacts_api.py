@@ -15,8 +15,8 @@ import pytest
 from fastapi import FastAPI
 
 from services.ingest import deps
-from services.ingest.audience.contacts_api import router as audience_router
 from services.ingest.audience import importer
+from services.ingest.audience.contacts_api import router as audience_router
 from services.ingest.audience.contacts_repo import AudienceRepository
 from services.ingest.audience.segments import parse
 from services.ingest.settings import IngestSettings

@@ -20,7 +20,7 @@ from shared import admin
 from shared.kafka import Publisher, make_producer
 from shared.topics import ACCEPTED
 from tests.conftest import make_tenant
-from tests.helpers import wait_for, read_topic
+from tests.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 MSG = {"to": "+34600000001", "body": "Your code is 123456"}

@@ -19,13 +19,13 @@ from services.ingest.events.api import router as events_router
 from services.ingest.events.service import ContactsLookup, EventAcceptor
 from services.ingest.journeys.api import router as journeys_router
 from services.ingest.settings import IngestSettings
-from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
 from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.quiet_hours.clock import FakeClock
 from shared.api import install_error_handlers
 from shared.contracts import ContactEventAcceptedEvent, MessageAcceptedEvent, utcnow
 from shared.kafka import Incoming, Publisher, make_producer
+from shared.ratelimit import RateLimiter
 from shared.settings import KafkaSettings
 from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS
 from tests.conftest import Tenant, make_tenant, register_senders
@@ -155,7 +155,7 @@ def incoming(tenant: str, name: str, phone: str, clock: FakeClock, **properties)
 
     payload = ContactEventAccepted(event_id=uuid.uuid4(), name=name, phone=phone, occurred_at=clock.now(),
                                    received_at=clock.now(), properties=properties, source="api")
-    return Incoming(CONTACT_EVENTS, ContactEventAcceptedEvent(tenant=tenant, payload=payload), None)  # type: ignore[arg-type]
+    return Incoming(CONTACT_EVENTS, ContactEventAcceptedEvent(tenant=tenant, payload=payload), None)
 
 
 async def create_journey(pool, tenant: str, definition: dict) -> uuid.UUID:

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from services.ingest import deps
 from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links import new_code, records, track_message
 from services.ingest.links_repo import LinksRepository
-from services.ingest import deps
 from services.ingest.redirect import ClickBuffer, LinkCache, router
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor

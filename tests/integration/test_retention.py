@@ -30,7 +30,14 @@ from services.reports.repository import ReportsRepository, fetch_message
 from services.reports.retention import tasks as reports_tasks
 from services.reports.settings import ReportsSettings
 from shared import retention
-from shared.contracts import DeliveryReceipt, MessageAccepted, MessageOutbound, MessageOutboundEvent, MessageStatusChanged, utcnow
+from shared.contracts import (
+    DeliveryReceipt,
+    MessageAccepted,
+    MessageOutbound,
+    MessageOutboundEvent,
+    MessageStatusChanged,
+    utcnow,
+)
 from shared.db import migrate, migration_files
 from shared.devtools.stack import Ports, Stack
 from shared.kafka import Incoming

@@ -17,9 +17,9 @@ import pytest
 from pydantic import SecretStr
 
 from services.dispatcher.gateways import build_gateway
+from services.dispatcher.gateways.base import Submitted
 from services.dispatcher.gateways.herald_http import HeraldHttpConfig
 from services.dispatcher.gateways.smpp import SmppConfig, SmppGateway
-from services.dispatcher.gateways.base import Submitted
 from services.dispatcher.gateways.webhook import WebhookConfig, WebhookTemplate
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.repository import ClaimRepository

@@ -695,10 +695,10 @@ def parse_smpp_date(value: str | None, tz: tzinfo = UTC) -> datetime | None:
     if not digits.isdigit() or len(digits) not in (10, 12):
         return None
     try:
-        local = datetime.strptime(digits, "%y%m%d%H%M%S" if len(digits) == 12 else "%y%m%d%H%M")
+        local = datetime.strptime(digits, "%y%m%d%H%M%S" if len(digits) == 12 else "%y%m%d%H%M").replace(tzinfo=tz)
     except ValueError:
         return None
-    return local.replace(tzinfo=tz).astimezone(UTC)
+    return local.astimezone(UTC)
 
 
 IdConversion = Literal["none", "dec_to_hex", "hex_to_dec"]

@@ -20,13 +20,13 @@ from typing import Any
 from services.scheduler.journeys import metrics
 from services.scheduler.journeys.engine import ACTIVE, EventFact, LaneResult, Run, Send, advance, on_event
 from services.scheduler.journeys.messages import SendError, accepted_event, build_message
-from shared.ratelimit import RateLimiter
 from services.scheduler.journeys.repository import JourneyRepository
 from shared.contracts import ContactEventAccepted, utcnow
 from shared.kafka import Incoming, Outgoing, Publisher
 from shared.logging import mask_phone
 from shared.periodic import run_periodically
 from shared.phones import SMS_CAPABLE
+from shared.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class JourneyEventsHandler:
         now = self.clock()
         facts: list[tuple[str, EventFact]] = []
         for item in batch:
-            event: ContactEventAccepted = item.event.payload  # type: ignore[assignment]
+            event: ContactEventAccepted = item.event.payload
             facts.append(
                 (
                     item.event.tenant,
