@@ -32,7 +32,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.auth import AuthError, Principal
 
 PRINCIPAL_SCOPE_KEY = "herald.principal"
-KIB, MIB = 1024, 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

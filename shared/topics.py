@@ -111,7 +111,8 @@ STATUS = Topic(
     key="message id",
     producers=("scheduler", "dispatcher"),
     consumers=("reports", "ingest (links lane: a submitted marketing message's short links start answering)"),
-    description="Status changes: queued, suppressed, submitted, failed.",
+    description="Status changes: scheduled and suppressed (scheduler); submitted, unknown, failed and expired "
+    "(dispatcher). Receipts (delivered, undelivered) travel on receipts.v1.",
 )
 RECEIPTS = Topic(
     "receipts.v1",

@@ -107,7 +107,7 @@ class CommandAnswer(BaseModel):
 
 # Statuses a held message can be cancelled or rescheduled in, and those that mean it is on its way.
 HELD_STATUSES = frozenset({"scheduled"})
-ON_ITS_WAY = frozenset({"queued", "submitted", "unknown", "delivered", "undelivered", "failed", "expired"})
+ON_ITS_WAY = frozenset({"submitted", "unknown", "delivered", "undelivered", "failed", "expired"})
 
 
 class SuppressionBody(BaseModel):

@@ -33,7 +33,7 @@ import asyncpg
 
 from shared.devtools.stack import free_port, start_infra
 
-STATUSES = ("accepted", "scheduled", "queued", "submitted", "delivered")
+STATUSES = ("accepted", "scheduled", "unknown", "submitted", "delivered")
 
 
 def stuck(message_id: str, pct: float) -> bool:

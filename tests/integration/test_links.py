@@ -78,7 +78,7 @@ async def test_the_links_lane_activates_the_links_of_submitted_messages_only(poo
         return MessageStatusEvent(tenant=tenant.tenant_id, occurred_at=at, payload=MessageStatusChanged(
             message_id=message_id, status=value, gateway=gateway, type=MessageType.MARKETING))
 
-    events = [status(queued, Status.QUEUED), status(suppressed, Status.SUPPRESSED), status(sent, Status.QUEUED),
+    events = [status(queued, Status.SCHEDULED), status(suppressed, Status.SUPPRESSED), status(sent, Status.SCHEDULED),
               status(sent, Status.SUBMITTED, "sim"), status(sandbox, Status.SUBMITTED, "sandbox"),
               status(sent, Status.SUBMITTED, "sim")]  # redelivered
     await produce_raw(env.bootstrap, STATUS.name(env.prefix),

@@ -173,7 +173,7 @@ def test_only_submitted_marketing_messages_on_a_real_gateway_activate_their_link
         (a, Status.SUBMITTED, "sim", MessageType.MARKETING, t),  # redelivered, earlier: the earliest wins
         (b, Status.UNKNOWN, "smsc", None, t),  # the SMS may be out
         (c, Status.SUPPRESSED, None, MessageType.MARKETING, t),
-        (d, Status.QUEUED, None, MessageType.MARKETING, t),
+        (d, Status.SCHEDULED, None, MessageType.MARKETING, t),
         (e, Status.SUBMITTED, "sandbox", MessageType.MARKETING, t),  # a test key's: nothing was sent
         (f, Status.SUBMITTED, "sim", MessageType.TRANSACTIONAL, t),  # never has links
         (c, Status.FAILED, "sim", MessageType.MARKETING, t),
