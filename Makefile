@@ -8,7 +8,7 @@ PIP    := $(BIN)/pip install -q --disable-pip-version-check
 LOCK   := requirements/dev.lock
 UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --generate-hashes --no-header -q
 
-.PHONY: run test unit stop bench lock audit infra-start infra-stop infra-status clean
+.PHONY: run test lint unit stop bench lock audit infra-start infra-stop infra-status clean
 
 # Every dependency from the lock file, versions and hashes checked; then Herald itself.
 $(STAMP): pyproject.toml $(LOCK)
@@ -34,8 +34,14 @@ audit: $(STAMP)
 run: $(STAMP)
 	$(BIN)/herald up
 
-## test: the whole test suite (unit, integration and end-to-end, on the real Kafka and PostgreSQL)
-test: $(STAMP)
+## lint: static checks, a few seconds: ruff on the whole repository, mypy on shared/ and the
+## services' domain modules (rules and scope in pyproject.toml, [tool.ruff] and [tool.mypy])
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## test: the static checks, then the whole test suite (unit, integration and end-to-end, on the real Kafka and PostgreSQL)
+test: lint
 	$(PYTHON) deploy/local/infra.py start
 	$(BIN)/python -m pytest
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import asyncpg
 
-from shared.kafka_signing import new_kafka_key
 from shared.auth import DEFAULT_SCOPES, SCOPES, create_key, create_tenant, revoke_key
+from shared.kafka_signing import new_kafka_key
 from shared.phones import PhoneError, parse_e164
 from shared.senders import STATES as SENDER_STATES
 from shared.senders import check_registrations, infer_kind
@@ -31,6 +31,10 @@ from shared.tenant_admin import (  # noqa: F401  (re-exported: `admin.X` for the
     WebhookRefused,
     audit,
     checked_webhook_url,
+    pool_get,
+    pool_list,
+    pool_remove,
+    pool_set,
     reply_webhook_set,
     sender_add,
     sender_fields,
@@ -38,10 +42,6 @@ from shared.tenant_admin import (  # noqa: F401  (re-exported: `admin.X` for the
     sender_list,
     sender_remove,
     sender_view,
-    pool_get,
-    pool_list,
-    pool_remove,
-    pool_set,
     tenant_policy,
     tenant_policy_set,
     webhook_url,

@@ -220,8 +220,8 @@ def _admin_parser(sub: Any) -> None:
 
 def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from herald_tools import admin
-    from shared.geo import country_code, parse_country_list
     from shared.contracts.envelope import TENANT_PATTERN
+    from shared.geo import country_code, parse_country_list
 
     actor = args.actor or admin.default_actor()
     obj, action = args.object, getattr(args, "action", None)

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import random
+import secrets
 import signal
 import sys
 import time

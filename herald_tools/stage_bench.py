@@ -35,8 +35,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from herald_tools.demo import demo_numbers, marketing_countries
 from herald_tools.stack import Stack
-from shared.phones import parse_e164
 from shared.kafka import Outgoing, Publisher, client_options, ensure_topics, make_producer
+from shared.phones import parse_e164
 from shared.settings import KafkaSettings
 from shared.statuses import MessageType
 from shared.topics import ACCEPTED_BULK, OUTBOUND_BULK, Topic

@@ -42,7 +42,7 @@ async def create_pool(settings: DatabaseSettings, timeout_s: float = 30) -> asyn
 
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files("shared") / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(f.name, f.read_text()) for f in files]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -69,7 +69,7 @@ class ErasureHandler:
     async def __call__(self, batch: list[Incoming]) -> list[Outgoing]:
         seen: set[Any] = set()
         for item in batch:
-            event: ErasureRequestedEvent = item.event
+            event = cast(ErasureRequestedEvent, item.event)
             if event.payload.erasure_id in seen:
                 continue
             seen.add(event.payload.erasure_id)

@@ -85,7 +85,7 @@ CATALOGUE: dict[str, ErrorCode] = {
     "version_conflict": _c(409, "`If-Match` names an older version: read the journey (or template) and retry"),
     "journey_archived": _c(409, "an archived journey cannot change"),
     "invalid_state": _c(409, "the campaign's state does not allow this action"),
-    "already_sent": _c(409, "the message is already on its way (queued, sent or final): it cannot be cancelled or rescheduled"),
+    "already_sent": _c(409, "the message is already on its way (sent or final): it cannot be cancelled or rescheduled"),
     "not_scheduled": _c(409, "only a message the scheduler holds (status `scheduled`) can be cancelled or rescheduled"),
     "state_changed": _c(409, "the campaign changed meanwhile: read it and retry", retry=True),
     "contact_exists": _c(409, "a contact with this phone exists"),

@@ -22,7 +22,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.auth import AuthError, Principal
 
 PRINCIPAL_SCOPE_KEY = "herald.principal"
-KIB, MIB = 1024, 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,5 +167,5 @@ async def _answer(send: Send, status: int, code: str, message: str, headers: dic
     await send({"type": "http.response.body", "body": body})
 
 
-def principal_from_scope(scope: dict[str, Any]) -> Principal | None:
+def principal_from_scope(scope: MutableMapping[str, Any]) -> Principal | None:
     return scope.get(PRINCIPAL_SCOPE_KEY)

@@ -24,8 +24,8 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import ValidationError
 
 from shared import metrics
-from shared.errors import field_errors
 from shared.contracts import SYSTEM_TENANT, Envelope, RejectedEvent, RejectedEventEnvelope
+from shared.errors import field_errors
 from shared.settings import ConsumerSettings, KafkaSettings
 from shared.topics import ALL, REJECTED, Topic
 
@@ -62,7 +62,7 @@ class Outgoing:
 
     topic: Topic
     key: str
-    event: Envelope  # type: ignore[type-arg]
+    event: Envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +70,8 @@ class Incoming:
     """A decoded event and the record it came from."""
 
     topic: Topic
-    event: Envelope  # type: ignore[type-arg]
-    record: ConsumerRecord  # type: ignore[type-arg]
+    event: Envelope
+    record: ConsumerRecord
 
 
 Handler = Callable[[list[Incoming]], Awaitable[list[Outgoing]]]
@@ -204,7 +204,7 @@ def rejection(
         reason=reason,
         errors=errors or [],
         original=text,
-        original_encoding=encoding,  # type: ignore[arg-type]
+        original_encoding=encoding,
         key=key_text,
         partition=partition,
         offset=offset,
@@ -213,7 +213,7 @@ def rejection(
     return Outgoing(REJECTED, source, RejectedEventEnvelope(tenant=tenant, payload=payload, **extra))
 
 
-def decode(topic: Topic, record: ConsumerRecord) -> Incoming | Outgoing:  # type: ignore[type-arg]
+def decode(topic: Topic, record: ConsumerRecord) -> Incoming | Outgoing:
     """Decode one record into an ``Incoming`` or, if it is bad, a rejection ``Outgoing``."""
     value: bytes | None = record.value
     where = {"key": record.key, "partition": record.partition, "offset": record.offset}
@@ -388,7 +388,7 @@ class BatchConsumer:
             except Exception:  # a metric must never stop the consumer
                 log.debug("lag not recorded", exc_info=True)
 
-    async def _process(self, records: list[ConsumerRecord]) -> None:  # type: ignore[type-arg]
+    async def _process(self, records: list[ConsumerRecord]) -> None:
         incoming: list[Incoming] = []
         rejected: list[Outgoing] = []
         for index, record in enumerate(records):
@@ -396,7 +396,10 @@ class BatchConsumer:
                 await asyncio.sleep(0)  # decoding a large batch must not hold the event loop
             metrics.CONSUMED.labels(self.service, self._by_name[record.topic].suffix).inc()
             decoded = decode(self._by_name[record.topic], record)
-            (incoming if isinstance(decoded, Incoming) else rejected).append(decoded)
+            if isinstance(decoded, Incoming):
+                incoming.append(decoded)
+            else:
+                rejected.append(decoded)
         self._record_age(incoming)
         outgoing = await self._handle_resilient(incoming, rejected)
         await self._publish_with_retry(outgoing + rejected)
@@ -479,7 +482,7 @@ class BatchConsumer:
             return False
         try:
             await asyncio.wait_for(self.probe(), timeout=5)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure of the probe is the answer: the database does not answer
             return False
         return True
 
@@ -527,7 +530,7 @@ class BatchConsumer:
             child = self._age_children[topic.suffix] = metrics.EVENT_AGE_SECONDS.labels(self.service, topic.suffix)
         return child
 
-    def _record_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:  # type: ignore[type-arg]
+    def _record_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         assert self._consumer is not None
         assigned = self._consumer.assignment()
         for tp, recs in batches.items():

@@ -62,7 +62,7 @@ async def run_until_stopped(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = {asyncio.create_task(coro, name=name): name for name, coro in workers.items()}
+    tasks: dict[asyncio.Task[Any], str] = {asyncio.create_task(coro, name=name): name for name, coro in workers.items()}
     stop_wait = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
     code = 0

@@ -44,7 +44,6 @@ NOT_REGISTERED = "sender_not_registered"
 NOT_VERIFIED = "sender_not_verified"
 NOT_ALLOWED_FOR_COUNTRY = "sender_not_allowed_for_country"
 REGISTRATION_MISSING = "sender_registration_missing"
-CODES = (NOT_REGISTERED, NOT_VERIFIED, NOT_ALLOWED_FOR_COUNTRY, REGISTRATION_MISSING)
 
 SENDER_RE = re.compile(r"^(\+?[0-9]{3,15}|[A-Za-z0-9 ._-]{1,11})$")
 _SHORT_CODE = re.compile(r"^[0-9]{3,8}$")

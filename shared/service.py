@@ -120,7 +120,7 @@ async def run_service(
             try:
                 await pool.fetchval("SELECT 1")
                 checks["database"] = True
-            except Exception:
+            except Exception:  # noqa: BLE001 - readiness: any failure means not ready, never a crashed probe
                 checks["database"] = False
             return checks
 

@@ -22,19 +22,17 @@ class MessageType(StrEnum):
 class Status(StrEnum):
     ACCEPTED = "accepted"  # ingest validated it and published it
     SCHEDULED = "scheduled"  # the scheduler holds it until a later time (quiet hours, send_at)
-    QUEUED = "queued"  # the scheduler released it to the dispatcher
     SUBMITTED = "submitted"  # a gateway took it and gave an id
     UNKNOWN = "unknown"  # sent, but whether the gateway received it cannot be determined (not resent)
     DELIVERED = "delivered"
     UNDELIVERED = "undelivered"  # the network could not deliver it (receipt)
     FAILED = "failed"  # Herald or the gateway refused it permanently
     SUPPRESSED = "suppressed"  # the scheduler refused it (opt-out, consent, caps)
-    REJECTED = "rejected"  # invalid input (Kafka triggers)
     EXPIRED = "expired"  # its validity ran out before delivery
 
 
 FINAL: frozenset[Status] = frozenset(
-    {Status.DELIVERED, Status.UNDELIVERED, Status.FAILED, Status.SUPPRESSED, Status.REJECTED, Status.EXPIRED}
+    {Status.DELIVERED, Status.UNDELIVERED, Status.FAILED, Status.SUPPRESSED, Status.EXPIRED}
 )
 
 # Where a message may end: the final statuses, and ``unknown`` (Herald does nothing more with
@@ -44,7 +42,6 @@ SETTLED: frozenset[Status] = FINAL | {Status.UNKNOWN}
 RANK: dict[Status, int] = {
     Status.ACCEPTED: 10,
     Status.SCHEDULED: 20,
-    Status.QUEUED: 30,
     Status.UNKNOWN: 35,
     Status.SUBMITTED: 40,
     **{status: 100 for status in FINAL},
@@ -53,10 +50,6 @@ RANK: dict[Status, int] = {
 
 def is_final(status: Status) -> bool:
     return status in FINAL
-
-
-def is_settled(status: Status) -> bool:
-    return status in SETTLED
 
 
 class ReceiptStatus(StrEnum):

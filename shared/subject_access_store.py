@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -73,7 +73,7 @@ class GatherHandler:
         out: list[Outgoing] = []
         seen: set[Any] = set()
         for item in batch:
-            event: SubjectAccessRequestedEvent = item.event
+            event = cast(SubjectAccessRequestedEvent, item.event)
             request = event.payload
             if request.export_id in seen:
                 continue

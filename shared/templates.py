@@ -54,7 +54,6 @@ OPT_OUT: dict[str, tuple[str, tuple[str, ...]]] = {
 DEFAULT_OPT_OUT_LANGUAGE = "en"
 
 VALUES = "values"  # the prefix of per-send values: {{values.code}}
-VALUE_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Purpose = Literal["marketing", "transactional"]
 

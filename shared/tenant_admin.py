@@ -20,9 +20,8 @@ from shared.retention import KINDS as RETENTION_KINDS
 from shared.retention import parse_tenant_retention
 from shared.senders import CAPABILITIES as SENDER_CAPABILITIES
 from shared.senders import KINDS as SENDER_KINDS
-from shared.senders import POOL_NAME_RE, SENDER_RE
+from shared.senders import POOL_NAME_RE, SENDER_RE, check_registrations, infer_kind
 from shared.senders import STATES as SENDER_STATES
-from shared.senders import check_registrations, infer_kind
 from shared.senders import normalise as normalise_sender
 
 

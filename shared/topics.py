@@ -1,11 +1,19 @@
 """Every Kafka topic Herald uses, its key, its contract and who reads and writes it.
 
-docs/topics.md is the readable catalogue of this table; a test keeps the two in step.
+docs/topics.md is the readable catalogue of this table; a test keeps the two in step. The
+``producers`` and ``consumers`` of a topic name Herald's services first (``"ingest (replies
+lane)"``), then any outside party (``"upstream systems"``); tests/unit/test_topic_wiring.py reads
+the services' code (every ``Outgoing(topic, ...)`` a service can reach, every consumer lane and
+``run_service`` topic list) and fails when a service publishes to or consumes a topic this table
+does not list for it, or is listed for one it does not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
+
+from pydantic import BaseModel
 
 from shared.contracts import (
     CampaignWinnerEvent,
@@ -29,11 +37,14 @@ from shared.contracts import (
 )
 from shared.statuses import MessageType
 
+# Herald's services, as the producers and consumers below name them (the first word).
+SERVICES = ("ingest", "scheduler", "dispatcher", "reports")
+
 
 @dataclass(frozen=True)
 class Topic:
     suffix: str
-    model: type[Envelope]  # type: ignore[type-arg]
+    model: type[Envelope]
     key: str
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
@@ -43,6 +54,17 @@ class Topic:
 
     def name(self, prefix: str) -> str:
         return f"{prefix}{self.suffix}"
+
+    def producing_services(self) -> frozenset[str]:
+        return _services(self.producers)
+
+    def consuming_services(self) -> frozenset[str]:
+        return _services(self.consumers)
+
+
+def _services(parties: tuple[str, ...]) -> frozenset[str]:
+    """The Herald services among ``parties`` (``"reports (replies lane)"`` is reports)."""
+    return frozenset(word for word in (party.split(" ", 1)[0] for party in parties) if word in SERVICES)
 
 
 # Topics whose events carry numbers or message texts keep them a short time (docs/data-map.md):
@@ -64,7 +86,8 @@ ACCEPTED = Topic(
     "messages.accepted.v1",
     MessageAcceptedEvent,
     key="recipient E.164 number",
-    producers=("ingest",),
+    producers=("ingest", "scheduler (journey steps)",
+               "dispatcher (back to the scheduler: its campaign held or tenant disabled after the release)"),
     consumers=("scheduler (priority lane)", "reports"),
     description="Validated transactional messages with their id, encoding and segments. A lane of its own "
     "from ingest on, so a code never queues behind a campaign in any stage.",
@@ -74,7 +97,8 @@ ACCEPTED_BULK = Topic(
     "messages.accepted.bulk.v1",
     MessageAcceptedEvent,
     key="recipient E.164 number",
-    producers=("ingest",),
+    producers=("ingest", "scheduler (journey steps)",
+               "dispatcher (back to the scheduler: its campaign held or tenant disabled after the release)"),
     consumers=("scheduler (bulk lane)", "reports"),
     description="Validated marketing messages (campaigns), same contract as messages.accepted.v1; also transactional "
     "messages of a tenant past its share of the transactional lanes (payload bulk_lane: true).",
@@ -109,13 +133,14 @@ STATUS = Topic(
     producers=("scheduler", "dispatcher"),
     consumers=("reports", "ingest (links lane: a submitted marketing message's short links start answering; "
                           "campaign_page_at moves the tenant's mark for the campaign launcher's pacing)"),
-    description="Status changes: queued, suppressed, submitted, failed.",
+    description="Status changes: scheduled and suppressed (scheduler); submitted, unknown, failed and expired "
+    "(dispatcher). Receipts (delivered, undelivered) travel on receipts.v1.",
 )
 RECEIPTS = Topic(
     "receipts.v1",
     DeliveryReceiptEvent,
     key="gateway message id",
-    producers=("ingest",),
+    producers=("ingest (HTTP provider callbacks)", "dispatcher (SMPP deliver_sm)"),
     consumers=("reports",),
     description="Delivery receipts from gateways, normalised.",
 )
@@ -281,6 +306,9 @@ def render_catalogue(default_prefix: str = "herald.", partitions: int = 6) -> st
         "# Topic catalogue",
         "",
         "Generated from `shared/topics.py` by `python -m shared.topics > docs/topics.md`; a test fails when they differ.",
+        "The producers and consumers are checked against the services' code (`tests/unit/test_topic_wiring.py`): a",
+        "service that publishes to or consumes a topic not listed for it here, or is listed for one its code does not",
+        "touch, fails it.",
         "",
         f"Names carry the prefix `HERALD_TOPIC_PREFIX` (default `{default_prefix}`); `herald migrate` creates",
         f"missing topics with `HERALD_TOPIC_PARTITIONS` partitions (default {partitions}) and",
@@ -317,7 +345,7 @@ def render_catalogue(default_prefix: str = "herald.", partitions: int = 6) -> st
             f"| `{t.name(default_prefix)}` | `{event_type}` v{version} | {t.key} | {', '.join(t.producers)} | {', '.join(t.consumers)} |"
         )
     for t in ALL:
-        payload_model = t.model.model_fields["payload"].annotation
+        payload_model = cast("type[BaseModel]", t.model.model_fields["payload"].annotation)
         lines += ["", f"## `{t.name(default_prefix)}`", "", t.description, ""]
         if t.config:
             lines += ["Topic config: " + ", ".join(f"`{k}={v}`" for k, v in t.config.items()), ""]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from typing import Any
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import pytest
@@ -110,7 +110,7 @@ async def own_topics(env: Env) -> AsyncIterator[Env]:
         await admin.start()
         try:
             await admin.delete_topics(created)
-        except Exception:  # best effort: the broker is the session's, and the prefix unique
+        except Exception:  # noqa: BLE001 - best effort: the broker is the session's, and the prefix unique
             pass
         finally:
             await admin.close()

@@ -941,7 +941,7 @@ class Postgres:
             return
         Out.info(f"postgres: removing stale {pidfile} (pid {read_pid(pidfile)} is gone)")
         deadline = time.monotonic() + 10
-        while (orphans := self._orphans(lay)) and time.monotonic() < deadline:
+        while self._orphans(lay) and time.monotonic() < deadline:
             time.sleep(0.2)
         for pid in self._orphans(lay):
             with contextlib.suppress(ProcessLookupError):

@@ -5,19 +5,18 @@ from __future__ import annotations
 from services.dispatcher.erasure import dispatcher_eraser
 from services.dispatcher.gateways import build_gateway
 from services.dispatcher.gateways.sandbox import SANDBOX, SandboxGateway
-from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
-from services.dispatcher.handlers import ownership_of
+from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender, ownership_of
 from services.dispatcher.parking import Parker, ParkingLoop, policy_from
 from services.dispatcher.repository import CampaignStates, ClaimRepository, ParkingRepository, TenantStates
 from services.dispatcher.retention import tasks as retention_tasks
 from services.dispatcher.settings import DispatcherSettings
-from services.dispatcher.subject_access import dispatcher_gatherer
 from services.dispatcher.sink import KafkaSink
+from services.dispatcher.subject_access import dispatcher_gatherer
 from services.dispatcher.throttle import LocalThrottle, PostgresThrottle, Throttle
 from shared.api import Check
-from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure_store import ErasureHandler
 from shared.retention_store import add_retention_job
+from shared.service import Context, Lane, Wiring, run_service
 from shared.subject_access_store import GatherHandler
 from shared.topics import ERASURES, OUTBOUND, OUTBOUND_BULK, SUBJECT_ACCESS
 

@@ -13,14 +13,13 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from services.dispatcher import metrics
+from services.dispatcher.domain.fair import interleave
 from services.dispatcher.domain.health import GatewayHealth, State, Thresholds
 from services.dispatcher.domain.retry import backoff
 from services.dispatcher.domain.routing import Choice, Route, Router
-from services.dispatcher.gateways.sandbox import SANDBOX
 from services.dispatcher.gateways.base import (
     Gateway,
     LookupPending,
@@ -30,7 +29,7 @@ from services.dispatcher.gateways.base import (
     Submitted,
     Unknown,
 )
-from services.dispatcher.domain.fair import interleave
+from services.dispatcher.gateways.sandbox import SANDBOX
 from services.dispatcher.repository import CampaignStates, ClaimRepository, Finish, ParkItem, TenantStates
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import LocalThrottle, Throttle, sender_key
@@ -516,7 +515,7 @@ class OutboundHandler:
         metrics.RELEASED_CLAIMS.labels("batch_failed").inc(len(ids))
         try:
             await asyncio.wait_for(self.claims.release_for_reconcile(ids, UNKNOWN_RECHECK_S), RELEASE_TIMEOUT_S)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - best effort: the claims expire within the lease anyway
             log.warning("claims of a failed batch not released; they expire within the lease",
                         extra={"claims": len(ids), "error": repr(exc)})
 
@@ -629,7 +628,7 @@ class Reconciler:
                 except LookupPending:
                     pending = True
                     continue
-                except Exception as exc:  # gateway unreachable: ask again later, never guess
+                except Exception as exc:  # noqa: BLE001 - gateway unreachable: ask again later, never guess
                     log.warning("lookup failed", extra={"message_id": str(message.message_id), "gateway": gateway_name,
                                                         "error": repr(exc)})
                     pending = True

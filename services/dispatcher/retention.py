@@ -14,7 +14,6 @@ from datetime import timedelta
 from services.dispatcher.settings import DispatcherSettings
 from shared.retention_store import Run, Task
 
-FINAL_STATES = ("submitted", "failed", "expired")
 _FINAL = "state IN ('submitted', 'failed', 'expired')"
 # What a redacted outbound keeps: everything but the text (number and metadata go with the row).
 REDACT_BODY = """outbound || '{"body": "", "body_redacted": true}'::jsonb"""

@@ -19,8 +19,6 @@ from pydantic import AwareDatetime, BaseModel, Field
 from services.ingest import deps, metrics
 from services.ingest.audience.contacts_api import router as audience_router
 from services.ingest.campaigns.api import router as campaigns_router
-from services.ingest.replies.api import router as inbound_router
-from services.ingest.senders_api import router as senders_router
 from services.ingest.domain import (
     MAX_SCHEDULE_AHEAD,
     Rejection,
@@ -29,12 +27,20 @@ from services.ingest.domain import (
     parse_request,
 )
 from services.ingest.ratelimit import RateLimiter
+from services.ingest.replies.api import router as inbound_router
 from services.ingest.repository import IngestRepository
+from services.ingest.senders_api import router as senders_router
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
-from shared.topics import MESSAGE_COMMANDS
 from services.ingest.twilio_callbacks import router as twilio_router
-from shared.api import ApiError, api_app, document_body_schema, install_error_handlers, principal_dependency, require_json
+from shared.api import (
+    ApiError,
+    api_app,
+    document_body_schema,
+    install_error_handlers,
+    principal_dependency,
+    require_json,
+)
 from shared.auth import KeyCache, Principal, authenticate
 from shared.contracts import MessageCommand, MessageCommandEvent, MessageRequest, utcnow
 from shared.events import receipt_event
@@ -44,6 +50,7 @@ from shared.phones import PhoneError, parse_e164
 from shared.providers.base import PayloadError
 from shared.providers.herald_http import SIGNATURE_HEADER, parse_receipts, verify_receipts
 from shared.signatures import SignatureError
+from shared.topics import MESSAGE_COMMANDS
 
 MAX_RECEIPT_BODY = 5 * 1024 * 1024
 # Checked against when a receipt names no configured gateway, so that answer costs what a wrong
@@ -100,7 +107,7 @@ class CommandAnswer(BaseModel):
 
 # Statuses a held message can be cancelled or rescheduled in, and those that mean it is on its way.
 HELD_STATUSES = frozenset({"scheduled"})
-ON_ITS_WAY = frozenset({"queued", "submitted", "unknown", "delivered", "undelivered", "failed", "expired"})
+ON_ITS_WAY = frozenset({"submitted", "unknown", "delivered", "undelivered", "failed", "expired"})
 
 
 class SuppressionBody(BaseModel):

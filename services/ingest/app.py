@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from services.ingest.api import create_app
+from services.ingest.audience.subject_access import PartsHandler, ingest_gatherer
 from services.ingest.campaigns.launcher import Launcher
 from services.ingest.campaigns.pacing import InFlightBound
 from services.ingest.campaigns.progress import CampaignProgress, LaneProgressHandler
 from services.ingest.campaigns.winners import CampaignWinnersHandler
-from services.ingest.link_activation import LinkActivationHandler
-from services.ingest.links_repo import LinksRepository
-from services.ingest.redirect import ClickBuffer, LinkCache, TakedownWatcher
-from services.ingest.redirect import router as links_router
 from services.ingest.events.api import batch_schema as events_batch_schema
 from services.ingest.events.api import router as events_router
 from services.ingest.events.consumer import ContactEventsHandler
 from services.ingest.events.service import ContactsLookup, EventAcceptor
 from services.ingest.journeys.api import router as journeys_router
+from services.ingest.link_activation import LinkActivationHandler
+from services.ingest.links_repo import LinksRepository
 from services.ingest.ratelimit import RateLimiter
+from services.ingest.redirect import ClickBuffer, LinkCache, TakedownWatcher
+from services.ingest.redirect import router as links_router
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
@@ -28,10 +29,16 @@ from services.ingest.triggers import TriggerHandler
 from shared.api import Check, document_body_schema
 from shared.retention_store import add_retention_job
 from shared.service import Context, Lane, Wiring, run_service
-from services.ingest.audience.subject_access import PartsHandler, ingest_gatherer
 from shared.subject_access_store import GatherHandler
-from shared.topics import CAMPAIGN_WINNERS, CONTACT_EVENTS_IN, INBOUND, STATUS, SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS, TRIGGERS
-
+from shared.topics import (
+    CAMPAIGN_WINNERS,
+    CONTACT_EVENTS_IN,
+    INBOUND,
+    STATUS,
+    SUBJECT_ACCESS,
+    SUBJECT_ACCESS_PARTS,
+    TRIGGERS,
+)
 
 # Routers mounted after create_app's, once their state is set up below (the short-link redirect,
 # contact events, journeys); docs/scopes.md lists their routes too (herald_tools/scopedoc.py).

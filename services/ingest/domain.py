@@ -12,21 +12,19 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from shared.contracts import MessageAccepted, MessageRequest
+from shared.contracts.messages import SenderThrottle
 from shared.errors import field_errors, top_level_code
 from shared.geo import REFUSAL as GEO_REFUSAL
 from shared.geo import GeoPolicy, GeoRules
 from shared.geo import refusal as geo_refusal
-from shared.contracts import MessageAccepted, MessageRequest
-from shared.contracts.messages import SenderThrottle
 from shared.phones import PhoneError, parse_e164
-from shared.senders import PoolChoice, Refusal, SenderBook, SenderRules, choose_from_pool, load_rules
+from shared.senders import PoolChoice, Refusal, SenderBook, SenderRules, choose_from_pool, load_rules, throttle_of
 from shared.senders import carrier_ids as sender_carrier_ids
 from shared.senders import check as sender_check
-from shared.senders import throttle_of
 from shared.sms.encoding import analyse
-from shared.templates import opt_out_line
 from shared.statuses import MessageType
-
+from shared.templates import opt_out_line
 
 MAX_SCHEDULE_AHEAD = timedelta(days=35)
 

@@ -26,10 +26,10 @@ from services.ingest.template_sends import render_send, template_key
 from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
 from shared.egress import MESSAGES, CachedResolve, EgressPolicy, check_urls
 from shared.geo import GeoPolicy, GeoRules
-from shared.senders import SenderBook
-from shared.senders import load_rules as load_sender_rules
 from shared.kafka import YIELD_EVERY, Outgoing
 from shared.phones import PhoneError, parse_e164
+from shared.senders import SenderBook
+from shared.senders import load_rules as load_sender_rules
 from shared.statuses import MessageType
 from shared.topics import accepted_topic
 

@@ -9,8 +9,8 @@ from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from shared.contracts import MessageRequest, TriggerEvent, utcnow
 from shared.geo import GeoPolicy
-from shared.senders import SenderBook
 from shared.kafka import Incoming, Outgoing
+from shared.senders import SenderBook
 
 
 class TriggerHandler:

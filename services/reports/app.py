@@ -7,19 +7,29 @@ from datetime import timedelta
 from services.reports.api import create_app
 from services.reports.erasure import reports_eraser
 from services.reports.handlers import PendingSweeper, StatusHandler
-from services.reports.settings import ReportsSettings
-from services.reports.subject_access import reports_gatherer
 from services.reports.results import ResultsHandler
 from services.reports.retention import tasks as retention_tasks
+from services.reports.settings import ReportsSettings
+from services.reports.subject_access import reports_gatherer
 from services.reports.webhooks.handler import ReplyWebhookHandler
 from services.reports.webhooks.worker import WebhookWorker
 from services.reports.winner import WinnerWorker
 from shared.api import Check
-from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure_store import ErasureHandler
 from shared.retention_store import add_retention_job
+from shared.service import Context, Lane, Wiring, run_service
 from shared.subject_access_store import GatherHandler
-from shared.topics import ACCEPTED, ACCEPTED_BULK, CLICKS, CONTACT_EVENTS, ERASURES, RECEIPTS, REPLIES, STATUS, SUBJECT_ACCESS
+from shared.topics import (
+    ACCEPTED,
+    ACCEPTED_BULK,
+    CLICKS,
+    CONTACT_EVENTS,
+    ERASURES,
+    RECEIPTS,
+    REPLIES,
+    STATUS,
+    SUBJECT_ACCESS,
+)
 
 
 async def wire(ctx: Context, readiness: Check) -> Wiring:

@@ -39,7 +39,7 @@ FROM messages WHERE campaign_id = $1 AND status_rank > 0 GROUP BY variant
 """
 _SKIPPED = """
 SELECT variant, status, coalesce(reason_code, status) AS reason_code, count(*) AS n
-FROM messages WHERE campaign_id = $1 AND status IN ('suppressed', 'rejected') GROUP BY 1, 2, 3
+FROM messages WHERE campaign_id = $1 AND status = 'suppressed' GROUP BY 1, 2, 3
 """
 # Held messages (status ``scheduled``): the rule of their latest hold and when it releases them,
 # from the scheduler's status event in the timeline (reason_code and due_at in its detail).

@@ -12,8 +12,6 @@ from typing import Any
 import asyncpg
 
 from services.reports import metrics
-from services.reports.webhooks import repository as webhook_outbox
-from services.reports.webhooks import rules as webhook_rules
 from services.reports.domain import Change, Transition, fold, from_accepted, from_receipt, from_status
 from services.reports.repository import (
     DEFAULT_PARKED_MAX,
@@ -23,6 +21,8 @@ from services.reports.repository import (
     ReceiptKey,
     ReportsRepository,
 )
+from services.reports.webhooks import repository as webhook_outbox
+from services.reports.webhooks import rules as webhook_rules
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
 from shared.kafka import Incoming, Outgoing
 from shared.periodic import run_periodically

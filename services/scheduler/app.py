@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from services.scheduler.erasure import scheduler_eraser
-from services.scheduler.subject_access import scheduler_gatherer
 from services.scheduler.handlers import AcceptedHandler, CommandHandler, FactsRepository, Timer
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
 from services.scheduler.journeys.limits import JourneyLimiter
 from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.subject_access import scheduler_gatherer
 from shared.api import Check
-from shared.service import Context, Lane, Wiring, run_service
 from shared.erasure import ErasureKeys
 from shared.erasure_store import ErasureHandler
+from shared.service import Context, Lane, Wiring, run_service
 from shared.subject_access_store import GatherHandler
 from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS, ERASURES, MESSAGE_COMMANDS, SUBJECT_ACCESS
 

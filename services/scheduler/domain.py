@@ -127,8 +127,6 @@ class Facts:
     suppressions: Mapping[tuple[str, str], str] = field(default_factory=dict)  # → reason
     # (tenant, number, sender) → reason: opted out of the scope (brand) that sender belongs to
     scoped_suppressions: Mapping[tuple[str, str, str], str] = field(default_factory=dict)
-    contact_zones: Mapping[tuple[str, str], str] = field(default_factory=dict)  # → IANA zone
-    quiet_overrides: Mapping[str, Any] = field(default_factory=dict)  # tenant → TenantOverrides
     contacts: Mapping[tuple[str, str], Contact] = field(default_factory=dict)
     policies: Mapping[str, TenantPolicy] = field(default_factory=dict)  # missing: TenantPolicy()
     campaigns: Mapping[uuid.UUID, CampaignState] = field(default_factory=dict)
@@ -259,20 +257,18 @@ def zone_prefix(e164: str) -> str:
 
 def _quiet_decision(tenant: str, message: MessageAccepted, facts: Facts, now: datetime) -> Any:
     contact = facts.contacts.get((tenant, message.to))
-    contact_zone = facts.contact_zones.get((tenant, message.to)) or (contact.time_zone if contact else None)
+    contact_zone = contact.time_zone if contact else None
     subdivision = contact.subdivision if contact else None
-    overrides = facts.quiet_overrides.get(tenant)
     key = (message.country, zone_prefix(message.to), contact_zone, subdivision, now.replace(second=0, microsecond=0))
-    if overrides is None and key in _QUIET_CACHE:
+    if key in _QUIET_CACHE:
         return _QUIET_CACHE[key]
     decision = evaluate(
         MessageFacts.from_message(message, contact_timezone=contact_zone, contact_subdivision=subdivision),
-        now, overrides, rules=rulebook(),
+        now, rules=rulebook(),
     )
-    if overrides is None:
-        if len(_QUIET_CACHE) >= _QUIET_CACHE_MAX:
-            _QUIET_CACHE.clear()
-        _QUIET_CACHE[key] = decision
+    if len(_QUIET_CACHE) >= _QUIET_CACHE_MAX:
+        _QUIET_CACHE.clear()
+    _QUIET_CACHE[key] = decision
     return decision
 
 

@@ -20,8 +20,8 @@ from shared.signatures import sign
 
 from .core import OutcomeRates, ReceiptBatch, Simulator
 from .http import build_registry, create_api_app, create_control_app
-from .smpp import SmppFace, register_smpp_routes
 from .settings import SimulatorSettings
+from .smpp import SmppFace, register_smpp_routes
 
 log = logging.getLogger("herald.simulator")
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
-
 import ipaddress
 import math
+import secrets
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator

@@ -2,13 +2,19 @@
 
 from shared.contracts.campaigns import CampaignWinnerDecided, CampaignWinnerEvent
 from shared.contracts.clicks import LinkClicked, LinkClickedEvent
-from shared.contracts.erasure import ErasureRequested, ErasureRequestedEvent
 from shared.contracts.envelope import SYSTEM_TENANT, Envelope, derived_event_id, utcnow
+from shared.contracts.erasure import ErasureRequested, ErasureRequestedEvent
+from shared.contracts.events import (
+    ContactEventAccepted,
+    ContactEventAcceptedEvent,
+    ContactEventRequest,
+    ContactEventRequestEvent,
+)
 from shared.contracts.messages import (
-    InboundMessage,
-    InboundMessageEvent,
     DeliveryReceipt,
     DeliveryReceiptEvent,
+    InboundMessage,
+    InboundMessageEvent,
     MessageAccepted,
     MessageAcceptedEvent,
     MessageCommand,
@@ -21,12 +27,6 @@ from shared.contracts.messages import (
     RejectedEvent,
     RejectedEventEnvelope,
     TriggerEvent,
-)
-from shared.contracts.events import (
-    ContactEventAccepted,
-    ContactEventAcceptedEvent,
-    ContactEventRequest,
-    ContactEventRequestEvent,
 )
 from shared.contracts.replies import ConversationEntry, ReplyForwarded, ReplyForwardedEvent
 from shared.contracts.subject_access import (

@@ -13,7 +13,6 @@ SYSTEM_TENANT = "_system"  # events that belong to no tenant (gateway receipts, 
 # Deterministic event ids (uuid5) make re-published events land once in the timeline.
 EVENT_NAMESPACE = uuid.UUID("6f0b8a9e-7a4c-4c1e-9d55-2f3c0e4a8b71")
 
-TenantId = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
 P = TypeVar("P", bound=BaseModel)
 
 

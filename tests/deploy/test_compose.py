@@ -31,12 +31,12 @@ from pydantic import AliasChoices, AliasPath
 from pydantic_settings import BaseSettings, EnvSettingsSource
 
 import services
+from herald_tools.stack import SERVICES, Ports
 from services.dispatcher.settings import DispatcherSettings
 from services.ingest.settings import IngestSettings
 from services.reports.settings import ReportsSettings
 from services.scheduler.settings import SchedulerSettings
 from services.simulator.settings import SimulatorSettings, is_loopback
-from herald_tools.stack import SERVICES, Ports
 from shared.settings import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -249,7 +249,7 @@ def test_startup_order(services_: dict[str, dict[str, Any]]) -> None:
     assert services_["migrate"].get("restart") == "no", "migrate is one-shot"
     for name in CONSUMERS:
         assert conditions(name).get("migrate") == "service_completed_successfully", name
-    for name, svc in services_.items():
+    for name in services_:
         for dep, condition in conditions(name).items():
             assert dep in services_, f"{name} depends on unknown service {dep}"
             if condition == "service_healthy":

@@ -617,7 +617,7 @@ def check_env_values(r: Render) -> list[str]:
         except EnvError as error:
             problems.append(str(error))
             continue
-        except Exception as error:  # pydantic.ValidationError, or a model validator's ValueError
+        except ValueError as error:  # pydantic.ValidationError (a ValueError), or a model validator's ValueError
             problems.append(f"{w.name}: its settings do not validate: {error}")
             continue
         names = env_names(SETTINGS[w.service])
@@ -698,7 +698,7 @@ def check_probes(r: Render) -> list[str]:
         if w.service in HERALD_SERVICES:
             try:
                 settings = settings_of(r, w)
-            except Exception as error:
+            except (EnvError, ValueError) as error:  # a missing reference, or settings that do not validate
                 problems.append(f"{w.name}: {error}")
                 continue
             port = settings.ops_port  # health and metrics: never on the API port

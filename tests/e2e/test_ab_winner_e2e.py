@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from services.ingest.campaigns.domain import BUCKETS, _buckets, message_id_for
 from herald_tools.demo import demo_numbers, marketing_countries
 from herald_tools.stack import Stack
+from services.ingest.campaigns.domain import BUCKETS, _buckets, message_id_for
 from tests.conftest import make_tenant
 from tests.e2e.test_campaigns_e2e import contact_ids, simulator_refs
 from tests.e2e.test_tenant_disable_e2e import ab_campaign

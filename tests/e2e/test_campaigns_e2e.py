@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from services.ingest.campaigns.domain import message_id_for
-from shared.auth import DEFAULT_SCOPES
 from herald_tools.demo import demo_numbers, marketing_countries
 from herald_tools.stack import Stack
+from services.ingest.campaigns.domain import message_id_for
+from shared.auth import DEFAULT_SCOPES
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_pipeline import all_final
 from tests.helpers import new_stack, running, wait_for

@@ -24,9 +24,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from herald_tools import admin
-from shared.contracts import InboundMessage, InboundMessageEvent, SYSTEM_TENANT, utcnow
 from herald_tools.demo import demo_numbers, marketing_countries
 from herald_tools.stack import Stack
+from shared.contracts import SYSTEM_TENANT, InboundMessage, InboundMessageEvent, utcnow
 from shared.topics import ALL, INBOUND, PERSONAL_DATA_RETENTION
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, scrape
@@ -177,7 +177,7 @@ async def scan_topics(bootstrap: str, prefix: str, needles: list[str]) -> dict[s
                                     auto_offset_reset="earliest", client_id=f"test-scan-{uuid.uuid4().hex[:6]}")
         await consumer.start()
         try:
-            partitions = await wait_for(lambda: _assigned(consumer), timeout_s=30)
+            partitions = await wait_for(lambda consumer=consumer: _assigned(consumer), timeout_s=30)
             ends = await consumer.end_offsets(partitions)
             text: list[str] = []
             while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:

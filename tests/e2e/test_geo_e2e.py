@@ -14,12 +14,12 @@ import uuid
 import httpx
 import pytest
 
+from herald_tools.stack import Stack
 from shared.auth import DEFAULT_SCOPES
 from shared.contracts import MessageRequest, TriggerEvent
-from herald_tools.stack import Stack
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import make_tenant
-from tests.helpers import signed, produce_raw, read_topic, rejected_events, wait_for
+from tests.helpers import produce_raw, read_topic, rejected_events, signed, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -19,14 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.contracts import ContactEventRequest, ContactEventRequestEvent, MessageAcceptedEvent
 from herald_tools.demo import demo_numbers, marketing_countries
 from herald_tools.stack import Stack
+from shared.contracts import ContactEventRequest, ContactEventRequestEvent, MessageAcceptedEvent
 from shared.journeys.definition import parse_duration
 from shared.statuses import FINAL
 from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS_IN, REJECTED
 from tests.conftest import Tenant, make_tenant, register_senders
-from tests.helpers import signed, produce_raw, read_topic, rejected_events, wait_for
+from tests.helpers import produce_raw, read_topic, rejected_events, signed, wait_for
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "journeys"

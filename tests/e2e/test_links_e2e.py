@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.ingest.links import CODE_PATTERN
-from shared.contracts import utcnow
 from herald_tools.demo import demo_numbers, marketing_countries
 from herald_tools.stack import Ports, Stack, free_port
+from services.ingest.links import CODE_PATTERN
+from shared.contracts import utcnow
 from tests.conftest import make_tenant
 from tests.e2e.test_pipeline import all_final, scrape, send_batches
 from tests.helpers import running, wait_for

@@ -8,8 +8,8 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from shared.contracts import utcnow
 from herald_tools.stack import Stack
+from shared.contracts import utcnow
 from tests.conftest import make_tenant
 from tests.helpers import wait_for
 

@@ -10,13 +10,13 @@ from collections import Counter
 import httpx
 import pytest
 
-from shared.contracts import MessageRequest, TriggerEvent
 from herald_tools.demo import demo_numbers, marketing_countries
 from herald_tools.stack import Stack
+from shared.contracts import MessageRequest, TriggerEvent
 from shared.statuses import FINAL
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import Tenant, make_tenant
-from tests.helpers import signed, produce_raw, read_topic, rejected_events, wait_for
+from tests.helpers import produce_raw, read_topic, rejected_events, signed, wait_for
 
 pytestmark = pytest.mark.e2e
 FINAL_NAMES = [s.value for s in FINAL]
@@ -274,7 +274,7 @@ async def test_gateway_outage_is_retried_and_permanent_errors_fail(stack: Stack,
     httpx.post(control, json={"mode": "fail", "status": 400}).raise_for_status()
     try:
         ids = await send_batches(stack, tenant, [{"to": "+34620009999", "body": "refused"}])
-        statuses = await all_final(pool, ids, timeout_s=60)
+        await all_final(pool, ids, timeout_s=60)
     finally:
         httpx.post(control, json={"mode": "normal"}).raise_for_status()
     row = await pool.fetchrow("SELECT status, reason_code FROM messages WHERE message_id = $1::uuid", ids[0])

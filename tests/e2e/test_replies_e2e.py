@@ -19,6 +19,8 @@ import pytest
 from aiohttp import web
 
 from herald_tools import admin
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Stack
 from shared.contracts import (
     SYSTEM_TENANT,
     InboundMessage,
@@ -27,13 +29,19 @@ from shared.contracts import (
     ReplyForwardedEvent,
     derived_event_id,
 )
-from herald_tools.demo import demo_numbers, marketing_countries
-from herald_tools.stack import Stack
 from shared.signatures import verify
 from shared.topics import ACCEPTED, INBOUND, REPLIES
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_pipeline import scrape
-from tests.helpers import foreign_numbers_allowed, http_receiver, loopback_policy, produce_raw, read_topic, wait_for, webhook_hit
+from tests.helpers import (
+    foreign_numbers_allowed,
+    http_receiver,
+    loopback_policy,
+    produce_raw,
+    read_topic,
+    wait_for,
+    webhook_hit,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Ports, Stack, free_port
 from services.ingest.links import records, track_message
 from services.ingest.links_repo import LinksRepository
 from services.ingest.service import accepted_event
 from shared.contracts import ContactEventAccepted, ContactEventAcceptedEvent, MessageAccepted, utcnow
-from herald_tools.demo import demo_numbers, marketing_countries
-from herald_tools.stack import Ports, Stack, free_port
 from shared.phones import parse_e164
 from shared.sms.encoding import analyse
 from shared.topics import CONTACT_EVENTS

@@ -17,7 +17,7 @@ import pytest
 
 from shared import admin
 from shared.devtools.stack import Stack
-from shared.senders import PoolChoice, Pool, Sender, SenderBook, choose_from_pool, load_rules
+from shared.senders import Pool, PoolChoice, Sender, SenderBook, choose_from_pool, load_rules
 from tests.conftest import make_tenant, register_senders
 from tests.helpers import new_stack, running, wait_for
 

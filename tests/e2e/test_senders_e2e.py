@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from herald_tools import admin
-from shared.contracts import MessageRequest, TriggerEvent
 from herald_tools.stack import Ports, Stack, free_port
+from shared.contracts import MessageRequest, TriggerEvent
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import make_tenant, register_senders
 from tests.e2e.test_replies_e2e import reply

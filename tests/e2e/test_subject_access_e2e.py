@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from herald_tools import admin
-from shared.auth import DEFAULT_SCOPES
-from shared.contracts import utcnow
 from herald_tools.demo import demo_numbers, marketing_countries
 from herald_tools.stack import Stack
+from shared.auth import DEFAULT_SCOPES
+from shared.contracts import utcnow
 from tests.conftest import make_tenant
 from tests.e2e.test_erasure_e2e import IPHONE, marker, reply_click_and_convert, scan
 from tests.e2e.test_pipeline import all_final, scrape
@@ -154,7 +154,7 @@ async def test_a_number_exports_everything_each_service_holds_about_it(stack: St
         for client in (api, other_api):
             assert (r := await client.post("/v1/erasures", json={"phone": number})).status_code == 202, r.text
             erasure_id = r.json()["erasure_id"]
-            await wait_for(lambda: _complete(client, erasure_id), timeout_s=60, interval_s=0.3)
+            await wait_for(lambda client=client, erasure_id=erasure_id: _complete(client, erasure_id), timeout_s=60, interval_s=0.3)
         status = (await api.get(f"/v1/subject-access/{export_id}")).json()
         assert status["status"] == "erased" and "document" not in status and status["requested_by"] == audit["requested_by"]
     assert await scan(pool, needles) == {}

@@ -12,8 +12,8 @@ import uuid
 import httpx
 import pytest
 
-from shared.contracts import MessageAcceptedEvent, MessageRequest, TriggerEvent
 from herald_tools.stack import Stack
+from shared.contracts import MessageAcceptedEvent, MessageRequest, TriggerEvent
 from shared.statuses import FINAL
 from shared.topics import ACCEPTED, ACCEPTED_BULK, REJECTED, TRIGGERS
 from tests.conftest import make_tenant, register_senders

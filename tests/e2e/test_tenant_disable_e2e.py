@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from services.ingest.campaigns.domain import message_id_for
 from herald_tools import admin
 from herald_tools.demo import demo_numbers, marketing_countries
 from herald_tools.stack import Stack
+from services.ingest.campaigns.domain import message_id_for
 from tests.conftest import make_tenant
 from tests.e2e.test_campaigns_e2e import contact_ids, simulator_refs
 from tests.e2e.test_journeys_e2e import PROOF, example, journey_messages, runs

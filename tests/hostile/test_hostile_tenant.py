@@ -35,11 +35,11 @@ import httpx
 import pytest
 from aiohttp import web
 
+from herald_tools.bench import start_split
+from herald_tools.demo import demo_numbers, marketing_countries
+from herald_tools.stack import Ports, Process, Stack
 from shared.auth import DEFAULT_SCOPES
 from shared.contracts import MessageRequest, TriggerEvent
-from herald_tools.demo import demo_numbers, marketing_countries
-from herald_tools.bench import start_split
-from herald_tools.stack import Ports, Process, Stack
 from shared.topics import REJECTED, TRIGGERS
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_campaigns_e2e import setup_campaign

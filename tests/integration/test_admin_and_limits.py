@@ -8,11 +8,11 @@ import asyncio
 import httpx
 import pytest
 
+from herald_tools import admin
 from services.ingest.api import create_app
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
-from herald_tools import admin
 from shared.kafka import Publisher, make_producer
 
 pytestmark = pytest.mark.integration

@@ -8,6 +8,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import httpx
@@ -15,14 +16,16 @@ import pytest
 from fastapi import FastAPI
 
 from services.ingest import deps
-from services.ingest.audience.contacts_api import router as audience_router
 from services.ingest.audience import importer
+from services.ingest.audience.contacts_api import router as audience_router
 from services.ingest.audience.contacts_repo import AudienceRepository
 from services.ingest.audience.segments import parse
 from services.ingest.settings import IngestSettings
+from services.scheduler.domain import Facts, consent_policy, suppression_policy
 from services.scheduler.handlers import FactsRepository
 from shared.api import install_error_handlers
-from shared.erasure import build_keys
+from shared.contracts import utcnow
+from shared.erasure import NO_KEYS, ErasureKeys, build_keys
 from shared.kafka import Publisher, make_producer
 from tests.conftest import Tenant, make_tenant, register_senders
 from tests.helpers import marketing_to
@@ -379,6 +382,20 @@ async def test_parsers_survive_any_chunk_boundary(fmt) -> None:
 PROOF = {"form_id": "newsletter-footer", "ip": "203.0.113.7", "text_shown": "Yes, send me offers by SMS"}
 
 
+async def marketing_gate(pool, *keys: tuple[str, str], erasure_keys: ErasureKeys = NO_KEYS) -> tuple[list[str | None], Facts]:
+    """What the scheduler decides for a marketing message to each (tenant, phone), from its own
+    facts (one load for the batch): the suppression reason code, None when it may go. Decided as
+    for a tenant whose marketing needs consent (the default policy; test tenants are opt_out)."""
+    items = marketing_to(*keys)
+    facts = replace(await FactsRepository(pool, erasure_keys=erasure_keys).load(items), policies={})
+    now = utcnow()
+    reasons = []
+    for tenant_id, message in items:
+        decision = suppression_policy(tenant_id, message, facts, now) or consent_policy(tenant_id, message, facts, now)
+        reasons.append(decision.reason_code if decision else None)
+    return reasons, facts
+
+
 async def test_consent_grant_revoke_and_the_scheduler_gate(client, pool, tenant: Tenant) -> None:
     c = await create(client, tenant, phone=phone(1))
     url = f"/v1/contacts/{c['contact_id']}/consents"
@@ -388,18 +405,16 @@ async def test_consent_grant_revoke_and_the_scheduler_gate(client, pool, tenant:
     assert r.status_code == 201, r.text
     assert r.json()["current"] is True and r.json()["proof"] == PROOF
 
-    repo = AudienceRepository(pool)
     key = (tenant.tenant_id, phone(1))
-    state = (await repo.consent_states([key]))[key]
-    assert state.may_send_marketing and state.reason_code is None
+    assert (await marketing_gate(pool, key))[0] == [None]
 
     # opt-out: immediate, and the scheduler's existing suppression gate sees it at once
     r = await client.post(url, json={"purpose": "marketing", "granted": False, "source": "sms_keyword"}, headers=tenant.headers)
     assert r.status_code == 201
     facts = await FactsRepository(pool).load(marketing_to(key))
     assert facts.suppressions[key] == "opt_out"
-    state = (await repo.consent_states([key]))[key]
-    assert (state.may_send_marketing, state.reason_code, state.marketing) == (False, "suppressed", False)
+    reasons, facts = await marketing_gate(pool, key)
+    assert (reasons, facts.contacts[key].marketing) == (["suppressed"], False)
 
     # a grant dated before the opt-out is history, not the current state
     r = await client.post(
@@ -413,7 +428,7 @@ async def test_consent_grant_revoke_and_the_scheduler_gate(client, pool, tenant:
     r = await client.post(url, json={"purpose": "marketing", "granted": True, "source": "web_form", "proof": PROOF}, headers=tenant.headers)
     assert r.json()["current"] is True
     assert key not in (await FactsRepository(pool).load(marketing_to(key))).suppressions
-    assert (await repo.consent_states([key]))[key].may_send_marketing
+    assert (await marketing_gate(pool, key))[0] == [None]
 
     # transactional consent is recorded but never touches the suppression list
     r = await client.post(url, json={"purpose": "transactional", "granted": False, "source": "api"}, headers=tenant.headers)
@@ -436,7 +451,7 @@ async def test_consent_grant_revoke_and_the_scheduler_gate(client, pool, tenant:
     assert error(r) == (422, "occurred_in_future")
 
 
-async def test_consent_states_for_a_batch(client, pool, tenant: Tenant) -> None:
+async def test_the_marketing_gate_for_a_batch(client, pool, tenant: Tenant) -> None:
     other = await make_tenant(pool)
     granted = await create(client, tenant, phone=phone(1))
     await create(client, tenant, phone=phone(2))  # never asked
@@ -445,9 +460,8 @@ async def test_consent_states_for_a_batch(client, pool, tenant: Tenant) -> None:
         body = {"purpose": "marketing", "granted": ok, "source": "api"} | ({"proof": PROOF} if ok else {})
         assert (await client.post(f"/v1/contacts/{cid}/consents", json=body, headers=tenant.headers)).status_code == 201
     keys = [(tenant.tenant_id, phone(i)) for i in (1, 2, 3, 4)] + [(other.tenant_id, phone(1))]
-    states = await AudienceRepository(pool).consent_states(keys + keys[:2])
-    assert [states[k].reason_code for k in keys] == [None, "no_consent", "suppressed", "no_contact", "no_contact"]
-    assert [states[k].may_send_marketing for k in keys] == [True, False, False, False, False]
+    reasons, _ = await marketing_gate(pool, *keys, *keys[:2])
+    assert reasons == [None, "no_consent", "suppressed", "no_contact", "no_contact", None, "no_consent"]
 
 
 # erasure --------------------------------------------------------------------------------------
@@ -478,10 +492,10 @@ async def test_erasure_keeps_an_anonymous_suppression(client, pool, tenant: Tena
     )
 
     # the number stays suppressed for marketing, even when a CRM sync creates the contact again
-    repo = AudienceRepository(pool, KEYS)
-    assert (await repo.consent_states([key]))[key].reason_code == "suppressed"
+    assert (await marketing_gate(pool, key, erasure_keys=KEYS))[0] == ["suppressed"]
     again = await create(client, tenant, phone=number)
-    assert (await repo.consent_states([key]))[key].suppressed == "opt_out"
+    reasons, facts = await marketing_gate(pool, key, erasure_keys=KEYS)
+    assert (reasons, facts.suppressions[key]) == (["suppressed"], "opt_out")
     r = await client.post("/v1/segments/preview", json={"filter": "not suppressed"}, headers=tenant.headers)
     assert r.json()["count"] == 0
     # only a new, proven opt-in lifts it
@@ -489,7 +503,7 @@ async def test_erasure_keeps_an_anonymous_suppression(client, pool, tenant: Tena
         f"/v1/contacts/{again['contact_id']}/consents",
         json={"purpose": "marketing", "granted": True, "source": "web", "proof": PROOF}, headers=tenant.headers,
     )
-    assert (await repo.consent_states([key]))[key].may_send_marketing
+    assert (await marketing_gate(pool, key, erasure_keys=KEYS))[0] == [None]
     assert (await client.post("/v1/segments/preview", json={"filter": "not suppressed"}, headers=tenant.headers)).json()["count"] == 1
 
 
@@ -497,8 +511,8 @@ async def test_erasing_a_contact_never_suppressed_still_blocks_marketing(client,
     c = await create(client, tenant, phone=phone(8))
     assert (await client.delete(f"/v1/contacts/{c['contact_id']}", headers=tenant.headers)).status_code == 204
     key = (tenant.tenant_id, phone(8))
-    state = (await AudienceRepository(pool, KEYS).consent_states([key]))[key]
-    assert (state.suppressed, state.contact_id) == ("erased", None)
+    reasons, facts = await marketing_gate(pool, key, erasure_keys=KEYS)
+    assert (reasons, facts.suppressions.get(key), key in facts.contacts) == (["suppressed"], "erased", False)
 
 
 async def test_erasure_by_number_clears_ingests_tables_publishes_the_event_and_rekeys_an_old_hash(
@@ -553,7 +567,8 @@ async def test_erasure_by_number_clears_ingests_tables_publishes_the_event_and_r
     hashes = await pool.fetch("SELECT phone_hash, reason FROM suppression_hashes WHERE tenant_id = $1", t)
     assert [(h["phone_hash"], h["reason"]) for h in hashes] == [(KEYS.hash(t, number), "replied STOP")]  # re-keyed
     key = (t, number)
-    assert (await AudienceRepository(pool, KEYS).consent_states([key]))[key].suppressed == "replied STOP"
+    reasons, facts = await marketing_gate(pool, key, erasure_keys=KEYS)
+    assert (reasons, facts.suppressions.get(key)) == (["suppressed"], "replied STOP")
 
     records = await read_topic(env.bootstrap, ERASURES.name(env.prefix),
                                lambda rs: any(answer["erasure_id"].encode() in x.value for x in rs))

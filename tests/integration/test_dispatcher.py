@@ -15,13 +15,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from herald_tools.stack import Ports, Stack
 from services.dispatcher.gateways import build_gateway
+from services.dispatcher.gateways.herald_http import HeraldHttpConfig
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.repository import ClaimRepository, TenantStates
-from services.dispatcher.gateways.herald_http import HeraldHttpConfig
 from services.dispatcher.settings import DispatcherSettings, RouteConfig
 from shared.contracts import MessageAcceptedEvent, MessageOutbound, MessageOutboundEvent, MessageStatusEvent, utcnow
-from herald_tools.stack import Ports, Stack
 from shared.db import create_pool
 from shared.kafka import Incoming, Outgoing, is_transient
 from shared.settings import ServiceSettings
@@ -95,7 +95,7 @@ async def test_the_validity_left_reaches_the_gateway_as_validity_s(pool, simulat
     batch = outbound(2)
     otp = batch[0].event.payload
     batch[0] = Incoming(None, MessageOutboundEvent(tenant="acme", payload=otp.model_copy(update={
-        "accepted_at": utcnow() - timedelta(seconds=60), "expires_at": utcnow() + timedelta(seconds=240)})), None)  # type: ignore[arg-type]
+        "accepted_at": utcnow() - timedelta(seconds=60), "expires_at": utcnow() + timedelta(seconds=240)})), None)
     await handler(batch)
     await gateways["sim"].close()
 

@@ -53,7 +53,7 @@ async def test_each_service_erases_its_own_tables_once(env, pool) -> None:
 
     erasure = ErasureRequested(erasure_id=uuid.uuid4(), phone=number, phone_hash=KEYS.hash(tenant, number),
                                requested_by="key-1", requested_at=utcnow())
-    event = Incoming(ERASURES, ErasureRequestedEvent(tenant=tenant, payload=erasure), None)  # type: ignore[arg-type]
+    event = Incoming(ERASURES, ErasureRequestedEvent(tenant=tenant, payload=erasure), None)
     producer = make_producer(KafkaSettings(kafka_bootstrap=env.bootstrap), "test-erasure-lanes")
     await producer.start()
     try:

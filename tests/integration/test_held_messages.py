@@ -28,7 +28,7 @@ SATURDAY_NIGHT = datetime(2026, 12, 5, 22, 30, tzinfo=UTC)  # 23:30 in Madrid
 
 
 def incoming(topic, event) -> Incoming:
-    return Incoming(topic, event, None)  # type: ignore[arg-type]  # handlers never read the record
+    return Incoming(topic, event, None)  # handlers never read the record
 
 
 async def test_held_messages_show_their_rule_and_release_time(pool) -> None:

@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr, ValidationError
 
+from herald_tools.stack import Ports, Stack, free_port
 from services.dispatcher.gateways import build_gateway
 from services.dispatcher.gateways.base import LookupUnsupported, Refused, Submitted, Unknown
 from services.dispatcher.gateways.twilio import LookupPending, TwilioConfig, TwilioGateway
@@ -35,7 +36,6 @@ from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from shared.contracts import DeliveryReceiptEvent, MessageOutbound, MessageOutboundEvent, derived_event_id, utcnow
-from herald_tools.stack import Ports, Stack, free_port
 from shared.kafka import Incoming, Outgoing, Publisher, make_producer
 from shared.providers.twilio import compute_signature
 from shared.signatures import SignatureError, verify

@@ -186,10 +186,10 @@ class FailingAfter:
         self.n = n
         self.failed = False
 
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+    def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    async def publish(self, items) -> None:  # type: ignore[no-untyped-def]
+    async def publish(self, items) -> None:
         if not self.failed:
             self.failed = True
             await self.inner.publish(list(items)[: self.n])

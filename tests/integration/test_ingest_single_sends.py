@@ -12,15 +12,15 @@ import asyncpg
 import httpx
 import pytest
 
+from herald_tools import admin
 from services.ingest.api import create_app
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
-from herald_tools import admin
 from shared.kafka import Publisher, make_producer
 from shared.topics import ACCEPTED
 from tests.conftest import make_tenant
-from tests.helpers import wait_for, read_topic
+from tests.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 MSG = {"to": "+34600000001", "body": "Your code is 123456"}

@@ -18,10 +18,10 @@ from services.ingest import deps
 from services.ingest.events.api import router as events_router
 from services.ingest.events.service import ContactsLookup, EventAcceptor
 from services.ingest.journeys.api import router as journeys_router
-from services.ingest.settings import IngestSettings
 from services.ingest.ratelimit import RateLimiter
-from services.scheduler.journeys.limits import JourneyLimiter
+from services.ingest.settings import IngestSettings
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
+from services.scheduler.journeys.limits import JourneyLimiter
 from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.quiet_hours.clock import FakeClock
 from shared.api import install_error_handlers
@@ -156,7 +156,7 @@ def incoming(tenant: str, name: str, phone: str, clock: FakeClock, **properties)
 
     payload = ContactEventAccepted(event_id=uuid.uuid4(), name=name, phone=phone, occurred_at=clock.now(),
                                    received_at=clock.now(), properties=properties, source="api")
-    return Incoming(CONTACT_EVENTS, ContactEventAcceptedEvent(tenant=tenant, payload=payload), None)  # type: ignore[arg-type]
+    return Incoming(CONTACT_EVENTS, ContactEventAcceptedEvent(tenant=tenant, payload=payload), None)
 
 
 async def create_journey(pool, tenant: str, definition: dict) -> uuid.UUID:

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.contracts import MessageOutbound, MessageOutboundEvent, utcnow
 from herald_tools.stack import Ports, Stack
+from shared.contracts import MessageOutbound, MessageOutboundEvent, utcnow
 from shared.statuses import MessageType
 from shared.topics import CONTACT_EVENTS_IN, INBOUND, OUTBOUND, OUTBOUND_BULK, TRIGGERS
 from tests.helpers import produce_raw, wait_for

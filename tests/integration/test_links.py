@@ -14,15 +14,15 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from herald_tools import admin
+from services.ingest import deps
 from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links import new_code, records, track_message
 from services.ingest.links_repo import LinksRepository
-from services.ingest import deps
 from services.ingest.redirect import ClickBuffer, LinkCache, router
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Accepted, Acceptor
 from services.ingest.settings import IngestSettings
-from herald_tools import admin
 from shared.api import install_error_handlers
 from shared.contracts import MessageRequest, MessageStatusChanged, MessageStatusEvent, utcnow
 from shared.kafka import BatchConsumer, Publisher, make_producer
@@ -78,7 +78,7 @@ async def test_the_links_lane_activates_the_links_of_submitted_messages_only(poo
         return MessageStatusEvent(tenant=tenant.tenant_id, occurred_at=at, payload=MessageStatusChanged(
             message_id=message_id, status=value, gateway=gateway, type=MessageType.MARKETING))
 
-    events = [status(queued, Status.QUEUED), status(suppressed, Status.SUPPRESSED), status(sent, Status.QUEUED),
+    events = [status(queued, Status.SCHEDULED), status(suppressed, Status.SUPPRESSED), status(sent, Status.SCHEDULED),
               status(sent, Status.SUBMITTED, "sim"), status(sandbox, Status.SUBMITTED, "sandbox"),
               status(sent, Status.SUBMITTED, "sim")]  # redelivered
     await produce_raw(env.bootstrap, STATUS.name(env.prefix),

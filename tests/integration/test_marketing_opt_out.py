@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.ingest.settings import IngestSettings
 from herald_tools import admin
+from services.ingest.settings import IngestSettings
 from shared.contracts import MessageAcceptedEvent
 from shared.topics import ACCEPTED, ACCEPTED_BULK
 from tests.conftest import make_tenant

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 
 def incoming(topic, event) -> Incoming:
-    return Incoming(topic, event, None)  # type: ignore[arg-type]  # handlers never read the record
+    return Incoming(topic, event, None)  # handlers never read the record
 
 
 @pytest.fixture(scope="module")

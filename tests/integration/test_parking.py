@@ -17,8 +17,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.contracts import MessageOutbound, MessageOutboundEvent, MessageStatusEvent, utcnow
 from herald_tools.stack import Ports, Stack
+from shared.contracts import MessageOutbound, MessageOutboundEvent, MessageStatusEvent, utcnow
 from shared.statuses import Status
 from shared.topics import OUTBOUND, STATUS
 from tests.helpers import produce_raw, read_topic, wait_for

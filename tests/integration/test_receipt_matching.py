@@ -17,7 +17,6 @@ from prometheus_client import REGISTRY
 from services.reports.handlers import PendingSweeper, StatusHandler
 from shared.contracts import (
     DeliveryReceipt,
-    DeliveryReceiptEvent,
     MessageAccepted,
     MessageAcceptedEvent,
     MessageStatusChanged,
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 
 def incoming(topic, event) -> Incoming:
-    return Incoming(topic, event, None)  # type: ignore[arg-type]  # handlers never read the record
+    return Incoming(topic, event, None)  # handlers never read the record
 
 
 class Gateway:
@@ -183,7 +182,7 @@ async def test_parked_receipts_are_capped_per_gateway_and_the_rest_dropped_with_
     assert await pool.fetchval(parked, gw.name) == 3
     assert dropped(gw.name) == 2
     warning = next(r for r in caplog.records if "unmatched receipts dropped" in r.getMessage())
-    assert (warning.gateway, warning.count, warning.parked_max) == (gw.name, 2, 3)  # type: ignore[attr-defined]
+    assert (warning.gateway, warning.count, warning.parked_max) == (gw.name, 2, 3)
     # a redelivered batch of receipts parked already is neither parked twice nor counted as dropped
     await handler(flood[:3])
     assert (await pool.fetchval(parked, gw.name), dropped(gw.name)) == (3, 2)

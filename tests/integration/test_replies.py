@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from herald_tools import admin
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
-from herald_tools import admin
 from shared.contracts import (
     SYSTEM_TENANT,
     InboundMessage,

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from herald_tools import admin
 from services.ingest.replies.handler import RepliesHandler
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.repository import IngestRepository
@@ -29,7 +30,6 @@ from services.reports.webhooks.handler import ReplyWebhookHandler
 from services.reports.webhooks.repository import enqueue_replies
 from services.reports.webhooks.rules import ATTEMPT_HEADER, EVENT_ID_HEADER, conversation_key
 from services.reports.webhooks.worker import WebhookWorker
-from herald_tools import admin
 from shared.contracts import (
     SYSTEM_TENANT,
     InboundMessage,
@@ -110,7 +110,7 @@ async def test_the_replies_lane_puts_the_tenants_url_in_the_forwarded_event(pool
     handler = RepliesHandler(Acceptor(IngestRepository(pool), IngestSettings()), RepliesRepository(pool))
     phone = handset()
     batch = [Incoming(INBOUND, InboundMessageEvent(tenant=SYSTEM_TENANT, payload=InboundMessage(
-        gateway="sim", sender=phone, recipient=n, body="Is it open on Sunday?", received_at=T0)), None)  # type: ignore[arg-type]
+        gateway="sim", sender=phone, recipient=n, body="Is it open on Sunday?", received_at=T0)), None)
         for n in numbers]
     out = await handler(batch)
     assert [o.topic for o in out] == [REPLIES, REPLIES]
@@ -141,7 +141,7 @@ async def test_a_batch_of_replies_is_queued_once_in_conversation_order(pool, cle
         assert await enqueue_replies(conn, events) == 0
     a4 = forwarded(tenant, a, "a4", url, 6)
     handler = ReplyWebhookHandler(pool)
-    assert await handler([Incoming(REPLIES, e, None) for e in [*events[-2:], a4]]) == []  # type: ignore[arg-type]
+    assert await handler([Incoming(REPLIES, e, None) for e in [*events[-2:], a4]]) == []
     found = await outbox(pool, [ka])
     assert [(r["seq"], r["payload"]["body"]) for r in found] == [(1, "a1"), (2, "a2"), (3, "a3"), (4, "a4")]
     # seqs live in webhook_sequences: delivered rows pruned from the outbox do not restart them
@@ -267,7 +267,7 @@ async def test_a_reply_event_naming_another_url_is_posted_to_the_tenants_own_onl
     forged = [forwarded(tenant, phone, "to the attacker?", "http://169.254.169.254/latest", 0),
               forwarded(silent, phone, "and this one?", "https://collector.example.net/x", 1)]
     handler = ReplyWebhookHandler(pool)
-    assert await handler([Incoming(REPLIES, e, None) for e in forged]) == []  # type: ignore[arg-type]
+    assert await handler([Incoming(REPLIES, e, None) for e in forged]) == []
     rows = await outbox(pool, keys)
     assert [(r["tenant_id"], r["url"], r["payload"]["body"]) for r in rows] == [(tenant, own, "to the attacker?")]
 

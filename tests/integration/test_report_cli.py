@@ -9,9 +9,9 @@ import uuid
 import pytest
 from rich.console import Console
 
+from herald_tools.cli import main
 from services.reports.campaign_report import load
 from services.reports.report_cli import print_report, write_png
-from herald_tools.cli import main
 from shared.contracts import utcnow
 from tests.conftest import make_tenant
 

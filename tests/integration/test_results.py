@@ -14,9 +14,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from services.ingest import deps
 from services.ingest.campaigns.winners import CampaignWinnersHandler
 from services.ingest.links_repo import LinksRepository
-from services.ingest import deps
 from services.ingest.redirect import ClickBuffer, LinkCache, router
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
@@ -51,7 +51,7 @@ IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605
 
 
 def incoming(topic, event) -> Incoming:
-    return Incoming(topic, event, None)  # type: ignore[arg-type]  # handlers never read the record
+    return Incoming(topic, event, None)  # handlers never read the record
 
 
 @pytest.fixture

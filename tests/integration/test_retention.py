@@ -16,6 +16,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from herald_tools.stack import Ports, Stack
 from services.dispatcher.gateways import build_gateway
 from services.dispatcher.gateways.herald_http import HeraldHttpConfig
 from services.dispatcher.handlers import OutboundHandler, Sender
@@ -30,9 +31,15 @@ from services.reports.repository import ReportsRepository, fetch_message
 from services.reports.retention import tasks as reports_tasks
 from services.reports.settings import ReportsSettings
 from shared import retention
-from shared.contracts import DeliveryReceipt, MessageAccepted, MessageOutbound, MessageOutboundEvent, MessageStatusChanged, utcnow
+from shared.contracts import (
+    DeliveryReceipt,
+    MessageAccepted,
+    MessageOutbound,
+    MessageOutboundEvent,
+    MessageStatusChanged,
+    utcnow,
+)
 from shared.db import migrate, migration_files
-from herald_tools.stack import Ports, Stack
 from shared.kafka import Incoming
 from shared.metrics import RETENTION_LAST_SUCCESS, RETENTION_ROWS
 from shared.retention_store import RetentionJob, Run, day_partitions

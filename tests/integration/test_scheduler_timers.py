@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from herald_tools import admin
 from services.scheduler.domain import Decision, Verdict, decide
 from services.scheduler.handlers import FactsRepository, Timer
-from herald_tools import admin
 from shared.contracts import MessageAccepted, MessageOutboundEvent, MessageStatusEvent, utcnow
 from shared.kafka import Outgoing
 from shared.statuses import Status

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from herald_tools import admin
 from services.ingest.journeys.api import router as journeys_router
 from services.ingest.replies.repository import RepliesRepository
 from services.ingest.settings import IngestSettings
-from herald_tools import admin
 from shared.api import install_error_handlers
 from shared.auth import create_key
 from tests.conftest import Tenant, make_tenant, register_senders

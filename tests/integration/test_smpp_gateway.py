@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from herald_tools.stack import Ports, Stack, free_port
 from services.dispatcher.gateways import build_gateway
 from services.dispatcher.gateways import smpp_codec as c
 from services.dispatcher.gateways.base import LookupUnsupported, Refused, Submitted, Unknown
@@ -25,7 +26,6 @@ from services.dispatcher.gateways.smpp import SmppConfig, SmppGateway, sessions_
 from services.dispatcher.handlers import Job, Sender
 from services.dispatcher.settings import DispatcherSettings
 from shared.contracts import DeliveryReceipt, InboundMessage, MessageOutbound, utcnow
-from herald_tools.stack import Ports, Stack, free_port
 from shared.sms.encoding import analyse
 from shared.statuses import ReceiptStatus
 
@@ -274,7 +274,7 @@ async def test_malformed_deliver_sm_is_answered_with_an_error_and_the_bind_kept(
         outcomes = await gw.submit_many(messages)
         want = 2 * len(MALFORMED)
         async with asyncio.timeout(15):
-            while sim.get("/stats")["smpp"]["malformed_answered"] < want:
+            while sim.get("/stats")["smpp"]["malformed_answered"] < want:  # noqa: ASYNC110 - polls the simulator, not an in-process flag
                 await asyncio.sleep(0.1)
         ids = {o.gateway_message_id for o in outcomes if isinstance(o, Submitted)}
         await sink.wait(lambda: {r.gateway_message_id for r in sink.receipts_got} >= ids)

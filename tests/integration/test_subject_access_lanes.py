@@ -35,7 +35,7 @@ async def new_export(pool, tenant: str, phone: str, *, expires_in: timedelta = t
 
 def incoming(event) -> Incoming:
     topic = SUBJECT_ACCESS if isinstance(event, SubjectAccessRequestedEvent) else SUBJECT_ACCESS_PARTS
-    return Incoming(topic, event, None)  # type: ignore[arg-type]
+    return Incoming(topic, event, None)
 
 
 async def test_parts_are_chunked_stored_once_and_assembled(pool) -> None:

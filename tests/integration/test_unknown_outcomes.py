@@ -16,10 +16,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from herald_tools.stack import Ports, Stack, free_port
 from services.dispatcher.gateways import build_gateway
+from services.dispatcher.gateways.base import Submitted
 from services.dispatcher.gateways.herald_http import HeraldHttpConfig
 from services.dispatcher.gateways.smpp import SmppConfig, SmppGateway
-from services.dispatcher.gateways.base import Submitted
 from services.dispatcher.gateways.webhook import WebhookConfig, WebhookTemplate
 from services.dispatcher.handlers import OutboundHandler, Reconciler, Sender
 from services.dispatcher.repository import ClaimRepository
@@ -36,7 +37,6 @@ from shared.contracts import (
     MessageStatusEvent,
     utcnow,
 )
-from herald_tools.stack import Ports, Stack, free_port
 from shared.kafka import Incoming, Outgoing
 from shared.statuses import ReceiptStatus, Status
 

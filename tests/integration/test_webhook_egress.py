@@ -22,6 +22,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from herald_tools.stack import free_port
 from services.ingest.api import create_app
 from services.ingest.repository import IngestRepository
 from services.ingest.service import Acceptor
@@ -29,12 +30,11 @@ from services.ingest.settings import IngestSettings
 from services.reports import metrics
 from services.reports.webhooks.worker import WebhookWorker
 from shared.auth import DEFAULT_SCOPES
-from herald_tools.stack import free_port
 from shared.egress import HOST_NOT_PUBLIC, HTTPS_REQUIRED
 from shared.kafka import Publisher, make_producer
 from tests.conftest import make_tenant
 from tests.helpers import http_receiver
-from tests.integration.test_webhooks import rows, sample, seed, settings, stop, until_settled
+from tests.integration.test_webhooks import rows, sample, seed, settings, until_settled
 
 pytestmark = pytest.mark.integration
 

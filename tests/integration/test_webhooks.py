@@ -18,6 +18,7 @@ from datetime import timedelta
 import pytest
 from aiohttp import web
 
+from herald_tools.stack import free_port
 from services.reports import metrics
 from services.reports.domain import from_accepted, from_receipt, from_status
 from services.reports.handlers import record
@@ -26,7 +27,6 @@ from services.reports.settings import ReportsSettings
 from services.reports.webhooks.rules import ATTEMPT_HEADER, EVENT_ID_HEADER
 from services.reports.webhooks.worker import WebhookWorker
 from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged, utcnow
-from herald_tools.stack import free_port
 from shared.signatures import HEADER, verify
 from shared.statuses import ReceiptStatus, Status
 from tests.helpers import LOOPBACK_WEBHOOKS
@@ -213,8 +213,8 @@ async def test_retries_back_off_and_every_attempt_is_signed(pool, receiver, clea
     assert [(r["seq"], r["state"], r["attempts"]) for r in found] == [(1, "delivered", 4), (2, "delivered", 1), (3, "delivered", 1)]
     first = [h for h in receiver.hits if h.payload["seq"] == 1]
     assert [h.attempt for h in first] == [1, 2, 3, 4] and [h.status for h in first] == [503, 503, 503, 200]
-    gaps = [b.at - a.at for a, b in zip(first, first[1:])]
-    for gap, expected in zip(gaps, [0.3, 0.6, 1.2]):
+    gaps = [b.at - a.at for a, b in zip(first, first[1:], strict=False)]
+    for gap, expected in zip(gaps, [0.3, 0.6, 1.2], strict=True):
         assert expected - 0.02 <= gap <= expected + 0.5, gaps
     assert len({h.event_id for h in first}) == 1 and len({h.body for h in first}) == 1
     key = await secret(pool, tenant)
@@ -363,7 +363,7 @@ async def test_a_claim_reads_no_row_waiting_behind_a_head_in_flight(pool, receiv
         " AND NOT EXISTS (SELECT 1 FROM webhook_outbox p WHERE p.message_id = o.message_id AND p.state = 'pending'"
         " AND p.seq < o.seq)")
     explained = ExplainedPool(pool)
-    await type(store)(explained).claim(32, 60)  # type: ignore[arg-type]  # the same SQL, on the stand-in
+    await type(store)(explained).claim(32, 60)  # the same SQL, on the stand-in
     # 400 rows wait behind those 200 heads: none of them is read to find that nothing (of ours) is due
     assert outbox_rows_read(explained.plan) <= 2 * min(others, 32) + 10, json.dumps(explained.plan)[:3000]
 

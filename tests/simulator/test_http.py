@@ -21,11 +21,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from herald_tools.stack import free_port
 from services.simulator.app import SimulatorService
 from services.simulator.core import OutcomeRates, Simulator
 from services.simulator.http import build_registry, create_api_app, create_control_app
 from services.simulator.settings import SimulatorSettings
-from herald_tools.stack import free_port
 from shared.signatures import HEADER, SignatureError, verify
 
 TOKEN = "test-token"

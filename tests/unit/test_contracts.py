@@ -4,7 +4,15 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from shared.contracts import ContactEventRequest, MessageAccepted, MessageAcceptedEvent, MessageRequest, TriggerEvent, derived_event_id, utcnow
+from shared.contracts import (
+    ContactEventRequest,
+    MessageAccepted,
+    MessageAcceptedEvent,
+    MessageRequest,
+    TriggerEvent,
+    derived_event_id,
+    utcnow,
+)
 from shared.topics import ALL
 
 

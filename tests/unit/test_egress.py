@@ -7,7 +7,14 @@ import ipaddress
 import pytest
 
 from shared.egress import (
-    HOST_NOT_PUBLIC, HTTPS_REQUIRED, URL_INVALID, EgressPolicy, address_refusal, check_urls, legacy_ipv4, url_refusal,
+    HOST_NOT_PUBLIC,
+    HTTPS_REQUIRED,
+    URL_INVALID,
+    EgressPolicy,
+    address_refusal,
+    check_urls,
+    legacy_ipv4,
+    url_refusal,
 )
 
 SAFE = EgressPolicy()

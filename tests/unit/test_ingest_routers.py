@@ -62,7 +62,7 @@ def test_state_accessors_make_derived_objects_once_per_app() -> None:
     assert not deps.erasure_keyring(Req(a)).enabled  # type: ignore[arg-type]
 
 
-def _alone(router) -> FastAPI:  # type: ignore[no-untyped-def]
+def _alone(router) -> FastAPI:
     app = FastAPI()
     app.include_router(router)
     return app

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from herald_tools.admin import parse_duration
 from services.ingest.domain import accept, request_hash
 from services.ingest.links import (
     CODE_ALPHABET,
@@ -29,7 +30,6 @@ from services.ingest.links import (
     swap_codes,
     track_message,
 )
-from herald_tools.admin import parse_duration
 from shared.contracts import MessageRequest
 from shared.phones import SMS_CAPABLE
 from shared.sms.encoding import analyse
@@ -173,7 +173,7 @@ def test_only_submitted_marketing_messages_on_a_real_gateway_activate_their_link
         (a, Status.SUBMITTED, "sim", MessageType.MARKETING, t),  # redelivered, earlier: the earliest wins
         (b, Status.UNKNOWN, "smsc", None, t),  # the SMS may be out
         (c, Status.SUPPRESSED, None, MessageType.MARKETING, t),
-        (d, Status.QUEUED, None, MessageType.MARKETING, t),
+        (d, Status.SCHEDULED, None, MessageType.MARKETING, t),
         (e, Status.SUBMITTED, "sandbox", MessageType.MARKETING, t),  # a test key's: nothing was sent
         (f, Status.SUBMITTED, "sim", MessageType.TRANSACTIONAL, t),  # never has links
         (c, Status.FAILED, "sim", MessageType.MARKETING, t),

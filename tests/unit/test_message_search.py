@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.pagination import Cursor
 from services.reports.search import (
     LIST_COLUMNS,
     MessageQuery,
@@ -24,6 +23,7 @@ from services.reports.search import (
     parse_metadata,
     parse_statuses,
 )
+from shared.pagination import Cursor
 
 T0 = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
 
@@ -80,7 +80,7 @@ def test_filter_errors_are_specific() -> None:
         check_range(T0, T0)
     assert err.value.code == "empty_range"
     with pytest.raises(SearchError) as err:
-        check_range(datetime(2026, 1, 1), None)
+        check_range(datetime(2026, 1, 1), None)  # noqa: DTZ001 - the naive time under test
     assert err.value.code == "timezone_required"
 
 

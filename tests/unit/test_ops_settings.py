@@ -6,14 +6,13 @@ import re
 
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from services.dispatcher.settings import DispatcherSettings
 from services.ingest.settings import IngestSettings
 from services.reports.settings import ReportsSettings
 from services.scheduler.settings import SchedulerSettings
-from fastapi.testclient import TestClient
-
 from shared.api import api_app, ops_app
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-
 from shared.kafka import Outgoing, Publisher
 from shared.topics import ACCEPTED
 
@@ -39,7 +38,7 @@ def item(text: str) -> Outgoing:
 
 async def test_each_caller_waits_for_its_own_ack_and_gets_its_own_error() -> None:
     producer = Producer()
-    publisher = Publisher(producer, "t.", "ingest")  # type: ignore[arg-type]
+    publisher = Publisher(producer, "t.", "ingest")
     calls = [asyncio.ensure_future(publisher.publish_joined([item(f"m{i}")])) for i in range(5)]
     for _ in range(5):
         await asyncio.sleep(0)
@@ -57,7 +56,7 @@ async def test_each_caller_waits_for_its_own_ack_and_gets_its_own_error() -> Non
 
 async def test_a_record_not_acked_keeps_its_caller_waiting() -> None:
     producer = Producer()
-    publisher = Publisher(producer, "t.", "ingest")  # type: ignore[arg-type]
+    publisher = Publisher(producer, "t.", "ingest")
     call = asyncio.ensure_future(publisher.publish_joined([item("only")]))
     await asyncio.sleep(0.01)
     assert producer.sent == ["only"] and not call.done()
@@ -66,5 +65,5 @@ async def test_a_record_not_acked_keeps_its_caller_waiting() -> None:
 
 
 async def test_nothing_to_publish_returns_at_once() -> None:
-    publisher = Publisher(Producer(), "t.", "ingest")  # type: ignore[arg-type]
+    publisher = Publisher(Producer(), "t.", "ingest")
     await publisher.publish_joined([])

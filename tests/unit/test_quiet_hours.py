@@ -421,9 +421,9 @@ def test_simulated_clock_drives_a_deferral_to_release() -> None:
 
 def test_naive_now_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        evaluate(marketing(FRANCE, "FR"), datetime(2026, 7, 15, 10, 0))
+        evaluate(marketing(FRANCE, "FR"), datetime(2026, 7, 15, 10, 0))  # noqa: DTZ001 - the naive time under test
     with pytest.raises(ValueError):
-        FakeClock(datetime(2026, 7, 15, 10, 0))
+        FakeClock(datetime(2026, 7, 15, 10, 0))  # noqa: DTZ001 - the naive time under test
 
 
 @pytest.mark.parametrize("to,country", [(NEW_YORK, "US"), (TEXAS, "US"), (NORTH_DAKOTA, "US"), (RHODE_ISLAND, "US"),

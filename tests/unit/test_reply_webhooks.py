@@ -15,9 +15,9 @@ from services.reports.webhooks.rules import (
     event_id,
     reply_events,
 )
-from shared.tenant_admin import MAX_URL_LENGTH, webhook_url
 from shared.contracts import ConversationEntry, ReplyForwarded, ReplyForwardedEvent
 from shared.statuses import Status
+from shared.tenant_admin import MAX_URL_LENGTH, webhook_url
 
 AT = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
 

@@ -18,6 +18,6 @@ def test_the_router_mounts_alone_and_create_app_keeps_its_operations_in_order() 
     alone.include_router(router)
     assert [p for p, _, _ in operations(alone)] == [
         "/v1/messages", "/v1/messages/export", "/v1/messages/{message_id}", "/v1/campaigns/{campaign_id}/report"]
-    app = create_app(None, 0.01, search_timeout_ms=1234)  # type: ignore[arg-type]
+    app = create_app(None, 0.01, search_timeout_ms=1234)
     assert operations(app) == operations(alone)
     assert (app.state.ab_alpha, app.state.search_timeout_ms) == (0.01, 1234)

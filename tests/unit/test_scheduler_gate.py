@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.scheduler.domain import (
-    Cap,
     CampaignState,
+    Cap,
     Contact,
     Facts,
     Releases,

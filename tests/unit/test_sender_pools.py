@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
-from services.dispatcher.handlers import Job, Sender as Dispatch
+from services.dispatcher.handlers import Job
+from services.dispatcher.handlers import Sender as Dispatch
 from services.dispatcher.settings import DispatcherSettings, HeraldHttpConfig
 from services.dispatcher.throttle import LocalThrottle, sender_key
 from services.ingest.domain import Rejection, accept, request_hash

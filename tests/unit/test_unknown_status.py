@@ -49,7 +49,7 @@ def blank() -> MessageState:
 
 def test_unknown_is_an_end_state_but_not_final() -> None:
     assert Status.UNKNOWN not in FINAL and Status.UNKNOWN in SETTLED
-    assert RANK[Status.QUEUED] < RANK[Status.UNKNOWN] < RANK[Status.SUBMITTED] < RANK[Status.DELIVERED]
+    assert RANK[Status.SCHEDULED] < RANK[Status.UNKNOWN] < RANK[Status.SUBMITTED] < RANK[Status.DELIVERED]
 
 
 def test_unknown_ends_a_message_with_its_reason() -> None:

@@ -13,6 +13,7 @@ from services.reports.domain import MessageState, apply, from_accepted, from_rec
 from services.reports.webhooks.rules import (
     ATTEMPT_HEADER,
     EVENT_ID_HEADER,
+    Gate,
     OutboxRow,
     Outcome,
     Result,
@@ -23,10 +24,9 @@ from services.reports.webhooks.rules import (
     classify,
     encode,
     event_id,
-    Gate,
     finish_columns,
-    host_key,
     head_flags,
+    host_key,
     notifications,
     url_allowed,
 )
@@ -209,7 +209,7 @@ def test_gate_circuit_opens_after_consecutive_failures_and_closes_after_a_succes
         assert gate.admit("t", "h:443", 0) is None
         assert not gate.done("t", "h:443", True, 0)
     assert gate.admit("t", "h:443", 0) is None and not gate.done("t", "h:443", False, 0)  # a success resets
-    for i in range(3):
+    for _ in range(3):
         assert gate.admit("t", "h:443", 1) is None
         opened = gate.done("t", "h:443", True, 1)
     assert opened and gate.open_circuits(1) == 1

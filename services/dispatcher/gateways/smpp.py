@@ -58,8 +58,8 @@ from services.dispatcher.gateways.smpp_codec import (
     CodecError,
     IdConversion,
     Pdu,
-    ReassemblyFull,
     Reassembler,
+    ReassemblyFull,
     ShortMessage,
     address,
     bind_body,
@@ -424,7 +424,7 @@ class Session:
             if task is not asyncio.current_task():
                 try:
                     await task
-                except (asyncio.CancelledError, Exception):
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - cancelled by close(): the session's end is already recorded
                     pass
 
 

@@ -157,10 +157,6 @@ def classify(status: int, extra_retriable: Iterable[int] = ()) -> StatusInfo:
     return info
 
 
-def status_name(status: int) -> str:
-    return classify(status).name
-
-
 #: The metric label of every command_status not in :data:`COMMAND_STATUS` (vendor range or
 #: garbage): one label, so an SMSC answering with many distinct codes cannot grow a metric
 #: without bound. The refusal itself (reason code) still names the exact code.
@@ -431,9 +427,6 @@ def plan_message(text: str, *, ref: int, use_message_payload: bool = False, forc
     )
 
 
-TonNpi = tuple[int, int]
-
-
 def address(number: str | None, ton: int | None, npi: int | None) -> tuple[str, int, int]:
     """An address and its TON/NPI. With ``ton`` None they are chosen from the address's shape:
     ``+`` and digits -> international (1/1); up to 8 digits -> network specific short code (3/0);
@@ -695,10 +688,10 @@ def parse_smpp_date(value: str | None, tz: tzinfo = UTC) -> datetime | None:
     if not digits.isdigit() or len(digits) not in (10, 12):
         return None
     try:
-        local = datetime.strptime(digits, "%y%m%d%H%M%S" if len(digits) == 12 else "%y%m%d%H%M")
+        local = datetime.strptime(digits, "%y%m%d%H%M%S" if len(digits) == 12 else "%y%m%d%H%M").replace(tzinfo=tz)
     except ValueError:
         return None
-    return local.replace(tzinfo=tz).astimezone(UTC)
+    return local.astimezone(UTC)
 
 
 IdConversion = Literal["none", "dec_to_hex", "hex_to_dec"]
@@ -756,12 +749,3 @@ def receipt_fingerprint(sm: ShortMessage) -> str:
     same; receipts for two messages that got the same id (a restarted or wrapped counter) differ."""
     raw = b"\x00".join((sm.source_addr.encode("latin-1"), sm.destination_addr.encode("latin-1"), sm.payload))
     return hashlib.sha256(raw).hexdigest()[:32]
-
-
-def receipt_text(message_id: str, stat: str, err: str, submitted: datetime, done: datetime, text: str = "", parts: int = 1) -> str:
-    """The appendix B format, as the simulator sends it."""
-    delivered = "001" if stat == "DELIVRD" else "000"
-    return (
-        f"id:{message_id} sub:{parts:03d} dlvrd:{delivered} submit date:{submitted:%y%m%d%H%M} "
-        f"done date:{done:%y%m%d%H%M} stat:{stat} err:{err} text:{text[:20]}"
-    )

@@ -31,15 +31,15 @@ from services.ingest.audience.contacts_repo import (
     TemplateVersionConflict,
 )
 from services.ingest.audience.erasure import ERASING_SERVICES, ErasureAnswer, ErasureNotPublished, Erasures
-from services.ingest.audience.subject_access import ExportNotPublished, Exports, ExportStatus
 from services.ingest.audience.importer import RowError, check_contact, run_import
 from services.ingest.audience.preview_gate import gate_for
+from services.ingest.audience.subject_access import ExportNotPublished, Exports, ExportStatus
 from services.ingest.audience.templates import SAMPLE_CONTACT, Template, TemplateError, render, validate
 from shared.api import ApiError, error_body, principal_dependency
 from shared.auth import Principal
-from shared.senders import named_problem
 from shared.contracts import utcnow
 from shared.phones import PhoneError, parse_e164
+from shared.senders import named_problem
 
 IMPORT_ROWS = Counter("herald_contact_import_rows_total", "Rows of contact imports, by result", ["result"])
 CONSENT_CHANGES = Counter("herald_consent_records_total", "Consent records written", ["purpose", "granted"])

@@ -1,20 +1,17 @@
 """The audience's SQL: contacts, consent, erasure, segments, templates.
 
-Batch calls are one round trip per batch (``unnest``). Besides ingest's API, two callers
-outside ingest use this module, and it depends on nothing of ingest but the audience
-package, so it can move to ``shared/`` when they arrive:
-
-- a campaign launch streams a segment's audience with :meth:`AudienceRepository.iter_audience`
-  (keyset pages on the primary key, one short query per page, resumable from a contact id);
-- the scheduler asks :meth:`AudienceRepository.consent_states` for a batch of
-  (tenant, phone) pairs, one query for the batch.
+Batch calls are one round trip per batch (``unnest``). Besides ingest's API, a campaign
+launch streams a segment's audience with :meth:`AudienceRepository.iter_audience` (keyset
+pages on the primary key, one short query per page, resumable from a contact id). The
+scheduler reads consent and suppressions with its own batch query
+(``services/scheduler/handlers.py``, ``FactsRepository``), not through this module.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,32 +58,6 @@ def contact_dict(r: Mapping[str, Any]) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentState:
-    """What the scheduler needs to know about one (tenant, phone) for a marketing message."""
-
-    contact_id: uuid.UUID | None
-    marketing: bool | None  # newest marketing consent; None: never recorded, or no contact
-    suppressed: str | None  # the suppression reason (clear list or erased number), if any
-
-    @property
-    def may_send_marketing(self) -> bool:
-        return self.marketing is True and self.suppressed is None
-
-    @property
-    def reason_code(self) -> str | None:
-        """Why a marketing message may not go: suppressed, no_contact, consent_revoked, no_consent."""
-        if self.suppressed is not None:
-            return "suppressed"
-        if self.contact_id is None:
-            return "no_contact"
-        if self.marketing is False:
-            return "consent_revoked"
-        if self.marketing is None:
-            return "no_consent"
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,18 +119,6 @@ SELECT 'updated' AS kind, phone_e164 FROM upd
 UNION ALL
 SELECT 'created', phone_e164 FROM ins
 """
-
-_CONSENT_STATES = """
-SELECT k.i, c.contact_id, c.consent_marketing, coalesce(s.reason, h.reason) AS suppressed
-FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(tenant_id, phone, hashes, i)
-LEFT JOIN contacts c ON c.tenant_id = k.tenant_id AND c.phone_e164 = k.phone
-LEFT JOIN suppressions s ON s.tenant_id = k.tenant_id AND s.phone_e164 = k.phone
-LEFT JOIN LATERAL (
-    SELECT h.reason FROM suppression_hashes h
-    WHERE h.tenant_id = k.tenant_id AND h.phone_hash = ANY(string_to_array(k.hashes, ',')) LIMIT 1
-) h ON true
-"""
-
 
 class ContactExists(Exception):
     def __init__(self, contact_id: uuid.UUID | None) -> None:
@@ -377,23 +336,6 @@ class AudienceRepository:
             limit,
         )
         return [_consent_dict(r) for r in records]
-
-    async def consent_states(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], ConsentState]:
-        """Marketing consent and suppression for (tenant, E.164 phone) pairs, in one query.
-
-        Checks the contact's newest marketing consent, the clear suppression list and the
-        hashes of erased numbers. A pair without a contact answers ``contact_id=None``.
-        """
-        keys = list(dict.fromkeys(pairs))
-        if not keys:
-            return {}
-        tenants = [t for t, _ in keys]
-        phones = [p for _, p in keys]
-        records = await self.pool.fetch(_CONSENT_STATES, tenants, phones,
-                                       [",".join(self.keys.candidates(t, p)) for t, p in keys])
-        return {
-            keys[r["i"] - 1]: ConsentState(r["contact_id"], r["consent_marketing"], r["suppressed"]) for r in records
-        }
 
     # segments -------------------------------------------------------------------------------
 

@@ -18,12 +18,12 @@ from datetime import datetime
 
 import asyncpg
 
+from services.ingest.audience.subject_access import erase_exports
 from shared.contracts import ErasureRequested, ErasureRequestedEvent
 from shared.erasure import ErasureKeys
 from shared.erasure_store import Eraser, apply_erasure, count
 from shared.kafka import Outgoing, Publisher
 from shared.topics import ERASURES
-from services.ingest.audience.subject_access import erase_exports
 
 SERVICE = "ingest"
 ERASURE_SOURCE = "erasure"

@@ -45,7 +45,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
@@ -147,6 +147,8 @@ class SegmentError(ValueError):
         super().__init__(message)
         self.code = code
         self.position = position
+        self.line: int | None
+        self.column: int | None
         if position is not None and text:
             before = text[:position]
             self.line = before.count("\n") + 1
@@ -350,7 +352,8 @@ class _Builder:
     # values ---------------------------------------------------------------------------------
 
     def literal(self, t: Tree) -> Value:
-        (tok,) = t.children
+        (child,) = t.children
+        tok = cast(Token, child)  # the grammar's literals are single tokens
         if tok.type == "STRING":
             return Value("string", self.string(tok), json.dumps(self.string(tok), ensure_ascii=False))
         if tok.type == "NUMBER":
@@ -384,7 +387,8 @@ class _Builder:
             return self.literal(t)
         if t.data == "now":
             return Value("now", None, "now()")
-        _, sign, interval_tok = t.children
+        _, sign, interval_child = t.children
+        interval_tok = cast(Token, interval_child)
         interval = self.string(interval_tok)
         if not INTERVAL.match(interval):
             raise self.fail("invalid_interval", "an interval is like '30 days', '2 hours' or '1 month 15 days'", interval_tok)

@@ -209,7 +209,7 @@ class PartsHandler:
                 continue
             seen.add(key)
             for col, value in zip(cols, (p.export_id, event.tenant, p.service, p.attempt, p.chunk, p.chunks,
-                                         json.dumps(p.tables))):
+                                         json.dumps(p.tables)), strict=True):
                 col.append(value)
         if cols[0]:
             await self.pool.execute(

@@ -14,10 +14,10 @@ import asyncpg
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from services.ingest import deps
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_api import decode_cursor, encode_cursor
 from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
-from services.ingest import deps
 from services.ingest.audience.preview_gate import gate_for
 from services.ingest.audience.templates import SAMPLE_CONTACT, Template, TemplateError, render
 from services.ingest.campaigns.domain import CampaignError, Variant, check_variants, pinned_versions, transition
@@ -30,11 +30,11 @@ from services.ingest.settings import IngestSettings
 from shared import tenant_admin
 from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
-from shared.senders import load_rules as load_sender_rules
-from shared.senders import POOL_NOT_FOUND, named_problem
 from shared.contracts import MessageRequest, utcnow
 from shared.egress import URL_INVALID
 from shared.kafka import Publisher
+from shared.senders import POOL_NOT_FOUND, named_problem
+from shared.senders import load_rules as load_sender_rules
 
 MAX_PAGE = 200
 MAX_TEST_NUMBERS = 20

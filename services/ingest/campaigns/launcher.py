@@ -37,25 +37,25 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.erasure import NO_KEYS, ErasureKeys
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
 from services.ingest.audience.templates import Template, TemplateError, render
 from services.ingest.campaigns.domain import AbTest, Variant, assign, build_message, next_attempt_at, pinned_versions
-from services.ingest.campaigns.pacing import InFlightBound, InFlightRepository
+from services.ingest.campaigns.pacing import UNBOUNDED, InFlightBound, InFlightRepository
 from services.ingest.campaigns.repository import CampaignRepository
+from services.ingest.domain import sender_throttle
 from services.ingest.links import DEFAULT_TTL, LinkRecord, records, swap_codes, track_message
 from services.ingest.links_repo import LinksRepository
-from services.ingest.domain import sender_throttle
 from services.ingest.repository import IngestRepository
 from services.ingest.service import accepted_event
-from shared.senders import PoolChoice, Refusal, SenderBook, choose_from_pool
-from shared.senders import carrier_ids as sender_carrier_ids
-from shared.senders import load_rules as load_sender_rules
 from shared.contracts import utcnow
+from shared.erasure import NO_KEYS, ErasureKeys
 from shared.kafka import Outgoing, Publisher, error_kind
 from shared.periodic import run_periodically
 from shared.phones import region_of_e164
+from shared.senders import PoolChoice, Refusal, SenderBook, choose_from_pool
+from shared.senders import carrier_ids as sender_carrier_ids
+from shared.senders import load_rules as load_sender_rules
 from shared.statuses import MessageType
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Launcher:
         retry_base_s: float = 30.0,
         retry_max_s: float = 1800.0,
         erasure_keys: ErasureKeys = NO_KEYS,
-        in_flight: InFlightBound = InFlightBound(0),
+        in_flight: InFlightBound = UNBOUNDED,
         in_flight_expiry_s: float = 120.0,
         pace_wait_s: float = 1.0,
         pace_poll_s: float = 0.1,
@@ -308,8 +308,8 @@ class Launcher:
     @staticmethod
     def _swap(outgoing: Outgoing, domain: str, replaced: dict[str, str]) -> Outgoing:
         event = outgoing.event
-        message = swap_codes(event.payload, domain, replaced)  # type: ignore[attr-defined]
-        if message is event.payload:  # type: ignore[attr-defined]
+        message = swap_codes(event.payload, domain, replaced)
+        if message is event.payload:
             return outgoing
         return Outgoing(outgoing.topic, outgoing.key, event.model_copy(update={"payload": message}))
 

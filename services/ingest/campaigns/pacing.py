@@ -43,6 +43,9 @@ class InFlightBound:
         return limit <= 0 or in_flight < limit
 
 
+UNBOUNDED = InFlightBound(0)
+
+
 class InFlightRepository:
     """The launcher's side: record published pages, read a tenant's messages in flight."""
 

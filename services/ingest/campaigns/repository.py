@@ -143,12 +143,6 @@ class CampaignRepository:
             tenant_id, campaign_id, owner, cursor, published, lease_s, now,
         )
 
-    async def still_running(self, tenant_id: str, campaign_id: uuid.UUID, owner: str) -> bool:
-        return bool(await self.pool.fetchval(
-            "SELECT 1 FROM campaigns WHERE tenant_id = $1 AND campaign_id = $2 AND launcher = $3 AND state = 'running'",
-            tenant_id, campaign_id, owner,
-        ))
-
     async def finish_phase(self, tenant_id: str, campaign_id: uuid.UUID, owner: str, *, testing_until: datetime | None) -> bool:
         """Every page of this phase is published: wait for the A/B result, or complete."""
         if testing_until is not None:

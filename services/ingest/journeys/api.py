@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from services.ingest.journeys.repository import Archived, JourneysRepository, VersionConflict
 from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
-from shared.senders import named_problem
 from shared.journeys.definition import JourneyDefinition, SendStep
+from shared.senders import named_problem
 
 ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 Group = Literal["stop", "start", "help"]
-GROUPS: tuple[Group, ...] = ("stop", "start", "help")
 
 
 @dataclass(frozen=True, slots=True)

@@ -348,7 +348,7 @@ def finish_columns(results: Sequence[Result]) -> list[list[Any]]:
         state = "pending" if r.outcome in (Outcome.RETRY, Outcome.DEFER) else r.outcome.value
         for column, value in zip(columns, (r.row["id"], r.row["attempts"], state, r.status_code,
                                            None if r.outcome is Outcome.DELIVERED else r.error, r.delay_s,
-                                           1 if r.outcome is Outcome.DEFER else 0)):
+                                           1 if r.outcome is Outcome.DEFER else 0), strict=True):
             column.append(value)
     return columns
 

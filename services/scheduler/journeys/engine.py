@@ -124,6 +124,7 @@ def lookup(path: str, run: Run | None, contact: Mapping[str, Any] | None, event:
         if rest.startswith("attributes."):
             return (contact.get("attributes") or {}).get(rest.split(".", 1)[1])
         return contact.get(rest)
+    source: Mapping[str, Any] | None
     if head == "trigger":
         source = run.trigger if run else None
     else:

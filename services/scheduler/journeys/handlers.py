@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from services.scheduler.journeys import metrics
-from services.scheduler.journeys.limits import JourneyLimiter
 from services.scheduler.journeys.engine import ACTIVE, EventFact, LaneResult, Run, Send, advance, on_event
+from services.scheduler.journeys.limits import JourneyLimiter
 from services.scheduler.journeys.messages import SendError, accepted_event, build_message
 from services.scheduler.journeys.repository import JourneyRepository
 from shared.contracts import ContactEventAccepted, utcnow
@@ -42,7 +42,7 @@ class JourneyEventsHandler:
         now = self.clock()
         facts: list[tuple[str, EventFact]] = []
         for item in batch:
-            event: ContactEventAccepted = item.event.payload  # type: ignore[assignment]
+            event: ContactEventAccepted = item.event.payload
             facts.append(
                 (
                     item.event.tenant,

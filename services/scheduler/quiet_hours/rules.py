@@ -247,7 +247,7 @@ def parse_windows(spec: Any, where: str, *, require_every_day: bool = True) -> t
             windows = (_window(value, here),)
         elif isinstance(value, list) and value:
             windows = tuple(sorted((_window(item, here) for item in value), key=lambda window: window.start))
-            for before, after in zip(windows, windows[1:]):
+            for before, after in zip(windows, windows[1:], strict=False):
                 if after.start < before.end:
                     raise RulesError(f"{here}: windows {before} and {after} overlap")
         else:
@@ -365,14 +365,16 @@ def parse_rules(data: Any) -> RuleBook:
         _only(spec, {"rule", "subdivisions"}, {"rule"}, where)
         rule = _rule(spec["rule"], f"{where}.rule", country=str(code))
         subdivisions: dict[str, Rule] = {}
-        label, unknown = "subdivision", "all"
+        label = "subdivision"
+        unknown: Literal["all", "none"] = "all"
         if spec.get("subdivisions") is not None:
             sub = spec["subdivisions"]
             _only(sub, {"label", "when_unknown", "rules"}, {"rules"}, f"{where}.subdivisions")
             label = str(sub.get("label", label))
-            unknown = sub.get("when_unknown", "all")
-            if unknown not in ("all", "none"):
-                raise RulesError(f"{where}.subdivisions.when_unknown: 'all' or 'none', got {unknown!r}")
+            when_unknown = sub.get("when_unknown", "all")
+            if when_unknown not in ("all", "none"):
+                raise RulesError(f"{where}.subdivisions.when_unknown: 'all' or 'none', got {when_unknown!r}")
+            unknown = when_unknown
             for sub_code, sub_spec in (sub["rules"] or {}).items():
                 subdivisions[str(sub_code)] = _rule(sub_spec, f"{where}.subdivisions.rules.{sub_code}", country=str(code))
         for found in (rule, *subdivisions.values()):
