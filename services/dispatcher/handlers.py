@@ -42,7 +42,7 @@ from shared.contracts import (
     derived_event_id,
     utcnow,
 )
-from shared.kafka import Incoming, Outgoing, Publisher
+from shared.kafka import Incoming, Outgoing, Publisher, error_kind
 from shared.periodic import run_periodically
 from shared.statuses import Status
 from shared.topics import STATUS, accepted_topic
@@ -195,6 +195,28 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 SANDBOX_BATCH = 500  # sandbox submissions per call
 
 
+async def keep_writing(what: str, write: Callable[[], Awaitable[None]], budget_s: float,
+                       clock: Callable[[], float] = time.monotonic) -> None:
+    """Write what a gateway answered, retrying a transient database error (a deadlock's victim, a
+    connection cut) in place for up to ``budget_s``: the answers (the gateway's message ids) exist
+    only in this process's memory. Failing the batch instead would leave its messages to the
+    reconciler, which cannot ask every gateway (an SMPP centre knows only its own ids), so they
+    would end ``unknown`` and their receipts would never match. A permanent error still fails."""
+    deadline = clock() + budget_s
+    delay = 0.05
+    while True:
+        try:
+            await write()
+            return
+        except Exception as exc:
+            if error_kind(exc) == "permanent" or clock() + delay > deadline:
+                raise
+            metrics.RESULT_WRITE_RETRIES.labels(what).inc()
+            log.warning("writing a gateway's answers failed; retrying", extra={"what": what, "error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 class Sender:
     """Routes, throttles and submits jobs, retrying refusals that may pass later."""
 
@@ -275,7 +297,10 @@ class Sender:
         metrics.SUBMIT_SECONDS.labels(gateway).observe(latency)
         self._record(gateway, outcomes, latency)
         if self.journal is not None:
-            await self.journal.record_outcomes(gateway, ids, [outcome_name(o) for o in outcomes])
+            names = [outcome_name(o) for o in outcomes]
+            journal = self.journal
+            await keep_writing("outcomes", lambda: journal.record_outcomes(gateway, ids, names),
+                               self.settings.claim_lease_s / 2)
         return outcomes
 
     async def _throttled(self, gateway: str, jobs: list[Job], priority: bool) -> list[Outcome]:
@@ -498,8 +523,10 @@ class OutboundHandler:
         with self.ownership.holding(ids):
             try:
                 finished, unknown = await self.sender.send(fresh, priority=self.priority)
-                await self.claims.finish([f for _, f in finished])
-                await self.claims.release_for_reconcile([j.message.message_id for j in unknown], UNKNOWN_RECHECK_S)
+                budget = self.settings.claim_lease_s / 2
+                await keep_writing("finish", lambda: self.claims.finish([f for _, f in finished]), budget)
+                await keep_writing("release", lambda: self.claims.release_for_reconcile(
+                    [j.message.message_id for j in unknown], UNKNOWN_RECHECK_S), budget)
             except BaseException:
                 await self._release_after_failure(ids)
                 raise

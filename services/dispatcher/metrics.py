@@ -66,3 +66,8 @@ UNPARKED = Counter(
     "Parked messages taken out of the parking, by what became of them (resent, expired, max_age)",
     ["outcome"],
 )
+RESULT_WRITE_RETRIES = Counter(
+    "herald_dispatcher_result_write_retries_total",
+    "Writes of what a gateway answered (outcomes, finished claims) retried in place after a transient database error",
+    ["what"],
+)

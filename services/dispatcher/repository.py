@@ -193,9 +193,15 @@ class ClaimRepository:
         those: a claim it left open when a batch failed must expire and go to the reconciler."""
         if not ids:
             return 0
+        # SKIP LOCKED: a row locked now is being written by this process's batch (its outcome,
+        # its finish). Waiting for it while the batch waits for a row this statement locked is a
+        # deadlock; the row is renewed on the next round instead (renewal runs every third of a lease).
         status = await self.pool.execute(
-            "UPDATE dispatch_claims SET lease_until = now() + make_interval(secs => $2)"
-            " WHERE owner = $1 AND state = 'claimed' AND lease_until > now() AND message_id = ANY($3::uuid[])",
+            "UPDATE dispatch_claims c SET lease_until = now() + make_interval(secs => $2)"
+            " FROM (SELECT message_id FROM dispatch_claims WHERE owner = $1 AND state = 'claimed'"
+            "       AND lease_until > now() AND message_id = ANY($3::uuid[])"
+            "       ORDER BY message_id FOR UPDATE SKIP LOCKED) AS free"
+            " WHERE c.message_id = free.message_id",
             owner,
             lease_s,
             ids,
