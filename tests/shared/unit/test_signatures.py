@@ -65,7 +65,7 @@ def test_ingest_refuses_to_start_with_a_published_receipt_secret() -> None:
     env = {"PATH": "/usr/bin:/bin", "HERALD_RECEIPT_SECRETS": '{"sim": "sim-receipt-secret"}',
            "HERALD_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none", "HERALD_KAFKA_BOOTSTRAP": "127.0.0.1:9"}
     result = subprocess.run([sys.executable, "-m", "services.ingest"], capture_output=True, text=True, timeout=60,
-                            env=env, cwd=Path(__file__).resolve().parents[2])
+                            env=env, cwd=Path(__file__).resolve().parents[3])
     assert result.returncode != 0
     assert "refusing to start" in result.stderr and "HERALD_RECEIPT_SECRETS[sim]: it is a published default" in result.stderr
     assert "sim-receipt-secret" not in result.stderr  # the value itself is never printed

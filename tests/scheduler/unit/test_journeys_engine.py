@@ -29,7 +29,7 @@ from shared.journeys.definition import JourneyDefinition, parse_duration
 from shared.statuses import MessageType
 from shared.templates import Template
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "journeys"
+EXAMPLES = Path(__file__).resolve().parents[3] / "deploy" / "journeys"
 PHONE = "+34600123456"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

@@ -16,7 +16,7 @@ from services.dispatcher.gateways.herald_http import HeraldHttpConfig
 from services.dispatcher.handlers import Sender
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.throttle import PostgresThrottle
-from tests.unit.test_sender import FakeGateway, job
+from tests.dispatcher.unit.test_sender import FakeGateway, job
 
 RATE = 300.0
 

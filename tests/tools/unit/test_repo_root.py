@@ -9,7 +9,7 @@ import pytest
 
 from herald_tools.stack import INFRA, NoSourceCheckout, find_repo_root
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def checkout(root: Path) -> Path:

@@ -20,7 +20,7 @@ from services.scheduler.handlers import AcceptedHandler, FactsRepository
 from shared.contracts import MessageAcceptedEvent
 from shared.kafka import Incoming
 from tests.conftest import make_tenant
-from tests.integration.test_results import accept_marketing
+from tests.reports.integration.test_results import accept_marketing
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from services.dispatcher.gateways import smpp_codec as c
 from services.dispatcher.gateways.smpp import SmppConfig, Window
 from shared.statuses import ReceiptStatus
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "smpp.md"
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "smpp.md"
 
 
 def texts(plan: c.MessagePlan) -> list[bytes]:

@@ -557,6 +557,6 @@ def test_rules_that_leave_no_time_at_all_raise_instead_of_dropping() -> None:
 def test_docs_name_every_rule() -> None:
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[2] / "docs" / "quiet-hours.md").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[3] / "docs" / "quiet-hours.md").read_text(encoding="utf-8")
     missing = [rule.id for rule in load_rules().rules() if f"`{rule.id}`" not in text]
     assert not missing, f"docs/quiet-hours.md has no row for {missing}"

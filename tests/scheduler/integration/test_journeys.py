@@ -33,7 +33,7 @@ from tests.conftest import Tenant, make_tenant, register_senders
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
-EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "journeys"
+EXAMPLES = Path(__file__).resolve().parents[3] / "deploy" / "journeys"
 
 
 def example(name: str) -> dict:

@@ -34,7 +34,7 @@ from shared.egress import HOST_NOT_PUBLIC, HTTPS_REQUIRED
 from shared.kafka import Publisher, make_producer
 from tests.conftest import make_tenant
 from tests.helpers import http_receiver
-from tests.integration.test_webhooks import rows, sample, seed, settings, until_settled
+from tests.reports.integration.test_webhooks import rows, sample, seed, settings, until_settled
 
 pytestmark = pytest.mark.integration
 

@@ -1,3 +1,6 @@
+"""The ``env`` fixture of every integration folder (tests/<service>/integration/conftest.py
+imports it): the session's database with topics of the module's own (see own_topics)."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator

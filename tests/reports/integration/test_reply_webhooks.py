@@ -42,7 +42,7 @@ from shared.signatures import HEADER, verify
 from shared.topics import INBOUND, REPLIES
 from tests.conftest import make_tenant
 from tests.helpers import LOOPBACK_WEBHOOKS, http_receiver, loopback_policy
-from tests.integration.test_campaigns import client, publisher  # noqa: F401 (fixtures: the ingest API)
+from tests.ingest.integration.test_campaigns import client, publisher  # noqa: F401 (fixtures: the ingest API)
 
 pytestmark = pytest.mark.integration
 T0 = datetime.now(UTC)

@@ -172,7 +172,7 @@ async def test_templates_campaigns_and_journeys_name_verified_senders(client, po
     app.state.pool = pool
     install_error_handlers(app)
     app.include_router(journeys_router)
-    journey = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "journeys" / "abandoned-cart.json").read_text())
+    journey = json.loads((Path(__file__).resolve().parents[3] / "deploy" / "journeys" / "abandoned-cart.json").read_text())
     journey["steps"][1]["sender"] = "Globex"
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as journeys:
         r = await journeys.post("/v1/journeys", json=journey, headers=tenant.headers)
@@ -239,7 +239,7 @@ async def test_the_admin_cli(env, pool) -> None:
 
 
 async def test_an_indian_template_send_carries_both_dlt_ids(client, env, pool) -> None:
-    from tests.integration.test_template_sends import accepted
+    from tests.ingest.integration.test_template_sends import accepted
 
     tenant = await make_tenant(pool)
     await register_senders(pool, tenant.tenant_id, "AcmeIN", registrations={"dlt": {"entity_id": "1101000000001"}})
