@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from herald_tools import admin
 from services.dispatcher.throttle import PostgresThrottle, sender_key
 from services.ingest.settings import IngestSettings
-from shared import admin
 from shared.contracts import MessageAcceptedEvent
 from shared.topics import ACCEPTED
 from tests.conftest import make_tenant, register_senders
@@ -120,11 +120,11 @@ async def test_geo_match_and_the_operators_commands(client, pool, env) -> None:
         for n in (nj, ny):
             await admin.sender_register(conn, "ops", tenant.tenant_id, n, {"ten_dlc": {"brand_id": "B", "campaign_id": "C"}})
     run_env = {**os.environ, **env.vars()}
-    cli = subprocess.run([sys.executable, "-m", "shared.cli", "admin", "sender-pool", "set", tenant.tenant_id, "mixed",
+    cli = subprocess.run([sys.executable, "-m", "herald_tools.cli", "admin", "sender-pool", "set", tenant.tenant_id, "mixed",
                           "--senders", f"{es},{nj},{ny}", "--geo-match"], env=run_env, capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["geo_match"] is True
-    cli = subprocess.run([sys.executable, "-m", "shared.cli", "admin", "sender", "update", tenant.tenant_id, nj,
+    cli = subprocess.run([sys.executable, "-m", "herald_tools.cli", "admin", "sender", "update", tenant.tenant_id, nj,
                           "--rate", "20", "--burst", "5"], env=run_env, capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
     assert (json.loads(cli.stdout)["rate_per_s"], json.loads(cli.stdout)["burst"]) == (20, 5)
@@ -143,7 +143,7 @@ async def test_geo_match_and_the_operators_commands(client, pool, env) -> None:
     assert got[1].sender_throttle is not None and (got[1].sender_throttle.kind, got[1].sender_throttle.rate_per_s,
                                                    got[1].sender_throttle.burst) == ("long_code", 20, 5)
     assert got[0].sender_throttle is None
-    cli = subprocess.run([sys.executable, "-m", "shared.cli", "admin", "sender-pool", "remove", tenant.tenant_id, "mixed"],
+    cli = subprocess.run([sys.executable, "-m", "herald_tools.cli", "admin", "sender-pool", "remove", tenant.tenant_id, "mixed"],
                          env=run_env, capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
     assert await pool.fetchval("SELECT count(*) FROM sender_pools WHERE tenant_id = $1", tenant.tenant_id) == 0
