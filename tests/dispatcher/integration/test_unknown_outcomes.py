@@ -27,18 +27,13 @@ from services.dispatcher.repository import ClaimRepository
 from services.dispatcher.settings import DispatcherSettings
 from services.reports.handlers import StatusHandler
 from shared.contracts import (
-    DeliveryReceipt,
-    DeliveryReceiptEvent,
-    MessageAccepted,
-    MessageAcceptedEvent,
     MessageOutbound,
     MessageOutboundEvent,
-    MessageStatusChanged,
-    MessageStatusEvent,
     utcnow,
 )
 from shared.kafka import Incoming, Outgoing
 from shared.statuses import ReceiptStatus, Status
+from tests import factories
 
 pytestmark = pytest.mark.integration
 
@@ -259,21 +254,20 @@ async def test_graceful_close_lets_submit_sm_in_flight_be_answered(sim: Stack) -
 
 
 def _accepted(mid: uuid.UUID, tenant: str) -> Incoming:
-    payload = MessageAccepted(message_id=mid, to="+34600123456", country="ES", body="hi", type="transactional",
-                              encoding="GSM-7", segments=1, source="api", accepted_at=utcnow())
-    return Incoming(None, MessageAcceptedEvent(tenant=tenant, payload=payload), None)  # type: ignore[arg-type]
+    payload = factories.accepted(message_id=mid, to="+34600123456", body="hi", type="transactional", accepted_at=utcnow())
+    return Incoming(None, factories.accepted_event(payload, tenant), None)  # type: ignore[arg-type]
 
 
 def _unknown(mid: uuid.UUID, tenant: str) -> Incoming:
-    payload = MessageStatusChanged(message_id=mid, status=Status.UNKNOWN, gateway="sim", attempts=1,
-                                   reason_code="submit_outcome_unknown", reason="cannot tell")
-    return Incoming(None, MessageStatusEvent(tenant=tenant, payload=payload,  # type: ignore[arg-type]
-                                             occurred_at=utcnow() + timedelta(milliseconds=10)), None)
+    payload = factories.status(mid, Status.UNKNOWN, gateway="sim", attempts=1, reason_code="submit_outcome_unknown",
+                               reason="cannot tell")
+    return Incoming(None, factories.status_event(payload, tenant,  # type: ignore[arg-type]
+                                                 occurred_at=utcnow() + timedelta(milliseconds=10)), None)
 
 
 def _receipt(mid: uuid.UUID, status: ReceiptStatus = ReceiptStatus.DELIVERED) -> Incoming:
-    payload = DeliveryReceipt(gateway="sim", gateway_message_id=f"gw-{mid.hex[:12]}", status=status, client_ref=str(mid))
-    return Incoming(None, DeliveryReceiptEvent(tenant="sim", payload=payload), None)  # type: ignore[arg-type]
+    payload = factories.receipt(status, "sim", f"gw-{mid.hex[:12]}", client_ref=str(mid))
+    return Incoming(None, factories.receipt_event(payload, "sim"), None)  # type: ignore[arg-type]
 
 
 async def test_unknown_is_reported_apart_and_a_receipt_echoing_the_id_moves_it_on(pool) -> None:

@@ -1,7 +1,6 @@
 """Parking decisions (pure) and the Sender's give-up branch handing refused jobs to a parker."""
 
 import random
-import uuid
 from datetime import datetime, timedelta, timezone
 
 from pydantic import SecretStr
@@ -14,6 +13,7 @@ from services.dispatcher.parking import Parker, policy_from
 from services.dispatcher.repository import ParkItem
 from services.dispatcher.settings import DispatcherSettings
 from shared.contracts import MessageOutbound
+from tests import factories
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 POLICY = ParkingPolicy(max_age_s={"transactional": 3600, "marketing": 600}, tenant_max_age_s={"slow": 60},
@@ -21,10 +21,8 @@ POLICY = ParkingPolicy(max_age_s={"transactional": 3600, "marketing": 600}, tena
 
 
 def message(kind: str = "transactional", expires_in: float | None = None, released: datetime = T0) -> MessageOutbound:
-    return MessageOutbound(message_id=uuid.uuid4(), to="+34600000001", country="ES", body="x", type=kind,
-                           encoding="GSM-7", segments=1, source="api", accepted_at=released - timedelta(days=2),
-                           released_at=released,
-                           expires_at=released + timedelta(seconds=expires_in) if expires_in is not None else None)
+    return factories.outbound(type=kind, accepted_at=released - timedelta(days=2), released_at=released,
+                              expires_at=released + timedelta(seconds=expires_in) if expires_in is not None else None)
 
 
 def test_the_deadline_is_the_max_age_of_the_type_or_tenant_from_release_or_the_validity() -> None:

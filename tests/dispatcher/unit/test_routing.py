@@ -1,15 +1,14 @@
-import uuid
 
 import pytest
 
 from services.dispatcher.domain.health import GatewayHealth, State, Thresholds
 from services.dispatcher.domain.routing import Route, Router
 from shared.contracts import MessageOutbound, utcnow
+from tests import factories
 
 
 def message(to: str = "+34600000001", country: str = "ES", kind: str = "transactional") -> MessageOutbound:
-    return MessageOutbound(message_id=uuid.uuid4(), to=to, country=country, body="x", type=kind, encoding="GSM-7",
-                           segments=1, source="api", accepted_at=utcnow(), released_at=utcnow())
+    return factories.outbound(to=to, country=country, type=kind, accepted_at=utcnow(), released_at=utcnow())
 
 
 ROUTER = Router(

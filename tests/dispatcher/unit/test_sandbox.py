@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -12,12 +11,12 @@ from services.dispatcher.gateways.base import Refused, Submitted
 from services.dispatcher.gateways.sandbox import SANDBOX, SandboxGateway, sandbox_outcome
 from shared.contracts import DeliveryReceipt, MessageOutbound
 from shared.statuses import MessageType, ReceiptStatus
+from tests import factories
 
 
 def message(to: str = "+34600000123", sandbox: bool = True) -> MessageOutbound:
     now = datetime.now(UTC)
-    return MessageOutbound(message_id=uuid.uuid4(), to=to, country="ES", body="x", type=MessageType.TRANSACTIONAL,
-                           encoding="GSM-7", segments=1, source="api", accepted_at=now, released_at=now, sandbox=sandbox)
+    return factories.outbound(to=to, type=MessageType.TRANSACTIONAL, accepted_at=now, released_at=now, sandbox=sandbox)
 
 
 def test_a_sandbox_message_has_one_route_whatever_the_rules() -> None:

@@ -27,6 +27,7 @@ from shared.kafka import BatchConsumer, Incoming, Outgoing, Publisher, make_prod
 from shared.settings import ConsumerSettings
 from shared.statuses import MessageType
 from shared.topics import ACCEPTED_BULK, STATUS
+from tests import factories
 from tests.conftest import make_tenant
 from tests.helpers import produce_raw, wait_for
 
@@ -34,9 +35,9 @@ pytestmark = pytest.mark.integration
 
 
 def accepted(at: datetime, campaign: bool = True) -> MessageAccepted:
-    return MessageAccepted(message_id=uuid.uuid4(), to="+34600400001", country="ES", body="Sale STOP to opt out",
-                           type="marketing", encoding="GSM-7", segments=1, source="campaign" if campaign else "api",
-                           accepted_at=at, campaign_id=uuid.uuid4() if campaign else None)
+    return factories.accepted(to="+34600400001", body="Sale STOP to opt out", type="marketing",
+                              source="campaign" if campaign else "api", accepted_at=at,
+                              campaign_id=uuid.uuid4() if campaign else None)
 
 
 def dispatched(tenant: str, message: MessageAccepted, state: str = "submitted") -> Outgoing:

@@ -19,7 +19,6 @@ from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from shared.contracts import (
     SYSTEM_TENANT,
-    InboundMessage,
     InboundMessageEvent,
     MessageAcceptedEvent,
     ReplyForwardedEvent,
@@ -27,6 +26,7 @@ from shared.contracts import (
 from shared.kafka import BatchConsumer, Publisher, make_producer
 from shared.settings import ConsumerSettings
 from shared.topics import ACCEPTED, INBOUND, REJECTED, REPLIES
+from tests import factories
 from tests.conftest import make_tenant
 from tests.helpers import marketing_to, produce_raw, read_topic, rejected_events
 
@@ -42,11 +42,8 @@ def tenant_number() -> str:
 
 
 def inbound(sender: str, recipient: str, body: str, at: datetime | None = None) -> InboundMessageEvent:
-    return InboundMessageEvent(
-        tenant=SYSTEM_TENANT,
-        payload=InboundMessage(gateway="sim", sender=sender, recipient=recipient, body=body,
-                               received_at=at or datetime.now(UTC)),
-    )
+    return factories.inbound_event(
+        factories.inbound(body, sender, recipient, gateway="sim", received_at=at or datetime.now(UTC)), SYSTEM_TENANT)
 
 
 async def test_replies_lane_end_to_end_on_broker_and_database(env, pool) -> None:

@@ -18,12 +18,12 @@ from services.scheduler.handlers import route
 from shared.contracts import (
     MessageAccepted,
     MessageOutbound,
-    MessageStatusChanged,
     MessageStatusEvent,
     ReplyForwarded,
     ReplyForwardedEvent,
 )
 from shared.statuses import Status
+from tests import factories
 
 
 def test_a_tenant_below_its_bound_has_room_and_one_at_it_has_none() -> None:
@@ -79,14 +79,12 @@ T = [datetime(2026, 12, 5, 12, 0, s, tzinfo=UTC) for s in range(4)]
 
 
 def _accepted(campaign: bool, at: datetime = T[1]) -> MessageAccepted:
-    return MessageAccepted(message_id=uuid.uuid4(), to="+34600000001", country="ES", body="x", type="marketing",
-                           encoding="GSM-7", segments=1, source="campaign" if campaign else "api", accepted_at=at,
-                           campaign_id=uuid.uuid4() if campaign else None)
+    return factories.accepted(type="marketing", source="campaign" if campaign else "api", accepted_at=at,
+                              campaign_id=uuid.uuid4() if campaign else None)
 
 
 def _status(tenant: str, at: datetime | None, status: Status = Status.SUBMITTED) -> MessageStatusEvent:
-    return MessageStatusEvent(tenant=tenant, payload=MessageStatusChanged(
-        message_id=uuid.uuid4(), status=status, campaign_page_at=at))
+    return factories.status_event(factories.status(status=status, campaign_page_at=at), tenant)
 
 
 def test_a_batch_of_statuses_moves_each_tenant_to_its_newest_campaign_page() -> None:

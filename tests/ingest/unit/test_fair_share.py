@@ -6,6 +6,7 @@ from services.ingest.fair_share import PriorityShare
 from shared.contracts import MessageAccepted
 from shared.statuses import MessageType
 from shared.topics import ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, accepted_topic, outbound_topic
+from tests import factories
 
 
 def test_a_burst_then_the_rate() -> None:
@@ -38,11 +39,9 @@ def test_many_idle_tenants_do_not_grow_without_bound() -> None:
 
 
 def _message(kind: MessageType, bulk_lane: bool = False) -> MessageAccepted:
-    import uuid
     from datetime import UTC, datetime
 
-    return MessageAccepted(message_id=uuid.uuid4(), to="+34600000001", country="ES", body="x", type=kind,
-                           encoding="GSM-7", segments=1, source="api", accepted_at=datetime.now(UTC), bulk_lane=bulk_lane)
+    return factories.accepted(type=kind, accepted_at=datetime.now(UTC), bulk_lane=bulk_lane)
 
 
 def test_the_lane_follows_the_type_and_the_flag() -> None:

@@ -26,9 +26,10 @@ from services.reports.repository import ReportsRepository
 from services.reports.settings import ReportsSettings
 from services.reports.webhooks.rules import ATTEMPT_HEADER, EVENT_ID_HEADER
 from services.reports.webhooks.worker import WebhookWorker
-from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged, utcnow
+from shared.contracts import utcnow
 from shared.signatures import HEADER, verify
 from shared.statuses import ReceiptStatus, Status
+from tests import factories
 from tests.helpers import LOOPBACK_WEBHOOKS
 
 pytestmark = pytest.mark.integration
@@ -109,13 +110,13 @@ async def seed(pool, url: str, n: int = 1, final: ReceiptStatus = ReceiptStatus.
     now = utcnow()
     changes = []
     for mid in ids:
-        changes.append(from_accepted(uuid.uuid4(), tenant, MessageAccepted(
-            message_id=mid, to="+34600123456", country="ES", body="hi", type="transactional", encoding="GSM-7",
-            segments=1, source="api", accepted_at=now, metadata={"k": mid.hex[:6]}, status_callback_url=url)))
-        changes.append(from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), MessageStatusChanged(
-            message_id=mid, status=Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1)))
-        changes.append(from_receipt(uuid.uuid4(), mid, tenant, now + timedelta(milliseconds=20), DeliveryReceipt(
-            gateway="sim", gateway_message_id=mid.hex, status=final)))
+        changes.append(from_accepted(uuid.uuid4(), tenant, factories.accepted(
+            message_id=mid, to="+34600123456", body="hi", type="transactional",
+            accepted_at=now, metadata={"k": mid.hex[:6]}, status_callback_url=url)))
+        changes.append(from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), factories.status(
+            mid, Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1)))
+        changes.append(from_receipt(uuid.uuid4(), mid, tenant, now + timedelta(milliseconds=20), factories.receipt(
+            final, "sim", mid.hex)))
     async with pool.acquire() as conn, conn.transaction():
         await record(ReportsRepository(conn), changes)
     if out is not None:
@@ -170,9 +171,9 @@ def sample(counter, *labels) -> float:
 async def test_outbox_rows_commit_or_roll_back_with_the_states(pool, receiver, cleanup) -> None:
     mid = uuid.uuid4()
     cleanup.append(mid)
-    accepted = from_accepted(uuid.uuid4(), "acme", MessageAccepted(
-        message_id=mid, to="+34600123456", country="ES", body="hi", type="marketing", encoding="GSM-7", segments=1,
-        source="api", accepted_at=utcnow(), status_callback_url=receiver.url))
+    accepted = from_accepted(uuid.uuid4(), "acme", factories.accepted(
+        message_id=mid, to="+34600123456", body="hi", type="marketing",
+        accepted_at=utcnow(), status_callback_url=receiver.url))
     with pytest.raises(RuntimeError):
         async with pool.acquire() as conn, conn.transaction():
             await record(ReportsRepository(conn), [accepted])
@@ -404,15 +405,15 @@ async def test_a_change_recorded_while_its_head_is_being_finished_becomes_the_ne
     mid = uuid.uuid4()
     cleanup.append(mid)
     now = utcnow()
-    accepted = from_accepted(uuid.uuid4(), tenant, MessageAccepted(
-        message_id=mid, to="+34600123456", country="ES", body="hi", type="transactional", encoding="GSM-7",
-        segments=1, source="api", accepted_at=now, status_callback_url=receiver.url))
+    accepted = from_accepted(uuid.uuid4(), tenant, factories.accepted(
+        message_id=mid, to="+34600123456", body="hi", type="transactional",
+        accepted_at=now, status_callback_url=receiver.url))
     async with pool.acquire() as conn, conn.transaction():
         await record(ReportsRepository(conn), [accepted])
     worker = WebhookWorker(pool, settings())
     [head] = await worker.store.claim(10, 60)
-    submitted = from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), MessageStatusChanged(
-        message_id=mid, status=Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1))
+    submitted = from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), factories.status(
+        mid, Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1))
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
@@ -440,13 +441,13 @@ async def test_changes_recorded_while_the_worker_runs_are_all_posted_in_order(po
 
     async def lifecycle(mid: uuid.UUID) -> None:
         steps = [
-            from_accepted(uuid.uuid4(), tenant, MessageAccepted(
-                message_id=mid, to="+34600123456", country="ES", body="hi", type="transactional", encoding="GSM-7",
-                segments=1, source="api", accepted_at=now, status_callback_url=receiver.url)),
-            from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), MessageStatusChanged(
-                message_id=mid, status=Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1)),
-            from_receipt(uuid.uuid4(), mid, tenant, now + timedelta(milliseconds=20), DeliveryReceipt(
-                gateway="sim", gateway_message_id=mid.hex, status=ReceiptStatus.DELIVERED)),
+            from_accepted(uuid.uuid4(), tenant, factories.accepted(
+                message_id=mid, to="+34600123456", body="hi", type="transactional",
+                accepted_at=now, status_callback_url=receiver.url)),
+            from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), factories.status(
+                mid, Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1)),
+            from_receipt(uuid.uuid4(), mid, tenant, now + timedelta(milliseconds=20), factories.receipt(
+                ReceiptStatus.DELIVERED, "sim", mid.hex)),
         ]
         for change in steps:  # each change its own transaction, racing the workers' results
             async with pool.acquire() as conn, conn.transaction():
@@ -476,13 +477,13 @@ async def test_recording_changes_in_two_statements_while_results_are_written_nev
     now = utcnow()
 
     def accepted(mid: uuid.UUID):
-        return from_accepted(uuid.uuid4(), tenant, MessageAccepted(
-            message_id=mid, to="+34600123456", country="ES", body="hi", type="transactional", encoding="GSM-7",
-            segments=1, source="api", accepted_at=now, status_callback_url=receiver.url))
+        return from_accepted(uuid.uuid4(), tenant, factories.accepted(
+            message_id=mid, to="+34600123456", body="hi", type="transactional",
+            accepted_at=now, status_callback_url=receiver.url))
 
     def submitted(mid: uuid.UUID):
-        return from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), MessageStatusChanged(
-            message_id=mid, status=Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1))
+        return from_status(uuid.uuid4(), tenant, now + timedelta(milliseconds=10), factories.status(
+            mid, Status.SUBMITTED, gateway="sim", gateway_message_id=mid.hex, attempts=1))
 
     for mid in (first, second):
         async with pool.acquire() as conn, conn.transaction():

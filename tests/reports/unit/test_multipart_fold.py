@@ -6,8 +6,9 @@ import uuid
 from datetime import timedelta
 
 from services.reports.domain import MessageState, apply, fold, from_accepted, from_receipt, from_status
-from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged, utcnow
+from shared.contracts import utcnow
 from shared.statuses import ReceiptStatus, Status
+from tests import factories
 
 T0 = utcnow()
 MID = uuid.uuid4()
@@ -15,20 +16,19 @@ PARTS = ["smpp-a", "smpp-b", "smpp-c"]
 
 
 def accepted():
-    m = MessageAccepted(message_id=MID, to="+34600000001", country="ES", body="x" * 400, type="marketing",
-                        encoding="GSM-7", segments=3, source="api", accepted_at=T0, campaign_id=uuid.uuid4(),
-                        variant="B", contact_id=uuid.uuid4())
+    m = factories.accepted(message_id=MID, body="x" * 400, type="marketing", segments=3, accepted_at=T0,
+                           campaign_id=uuid.uuid4(), variant="B", contact_id=uuid.uuid4())
     return from_accepted(uuid.uuid4(), "acme", m)
 
 
 def submitted(parts=PARTS):
-    s = MessageStatusChanged(message_id=MID, status=Status.SUBMITTED, gateway="smsc", gateway_message_id=parts[0],
-                             gateway_part_ids=parts, attempts=1)
+    s = factories.status(MID, Status.SUBMITTED, gateway="smsc", gateway_message_id=parts[0], gateway_part_ids=parts,
+                         attempts=1)
     return from_status(uuid.uuid4(), "acme", T0 + timedelta(seconds=1), s)
 
 
 def receipt(part: str, status: ReceiptStatus, seconds: float = 2):
-    r = DeliveryReceipt(gateway="smsc", gateway_message_id=part, status=status, done_at=T0 + timedelta(seconds=seconds))
+    r = factories.receipt(status, "smsc", part, done_at=T0 + timedelta(seconds=seconds))
     return from_receipt(uuid.uuid4(), MID, "acme", T0, r)
 
 

@@ -2,26 +2,26 @@ import uuid
 from datetime import timedelta
 
 from services.reports.domain import MessageState, apply, from_accepted, from_receipt, from_status
-from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged, utcnow
+from shared.contracts import utcnow
 from shared.statuses import ReceiptStatus, Status
+from tests import factories
 
 T0 = utcnow()
 MID = uuid.uuid4()
 
 
 def accepted():
-    m = MessageAccepted(message_id=MID, to="+34600000001", country="ES", body="x", type="marketing",
-                        encoding="GSM-7", segments=2, source="api", accepted_at=T0)
+    m = factories.accepted(message_id=MID, type="marketing", segments=2, accepted_at=T0)
     return from_accepted(uuid.uuid4(), "acme", m)
 
 
 def submitted():
-    s = MessageStatusChanged(message_id=MID, status=Status.SUBMITTED, gateway="sim", gateway_message_id="g1", attempts=1)
+    s = factories.status(MID, Status.SUBMITTED, gateway="sim", gateway_message_id="g1", attempts=1)
     return from_status(uuid.uuid4(), "acme", T0 + timedelta(seconds=1), s)
 
 
 def receipt(status: ReceiptStatus, seconds: float = 2):
-    r = DeliveryReceipt(gateway="sim", gateway_message_id="g1", status=status, error_code="000", done_at=T0 + timedelta(seconds=seconds))
+    r = factories.receipt(status, "sim", "g1", error_code="000", done_at=T0 + timedelta(seconds=seconds))
     return from_receipt(uuid.uuid4(), MID, "acme", T0, r)
 
 

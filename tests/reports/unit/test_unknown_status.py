@@ -13,8 +13,8 @@ from services.dispatcher.gateways.base import Refused, Unknown, http_error_outco
 from services.reports.campaign_report import build
 from services.reports.domain import MessageState, apply, from_accepted, from_receipt, from_status
 from services.reports.webhooks.rules import build_payload, notifications
-from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
 from shared.statuses import FINAL, RANK, SETTLED, ReceiptStatus, Status
+from tests import factories
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MID = uuid.uuid4()
@@ -22,25 +22,23 @@ URL = "https://hooks.example.com/h"
 
 
 def accepted():
-    return from_accepted(uuid.uuid4(), "acme", MessageAccepted(
-        message_id=MID, to="+34600000001", country="ES", body="x", type="transactional", encoding="GSM-7",
-        segments=1, source="api", accepted_at=T0, status_callback_url=URL))
+    return from_accepted(uuid.uuid4(), "acme", factories.accepted(
+        message_id=MID, type="transactional", accepted_at=T0, status_callback_url=URL))
 
 
 def unknown(seconds: float = 1):
-    return from_status(uuid.uuid4(), "acme", T0 + timedelta(seconds=seconds), MessageStatusChanged(
-        message_id=MID, status=Status.UNKNOWN, gateway="smsc", attempts=1,
-        reason_code="submit_outcome_unknown", reason="cannot tell"))
+    return from_status(uuid.uuid4(), "acme", T0 + timedelta(seconds=seconds), factories.status(
+        MID, Status.UNKNOWN, gateway="smsc", attempts=1, reason_code="submit_outcome_unknown", reason="cannot tell"))
 
 
 def submitted(seconds: float = 2):
-    return from_status(uuid.uuid4(), "acme", T0 + timedelta(seconds=seconds), MessageStatusChanged(
-        message_id=MID, status=Status.SUBMITTED, gateway="smsc", gateway_message_id="g1", attempts=1))
+    return from_status(uuid.uuid4(), "acme", T0 + timedelta(seconds=seconds), factories.status(
+        MID, Status.SUBMITTED, gateway="smsc", gateway_message_id="g1", attempts=1))
 
 
 def receipt(status: ReceiptStatus, seconds: float = 3):
-    return from_receipt(uuid.uuid4(), MID, "acme", T0, DeliveryReceipt(
-        gateway="smsc", gateway_message_id="g1", status=status, done_at=T0 + timedelta(seconds=seconds)))
+    return from_receipt(uuid.uuid4(), MID, "acme", T0, factories.receipt(
+        status, "smsc", "g1", done_at=T0 + timedelta(seconds=seconds)))
 
 
 def blank() -> MessageState:

@@ -30,27 +30,28 @@ from services.reports.webhooks.rules import (
     notifications,
     url_allowed,
 )
-from shared.contracts import DeliveryReceipt, MessageAccepted, MessageStatusChanged
+from shared.contracts import MessageAccepted
 from shared.signatures import HEADER, SignatureError, verify
 from shared.statuses import ReceiptStatus, Status
+from tests import factories
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 URL = "https://hooks.example.com/herald?token=abc"
 
 
 def accepted(mid: uuid.UUID, url: str | None = URL) -> MessageAccepted:
-    return MessageAccepted(
-        message_id=mid, to="+34600123456", country="ES", body="hi", type="transactional", encoding="GSM-7",
-        segments=2, source="api", accepted_at=T0, metadata={"order": "81"}, status_callback_url=url,
+    return factories.accepted(
+        message_id=mid, to="+34600123456", body="hi", type="transactional", segments=2, accepted_at=T0,
+        metadata={"order": "81"}, status_callback_url=url,
     )
 
 
 def changes_for(mid: uuid.UUID, url: str | None = URL):
     acc = from_accepted(uuid.uuid4(), "acme", accepted(mid, url))
-    sub = from_status(uuid.uuid4(), "acme", T0 + timedelta(seconds=1), MessageStatusChanged(
-        message_id=mid, status=Status.SUBMITTED, gateway="sim", gateway_message_id="g1", attempts=2))
-    done = from_receipt(uuid.uuid4(), mid, "acme", T0 + timedelta(seconds=5), DeliveryReceipt(
-        gateway="sim", gateway_message_id="g1", status=ReceiptStatus.UNDELIVERED, error_code="0x0B"))
+    sub = from_status(uuid.uuid4(), "acme", T0 + timedelta(seconds=1), factories.status(
+        mid, Status.SUBMITTED, gateway="sim", gateway_message_id="g1", attempts=2))
+    done = from_receipt(uuid.uuid4(), mid, "acme", T0 + timedelta(seconds=5), factories.receipt(
+        ReceiptStatus.UNDELIVERED, "sim", "g1", error_code="0x0B"))
     return acc, sub, done
 
 

@@ -29,6 +29,7 @@ from shared.contracts import ContactEventAcceptedEvent, MessageAcceptedEvent, ut
 from shared.kafka import Incoming, Publisher, make_producer
 from shared.settings import KafkaSettings
 from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS
+from tests import factories
 from tests.conftest import Tenant, make_tenant, register_senders
 from tests.helpers import read_topic
 
@@ -152,11 +153,9 @@ async def test_events_resolve_contacts_update_activity_and_publish_keyed_by_phon
 
 
 def incoming(tenant: str, name: str, phone: str, clock: FakeClock, **properties) -> Incoming:
-    from shared.contracts import ContactEventAccepted
-
-    payload = ContactEventAccepted(event_id=uuid.uuid4(), name=name, phone=phone, occurred_at=clock.now(),
-                                   received_at=clock.now(), properties=properties, source="api")
-    return Incoming(CONTACT_EVENTS, ContactEventAcceptedEvent(tenant=tenant, payload=payload), None)
+    now = clock.now()
+    payload = factories.contact_event(name, phone, occurred_at=now, received_at=now, properties=properties)
+    return Incoming(CONTACT_EVENTS, factories.contact_event_event(payload, tenant), None)
 
 
 async def create_journey(pool, tenant: str, definition: dict) -> uuid.UUID:

@@ -16,6 +16,7 @@ from services.scheduler.handlers import FactsRepository, Timer
 from shared.contracts import MessageAccepted, MessageOutboundEvent, MessageStatusEvent, utcnow
 from shared.kafka import Outgoing
 from shared.statuses import Status
+from tests import factories
 from tests.helpers import marketing_to
 
 pytestmark = pytest.mark.integration
@@ -31,8 +32,7 @@ class ListPublisher:
 
 
 def message(to: str = "+919812345678", kind: str = "transactional") -> MessageAccepted:
-    return MessageAccepted(message_id=uuid.uuid4(), to=to, country="IN" if to.startswith("+91") else "ES", body="x",
-                           type=kind, encoding="GSM-7", segments=1, source="api", accepted_at=utcnow())
+    return factories.accepted(to=to, country="IN" if to.startswith("+91") else "ES", type=kind, accepted_at=utcnow())
 
 
 async def opt_out_tenant(pool) -> str:

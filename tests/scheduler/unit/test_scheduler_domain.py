@@ -1,17 +1,14 @@
-import uuid
 from datetime import UTC, datetime, timedelta
 
 from services.scheduler.domain import Facts, TenantPolicy, Verdict, decide
 from shared.contracts import MessageAccepted, utcnow
+from tests import factories
 
 NOON_MADRID = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)  # a Wednesday, 12:00 in Spain
 
 
 def _message(kind: str, to: str = "+34600000001") -> MessageAccepted:
-    return MessageAccepted(
-        message_id=uuid.uuid4(), to=to, country="ES", body="x", type=kind, encoding="GSM-7",
-        segments=1, source="api", accepted_at=utcnow(),
-    )
+    return factories.accepted(to=to, type=kind, accepted_at=utcnow())
 
 
 # These tenants send marketing to numbers that are not contacts ('opt_out' consent mode).

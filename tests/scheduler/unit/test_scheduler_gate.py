@@ -17,6 +17,7 @@ from services.scheduler.domain import (
     parse_caps,
 )
 from shared.contracts import MessageAccepted
+from tests import factories
 
 NOON_MADRID = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)  # Wednesday 12:00 in Spain
 PHONE = "+34600000001"
@@ -25,10 +26,7 @@ DAY, WEEK = timedelta(days=1), timedelta(days=7)
 
 
 def _message(kind: str = "marketing", to: str = PHONE, campaign: uuid.UUID | None = None) -> MessageAccepted:
-    return MessageAccepted(
-        message_id=uuid.uuid4(), to=to, country="ES", body="x", type=kind, encoding="GSM-7",
-        segments=1, source="api", accepted_at=NOON_MADRID, campaign_id=campaign,
-    )
+    return factories.accepted(to=to, type=kind, accepted_at=NOON_MADRID, campaign_id=campaign)
 
 
 def _facts(**kw: object) -> Facts:

@@ -18,6 +18,7 @@ from shared.erasure_store import ErasureHandler
 from shared.kafka import Incoming, Publisher, make_producer
 from shared.settings import KafkaSettings
 from shared.topics import ERASURES, STATUS
+from tests import factories
 from tests.conftest import make_tenant
 from tests.helpers import read_topic
 
@@ -27,8 +28,7 @@ KEYS = build_keys({"k1": "lanes-test-erasure-key-0123456789abcdef"}, None)
 
 
 def accepted(number: str, body: str) -> MessageAccepted:
-    return MessageAccepted(message_id=uuid.uuid4(), to=number, country="ES", body=body, type="marketing",
-                           encoding="GSM-7", segments=1, source="api", accepted_at=utcnow(), metadata={"k": body})
+    return factories.accepted(to=number, body=body, type="marketing", accepted_at=utcnow(), metadata={"k": body})
 
 
 async def test_each_service_erases_its_own_tables_once(env, pool) -> None:
