@@ -198,8 +198,10 @@ async def test_the_schedulers_real_decisions_mark_a_tenant_only_when_none_of_its
     batch = []
     for tenant, kinds in ((x, ("marketing", "marketing")), (y, ("marketing", "transactional"))):
         campaign = uuid.uuid4()
-        await pool.execute("INSERT INTO campaigns (tenant_id, campaign_id, name, segment_filter, variants, state)"
-                           " VALUES ($1, $2, 'Sale', 'true', '[]', 'running')", tenant.tenant_id, campaign)
+        # running, every page published (fanned_out_at): the launcher of a later test has nothing to take up
+        await pool.execute("INSERT INTO campaigns (tenant_id, campaign_id, name, segment_filter, variants, state,"
+                           " fanned_out_at) VALUES ($1, $2, 'Sale', 'true', '[]', 'running', $3)",
+                           tenant.tenant_id, campaign, page)
         for i, kind in enumerate(kinds):
             message = accepted(page).model_copy(update={"campaign_id": campaign, "type": MessageType(kind),
                                                         "to": f"+3460055{i:04d}"})
