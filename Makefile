@@ -45,9 +45,9 @@ test: lint
 	$(PYTHON) deploy/local/infra.py start
 	$(BIN)/python -m pytest
 
-## unit: only the tests that need no broker or database
+## unit: only the tests that need no broker or database (the repository's rules and every unit/ folder)
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/repo $(sort $(wildcard tests/*/unit))
 
 ## stop: stop a stack left running, then Kafka and PostgreSQL
 stop:

@@ -3,7 +3,7 @@
 A small parser for the statements Herald's migrations use (CREATE TABLE, with PARTITION BY,
 ALTER TABLE ... ADD / DROP COLUMN and RENAME TO, DROP TABLE; a partition, CREATE TABLE ...
 PARTITION OF, is part of its parent), good enough to list every table and its columns with their types;
-tests/unit/test_data_map.py checks docs/data-map.md against it.
+tests/repo/test_data_map.py checks docs/data-map.md against it.
 """
 
 from __future__ import annotations

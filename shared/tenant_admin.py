@@ -3,7 +3,7 @@
 
 Every change writes a row to ``audit_log`` (who, what, when, details) in the same transaction.
 Operator-only actions (verifying or suspending a sender, its carrier registrations) stay in
-herald_tools/admin.py. Imports no service and no tooling (tests/unit/test_import_rules.py).
+herald_tools/admin.py. Imports no service and no tooling (tests/repo/test_import_rules.py).
 """
 
 from __future__ import annotations

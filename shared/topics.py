@@ -2,7 +2,7 @@
 
 docs/topics.md is the readable catalogue of this table; a test keeps the two in step. The
 ``producers`` and ``consumers`` of a topic name Herald's services first (``"ingest (replies
-lane)"``), then any outside party (``"upstream systems"``); tests/unit/test_topic_wiring.py reads
+lane)"``), then any outside party (``"upstream systems"``); tests/repo/test_topic_wiring.py reads
 the services' code (every ``Outgoing(topic, ...)`` a service can reach, every consumer lane and
 ``run_service`` topic list) and fails when a service publishes to or consumes a topic this table
 does not list for it, or is listed for one it does not.
@@ -306,7 +306,7 @@ def render_catalogue(default_prefix: str = "herald.", partitions: int = 6) -> st
         "# Topic catalogue",
         "",
         "Generated from `shared/topics.py` by `python -m shared.topics > docs/topics.md`; a test fails when they differ.",
-        "The producers and consumers are checked against the services' code (`tests/unit/test_topic_wiring.py`): a",
+        "The producers and consumers are checked against the services' code (`tests/repo/test_topic_wiring.py`): a",
         "service that publishes to or consumes a topic not listed for it here, or is listed for one its code does not",
         "touch, fails it.",
         "",

@@ -31,6 +31,14 @@ class Env:
         return {"HERALD_KAFKA_BOOTSTRAP": self.bootstrap, "HERALD_DATABASE_URL": self.dsn, "HERALD_TOPIC_PREFIX": self.prefix}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in an ``integration`` folder (tests/<service>/integration) is marked
+    ``integration``, whether or not its module says so."""
+    for item in items:
+        if item.path.parent.name == "integration":
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def infra_env() -> dict[str, str]:
     """Start (or reuse) the local Kafka and PostgreSQL; return their addresses."""

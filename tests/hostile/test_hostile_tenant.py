@@ -45,7 +45,7 @@ from tests.conftest import Tenant, make_tenant
 from tests.e2e.test_campaigns_e2e import setup_campaign
 from tests.e2e.test_pipeline import scrape
 from tests.helpers import http_receiver, produce_raw, read_topic, rejected_events, signed, wait_for
-from tests.integration.test_http_guard import close, read_answer, request_head
+from tests.ingest.integration.test_http_guard import close, read_answer, request_head
 
 pytestmark = pytest.mark.e2e
 
