@@ -439,7 +439,7 @@ def _sender(args: argparse.Namespace, actor: str) -> int:
 
 
 def _sender_pool(args: argparse.Namespace, actor: str) -> int:
-    from shared import admin
+    from herald_tools import admin
 
     try:
         if args.action == "set":

@@ -15,7 +15,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from shared import admin
+from herald_tools import admin
 from shared.devtools.stack import Stack
 from shared.senders import Pool, PoolChoice, Sender, SenderBook, choose_from_pool, load_rules
 from tests.conftest import make_tenant, register_senders
