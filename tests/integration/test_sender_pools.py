@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from herald_tools import admin
 from services.dispatcher.throttle import PostgresThrottle, sender_key
 from services.ingest.settings import IngestSettings
-from herald_tools import admin
 from shared.contracts import MessageAcceptedEvent
 from shared.topics import ACCEPTED
 from tests.conftest import make_tenant, register_senders
