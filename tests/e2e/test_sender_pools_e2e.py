@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from herald_tools import admin
-from shared.devtools.stack import Stack
+from herald_tools.stack import Stack
 from shared.senders import Pool, PoolChoice, Sender, SenderBook, choose_from_pool, load_rules
 from tests.conftest import make_tenant, register_senders
 from tests.helpers import new_stack, running, wait_for
