@@ -114,9 +114,8 @@ class ConsumerSettings(ServiceSettings):
     lanes: list[str] | None = Field(
         None,
         description="Run only these consumer lanes of the service (main, the transactional lane, plus bulk, journeys, "
-        "commands, results, replies, erasures, subject-access, subject-access-parts, links or campaign-winners as the "
-        "service has them); unset: "
-        "every lane; [] none (ingest only: an instance that serves HTTP and consumes nothing). Lets priority and campaign "
+        "commands, results, replies, erasures, subject-access, subject-access-parts, links, campaign-winners or "
+        "journey-sends as the service has them); unset: every lane; [] none (ingest only: an instance that serves HTTP and consumes nothing). Lets priority and campaign "
         "work run in processes (Deployments) of their own, e.g. [\"main\"] and [\"bulk\"] (docs/operations.md)",
     )
     subject_access_part_bytes: int = Field(

@@ -23,6 +23,7 @@ from shared.contracts import (
     Envelope,
     ErasureRequestedEvent,
     InboundMessageEvent,
+    JourneySendEvent,
     LinkClickedEvent,
     MessageAccepted,
     MessageAcceptedEvent,
@@ -82,11 +83,23 @@ TRIGGERS = Topic(
     description="Message requests published by upstream systems; same payload as POST /v1/messages.",
     config=dict(PERSONAL_DATA_RETENTION),
 )
+JOURNEY_SENDS = Topic(
+    "journeys.sends.v1",
+    JourneySendEvent,
+    key="recipient E.164 number",
+    producers=("scheduler (journey steps)",),
+    consumers=("ingest (journey-sends lane)",),
+    description="A journey's send step, rendered for the contact, with the message id the journey chose. ingest "
+    "accepts it like an API or trigger message (sender registry, sender pools and sticky senders, geo permissions, "
+    "short links, the sender's throughput) and publishes it to messages.accepted with source journey, once per "
+    "message id; a refused send goes to rejected.v1 and gets a failed status with the reason. See docs/journeys.md.",
+    config=dict(PERSONAL_DATA_RETENTION),
+)
 ACCEPTED = Topic(
     "messages.accepted.v1",
     MessageAcceptedEvent,
     key="recipient E.164 number",
-    producers=("ingest", "scheduler (journey steps)",
+    producers=("ingest",
                "dispatcher (back to the scheduler: its campaign held or tenant disabled after the release)"),
     consumers=("scheduler (priority lane)", "reports"),
     description="Validated transactional messages with their id, encoding and segments. A lane of its own "
@@ -97,7 +110,7 @@ ACCEPTED_BULK = Topic(
     "messages.accepted.bulk.v1",
     MessageAcceptedEvent,
     key="recipient E.164 number",
-    producers=("ingest", "scheduler (journey steps)",
+    producers=("ingest",
                "dispatcher (back to the scheduler: its campaign held or tenant disabled after the release)"),
     consumers=("scheduler (bulk lane)", "reports"),
     description="Validated marketing messages (campaigns), same contract as messages.accepted.v1; also transactional "
@@ -130,11 +143,11 @@ STATUS = Topic(
     "messages.status.v1",
     MessageStatusEvent,
     key="message id",
-    producers=("scheduler", "dispatcher"),
+    producers=("scheduler", "dispatcher", "ingest (journey-sends lane: a refused journey send)"),
     consumers=("reports", "ingest (links lane: a submitted marketing message's short links start answering; "
                           "campaign_page_at moves the tenant's mark for the campaign launcher's pacing)"),
     description="Status changes: scheduled and suppressed (scheduler); submitted, unknown, failed and expired "
-    "(dispatcher). Receipts (delivered, undelivered) travel on receipts.v1.",
+    "(dispatcher); failed for a journey send ingest refused (ingest). Receipts (delivered, undelivered) travel on receipts.v1.",
 )
 RECEIPTS = Topic(
     "receipts.v1",
@@ -263,7 +276,7 @@ CAMPAIGN_WINNERS = Topic(
     "or a campaign paused or cancelled meanwhile, changes nothing). See docs/campaigns.md.",
 )
 
-ALL: tuple[Topic, ...] = (TRIGGERS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES,
+ALL: tuple[Topic, ...] = (TRIGGERS, JOURNEY_SENDS, ACCEPTED, ACCEPTED_BULK, OUTBOUND, OUTBOUND_BULK, STATUS, RECEIPTS, INBOUND, REPLIES,
                         CONTACT_EVENTS_IN, CONTACT_EVENTS, CLICKS, REJECTED, MESSAGE_COMMANDS, ERASURES,
                         SUBJECT_ACCESS, SUBJECT_ACCESS_PARTS, CAMPAIGN_WINNERS)
 

@@ -12,6 +12,7 @@ from services.ingest.events.api import batch_schema as events_batch_schema
 from services.ingest.events.api import router as events_router
 from services.ingest.events.consumer import ContactEventsHandler
 from services.ingest.events.service import ContactsLookup, EventAcceptor
+from services.ingest.journey_sends import JourneySendsHandler
 from services.ingest.journeys.api import router as journeys_router
 from services.ingest.link_activation import LinkActivationHandler
 from services.ingest.links_repo import LinksRepository
@@ -34,6 +35,7 @@ from shared.topics import (
     CAMPAIGN_WINNERS,
     CONTACT_EVENTS_IN,
     INBOUND,
+    JOURNEY_SENDS,
     STATUS,
     SUBJECT_ACCESS,
     SUBJECT_ACCESS_PARTS,
@@ -104,8 +106,11 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # A/B winners reports picked (docs/campaigns.md): ingest owns campaigns and starts the winner phase.
     winners = Lane("campaign-winners", f"{settings.topic_prefix}ingest.campaign-winners", [CAMPAIGN_WINNERS],
                    CampaignWinnersHandler(ctx.pool))
+    # Journeys' send steps (docs/journeys.md): accepted as the API's and the triggers' messages are.
+    journey_sends = Lane("journey-sends", f"{settings.topic_prefix}ingest.journey-sends", [JOURNEY_SENDS],
+                         JourneySendsHandler(acceptor, repository))
     return Wiring(handler=TriggerHandler(acceptor, repository, settings.kafka_input_signatures), app=app,
-                  lanes=[replies, contact_events, subject_access, parts, links_lane, winners])
+                  lanes=[replies, contact_events, subject_access, parts, links_lane, winners, journey_sends])
 
 
 async def main(settings: IngestSettings | None = None) -> int:

@@ -66,7 +66,7 @@ def accept(
     *,
     message_id: uuid.UUID,
     now: datetime,
-    source: Literal["api", "kafka"],
+    source: Literal["api", "kafka", "journey"],
     allowed_types: Iterable[str],
     smart_encoding: bool,
     geo: GeoPolicy | None = None,

@@ -134,12 +134,13 @@ class IngestRepository:
         )
         return {r["key_id"]: (r["tenant_id"], r["secret"]) for r in rows}
 
-    async def active_tenants(self, tenant_ids: set[str]) -> dict[str, GeoPolicy]:
-        """The tenants that exist and are not disabled, each with its geo permissions."""
+    async def active_tenants(self, tenant_ids: set[str], *, with_disabled: bool = False) -> dict[str, GeoPolicy]:
+        """The tenants that exist and are not disabled (``with_disabled``: disabled ones too), each
+        with its geo permissions."""
         rows = await self.pool.fetch(
             "SELECT tenant_id, country, allowed_countries FROM tenants"
-            " WHERE tenant_id = ANY($1::text[]) AND disabled_at IS NULL",
-            list(tenant_ids),
+            " WHERE tenant_id = ANY($1::text[]) AND (disabled_at IS NULL OR $2)",
+            list(tenant_ids), with_disabled,
         )
         return {r["tenant_id"]: GeoPolicy.of(r["country"], r["allowed_countries"]) for r in rows}
 

@@ -44,6 +44,9 @@ class Accepted:
 
 
 Result = Accepted | Rejection
+#: Where an accepted message came from: the HTTP API, the trigger topic, a journey's send step
+#: (the journey-sends lane). Campaigns are accepted by the launcher (services/ingest/campaigns/).
+Source = Literal["api", "kafka", "journey"]
 
 
 def accepted_event(tenant: str, message: MessageAccepted, trace_id: str) -> Outgoing:
@@ -86,7 +89,7 @@ class Acceptor:
         tenant: str,
         requests: list[MessageRequest | Rejection],
         *,
-        source: Literal["api", "kafka"],
+        source: Source,
         now: datetime,
         trace_id: str,
         default_keys: list[str | None] | None = None,
@@ -95,6 +98,8 @@ class Acceptor:
         geo: GeoPolicy | None = None,
         sandbox: bool = False,
         senders: SenderBook | None = None,
+        stamps: list[dict[str, Any]] | None = None,
+        rendered: bool = False,
     ) -> tuple[list[Result], list[Outgoing]]:
         """Validate, apply idempotency keys, and build the events to publish (in request order).
 
@@ -106,13 +111,16 @@ class Acceptor:
         rejection (None: not checked, e.g. a reply to a number that wrote in). ``senders``: the
         tenant's sender registry; a ``sender`` that is not one of its verified senders allowed for
         the destination is refused (shared/senders.py; None: not checked, as for ``geo``).
+        ``stamps``: per request, fields set on its accepted message that a request cannot carry (a
+        journey send's ``contact_id``, ``journey_id``, ``template_id``). ``rendered``: the texts were
+        rendered by the caller, opt-out line included (journey sends): no opt-out line is added.
         """
         results: list[Result] = []
         keyed: dict[str, list[int]] = {}
         hashes: dict[str, str] = {}
         originals = requests  # idempotency keys fingerprint the request as sent, not as rendered
         # status callbacks go to public destinations only (shared/egress.py): each host checked once
-        opt_out, link_policy = await self._marketing_context(tenant, requests)
+        opt_out, link_policy = (None, None) if rendered else await self._marketing_context(tenant, requests)
         requests, sent_by_template = await self._render_templates(tenant, requests)
         refused = await check_urls({str(r.status_callback_url) for r in requests
                                     if not isinstance(r, Rejection) and r.status_callback_url}, self.egress,
@@ -151,6 +159,8 @@ class Acceptor:
             except Rejection as rejection:
                 results.append(rejection)
                 continue
+            if stamps is not None and stamps[index]:
+                message = message.model_copy(update=stamps[index])
             if message.sender_pool is not None and message.sender is not None:
                 sticky[(message.sender_pool, message.to)] = message.sender  # the batch's next to this number too
             if index in sent_by_template:

@@ -82,7 +82,8 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings, R
     )
     allowed_number_types: list[str] = Field(
         default_factory=lambda: sorted(SMS_CAPABLE),
-        description="phonenumbers types accepted as recipients (e.g. add VOIP, UNKNOWN)",
+        description="phonenumbers types accepted as recipients (e.g. add VOIP, UNKNOWN), for the API, the trigger topic "
+        "and journeys' sends alike",
     )
     batch_max_messages: int = Field(10_000, ge=1, le=100_000, description="Most messages in one batch request")
     batch_concurrency: int = Field(

@@ -31,7 +31,6 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
     # Journeys (docs/journeys.md): a lane on contact events and a timer that advances due runs.
     journeys = JourneyRepository(ctx.pool)
     journey_timer = JourneyTimer(journeys, ctx.publisher, settings.journey_timer_interval_s, settings.journey_timer_batch,
-                                 allowed_number_types=settings.allowed_number_types,
                                  limiter=JourneyLimiter(ctx.pool, settings.rate_limit_messages_per_minute))
     ctx.workers["journey-timer"] = journey_timer.run()
     ctx.stoppers.append(journey_timer.stop)

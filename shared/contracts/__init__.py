@@ -10,6 +10,7 @@ from shared.contracts.events import (
     ContactEventRequest,
     ContactEventRequestEvent,
 )
+from shared.contracts.journeys import JourneySendEvent, JourneySendRequested
 from shared.contracts.messages import (
     DeliveryReceipt,
     DeliveryReceiptEvent,
@@ -51,6 +52,8 @@ __all__ = [
     "ErasureRequestedEvent",
     "InboundMessage",
     "InboundMessageEvent",
+    "JourneySendEvent",
+    "JourneySendRequested",
     "LinkClicked",
     "LinkClickedEvent",
     "MessageAccepted",

@@ -132,7 +132,10 @@ class MessageAccepted(_Frozen):
     idempotency_key: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     status_callback_url: str | None = None
-    source: Literal["api", "kafka", "campaign", "journey"]
+    source: Literal["api", "kafka", "campaign", "journey"] = Field(
+        description="Where it came from: api (HTTP), kafka (the trigger topic), campaign (the launcher), journey (a "
+        "journey's send step, accepted by ingest's journey-sends lane)"
+    )
     accepted_at: AwareDatetime
     expires_at: AwareDatetime | None = Field(None, description="Not sent after this time (validity_s)")
     send_at: AwareDatetime | None = Field(None, description="Not sent before this time")

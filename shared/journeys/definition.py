@@ -116,6 +116,10 @@ class SendStep(_Step):
     body: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY)] | None = None
     purpose: Literal["marketing", "transactional"] | None = None
     sender: str | None = None
+    sender_pool: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = Field(
+        None, description="Send from this sender pool instead of a sender: each contact keeps the sender it got from "
+        "the pool before while it may send (docs/senders.md, \"Pools and sticky senders\")",
+    )
     then: Target = Field("next", description="Where to go after sending: next, end or a later step id")
 
     @model_validator(mode="after")
@@ -124,6 +128,8 @@ class SendStep(_Step):
             raise PydanticCustomError("template_or_body", "a send step takes a template_id or a body, not both")
         if self.body is not None and self.purpose is None:
             raise PydanticCustomError("purpose_required", "an inline body needs a purpose: marketing or transactional")
+        if self.sender is not None and self.sender_pool is not None:
+            raise PydanticCustomError("sender_or_pool", "give a sender or a sender_pool, not both")
         if self.sender is not None and not SENDER_RE.match(self.sender):
             raise PydanticCustomError("invalid_sender", "a sender is a name of up to 11 letters, digits, spaces, . _ - or a number")
         if self.body is not None:

@@ -1322,7 +1322,7 @@ def test_overlays_render_what_they_should() -> None:
 #: prod-split (docs/kubernetes.md): Deployment -> (HERALD_LANES, PriorityClass); None: every lane.
 SPLIT = {
     "herald-ingest": (["main", "replies", "contact-events", "subject-access", "subject-access-parts", "links",
-                       "campaign-winners"], "herald-transactional"),
+                       "campaign-winners", "journey-sends"], "herald-transactional"),
     "herald-ingest-bulk": ([], "herald-campaign"),
     "herald-scheduler": (["main", "journeys", "commands", "erasures", "subject-access"], "herald-transactional"),
     "herald-scheduler-bulk": (["bulk"], "herald-campaign"),
@@ -1406,7 +1406,7 @@ def test_lane_names_are_the_services_lanes() -> None:
     services run (their app.py), so a new lane fails here until the manifests handle it."""
     assert service_lanes("scheduler") == ("main", "bulk", "journeys", "commands", "erasures", "subject-access")
     assert service_lanes("ingest") == ("main", "links", "replies", "contact-events", "subject-access", "subject-access-parts",
-                                       "campaign-winners") and serves_without_lanes("ingest")
+                                       "campaign-winners", "journey-sends") and serves_without_lanes("ingest")
     assert not serves_without_lanes("scheduler")
     for service in LAG_SCALED:
         with environ({}):

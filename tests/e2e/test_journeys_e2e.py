@@ -26,7 +26,7 @@ from shared.journeys.definition import parse_duration
 from shared.statuses import FINAL
 from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS_IN, REJECTED
 from tests.conftest import Tenant, make_tenant, register_senders
-from tests.helpers import produce_raw, read_topic, rejected_events, signed, wait_for
+from tests.helpers import foreign_numbers_allowed, produce_raw, read_topic, rejected_events, signed, wait_for
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "journeys"
@@ -64,7 +64,8 @@ def example(name: str, longest_s: int = 6) -> dict[str, Any]:
 
 
 def numbers(count: int, seed: int) -> list[str]:
-    return demo_numbers(count, seed=seed, countries=marketing_countries(True, margin=timedelta(minutes=10)))
+    # where marketing may go now, and a Spanish sender may send (ingest checks a journey's sender too)
+    return demo_numbers(count, seed=seed, countries=foreign_numbers_allowed(marketing_countries(True, margin=timedelta(minutes=10))))
 
 
 class Api:
@@ -146,6 +147,8 @@ async def test_lead_follow_up_from_the_kafka_topic(stack: Stack, pool, env) -> N
     ]))
     [message] = await journey_messages(pool, journey_id, 1)
     assert message["to_e164"] == phone and message["step"] == "thanks" and message["type"] == "transactional"
+    assert await pool.fetchval("SELECT source FROM messages WHERE message_id = $1::uuid", message["id"]) == "journey"
+    assert sim_refs(stack).get(message["id"]) == 1, "accepted by ingest, sent once through the simulator"
     assert await bodies(env, ACCEPTED, journey_id, 1) == [
         "Hi Lena, thanks for your enquiry about solar panels. An advisor will call you within one working day."]
     rejected = await read_topic(env.bootstrap, REJECTED.name(env.prefix),
@@ -282,3 +285,48 @@ async def test_scheduler_kill_9_in_the_middle_of_a_wait_loses_and_repeats_nothin
     refs = sim_refs(stack)
     assert {m["id"]: refs.get(m["id"]) for m in messages} == {m["id"]: 1 for m in messages}
     assert [r["state"] for r in await runs(pool, journey_id)] == ["completed"] * 5
+
+
+async def test_journey_sends_are_accepted_by_ingest_links_tracked_a_suspended_sender_fails(stack: Stack, pool, env) -> None:
+    """Journey sends go through ingest's acceptance (docs/journeys.md): a marketing link becomes a
+    tracked short link that reaches the simulator; a send from a sender suspended after the journey
+    was written is refused, and reports shows the message failed with the reason."""
+    from herald_tools import admin
+    from services.scheduler.journeys.engine import message_id
+
+    tenant = await make_tenant(pool)
+    await register_senders(pool, tenant.tenant_id, "Acme", "Shopco")
+    api = Api(stack, tenant)
+    promo = await api.journey({"name": "promo", "trigger": {"event": "promo.asked"}, "steps": [
+        {"type": "send", "purpose": "marketing", "body": "Hi {{first_name}}, new deals at https://shop.example.com/deals",
+         "sender": "Acme"}]})
+    orders = await api.journey({"name": "orders", "trigger": {"event": "order.placed"}, "steps": [
+        {"type": "send", "purpose": "transactional", "body": "Order received", "sender": "Shopco"}]})
+    async with pool.acquire() as conn:
+        await admin.sender_set_state(conn, "e2e", tenant.tenant_id, "Shopco", "suspended", "complaints")
+    [phone] = numbers(1, seed=508)
+    await api.contact(phone, "Nora")
+    await api.event("promo.asked", phone)
+    await api.event("order.placed", phone)
+
+    [message] = await journey_messages(pool, promo, 1)
+    assert message["to_e164"] == phone and message["type"] == "marketing"
+    [body] = await bodies(env, ACCEPTED_BULK, promo, 1)
+    code = await pool.fetchval("SELECT code FROM links WHERE message_id = $1::uuid", message["id"])
+    assert code and body.startswith("Hi Nora, new deals at ") and f"/{code}" in body and "shop.example.com" not in body
+    assert sim_refs(stack).get(message["id"]) == 1
+
+    [run] = await runs(pool, orders)
+    refused = message_id(run["run_id"], 0)
+
+    async def failed():
+        row = await pool.fetchrow("SELECT status, reason_code FROM messages WHERE message_id = $1", refused)
+        return row if row is not None and row["status"] == "failed" else None
+
+    row = await wait_for(failed, timeout_s=40)
+    assert row["reason_code"] == "sender_not_verified"
+    timeline = await pool.fetch("SELECT status, detail FROM message_events WHERE message_id = $1", refused)
+    detail = [(e["status"], e["detail"] if isinstance(e["detail"], dict) else json.loads(e["detail"])) for e in timeline]
+    assert [(status, d.get("journey_id"), d.get("source")) for status, d in detail] == [("failed", orders, "journey")]
+    assert refused.hex not in sim_refs(stack) and str(refused) not in sim_refs(stack)
+    assert run["state"] == "completed" or (await runs(pool, orders))[0]["state"] == "completed"

@@ -265,7 +265,7 @@ class Launcher:
             now = self.clock()
             senders = await self._senders(plan, page)
             outgoing, links = self.page_events(plan, page, now, links_policy, senders)
-            if senders is not None:
+            if senders is not None and plan.sender_pool is not None:
                 await self._store_assignments(plan, outgoing, senders[1])
             replaced = await self.links.store_many(links)  # before the messages carrying them go out
             if replaced and links_policy is not None:  # a resumed page: the codes stored the first time
@@ -342,11 +342,15 @@ class Launcher:
                 pass
 
     async def _senders(self, plan: Plan, page: list[AudienceMember]) -> PageSenders | None:
-        """A pool campaign's registry (read per page: a suspension applies to the next page) and the
-        page's recipients' sticky senders: two queries a page; None for other campaigns."""
-        if plan.sender_pool is None:
+        """A campaign's registry (read per page: a suspension or a new rate applies to the next
+        page) and, for a pool campaign, the page's recipients' sticky senders: two queries a page.
+        A campaign naming a sender (its own or its templates') reads the registry only, for its
+        sender's contracted throughput; None for a campaign that names no sender."""
+        if plan.sender_pool is None and plan.sender is None and not any(t.sender for t in plan.templates.values()):
             return None
         book = (await self.registry.sender_books({plan.tenant_id})).get(plan.tenant_id, SenderBook())
+        if plan.sender_pool is None:
+            return book, {}
         keys = sorted({(plan.sender_pool, m.phone) for m in page})
         return book, await self.registry.sender_assignments(plan.tenant_id, keys)
 
@@ -408,6 +412,11 @@ class Launcher:
                     "sender_throttle": sender_throttle(book, choice.sender),
                     "carrier_ids": sender_carrier_ids(book, choice.sender, region, self.sender_rules),
                 })
+            elif senders is not None and message.sender is not None:
+                # a single sender with a contracted rate is held to it, as a pool's senders are
+                throttle = sender_throttle(senders[0], message.sender)
+                if throttle is not None:
+                    message = message.model_copy(update={"sender_throttle": throttle})
             if links_policy is not None and message.type is MessageType.MARKETING:
                 domain, ttl, own = links_policy
                 message, found = track_message(message, domain, smart=self.smart_encoding)

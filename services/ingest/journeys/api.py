@@ -13,7 +13,7 @@ from services.ingest.journeys.repository import Archived, JourneysRepository, Ve
 from shared.api import ApiError, principal_dependency
 from shared.auth import Principal
 from shared.journeys.definition import JourneyDefinition, SendStep
-from shared.senders import named_problem
+from shared.senders import POOL_NOT_FOUND, named_problem
 
 ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
 
@@ -45,7 +45,11 @@ async def checked(request: Request, principal: Principal, body: JourneyDefinitio
         principal.require("messages:write")
     refused = [p for i, s in enumerate(body.steps) if isinstance(s, SendStep)
                and (p := named_problem(principal.senders, s.sender, f"body.steps.{i}.sender")) is not None]
-    if refused:  # a send step's sender: one of the tenant's verified senders (docs/senders.md)
+    refused += [{"loc": f"body.steps.{i}.sender_pool", "code": POOL_NOT_FOUND,
+                 "msg": f"sender pool {s.sender_pool!r} is not one of this tenant's pools"}
+                for i, s in enumerate(body.steps) if isinstance(s, SendStep) and s.sender_pool is not None
+                and s.sender_pool not in principal.senders.pools]
+    if refused:  # a send step's sender: one of the tenant's verified senders; its pool: one of its pools (docs/senders.md)
         raise ApiError(422, refused[0]["code"], refused[0]["msg"], refused)
     wanted = body.template_ids
     missing = await repo(request).missing_templates(tenant, wanted)

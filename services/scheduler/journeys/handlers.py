@@ -3,7 +3,8 @@
 The lane never publishes: it enrols, exits and wakes runs in one transaction per batch, and
 a run that has something to do now gets ``due_at = now``. Only the timer advances runs and
 publishes sends: it locks due runs with FOR UPDATE SKIP LOCKED (any number of scheduler
-instances, none takes the same run), publishes the accepted messages, and only then commits
+instances, none takes the same run), publishes the send requests (ingest accepts them as it
+accepts the API's messages, services/ingest/journey_sends.py), and only then commits
 the new state. A crash in between advances the run again from the old state, and the sends
 carry the same message ids (run id + step), so every consumer drops the repeat.
 """
@@ -13,20 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from services.scheduler.journeys import metrics
 from services.scheduler.journeys.engine import ACTIVE, EventFact, LaneResult, Run, Send, advance, on_event
 from services.scheduler.journeys.limits import JourneyLimiter
-from services.scheduler.journeys.messages import SendError, accepted_event, build_message
+from services.scheduler.journeys.messages import SendError, build_send, send_event
 from services.scheduler.journeys.repository import JourneyRepository
 from shared.contracts import ContactEventAccepted, utcnow
 from shared.kafka import Incoming, Outgoing, Publisher
 from shared.logging import mask_phone
 from shared.periodic import run_periodically
-from shared.phones import SMS_CAPABLE
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,10 @@ class JourneyTimer:
         batch: int,
         clock: Callable[[], datetime] = utcnow,
         smart_encoding: bool = True,
-        allowed_number_types: Iterable[str] = SMS_CAPABLE,
         limiter: JourneyLimiter | None = None,
     ) -> None:
         self.repository = repository
         self.limiter = limiter  # the per-key message limits (None: not limited)
-        self.allowed_number_types = frozenset(allowed_number_types)
         self.publisher = publisher
         self.interval_s = interval_s
         self.batch = batch
@@ -143,8 +141,7 @@ class JourneyTimer:
                 contact = contacts.get((run.tenant, run.phone))
                 template = templates.get((run.tenant, send.step.template_id)) if send.step.template_id else None
                 try:
-                    message = build_message(send, run, contact, template, now, smart=self.smart_encoding,
-                                            allowed_types=self.allowed_number_types)
+                    request = build_send(send, run, contact, template, now, smart=self.smart_encoding)
                 except SendError as exc:
                     metrics.SENDS.labels(exc.code, "").inc()
                     log.warning(
@@ -152,8 +149,9 @@ class JourneyTimer:
                         extra={"run_id": str(run.run_id), "step": send.step_id, "to": mask_phone(run.phone)},
                     )
                     continue
-                metrics.SENDS.labels("published", message.type.value).inc()
-                outgoing.append(accepted_event(run.tenant, message, f"journey-{run.run_id.hex[:16]}"))
+                metrics.SENDS.labels("published", request.type.value).inc()
+                # ingest accepts it (services/ingest/journey_sends.py) as it accepts the API's messages
+                outgoing.append(send_event(run.tenant, request, f"journey-{run.run_id.hex[:16]}"))
             await repo.update_runs(conn, moved, now)
             await self.publisher.publish(outgoing)  # before commit: a crash re-advances, same message ids
         for before in runs:

@@ -246,9 +246,10 @@ async def test_a_campaign_sends_from_a_pool_with_sticky_senders(env, pool) -> No
             r = await c.post("/v1/campaigns", headers=h, json={**body, "sender_pool": "promo", "sender": a})
             assert (r.status_code, r.json()["error"]["code"]) == (422, "sender_or_pool"), r.text
 
-            async def run_campaign() -> list:
-                r = await c.post("/v1/campaigns", headers=h, json={**body, "sender_pool": "promo"})
-                assert r.status_code == 201 and r.json()["sender_pool"] == "promo", r.text
+            async def run_campaign(**naming: str) -> list:
+                naming = naming or {"sender_pool": "promo"}
+                r = await c.post("/v1/campaigns", headers=h, json={**body, **naming})
+                assert r.status_code == 201 and r.json()["sender_pool"] == naming.get("sender_pool"), r.text
                 cid = r.json()["campaign_id"]
                 assert (await c.post(f"/v1/campaigns/{cid}/launch", headers=h)).json()["state"] == "running"
                 assert await Launcher(pool, publisher, page_size=10).run_once()
@@ -280,6 +281,16 @@ async def test_a_campaign_sends_from_a_pool_with_sticky_senders(env, pool) -> No
                     assert m.sender_choice["sender_choice"] == "sticky"
             assert set((await pool.fetch("SELECT DISTINCT sender FROM sender_assignments WHERE tenant_id = $1",
                                          tenant.tenant_id))[0]) == {a}
+
+            # a campaign naming one sender with a contracted rate carries it too (docs/senders.md,
+            # "Throughput per sender"); one without a rate carries none
+            single = await run_campaign(sender=a)
+            assert {m.sender for m in single} == {a} and all(not m.sender_choice and m.sender_pool is None for m in single)
+            assert all(m.sender_throttle is not None and (m.sender_throttle.kind, m.sender_throttle.rate_per_s)
+                       == ("long_code", 50.0) for m in single), single[0].sender_throttle
+            async with pool.acquire() as conn:
+                await admin.sender_set_state(conn, "ops", tenant.tenant_id, b, "verified", "resolved")
+            assert all(m.sender == b and m.sender_throttle is None for m in await run_campaign(sender=b))
     finally:
         await producer.stop()
 

@@ -17,21 +17,25 @@ from fastapi import FastAPI
 from services.ingest import deps
 from services.ingest.events.api import router as events_router
 from services.ingest.events.service import ContactsLookup, EventAcceptor
+from services.ingest.journey_sends import JourneySendsHandler
 from services.ingest.journeys.api import router as journeys_router
+from services.ingest.links_repo import LinksRepository
 from services.ingest.ratelimit import RateLimiter
+from services.ingest.repository import IngestRepository
+from services.ingest.service import Acceptor
 from services.ingest.settings import IngestSettings
 from services.scheduler.journeys.handlers import JourneyEventsHandler, JourneyTimer
 from services.scheduler.journeys.limits import JourneyLimiter
 from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.quiet_hours.clock import FakeClock
 from shared.api import install_error_handlers
-from shared.contracts import ContactEventAcceptedEvent, MessageAcceptedEvent, utcnow
-from shared.kafka import Incoming, Publisher, make_producer
-from shared.settings import KafkaSettings
-from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS
+from shared.contracts import ContactEventAcceptedEvent, MessageAcceptedEvent, MessageStatusEvent, utcnow
+from shared.kafka import BatchConsumer, Incoming, Publisher, make_producer
+from shared.settings import ConsumerSettings, KafkaSettings
+from shared.topics import ACCEPTED, ACCEPTED_BULK, CONTACT_EVENTS, JOURNEY_SENDS, REJECTED, STATUS
 from tests import factories
 from tests.conftest import Tenant, make_tenant, register_senders
-from tests.helpers import read_topic
+from tests.helpers import read_topic, rejected_events
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[3] / "deploy" / "journeys"
@@ -47,6 +51,22 @@ async def publisher(env) -> AsyncIterator[Publisher]:
     await producer.start()
     yield Publisher(producer, env.prefix, "test")
     await producer.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def ingest_lane(env, pool, publisher) -> AsyncIterator[None]:
+    """ingest's journey-sends lane, on the real topic: the timers' send requests become accepted
+    messages (or refusals) as in the running service (services/ingest/app.py)."""
+    settings = ConsumerSettings(consumer_poll_ms=100)
+    acceptor = Acceptor(IngestRepository(pool), IngestSettings(), LinksRepository(pool))
+    consumer = BatchConsumer(settings, "ingest", f"g-journey-sends-{uuid.uuid4().hex[:8]}", [JOURNEY_SENDS],
+                             JourneySendsHandler(acceptor, IngestRepository(pool)), publisher)
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    yield
+    consumer.stop_fetching()
+    await task
+    await consumer.close()
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +186,7 @@ async def create_journey(pool, tenant: str, definition: dict) -> uuid.UUID:
     return uuid.UUID(created["journey_id"])
 
 
-async def sent_to(env, topic, phone: str, n: int, timeout_s: float = 15) -> list[MessageAcceptedEvent]:
+async def sent_to(env, topic, phone: str, n: int, timeout_s: float = 60) -> list[MessageAcceptedEvent]:
     records = await read_topic(env.bootstrap, topic.name(env.prefix), lambda rs: sum(1 for r in rs if r.key == phone.encode()) >= n,
                                timeout_s=timeout_s)
     return [MessageAcceptedEvent.model_validate_json(r.value) for r in records if r.key == phone.encode()]
@@ -202,8 +222,8 @@ async def test_abandoned_cart_real_two_hours_with_an_injected_clock(pool, env, p
     assert states == {phone: ("completed", None, 1), ordered: ("exited", "exit_event:order.completed", 0)}
     [event] = await sent_to(env, ACCEPTED_BULK, phone, 1)
     m = event.payload
-    assert (m.journey_id, m.type.value, event.event_id) == (journey_id, "marketing", m.message_id)
-    assert m.body.startswith("Hi, your cart is waiting: acme.example/c/1")
+    assert (m.journey_id, m.type.value, event.event_id, m.source) == (journey_id, "marketing", m.message_id, "journey")
+    assert m.body.startswith("Hi, your cart is waiting: acme.example/c/1")  # no scheme, no www.: not a link
 
 
 async def test_event_reminders_with_real_offsets_and_two_timers_never_double_send(pool, env, publisher) -> None:
@@ -232,7 +252,7 @@ async def test_event_reminders_with_real_offsets_and_two_timers_never_double_sen
     assert [e.payload.body for e in events] == ["Reminder: Launch starts tomorrow at the time booked.",
                                                 "Launch starts in one hour. See you there!"]
     records = await read_topic(env.bootstrap, ACCEPTED.name(env.prefix),
-                               lambda rs: sum(1 for r in rs if str(journey_id).encode() in r.value) >= 120)
+                               lambda rs: sum(1 for r in rs if str(journey_id).encode() in r.value) >= 120, timeout_s=90)
     ids = [MessageAcceptedEvent.model_validate_json(r.value).payload.message_id for r in records if str(journey_id).encode() in r.value]
     assert len(ids) == len(set(ids)) == 120
 
@@ -305,6 +325,9 @@ async def test_journey_sends_obey_the_allowed_number_types(pool, env, publisher)
     assert not [r for r in records if r.key == premium.encode()], "a premium-rate number gets nothing"
     states = {r["phone_e164"]: r["state"] for r in await runs_of(pool, journey_id)}
     assert states == {premium: "completed", mobile: "completed"}
+    # ingest refused it as it refuses the API's: the reason in rejected.v1 and on the message's failed status
+    [failed] = await statuses_of(env, (await journey_send_ids(pool, journey_id))[premium])
+    assert (failed.payload.status.value, failed.payload.reason_code) == ("failed", "unsupported_number_type")
 
 
 async def test_journey_sends_count_against_the_message_limit_of_the_key_that_wrote_it(client, pool, env, publisher) -> None:
@@ -332,3 +355,144 @@ async def test_journey_sends_count_against_the_message_limit_of_the_key_that_wro
     # ingest's counters of the key's API use are not the scheduler's to write.
     assert await pool.fetchval("SELECT sum(messages) FROM journey_rate_counters WHERE key_id = $1", key_id) == 2
     assert await pool.fetch("SELECT * FROM rate_counters WHERE key_id = $1 ORDER BY window_start", key_id) == api_counts
+
+
+# --- ingest's acceptance of journey sends ---------------------------------------------------------
+
+
+async def journey_send_ids(pool, journey_id: uuid.UUID) -> dict[str, list[uuid.UUID]]:
+    """The message ids each contact's run sent (uuid5(run_id, step index), services/scheduler/journeys/engine.py)."""
+    from services.scheduler.journeys.engine import message_id
+
+    out: dict[str, list[uuid.UUID]] = {}
+    for run in await runs_of(pool, journey_id):
+        out.setdefault(run["phone_e164"], []).append(message_id(run["run_id"], 0))
+    return out
+
+
+async def statuses_of(env, ids: list[uuid.UUID], timeout_s: float = 60) -> list[MessageStatusEvent]:
+    wanted = {str(i).encode() for i in ids}
+    records = await read_topic(env.bootstrap, STATUS.name(env.prefix),
+                               lambda rs: wanted <= {r.key for r in rs}, timeout_s=timeout_s)
+    return [MessageStatusEvent.model_validate_json(r.value) for r in records if r.key in wanted]
+
+
+async def accepted_ids(env, topic, ids: set[uuid.UUID], timeout_s: float = 60) -> list[MessageAcceptedEvent]:
+    wanted = {str(i) for i in ids}
+    records = await read_topic(env.bootstrap, topic.name(env.prefix),
+                               lambda rs: wanted <= {json.loads(r.value)["payload"]["message_id"] for r in rs},
+                               timeout_s=timeout_s)
+    events = [MessageAcceptedEvent.model_validate_json(r.value) for r in records]
+    return [e for e in events if str(e.payload.message_id) in wanted]
+
+
+async def test_a_redelivered_send_is_accepted_once(pool, env, publisher) -> None:
+    """The timer's send published again (a crash between publish and commit, a redelivery): ingest
+    accepts the message id once (one idempotency key, the same message and short links)."""
+    tenant = (await make_tenant(pool)).tenant_id
+    definition = {"name": "sale", "trigger": {"event": "sale.ping"}, "steps": [
+        {"type": "send", "purpose": "marketing", "body": "Sale today at https://shop.example.com/sale"}]}
+    journey_id = await create_journey(pool, tenant, definition)
+    clock = FakeClock(utcnow())
+    repo = JourneyRepository(pool)
+    phone = "+34600777001"
+    await JourneyEventsHandler(repo, clock.now)([incoming(tenant, "sale.ping", phone, clock)])
+
+    class Twice:
+        """Publishes every batch twice, as a redelivery would."""
+
+        async def publish(self, items) -> None:
+            await publisher.publish(items)
+            await publisher.publish(items)
+
+    await JourneyTimer(repo, Twice(), 0.1, 100, clock.now).advance_due()  # type: ignore[arg-type]
+    [message_id] = (await journey_send_ids(pool, journey_id))[phone]
+    await asyncio.sleep(2)  # both sends through the lane
+    events = await accepted_ids(env, ACCEPTED_BULK, {message_id})
+    assert events and {e.event_id for e in events} == {message_id}
+    assert len({e.payload.body for e in events}) == 1, "one set of short links"
+    m = events[0].payload
+    assert (m.source, m.journey_id, m.to) == ("journey", journey_id, phone)
+    assert await pool.fetchval("SELECT count(*) FROM idempotency_keys WHERE tenant_id = $1", tenant) == 1
+    assert await pool.fetchval("SELECT count(*) FROM links WHERE message_id = $1", message_id) == 1
+    code = await pool.fetchval("SELECT code FROM links WHERE message_id = $1", message_id)
+    assert f"/{code}" in m.body and "shop.example.com" not in m.body
+
+
+async def test_a_send_from_a_suspended_sender_is_refused_with_the_reason(client, pool, env, publisher) -> None:
+    """A journey naming a sender that was suspended after the journey was written: ingest refuses
+    the send (rejected.v1, and a failed status for the message with the reason); the run goes on."""
+    from herald_tools import admin
+
+    tenant = await make_tenant(pool)
+    await register_senders(pool, tenant.tenant_id, "Shopco")
+    body = {"name": "orders", "trigger": {"event": "order.placed"}, "reentry": {"mode": "always"}, "steps": [
+        {"type": "send", "purpose": "transactional", "body": "Order received", "sender": "Shopco"}]}
+    r = await client.post("/v1/journeys", json=body, headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    journey_id = uuid.UUID(r.json()["journey_id"])
+    async with pool.acquire() as conn:
+        await admin.sender_set_state(conn, "ops", tenant.tenant_id, "Shopco", "suspended", "complaints")
+    clock = FakeClock(utcnow())
+    repo = JourneyRepository(pool)
+    phone = "+34600777101"
+    await JourneyEventsHandler(repo, clock.now)([incoming(tenant.tenant_id, "order.placed", phone, clock)])
+    await JourneyTimer(repo, publisher, 0.1, 100, clock.now).advance_due()
+    [message_id] = (await journey_send_ids(pool, journey_id))[phone]
+    [status] = await statuses_of(env, [message_id])
+    p = status.payload
+    assert (p.status.value, p.reason_code) == ("failed", "sender_not_verified"), p
+    assert (p.detail["source"], p.detail["journey_id"]) == ("journey", str(journey_id))
+    records = await read_topic(env.bootstrap, REJECTED.name(env.prefix),
+                               lambda rs: any(str(message_id) in e.payload.original for e in rejected_events(rs)))
+    [rejected] = [e for e in rejected_events(records) if str(message_id) in e.payload.original]
+    assert (rejected.payload.reason_code, rejected.payload.source, rejected.tenant) == (
+        "sender_not_verified", JOURNEY_SENDS.name(env.prefix), tenant.tenant_id)
+    records = await read_topic(env.bootstrap, ACCEPTED.name(env.prefix), lambda rs: False, timeout_s=2)
+    assert not [r for r in records if str(message_id).encode() in r.value], "nothing accepted"
+    assert [r["state"] for r in await runs_of(pool, journey_id)] == ["completed"]
+
+
+async def test_a_journey_sends_from_a_pool_with_sticky_senders(client, pool, env, publisher) -> None:
+    """A send step naming a sender pool (checked when the journey is written): the contact gets a
+    sender of the pool and keeps it on the next send (stored like the API's assignments)."""
+    from herald_tools import admin
+
+    tenant = await make_tenant(pool)
+    a, b = "+34910000101", "+34910000102"
+    await register_senders(pool, tenant.tenant_id, a, b, countries=["ES"])
+    async with pool.acquire() as conn:
+        await admin.pool_set(conn, "ops", tenant.tenant_id, "otp", [a, b])
+        await admin.sender_update(conn, "ops", tenant.tenant_id, a, rate_per_s=20.0)
+        await admin.sender_update(conn, "ops", tenant.tenant_id, b, rate_per_s=20.0)
+    body = {"name": "codes", "trigger": {"event": "code.asked"}, "reentry": {"mode": "always"}, "steps": [
+        {"type": "send", "purpose": "transactional", "body": "Your code is {{trigger.code}}", "sender_pool": "nope"}]}
+    r = await client.post("/v1/journeys", json=body, headers=tenant.headers)
+    assert error(r) == (422, "sender_pool_not_found") and r.json()["error"]["details"][0]["loc"] == "body.steps.0.sender_pool"
+    body["steps"][0]["sender_pool"] = "otp"
+    r = await client.post("/v1/journeys", json=body, headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    journey_id = uuid.UUID(r.json()["journey_id"])
+    r = await client.put(f"/v1/journeys/{journey_id}", json={**body, "steps": [{**body["steps"][0], "sender_pool": "gone"}]},
+                         headers=tenant.headers)
+    assert error(r) == (422, "sender_pool_not_found"), "checked on update too"
+    clock = FakeClock(utcnow())
+    repo = JourneyRepository(pool)
+    lane, timer = JourneyEventsHandler(repo, clock.now), JourneyTimer(repo, publisher, 0.1, 100, clock.now)
+    phone = "+34600777201"
+    await lane([incoming(tenant.tenant_id, "code.asked", phone, clock, code="1111")])
+    await timer.advance_due()
+    first_ids = (await journey_send_ids(pool, journey_id))[phone]
+    [first] = await accepted_ids(env, ACCEPTED, set(first_ids))
+    clock.advance(seconds=1)
+    await lane([incoming(tenant.tenant_id, "code.asked", phone, clock, code="2222")])
+    await timer.advance_due()
+    second_ids = set((await journey_send_ids(pool, journey_id))[phone]) - set(first_ids)
+    [second] = await accepted_ids(env, ACCEPTED, second_ids)
+    m1, m2 = first.payload, second.payload
+    assert m1.sender in (a, b) and m2.sender == m1.sender
+    assert (m1.sender_pool, m1.sender_choice["sender_choice"], m2.sender_choice["sender_choice"]) == ("otp", "assigned", "sticky")
+    assert m1.sender_throttle is not None and m1.sender_throttle.rate_per_s == 20.0, "the sender's throughput holds"
+    assert (m1.source, m1.journey_id, m2.body) == ("journey", journey_id, "Your code is 2222")
+    assert await pool.fetchval("SELECT sender FROM sender_assignments WHERE tenant_id = $1 AND pool = 'otp' AND phone_e164 = $2",
+                               tenant.tenant_id, phone) == m1.sender

@@ -23,7 +23,7 @@ from services.scheduler.journeys.engine import (
     on_event,
     parse_time,
 )
-from services.scheduler.journeys.messages import SendError, build_message
+from services.scheduler.journeys.messages import SendError, build_send, send_event
 from services.scheduler.quiet_hours.clock import FakeClock
 from shared.journeys.definition import JourneyDefinition, parse_duration
 from shared.statuses import MessageType
@@ -313,16 +313,27 @@ def test_send_renders_for_the_contact_with_trigger_fields_and_opt_out() -> None:
               step=1, step_since=T0, due_at=T0)
     _, sends = advance(run, journey, {"first_name": "Ana"}, T0)
     contact_id = uuid.uuid4()
-    message = build_message(sends[0], run, {"first_name": "Ana", "contact_id": contact_id, "language": "es"}, None, T0)
-    assert message.body.startswith("Ana, your cart is waiting: acme.example/c/9")
-    assert message.body.endswith("Responde BAJA para darte de baja")  # marketing: opt-out in the contact's language
-    assert (message.type, message.country, message.journey_id, message.contact_id) == (
-        MessageType.MARKETING, "ES", journey.journey_id, contact_id)
-    assert message.message_id == sends[0].message_id and message.segments == 1 and message.encoding == "GSM-7"
+    request = build_send(sends[0], run, {"first_name": "Ana", "contact_id": contact_id, "language": "es"}, None, T0)
+    assert request.body.startswith("Ana, your cart is waiting: acme.example/c/9")
+    assert request.body.endswith("Responde BAJA para darte de baja")  # marketing: opt-out in the contact's language
+    assert (request.type, request.to, request.journey_id, request.contact_id) == (
+        MessageType.MARKETING, PHONE, journey.journey_id, contact_id)
+    assert request.message_id == sends[0].message_id and request.requested_at == T0
+    assert request.metadata == {"journey_step": sends[0].step_id, "journey_run": str(run.run_id)}
     template_step = sends[0].__class__(sends[0].run_id, 1, "t", definition.steps[1].model_copy(
         update={"template_id": uuid.uuid4(), "body": None, "purpose": None}), sends[0].message_id)
     with pytest.raises(SendError) as info:
-        build_message(template_step, run, None, None, T0)
+        build_send(template_step, run, None, None, T0)
     assert info.value.code == "template_not_found"
-    rendered = build_message(template_step, run, None, Template("transactional", "en", {"en": "Hi {{first_name|you}}"}, "Acme"), T0)
-    assert (rendered.body, rendered.sender, rendered.type) == ("Hi you", "Acme", MessageType.TRANSACTIONAL)
+    rendered = build_send(template_step, run, None, Template("transactional", "en", {"en": "Hi {{first_name|you}}"}, "Acme"), T0)
+    assert (rendered.body, rendered.sender, rendered.sender_pool, rendered.type) == ("Hi you", "Acme", None, MessageType.TRANSACTIONAL)
+    assert rendered.template_id == template_step.step.template_id
+    # a step naming a sender pool sends from the pool (ingest picks the contact's sender), not the template's sender
+    pooled = sends[0].__class__(sends[0].run_id, 1, "t", template_step.step.model_copy(update={"sender_pool": "promo"}),
+                                sends[0].message_id)
+    from_pool = build_send(pooled, run, None, Template("transactional", "en", {"en": "Hi"}, "Acme"), T0)
+    assert (from_pool.sender, from_pool.sender_pool) == (None, "promo")
+    # published on the journey-sends topic, keyed by number, the message id as the event id (a re-advance is one send)
+    out = send_event("acme", request, "trace")
+    assert (out.topic.suffix, out.key, out.event.event_id, out.event.tenant) == (
+        "journeys.sends.v1", PHONE, request.message_id, "acme")
