@@ -1,4 +1,6 @@
-"""The tables and columns the migrations create, read from shared/migrations/*.sql.
+"""The tables and columns the migrations create, read from every migrations folder
+(shared/migrations and services/<owner>/migrations, shared.db.MIGRATION_PACKAGES), in the one
+global order the runner applies them (by file name).
 
 A small parser for the statements Herald's migrations use (CREATE TABLE, with PARTITION BY,
 ALTER TABLE ... ADD / DROP COLUMN and RENAME TO, DROP TABLE; a partition, CREATE TABLE ...
@@ -11,9 +13,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import shared
+from shared.db import MIGRATION_PACKAGES
 
-MIGRATIONS = Path(shared.__file__).resolve().parent / "migrations"
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = tuple(ROOT.joinpath(*package.split("."), "migrations") for package in MIGRATION_PACKAGES)
 _CONSTRAINTS = {"primary", "unique", "foreign", "check", "constraint", "exclude"}
 # Columns that can hold free text or structured data (numbers, texts, user agents, URLs...).
 TEXT_TYPES = re.compile(r"^(text|varchar|character|char|jsonb|json|bytea|inet|cidr|citext)\b", re.I)
@@ -64,10 +67,16 @@ def _split_top(body: str) -> list[str]:
     return items
 
 
-def tables(directory: Path = MIGRATIONS) -> dict[str, dict[str, str]]:
+def migration_paths(directory: Path | None = None) -> list[Path]:
+    """The migration files of one folder, or of every folder, sorted by file name (the run order)."""
+    folders = (directory,) if directory is not None else FOLDERS
+    return sorted((p for folder in folders for p in folder.glob("*.sql")), key=lambda p: p.name)
+
+
+def tables(directory: Path | None = None) -> dict[str, dict[str, str]]:
     """{table: {column: type}} after every migration, in file-name order."""
     out: dict[str, dict[str, str]] = {}
-    for path in sorted(directory.glob("*.sql")):
+    for path in migration_paths(directory):
         for stmt in _statements(path.read_text()):
             flat = " ".join(stmt.split())
             flat = re.sub(r"(?i) partition by \w+ \([^()]*\)$", "", flat)
@@ -91,10 +100,10 @@ def tables(directory: Path = MIGRATIONS) -> dict[str, dict[str, str]]:
     return out
 
 
-def views(directory: Path = MIGRATIONS) -> dict[str, set[str]]:
+def views(directory: Path | None = None) -> dict[str, set[str]]:
     """{view: the tables it reads} after every migration, in file-name order."""
     out: dict[str, set[str]] = {}
-    for path in sorted(directory.glob("*.sql")):
+    for path in migration_paths(directory):
         for stmt in _statements(path.read_text()):
             flat = " ".join(stmt.split())
             if m := re.match(r"(?i)^create (?:or replace )?view (\w+) as (.*)$", flat):
@@ -106,3 +115,45 @@ def views(directory: Path = MIGRATIONS) -> dict[str, set[str]]:
 
 def is_text(column_type: str) -> bool:
     return bool(TEXT_TYPES.match(column_type.strip()))
+
+
+_TOUCH = [  # (pattern, group of the table); an index or a renamed table counts as its table
+    re.compile(r"(?i)^create table (?:if not exists )?\w+ partition of (\w+)"),
+    re.compile(r"(?i)^create table (?:if not exists )?(\w+)"),
+    re.compile(r"(?i)^alter table (?:if exists )?(?:only )?(\w+)"),
+    re.compile(r"(?i)^drop table (?:if exists )?(\w+)"),
+    re.compile(r"(?i)^create (?:unique )?index (?:concurrently )?(?:if not exists )?(?:\w+ )?on (?:only )?(\w+)"),
+    re.compile(r"(?i)^(?:insert into|update|delete from) (\w+)"),
+    re.compile(r"(?i)^create (?:or replace )?view (\w+)"),
+    re.compile(r"(?i)^create (?:or replace )?(?:constraint )?trigger \w+ .*? on (\w+)"),
+]
+
+
+def touched(directory: Path | None = None) -> dict[Path, set[str]]:
+    """{migration file: the tables it creates, alters, indexes, drops, fills or puts a view or a
+    trigger on}, in file-name order. An index (DROP / ALTER INDEX) counts as its table, a renamed
+    table as the table it was; a name the parser cannot place is returned as ``?name``."""
+    out: dict[Path, set[str]] = {}
+    index_of: dict[str, str] = {}  # index -> table
+    was: dict[str, str] = {}  # name after a rename -> the first name
+    for path in migration_paths(directory):
+        found = out.setdefault(path, set())
+        for stmt in _statements(path.read_text()):
+            flat = " ".join(stmt.split())
+            if m := re.match(r"(?i)^(?:drop|alter) index (?:if exists )?(\w+)(?: rename to (\w+))?", flat):
+                name = m.group(1)  # a primary key's index is <table>_pkey unless named
+                table = index_of.get(name) or (was.get(name[:-5], name[:-5]) if name.endswith("_pkey") else "?" + name)
+                if m.group(2):
+                    index_of[m.group(2)] = table
+                found.add(table)
+                continue
+            for pattern in _TOUCH:
+                if m := pattern.match(flat):
+                    table = m.group(1)
+                    if i := re.match(r"(?i)^create (?:unique )?index (?:concurrently )?(?:if not exists )?(\w+) on", flat):
+                        index_of[i.group(1)] = was.get(table, table)
+                    if r := re.match(r"(?i)^alter table (?:if exists )?(\w+) rename to (\w+)$", flat):
+                        was[r.group(2)] = was.get(r.group(1), r.group(1))
+                    found.add(was.get(table, table))
+                    break
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from importlib import resources
 
@@ -40,14 +41,39 @@ async def create_pool(settings: DatabaseSettings, timeout_s: float = 30) -> asyn
             await asyncio.sleep(1)
 
 
+# The packages whose ``migrations/`` folder holds SQL migrations: the library's own tables
+# (shared) and each service's (docs/data-map.md, "owner"). Names, not imports: shared imports no
+# service; importlib.resources finds each folder in the installed package.
+MIGRATION_PACKAGES = ("shared", "services.ingest", "services.scheduler", "services.dispatcher", "services.reports")
+REPLACES = re.compile(r"\A--\s*replaces:\s*(\S+\.sql)\s*$", re.M)
+
+
 def migration_files() -> list[tuple[str, str]]:
-    folder = resources.files("shared") / "migrations"
-    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
-    return [(f.name, f.read_text()) for f in files]
+    """Every migration of every package, ``(file name, sql)``, in one global order: by file name
+    (``NNNN_name.sql``; the parts of a split file, ``NNNN_name.<owner>.sql``, sort together)."""
+    found: dict[str, str] = {}
+    for package in MIGRATION_PACKAGES:
+        folder = resources.files(package) / "migrations"
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            if f.name.endswith(".sql"):
+                if f.name in found:
+                    raise RuntimeError(f"migration {f.name} is in two packages")
+                found[f.name] = f.read_text()
+    return sorted(found.items())
+
+
+def replaces(sql: str) -> str | None:
+    """The original file a part of a split migration replaces (its first line ``-- replaces: X.sql``)."""
+    m = REPLACES.match(sql)
+    return m.group(1) if m else None
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply the migrations not applied yet, in order, each in its own transaction."""
+    """Apply the migrations not applied yet, in order, each in its own transaction. A part of a
+    split file whose original is recorded as applied is only recorded (an existing database
+    upgrades without running anything)."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         await conn.execute(
@@ -58,6 +84,12 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         applied = []
         for name, sql in migration_files():
             if name in done:
+                continue
+            original = replaces(sql)
+            if original is not None and original in done:
+                # a database migrated before the file was split: the original ran these statements
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                log.info("migration recorded, its original was applied", extra={"migration": name, "replaces": original})
                 continue
             async with conn.transaction():
                 await conn.execute(sql)

@@ -37,6 +37,7 @@ from services.ingest.settings import IngestSettings
 from services.reports.settings import ReportsSettings
 from services.scheduler.settings import SchedulerSettings
 from services.simulator.settings import SimulatorSettings, is_loopback
+from shared.db import MIGRATION_PACKAGES
 from shared.settings import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -405,6 +406,18 @@ def _dockerignore_excluded(path: str, patterns: list[str]) -> bool:
     return excluded
 
 
+def test_the_package_ships_every_owners_migrations() -> None:
+    """The image installs Herald with pip (Dockerfile): each package's migrations/*.sql must be
+    package data, or `herald migrate` in the image misses that owner's tables."""
+    import tomllib
+
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    folders = {p.parent.parent for p in REPO.glob("*/**/migrations/*.sql") if ".venv" not in p.parts}
+    assert {str(f.relative_to(REPO)).replace("/", ".") for f in folders} == set(MIGRATION_PACKAGES)
+    for package in MIGRATION_PACKAGES:
+        assert "migrations/*.sql" in package_data.get(package, []), f"pyproject.toml package-data: {package}"
+
+
 def test_dockerignore_keeps_the_package_and_drops_the_rest() -> None:
     patterns = [
         ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")
@@ -415,7 +428,8 @@ def test_dockerignore_keeps_the_package_and_drops_the_rest() -> None:
         for p in (REPO / top).rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     ]
-    assert "shared/migrations" in " ".join(needed)
+    for package in MIGRATION_PACKAGES:  # every owner's migrations (herald migrate runs them all)
+        assert package.replace(".", "/") + "/migrations/" in " ".join(needed), package
     missing = [p for p in needed if _dockerignore_excluded(p, patterns)]
     assert not missing, f".dockerignore leaves out {missing[:10]}"
     for path in (".venv/bin/python", ".git/HEAD", ".herald/x", "tests/conftest.py", "shared/__pycache__/x.pyc"):

@@ -1,3 +1,4 @@
+-- replaces: 0006_replies.sql
 -- ingest (replies): inbound messages (MO) mapped to tenants, keywords, scoped opt-outs.
 -- docs/replies.md explains the model.
 
@@ -48,6 +49,3 @@ CREATE TABLE inbound_messages (
     recorded_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX inbound_messages_conversation ON inbound_messages (tenant_id, phone_e164, received_at DESC);
-
--- reports' messages: the outbound side of a conversation, read by number.
-CREATE INDEX messages_tenant_to ON messages (tenant_id, to_e164, accepted_at DESC);

@@ -1,3 +1,4 @@
+-- replaces: 0033_template_versions.sql
 -- Templates are versioned and can be archived (docs/audience.md, "Templates").
 --
 -- ``templates`` keeps the current version's content (campaigns and journeys read it there);
@@ -23,7 +24,3 @@ CREATE TABLE template_versions (
 
 INSERT INTO template_versions (tenant_id, template_id, version, name, purpose, sender, default_language, variants, created_at)
 SELECT tenant_id, template_id, version, name, purpose, sender, default_language, variants, updated_at FROM templates;
-
--- reports: the template (and its version) a message was rendered from, when it was sent by template.
-ALTER TABLE messages ADD COLUMN template_id uuid;
-ALTER TABLE messages ADD COLUMN template_version int;

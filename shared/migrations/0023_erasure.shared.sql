@@ -1,3 +1,4 @@
+-- replaces: 0023_erasure.sql
 -- Erasure across every store (docs/data-map.md).
 --
 -- erasure_audit: one row per erasure and service that applied it (ingest in the request; the
@@ -23,6 +24,3 @@ CREATE INDEX erasure_audit_tenant ON erasure_audit (tenant_id, requested_at);
 -- pgcrypto's hmac() lets a segment filter test contacts against the hashes in SQL, with the
 -- key passed as a query parameter (never stored). Trusted extension: the owner may create it.
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
-
--- reports keeps an erased number's conversions for the campaign's totals, without the number.
-ALTER TABLE conversions ALTER COLUMN phone_e164 DROP NOT NULL;
