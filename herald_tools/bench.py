@@ -41,7 +41,7 @@ import asyncpg
 import httpx
 
 from herald_tools import history_bench, stage_bench, webhook_bench
-from herald_tools.demo import demo_numbers, marketing_countries, prepare
+from herald_tools.demo import NUMBER_PATTERNS, demo_numbers, marketing_countries, prepare
 from herald_tools.stack import REPO, Ports, Stack, start_infra
 from shared.settings import ServiceSettings
 
@@ -408,20 +408,35 @@ def read_sections(text: str) -> dict[str, str]:
     return {name: block for block, name in found}
 
 
+def contact_quotas(count: int, countries: list[str]) -> dict[str, int]:
+    """How many contacts each country gets: an equal share, but never more than half a country's
+    demo number space (the US one has 10,000 numbers), the rest spread over the others. Raises
+    when the countries open for marketing now cannot hold ``count`` distinct numbers."""
+    room = {c: 10 ** NUMBER_PATTERNS[c][1] // 2 for c in countries}
+    quotas: dict[str, int] = {}
+    left = count
+    for n, country in enumerate(sorted(countries, key=lambda c: room[c])):
+        quotas[country] = min(-(-left // (len(countries) - n)), room[country])
+        left -= quotas[country]
+    if left > 0:
+        raise ValueError(f"{', '.join(countries)} (open for marketing now) have room for {count - left:,} distinct "
+                         f"demo numbers, not {count:,}: run at another hour or with fewer contacts")
+    return quotas
+
+
 async def seed_contacts(dsn: str, tenant: str, count: int, countries: list[str], tag: str) -> int:
     """``count`` distinct contacts with marketing consent, written with COPY (the import API
     runs at about 11,000 rows/s; this measures the launch, not the import)."""
-    per_country = -(-count // len(countries))
+    quotas = contact_quotas(count, countries)
     rows: list[tuple[Any, ...]] = []
     now = datetime.now(UTC)
     for i, country in enumerate(countries):
         numbers: dict[str, None] = {}
         seed = 100 + i
-        while len(numbers) < min(per_country, count - len(rows)):
-            numbers.update(dict.fromkeys(demo_numbers(per_country, seed=seed, countries=[country])))
+        while len(numbers) < quotas[country]:
+            numbers.update(dict.fromkeys(demo_numbers(quotas[country] - len(numbers), seed=seed, countries=[country])))
             seed += 1000
-        for n in list(numbers)[: count - len(rows)]:
-            rows.append((tenant, n, "Ana", country, [tag], True, now))
+        rows += [(tenant, n, "Ana", country, [tag], True, now) for n in list(numbers)[: quotas[country]]]
     conn = await asyncpg.connect(dsn)
     try:
         await conn.copy_records_to_table(
