@@ -129,10 +129,10 @@ _KEY_ROW = (
     " (SELECT json_agg(json_build_object('sender', s.sender, 'kind', s.kind, 'state', s.state,"
     "  'countries', s.countries, 'capabilities', s.capabilities, 'registrations', s.registrations,"
     "  'rate_per_s', s.rate_per_s, 'burst', s.burst))"
-    "  FROM senders s WHERE s.tenant_id = k.tenant_id) AS senders,"
+    "  FROM shared_senders s WHERE s.tenant_id = k.tenant_id) AS senders,"
     " (SELECT json_agg(json_build_object('name', p.name, 'senders', p.senders, 'geo_match', p.geo_match))"
-    "  FROM sender_pools p WHERE p.tenant_id = k.tenant_id) AS sender_pools"
-    " FROM api_keys k JOIN tenants t USING (tenant_id) WHERE k.key_id = $1"
+    "  FROM shared_sender_pools p WHERE p.tenant_id = k.tenant_id) AS sender_pools"
+    " FROM shared_api_keys k JOIN shared_tenant_settings t USING (tenant_id) WHERE k.key_id = $1"
 )
 
 

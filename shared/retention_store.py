@@ -67,7 +67,7 @@ class Run:
             raise Behind()
 
     async def tenant_overrides(self, kind: str) -> dict[str, int]:
-        rows = await self.pool.fetch("SELECT tenant_id, retention FROM tenants WHERE retention <> '{}'::jsonb")
+        rows = await self.pool.fetch("SELECT tenant_id, retention FROM shared_tenant_settings WHERE retention <> '{}'::jsonb")
         return retention.tenant_overrides(((r["tenant_id"], r["retention"]) for r in rows), kind)
 
     async def cutoffs(self, kind: str, default_days: float) -> retention.Cutoffs:

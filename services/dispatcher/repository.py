@@ -26,7 +26,7 @@ class CampaignStates:
         ids = set(campaign_ids)
         stale = [c for c in ids if c not in self._cache or self._cache[c][0] < now]
         if stale:
-            rows = await self.pool.fetch("SELECT campaign_id, state FROM campaigns WHERE campaign_id = ANY($1::uuid[])", stale)
+            rows = await self.pool.fetch("SELECT campaign_id, state FROM shared_campaign_states WHERE campaign_id = ANY($1::uuid[])", stale)
             found = {r["campaign_id"]: r["state"] for r in rows}
             if len(self._cache) > 10_000:
                 self._cache.clear()
@@ -49,7 +49,7 @@ class TenantStates:
         stale = [t for t in ids if t not in self._cache or self._cache[t][0] < now]
         if stale:
             rows = await self.pool.fetch(
-                "SELECT tenant_id FROM tenants WHERE tenant_id = ANY($1::text[]) AND disabled_at IS NOT NULL", stale
+                "SELECT tenant_id FROM shared_tenant_settings WHERE tenant_id = ANY($1::text[]) AND disabled_at IS NOT NULL", stale
             )
             found = {r["tenant_id"] for r in rows}
             if len(self._cache) > 10_000:

@@ -67,7 +67,7 @@ class IngestRepository:
         """The status reports has for one of the tenant's messages (read only; reports owns the
         table), or None when it has none (yet)."""
         return await self.pool.fetchval(
-            "SELECT status FROM messages WHERE message_id = $1 AND tenant_id = $2", message_id, tenant_id
+            "SELECT status FROM shared_message_statuses WHERE message_id = $1 AND tenant_id = $2", message_id, tenant_id
         )
 
     async def reserve_keys(

@@ -23,7 +23,7 @@ METRICS = ("click_rate", "delivery_rate", "conversion_rate")
 _CAMPAIGN = """
 SELECT tenant_id, campaign_id, name, state, phase, variants, ab_test, decide_at, winner, winner_detail,
        published, launched_at
-FROM campaigns WHERE campaign_id = $1 AND ($2::text IS NULL OR tenant_id = $2)
+FROM shared_campaign_reports WHERE campaign_id = $1 AND ($2::text IS NULL OR tenant_id = $2)
 """
 _MESSAGES = """
 SELECT variant, count(*) AS targeted,

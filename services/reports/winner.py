@@ -34,7 +34,7 @@ from shared.topics import CAMPAIGN_WINNERS
 log = logging.getLogger(__name__)
 
 _DUE = """
-SELECT c.campaign_id, c.tenant_id, c.variants, c.ab_test FROM campaigns c
+SELECT c.campaign_id, c.tenant_id, c.variants, c.ab_test FROM shared_campaign_reports c
 WHERE c.state = 'testing' AND c.decide_at <= now()
   AND NOT EXISTS (SELECT 1 FROM ab_winner_decisions d
                   WHERE d.campaign_id = c.campaign_id AND d.decided_at > now() - make_interval(secs => $2))

@@ -52,7 +52,7 @@ async def check_erasure_keys(pool, keys: ErasureKeys) -> None:
     """Refuse to start without a key for every version of the stored hashes: the scheduler would
     send marketing to erased numbers it can no longer recognise."""
     versions = {r["v"] for r in await pool.fetch(
-        "SELECT DISTINCT split_part(phone_hash, ':', 1) AS v FROM suppression_hashes WHERE strpos(phone_hash, ':') > 0")}
+        "SELECT DISTINCT split_part(phone_hash, ':', 1) AS v FROM shared_suppression_hashes WHERE strpos(phone_hash, ':') > 0")}
     if missing := sorted(v for v in versions if not keys.knows(v)):
         raise SystemExit("scheduler: refusing to start: suppression_hashes holds hashes under erasure key versions "
                          f"{missing} that HERALD_ERASURE_KEYS lacks (erased numbers would get marketing)")

@@ -83,23 +83,23 @@ class FactsRepository:
         tenants, phones = (list(x) for x in zip(*keys, strict=True))
         # Global opt-outs (via NULL), and scoped ones (docs/replies.md) keyed by every sender of that scope.
         rows = await db.fetch(
-            "SELECT s.tenant_id, s.phone_e164, NULL::text AS via, s.reason FROM suppressions s"
+            "SELECT s.tenant_id, s.phone_e164, NULL::text AS via, s.reason FROM shared_suppressions s"
             " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON s.tenant_id = k.t AND s.phone_e164 = k.p"
-            " UNION ALL SELECT s.tenant_id, s.phone_e164, n.number, s.reason FROM scoped_suppressions s"
+            " UNION ALL SELECT s.tenant_id, s.phone_e164, n.number, s.reason FROM shared_scoped_suppressions s"
             " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON s.tenant_id = k.t AND s.phone_e164 = k.p"
-            " JOIN tenant_numbers n ON n.tenant_id = s.tenant_id AND n.scope = s.scope"
+            " JOIN shared_tenant_numbers n ON n.tenant_id = s.tenant_id AND n.scope = s.scope"
             # Erased numbers stay suppressed by a keyed hash of tenant and number (shared/erasure.py),
             # computed here (the key never reaches the database) under every key version.
             " UNION ALL SELECT DISTINCT ON (k.t, k.p) k.t, k.p, NULL, h.reason"
             " FROM unnest($1::text[], $2::text[], $3::text[]) AS k(t, p, hashes)"
-            " JOIN suppression_hashes h ON h.tenant_id = k.t AND h.phone_hash = ANY(string_to_array(k.hashes, ','))",
+            " JOIN shared_suppression_hashes h ON h.tenant_id = k.t AND h.phone_hash = ANY(string_to_array(k.hashes, ','))",
             tenants,
             phones,
             [",".join(self.erasure_keys.candidates(t, p)) for t, p in zip(tenants, phones, strict=True)],
         )
         contact_rows = await db.fetch(
             "SELECT c.tenant_id, c.phone_e164, c.contact_id, c.consent_marketing, c.time_zone,"
-            " c.attributes ->> 'state' AS subdivision FROM contacts c"
+            " c.attributes ->> 'state' AS subdivision FROM shared_contacts c"
             " JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON c.tenant_id = k.t AND c.phone_e164 = k.p",
             tenants,
             phones,
@@ -139,7 +139,7 @@ class FactsRepository:
         stale = [t for t in tenants if t not in self._disabled or self._disabled[t][0] < clock]
         if stale:
             rows = await db.fetch(
-                "SELECT tenant_id FROM tenants WHERE tenant_id = ANY($1::text[]) AND disabled_at IS NOT NULL", stale
+                "SELECT tenant_id FROM shared_tenant_settings WHERE tenant_id = ANY($1::text[]) AND disabled_at IS NOT NULL", stale
             )
             found = {r["tenant_id"] for r in rows}
             if len(self._disabled) > 10_000:
@@ -151,7 +151,7 @@ class FactsRepository:
     async def wake_disabled_tenants(self) -> int:
         """Re-decide at once the held messages of disabled tenants (they end suppressed)."""
         result = await self.pool.execute(
-            "UPDATE scheduled_messages s SET due_at = now() FROM tenants t"
+            "UPDATE scheduled_messages s SET due_at = now() FROM shared_tenant_settings t"
             " WHERE t.disabled_at IS NOT NULL AND s.tenant_id = t.tenant_id AND s.due_at > now()"
         )
         return int(result.split()[-1])
@@ -161,7 +161,7 @@ class FactsRepository:
         if not ids:
             return {}
         rows = await db.fetch(
-            "SELECT campaign_id, state, frequency_caps, cancel_reason FROM campaigns WHERE campaign_id = ANY($1::uuid[])", ids
+            "SELECT campaign_id, state, frequency_caps, cancel_reason FROM shared_campaign_states WHERE campaign_id = ANY($1::uuid[])", ids
         )
         return {r["campaign_id"]: CampaignState(r["state"], parse_caps(r["frequency_caps"]), r["cancel_reason"]) for r in rows}
 
@@ -170,7 +170,7 @@ class FactsRepository:
         missing = [t for t in tenants if t not in self._policies or self._policies[t][0] < clock]
         if missing:
             rows = await db.fetch(
-                "SELECT tenant_id, marketing_consent, frequency_caps FROM tenants WHERE tenant_id = ANY($1::text[])", missing
+                "SELECT tenant_id, marketing_consent, frequency_caps FROM shared_tenant_settings WHERE tenant_id = ANY($1::text[])", missing
             )
             for t in missing:
                 self._policies[t] = (clock + self.policy_ttl_s, DEFAULT_POLICY)
@@ -200,7 +200,7 @@ class FactsRepository:
         Returns the newest ``updated_at`` seen (the next ``since``) and how many rows woke.
         """
         rows = await self.pool.fetch(
-            "SELECT campaign_id, state, updated_at FROM campaigns WHERE updated_at > $1 ORDER BY updated_at", since
+            "SELECT campaign_id, state, updated_at FROM shared_campaign_states WHERE updated_at > $1 ORDER BY updated_at", since
         )
         if not rows:
             return since, 0

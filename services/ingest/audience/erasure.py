@@ -131,7 +131,7 @@ class Erasures:
 
     async def status(self, tenant_id: str, erasure_id: uuid.UUID) -> list[asyncpg.Record]:
         return await self.pool.fetch(
-            "SELECT service, phone_hash, requested_by, requested_at, applied_at, counts FROM erasure_audit"
+            "SELECT service, phone_hash, requested_by, requested_at, applied_at, counts FROM shared_erasure_audit"
             " WHERE erasure_id = $1 AND tenant_id = $2 ORDER BY service",
             erasure_id, tenant_id,
         )

@@ -130,7 +130,7 @@ class JourneysRepository:
 
     async def run_counts(self, tenant: str, journey_id: uuid.UUID) -> dict[str, Any]:
         rows = await self.pool.fetch(
-            "SELECT state, count(*) AS n, coalesce(sum(sends), 0) AS sends FROM journey_runs"
+            "SELECT state, count(*) AS n, coalesce(sum(sends), 0) AS sends FROM shared_journey_runs"
             " WHERE tenant_id = $1 AND journey_id = $2 GROUP BY state",
             tenant, journey_id,
         )

@@ -140,7 +140,7 @@ class RepliesRepository:
         """The latest ``limit`` messages to and from ``phone``, newest first."""
         rows = await self.pool.fetch(
             "(SELECT 'outbound' AS direction, accepted_at AS at, NULL::text AS body, message_id,"
-            "  NULL::uuid AS inbound_event_id, status, type, sender FROM messages"
+            "  NULL::uuid AS inbound_event_id, status, type, sender FROM shared_message_statuses"
             "  WHERE tenant_id = $1 AND to_e164 = $2 ORDER BY accepted_at DESC NULLS LAST LIMIT $3)"
             " UNION ALL"
             " (SELECT 'inbound', received_at, body, NULL, event_id, NULL, NULL, recipient FROM inbound_messages"

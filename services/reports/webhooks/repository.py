@@ -98,7 +98,7 @@ async def _headless(conn: asyncpg.Connection, inserted: Sequence[asyncpg.Record]
 async def reply_urls(conn: asyncpg.Connection, tenants: set[str]) -> dict[str, str]:
     """The reply webhook URL on each tenant's record (tenants without one, or disabled, are absent)."""
     rows = await conn.fetch(
-        "SELECT tenant_id, reply_webhook_url FROM tenants WHERE tenant_id = ANY($1::text[])"
+        "SELECT tenant_id, reply_webhook_url FROM shared_tenant_settings WHERE tenant_id = ANY($1::text[])"
         " AND reply_webhook_url IS NOT NULL AND disabled_at IS NULL", sorted(tenants))
     return {r["tenant_id"]: r["reply_webhook_url"] for r in rows}
 

@@ -71,7 +71,7 @@ class JourneyRepository:
         if not missing:
             return
         rows = await conn.fetch(
-            "SELECT v.journey_id, v.version, v.definition FROM journey_versions v"
+            "SELECT v.journey_id, v.version, v.definition FROM shared_journey_versions v"
             " JOIN unnest($1::uuid[], $2::int[]) AS k(j, n) ON v.journey_id = k.j AND v.version = k.n",
             [j for j, _ in missing],
             [n for _, n in missing],
@@ -82,7 +82,7 @@ class JourneyRepository:
     async def startable(self, conn: asyncpg.Connection, tenants: Iterable[str], names: Iterable[str]) -> dict[str, list[Journey]]:
         """Active journeys of these tenants that one of these event names triggers."""
         rows = await conn.fetch(
-            "SELECT tenant_id, journey_id, version FROM journeys"
+            "SELECT tenant_id, journey_id, version FROM shared_journeys"
             " WHERE tenant_id = ANY($1::text[]) AND state = 'active' AND trigger_events && $2::text[]",
             list(set(tenants)),
             list(set(names)),
@@ -101,7 +101,7 @@ class JourneyRepository:
             return {}
         await self._definitions_for(conn, keys)
         rows = await conn.fetch(
-            "SELECT journey_id, tenant_id, state FROM journeys WHERE journey_id = ANY($1::uuid[])", list({j for j, _ in keys})
+            "SELECT journey_id, tenant_id, state FROM shared_journeys WHERE journey_id = ANY($1::uuid[])", list({j for j, _ in keys})
         )
         states = {r["journey_id"]: (r["tenant_id"], r["state"]) for r in rows}
         return {
@@ -114,8 +114,8 @@ class JourneyRepository:
         """The API key that wrote each journey, with its own limits (None: the default); journeys
         written before keys were recorded have none and are not limited."""
         rows = await conn.fetch(
-            "SELECT j.journey_id, k.key_id, k.requests_per_minute, k.messages_per_minute FROM journeys j"
-            " JOIN api_keys k ON k.key_id = j.key_id WHERE j.journey_id = ANY($1::uuid[])",
+            "SELECT j.journey_id, k.key_id, k.requests_per_minute, k.messages_per_minute FROM shared_journeys j"
+            " JOIN shared_key_limits k ON k.key_id = j.key_id WHERE j.journey_id = ANY($1::uuid[])",
             list(set(journey_ids)),
         )
         return {r["journey_id"]: KeyLimits(r["key_id"], r["requests_per_minute"], r["messages_per_minute"]) for r in rows}
@@ -228,7 +228,7 @@ class JourneyRepository:
         rows = await conn.fetch(
             "SELECT c.tenant_id, c.phone_e164, c.contact_id, c.first_name, c.last_name, c.attributes, c.tags,"
             " c.language, c.country, c.time_zone, c.last_activity_at, c.consent_marketing, c.consent_transactional"
-            " FROM contacts c JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON c.tenant_id = k.t AND c.phone_e164 = k.p",
+            " FROM shared_contacts c JOIN unnest($1::text[], $2::text[]) AS k(t, p) ON c.tenant_id = k.t AND c.phone_e164 = k.p",
             list(tenants),
             list(phones),
         )
@@ -247,7 +247,7 @@ class JourneyRepository:
             return {}
         tenants, ids = zip(*keys, strict=True)
         rows = await conn.fetch(
-            "SELECT t.tenant_id, t.template_id, t.purpose, t.sender, t.default_language, t.variants FROM templates t"
+            "SELECT t.tenant_id, t.template_id, t.purpose, t.sender, t.default_language, t.variants FROM shared_templates t"
             " JOIN unnest($1::text[], $2::uuid[]) AS k(te, id) ON t.tenant_id = k.te AND t.template_id = k.id",
             list(tenants),
             list(ids),
