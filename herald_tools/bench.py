@@ -353,9 +353,12 @@ def versions() -> str:
 INTRO = [
     "# Benchmarks",
     "",
-    "Written by `herald bench` (herald_tools/bench.py); rerun it to refresh this page. Each kind of",
-    "run (HTTP face, SMPP face, campaign launch, single sends, scale by stage, message history) rewrites only its own section. Kafka, PostgreSQL, the",
-    "four services and the gateway simulator all run on the same machine.",
+    "Written by `herald bench` (herald_tools/bench.py); rerun it to refresh this page. `herald bench --all`",
+    "runs every measurement that has a target, each in a process of its own with a fresh stack, and",
+    "rewrites this page (keeping the message history, a run of its own: `herald bench --history N`); a",
+    "single run rewrites only its own section. Kafka, PostgreSQL, the four services and the gateway",
+    "simulator all run on the same machine. docs/performance.md puts each figure beside its target",
+    "and names the limiting stage.",
     "",
 ]
 
@@ -515,7 +518,7 @@ async def launch_campaign(stack: Stack, key: str, dsn: str, count: int, countrie
     results.add(f"campaign launch to {seeded:,} contacts: audience streamed into Kafka (fan-out)",
                 f"{seeded / fanned_out_s:,.0f} msg/s ({fanned_out_s:.1f} s)", "≥ 10,000 msg/s")
     results.add("messages with a final status (receipt recorded)",
-                f"{final:,} of {seeded:,} after {total_s:.0f} s ({final / total_s:,.0f} msg/s end to end)")
+                f"{final:,} of {seeded:,} after {total_s:.0f} s ({final / total_s:,.0f} msg/s end to end)", "every message")
     if waiting:
         results.add("not final yet when the run stopped, by status",
                     ", ".join(f"{r['status']} {r['n']:,}" for r in waiting))
