@@ -78,10 +78,14 @@ async def test_senders_through_the_pipeline(smpp_stack: Stack, pool, env) -> Non
 
     async with httpx.AsyncClient(base_url=smpp_stack.url("ingest"), headers=a.headers, timeout=30) as api:
         # A Spanish alphanumeric sender goes out as such: the SMSC sees it as the source address
-        r = await api.post("/v1/messages", json={"to": ES, "body": "Your code is 123456", "sender": "Acme"})
+        # with its validity: the SMSC gets the time it has left as a relative validity_period
+        r = await api.post("/v1/messages", json={"to": ES, "body": "Your code is 123456", "sender": "Acme",
+                                                 "validity_s": 600})
         assert r.status_code == 202, r.text
         seen = await seen_by_smsc(smpp_stack, r.json()["message_id"])
         assert seen["from"] == "Acme"
+        vp = seen["validity_period"]  # YYMMDDhhmmsstnnR: relative, 0 days, under 10 minutes left
+        assert vp.endswith("000R") and vp.startswith("00000000") and 540 <= int(vp[8:10]) * 60 + int(vp[10:12]) <= 600, vp
 
         # A cannot use B's number
         r = await api.post("/v1/messages", json={"to": ES, "body": "hi", "sender": b_number})
