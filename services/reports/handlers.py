@@ -56,9 +56,8 @@ async def from_dispatcher(repo: ReportsRepository, keys: list[ReceiptKey]) -> li
             refs.append((row["gateway"], part_id, row["message_id"], row["submitted_at"]))
         messages[row["message_id"]] = (row["tenant_id"], parts if len(parts) > 1 else ())
     await repo.add_placeholders(messages)
-    await repo.add_refs(refs)
-    if found:
-        metrics.RECEIPTS_FROM_DISPATCHER.inc(len({(r["gateway"], r["gateway_message_id"], r["message_id"]) for r in found}))
+    if recorded := await repo.add_refs(refs):
+        metrics.REFS_FROM_DISPATCHER.inc(recorded)
     return refs
 
 

@@ -109,16 +109,19 @@ class ReportsRepository:
         self.settled_wait = settled_wait
         self.parked_max = parked_max
 
-    async def add_refs(self, refs: list[tuple[str, str, uuid.UUID, datetime]]) -> None:
+    async def add_refs(self, refs: list[tuple[str, str, uuid.UUID, datetime]]) -> int:
         """Record submissions: (gateway, gateway message id, message id, submitted at). Every
-        submission of a reused id is kept; the same one recorded again keeps its first time."""
+        submission of a reused id is kept; the same one recorded again keeps its first time.
+        Returns how many were new."""
         if refs:
             gateways, ids, messages, times = (list(x) for x in zip(*refs, strict=True))
-            await self.conn.execute(
+            status = await self.conn.execute(
                 "INSERT INTO gateway_refs (gateway, gateway_message_id, message_id, submitted_at)"
                 " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
                 gateways, ids, messages, times,
             )
+            return int(status.split()[-1])
+        return 0
 
     async def match_receipts(self, keys: list[ReceiptKey]) -> dict[uuid.UUID, tuple[uuid.UUID, str]]:
         """Receipt event id -> (message id, tenant) of the submission it belongs to; receipts

@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.reports.handlers import PendingSweeper, StatusHandler
 from shared.contracts import MessageStatusChanged, MessageStatusEvent, utcnow
@@ -39,6 +40,10 @@ def submitted(gw: Gateway, message_id: uuid.UUID, ids: list[str], at: datetime) 
     payload = MessageStatusChanged(message_id=message_id, status=Status.SUBMITTED, gateway=gw.name,
                                    gateway_message_id=ids[0], gateway_part_ids=ids, attempts=1)
     return incoming(STATUS, MessageStatusEvent(tenant=gw.tenant, payload=payload, occurred_at=at))
+
+
+def refs_from_dispatcher() -> float:
+    return REGISTRY.get_sample_value("herald_receipt_refs_from_dispatcher_total") or 0.0
 
 
 async def picture(pool, message_id: uuid.UUID) -> tuple:
@@ -73,10 +78,12 @@ async def test_receipts_before_their_submissions_are_applied_from_the_dispatcher
         await StatusHandler(pool)([in_order.receipt(p, status, at + timedelta(seconds=5), f"g{i}{p}") for p in b_ids])
         reference[a] = b
     handler = StatusHandler(pool, parked_max=5)
+    before = refs_from_dispatcher()
     # reports reads every receipt first: the accepted and submitted events are far behind
     await handler([r for _, _, receipts in out_of_order.values() for r in receipts])
     assert await pool.fetchval(PARKED, late.name) == 0
     assert dropped(late.name) == 0
+    assert refs_from_dispatcher() - before == 9 + 3 * 2  # each id: 9 single messages, 3 of two parts
     await handler([acc for acc, _, _ in out_of_order.values()])
     await handler([sub for _, sub, _ in out_of_order.values()])
     for a, b in reference.items():
