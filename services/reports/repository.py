@@ -156,6 +156,9 @@ class ReportsRepository:
         if not earliest:
             return []
         gateways, ids, times = [g for g, _ in earliest], [i for _, i in earliest], list(earliest.values())
+        # index look-ups only (dispatch_claims_gateway_ref, dispatch_claims_gateway_parts), but the
+        # parts index's pessimistic estimate would have PostgreSQL JIT-compile the query per batch
+        await self.conn.execute("SET LOCAL jit = off")
         return await self.conn.fetch(
             "SELECT DISTINCT s.gateway, s.gateway_message_id, s.gateway_part_ids, s.message_id, s.tenant_id,"
             " s.updated_at AS submitted_at"
