@@ -308,14 +308,17 @@ def shutdown(stack: Stack, *, keep_infra: bool, stop_infra: Callable[[], str] | 
 def wait_for_stop(stack: Stack, poll_s: float = 1.0) -> str:
     """Block until Ctrl-C/SIGTERM or until one of the stack's processes is gone (``make stop``)."""
     signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    while True:
-        got = signal.sigtimedwait(signals, poll_s)
-        if got is not None:
-            return signal.Signals(got.si_signo).name
-        gone = [p.name for p in stack.processes if p.popen.poll() is not None]
-        if gone:
-            return "stopped from outside: " + ", ".join(sorted(set(gone)))
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        while True:
+            got = signal.sigtimedwait(signals, poll_s)
+            if got is not None:
+                return signal.Signals(got.si_signo).name
+            gone = [p.name for p in stack.processes if p.popen.poll() is not None]
+            if gone:
+                return "stopped from outside: " + ", ".join(sorted(set(gone)))
+    finally:  # a blocked SIGTERM is inherited by every process started afterwards
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def run_demo(count: int, *, wait: bool, keep_infra: bool) -> int:

@@ -80,6 +80,9 @@ def _pinned(cpus: set[int]) -> None:
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # A child inherits its parent's blocked signals across exec: a service started by a parent
+    # that had SIGTERM blocked would never get its stop signal (and be killed after the timeout).
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:

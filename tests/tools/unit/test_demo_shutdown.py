@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -70,3 +71,20 @@ def test_wait_for_stop_notices_services_stopped_from_outside() -> None:
     started = time.monotonic()
     why = demo.wait_for_stop(stack, poll_s=0.1)  # type: ignore[arg-type]
     assert "ingest" in why and time.monotonic() - started < 10
+    # It blocked SIGINT and SIGTERM to wait for them: they are unblocked again (a process started
+    # afterwards inherits the mask and would never get its stop signal: an e2e test's dispatcher,
+    # started after this test, had to be killed instead of stopped).
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == set()
+
+
+def test_the_stack_starts_its_services_with_no_signal_blocked() -> None:
+    from herald_tools.stack import _die_with_parent
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", "import signal; print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, set())))"],
+            preexec_fn=_die_with_parent, capture_output=True, text=True, timeout=30, check=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    assert child.stdout.strip() == "[]"
