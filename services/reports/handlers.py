@@ -42,25 +42,6 @@ def _parked_changes(rows: list[dict[str, Any]]) -> list[Change]:
     return changes
 
 
-async def from_dispatcher(repo: ReportsRepository, keys: list[ReceiptKey]) -> list[tuple[str, str, uuid.UUID, datetime]]:
-    """Receipts reports cannot match from its own refs may be for submissions whose status event
-    it has not consumed yet (it lags on its status topic): record the dispatcher's submissions of
-    their gateway ids as refs, as the status events will (the same rows), with placeholder rows
-    for their messages. Returns the refs recorded. One query for the batch."""
-    found = await repo.dispatcher_submissions(keys)
-    refs: list[tuple[str, str, uuid.UUID, datetime]] = []
-    messages: dict[uuid.UUID, tuple[str, tuple[str, ...]]] = {}
-    for row in found:
-        parts = tuple(row["gateway_part_ids"] or ())
-        for part_id in {row["gateway_message_id"], *parts}:
-            refs.append((row["gateway"], part_id, row["message_id"], row["submitted_at"]))
-        messages[row["message_id"]] = (row["tenant_id"], parts if len(parts) > 1 else ())
-    await repo.add_placeholders(messages)
-    if recorded := await repo.add_refs(refs):
-        metrics.REFS_FROM_DISPATCHER.inc(recorded)
-    return refs
-
-
 async def record(repo: ReportsRepository, changes: list[Change]) -> list[Transition]:
     """Lock the messages, fold the changes in, write states and timeline. Inside a transaction."""
     if not changes:
@@ -147,13 +128,9 @@ class StatusHandler:
             # make sure messages exist before resolving receipts against them
             transitions = await record(repo, changes)
             # each receipt to the submission of its gateway id it belongs to (ids are reused)
-            keys = [ReceiptKey(event_id, r.gateway, r.gateway_message_id, at) for event_id, at, r in receipts]
-            known = await repo.match_locked(keys)
-            # the rest may be for submissions whose status event is still behind: the dispatcher knows them
-            unmatched = [k for k in keys if k.event_id not in known]
-            if unmatched and (imported := await from_dispatcher(repo, unmatched)):
-                refs += imported
-                known |= await repo.match_locked(unmatched)
+            known = await repo.match_locked(
+                [ReceiptKey(event_id, r.gateway, r.gateway_message_id, at) for event_id, at, r in receipts]
+            )
             # A message whose outcome is unknown has no gateway id: a receipt that echoes
             # Herald's id (client_ref) for it, from the gateway it was sent to, settles it.
             by_reference = await repo.resolve_unknown([
@@ -213,7 +190,6 @@ class PendingSweeper:
     async def sweep_once(self) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             repo = ReportsRepository(conn, self.window, self.skew, self.settled_wait)
-            await from_dispatcher(repo, await repo.parked_keys())
             changes = _parked_changes(await repo.take_matched_receipts(None))
             transitions = await record(repo, changes)
             expired = await repo.expire_parked()

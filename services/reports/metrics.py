@@ -23,10 +23,6 @@ RECEIPTS_PARKED = Counter(
     "herald_receipts_parked_total", "Receipts that arrived before their submission was recorded"
 )
 RECEIPTS_UNPARKED = Counter("herald_receipts_unparked_total", "Parked receipts applied later")
-REFS_FROM_DISPATCHER = Counter(
-    "herald_receipt_refs_from_dispatcher_total",
-    "Gateway ids recorded from the dispatcher's claims for receipts consumed before their status event",
-)
 RECEIPTS_EXPIRED = Counter(
     "herald_receipts_parked_expired_total", "Parked receipts dropped unmatched after the receipt matching window"
 )

@@ -109,19 +109,16 @@ class ReportsRepository:
         self.settled_wait = settled_wait
         self.parked_max = parked_max
 
-    async def add_refs(self, refs: list[tuple[str, str, uuid.UUID, datetime]]) -> int:
+    async def add_refs(self, refs: list[tuple[str, str, uuid.UUID, datetime]]) -> None:
         """Record submissions: (gateway, gateway message id, message id, submitted at). Every
-        submission of a reused id is kept; the same one recorded again keeps its first time.
-        Returns how many were new."""
+        submission of a reused id is kept; the same one recorded again keeps its first time."""
         if refs:
             gateways, ids, messages, times = (list(x) for x in zip(*refs, strict=True))
-            status = await self.conn.execute(
+            await self.conn.execute(
                 "INSERT INTO gateway_refs (gateway, gateway_message_id, message_id, submitted_at)"
                 " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
                 gateways, ids, messages, times,
             )
-            return int(status.split()[-1])
-        return 0
 
     async def match_receipts(self, keys: list[ReceiptKey]) -> dict[uuid.UUID, tuple[uuid.UUID, str]]:
         """Receipt event id -> (message id, tenant) of the submission it belongs to; receipts
@@ -141,62 +138,6 @@ class ReportsRepository:
             [k.at for k in keys], self.window, self.skew, FINAL_RECEIPTS, [k.late for k in keys],
         )
         return {r["ev"]: (r["message_id"], r["tenant_id"]) for r in rows}
-
-    async def dispatcher_submissions(self, keys: list[ReceiptKey]) -> list[asyncpg.Record]:
-        """The dispatcher's submissions (its claims, through ``shared_submissions``) of the
-        receipts' gateway ids, made at most the window before the receipt: gateway,
-        gateway_message_id, gateway_part_ids, message_id, tenant_id, submitted_at. For receipts
-        reports cannot match from its own refs (the status event with the id not consumed yet).
-        One query for the batch; every submission of a reused id within the window is returned,
-        the matching then picks one as for reports' own refs."""
-        earliest: dict[tuple[str, str], datetime] = {}
-        for k in keys:
-            pair = (k.gateway, k.gateway_message_id)
-            earliest[pair] = min(k.at, earliest.get(pair, k.at))
-        if not earliest:
-            return []
-        gateways, ids, times = [g for g, _ in earliest], [i for _, i in earliest], list(earliest.values())
-        # index look-ups only (dispatch_claims_gateway_ref, dispatch_claims_gateway_parts), but the
-        # parts index's pessimistic estimate would have PostgreSQL JIT-compile the query per batch
-        await self.conn.execute("SET LOCAL jit = off")
-        return await self.conn.fetch(
-            "SELECT DISTINCT s.gateway, s.gateway_message_id, s.gateway_part_ids, s.message_id, s.tenant_id,"
-            " s.updated_at AS submitted_at"
-            " FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(gw, id, at)"
-            " CROSS JOIN LATERAL ("
-            "  SELECT * FROM shared_submissions c WHERE c.gateway = k.gw AND c.gateway_message_id = k.id"
-            "  UNION ALL"  # a part's id (concatenated messages): the parts' index
-            "  SELECT * FROM shared_submissions c WHERE c.gateway = k.gw AND c.gateway_part_ids @> ARRAY[k.id]"
-            "    AND c.gateway_message_id <> k.id) s"
-            " WHERE s.state = 'submitted' AND s.updated_at >= k.at - $4::interval",
-            gateways, ids, times, self.window,
-        )
-
-    async def add_placeholders(self, items: dict[uuid.UUID, tuple[str, tuple[str, ...]]]) -> None:
-        """Rows for messages known only from the dispatcher's submissions (their accepted event
-        not consumed yet): message id -> (tenant, the parts' gateway ids when several). The parts
-        are set as the submitted event would set them, so part receipts decide the message alike."""
-        if not items:
-            return
-        ids = sorted(items)
-        await self.conn.execute(
-            "INSERT INTO messages (message_id, tenant_id, status, status_rank, part_ids)"
-            " SELECT m, t, 'accepted', 0, NULLIF(ARRAY(SELECT jsonb_array_elements_text(p::jsonb)), '{}')"
-            " FROM unnest($1::uuid[], $2::text[], $3::text[]) AS x(m, t, p) ORDER BY m"
-            " ON CONFLICT (message_id) DO UPDATE SET part_ids = EXCLUDED.part_ids"
-            " WHERE messages.part_ids IS NULL AND cardinality(EXCLUDED.part_ids) > 0",
-            ids, [items[i][0] for i in ids], [json.dumps(list(items[i][1])) for i in ids],
-        )
-
-    async def parked_keys(self, limit: int = 5000) -> list[ReceiptKey]:
-        """The most recently parked receipts (those most likely to have raced their claim), to look
-        their submissions up among the dispatcher's."""
-        rows = await self.conn.fetch(
-            "SELECT event_id, gateway, gateway_message_id, coalesce(occurred_at, received_at) AS at"
-            " FROM pending_receipts ORDER BY received_at DESC LIMIT $1",
-            limit,
-        )
-        return [ReceiptKey(r["event_id"], r["gateway"], r["gateway_message_id"], r["at"]) for r in rows]
 
     async def resolve_unknown(self, items: list[tuple[str, uuid.UUID]]) -> dict[uuid.UUID, str]:
         """(gateway, Herald's message id echoed in a receipt) of messages whose outcome is
