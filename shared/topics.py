@@ -143,7 +143,7 @@ STATUS = Topic(
     "messages.status.v1",
     MessageStatusEvent,
     key="message id",
-    producers=("scheduler", "dispatcher", "ingest (journey-sends lane: a refused journey send)"),
+    producers=("scheduler", "dispatcher", "ingest (journey-sends lane: a refused journey send; campaign launcher: a refused campaign contact)"),
     consumers=("reports", "ingest (links lane: a submitted marketing message's short links start answering; "
                           "campaign_page_at moves the tenant's mark for the campaign launcher's pacing)"),
     description="Status changes: scheduled and suppressed (scheduler); submitted, unknown, failed and expired "

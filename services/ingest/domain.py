@@ -104,29 +104,8 @@ def accept(
         phone = parse_e164(request.to, allowed_types)
     except PhoneError as exc:
         raise Rejection(exc.code, str(exc), [{"loc": "to", "code": exc.code, "msg": str(exc)}]) from None
-    if geo is not None:
-        reason = geo_refusal(geo, phone.country, geo_rules or GeoRules())
-        if reason is not None:
-            raise Rejection(GEO_REFUSAL, reason, [{"loc": "to", "code": GEO_REFUSAL, "msg": reason}])
-    choice: PoolChoice | None = None
-    if request.sender_pool is not None:
-        picked = choose_from_pool(senders or SenderBook(), request.sender_pool, phone.e164, phone.country,
-                                  sender_rules or load_rules(), (sticky or {}).get((request.sender_pool, phone.e164)))
-        if isinstance(picked, Refusal):
-            raise Rejection(picked.code, picked.message,
-                            [{"loc": "sender_pool", "code": picked.code, "msg": picked.message}])
-        choice = picked
-        request = request.model_copy(update={"sender": picked.sender})
-    carrier_ids: dict[str, str] = {}
-    if senders is not None and request.sender is not None and sender_rules is not None:
-        refused = sender_check(senders, request.sender, phone.country, sender_rules)
-        if refused is not None:
-            raise Rejection(refused.code, refused.message,
-                            [{"loc": "sender", "code": refused.code, "msg": refused.message}])
-        carrier_ids = sender_carrier_ids(senders, request.sender, phone.country, sender_rules)
-        throttle = sender_throttle(senders, request.sender)
-    else:
-        throttle = None
+    routed = route(phone.e164, phone.country, sender=request.sender, sender_pool=request.sender_pool, geo=geo,
+                   geo_rules=geo_rules, senders=senders, sender_rules=sender_rules, sticky=sticky)
     body = request.body
     if body is None:  # a template's request is rendered before (services/ingest/template_sends.py)
         raise Rejection("template_or_body", "give a body or a template_id",
@@ -146,7 +125,7 @@ def accept(
         to=phone.e164,
         country=phone.country,
         body=info.text,
-        sender=request.sender,
+        sender=routed.sender,
         type=request.type,
         encoding=info.encoding,
         segments=info.segments,
@@ -158,11 +137,64 @@ def accept(
         expires_at=now + timedelta(seconds=request.validity_s) if request.validity_s else None,
         send_at=request.send_at,
         secret=request.secret,
-        carrier_ids=carrier_ids,
-        sender_throttle=throttle,
-        sender_pool=choice.pool if choice is not None else None,
-        sender_choice=choice.detail() if choice is not None else {},
+        carrier_ids=routed.carrier_ids,
+        sender_throttle=routed.throttle,
+        sender_pool=routed.pool,
+        sender_choice=routed.choice,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Who sends a message to its number: the sender (None: the gateway's default), the carrier
+    registration ids that go with it, its contracted throughput, and the pool and choice when it
+    came from a sender pool."""
+
+    sender: str | None
+    carrier_ids: dict[str, str] = field(default_factory=dict)
+    throttle: SenderThrottle | None = None
+    pool: str | None = None
+    choice: dict[str, str] = field(default_factory=dict)
+
+
+def route(
+    e164: str,
+    country: str,
+    *,
+    sender: str | None,
+    sender_pool: str | None = None,
+    geo: GeoPolicy | None = None,
+    geo_rules: GeoRules | None = None,
+    senders: SenderBook | None = None,
+    sender_rules: SenderRules | None = None,
+    sticky: Mapping[tuple[str, str], str] | None = None,
+) -> Route:
+    """The per-message checks every accepted message passes, whichever way it came (the API, the
+    trigger topic, a journey's send step, a campaign's page): the tenant's geo permissions for the
+    number's ``country``, then its sender, picked from ``sender_pool`` (sticky per recipient) or
+    named, checked against the tenant's registry. Raises :class:`Rejection` with the API's reason
+    code. ``geo``/``senders`` None: not checked (see :func:`accept`)."""
+    if geo is not None:
+        reason = geo_refusal(geo, country, geo_rules or GeoRules())
+        if reason is not None:
+            raise Rejection(GEO_REFUSAL, reason, [{"loc": "to", "code": GEO_REFUSAL, "msg": reason}])
+    choice: PoolChoice | None = None
+    if sender_pool is not None:
+        picked = choose_from_pool(senders or SenderBook(), sender_pool, e164, country,
+                                  sender_rules or load_rules(), (sticky or {}).get((sender_pool, e164)))
+        if isinstance(picked, Refusal):
+            raise Rejection(picked.code, picked.message,
+                            [{"loc": "sender_pool", "code": picked.code, "msg": picked.message}])
+        choice = picked
+        sender = picked.sender
+    pool, detail = (choice.pool, choice.detail()) if choice is not None else (None, {})
+    if senders is None or sender is None or sender_rules is None:
+        return Route(sender, pool=pool, choice=detail)
+    refused = sender_check(senders, sender, country, sender_rules)
+    if refused is not None:
+        raise Rejection(refused.code, refused.message, [{"loc": "sender", "code": refused.code, "msg": refused.message}])
+    return Route(sender, sender_carrier_ids(senders, sender, country, sender_rules), sender_throttle(senders, sender),
+                 pool, detail)
 
 
 def sender_throttle(senders: SenderBook, sender: str) -> SenderThrottle | None:

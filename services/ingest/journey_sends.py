@@ -24,19 +24,10 @@ from services.ingest import metrics
 from services.ingest.domain import Rejection, parse_request
 from services.ingest.kafka_input import reject
 from services.ingest.repository import IngestRepository
-from services.ingest.service import Accepted, Acceptor
-from shared.contracts import (
-    JourneySendRequested,
-    MessageRequest,
-    MessageStatusChanged,
-    MessageStatusEvent,
-    derived_event_id,
-    utcnow,
-)
+from services.ingest.service import Accepted, Acceptor, failed_status
+from shared.contracts import JourneySendRequested, MessageRequest, utcnow
 from shared.kafka import Incoming, Outgoing
 from shared.senders import SenderBook
-from shared.statuses import Status
-from shared.topics import STATUS
 
 log = logging.getLogger(__name__)
 CONFLICT = "idempotency_conflict"
@@ -71,21 +62,13 @@ def stamp(send: JourneySendRequested) -> dict[str, Any]:
 
 
 def refused_status(tenant: str, send: JourneySendRequested, rejection: Rejection, trace_id: str) -> Outgoing:
-    """The ``failed`` status of a refused journey send: its timeline shows the reason. The event id
-    is derived from the message, so a redelivered refusal lands once."""
-    event = MessageStatusEvent(
-        event_id=derived_event_id(send.message_id, "journey-send-refused"),
-        occurred_at=send.requested_at,
-        tenant=tenant,
-        trace_id=trace_id,
-        payload=MessageStatusChanged(
-            message_id=send.message_id, status=Status.FAILED, reason_code=rejection.code, reason=rejection.message,
-            type=send.type,
-            detail={"source": "journey", "journey_id": str(send.journey_id),
-                    **{k: v for k, v in send.metadata.items() if k in ("journey_step", "journey_run")}},
-        ),
+    """The ``failed`` status of a refused journey send: its timeline shows the reason."""
+    return failed_status(
+        tenant, send.message_id, rejection, fact="journey-send-refused", occurred_at=send.requested_at,
+        trace_id=trace_id, type=send.type,
+        detail={"source": "journey", "journey_id": str(send.journey_id),
+                **{k: v for k, v in send.metadata.items() if k in ("journey_step", "journey_run")}},
     )
-    return Outgoing(STATUS, str(send.message_id), event)
 
 
 class JourneySendsHandler:

@@ -23,15 +23,22 @@ from services.ingest.links_repo import LinksRepository
 from services.ingest.repository import IngestRepository
 from services.ingest.settings import IngestSettings
 from services.ingest.template_sends import render_send, template_key
-from shared.contracts import MessageAccepted, MessageAcceptedEvent, MessageRequest
+from shared.contracts import (
+    MessageAccepted,
+    MessageAcceptedEvent,
+    MessageRequest,
+    MessageStatusChanged,
+    MessageStatusEvent,
+    derived_event_id,
+)
 from shared.egress import MESSAGES, CachedResolve, EgressPolicy, check_urls
 from shared.geo import GeoPolicy, GeoRules
 from shared.kafka import YIELD_EVERY, Outgoing
 from shared.phones import PhoneError, parse_e164
 from shared.senders import SenderBook
 from shared.senders import load_rules as load_sender_rules
-from shared.statuses import MessageType
-from shared.topics import accepted_topic
+from shared.statuses import MessageType, Status
+from shared.topics import STATUS, accepted_topic
 
 log = logging.getLogger(__name__)
 _E164 = re.compile(r"\+[0-9]{4,15}")
@@ -63,6 +70,37 @@ def accepted_event(tenant: str, message: MessageAccepted, trace_id: str) -> Outg
     )
     lane = accepted_topic(message)
     return Outgoing(lane, message.to, event)
+
+
+def failed_status(
+    tenant: str,
+    message_id: uuid.UUID,
+    rejection: Rejection,
+    *,
+    fact: str,
+    occurred_at: datetime,
+    trace_id: str,
+    type: MessageType,
+    detail: dict[str, str],
+    campaign: tuple[uuid.UUID, str, uuid.UUID] | None = None,
+) -> Outgoing:
+    """The ``failed`` status of a message ingest refused on a path with no caller to answer (a
+    journey's send step, a campaign's contact): its timeline shows the reason. ``fact`` names the
+    path; with the message id it makes the event id, so a refusal published again lands once.
+    ``campaign``: (campaign id, variant, contact id) of a refused campaign contact, which its
+    campaign's report counts."""
+    campaign_fields = {} if campaign is None else dict(zip(("campaign_id", "variant", "contact_id"), campaign, strict=True))
+    event = MessageStatusEvent(
+        event_id=derived_event_id(message_id, fact),
+        occurred_at=occurred_at,
+        tenant=tenant,
+        trace_id=trace_id,
+        payload=MessageStatusChanged(
+            message_id=message_id, status=Status.FAILED, reason_code=rejection.code, reason=rejection.message,
+            type=type, detail=detail, **campaign_fields,
+        ),
+    )
+    return Outgoing(STATUS, str(message_id), event)
 
 
 class Acceptor:

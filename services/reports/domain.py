@@ -110,6 +110,8 @@ def from_status(event_id: uuid.UUID, tenant: str, occurred_at: datetime, s: Mess
         fields["type"] = s.type.value
     if s.segments is not None:
         fields["segments"] = s.segments
+    if s.campaign_id is not None:  # a campaign contact refused at the launch: counted in its campaign's report
+        fields |= {"campaign_id": s.campaign_id, "variant": s.variant, "contact_id": s.contact_id}
     return Change(
         event_id=event_id, message_id=s.message_id, tenant_id=tenant, occurred_at=occurred_at,
         status=s.status, timeline_status=s.status.value, detail=detail, fields=fields,

@@ -223,6 +223,13 @@ class MessageStatusChanged(_Frozen):
         "messages of the same batch passed on to the dispatcher. Left out of the event when none",
         exclude_if=lambda v: v is None,
     )
+    campaign_id: uuid.UUID | None = Field(
+        None, description="On the failed status of a campaign contact the launcher refused (never accepted): its "
+        "campaign, so the campaign's report counts it. Left out of the event when none",
+        exclude_if=lambda v: v is None,
+    )
+    variant: str | None = Field(None, description="With campaign_id: the contact's variant", exclude_if=lambda v: v is None)
+    contact_id: uuid.UUID | None = Field(None, description="With campaign_id: the contact", exclude_if=lambda v: v is None)
 
 
 class DeliveryReceipt(_Frozen):

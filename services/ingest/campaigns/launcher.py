@@ -40,33 +40,61 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.ingest.audience import segments as seg
 from services.ingest.audience.contacts_repo import AudienceMember, AudienceRepository
 from services.ingest.audience.templates import Template, TemplateError, render
-from services.ingest.campaigns.domain import AbTest, Variant, assign, build_message, next_attempt_at, pinned_versions
+from services.ingest.campaigns.domain import (
+    AbTest,
+    Variant,
+    assign,
+    build_message,
+    message_id_for,
+    next_attempt_at,
+    pinned_versions,
+)
 from services.ingest.campaigns.pacing import UNBOUNDED, InFlightBound, InFlightRepository
 from services.ingest.campaigns.repository import CampaignRepository
-from services.ingest.domain import sender_throttle
+from services.ingest.domain import Rejection, Route, route
 from services.ingest.links import DEFAULT_TTL, LinkRecord, records, swap_codes, track_message
 from services.ingest.links_repo import LinksRepository
 from services.ingest.repository import IngestRepository
-from services.ingest.service import accepted_event
+from services.ingest.service import accepted_event, failed_status
 from shared.contracts import utcnow
 from shared.erasure import NO_KEYS, ErasureKeys
+from shared.geo import GeoPolicy, GeoRules
 from shared.kafka import Outgoing, Publisher, error_kind
 from shared.periodic import run_periodically
 from shared.phones import region_of_e164
-from shared.senders import PoolChoice, Refusal, SenderBook, choose_from_pool
-from shared.senders import carrier_ids as sender_carrier_ids
+from shared.senders import SenderBook
 from shared.senders import load_rules as load_sender_rules
 from shared.statuses import MessageType
 
 log = logging.getLogger(__name__)
 
 FANNED_OUT = Counter("herald_campaign_messages_published_total", "Campaign messages published by the launcher")
-#: A pool campaign's page: the tenant's registry, and (pool, recipient) -> its sticky sender.
-PageSenders = tuple[SenderBook, dict[tuple[str, str], str]]
-
 RENDER_FAILED = Counter("herald_campaign_render_failures_total", "Contacts skipped because their text could not be rendered")
-NO_POOL_SENDER = Counter("herald_campaign_no_pool_sender_total",
-                         "Contacts skipped because no sender of the campaign's sender pool may send to them")
+REFUSED = Counter("herald_campaign_contacts_refused_total",
+                  "Campaign contacts refused by the per-message checks (geo permissions, sender registry, sender pool), "
+                  "by reason code; each gets a failed status", ["reason"])
+
+
+@dataclass(frozen=True)
+class PageChecks:
+    """What a page's messages are checked against, read again for every page (a suspension, a
+    new rate or a narrowed geo permission applies from the next page): the tenant's geo
+    permissions, its sender registry (None: the campaign names no sender), and for a pool
+    campaign (pool, recipient) -> the recipient's sticky sender."""
+
+    geo: GeoPolicy | None = None
+    senders: SenderBook | None = None
+    sticky: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass
+class PageOut:
+    """A page's accepted events, its short links to store, and the failed statuses of the
+    contacts the checks refused."""
+
+    accepted: list[Outgoing] = field(default_factory=list)
+    links: list[LinkRecord] = field(default_factory=list)
+    refused: list[Outgoing] = field(default_factory=list)
 FAILED_ATTEMPTS = Counter(
     "herald_campaign_failed_attempts_total", "Failed attempts to fan a campaign out, by outcome (retry or failed)", ["outcome"]
 )
@@ -136,6 +164,7 @@ class Launcher:
         in_flight_expiry_s: float = 120.0,
         pace_wait_s: float = 1.0,
         pace_poll_s: float = 0.1,
+        geo_rules: GeoRules | None = None,
     ) -> None:
         self.campaigns = CampaignRepository(pool)
         self.audience = AudienceRepository(pool, erasure_keys)  # `suppressed` in segments checks erased hashes
@@ -149,6 +178,7 @@ class Launcher:
         self.links = LinksRepository(pool)
         self.registry = IngestRepository(pool)  # senders, pools and sticky assignments (pool campaigns)
         self.sender_rules = load_sender_rules()
+        self.geo_rules = geo_rules or GeoRules()  # with the tenant's geo permissions, as the API checks them
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.page_timeout_s = page_timeout_s  # each audience page's statement timeout
@@ -263,14 +293,15 @@ class Launcher:
                 upcoming.cancel()  # at its bound: the page is read again when the campaign's turn comes
                 return
             now = self.clock()
-            senders = await self._senders(plan, page)
-            outgoing, links = self.page_events(plan, page, now, links_policy, senders)
-            if senders is not None and plan.sender_pool is not None:
-                await self._store_assignments(plan, outgoing, senders[1])
-            replaced = await self.links.store_many(links)  # before the messages carrying them go out
+            checks = await self._checks(plan, page)
+            out = self.page_events(plan, page, now, links_policy, checks)
+            outgoing = out.accepted
+            if plan.sender_pool is not None:
+                await self._store_assignments(plan, outgoing, checks.sticky)
+            replaced = await self.links.store_many(out.links)  # before the messages carrying them go out
             if replaced and links_policy is not None:  # a resumed page: the codes stored the first time
                 outgoing = [self._swap(o, links_policy[0], replaced) for o in outgoing]
-            await self.publisher.publish(outgoing)
+            await self.publisher.publish(outgoing + out.refused)
             if self.bound.limit(plan.tenant_id) > 0:
                 await self.in_flight.record(plan.tenant_id, now, len(outgoing))
             state = await self.campaigns.advance(
@@ -341,18 +372,18 @@ class Launcher:
             except TimeoutError:
                 pass
 
-    async def _senders(self, plan: Plan, page: list[AudienceMember]) -> PageSenders | None:
-        """A campaign's registry (read per page: a suspension or a new rate applies to the next
-        page) and, for a pool campaign, the page's recipients' sticky senders: two queries a page.
-        A campaign naming a sender (its own or its templates') reads the registry only, for its
-        sender's contracted throughput; None for a campaign that names no sender."""
+    async def _checks(self, plan: Plan, page: list[AudienceMember]) -> PageChecks:
+        """The page's :class:`PageChecks`: the tenant's geo permissions (one query), its registry
+        when the campaign names a sender or pool (one more), and a pool campaign's sticky senders
+        of the page's recipients (one more)."""
+        geo = (await self.registry.active_tenants({plan.tenant_id}, with_disabled=True)).get(plan.tenant_id)
         if plan.sender_pool is None and plan.sender is None and not any(t.sender for t in plan.templates.values()):
-            return None
+            return PageChecks(geo)
         book = (await self.registry.sender_books({plan.tenant_id})).get(plan.tenant_id, SenderBook())
         if plan.sender_pool is None:
-            return book, {}
+            return PageChecks(geo, book)
         keys = sorted({(plan.sender_pool, m.phone) for m in page})
-        return book, await self.registry.sender_assignments(plan.tenant_id, keys)
+        return PageChecks(geo, book, await self.registry.sender_assignments(plan.tenant_id, keys))
 
     async def _store_assignments(self, plan: Plan, outgoing: list[Outgoing], before: dict[tuple[str, str], str]) -> None:
         """The page's new and fallen-back assignments, in one or two statements."""
@@ -371,13 +402,18 @@ class Launcher:
     def page_events(
         self, plan: Plan, page: list[AudienceMember], now: datetime,
         links_policy: tuple[str, timedelta, str | None] | None = None,
-        senders: PageSenders | None = None,
-    ) -> tuple[list[Outgoing], list[LinkRecord]]:
+        checks: PageChecks | None = None,
+    ) -> PageOut:
         """Render and build the accepted events of one page (contacts of the other phase are skipped),
-        with marketing URLs rewritten to tracked short links (counted in the segments) when
-        ``links_policy`` (domain, lifetime, the tenant's own domain) is given."""
-        outgoing: list[Outgoing] = []
-        links: list[LinkRecord] = []
+        each message passing the per-message checks every accepted message passes (``route``:
+        geo permissions, sender registry, sender pool; a refused contact gets a failed status
+        instead), with marketing URLs rewritten to tracked short links (counted in the segments)
+        when ``links_policy`` (domain, lifetime, the tenant's own domain) is given."""
+        checks = checks or PageChecks()
+        out = PageOut()
+        # Without a pool a message's route depends on its sender and country only: decided once
+        # per pair and page (a pool's depends on the recipient's sticky sender).
+        decided: dict[tuple[str | None, str], Route | Rejection] = {}
         for member in page:
             variant = assign(plan.campaign_id, member.contact_id, plan.variants, plan.ab_test, plan.phase, plan.winner)  # type: ignore[arg-type]
             if variant is None:
@@ -390,39 +426,48 @@ class Launcher:
                 log.warning("campaign %s: contact %s: text too long once rendered; skipped", plan.campaign_id, member.contact_id)
                 continue
             region = region_of_e164(member.phone)
-            choice: PoolChoice | None = None
-            if plan.sender_pool is not None and senders is not None:
-                book, sticky = senders
-                picked = choose_from_pool(book, plan.sender_pool, member.phone, region, self.sender_rules,
-                                          sticky.get((plan.sender_pool, member.phone)))
-                if isinstance(picked, Refusal):
-                    NO_POOL_SENDER.inc()
-                    log.warning("campaign %s: contact %s: %s; skipped", plan.campaign_id, member.contact_id, picked.code)
-                    continue
-                choice = picked
+            sender = plan.sender or rendered.sender
+            routed = decided.get((sender, region)) if plan.sender_pool is None else None
+            if routed is None:
+                try:
+                    routed = route(member.phone, region, sender=sender, sender_pool=plan.sender_pool, geo=checks.geo,
+                                   geo_rules=self.geo_rules, senders=checks.senders, sender_rules=self.sender_rules,
+                                   sticky=checks.sticky)
+                except Rejection as rejection:
+                    routed = rejection
+                if plan.sender_pool is None:
+                    decided[(sender, region)] = routed
+            if isinstance(routed, Rejection):
+                out.refused.append(self._refused(plan, member, variant.name, template, routed, now))
+                continue
             message = build_message(
                 campaign_id=plan.campaign_id, member=member, variant=variant, template=template,
-                region=region, sender=choice.sender if choice is not None else plan.sender, now=now,
+                region=region, sender=routed.sender, now=now,
                 smart_encoding=self.smart_encoding, rendered=rendered, template_version=plan.versions.get(variant.template_id),
             )
-            if choice is not None and senders is not None:
-                book = senders[0]
+            if routed.pool is not None or routed.carrier_ids or routed.throttle is not None:
                 message = message.model_copy(update={
-                    "sender_pool": choice.pool, "sender_choice": choice.detail(),
-                    "sender_throttle": sender_throttle(book, choice.sender),
-                    "carrier_ids": sender_carrier_ids(book, choice.sender, region, self.sender_rules),
+                    "sender_pool": routed.pool, "sender_choice": routed.choice,
+                    "sender_throttle": routed.throttle, "carrier_ids": routed.carrier_ids,
                 })
-            elif senders is not None and message.sender is not None:
-                # a single sender with a contracted rate is held to it, as a pool's senders are
-                throttle = sender_throttle(senders[0], message.sender)
-                if throttle is not None:
-                    message = message.model_copy(update={"sender_throttle": throttle})
             if links_policy is not None and message.type is MessageType.MARKETING:
                 domain, ttl, own = links_policy
                 message, found = track_message(message, domain, smart=self.smart_encoding)
-                links += records(plan.tenant_id, message, found, ttl=ttl, domain=own)
-            outgoing.append(accepted_event(plan.tenant_id, message, trace_id=plan.campaign_id.hex))
-        return outgoing, links
+                out.links += records(plan.tenant_id, message, found, ttl=ttl, domain=own)
+            out.accepted.append(accepted_event(plan.tenant_id, message, trace_id=plan.campaign_id.hex))
+        return out
+
+    def _refused(self, plan: Plan, member: AudienceMember, variant: str, template: Template, rejection: Rejection,
+                 now: datetime) -> Outgoing:
+        REFUSED.labels(rejection.code).inc()
+        log.info("campaign contact refused", extra={"campaign_id": str(plan.campaign_id), "contact_id": str(member.contact_id),
+                                                    "reason_code": rejection.code})
+        return failed_status(
+            plan.tenant_id, message_id_for(plan.campaign_id, member.contact_id), rejection, fact="campaign-contact-refused",
+            occurred_at=now, trace_id=plan.campaign_id.hex, type=MessageType(template.purpose),
+            detail={"source": "campaign", "campaign_id": str(plan.campaign_id)},
+            campaign=(plan.campaign_id, variant, member.contact_id),
+        )
 
 
 def failure_reason(exc: Exception, page_timeout_s: float) -> str:
