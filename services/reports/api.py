@@ -82,7 +82,7 @@ class HeldRule(BaseModel):
 
 class VariantResults(BaseModel):
     variant: str | None = Field(None, description="The variant's name (absent on the totals; '-' for no variant)")
-    targeted: int = Field(description="Messages accepted for the campaign")
+    targeted: int = Field(description="The campaign's messages: accepted, or refused at the launch by the per-message checks (then failed)")
     skipped: dict[str, int] = Field(description="Messages not sent, by reason code (suppressed, consent, caps…)")
     skipped_total: int
     pending: int = Field(description="Messages without a final status yet (unknown ones excluded)")

@@ -121,3 +121,35 @@ async def test_pause_stops_sending_within_seconds_and_resume_sends_the_rest_once
     refs = simulator_refs(stack)
     assert {m: refs.get(m) for m in messages} == {m: 1 for m in messages}, "every contact got exactly one SMS"
     assert httpx.get(f"http://127.0.0.1:{stack.ports.simulator_control}/stats").json()["duplicates"] == {}
+
+
+async def test_contacts_outside_the_tenants_geo_permissions_are_refused_and_reported_not_sent(stack: Stack, pool) -> None:
+    """A campaign's messages pass the API's per-message checks: the contacts in a country the
+    tenant may not send to get a failed status with `destination_not_allowed`, counted in the
+    campaign's report, and never reach the gateway; the others are sent."""
+    from herald_tools.demo import NUMBER_PATTERNS
+
+    allowed = marketing_countries(True)[0]
+    other = next(c for c in NUMBER_PATTERNS if c != allowed)
+    tenant = await make_tenant(pool, scopes=(*DEFAULT_SCOPES, "policy:write"))
+    inside = list(dict.fromkeys(demo_numbers(30, seed=47, countries=[allowed])))
+    outside = list(dict.fromkeys(demo_numbers(10, seed=48, countries=[other])))
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=tenant.headers, timeout=60) as client:
+        cid = await setup_campaign(client, inside + outside, "geo")
+        r = await client.put("/v1/policy", json={"allowed_countries": [allowed]})
+        assert r.status_code == 200, r.text
+        ids = await contact_ids(pool, tenant, inside + outside)
+        assert (await client.post(f"/v1/campaigns/{cid}/launch")).json()["state"] == "running"
+        campaign_messages = {n: str(message_id_for(uuid.UUID(cid), ids[n])) for n in inside + outside}
+        statuses = await all_final(pool, list(campaign_messages.values()))
+    assert {statuses[campaign_messages[n]] for n in outside} == {"failed"}
+    assert {statuses[campaign_messages[n]] for n in inside} <= {"delivered", "undelivered"}
+    reasons = await pool.fetch("SELECT reason_code, campaign_id, variant FROM messages WHERE message_id = ANY($1::uuid[])",
+                               [uuid.UUID(campaign_messages[n]) for n in outside])
+    assert {(r["reason_code"], str(r["campaign_id"]), r["variant"]) for r in reasons} == {("destination_not_allowed", cid, "A")}
+    refs = simulator_refs(stack)
+    assert not any(campaign_messages[n] in refs for n in outside)
+    assert all(refs.get(campaign_messages[n]) == 1 for n in inside)
+    async with httpx.AsyncClient(base_url=stack.url("reports"), headers=tenant.headers, timeout=30) as reports:
+        report = (await reports.get(f"/v1/campaigns/{cid}/report")).json()
+    assert (report["totals"]["targeted"], report["totals"]["failed"]) == (len(inside) + len(outside), len(outside)), report
