@@ -64,13 +64,26 @@ NUMBER_PATTERNS: dict[str, tuple[str, int]] = {
 }
 
 
-def demo_numbers(count: int, seed: int = 7, countries: Iterable[str] = ("ES", "FR", "DE", "US", "IN")) -> list[str]:
-    """Valid mobile numbers, round-robin over ``countries``."""
+def demo_numbers(count: int, seed: int = 7, countries: Iterable[str] = ("ES", "FR", "DE", "US", "IN"),
+                 *, unique: bool = False) -> list[str]:
+    """Valid mobile numbers, round-robin over ``countries``. ``unique``: ``count`` different
+    numbers (a country's space can be small: the US one has 10,000, and between 23:30 and 03:00
+    UTC it is the only country open for marketing), else ValueError when the countries have fewer."""
     rng = random.Random(seed)
     patterns = [NUMBER_PATTERNS[c] for c in countries]
     if not patterns:
         raise ValueError("no countries to draw numbers from")
-    return [f"{p}{rng.randrange(10**d):0{d}d}" for p, d in (patterns[i % len(patterns)] for i in range(count))]
+    if not unique:
+        return [f"{p}{rng.randrange(10**d):0{d}d}" for p, d in (patterns[i % len(patterns)] for i in range(count))]
+    if count > sum(10**d for _, d in set(patterns)):
+        raise ValueError(f"{count} different numbers asked of countries that have fewer")
+    seen: dict[str, None] = {}
+    i = 0
+    while len(seen) < count:
+        p, d = patterns[i % len(patterns)]
+        seen.setdefault(f"{p}{rng.randrange(10**d):0{d}d}")
+        i += 1
+    return list(seen)
 
 
 def marketing_countries(allowed: bool, now: datetime | None = None, margin: timedelta = timedelta(minutes=30)) -> list[str]:

@@ -33,19 +33,19 @@ async def failed_statuses(env, campaign_id: str, expected: int) -> list[MessageS
     return ours(records)
 
 
-async def import_contacts(client: httpx.AsyncClient, tenant: Tenant, phones: list[str]) -> None:
+async def import_contacts(http: httpx.AsyncClient, tenant: Tenant, phones: list[str]) -> None:
     lines = ["phone,first_name,language,tags"] + [f"{p},Ana,en,vip" for p in phones]
-    r = await client.post("/v1/contacts/import", content="\n".join(lines), headers={**tenant.headers, "Content-Type": "text/csv"})
+    r = await http.post("/v1/contacts/import", content="\n".join(lines), headers={**tenant.headers, "Content-Type": "text/csv"})
     assert r.status_code == 200, r.text
 
 
-async def launch(client: httpx.AsyncClient, tenant: Tenant, **extra) -> str:
-    t = await template(client, tenant, f"t-{uuid.uuid4().hex[:6]}", "Flash sale today. Reply STOP to opt out")
-    r = await client.post("/v1/campaigns", headers=tenant.headers, json={
+async def launch(http: httpx.AsyncClient, tenant: Tenant, **extra) -> str:
+    t = await template(http, tenant, f"t-{uuid.uuid4().hex[:6]}", "Flash sale today. Reply STOP to opt out")
+    r = await http.post("/v1/campaigns", headers=tenant.headers, json={
         "name": "geo", "segment": '"vip" in tags', "variants": [{"name": "A", "template_id": t, "percent": 100}], **extra})
     assert r.status_code == 201, r.text
     cid = r.json()["campaign_id"]
-    assert (await client.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)).json()["state"] == "running"
+    assert (await http.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)).json()["state"] == "running"
     return cid
 
 
