@@ -24,8 +24,9 @@ class ReportsSettings(ConsumerSettings, WebhookEgressSettings, RetentionSettings
         100_000, ge=1,
         description="Most receipts parked (waiting for their submission) per gateway; beyond it a new unmatched receipt "
         "is dropped, counted in herald_receipts_parked_dropped_total{gateway} and logged, so a gateway sending receipts "
-        "for messages Herald never sent cannot fill the database. Approximate: concurrent batches may overshoot by one "
-        "batch each",
+        "for messages Herald never sent cannot fill the database; a receipt whose gateway id the dispatcher submitted "
+        "within the matching window is kept all the same (reports is behind on its status events). Approximate: "
+        "concurrent batches may overshoot by one batch each",
     )
     receipt_settled_wait_s: float = Field(
         60.0, ge=0,
