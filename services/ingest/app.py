@@ -28,7 +28,6 @@ from services.ingest.settings import IngestSettings
 from services.ingest.statuses import StatusesHandler
 from services.ingest.triggers import TriggerHandler
 from shared.api import Check, document_body_schema
-from shared.geo import GeoRules
 from shared.retention_store import add_retention_job
 from shared.service import Context, Lane, Wiring, run_service
 from shared.subject_access_store import GatherHandler
@@ -68,7 +67,7 @@ async def wire(ctx: Context, readiness: Check) -> Wiring:
                                                     settings.campaign_tenant_in_flight_tenants),
                             in_flight_expiry_s=settings.campaign_in_flight_expiry_s,
                             pace_wait_s=settings.campaign_pace_wait_s,
-                            geo_rules=GeoRules(settings.geo_default, frozenset(settings.geo_high_cost_countries)))
+                            geo_rules=settings.geo_rules())
         ctx.workers["campaign-launcher"] = launcher.run()
         ctx.stoppers.append(launcher.stop)
     # Messages received and idempotency keys past their age (services/ingest/retention.py).

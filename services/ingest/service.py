@@ -32,7 +32,7 @@ from shared.contracts import (
     derived_event_id,
 )
 from shared.egress import MESSAGES, CachedResolve, EgressPolicy, check_urls
-from shared.geo import GeoPolicy, GeoRules
+from shared.geo import GeoPolicy
 from shared.kafka import YIELD_EVERY, Outgoing
 from shared.phones import PhoneError, parse_e164
 from shared.senders import SenderBook
@@ -117,7 +117,7 @@ class Acceptor:
         self.egress = EgressPolicy.of(settings)
         self.resolve = CachedResolve()
         self.sender_rules = load_sender_rules()
-        self.geo_rules = GeoRules(settings.geo_default, frozenset(settings.geo_high_cost_countries))
+        self.geo_rules = settings.geo_rules()
         self.share = PriorityShare(settings.priority_share_per_s, settings.priority_share_burst,
                                    dict(settings.priority_share_tenants))
         self._share_warned: dict[str, float] = {}

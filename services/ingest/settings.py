@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from shared.geo import DEFAULT_HIGH_COST, GeoDefault, country_codes
+from shared.geo import DEFAULT_HIGH_COST, GeoDefault, GeoRules, country_codes
 from shared.phones import SMS_CAPABLE
 from shared.settings import ConsumerSettings, ErasureSettings, RetentionSettings, WebhookEgressSettings
 
@@ -186,6 +186,10 @@ class IngestSettings(ConsumerSettings, WebhookEgressSettings, ErasureSettings, R
         from services.ingest.links import check_domain
 
         return check_domain(value)
+
+    def geo_rules(self) -> GeoRules:
+        """What a tenant's geo permissions are read with (shared/geo.py)."""
+        return GeoRules(self.geo_default, frozenset(self.geo_high_cost_countries))
 
     def unsafe_secrets(self) -> list[str]:
         """What is wrong with the configured signing secrets (never their values)."""

@@ -304,6 +304,7 @@ async def send_test(campaign_id: Annotated[str, Path(max_length=64)], request: R
                 )
                 message = accept(request_body, message_id=uuid.uuid4(), now=now, source="api",
                                  allowed_types=settings.allowed_number_types, smart_encoding=settings.smart_encoding,
+                                 geo=principal.geo, geo_rules=settings.geo_rules(),
                                  senders=principal.senders, sender_rules=load_sender_rules())
             except (TemplateError, Rejection, ValueError) as exc:
                 code = getattr(exc, "code", "invalid")

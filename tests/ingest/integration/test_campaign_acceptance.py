@@ -39,13 +39,14 @@ async def import_contacts(http: httpx.AsyncClient, tenant: Tenant, phones: list[
     assert r.status_code == 200, r.text
 
 
-async def launch(http: httpx.AsyncClient, tenant: Tenant, **extra) -> str:
+async def launch(http: httpx.AsyncClient, tenant: Tenant, *, start: bool = True, **extra) -> str:
     t = await template(http, tenant, f"t-{uuid.uuid4().hex[:6]}", "Flash sale today. Reply STOP to opt out")
     r = await http.post("/v1/campaigns", headers=tenant.headers, json={
         "name": "geo", "segment": '"vip" in tags', "variants": [{"name": "A", "template_id": t, "percent": 100}], **extra})
     assert r.status_code == 201, r.text
     cid = r.json()["campaign_id"]
-    assert (await http.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)).json()["state"] == "running"
+    if start:
+        assert (await http.post(f"/v1/campaigns/{cid}/launch", headers=tenant.headers)).json()["state"] == "running"
     return cid
 
 
@@ -96,3 +97,13 @@ async def test_a_sender_suspended_mid_campaign_sends_no_further_page(client, poo
     assert len(sent) == 3 and all(e.payload.sender == sender for e in sent)
     assert len(refused) == 6 and {e.payload.reason_code for e in refused} == {"sender_not_verified"}
     assert {e.payload.message_id for e in sent}.isdisjoint(e.payload.message_id for e in refused)
+
+
+async def test_a_test_send_to_a_country_the_tenant_may_not_send_to_is_refused(client, pool, tenant) -> None:  # noqa: F811
+    await pool.execute("UPDATE tenants SET country = 'ES' WHERE tenant_id = $1", tenant.tenant_id)
+    cid = await launch(client, tenant, start=False)  # a draft: no launcher of another test claims it
+    r = await client.post(f"/v1/campaigns/{cid}/test", headers=tenant.headers, json={"numbers": ["+34600000001", "+33610000001"]})
+    assert r.status_code == 200, r.text
+    by_number = {x["to"]: x for x in r.json()["results"]}
+    assert r.json()["sent"] == 1 and "message_id" in by_number["+34600000001"]
+    assert by_number["+33610000001"]["error"]["code"] == "destination_not_allowed"
