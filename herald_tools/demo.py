@@ -61,6 +61,11 @@ NUMBER_PATTERNS: dict[str, tuple[str, int]] = {
     "IN": ("+9198", 8),
     "BR": ("+55119", 8),
     "GB": ("+447400", 6),
+    # With these two some country that takes SMS from another country's number is open for
+    # marketing at any hour of any day (tests/tools/unit/test_demo_numbers.py): Japan 23:00-11:30
+    # UTC, Mexico 14:00-03:00 UTC, Sundays too.
+    "JP": ("+81901", 7),
+    "MX": ("+5255", 8),
 }
 
 

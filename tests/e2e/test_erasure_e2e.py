@@ -65,7 +65,7 @@ async def test_an_erased_number_leaves_nothing_but_its_keyed_hash(stack: Stack, 
 
     tenant = await make_tenant(pool)
     t = tenant.tenant_id
-    countries = foreign_numbers_allowed(marketing_countries(True)) or ["ES"]  # where marketing may go out now, from a Spanish number
+    countries = foreign_numbers_allowed(marketing_countries(True)) or ["ES"]  # where marketing may go out now, from a Spanish number (some country always is: JP, MX)
     number = demo_numbers(1, seed=random.randrange(10**9), countries=countries[:1])[0]
     national = str(phonenumbers.parse(number).national_number)  # the number without its country code
     ours = f"+3491{random.randrange(10**6, 10**7)}"

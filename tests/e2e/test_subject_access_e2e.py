@@ -37,7 +37,7 @@ async def test_a_number_exports_everything_each_service_holds_about_it(stack: St
     other_tenant = await make_tenant(pool, scopes=EXPORT_SCOPES)
     no_scope = await make_tenant(pool)
     t = tenant.tenant_id
-    countries = foreign_numbers_allowed(marketing_countries(True)) or ["ES"]  # where marketing may go out now, from a Spanish number
+    countries = foreign_numbers_allowed(marketing_countries(True)) or ["ES"]  # where marketing may go out now, from a Spanish number (some country always is: JP, MX)
     number, other_number = demo_numbers(2, seed=random.randrange(10**9), countries=countries[:1])
     ours = f"+3491{random.randrange(10**6, 10**7)}"
     name, otp, sale, later, answer, browser, note, meta, shown = (marker() for _ in range(9))

@@ -20,3 +20,19 @@ def test_unique_numbers_from_one_small_country() -> None:
 def test_more_than_the_countries_have_is_refused() -> None:
     with pytest.raises(ValueError, match="different numbers"):
         demo_numbers(10_001, countries=["US"], unique=True)
+
+
+def test_some_country_taking_foreign_senders_is_open_for_marketing_at_every_hour_of_the_week() -> None:
+    """The e2e tests send marketing from a Spanish number or an alphanumeric sender where quiet
+    hours let it go out now (tests/helpers.py, foreign_numbers_allowed): there must be such a
+    country at every hour, or those tests fail at some hours (CI runs at any time)."""
+    from datetime import UTC, datetime, timedelta
+
+    from herald_tools.demo import marketing_countries
+    from tests.helpers import foreign_numbers_allowed
+
+    start = datetime(2026, 12, 7, tzinfo=UTC)  # a Monday: a week of quarter hours, in winter and summer
+    for base in (start, start + timedelta(days=210)):
+        for quarter in range(7 * 96):
+            now = base + timedelta(minutes=15 * quarter)
+            assert foreign_numbers_allowed(marketing_countries(True, now=now, margin=timedelta(minutes=30))), now
