@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts import DeliveryReceipt, InboundMessage, MessageOutbound
@@ -51,6 +52,18 @@ class Unknown:
 
 
 Outcome = Submitted | Refused | Unknown
+
+
+async def http_attempt(request: Awaitable[httpx.Response]) -> httpx.Response | Refused | Unknown:
+    """One HTTP request to a gateway, its transport failure told apart: nothing reached the
+    gateway (no connection, or none free in the pool): Refused and safe to try again; failed
+    after sending (a read timeout, a dropped connection): Unknown, looked up, never resent."""
+    try:
+        return await request
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        return Refused("connection_error", f"{type(exc).__name__}: {exc}", True)
+    except httpx.HTTPError as exc:
+        return Unknown(f"{type(exc).__name__} after sending: {exc}")
 
 #: HTTP answers that say the request was not acted on and may be sent again at once.
 SAFE_TO_RETRY_HTTP = frozenset({429})

@@ -12,7 +12,15 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, SecretStr
 
-from services.dispatcher.gateways.base import GatewayBase, Outcome, Refused, Submitted, Unknown, http_error_outcome
+from services.dispatcher.gateways.base import (
+    GatewayBase,
+    Outcome,
+    Refused,
+    Submitted,
+    Unknown,
+    http_attempt,
+    http_error_outcome,
+)
 from services.dispatcher.gateways.validity import clamp_http, remaining_s
 from shared.contracts import MessageOutbound, utcnow
 from shared.providers.herald_http import batch_item, error_of
@@ -54,13 +62,9 @@ class HeraldHttpGateway:
 
     async def _submit_chunk(self, chunk: list[MessageOutbound]) -> list[Outcome]:
         async with self._slots:
-            try:
-                response = await self._client.post("/v1/sms/batch", json={"messages": [self._item(m) for m in chunk]})
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # Nothing reached the gateway: safe to try again.
-                return [Refused("connection_error", f"{type(exc).__name__}: {exc}", True)] * len(chunk)
-            except httpx.HTTPError as exc:
-                return [Unknown(f"{type(exc).__name__} after sending: {exc}")] * len(chunk)
+            response = await http_attempt(self._client.post("/v1/sms/batch", json={"messages": [self._item(m) for m in chunk]}))
+        if not isinstance(response, httpx.Response):
+            return [response] * len(chunk)
         if response.status_code != 200:
             code, message = _error(response)
             if response.status_code == 429:

@@ -28,6 +28,7 @@ from services.dispatcher.gateways.base import (
     Refused,
     Submitted,
     Unknown,
+    http_attempt,
     http_error_outcome,
 )
 from services.dispatcher.gateways.validity import clamp_http, remaining_s
@@ -119,13 +120,9 @@ class TwilioGateway:
 
     async def _submit(self, m: MessageOutbound) -> Outcome:
         async with self._slots:
-            try:
-                response = await self._client.post(self._messages_path, data=self.form(m))
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # Nothing reached Twilio: safe to try again.
-                return Refused("connection_error", f"{type(exc).__name__}: {exc}", True)
-            except httpx.HTTPError as exc:
-                return Unknown(f"{type(exc).__name__} after sending: {exc}")
+            response = await http_attempt(self._client.post(self._messages_path, data=self.form(m)))
+        if not isinstance(response, httpx.Response):
+            return response
         if 200 <= response.status_code < 300:
             try:
                 sid = response.json()["sid"]

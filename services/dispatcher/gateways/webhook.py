@@ -25,9 +25,9 @@ from services.dispatcher.gateways.base import (
     GatewayBase,
     LookupUnsupported,
     Outcome,
-    Refused,
     Submitted,
     Unknown,
+    http_attempt,
     http_error_outcome,
 )
 from services.dispatcher.gateways.validity import remaining_s
@@ -132,12 +132,10 @@ class WebhookGateway:
     async def _submit(self, m: MessageOutbound) -> Outcome:
         body, headers = self.body_and_headers(m)
         async with self._slots:
-            try:
-                response = await self._client.request(self.config.method, self.config.url, content=body, headers=headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                return Refused("connection_error", f"{type(exc).__name__}: {exc}", True)
-            except httpx.HTTPError as exc:
-                return Unknown(f"{type(exc).__name__} after sending: {exc}")
+            response = await http_attempt(self._client.request(self.config.method, self.config.url, content=body,
+                                                               headers=headers))
+        if not isinstance(response, httpx.Response):
+            return response
         if 200 <= response.status_code < 300:
             try:
                 found = id_at(response.json(), self.config.id_path)
