@@ -62,7 +62,7 @@ from shared.geo import GeoPolicy, GeoRules
 from shared.kafka import Outgoing, Publisher, error_kind
 from shared.periodic import run_periodically
 from shared.phones import region_of_e164
-from shared.senders import SenderBook
+from shared.senders import Refusal, SenderBook, check_named
 from shared.senders import load_rules as load_sender_rules
 from shared.statuses import MessageType
 
@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 
 FANNED_OUT = Counter("herald_campaign_messages_published_total", "Campaign messages published by the launcher")
 RENDER_FAILED = Counter("herald_campaign_render_failures_total", "Contacts skipped because their text could not be rendered")
+PAUSED_FOR_SENDER = Counter("herald_campaign_paused_for_sender_total",
+                            "Campaigns the launcher paused because the sender they name can no longer send")
 REFUSED = Counter("herald_campaign_contacts_refused_total",
                   "Campaign contacts refused by the per-message checks (geo permissions, sender registry, sender pool), "
                   "by reason code; each gets a failed status", ["reason"])
@@ -294,6 +296,10 @@ class Launcher:
                 return
             now = self.clock()
             checks = await self._checks(plan, page)
+            if (blocked := sender_blocked(plan, checks)) is not None:
+                upcoming.cancel()  # the sender it names cannot send to anyone: paused, not failed contact by contact
+                await self._pause_for(plan, blocked, published)
+                return
             out = self.page_events(plan, page, now, links_policy, checks)
             outgoing = out.accepted
             if plan.sender_pool is not None:
@@ -371,6 +377,14 @@ class Launcher:
                 await asyncio.wait_for(self._stop.wait(), self.pace_poll_s)
             except TimeoutError:
                 pass
+
+    async def _pause_for(self, plan: Plan, blocked: Refusal, published: int) -> None:
+        reason = f"{blocked.code}: {blocked.message}"
+        if await self.campaigns.pause_for(plan.tenant_id, plan.campaign_id, self.owner, reason):
+            PAUSED_FOR_SENDER.inc()
+            log.warning("campaign paused: the sender it names cannot send", extra={
+                "campaign_id": str(plan.campaign_id), "tenant": plan.tenant_id, "reason_code": blocked.code,
+                "published": published})
 
     async def _checks(self, plan: Plan, page: list[AudienceMember]) -> PageChecks:
         """The page's :class:`PageChecks`: the tenant's geo permissions (one query), its registry
@@ -468,6 +482,19 @@ class Launcher:
             detail={"source": "campaign", "campaign_id": str(plan.campaign_id)},
             campaign=(plan.campaign_id, variant, member.contact_id),
         )
+
+
+def sender_blocked(plan: Plan, checks: PageChecks) -> Refusal | None:
+    """Why the sender a campaign names (itself, or its templates) can send to no one now
+    (suspended, unverified, removed), or None. A pool's senders fall back one to another per
+    contact instead; a sender refused for some destinations only is a per-contact refusal."""
+    if checks.senders is None or plan.sender_pool is not None:
+        return None
+    named = [plan.sender] if plan.sender else sorted({t.sender for t in plan.templates.values() if t.sender})
+    for sender in named:
+        if (refused := check_named(checks.senders, sender)) is not None:
+            return refused
+    return None
 
 
 def failure_reason(exc: Exception, page_timeout_s: float) -> str:

@@ -19,7 +19,8 @@ import asyncpg
 COLUMNS = (
     "campaign_id, name, segment_id, segment_filter, sender, sender_pool, variants, frequency_caps, test_numbers, send_at, state,"
     " ab_test, phase, decide_at, winner, winner_detail, cursor, fanned_out_at, published, created_at, updated_at,"
-    " launched_at, paused_at, paused_from, cancelled_at, cancel_reason, attempts, next_attempt_at, last_error, failed_at"
+    " launched_at, paused_at, paused_from, pause_reason, cancelled_at, cancel_reason, attempts, next_attempt_at, last_error,"
+    " failed_at"
 )
 
 
@@ -49,6 +50,8 @@ def campaign_dict(r: asyncpg.Record) -> dict[str, Any]:
         "updated_at": iso(r["updated_at"]),
         "launched_at": iso(r["launched_at"]),
         "paused_at": iso(r["paused_at"]),
+        # Why Herald paused it (null when the tenant did): the sender it names can no longer send
+        "pause_reason": r["pause_reason"],
         "cancelled_at": iso(r["cancelled_at"]),
         "cancel_reason": r["cancel_reason"],
         # Why fanning it out failed (null: it never did): the last reason, failed attempts in a
@@ -88,7 +91,7 @@ class CampaignRepository:
     async def change_state(self, tenant_id: str, campaign_id: uuid.UUID, expected: str, new: str) -> asyncpg.Record | None:
         """Move from ``expected`` to ``new`` (None if the state changed meanwhile)."""
         return await self.pool.fetchrow(
-            "UPDATE campaigns SET state = $4, updated_at = now(),"
+            "UPDATE campaigns SET state = $4, updated_at = now(), pause_reason = NULL,"
             " launched_at = CASE WHEN $3 = 'draft' THEN now() ELSE launched_at END,"
             " paused_at = CASE WHEN $4 = 'paused' THEN now() ELSE paused_at END,"
             " paused_from = CASE WHEN $4 = 'paused' THEN $3 ELSE paused_from END,"
@@ -159,6 +162,16 @@ class CampaignRepository:
             tenant_id, campaign_id, owner, *args,
         )
         return bool(done)
+
+    async def pause_for(self, tenant_id: str, campaign_id: uuid.UUID, owner: str, reason: str) -> bool:
+        """The launcher pauses a running campaign it holds, saying why (``pause_reason``); the
+        tenant resumes it as after its own pause. False when it no longer holds a running one."""
+        return bool(await self.pool.fetchval(
+            "UPDATE campaigns SET state = 'paused', paused_at = now(), paused_from = 'running', pause_reason = $4,"
+            " lease_until = NULL, updated_at = now()"
+            " WHERE tenant_id = $1 AND campaign_id = $2 AND launcher = $3 AND state = 'running' RETURNING true",
+            tenant_id, campaign_id, owner, reason,
+        ))
 
     async def release(self, tenant_id: str, campaign_id: uuid.UUID, owner: str) -> None:
         await self.pool.execute(

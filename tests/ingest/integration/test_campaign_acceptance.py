@@ -2,7 +2,8 @@
 ``route``): the tenant's geo permissions and its sender registry, read again for every page. A
 contact the checks refuse is not sent: it gets a ``failed`` status with the API's reason code,
 carrying the campaign, its variant and contact, so the campaign's report counts it and its
-timeline says why (real PostgreSQL and Kafka)."""
+timeline says why. A sender the campaign names that can send to no one any more (suspended)
+pauses the campaign with the reason instead (real PostgreSQL and Kafka)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ class SuspendingPublisher:
                 await admin.sender_set_state(conn, "ops", self.tenant.tenant_id, self.sender, "suspended", "carrier complaint")
 
 
-async def test_a_sender_suspended_mid_campaign_sends_no_further_page(client, pool, env, publisher, tenant) -> None:  # noqa: F811
+async def test_a_sender_suspended_mid_campaign_pauses_it_with_the_reason_and_a_resume_sends_the_rest(
+        client, pool, env, publisher, tenant) -> None:  # noqa: F811
     sender = "HeraldShop"
     await register_senders(pool, tenant.tenant_id, sender, countries=["ES"])
     phones = [f"+3460{i:07d}" for i in range(1, 10)]
@@ -92,11 +94,18 @@ async def test_a_sender_suspended_mid_campaign_sends_no_further_page(client, poo
     cid = await launch(client, tenant, sender=sender)
     publisher_ = SuspendingPublisher(publisher, pool, tenant, sender)
     assert await Launcher(pool, publisher_, page_size=3).run_once()  # type: ignore[arg-type]
-    sent = await campaign_events(env, cid, 3)
-    refused = await failed_statuses(env, cid, 6)
-    assert len(sent) == 3 and all(e.payload.sender == sender for e in sent)
-    assert len(refused) == 6 and {e.payload.reason_code for e in refused} == {"sender_not_verified"}
-    assert {e.payload.message_id for e in sent}.isdisjoint(e.payload.message_id for e in refused)
+    campaign = (await client.get(f"/v1/campaigns/{cid}", headers=tenant.headers)).json()
+    assert campaign["state"] == "paused" and campaign["pause_reason"].startswith("sender_not_verified: ")
+    assert campaign["progress"]["published"] == 3
+    # the operator verifies the sender again; the tenant resumes: the other six go, from it
+    async with pool.acquire() as conn:
+        await admin.sender_set_state(conn, "ops", tenant.tenant_id, sender, "verified", "resolved")
+    r = await client.post(f"/v1/campaigns/{cid}/resume", headers=tenant.headers)
+    assert (r.json()["state"], r.json()["pause_reason"]) == ("running", None)
+    assert await Launcher(pool, publisher, page_size=3).run_once()
+    sent = await campaign_events(env, cid, 9)
+    assert len(sent) == 9 and len({e.payload.message_id for e in sent}) == 9 and {e.payload.sender for e in sent} == {sender}
+    assert (await client.get(f"/v1/campaigns/{cid}", headers=tenant.headers)).json()["state"] == "completed"
 
 
 async def test_a_test_send_to_a_country_the_tenant_may_not_send_to_is_refused(client, pool, tenant) -> None:  # noqa: F811

@@ -87,3 +87,16 @@ def test_route_is_the_apis_check() -> None:
             assert rejection.code == code
         else:
             raise AssertionError(f"not refused: {kwargs}")
+
+
+def test_a_named_sender_that_can_send_to_no_one_blocks_the_campaign_a_pool_does_not() -> None:
+    from services.ingest.campaigns.launcher import sender_blocked
+
+    suspended = SenderBook({"Shop": Sender("Shop", "alphanumeric", "suspended")}, {"promo": Pool("promo", ("Shop",))})
+    assert sender_blocked(plan(sender="Shop"), PageChecks(senders=suspended)).code == "sender_not_verified"  # type: ignore[union-attr]
+    templated = plan(templates={T: Template("marketing", "en", {"en": "Sale. Reply STOP to opt out"}, "Shop")})
+    assert sender_blocked(templated, PageChecks(senders=suspended)) is not None
+    assert sender_blocked(plan(sender="Shop", sender_pool="promo"), PageChecks(senders=suspended)) is None
+    assert sender_blocked(plan(), PageChecks(senders=suspended)) is None  # names no sender
+    verified = SenderBook({"Shop": Sender("Shop", "alphanumeric", countries=frozenset({"ES"}))})
+    assert sender_blocked(plan(sender="Shop"), PageChecks(senders=verified)) is None  # refused for some countries only
