@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.contracts import RejectedEventEnvelope
 
@@ -126,6 +127,25 @@ def foreign_numbers_allowed(countries: list[str]) -> list[str]:
 
     rules = load_rules()
     return [c for c in countries if not rules.rule(c).local_number_required]
+
+
+async def group_lag(env: Any, group: str) -> int:
+    """Records of the topics a consumer group reads that it has not committed yet (0 before its first commit)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=env.bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    if not committed:
+        return 0
+    consumer = AIOKafkaConsumer(bootstrap_servers=env.bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(list(committed))
+    finally:
+        await consumer.stop()
+    return sum(max(0, ends[tp] - meta.offset) for tp, meta in committed.items())
 
 
 @contextlib.contextmanager

@@ -13,14 +13,12 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import httpx
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from herald_tools.demo import demo_numbers, marketing_countries
 from herald_tools.stack import Stack
 from shared.statuses import FINAL
 from tests.conftest import Tenant, make_tenant
-from tests.helpers import wait_for
+from tests.helpers import group_lag, wait_for
 
 MESSAGES = 20_000
 FINAL_NAMES = [s.value for s in FINAL]
@@ -51,24 +49,6 @@ async def send_resilient(stack: Stack, tenant: Tenant, run: str, count: int, pro
                 await asyncio.sleep(0.5)
             progress[0] = len(ids)
     return ids
-
-
-async def group_lag(env, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=env.bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    if not committed:
-        return 0
-    consumer = AIOKafkaConsumer(bootstrap_servers=env.bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(list(committed))
-    finally:
-        await consumer.stop()
-    return sum(max(0, ends[tp] - meta.offset) for tp, meta in committed.items())
 
 
 def client_refs(control_port: int) -> dict[str, int]:

@@ -192,6 +192,18 @@ async def test_validity_period_is_the_time_left_clamped_to_twilios_range(sim: St
     assert "validity_s" not in got, got
 
 
+async def outcome_in_mode(sim: Stack, mode: dict[str, Any], **gateway: Any) -> Any:
+    """The outcome of one message sent to the simulator's Twilio face while it behaves as ``mode``."""
+    sender = twilio(sim, **gateway)
+    control(sim, mode)
+    try:
+        (outcome,) = await sender.submit_many([message()])
+    finally:
+        control(sim, {"mode": "normal"})
+        await sender.close()
+    return outcome
+
+
 @pytest.mark.parametrize(
     ("mode", "code", "retriable"),
     [
@@ -202,13 +214,7 @@ async def test_validity_period_is_the_time_left_clamped_to_twilios_range(sim: St
     ],
 )
 async def test_failure_modes_become_refusals(sim: Stack, mode: dict[str, Any], code: str, retriable: bool) -> None:
-    gateway = twilio(sim)
-    control(sim, mode)
-    try:
-        (outcome,) = await gateway.submit_many([message()])
-    finally:
-        control(sim, {"mode": "normal"})
-        await gateway.close()
+    outcome = await outcome_in_mode(sim, mode)
     assert isinstance(outcome, Refused), outcome
     assert (outcome.code, outcome.retriable) == (code, retriable)
 
@@ -220,13 +226,7 @@ async def test_failure_modes_become_refusals(sim: Stack, mode: dict[str, Any], c
 )
 async def test_server_errors_after_sending_are_unknown(sim: Stack, mode: dict[str, Any]) -> None:
     """Twilio may have created the message before the error: looked up, never resent blindly."""
-    gateway = twilio(sim)
-    control(sim, mode)
-    try:
-        (outcome,) = await gateway.submit_many([message()])
-    finally:
-        control(sim, {"mode": "normal"})
-        await gateway.close()
+    outcome = await outcome_in_mode(sim, mode)
     assert isinstance(outcome, Unknown), outcome
 
 
@@ -244,13 +244,7 @@ async def test_permanent_refusals(sim: Stack) -> None:
 
 
 async def test_answer_too_late_is_unknown(sim: Stack) -> None:
-    gateway = twilio(sim, timeout_s=0.3)
-    control(sim, {"mode": "slow", "delay_ms": 800})
-    try:
-        (outcome,) = await gateway.submit_many([message()])
-    finally:
-        control(sim, {"mode": "normal"})
-        await gateway.close()
+    outcome = await outcome_in_mode(sim, {"mode": "slow", "delay_ms": 800}, timeout_s=0.3)
     assert isinstance(outcome, Unknown), outcome
 
 

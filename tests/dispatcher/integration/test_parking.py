@@ -14,14 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from herald_tools.stack import Ports, Stack
 from shared.contracts import MessageOutbound, MessageOutboundEvent, MessageStatusEvent, utcnow
 from shared.statuses import Status
 from shared.topics import OUTBOUND, STATUS
-from tests.helpers import produce_raw, read_topic, wait_for
+from tests.helpers import group_lag, produce_raw, read_topic, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 BUDGET_S = 3.0
@@ -97,19 +95,7 @@ async def claim_states(pool, ids) -> dict[str, int]:
 
 
 async def dispatcher_lag(env) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=env.bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(f"{env.prefix}dispatcher")
-    finally:
-        await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=env.bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(list(committed))
-    finally:
-        await consumer.stop()
-    return sum(max(0, ends[tp] - meta.offset) for tp, meta in committed.items())
+    return await group_lag(env, f"{env.prefix}dispatcher")
 
 
 async def test_outage_longer_than_the_retry_budget_parks_then_sends_each_once(stack, env, pool) -> None:

@@ -140,6 +140,16 @@ async def until_settled(pool, ids: list[uuid.UUID], timeout_s: float = 30) -> li
         await asyncio.sleep(0.05)
 
 
+async def settle(pool, ids, worker_settings) -> list:
+    """Run one webhook worker until the callbacks ``ids`` are settled; their rows."""
+    worker = WebhookWorker(pool, worker_settings)
+    tasks = await running(worker)
+    try:
+        return await until_settled(pool, ids)
+    finally:
+        await stop([worker], tasks)
+
+
 @pytest.fixture
 async def cleanup(pool) -> AsyncIterator[list[uuid.UUID]]:
     ids: list[uuid.UUID] = []
@@ -205,12 +215,7 @@ async def test_retries_back_off_and_every_attempt_is_signed(pool, receiver, clea
     failed_before = sample(metrics.WEBHOOKS_FAILED_ATTEMPTS, "http_5xx")
     tenant, ids = await seed(pool, receiver.url)
     cleanup += ids
-    worker = WebhookWorker(pool, settings())
-    tasks = await running(worker)
-    try:
-        found = await until_settled(pool, ids)
-    finally:
-        await stop([worker], tasks)
+    found = await settle(pool, ids, settings())
     assert [(r["seq"], r["state"], r["attempts"]) for r in found] == [(1, "delivered", 4), (2, "delivered", 1), (3, "delivered", 1)]
     first = [h for h in receiver.hits if h.payload["seq"] == 1]
     assert [h.attempt for h in first] == [1, 2, 3, 4] and [h.status for h in first] == [503, 503, 503, 200]
@@ -258,12 +263,7 @@ async def test_gone_is_dead_at_once_and_the_next_callbacks_still_go(pool, receiv
     dead_before = sample(metrics.WEBHOOKS_DEAD_LETTERS, "refused")
     _, ids = await seed(pool, receiver.url)
     cleanup += ids
-    worker = WebhookWorker(pool, settings())
-    tasks = await running(worker)
-    try:
-        found = await until_settled(pool, ids)
-    finally:
-        await stop([worker], tasks)
+    found = await settle(pool, ids, settings())
     assert [(r["seq"], r["state"], r["attempts"], r["last_status"], r["last_error"]) for r in found] == [
         (1, "delivered", 1, 200, None), (2, "dead", 1, 410, "HTTP 410"), (3, "delivered", 1, 200, None)]
     assert [h.payload["seq"] for h in receiver.hits] == [1, 2, 3]
@@ -275,12 +275,7 @@ async def test_dead_after_max_attempts_then_the_next_seq_is_posted(pool, receive
     dead_before = sample(metrics.WEBHOOKS_DEAD_LETTERS, "exhausted")
     _, ids = await seed(pool, receiver.url, final=ReceiptStatus.UNDELIVERED)
     cleanup += ids
-    worker = WebhookWorker(pool, settings(webhook_max_attempts=3, webhook_backoff_base_s=0.1))
-    tasks = await running(worker)
-    try:
-        found = await until_settled(pool, ids)
-    finally:
-        await stop([worker], tasks)
+    found = await settle(pool, ids, settings(webhook_max_attempts=3, webhook_backoff_base_s=0.1))
     assert [(r["seq"], r["state"], r["attempts"]) for r in found] == [(1, "dead", 3), (2, "delivered", 1), (3, "delivered", 1)]
     assert found[0]["last_error"] == "HTTP 500 after 3 attempts"
     assert [(h.payload["seq"], h.attempt) for h in receiver.hits] == [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)]
@@ -294,13 +289,8 @@ async def test_a_slow_receiver_times_out_and_is_retried(pool, receiver, cleanup)
     timeouts_before = sample(metrics.WEBHOOKS_FAILED_ATTEMPTS, "timeout")
     _, ids = await seed(pool, receiver.url)
     cleanup += ids
-    worker = WebhookWorker(pool, settings(webhook_timeout_s=0.3, webhook_backoff_base_s=0.1))
-    tasks = await running(worker)
     started = time.monotonic()
-    try:
-        found = await until_settled(pool, ids)
-    finally:
-        await stop([worker], tasks)
+    found = await settle(pool, ids, settings(webhook_timeout_s=0.3, webhook_backoff_base_s=0.1))
     assert [(r["state"], r["attempts"]) for r in found] == [("delivered", 2)] * 3
     assert sample(metrics.WEBHOOKS_FAILED_ATTEMPTS, "timeout") - timeouts_before == 3
     assert time.monotonic() - started < 5
@@ -310,12 +300,7 @@ async def test_unreachable_receiver_is_retried_then_dead(pool, cleanup) -> None:
     url = f"http://127.0.0.1:{free_port()}/nobody-listens"
     _, ids = await seed(pool, url)
     cleanup += ids
-    worker = WebhookWorker(pool, settings(webhook_max_attempts=2, webhook_backoff_base_s=0.05))
-    tasks = await running(worker)
-    try:
-        found = await until_settled(pool, ids)
-    finally:
-        await stop([worker], tasks)
+    found = await settle(pool, ids, settings(webhook_max_attempts=2, webhook_backoff_base_s=0.05))
     assert [(r["state"], r["attempts"]) for r in found] == [("dead", 2)] * 3
     assert all(r["last_error"].startswith("ConnectError") for r in found)
 
