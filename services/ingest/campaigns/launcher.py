@@ -24,6 +24,7 @@ then lets the campaign go back in line, so the next claim goes to another tenant
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -469,13 +470,16 @@ class Launcher:
                 message, found = track_message(message, domain, smart=self.smart_encoding)
                 out.links += records(plan.tenant_id, message, found, ttl=ttl, domain=own)
             out.accepted.append(accepted_event(plan.tenant_id, message, trace_id=plan.campaign_id.hex))
+        if out.refused:  # counted and logged once a page, not once a contact
+            reasons = collections.Counter(o.event.payload.reason_code for o in out.refused)  # type: ignore[attr-defined]
+            for code, count in reasons.items():
+                REFUSED.labels(code).inc(count)
+            log.info("campaign contacts refused", extra={"campaign_id": str(plan.campaign_id), "reasons": dict(reasons)})
         return out
 
-    def _refused(self, plan: Plan, member: AudienceMember, variant: str, template: Template, rejection: Rejection,
+    @staticmethod
+    def _refused(plan: Plan, member: AudienceMember, variant: str, template: Template, rejection: Rejection,
                  now: datetime) -> Outgoing:
-        REFUSED.labels(rejection.code).inc()
-        log.info("campaign contact refused", extra={"campaign_id": str(plan.campaign_id), "contact_id": str(member.contact_id),
-                                                    "reason_code": rejection.code})
         return failed_status(
             plan.tenant_id, message_id_for(plan.campaign_id, member.contact_id), rejection, fact="campaign-contact-refused",
             occurred_at=now, trace_id=plan.campaign_id.hex, type=MessageType(template.purpose),
